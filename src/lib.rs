@@ -1,2 +1,3 @@
 //! popvault: a safe, verifiable copy of a POP3 mailbox.
-pub mod pop3;
+pub mod archive;
+pub mod import;

@@ -1,0 +1,170 @@
+//! The catalog: one immutable JSON-lines segment per commit, plus the commit records that make
+//! segments and packs visible.
+//!
+//! Invariant: a segment or pack counts only if a commit record names it (with its size and, for
+//! segments, its SHA-256). Commit records are written last, so a crash leaves at most files that no
+//! record names; readers ignore those and the next writer deletes them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::digest::Digest;
+use super::envelope::Envelope;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a message came from. `(id, source)` is recorded once: re-reading a source adds nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    /// Fetched from a POP3 account; `uidl` is absent when the server has no UIDL.
+    Pop3 {
+        account: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uidl: Option<String>,
+    },
+    /// A file of a Maildir; `name` is the file name without the `:2,` info part.
+    Maildir { path: String, name: String },
+    /// The `index`-th message (from 0) of an mbox file, whose `From ` line starts at byte `offset`.
+    Mbox { path: String, index: u64, offset: u64 },
+    /// A single message file.
+    Eml { path: String },
+    /// A message of a `popvault export` tar, with the source it had in the exporting archive.
+    Tar { path: String, original: Box<Source> },
+}
+
+impl Source {
+    /// A short label to group sources by: the POP3 account name, or `kind:path` for imports.
+    pub fn label(&self) -> String {
+        match self {
+            Source::Pop3 { account, .. } => account.clone(),
+            Source::Maildir { path, .. } => format!("maildir:{path}"),
+            Source::Mbox { path, .. } => format!("mbox:{path}"),
+            Source::Eml { path } => format!("eml:{path}"),
+            Source::Tar { original, .. } => original.label(),
+        }
+    }
+
+    pub fn pop3_account(&self) -> Option<&str> {
+        match self {
+            Source::Pop3 { account, .. } => Some(account),
+            Source::Tar { original, .. } => original.pop3_account(),
+            _ => None,
+        }
+    }
+}
+
+/// Where a message's bytes are stored; present only on the catalog line that stored them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAt {
+    pub pack: String,
+    pub offset: u64,
+    pub stored_len: u64,
+}
+
+/// One catalog line: a message seen in one source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: Digest,
+    /// Raw size in bytes.
+    pub size: u64,
+    pub source: Source,
+    /// When popvault first stored or saw this message from this source (UTC).
+    pub first_seen: DateTime<Utc>,
+    /// Maildir info flags (e.g. `"RS"`) when the source had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    #[serde(flatten)]
+    pub envelope: Envelope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredAt>,
+}
+
+/// A file a commit record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub name: String,
+    pub size: u64,
+    /// SHA-256 of the file (segments; a pack's is in its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digest>,
+}
+
+/// What one POP3 account looked like during a backup commit, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRun {
+    pub account: String,
+    pub server: String,
+    pub on_server: u64,
+    pub on_server_bytes: u64,
+    pub ok: bool,
+}
+
+/// The commit point of one batch of writes: `commits/<commit:08>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub commit: u64,
+    pub format: u32,
+    pub tool: String,
+    /// What wrote it: `import`, `backup`...
+    pub command: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub segment: FileRef,
+    pub packs: Vec<FileRef>,
+    /// Catalog lines in the segment.
+    pub entries: u64,
+    /// Messages whose bytes this commit stored (not seen before).
+    pub new_objects: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountRun>,
+}
+
+pub fn commit_file_name(commit: u64) -> String {
+    format!("{commit:08}.json")
+}
+
+pub fn segment_file_name(commit: u64) -> String {
+    format!("{commit:08}.jsonl")
+}
+
+/// The commit number a file in `commits/`, `catalog/` or `packs/` belongs to (its leading digits).
+pub fn commit_of_file_name(name: &str) -> Option<u64> {
+    let digits = name.split(['.', '-']).next()?;
+    if digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_codec_round_trips_and_is_flat() {
+        let e = Entry {
+            id: Digest::of(b"m"),
+            size: 1,
+            source: Source::Pop3 { account: "home".into(), uidl: Some("a/b:c".into()) },
+            first_seen: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            flags: None,
+            envelope: Envelope { subject: Some("hi \"there\"".into()), ..Envelope::default() },
+            stored: Some(StoredAt { pack: "p".into(), offset: 8, stored_len: 10 }),
+        };
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains(r#""subject":"hi \"there\"""#), "{line}");
+        assert!(line.contains(r#""source":{"kind":"pop3","account":"home","uidl":"a/b:c"}"#), "{line}");
+        assert_eq!(serde_json::from_str::<Entry>(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn file_names_carry_their_commit_number() {
+        assert_eq!(commit_of_file_name(&commit_file_name(7)), Some(7));
+        assert_eq!(commit_of_file_name("00000012-abcd.pack"), Some(12));
+        assert_eq!(commit_of_file_name("notes.txt"), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! `Envelope`: the few header fields the catalog keeps for listing and searching.
+//!
+//! Parsing is only a source of metadata: the archive stores the raw bytes whatever the parser
+//! thinks of them, so every field is optional and no input makes this fail.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How much of a message is handed to the header parser. Headers beyond this are ignored for
+/// metadata only (the stored bytes are complete); it bounds the work a hostile message can cause.
+pub const HEADER_SCAN_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The first `Date:` header as written, or `None` when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// `date` parsed and converted to UTC; `None` when missing or unparsable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_utc: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// RFC 2047 decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// RFC 2047 decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl Envelope {
+    pub fn parse(message: &[u8]) -> Envelope {
+        let head = &message[..message.len().min(HEADER_SCAN_LIMIT)];
+        let Ok((headers, _)) = mailparse::parse_headers(head) else {
+            return Envelope::default();
+        };
+        let first = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.get_key_ref().eq_ignore_ascii_case(name))
+        };
+        let text = |name: &str| first(name).map(|h| clean(&h.get_value()));
+        let date = first("Date").map(|h| clean(&String::from_utf8_lossy(h.get_value_raw())));
+        let date_utc = date.as_deref().and_then(parse_date);
+        Envelope {
+            date,
+            date_utc,
+            message_id: text("Message-ID"),
+            from: text("From"),
+            subject: text("Subject"),
+        }
+    }
+
+    /// The time a restore should give the message: its Date, else `fallback`.
+    pub fn time_or(&self, fallback: DateTime<Utc>) -> DateTime<Utc> {
+        self.date_utc.unwrap_or(fallback)
+    }
+}
+
+/// Parses an RFC 5322 date: strictly first (chrono), then tolerantly (mailparse accepts the usual
+/// real-world damage, but also turns text without a date into the epoch, which is refused).
+pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
+    if let Ok(date) = DateTime::parse_from_rfc2822(raw) {
+        return Some(date.to_utc());
+    }
+    let secs = mailparse::dateparse(raw).ok()?;
+    if secs == 0 && !raw.contains("1970") {
+        return None;
+    }
+    DateTime::from_timestamp(secs, 0)
+}
+
+/// Unfolds and trims a header value; control characters become spaces so that one catalog
+/// field can never break a terminal line.
+fn clean(value: &str) -> String {
+    let unfolded: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    unfolded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_decoded_fields_and_utc_date() {
+        let m = b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: =?iso-8859-1?q?caf=E9?=\r\n\
+                  Date: Thu, 22 Aug 2002 12:36:23 +0100\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n";
+        let e = Envelope::parse(m);
+        assert_eq!(e.from.as_deref(), Some("Jörg <j@example.org>"));
+        assert_eq!(e.subject.as_deref(), Some("café"));
+        assert_eq!(e.message_id.as_deref(), Some("<a@b>"));
+        assert_eq!(e.date_utc.unwrap().to_rfc3339(), "2002-08-22T11:36:23+00:00");
+    }
+
+    #[test]
+    fn bad_and_missing_dates_are_recorded_not_fatal() {
+        let e = Envelope::parse(b"Date: not a date at all\r\n\r\n");
+        assert_eq!(e.date.as_deref(), Some("not a date at all"));
+        assert_eq!(e.date_utc, None);
+        assert_eq!(Envelope::parse(b""), Envelope::default());
+        assert_eq!(Envelope::parse(b"\x00\xff\xfe garbage").date, None);
+    }
+}

@@ -1,0 +1,71 @@
+//! The archive: a directory of immutable, content-addressed packs, a catalog of what was seen
+//! where, and commit records that make each batch of writes visible at once.
+//!
+//! ```text
+//! ARCHIVE/popvault-archive.json   format header (version)
+//! ARCHIVE/lock                    writer lock (flock)
+//! ARCHIVE/packs/<commit>-<sha256>.pack
+//! ARCHIVE/catalog/<commit>.jsonl  one line per message seen
+//! ARCHIVE/commits/<commit>.json   commit point: names the segment and packs above
+//! ARCHIVE/tmp/                    files being written; anything here is uncommitted
+//! ```
+//! doc/FORMAT.md describes every byte.
+
+pub mod catalog;
+pub mod digest;
+pub mod durable;
+pub mod envelope;
+pub mod lock;
+pub mod pack;
+mod store;
+pub mod verify;
+
+use std::path::PathBuf;
+
+pub use catalog::{Entry, Source};
+pub use digest::Digest;
+pub use envelope::Envelope;
+pub use store::{Added, Archive, Location, Message, Writer, WriterTotals};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("no archive at {path} (run `popvault init`, `popvault import` or `popvault backup` first)")]
+    NotFound { path: PathBuf },
+    #[error("{path} is not a popvault archive: it is a non-empty directory without popvault-archive.json")]
+    NotAnArchive { path: PathBuf },
+    #[error("{path} is already a popvault archive")]
+    AlreadyAnArchive { path: PathBuf },
+    #[error("the archive at {path} has format version {version}; this popvault reads version {supported} and older: upgrade popvault")]
+    TooNew { path: PathBuf, version: u32, supported: u32 },
+    #[error("the archive header {path} is damaged: {reason}")]
+    BadHeader { path: PathBuf, reason: String },
+    #[error("another popvault is writing to this archive ({holder}); try again later or pass --wait (lock file {path})")]
+    Locked { path: PathBuf, holder: String },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {what}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no message id starts with {prefix:?}")]
+    UnknownId { prefix: String },
+    #[error("{count} messages have ids starting with {prefix:?}: give more digits")]
+    AmbiguousId { prefix: String, count: usize },
+    #[error("message {id} is damaged in {pack}: {fault}")]
+    DamagedMessage { id: Digest, pack: String, fault: pack::RecordFault },
+    #[error(transparent)]
+    Seal(#[from] pack::SealError),
+}
+
+impl ArchiveError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ArchiveError {
+        let path = path.into();
+        move |source| ArchiveError::Io { path, source }
+    }
+}

@@ -1,0 +1,386 @@
+//! Pack files: many zstd-compressed messages appended to one immutable file.
+//!
+//! Layout (all integers little-endian; doc/FORMAT.md is the reference):
+//! ```text
+//! file   = "PVPACK\0\x01" record*
+//! record = "PVR1" codec:u8 reserved:[u8;3] raw_len:u64 stored_len:u64 id:[u8;32] stored:[u8; stored_len]
+//! ```
+//! `stored` is one zstd frame (content size and checksum flags on). Every record carries its own
+//! id and lengths, so a pack can be read, verified and salvaged without the catalog.
+//! Invariant: a pack is written under `tmp/`, every record is decompressed and re-hashed against its
+//! id, and only then is the file fsynced and renamed into `packs/`; a pack in `packs/` is never
+//! modified again.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::digest::{Digest, Hasher};
+
+pub const PACK_MAGIC: &[u8; 8] = b"PVPACK\0\x01";
+pub const RECORD_MAGIC: &[u8; 4] = b"PVR1";
+pub const RECORD_HEADER_LEN: u64 = 56;
+pub const CODEC_ZSTD: u8 = 1;
+/// The largest zstd window a reader accepts (32 MiB): a crafted frame cannot make a reader
+/// allocate more than this, whatever it declares.
+const MAX_WINDOW_LOG: u32 = 25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub codec: u8,
+    pub raw_len: u64,
+    pub stored_len: u64,
+    pub id: Digest,
+}
+
+impl RecordHeader {
+    pub fn encode(&self) -> [u8; RECORD_HEADER_LEN as usize] {
+        let mut b = [0u8; RECORD_HEADER_LEN as usize];
+        b[..4].copy_from_slice(RECORD_MAGIC);
+        b[4] = self.codec;
+        b[8..16].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[24..56].copy_from_slice(&self.id.0);
+        b
+    }
+
+    pub fn decode(b: &[u8; RECORD_HEADER_LEN as usize]) -> Option<RecordHeader> {
+        if &b[..4] != RECORD_MAGIC || b[4] != CODEC_ZSTD {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        Some(RecordHeader {
+            codec: b[4],
+            raw_len: u64_at(8),
+            stored_len: u64_at(16),
+            id: Digest(b[24..56].try_into().unwrap()),
+        })
+    }
+}
+
+/// Where a record sits in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSpan {
+    pub offset: u64,
+    pub stored_len: u64,
+}
+
+/// A pack being written under `tmp/`. Dropping it without `seal` leaves a temp file that the next
+/// writer deletes.
+pub struct PackWriter {
+    file: BufWriter<File>,
+    path: PathBuf,
+    len: u64,
+    compressor: zstd::bulk::Compressor<'static>,
+    level: i32,
+}
+
+impl PackWriter {
+    pub fn create(path: PathBuf, level: i32) -> io::Result<PackWriter> {
+        let mut file = BufWriter::with_capacity(1 << 20, super::durable::create_new(&path)?);
+        file.write_all(PACK_MAGIC)?;
+        let mut compressor = zstd::bulk::Compressor::new(level)?;
+        compressor.include_checksum(true)?;
+        compressor.include_contentsize(true)?;
+        Ok(PackWriter { file, path, len: PACK_MAGIC.len() as u64, compressor, level })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends a message held in memory.
+    pub fn append(&mut self, id: Digest, raw: &[u8]) -> io::Result<RecordSpan> {
+        let stored = self.compressor.compress(raw)?;
+        let header = RecordHeader {
+            codec: CODEC_ZSTD,
+            raw_len: raw.len() as u64,
+            stored_len: stored.len() as u64,
+            id,
+        };
+        let offset = self.len;
+        self.file.write_all(&header.encode())?;
+        self.file.write_all(&stored)?;
+        self.len += RECORD_HEADER_LEN + header.stored_len;
+        Ok(RecordSpan { offset, stored_len: header.stored_len })
+    }
+
+    /// Appends a message of unknown length, compressing while it streams in, so memory stays
+    /// bounded by the compressor's window whatever the size. `head` was already read from the
+    /// source. Returns the id and span; the caller may `truncate` the record away (a duplicate).
+    pub fn append_stream(
+        &mut self,
+        head: &[u8],
+        rest: &mut dyn Read,
+    ) -> io::Result<(Digest, u64, RecordSpan)> {
+        let offset = self.len;
+        self.file.write_all(&[0u8; RECORD_HEADER_LEN as usize])?;
+        let mut hasher = Hasher::default();
+        let mut raw_len = 0u64;
+        let mut counter = CountingWriter { inner: &mut self.file, count: 0 };
+        let mut encoder = zstd::stream::write::Encoder::new(&mut counter, self.level)?;
+        encoder.include_checksum(true)?;
+        hasher.update(head);
+        encoder.write_all(head)?;
+        raw_len += head.len() as u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match rest.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            encoder.write_all(&buf[..n])?;
+            raw_len += n as u64;
+        }
+        encoder.finish()?;
+        let stored_len = counter.count;
+        let id = hasher.finish();
+        let header = RecordHeader { codec: CODEC_ZSTD, raw_len, stored_len, id };
+        self.file.flush()?;
+        let inner = self.file.get_mut();
+        inner.seek(SeekFrom::Start(offset))?;
+        inner.write_all(&header.encode())?;
+        inner.seek(SeekFrom::End(0))?;
+        self.len = offset + RECORD_HEADER_LEN + stored_len;
+        Ok((id, raw_len, RecordSpan { offset, stored_len }))
+    }
+
+    /// Drops every record from `len` on (used to undo a streamed duplicate).
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.file.flush()?;
+        let inner = self.file.get_mut();
+        inner.set_len(len)?;
+        inner.seek(SeekFrom::Start(len))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Re-reads the whole pack, decompressing and re-hashing every record against its id (this
+    /// catches a compressor bug or bad RAM before anything is committed), computes the pack's
+    /// SHA-256, fsyncs it and moves it to `dest_dir/<prefix>-<sha256>.pack`.
+    pub fn seal(mut self, dest_dir: &Path, prefix: &str) -> Result<SealedPack, SealError> {
+        self.file.flush().map_err(|e| SealError::Io(self.path.clone(), e))?;
+        let file = self.file.into_inner().map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
+        let io = |e| SealError::Io(self.path.clone(), e);
+        file.sync_all().map_err(io)?;
+        let mut reader = File::open(&self.path).map_err(io)?;
+        let (pack_digest, records) = scan_verify(&mut reader, self.len).map_err(|e| match e {
+            ScanError::Io(e) => SealError::Io(self.path.clone(), e),
+            ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
+        })?;
+        let name = format!("{prefix}-{pack_digest}.pack");
+        let dest = dest_dir.join(&name);
+        super::durable::rename_durably(&self.path, &dest)
+            .map_err(|e| SealError::Io(dest.clone(), e))?;
+        Ok(SealedPack { name, size: self.len, records })
+    }
+}
+
+#[derive(Debug)]
+pub struct SealedPack {
+    pub name: String,
+    pub size: u64,
+    pub records: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot write pack {0}")]
+    Io(PathBuf, #[source] io::Error),
+    #[error("self-check of new pack {0} failed before commit ({1}); nothing was committed: check memory and disk")]
+    SelfCheck(PathBuf, String),
+}
+
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+pub enum ScanError {
+    Io(io::Error),
+    /// The pack is not what its headers say; the text says where and how.
+    Damaged(String),
+}
+
+/// Reads a whole pack front to back, checking that it is a well-formed sequence of records each of
+/// which decompresses to exactly its id. Returns the SHA-256 of the file and the record count.
+pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize), ScanError> {
+    let mut reader = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Hasher::default() };
+    let mut magic = [0u8; 8];
+    reader.read_exact(&mut magic).map_err(ScanError::Io)?;
+    if &magic != PACK_MAGIC {
+        return Err(ScanError::Damaged("bad pack magic".into()));
+    }
+    let mut pos = PACK_MAGIC.len() as u64;
+    let mut records = 0;
+    while pos < expected_len {
+        let mut hb = [0u8; RECORD_HEADER_LEN as usize];
+        reader.read_exact(&mut hb).map_err(ScanError::Io)?;
+        let header = RecordHeader::decode(&hb)
+            .ok_or_else(|| ScanError::Damaged(format!("bad record header at offset {pos}")))?;
+        let mut body = (&mut reader).take(header.stored_len);
+        match check_record(&header, &mut body) {
+            Ok(()) => {}
+            Err(RecordFault::Io(e)) => return Err(ScanError::Io(e)),
+            Err(fault) => return Err(ScanError::Damaged(format!("record {} at offset {pos}: {fault}", header.id))),
+        }
+        io::copy(&mut body, &mut io::sink()).map_err(ScanError::Io)?;
+        pos += RECORD_HEADER_LEN + header.stored_len;
+        records += 1;
+    }
+    let mut extra = [0u8; 1];
+    if pos != expected_len || reader.read(&mut extra).map_err(ScanError::Io)? != 0 {
+        return Err(ScanError::Damaged("pack length does not match its records".into()));
+    }
+    Ok((reader.hasher.finish(), records))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordFault {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("does not decompress: {0}")]
+    Decompress(io::Error),
+    #[error("decompresses to {got} bytes, expected {expected}")]
+    Length { expected: u64, got: u64 },
+    #[error("content hash is {got}, not its id")]
+    Hash { got: Digest },
+    #[error("record header is damaged")]
+    Header,
+    #[error("record header does not match the catalog")]
+    Mismatch,
+}
+
+/// Decompresses one record's stored bytes and checks length and hash against the header.
+pub fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
+    let mut hasher = HashingWriter { hasher: Hasher::default(), count: 0 };
+    copy_decompressed(header.raw_len, stored, &mut hasher)?;
+    let got = hasher.hasher.finish();
+    if got != header.id {
+        return Err(RecordFault::Hash { got });
+    }
+    Ok(())
+}
+
+/// Streams the decompressed bytes of one record to `out`, never producing more than `raw_len`
+/// bytes (a crafted frame cannot make the reader allocate or write without limit), and fails
+/// unless exactly `raw_len` bytes come out.
+pub fn copy_decompressed(raw_len: u64, stored: &mut dyn Read, out: &mut dyn Write) -> Result<(), RecordFault> {
+    let mut decoder = zstd::stream::read::Decoder::new(stored).map_err(RecordFault::Decompress)?;
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(RecordFault::Decompress)?;
+    let mut limited = decoder.take(raw_len + 1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = match limited.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RecordFault::Decompress(e)),
+        };
+        got += n as u64;
+        if got > raw_len {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+    }
+    if got != raw_len {
+        return Err(RecordFault::Length { expected: raw_len, got });
+    }
+    Ok(())
+}
+
+struct HashingWriter {
+    hasher: Hasher,
+    count: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.count += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the record at `span` and streams its message to `out` after checking that the header
+/// names `id`; the bytes are only trustworthy once `check` also passed, which `read_message`
+/// callers get by hashing what they wrote (see `Archive::read_verified`).
+pub fn read_record_header(file: &mut File, offset: u64) -> Result<RecordHeader, RecordFault> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut hb = [0u8; RECORD_HEADER_LEN as usize];
+    file.read_exact(&mut hb)?;
+    RecordHeader::decode(&hb).ok_or(RecordFault::Header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_bad_magic() {
+        let h = RecordHeader { codec: CODEC_ZSTD, raw_len: 5, stored_len: 9, id: Digest::of(b"x") };
+        let mut b = h.encode();
+        assert_eq!(RecordHeader::decode(&b), Some(h));
+        b[0] = b'X';
+        assert_eq!(RecordHeader::decode(&b), None);
+    }
+
+    #[test]
+    fn decompression_is_bounded_by_the_recorded_length() {
+        let big = vec![b'a'; 1 << 20];
+        let frame = zstd::bulk::compress(&big, 3).unwrap();
+        let mut out = Vec::new();
+        let err = copy_decompressed(1000, &mut &frame[..], &mut out).unwrap_err();
+        assert!(matches!(err, RecordFault::Length { expected: 1000, got: 1001 }), "{err}");
+        assert!(out.len() <= 1000);
+    }
+
+    #[test]
+    fn streamed_and_in_memory_records_both_verify_at_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path().join("t.pack"), 3).unwrap();
+        w.append(Digest::of(b"hello"), b"hello").unwrap();
+        let body: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (id, len, _) = w.append_stream(&body[..10], &mut &body[10..]).unwrap();
+        assert_eq!((id, len), (Digest::of(&body), body.len() as u64));
+        let before_dup = w.len();
+        w.append_stream(b"hel", &mut &b"lo"[..]).unwrap();
+        w.truncate(before_dup).unwrap();
+        let sealed = w.seal(dir.path(), "00000001").unwrap();
+        assert_eq!(sealed.records, 2);
+        assert_eq!(std::fs::metadata(dir.path().join(&sealed.name)).unwrap().len(), sealed.size);
+    }
+}

@@ -1,0 +1,179 @@
+//! Import of local mail: Maildir folders, mbox files, single messages, and popvault export tars.
+
+pub mod mbox;
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::Utc;
+
+use crate::archive::{Added, ArchiveError, Source, Writer};
+
+/// What `popvault import` reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    Maildir(PathBuf),
+    Mbox(PathBuf),
+    Eml(PathBuf),
+}
+
+impl FromStr for ImportSource {
+    type Err = ImportError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, path) = s.split_once(':').ok_or_else(|| ImportError::BadSpec(s.to_string()))?;
+        let path = PathBuf::from(path);
+        if path.as_os_str().is_empty() {
+            return Err(ImportError::BadSpec(s.to_string()));
+        }
+        match kind {
+            "maildir" => Ok(ImportSource::Maildir(path)),
+            "mbox" => Ok(ImportSource::Mbox(path)),
+            "eml" => Ok(ImportSource::Eml(path)),
+            _ => Err(ImportError::BadSpec(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ImportSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportSource::Maildir(p) => write!(f, "maildir:{}", p.display()),
+            ImportSource::Mbox(p) => write!(f, "mbox:{}", p.display()),
+            ImportSource::Eml(p) => write!(f, "eml:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0:?} is not an import source: write maildir:DIR, mbox:FILE or eml:FILE")]
+    BadSpec(String),
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not a Maildir (it has no cur/ or new/ directory)")]
+    NotMaildir { path: PathBuf },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// What importing one source did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ImportReport {
+    pub source: String,
+    pub messages: u64,
+    pub new: u64,
+    pub duplicates: u64,
+    pub already_imported: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+impl ImportReport {
+    fn count(&mut self, added: Added, size: u64) {
+        self.messages += 1;
+        self.bytes += size;
+        match added {
+            Added::New => self.new += 1,
+            Added::Duplicate => self.duplicates += 1,
+            Added::Known => self.already_imported += 1,
+        }
+    }
+}
+
+/// Imports every message of `source`; `progress` gets each message's size.
+pub fn import(writer: &mut Writer, source: &ImportSource, progress: &mut dyn FnMut(u64)) -> Result<ImportReport, ImportError> {
+    let mut report = ImportReport { source: source.to_string(), ..ImportReport::default() };
+    match source {
+        ImportSource::Maildir(dir) => import_maildir(writer, dir, &mut report, progress)?,
+        ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
+        ImportSource::Eml(path) => {
+            let abs = absolute(path)?;
+            let mut file = File::open(path).map_err(read_err(path))?;
+            let source = Source::Eml { path: abs };
+            let (_, added) = writer.add_stream(&mut file, source, None, Utc::now())?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            report.count(added, size);
+            progress(size);
+        }
+    }
+    Ok(report)
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
+    move |source| ImportError::Read { path: path.to_path_buf(), source }
+}
+
+fn absolute(path: &Path) -> Result<String, ImportError> {
+    let abs = fs::canonicalize(path).map_err(read_err(path))?;
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+/// A Maildir file name splits into a unique part and the info after `:2,` (or `!2,`, used where
+/// `:` is not allowed in file names); the flags are the info's letters.
+pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
+    for sep in [":2,", "!2,"] {
+        if let Some((unique, flags)) = name.split_once(sep) {
+            return (unique, Some(flags));
+        }
+    }
+    (name, None)
+}
+
+fn import_maildir(writer: &mut Writer, dir: &Path, report: &mut ImportReport, progress: &mut dyn FnMut(u64)) -> Result<(), ImportError> {
+    let abs = absolute(dir)?;
+    let (cur, new) = (dir.join("cur"), dir.join("new"));
+    if !cur.is_dir() && !new.is_dir() {
+        return Err(ImportError::NotMaildir { path: dir.to_path_buf() });
+    }
+    for sub in [new, cur] {
+        let mut names: Vec<_> = match fs::read_dir(&sub) {
+            Ok(rd) => rd.collect::<Result<Vec<_>, _>>().map_err(read_err(&sub))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&sub)(e)),
+        };
+        names.sort_by_key(|e| e.file_name());
+        for entry in names {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with('.') || !entry.file_type().map_err(read_err(&path))?.is_file() {
+                continue;
+            }
+            let (unique, flags) = split_maildir_name(&name);
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                // Another mail client moved it from new/ to cur/ while we read: not an error.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(&path)(e)),
+            };
+            let size = file.metadata().map_err(read_err(&path))?.len();
+            let source = Source::Maildir { path: abs.clone(), name: unique.to_string() };
+            let flags = flags.filter(|f| !f.is_empty()).map(str::to_string);
+            let (_, added) = writer.add_stream(&mut file, source, flags, Utc::now())?;
+            report.count(added, size);
+            progress(size);
+        }
+    }
+    Ok(())
+}
+
+fn import_mbox(writer: &mut Writer, path: &Path, report: &mut ImportReport, progress: &mut dyn FnMut(u64)) -> Result<(), ImportError> {
+    let abs = absolute(path)?;
+    let file = File::open(path).map_err(read_err(path))?;
+    let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, file), true);
+    while let Some(message) = reader.next_message().map_err(read_err(path))? {
+        let source = Source::Mbox { path: abs.clone(), index: message.index, offset: message.offset };
+        let added = writer.add_bytes(&message.bytes, source, None, Utc::now())?;
+        report.count(added, message.bytes.len() as u64);
+        progress(message.bytes.len() as u64);
+    }
+    if reader.skipped_bytes > 0 {
+        report.warnings.push(format!("{}: {} bytes before the first From line were not a message and were skipped", path.display(), reader.skipped_bytes));
+    }
+    if report.messages == 0 {
+        report.warnings.push(format!("{}: no messages found (is it an mbox file?)", path.display()));
+    }
+    Ok(())
+}
