@@ -17,6 +17,7 @@ pub mod durable;
 pub mod envelope;
 pub mod lock;
 pub mod pack;
+pub mod select;
 mod store;
 pub mod verify;
 

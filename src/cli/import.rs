@@ -1,0 +1,76 @@
+//! `popvault import`.
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::output::{byte_bar, human_bytes};
+use super::{Context, Exit};
+use crate::archive::Archive;
+use crate::import::{self, ImportSource};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Sources:
+  maildir:DIR   the files of DIR/cur and DIR/new (flags from the file names are kept)
+  mbox:FILE     an mbox file (mboxrd: one '>' is removed from '>From ' lines; see doc/FORMAT.md)
+  eml:FILE      one message
+
+Re-importing the same source adds nothing.")]
+pub struct ImportArgs {
+    /// What to import: maildir:DIR, mbox:FILE or eml:FILE.
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+    /// Wait for another writer to finish instead of failing at once.
+    #[arg(long)]
+    wait: bool,
+    /// Print a JSON summary (one object per source) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
+    let sources = args
+        .sources
+        .iter()
+        .map(|s| {
+            let source: ImportSource = s.parse()?;
+            Ok(match source {
+                ImportSource::Maildir(p) => ImportSource::Maildir(super::expand_tilde(&p)),
+                ImportSource::Mbox(p) => ImportSource::Mbox(super::expand_tilde(&p)),
+                ImportSource::Eml(p) => ImportSource::Eml(super::expand_tilde(&p)),
+            })
+        })
+        .collect::<Result<Vec<_>, import::ImportError>>()?;
+    let mut writer = Archive::writer(&ctx.archive, "import", args.wait)
+        .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
+    let bar = byte_bar(None, ctx.quiet || args.json, "import");
+    let mut reports = Vec::new();
+    for source in &sources {
+        let report = import::import(&mut writer, source, &mut |_size| bar.inc(1))
+        .with_context(|| format!("import of {source} failed; messages committed before this stay in the archive"))?;
+        reports.push(report);
+    }
+    writer.finish().context("cannot commit the import")?;
+    bar.finish_and_clear();
+    for r in &reports {
+        if args.json {
+            println!("{}", serde_json::to_string(r)?);
+        } else {
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            if !ctx.quiet {
+                println!(
+                    "{}: {} messages ({}), {} new, {} already archived from elsewhere, {} already imported",
+                    r.source,
+                    r.messages,
+                    human_bytes(r.bytes),
+                    r.new,
+                    r.duplicates,
+                    r.already_imported
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}

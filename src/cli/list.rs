@@ -1,0 +1,101 @@
+//! `popvault list` and `popvault cat`.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::output::{fit, human_bytes, local_time};
+use super::{Context, Exit};
+use crate::archive::select::{message_time, parse_day_or_time, Selection};
+
+/// The filters shared by list, restore and export.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SelectArgs {
+    /// Only messages from this POP3 account or import source label (repeatable).
+    #[arg(long = "account", value_name = "NAME")]
+    pub accounts: Vec<String>,
+    /// Only messages dated on or after DATE (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_day_or_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only messages dated before DATE (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_day_or_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only messages whose From contains TEXT (any case).
+    #[arg(long, value_name = "TEXT")]
+    pub from: Option<String>,
+    /// Only messages whose Subject contains TEXT (any case).
+    #[arg(long, value_name = "TEXT")]
+    pub subject: Option<String>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> Selection {
+        Selection {
+            accounts: self.accounts.clone(),
+            since: self.since,
+            until: self.until,
+            from: self.from.clone(),
+            subject: self.subject.clone(),
+            ids: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// One JSON object per line with the full id and every catalog field.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let selection = args.select.selection();
+    let mut messages: Vec<_> = archive.messages().into_iter().filter(|m| selection.matches(m)).collect();
+    messages.sort_by_key(|m| (message_time(m), m.id));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for m in &messages {
+        let written = if args.json {
+            serde_json::to_writer(&mut out, m).map_err(std::io::Error::from).and_then(|_| writeln!(out))
+        } else {
+            let date = m.envelope.date_utc.map(local_time).unwrap_or_else(|| "(no date)       ".into());
+            writeln!(
+                out,
+                "{}  {}  {:<28}  {}  ({})",
+                m.id.short(),
+                date,
+                fit(m.envelope.from.as_deref().unwrap_or("(no sender)"), 28),
+                m.envelope.subject.as_deref().unwrap_or("(no subject)"),
+                human_bytes(m.size)
+            )
+        };
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(Exit::Ok); // `popvault list | head`
+            }
+            return Err(e.into());
+        }
+    }
+    out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
+    Ok(Exit::Ok)
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// The message id (64 hex digits) or a unique prefix of it.
+    id: String,
+}
+
+pub fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let id = archive.resolve(&args.id)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    archive.copy_message(&id, &mut out).with_context(|| format!("cannot output message {id}"))?;
+    out.flush()?;
+    Ok(Exit::Ok)
+}

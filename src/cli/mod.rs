@@ -1,0 +1,195 @@
+//! The command line: the only module that prints, reads the environment or picks exit codes.
+
+mod exit;
+mod import;
+mod list;
+mod output;
+mod stats;
+mod verify;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::archive::{Archive, ArchiveError};
+use crate::config::Config;
+pub use exit::Exit;
+
+const AFTER_HELP: &str = "\
+Examples:
+  popvault import maildir:~/Maildir            bring mail a POP client already downloaded
+  popvault list --since 2024-01-01 --from alice
+  popvault verify --full                        prove every message is intact
+
+The archive is --archive, else $POPVAULT_ARCHIVE, else `archive` in the config file,
+else $XDG_DATA_HOME/popvault (~/.local/share/popvault).";
+
+/// Keeps a safe, verifiable copy of a POP3 mailbox.
+///
+/// Every message is stored once, byte for byte, zstd-compressed and named by the SHA-256 of its
+/// exact bytes, in an archive directory that `verify` can prove intact at any time.
+#[derive(Debug, Parser)]
+#[command(name = "popvault", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// The archive directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub archive: Option<PathBuf>,
+    /// The configuration file (default $XDG_CONFIG_HOME/popvault/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print only errors (for cron).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty archive.
+    ///
+    /// Refuses a non-empty directory that is not an archive. Commands that write create the
+    /// archive on first use, so this is optional.
+    Init,
+    /// Import local mail: Maildir folders, mbox files, single messages.
+    Import(import::ImportArgs),
+    /// List archived messages, oldest first.
+    List(list::ListArgs),
+    /// Write one archived message to stdout, byte for byte.
+    ///
+    /// A unique prefix of the id is enough. The message is re-hashed before anything is written.
+    Cat(list::CatArgs),
+    /// Show what the archive holds: messages, sizes, compression, dedup, sources, last run.
+    Stats(stats::StatsArgs),
+    /// Prove the archive is intact, naming every damaged message. Never writes.
+    ///
+    /// Without --full: checks structure (commit records, catalog segments, packs present with the
+    /// right sizes). With --full: also decompresses and re-hashes every message on all cores.
+    /// Exits 3 when anything is damaged.
+    Verify(verify::VerifyArgs),
+}
+
+/// What `cli` knows about where it runs; read from the environment once, here.
+pub struct Context {
+    pub archive: PathBuf,
+    pub config: Config,
+    pub quiet: bool,
+}
+
+impl Context {
+    pub fn open_archive(&self) -> anyhow::Result<Archive> {
+        Ok(Archive::open(&self.archive)?)
+    }
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn home() -> PathBuf {
+    env_path("HOME").unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Expands a leading `~/` (the shell does not, inside `maildir:~/Mail`).
+pub fn expand_tilde(path: &std::path::Path) -> PathBuf {
+    match path.strip_prefix("~") {
+        Ok(rest) => home().join(rest),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+fn context(cli: &Cli) -> anyhow::Result<Context> {
+    let (config_path, optional) = match (&cli.config, env_path("POPVAULT_CONFIG")) {
+        (Some(p), _) => (p.clone(), false),
+        (None, Some(p)) => (p, false),
+        (None, None) => {
+            let base = env_path("XDG_CONFIG_HOME").unwrap_or_else(|| home().join(".config"));
+            (base.join("popvault").join("config.toml"), true)
+        }
+    };
+    let config = Config::load(&config_path, optional)?;
+    let archive = cli
+        .archive
+        .clone()
+        .or_else(|| env_path("POPVAULT_ARCHIVE"))
+        .or_else(|| config.archive.clone())
+        .unwrap_or_else(|| {
+            env_path("XDG_DATA_HOME").unwrap_or_else(|| home().join(".local/share")).join("popvault")
+        });
+    Ok(Context { archive: expand_tilde(&archive), config, quiet: cli.quiet })
+}
+
+pub fn main() -> ExitCode {
+    run(std::env::args_os()).into()
+}
+
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { Exit::Usage } else { Exit::Ok };
+        }
+    };
+    let result = context(&cli).and_then(|ctx| dispatch(&ctx, cli.command));
+    match result {
+        Ok(exit) => exit,
+        Err(err) => {
+            report_error(&err);
+            exit_for(&err)
+        }
+    }
+}
+
+fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Init => {
+            Archive::init(&ctx.archive).with_context(|| format!("cannot create an archive at {}", ctx.archive.display()))?;
+            if !ctx.quiet {
+                println!("created an empty archive at {}", ctx.archive.display());
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Import(args) => import::run(ctx, args),
+        Command::List(args) => list::list(ctx, args),
+        Command::Cat(args) => list::cat(ctx, args),
+        Command::Stats(args) => stats::run(ctx, args),
+        Command::Verify(args) => verify::run(ctx, args),
+    }
+}
+
+/// `error: what` then one `caused by:` line per underlying cause; never a panic or debug dump.
+fn report_error(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    let mut last = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        last = text;
+    }
+}
+
+fn exit_for(err: &anyhow::Error) -> Exit {
+    for cause in err.chain() {
+        if let Some(ArchiveError::Locked { .. }) = cause.downcast_ref::<ArchiveError>() {
+            return Exit::Locked;
+        }
+    }
+    Exit::Error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

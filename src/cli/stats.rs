@@ -1,0 +1,82 @@
+//! `popvault stats`.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::output::{human_bytes, local_time};
+use super::{Context, Exit};
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stats {
+    /// Catalog lines: a message seen in two sources counts twice.
+    messages: u64,
+    unique_messages: u64,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    compression_ratio: f64,
+    /// Bytes not stored again because the same message was already archived.
+    dedup_saved_bytes: u64,
+    commits: u64,
+    sources: BTreeMap<String, SourceStats>,
+    last_run: Option<LastRun>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct SourceStats {
+    messages: u64,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct LastRun {
+    command: String,
+    finished: chrono::DateTime<chrono::Utc>,
+    commit: u64,
+}
+
+pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let mut s = Stats { commits: archive.commits().len() as u64, ..Stats::default() };
+    let mut all_bytes = 0;
+    for e in archive.entries() {
+        s.messages += 1;
+        all_bytes += e.size;
+        let per = s.sources.entry(e.source.label()).or_default();
+        per.messages += 1;
+        per.bytes += e.size;
+        if e.stored.is_some() {
+            s.unique_messages += 1;
+            s.raw_bytes += e.size;
+        }
+    }
+    s.stored_bytes = archive.commits().iter().flat_map(|c| &c.packs).map(|p| p.size).sum();
+    s.compression_ratio = if s.stored_bytes > 0 { s.raw_bytes as f64 / s.stored_bytes as f64 } else { 0.0 };
+    s.dedup_saved_bytes = all_bytes - s.raw_bytes;
+    s.last_run = archive.commits().last().map(|c| LastRun { command: c.command.clone(), finished: c.finished, commit: c.commit });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(Exit::Ok);
+    }
+    println!("archive          {}", archive.root().display());
+    println!("messages         {} ({} unique)", s.messages, s.unique_messages);
+    println!("raw size         {}", human_bytes(s.raw_bytes));
+    println!("stored size      {} (compression {:.2}x)", human_bytes(s.stored_bytes), s.compression_ratio);
+    println!("dedup saved      {}", human_bytes(s.dedup_saved_bytes));
+    match &s.last_run {
+        Some(r) => println!("last run         {} at {} (commit {})", r.command, local_time(r.finished), r.commit),
+        None => println!("last run         never"),
+    }
+    for (label, per) in &s.sources {
+        println!("  {label}: {} messages, {}", per.messages, human_bytes(per.bytes));
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,64 @@
+//! `popvault verify`.
+
+use clap::Args;
+
+use super::output::{byte_bar, human_bytes};
+use super::{Context, Exit};
+use crate::archive::verify::{self, DamagedMessage};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Decompress and re-hash every message (reads the whole archive).
+    #[arg(long)]
+    full: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let total: u64 = archive.commits().iter().map(|c| c.raw_bytes).sum();
+    let bar = byte_bar(args.full.then_some(total), ctx.quiet || args.json, "verify");
+    let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            eprintln!("damaged: {p}");
+        }
+        for m in &report.damaged {
+            eprintln!("damaged message {}", describe(m));
+        }
+        for m in &report.uncatalogued {
+            eprintln!("uncatalogued message {}", describe(m));
+        }
+        if !ctx.quiet {
+            for l in &report.leftovers {
+                println!("note: {l} was left by an interrupted run; the next import or backup removes it");
+            }
+            let level = if args.full { "full" } else { "quick" };
+            let checked = if args.full { format!(", {} re-hashed", human_bytes(report.bytes_checked)) } else { String::new() };
+            let verdict = if report.is_ok() { "OK".to_string() } else { format!("{} DAMAGED", report.damaged.len() + report.uncatalogued.len()) };
+            println!("verify ({level}): {} messages in {} packs, {} commits{checked}: {verdict}", report.messages, report.packs, report.commits);
+        }
+    }
+    Ok(if report.is_ok() { Exit::Ok } else { Exit::Damaged })
+}
+
+fn describe(m: &DamagedMessage) -> String {
+    let sources: Vec<String> = m.sources.iter().map(|s| match s {
+        crate::archive::Source::Pop3 { account, uidl } => format!("{account} UIDL {}", uidl.as_deref().unwrap_or("-")),
+        other => other.label(),
+    }).collect();
+    format!(
+        "{} [{}] from {:?} subject {:?}: {}{}",
+        m.id,
+        sources.join(", "),
+        m.from.as_deref().unwrap_or(""),
+        m.subject.as_deref().unwrap_or(""),
+        m.reason,
+        if m.pack.is_empty() { String::new() } else { format!(" (pack {})", m.pack) }
+    )
+}

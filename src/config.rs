@@ -1,0 +1,78 @@
+//! The configuration file (TOML): where the archive lives and which POP3 accounts to back up.
+//! See samples/config.toml for a commented example.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The archive directory.
+    pub archive: Option<PathBuf>,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// One `[[account]]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    /// `pop3s://user@host[:port]` or `pop3://user@host[:port]`.
+    pub server: String,
+    /// `implicit`, `starttls` or `none`; by default from the URL scheme.
+    pub tls: Option<String>,
+    /// `auto`, `user`, `apop`, `plain`, `login`, `xoauth2` or `oauthbearer`.
+    pub auth: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub tls_fingerprint: Option<String>,
+    /// Run by `sh -c`; the first line of its output is the password (or OAuth token).
+    pub password_command: Option<String>,
+    pub delete_after_days: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file is an empty config only when `optional` (the default location).
+    pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        };
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let mut names = std::collections::HashSet::new();
+        for a in &config.accounts {
+            if a.name.is_empty() || !names.insert(a.name.as_str()) {
+                return Err(format!("account names must be unique and not empty (found {:?} twice or empty)", a.name));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_accounts_and_refuses_unknown_keys() {
+        let c = Config::parse("archive = \"/a\"\n[[account]]\nname = \"home\"\nserver = \"pop3s://me@h\"\n").unwrap();
+        assert_eq!(c.archive.as_deref(), Some(Path::new("/a")));
+        assert_eq!(c.accounts[0].name, "home");
+        assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\npassword = \"oops\"\n").is_err());
+        assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
+    }
+}
