@@ -60,14 +60,38 @@ impl Envelope {
 /// Parses an RFC 5322 date: strictly first (chrono), then tolerantly (mailparse accepts the usual
 /// real-world damage, but also turns text without a date into the epoch, which is refused).
 pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
+    let without_comments = strip_comments(raw);
+    let raw = without_comments.as_str();
     if let Ok(date) = DateTime::parse_from_rfc2822(raw) {
         return Some(date.to_utc());
     }
-    let secs = mailparse::dateparse(raw).ok()?;
-    if secs == 0 && !raw.contains("1970") {
-        return None;
+    let tolerant = |text: &str| {
+        let secs = mailparse::dateparse(text).ok()?;
+        if secs == 0 && !text.contains("1970") {
+            return None;
+        }
+        DateTime::from_timestamp(secs, 0)
+    };
+    // An unknown zone is read as UTC (RFC 5322 §4.3 says to treat unknown zones as -0000).
+    tolerant(raw).or_else(|| {
+        let (rest, _zone) = raw.trim_end().rsplit_once(' ')?;
+        tolerant(&format!("{rest} +0000"))
+    })
+}
+
+/// Removes RFC 5322 comments such as `(EDT)`, which parsers otherwise trip over.
+fn strip_comments(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut depth = 0usize;
+    for c in raw.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
     }
-    DateTime::from_timestamp(secs, 0)
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Unfolds and trims a header value; control characters become spaces so that one catalog
@@ -100,6 +124,10 @@ mod tests {
         let e = Envelope::parse(b"Date: not a date at all\r\n\r\n");
         assert_eq!(e.date.as_deref(), Some("not a date at all"));
         assert_eq!(e.date_utc, None);
+        let odd_zone = Envelope::parse(b"Date: Tue, 12 Oct 2010 16:21:05 H0500\r\n\r\n");
+        let commented = Envelope::parse(b"Date: Wed, 20 Sep 1995 00:19:00 (EDT) -0400\n\n");
+        assert_eq!(commented.date_utc.unwrap().to_rfc3339(), "1995-09-20T04:19:00+00:00");
+        assert_eq!(odd_zone.date_utc.unwrap().to_rfc3339(), "2010-10-12T16:21:05+00:00");
         assert_eq!(Envelope::parse(b""), Envelope::default());
         assert_eq!(Envelope::parse(b"\x00\xff\xfe garbage").date, None);
     }

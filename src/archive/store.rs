@@ -25,7 +25,7 @@ const FORMAT_NAME: &str = "popvault-archive";
 /// A batch is committed once its pack reaches this size...
 const COMMIT_PACK_BYTES: u64 = 64 << 20;
 /// ...or it holds this many catalog lines...
-const COMMIT_ENTRIES: usize = 10_000;
+const COMMIT_ENTRIES: usize = 2_000;
 /// ...or it has been open this long, so a long backup keeps committing what it has.
 const COMMIT_SECONDS: u64 = 30;
 /// Messages up to this size are read whole (hashed before compressing, so duplicates cost no
@@ -89,6 +89,7 @@ impl Archive {
         for sub in ["", "packs", "catalog", "commits", "tmp"] {
             durable::create_dir(&root.join(sub)).map_err(ArchiveError::io(root.join(sub)))?;
         }
+        durable::create_new(&root.join("lock")).map_err(ArchiveError::io(root.join("lock")))?;
         let header = Header { format: FORMAT_NAME.into(), version: FORMAT_VERSION, created: Utc::now() };
         let text = serde_json::to_string_pretty(&header).expect("header serializes") + "\n";
         durable::write_once(&root.join("tmp"), &root.join(HEADER_FILE), text.as_bytes())
