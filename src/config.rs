@@ -35,7 +35,10 @@ pub struct AccountConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -45,18 +48,32 @@ impl Config {
     pub fn load(path: &Path, optional: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
         let mut names = std::collections::HashSet::new();
         for a in &config.accounts {
             if a.name.is_empty() || !names.insert(a.name.as_str()) {
-                return Err(format!("account names must be unique and not empty (found {:?} twice or empty)", a.name));
+                return Err(format!(
+                    "account names must be unique and not empty (found {:?} twice or empty)",
+                    a.name
+                ));
             }
         }
         Ok(config)
@@ -69,10 +86,16 @@ mod tests {
 
     #[test]
     fn parses_accounts_and_refuses_unknown_keys() {
-        let c = Config::parse("archive = \"/a\"\n[[account]]\nname = \"home\"\nserver = \"pop3s://me@h\"\n").unwrap();
+        let c = Config::parse(
+            "archive = \"/a\"\n[[account]]\nname = \"home\"\nserver = \"pop3s://me@h\"\n",
+        )
+        .unwrap();
         assert_eq!(c.archive.as_deref(), Some(Path::new("/a")));
         assert_eq!(c.accounts[0].name, "home");
-        assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\npassword = \"oops\"\n").is_err());
+        assert!(
+            Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\npassword = \"oops\"\n")
+                .is_err()
+        );
         assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
     }
 }

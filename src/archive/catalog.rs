@@ -26,7 +26,11 @@ pub enum Source {
     /// A file of a Maildir; `name` is the file name without the `:2,` info part.
     Maildir { path: String, name: String },
     /// The `index`-th message (from 0) of an mbox file, whose `From ` line starts at byte `offset`.
-    Mbox { path: String, index: u64, offset: u64 },
+    Mbox {
+        path: String,
+        index: u64,
+        offset: u64,
+    },
     /// A single message file.
     Eml { path: String },
     /// A message of a `popvault export` tar, with the source it had in the exporting archive.
@@ -149,15 +153,28 @@ mod tests {
         let e = Entry {
             id: Digest::of(b"m"),
             size: 1,
-            source: Source::Pop3 { account: "home".into(), uidl: Some("a/b:c".into()) },
+            source: Source::Pop3 {
+                account: "home".into(),
+                uidl: Some("a/b:c".into()),
+            },
             first_seen: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             flags: None,
-            envelope: Envelope { subject: Some("hi \"there\"".into()), ..Envelope::default() },
-            stored: Some(StoredAt { pack: "p".into(), offset: 8, stored_len: 10 }),
+            envelope: Envelope {
+                subject: Some("hi \"there\"".into()),
+                ..Envelope::default()
+            },
+            stored: Some(StoredAt {
+                pack: "p".into(),
+                offset: 8,
+                stored_len: 10,
+            }),
         };
         let line = serde_json::to_string(&e).unwrap();
         assert!(line.contains(r#""subject":"hi \"there\"""#), "{line}");
-        assert!(line.contains(r#""source":{"kind":"pop3","account":"home","uidl":"a/b:c"}"#), "{line}");
+        assert!(
+            line.contains(r#""source":{"kind":"pop3","account":"home","uidl":"a/b:c"}"#),
+            "{line}"
+        );
         assert_eq!(serde_json::from_str::<Entry>(&line).unwrap(), e);
     }
 

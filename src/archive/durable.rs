@@ -11,12 +11,20 @@ use std::path::Path;
 
 /// Creates a new file readable by its owner only; fails if it exists.
 pub fn create_new(path: &Path) -> io::Result<File> {
-    OpenOptions::new().write(true).read(true).create_new(true).mode(0o600).open(path)
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Creates a directory (and parents) readable by its owner only; an existing one is fine.
 pub fn create_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -40,7 +48,10 @@ pub fn write_once(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()?;
     drop(file);
     if dest.exists() {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} already exists", dest.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", dest.display()),
+        ));
     }
     rename_durably(&tmp, dest)
 }

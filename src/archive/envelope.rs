@@ -110,13 +110,17 @@ mod tests {
 
     #[test]
     fn reads_decoded_fields_and_utc_date() {
-        let m = b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: =?iso-8859-1?q?caf=E9?=\r\n\
+        let m =
+            b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nSubject: =?iso-8859-1?q?caf=E9?=\r\n\
                   Date: Thu, 22 Aug 2002 12:36:23 +0100\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n";
         let e = Envelope::parse(m);
         assert_eq!(e.from.as_deref(), Some("Jörg <j@example.org>"));
         assert_eq!(e.subject.as_deref(), Some("café"));
         assert_eq!(e.message_id.as_deref(), Some("<a@b>"));
-        assert_eq!(e.date_utc.unwrap().to_rfc3339(), "2002-08-22T11:36:23+00:00");
+        assert_eq!(
+            e.date_utc.unwrap().to_rfc3339(),
+            "2002-08-22T11:36:23+00:00"
+        );
     }
 
     #[test]
@@ -126,8 +130,14 @@ mod tests {
         assert_eq!(e.date_utc, None);
         let odd_zone = Envelope::parse(b"Date: Tue, 12 Oct 2010 16:21:05 H0500\r\n\r\n");
         let commented = Envelope::parse(b"Date: Wed, 20 Sep 1995 00:19:00 (EDT) -0400\n\n");
-        assert_eq!(commented.date_utc.unwrap().to_rfc3339(), "1995-09-20T04:19:00+00:00");
-        assert_eq!(odd_zone.date_utc.unwrap().to_rfc3339(), "2010-10-12T16:21:05+00:00");
+        assert_eq!(
+            commented.date_utc.unwrap().to_rfc3339(),
+            "1995-09-20T04:19:00+00:00"
+        );
+        assert_eq!(
+            odd_zone.date_utc.unwrap().to_rfc3339(),
+            "2010-10-12T16:21:05+00:00"
+        );
         assert_eq!(Envelope::parse(b""), Envelope::default());
         assert_eq!(Envelope::parse(b"\x00\xff\xfe garbage").date, None);
     }

@@ -18,7 +18,10 @@ pub struct WriterLock {
 impl WriterLock {
     /// Takes the lock, failing at once with the holder's description, or waiting when `wait`.
     pub fn acquire(path: &Path, command: &str, wait: bool) -> Result<WriterLock, ArchiveError> {
-        let io = |source| ArchiveError::Io { path: path.to_path_buf(), source };
+        let io = |source| ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

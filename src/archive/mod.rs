@@ -30,17 +30,29 @@ pub use store::{Added, Archive, Location, Message, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("no archive at {path} (run `popvault init`, `popvault import` or `popvault backup` first)")]
+    #[error(
+        "no archive at {path} (run `popvault init`, `popvault import` or `popvault backup` first)"
+    )]
     NotFound { path: PathBuf },
-    #[error("{path} is not a popvault archive: it is a non-empty directory without popvault-archive.json")]
+    #[error(
+        "{path} is not a popvault archive: it is a non-empty directory without popvault-archive.json"
+    )]
     NotAnArchive { path: PathBuf },
     #[error("{path} is already a popvault archive")]
     AlreadyAnArchive { path: PathBuf },
-    #[error("the archive at {path} has format version {version}; this popvault reads version {supported} and older: upgrade popvault")]
-    TooNew { path: PathBuf, version: u32, supported: u32 },
+    #[error(
+        "the archive at {path} has format version {version}; this popvault reads version {supported} and older: upgrade popvault"
+    )]
+    TooNew {
+        path: PathBuf,
+        version: u32,
+        supported: u32,
+    },
     #[error("the archive header {path} is damaged: {reason}")]
     BadHeader { path: PathBuf, reason: String },
-    #[error("another popvault is writing to this archive ({holder}); try again later or pass --wait (lock file {path})")]
+    #[error(
+        "another popvault is writing to this archive ({holder}); try again later or pass --wait (lock file {path})"
+    )]
     Locked { path: PathBuf, holder: String },
     #[error("{path}")]
     Io {
@@ -59,7 +71,11 @@ pub enum ArchiveError {
     #[error("{count} messages have ids starting with {prefix:?}: give more digits")]
     AmbiguousId { prefix: String, count: usize },
     #[error("message {id} is damaged in {pack}: {fault}")]
-    DamagedMessage { id: Digest, pack: String, fault: pack::RecordFault },
+    DamagedMessage {
+        id: Digest,
+        pack: String,
+        fault: pack::RecordFault,
+    },
     #[error(transparent)]
     Seal(#[from] pack::SealError),
 }

@@ -82,10 +82,17 @@ impl PackWriter {
         let mut compressor = zstd::bulk::Compressor::new(level)?;
         compressor.include_checksum(true)?;
         compressor.include_contentsize(true)?;
-        Ok(PackWriter { file, path, len: PACK_MAGIC.len() as u64, compressor, level })
+        Ok(PackWriter {
+            file,
+            path,
+            len: PACK_MAGIC.len() as u64,
+            compressor,
+            level,
+        })
     }
 
-    pub fn len(&self) -> u64 {
+    /// Bytes written so far (the next record's offset).
+    pub fn position(&self) -> u64 {
         self.len
     }
 
@@ -102,7 +109,10 @@ impl PackWriter {
         self.file.write_all(&header.encode())?;
         self.file.write_all(&stored)?;
         self.len += RECORD_HEADER_LEN + header.stored_len;
-        Ok(RecordSpan { offset, stored_len: header.stored_len })
+        Ok(RecordSpan {
+            offset,
+            stored_len: header.stored_len,
+        })
     }
 
     /// Appends a message of unknown length, compressing while it streams in, so memory stays
@@ -117,7 +127,10 @@ impl PackWriter {
         self.file.write_all(&[0u8; RECORD_HEADER_LEN as usize])?;
         let mut hasher = Hasher::default();
         let mut raw_len = 0u64;
-        let mut counter = CountingWriter { inner: &mut self.file, count: 0 };
+        let mut counter = CountingWriter {
+            inner: &mut self.file,
+            count: 0,
+        };
         let mut encoder = zstd::stream::write::Encoder::new(&mut counter, self.level)?;
         encoder.include_checksum(true)?;
         hasher.update(head);
@@ -138,7 +151,12 @@ impl PackWriter {
         encoder.finish()?;
         let stored_len = counter.count;
         let id = hasher.finish();
-        let header = RecordHeader { codec: CODEC_ZSTD, raw_len, stored_len, id };
+        let header = RecordHeader {
+            codec: CODEC_ZSTD,
+            raw_len,
+            stored_len,
+            id,
+        };
         self.file.flush()?;
         let inner = self.file.get_mut();
         inner.seek(SeekFrom::Start(offset))?;
@@ -162,8 +180,13 @@ impl PackWriter {
     /// catches a compressor bug or bad RAM before anything is committed), computes the pack's
     /// SHA-256, fsyncs it and moves it to `dest_dir/<prefix>-<sha256>.pack`.
     pub fn seal(mut self, dest_dir: &Path, prefix: &str) -> Result<SealedPack, SealError> {
-        self.file.flush().map_err(|e| SealError::Io(self.path.clone(), e))?;
-        let file = self.file.into_inner().map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
+        self.file
+            .flush()
+            .map_err(|e| SealError::Io(self.path.clone(), e))?;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
         let io = |e| SealError::Io(self.path.clone(), e);
         file.sync_all().map_err(io)?;
         let mut reader = File::open(&self.path).map_err(io)?;
@@ -175,7 +198,11 @@ impl PackWriter {
         let dest = dest_dir.join(&name);
         super::durable::rename_durably(&self.path, &dest)
             .map_err(|e| SealError::Io(dest.clone(), e))?;
-        Ok(SealedPack { name, size: self.len, records })
+        Ok(SealedPack {
+            name,
+            size: self.len,
+            records,
+        })
     }
 }
 
@@ -190,7 +217,9 @@ pub struct SealedPack {
 pub enum SealError {
     #[error("cannot write pack {0}")]
     Io(PathBuf, #[source] io::Error),
-    #[error("self-check of new pack {0} failed before commit ({1}); nothing was committed: check memory and disk")]
+    #[error(
+        "self-check of new pack {0} failed before commit ({1}); nothing was committed: check memory and disk"
+    )]
     SelfCheck(PathBuf, String),
 }
 
@@ -234,7 +263,10 @@ pub enum ScanError {
 /// Reads a whole pack front to back, checking that it is a well-formed sequence of records each of
 /// which decompresses to exactly its id. Returns the SHA-256 of the file and the record count.
 pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize), ScanError> {
-    let mut reader = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Hasher::default() };
+    let mut reader = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Hasher::default(),
+    };
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(ScanError::Io)?;
     if &magic != PACK_MAGIC {
@@ -251,7 +283,12 @@ pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize)
         match check_record(&header, &mut body) {
             Ok(()) => {}
             Err(RecordFault::Io(e)) => return Err(ScanError::Io(e)),
-            Err(fault) => return Err(ScanError::Damaged(format!("record {} at offset {pos}: {fault}", header.id))),
+            Err(fault) => {
+                return Err(ScanError::Damaged(format!(
+                    "record {} at offset {pos}: {fault}",
+                    header.id
+                )));
+            }
         }
         io::copy(&mut body, &mut io::sink()).map_err(ScanError::Io)?;
         pos += RECORD_HEADER_LEN + header.stored_len;
@@ -259,7 +296,9 @@ pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize)
     }
     let mut extra = [0u8; 1];
     if pos != expected_len || reader.read(&mut extra).map_err(ScanError::Io)? != 0 {
-        return Err(ScanError::Damaged("pack length does not match its records".into()));
+        return Err(ScanError::Damaged(
+            "pack length does not match its records".into(),
+        ));
     }
     Ok((reader.hasher.finish(), records))
 }
@@ -282,7 +321,10 @@ pub enum RecordFault {
 
 /// Decompresses one record's stored bytes and checks length and hash against the header.
 pub fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
-    let mut hasher = HashingWriter { hasher: Hasher::default(), count: 0 };
+    let mut hasher = HashingWriter {
+        hasher: Hasher::default(),
+        count: 0,
+    };
     copy_decompressed(header.raw_len, stored, &mut hasher)?;
     let got = hasher.hasher.finish();
     if got != header.id {
@@ -294,9 +336,15 @@ pub fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), 
 /// Streams the decompressed bytes of one record to `out`, never producing more than `raw_len`
 /// bytes (a crafted frame cannot make the reader allocate or write without limit), and fails
 /// unless exactly `raw_len` bytes come out.
-pub fn copy_decompressed(raw_len: u64, stored: &mut dyn Read, out: &mut dyn Write) -> Result<(), RecordFault> {
+pub fn copy_decompressed(
+    raw_len: u64,
+    stored: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(), RecordFault> {
     let mut decoder = zstd::stream::read::Decoder::new(stored).map_err(RecordFault::Decompress)?;
-    decoder.window_log_max(MAX_WINDOW_LOG).map_err(RecordFault::Decompress)?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(RecordFault::Decompress)?;
     let mut limited = decoder.take(raw_len + 1);
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0u64;
@@ -314,7 +362,10 @@ pub fn copy_decompressed(raw_len: u64, stored: &mut dyn Read, out: &mut dyn Writ
         out.write_all(&buf[..n])?;
     }
     if got != raw_len {
-        return Err(RecordFault::Length { expected: raw_len, got });
+        return Err(RecordFault::Length {
+            expected: raw_len,
+            got,
+        });
     }
     Ok(())
 }
@@ -351,7 +402,12 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_bad_magic() {
-        let h = RecordHeader { codec: CODEC_ZSTD, raw_len: 5, stored_len: 9, id: Digest::of(b"x") };
+        let h = RecordHeader {
+            codec: CODEC_ZSTD,
+            raw_len: 5,
+            stored_len: 9,
+            id: Digest::of(b"x"),
+        };
         let mut b = h.encode();
         assert_eq!(RecordHeader::decode(&b), Some(h));
         b[0] = b'X';
@@ -364,7 +420,16 @@ mod tests {
         let frame = zstd::bulk::compress(&big, 3).unwrap();
         let mut out = Vec::new();
         let err = copy_decompressed(1000, &mut &frame[..], &mut out).unwrap_err();
-        assert!(matches!(err, RecordFault::Length { expected: 1000, got: 1001 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                RecordFault::Length {
+                    expected: 1000,
+                    got: 1001
+                }
+            ),
+            "{err}"
+        );
         assert!(out.len() <= 1000);
     }
 
@@ -376,11 +441,16 @@ mod tests {
         let body: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let (id, len, _) = w.append_stream(&body[..10], &mut &body[10..]).unwrap();
         assert_eq!((id, len), (Digest::of(&body), body.len() as u64));
-        let before_dup = w.len();
+        let before_dup = w.position();
         w.append_stream(b"hel", &mut &b"lo"[..]).unwrap();
         w.truncate(before_dup).unwrap();
         let sealed = w.seal(dir.path(), "00000001").unwrap();
         assert_eq!(sealed.records, 2);
-        assert_eq!(std::fs::metadata(dir.path().join(&sealed.name)).unwrap().len(), sealed.size);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&sealed.name))
+                .unwrap()
+                .len(),
+            sealed.size
+        );
     }
 }

@@ -23,10 +23,15 @@ impl Selection {
     pub fn matches(&self, m: &Message<'_>) -> bool {
         let contains = |field: &Option<String>, needle: &Option<String>| match needle {
             None => true,
-            Some(n) => field.as_deref().is_some_and(|f| f.to_lowercase().contains(&n.to_lowercase())),
+            Some(n) => field
+                .as_deref()
+                .is_some_and(|f| f.to_lowercase().contains(&n.to_lowercase())),
         };
         let time = message_time(m);
-        (self.accounts.is_empty() || m.sources.iter().any(|s| self.accounts.iter().any(|a| *a == s.label())))
+        (self.accounts.is_empty()
+            || m.sources
+                .iter()
+                .any(|s| self.accounts.iter().any(|a| *a == s.label())))
             && self.since.is_none_or(|t| time >= t)
             && self.until.is_none_or(|t| time < t)
             && contains(&m.envelope.from, &self.from)

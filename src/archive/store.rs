@@ -9,15 +9,15 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::ArchiveError;
 use super::catalog::{
-    self, AccountRun, CommitRecord, Entry, FileRef, Source, StoredAt, FORMAT_VERSION,
+    self, AccountRun, CommitRecord, Entry, FORMAT_VERSION, FileRef, Source, StoredAt,
 };
 use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
 use super::lock::WriterLock;
-use super::pack::{self, PackWriter, RecordFault, RECORD_HEADER_LEN};
-use super::ArchiveError;
+use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault};
 
 const HEADER_FILE: &str = "popvault-archive.json";
 const FORMAT_NAME: &str = "popvault-archive";
@@ -77,20 +77,30 @@ impl Archive {
     /// Creates an empty archive at `root`, which must be missing or an empty directory.
     pub fn init(root: &Path) -> Result<(), ArchiveError> {
         if root.join(HEADER_FILE).exists() {
-            return Err(ArchiveError::AlreadyAnArchive { path: root.to_path_buf() });
+            return Err(ArchiveError::AlreadyAnArchive {
+                path: root.to_path_buf(),
+            });
         }
         if let Ok(mut dir) = fs::read_dir(root) {
             if dir.next().is_some() {
-                return Err(ArchiveError::NotAnArchive { path: root.to_path_buf() });
+                return Err(ArchiveError::NotAnArchive {
+                    path: root.to_path_buf(),
+                });
             }
         } else if root.exists() {
-            return Err(ArchiveError::NotAnArchive { path: root.to_path_buf() });
+            return Err(ArchiveError::NotAnArchive {
+                path: root.to_path_buf(),
+            });
         }
         for sub in ["", "packs", "catalog", "commits", "tmp"] {
             durable::create_dir(&root.join(sub)).map_err(ArchiveError::io(root.join(sub)))?;
         }
         durable::create_new(&root.join("lock")).map_err(ArchiveError::io(root.join("lock")))?;
-        let header = Header { format: FORMAT_NAME.into(), version: FORMAT_VERSION, created: Utc::now() };
+        let header = Header {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            created: Utc::now(),
+        };
         let text = serde_json::to_string_pretty(&header).expect("header serializes") + "\n";
         durable::write_once(&root.join("tmp"), &root.join(HEADER_FILE), text.as_bytes())
             .map_err(ArchiveError::io(root.join(HEADER_FILE)))?;
@@ -114,9 +124,13 @@ impl Archive {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(if root.is_dir() {
-                    ArchiveError::NotAnArchive { path: root.to_path_buf() }
+                    ArchiveError::NotAnArchive {
+                        path: root.to_path_buf(),
+                    }
                 } else {
-                    ArchiveError::NotFound { path: root.to_path_buf() }
+                    ArchiveError::NotFound {
+                        path: root.to_path_buf(),
+                    }
                 });
             }
             Err(e) => return Err(ArchiveError::io(&header_path)(e)),
@@ -126,10 +140,17 @@ impl Archive {
             reason: e.to_string(),
         })?;
         if header.format != FORMAT_NAME {
-            return Err(ArchiveError::BadHeader { path: header_path, reason: format!("format is {:?}", header.format) });
+            return Err(ArchiveError::BadHeader {
+                path: header_path,
+                reason: format!("format is {:?}", header.format),
+            });
         }
         if header.version > FORMAT_VERSION {
-            return Err(ArchiveError::TooNew { path: root.to_path_buf(), version: header.version, supported: FORMAT_VERSION });
+            return Err(ArchiveError::TooNew {
+                path: root.to_path_buf(),
+                version: header.version,
+                supported: FORMAT_VERSION,
+            });
         }
         let mut archive = Archive {
             root: root.to_path_buf(),
@@ -154,20 +175,27 @@ impl Archive {
         let mut expected = 1;
         for (number, name) in numbers {
             if number != expected {
-                self.load_issues.push(format!("commit records {expected:08} to {:08} are missing", number - 1));
+                self.load_issues.push(format!(
+                    "commit records {expected:08} to {:08} are missing",
+                    number - 1
+                ));
             }
             expected = number + 1;
             let path = commits_dir.join(&name);
-            let record = fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
+            let record = fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string())
+            });
             match record {
                 Ok(record) if record.commit == number => {
                     self.load_segment(&record)?;
                     self.commits.push(record);
                 }
-                Ok(_) => self.load_issues.push(format!("commit record {name} names another commit number")),
-                Err(e) => self.load_issues.push(format!("commit record {name} is unreadable: {e}")),
+                Ok(_) => self
+                    .load_issues
+                    .push(format!("commit record {name} names another commit number")),
+                Err(e) => self
+                    .load_issues
+                    .push(format!("commit record {name} is unreadable: {e}")),
             }
         }
         Ok(())
@@ -178,12 +206,17 @@ impl Archive {
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.load_issues.push(format!("catalog segment {} is missing", record.segment.name));
+                self.load_issues.push(format!(
+                    "catalog segment {} is missing",
+                    record.segment.name
+                ));
                 return Ok(());
             }
             Err(e) => return Err(ArchiveError::io(&path)(e)),
         };
-        if bytes.len() as u64 != record.segment.size || Some(Digest::of(&bytes)) != record.segment.sha256 {
+        if bytes.len() as u64 != record.segment.size
+            || Some(Digest::of(&bytes)) != record.segment.sha256
+        {
             self.load_issues.push(format!(
                 "catalog segment {} is damaged (its size or SHA-256 differs from commit {:08}); readable lines are used",
                 record.segment.name, record.commit
@@ -236,7 +269,12 @@ impl Archive {
     pub fn location(&self, id: &Digest) -> Option<Location> {
         let entry = &self.entries[*self.stored.get(id)?];
         let at = entry.stored.as_ref()?;
-        Some(Location { pack: at.pack.clone(), offset: at.offset, stored_len: at.stored_len, size: entry.size })
+        Some(Location {
+            pack: at.pack.clone(),
+            offset: at.offset,
+            stored_len: at.stored_len,
+            size: entry.size,
+        })
     }
 
     /// The catalog line that stored `id` (its envelope is the message's).
@@ -284,13 +322,20 @@ impl Archive {
     pub fn resolve(&self, prefix: &str) -> Result<Digest, ArchiveError> {
         let p = prefix.to_ascii_lowercase();
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ArchiveError::UnknownId { prefix: prefix.into() });
+            return Err(ArchiveError::UnknownId {
+                prefix: prefix.into(),
+            });
         }
         let mut found = self.stored.keys().filter(|id| id.hex().starts_with(&p));
         match (found.next(), found.count()) {
-            (None, _) => Err(ArchiveError::UnknownId { prefix: prefix.into() }),
+            (None, _) => Err(ArchiveError::UnknownId {
+                prefix: prefix.into(),
+            }),
             (Some(id), 0) => Ok(*id),
-            (Some(_), more) => Err(ArchiveError::AmbiguousId { prefix: prefix.into(), count: more + 1 }),
+            (Some(_), more) => Err(ArchiveError::AmbiguousId {
+                prefix: prefix.into(),
+                count: more + 1,
+            }),
         }
     }
 
@@ -301,18 +346,30 @@ impl Archive {
     /// Streams message `id` to `out`, after first checking that it decompresses to exactly its
     /// id: nothing is written for a damaged message. Memory stays bounded whatever its size.
     pub fn copy_message(&self, id: &Digest, out: &mut dyn Write) -> Result<(), ArchiveError> {
-        let loc = self.location(id).ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })?;
-        let damaged = |fault| ArchiveError::DamagedMessage { id: *id, pack: loc.pack.clone(), fault };
+        let loc = self
+            .location(id)
+            .ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })?;
+        let damaged = |fault| ArchiveError::DamagedMessage {
+            id: *id,
+            pack: loc.pack.clone(),
+            fault,
+        };
         let path = self.pack_path(&loc.pack);
         let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
         self.check_message(id, &loc, &mut file).map_err(damaged)?;
-        file.seek(SeekFrom::Start(loc.offset + RECORD_HEADER_LEN)).map_err(ArchiveError::io(&path))?;
+        file.seek(SeekFrom::Start(loc.offset + RECORD_HEADER_LEN))
+            .map_err(ArchiveError::io(&path))?;
         let mut stored = BufReader::new(file).take(loc.stored_len);
         pack::copy_decompressed(loc.size, &mut stored, out).map_err(damaged)
     }
 
     /// Decompresses and re-hashes one message in `file` (its pack).
-    pub fn check_message(&self, id: &Digest, loc: &Location, file: &mut File) -> Result<(), RecordFault> {
+    pub fn check_message(
+        &self,
+        id: &Digest,
+        loc: &Location,
+        file: &mut File,
+    ) -> Result<(), RecordFault> {
         let header = pack::read_record_header(file, loc.offset)?;
         if header.id != *id || header.raw_len != loc.size || header.stored_len != loc.stored_len {
             return Err(RecordFault::Mismatch);
@@ -469,7 +526,11 @@ impl Writer {
         let mut uidls = HashSet::new();
         for e in &archive.entries {
             known.insert((e.id, e.source.clone()));
-            if let Source::Pop3 { account, uidl: Some(uidl) } = &e.source {
+            if let Source::Pop3 {
+                account,
+                uidl: Some(uidl),
+            } = &e.source
+            {
                 uidls.insert((account.clone(), uidl.clone()));
             }
         }
@@ -496,7 +557,8 @@ impl Writer {
 
     /// Whether this account's UIDL is archived (committed or in the open batch).
     pub fn has_uidl(&self, account: &str, uidl: &str) -> bool {
-        self.uidls.contains(&(account.to_string(), uidl.to_string()))
+        self.uidls
+            .contains(&(account.to_string(), uidl.to_string()))
     }
 
     /// Whether bytes with this id are stored (committed or in the open batch).
@@ -511,7 +573,13 @@ impl Writer {
     }
 
     /// Adds a message held in memory.
-    pub fn add_bytes(&mut self, raw: &[u8], source: Source, flags: Option<String>, first_seen: DateTime<Utc>) -> Result<Added, ArchiveError> {
+    pub fn add_bytes(
+        &mut self,
+        raw: &[u8],
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+    ) -> Result<Added, ArchiveError> {
         let id = Digest::of(raw);
         if self.known.contains(&(id, source.clone())) {
             self.totals.known += 1;
@@ -521,7 +589,9 @@ impl Writer {
             None
         } else {
             let pack = self.open_pack()?;
-            let span = pack.append(id, raw).map_err(ArchiveError::io(self.tmp_pack_path()))?;
+            let span = pack
+                .append(id, raw)
+                .map_err(ArchiveError::io(self.tmp_pack_path()))?;
             Some((span, Envelope::parse(raw)))
         };
         self.record(id, raw.len() as u64, source, flags, first_seen, stored)
@@ -529,10 +599,22 @@ impl Writer {
 
     /// Adds a message read from `reader` until EOF; memory stays bounded for any size. A read
     /// error leaves nothing behind and comes back as `ArchiveError::Read`.
-    pub fn add_stream(&mut self, reader: &mut dyn Read, source: Source, flags: Option<String>, first_seen: DateTime<Utc>) -> Result<(Digest, Added), ArchiveError> {
+    pub fn add_stream(
+        &mut self,
+        reader: &mut dyn Read,
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+    ) -> Result<(Digest, Added), ArchiveError> {
         let mut head = Vec::new();
-        let read_err = |e: io::Error| ArchiveError::Read { what: source.label(), source: e };
-        (&mut *reader).take(INLINE_LIMIT as u64 + 1).read_to_end(&mut head).map_err(read_err)?;
+        let read_err = |e: io::Error| ArchiveError::Read {
+            what: source.label(),
+            source: e,
+        };
+        (&mut *reader)
+            .take(INLINE_LIMIT as u64 + 1)
+            .read_to_end(&mut head)
+            .map_err(read_err)?;
         if head.len() <= INLINE_LIMIT {
             let id = Digest::of(&head);
             return Ok((id, self.add_bytes(&head, source, flags, first_seen)?));
@@ -540,13 +622,20 @@ impl Writer {
         let envelope = Envelope::parse(&head);
         let tmp = self.tmp_pack_path();
         let pack = self.open_pack()?;
-        let before = pack.len();
-        let mut tracked = TrackedReader { inner: reader, failed: false };
+        let before = pack.position();
+        let mut tracked = TrackedReader {
+            inner: reader,
+            failed: false,
+        };
         let (id, size, span) = match pack.append_stream(&head, &mut tracked) {
             Ok(done) => done,
             Err(e) => {
                 pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
-                return Err(if tracked.failed { read_err(e) } else { ArchiveError::io(&tmp)(e) });
+                return Err(if tracked.failed {
+                    read_err(e)
+                } else {
+                    ArchiveError::io(&tmp)(e)
+                });
             }
         };
         let known = self.known.contains(&(id, source.clone()));
@@ -559,11 +648,26 @@ impl Writer {
             }
             return Ok((id, self.record(id, size, source, flags, first_seen, None)?));
         }
-        Ok((id, self.record(id, size, source, flags, first_seen, Some((span, envelope)))?))
+        Ok((
+            id,
+            self.record(id, size, source, flags, first_seen, Some((span, envelope)))?,
+        ))
     }
 
-    fn record(&mut self, id: Digest, size: u64, source: Source, flags: Option<String>, first_seen: DateTime<Utc>, stored: Option<(pack::RecordSpan, Envelope)>) -> Result<Added, ArchiveError> {
-        let added = if stored.is_some() { Added::New } else { Added::Duplicate };
+    fn record(
+        &mut self,
+        id: Digest,
+        size: u64,
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+        stored: Option<(pack::RecordSpan, Envelope)>,
+    ) -> Result<Added, ArchiveError> {
+        let added = if stored.is_some() {
+            Added::New
+        } else {
+            Added::Duplicate
+        };
         let envelope = match &stored {
             Some((_, env)) => env.clone(),
             None => self.envelope_of(&id),
@@ -572,13 +676,29 @@ impl Writer {
             self.batch.stored_bytes += RECORD_HEADER_LEN + span.stored_len;
             self.batch.raw_bytes += size;
             self.batch.stored.insert(id, self.batch.entries.len());
-            StoredAt { pack: String::new(), offset: span.offset, stored_len: span.stored_len }
+            StoredAt {
+                pack: String::new(),
+                offset: span.offset,
+                stored_len: span.stored_len,
+            }
         });
-        if let Source::Pop3 { account, uidl: Some(uidl) } = &source {
+        if let Source::Pop3 {
+            account,
+            uidl: Some(uidl),
+        } = &source
+        {
             self.uidls.insert((account.clone(), uidl.clone()));
         }
         self.known.insert((id, source.clone()));
-        self.batch.entries.push(Entry { id, size, source, first_seen, flags, envelope, stored: stored_at });
+        self.batch.entries.push(Entry {
+            id,
+            size,
+            source,
+            first_seen,
+            flags,
+            envelope,
+            stored: stored_at,
+        });
         match added {
             Added::New => self.totals.new_messages += 1,
             _ => self.totals.duplicates += 1,
@@ -593,11 +713,17 @@ impl Writer {
         if let Some(&i) = self.batch.stored.get(id) {
             return self.batch.entries[i].envelope.clone();
         }
-        self.archive.stored_entry(id).map(|e| e.envelope.clone()).unwrap_or_default()
+        self.archive
+            .stored_entry(id)
+            .map(|e| e.envelope.clone())
+            .unwrap_or_default()
     }
 
     fn batch_due(&self) -> bool {
-        self.batch.pack.as_ref().is_some_and(|p| p.len() >= COMMIT_PACK_BYTES)
+        self.batch
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.position() >= COMMIT_PACK_BYTES)
             || self.batch.entries.len() >= COMMIT_ENTRIES
             || self.batch.opened.elapsed().as_secs() >= COMMIT_SECONDS
     }
@@ -607,13 +733,17 @@ impl Writer {
     }
 
     fn tmp_pack_path(&self) -> PathBuf {
-        self.archive.root.join("tmp").join(format!("{:08}.pack", self.next_commit()))
+        self.archive
+            .root
+            .join("tmp")
+            .join(format!("{:08}.pack", self.next_commit()))
     }
 
     fn open_pack(&mut self) -> Result<&mut PackWriter, ArchiveError> {
         if self.batch.pack.is_none() {
             let path = self.tmp_pack_path();
-            let pack = PackWriter::create(path.clone(), self.level).map_err(ArchiveError::io(&path))?;
+            let pack =
+                PackWriter::create(path.clone(), self.level).map_err(ArchiveError::io(&path))?;
             self.batch.pack = Some(pack);
         }
         Ok(self.batch.pack.as_mut().expect("just opened"))
@@ -639,7 +769,11 @@ impl Writer {
                     at.pack = sealed.name.clone();
                 }
             }
-            packs.push(FileRef { name: sealed.name, size: sealed.size, sha256: None });
+            packs.push(FileRef {
+                name: sealed.name,
+                size: sealed.size,
+                sha256: None,
+            });
         }
         let mut segment = Vec::new();
         for entry in &batch.entries {
@@ -652,7 +786,8 @@ impl Writer {
             sha256: Some(Digest::of(&segment)),
         };
         let segment_path = root.join("catalog").join(&segment_ref.name);
-        durable::write_once(&tmp, &segment_path, &segment).map_err(ArchiveError::io(&segment_path))?;
+        durable::write_once(&tmp, &segment_path, &segment)
+            .map_err(ArchiveError::io(&segment_path))?;
         let record = CommitRecord {
             commit: number,
             format: FORMAT_VERSION,
@@ -670,7 +805,8 @@ impl Writer {
         };
         let record_path = root.join("commits").join(catalog::commit_file_name(number));
         let text = serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n";
-        durable::write_once(&tmp, &record_path, text.as_bytes()).map_err(ArchiveError::io(&record_path))?;
+        durable::write_once(&tmp, &record_path, text.as_bytes())
+            .map_err(ArchiveError::io(&record_path))?;
 
         self.totals.commits += 1;
         self.totals.entries += record.entries;

@@ -13,12 +13,12 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::catalog::{commit_of_file_name, Source};
+use super::ArchiveError;
+use super::catalog::{Source, commit_of_file_name};
 use super::digest::{Digest, Hasher};
 use super::envelope::Envelope;
-use super::pack::{self, RecordHeader, PACK_MAGIC, RECORD_HEADER_LEN};
+use super::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RecordHeader};
 use super::store::{Archive, Location};
-use super::ArchiveError;
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -54,9 +54,19 @@ pub struct DamagedMessage {
     pub from: Option<String>,
 }
 
-pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport, ArchiveError> {
-    let mut report = VerifyReport { full, commits: archive.commits().len(), ..VerifyReport::default() };
-    report.problems.extend(archive.load_issues().iter().cloned());
+pub fn verify(
+    archive: &Archive,
+    full: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, ArchiveError> {
+    let mut report = VerifyReport {
+        full,
+        commits: archive.commits().len(),
+        ..VerifyReport::default()
+    };
+    report
+        .problems
+        .extend(archive.load_issues().iter().cloned());
 
     let mut pack_sizes: HashMap<&str, u64> = HashMap::new();
     for commit in archive.commits() {
@@ -64,8 +74,16 @@ pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) ->
             pack_sizes.insert(&p.name, p.size);
             match std::fs::metadata(archive.pack_path(&p.name)) {
                 Ok(m) if m.len() == p.size => {}
-                Ok(m) => report.problems.push(format!("pack {} is {} bytes, commit {:08} says {}", p.name, m.len(), commit.commit, p.size)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => report.problems.push(format!("pack {} is missing", p.name)),
+                Ok(m) => report.problems.push(format!(
+                    "pack {} is {} bytes, commit {:08} says {}",
+                    p.name,
+                    m.len(),
+                    commit.commit,
+                    p.size
+                )),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    report.problems.push(format!("pack {} is missing", p.name))
+                }
                 Err(e) => return Err(ArchiveError::io(archive.pack_path(&p.name))(e)),
             }
         }
@@ -76,7 +94,9 @@ pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) ->
         if commit_of_file_name(name).is_some_and(|n| n > archive.last_commit()) {
             report.leftovers.push(rel);
         } else {
-            report.problems.push(format!("{rel} is not named by any commit record"));
+            report
+                .problems
+                .push(format!("{rel} is not named by any commit record"));
         }
     }
 
@@ -85,15 +105,28 @@ pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) ->
     let mut ids: HashSet<Digest> = HashSet::new();
     for entry in archive.entries() {
         ids.insert(entry.id);
-        if let Some(loc) = archive.location(&entry.id) {
-            if archive.stored_entry(&entry.id).map(|e| e as *const _) == Some(entry as *const _) {
-                by_pack.entry(loc.pack.clone()).or_default().push((entry.id, loc));
-            }
+        if let Some(loc) = archive.location(&entry.id)
+            && archive.stored_entry(&entry.id).map(|e| e as *const _) == Some(entry as *const _)
+        {
+            by_pack
+                .entry(loc.pack.clone())
+                .or_default()
+                .push((entry.id, loc));
         }
     }
-    let lost_lines: Vec<Digest> = ids.iter().filter(|id| !archive.contains(id)).copied().collect();
+    let lost_lines: Vec<Digest> = ids
+        .iter()
+        .filter(|id| !archive.contains(id))
+        .copied()
+        .collect();
     for id in lost_lines {
-        report.damaged.push(describe(archive, id, "", "the catalog line that stored it is lost".into(), None));
+        report.damaged.push(describe(
+            archive,
+            id,
+            "",
+            "the catalog line that stored it is lost".into(),
+            None,
+        ));
     }
     report.messages = by_pack.values().map(Vec::len).sum();
 
@@ -101,12 +134,23 @@ pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) ->
     packs.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, _) in &packs {
         if !pack_sizes.contains_key(name.as_str()) {
-            report.problems.push(format!("catalog lines point into pack {name}, which no commit record names"));
+            report.problems.push(format!(
+                "catalog lines point into pack {name}, which no commit record names"
+            ));
         }
     }
     let outcomes: Vec<PackOutcome> = packs
         .par_iter()
-        .map(|(name, messages)| check_pack(archive, name, messages, pack_sizes.get(name.as_str()).copied(), full, progress))
+        .map(|(name, messages)| {
+            check_pack(
+                archive,
+                name,
+                messages,
+                pack_sizes.get(name.as_str()).copied(),
+                full,
+                progress,
+            )
+        })
         .collect::<Result<_, _>>()?;
     for outcome in outcomes {
         report.bytes_checked += outcome.bytes_checked;
@@ -114,7 +158,7 @@ pub fn verify(archive: &Archive, full: bool, progress: &(dyn Fn(u64) + Sync)) ->
         report.damaged.extend(outcome.damaged);
         report.uncatalogued.extend(outcome.uncatalogued);
     }
-    report.damaged.sort_by(|a, b| a.id.cmp(&b.id));
+    report.damaged.sort_by_key(|a| a.id);
     Ok(report)
 }
 
@@ -140,7 +184,13 @@ fn check_pack(
         Ok(f) => f,
         Err(e) => {
             for (id, _) in messages {
-                out.damaged.push(describe(archive, *id, name, format!("its pack cannot be opened: {e}"), None));
+                out.damaged.push(describe(
+                    archive,
+                    *id,
+                    name,
+                    format!("its pack cannot be opened: {e}"),
+                    None,
+                ));
             }
             return Ok(out);
         }
@@ -149,29 +199,48 @@ fn check_pack(
     if !full {
         for (id, loc) in messages {
             if loc.offset + RECORD_HEADER_LEN + loc.stored_len > actual_size {
-                out.damaged.push(describe(archive, *id, name, "its record lies beyond the end of the pack".into(), None));
+                out.damaged.push(describe(
+                    archive,
+                    *id,
+                    name,
+                    "its record lies beyond the end of the pack".into(),
+                    None,
+                ));
             }
         }
         return Ok(out);
     }
-    let expected_digest = name.strip_suffix(".pack").and_then(|n| n.split_once('-')).map(|(_, d)| d.to_string());
+    let expected_digest = name
+        .strip_suffix(".pack")
+        .and_then(|n| n.split_once('-'))
+        .map(|(_, d)| d.to_string());
     let digest = file_digest(&mut file).map_err(ArchiveError::io(&path))?;
     if expected_digest.as_deref() != Some(digest.hex().as_str()) && size.is_some() {
-        out.problems.push(format!("pack {name} does not hash to its name (its bytes changed)"));
+        out.problems.push(format!(
+            "pack {name} does not hash to its name (its bytes changed)"
+        ));
     }
     let mut referenced: HashSet<u64> = HashSet::new();
     for (id, loc) in messages {
         referenced.insert(loc.offset);
         match archive.check_message(id, loc, &mut file) {
             Ok(()) => out.bytes_checked += loc.size,
-            Err(fault) => out.damaged.push(describe(archive, *id, name, fault.to_string(), None)),
+            Err(fault) => out
+                .damaged
+                .push(describe(archive, *id, name, fault.to_string(), None)),
         }
         progress(loc.size);
     }
     for (offset, header) in walk_headers(&mut file, actual_size).map_err(ArchiveError::io(&path))? {
         if !referenced.contains(&offset) && !archive.contains(&header.id) {
             let envelope = read_head(archive, &mut file, offset, &header);
-            out.uncatalogued.push(describe(archive, header.id, name, format!("record at offset {offset} has no catalog line"), envelope));
+            out.uncatalogued.push(describe(
+                archive,
+                header.id,
+                name,
+                format!("record at offset {offset} has no catalog line"),
+                envelope,
+            ));
         }
     }
     Ok(out)
@@ -201,7 +270,9 @@ fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader
     }
     let mut pos = PACK_MAGIC.len() as u64;
     while pos + RECORD_HEADER_LEN <= size {
-        let Ok(header) = pack::read_record_header(file, pos) else { break };
+        let Ok(header) = pack::read_record_header(file, pos) else {
+            break;
+        };
         out.push((pos, header));
         pos += RECORD_HEADER_LEN + header.stored_len;
     }
@@ -209,21 +280,42 @@ fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader
 }
 
 /// The envelope of a record no catalog line names, so the report can say what it is.
-fn read_head(_archive: &Archive, file: &mut File, offset: u64, header: &RecordHeader) -> Option<Envelope> {
-    file.seek(SeekFrom::Start(offset + RECORD_HEADER_LEN)).ok()?;
+fn read_head(
+    _archive: &Archive,
+    file: &mut File,
+    offset: u64,
+    header: &RecordHeader,
+) -> Option<Envelope> {
+    file.seek(SeekFrom::Start(offset + RECORD_HEADER_LEN))
+        .ok()?;
     let mut stored = BufReader::new(&mut *file).take(header.stored_len);
     let mut raw = Vec::new();
     pack::copy_decompressed(header.raw_len, &mut stored, &mut raw).ok()?;
     Some(Envelope::parse(&raw))
 }
 
-fn describe(archive: &Archive, id: Digest, pack: &str, reason: String, envelope: Option<Envelope>) -> DamagedMessage {
-    let envelope = envelope.or_else(|| archive.stored_entry(&id).map(|e| e.envelope.clone())).unwrap_or_default();
+fn describe(
+    archive: &Archive,
+    id: Digest,
+    pack: &str,
+    reason: String,
+    envelope: Option<Envelope>,
+) -> DamagedMessage {
+    let envelope = envelope
+        .or_else(|| archive.stored_entry(&id).map(|e| e.envelope.clone()))
+        .unwrap_or_default();
     let mut sources: Vec<Source> = Vec::new();
     for e in archive.entries().iter().filter(|e| e.id == id) {
         if !sources.contains(&e.source) {
             sources.push(e.source.clone());
         }
     }
-    DamagedMessage { id, pack: pack.to_string(), reason, sources, subject: envelope.subject, from: envelope.from }
+    DamagedMessage {
+        id,
+        pack: pack.to_string(),
+        reason,
+        sources,
+        subject: envelope.subject,
+        from: envelope.from,
+    }
 }

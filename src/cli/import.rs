@@ -46,8 +46,12 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
     let mut reports = Vec::new();
     for source in &sources {
-        let report = import::import(&mut writer, source, &mut |_size| bar.inc(1))
-        .with_context(|| format!("import of {source} failed; messages committed before this stay in the archive"))?;
+        let report =
+            import::import(&mut writer, source, &mut |_size| bar.inc(1)).with_context(|| {
+                format!(
+                    "import of {source} failed; messages committed before this stay in the archive"
+                )
+            })?;
         reports.push(report);
     }
     writer.finish().context("cannot commit the import")?;

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::output::{fit, human_bytes, local_time};
 use super::{Context, Exit};
-use crate::archive::select::{message_time, parse_day_or_time, Selection};
+use crate::archive::select::{Selection, message_time, parse_day_or_time};
 
 /// The filters shared by list, restore and export.
 #[derive(Debug, Clone, Default, Args)]
@@ -54,15 +54,25 @@ pub struct ListArgs {
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
     let selection = args.select.selection();
-    let mut messages: Vec<_> = archive.messages().into_iter().filter(|m| selection.matches(m)).collect();
+    let mut messages: Vec<_> = archive
+        .messages()
+        .into_iter()
+        .filter(|m| selection.matches(m))
+        .collect();
     messages.sort_by_key(|m| (message_time(m), m.id));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for m in &messages {
         let written = if args.json {
-            serde_json::to_writer(&mut out, m).map_err(std::io::Error::from).and_then(|_| writeln!(out))
+            serde_json::to_writer(&mut out, m)
+                .map_err(std::io::Error::from)
+                .and_then(|_| writeln!(out))
         } else {
-            let date = m.envelope.date_utc.map(local_time).unwrap_or_else(|| "(no date)       ".into());
+            let date = m
+                .envelope
+                .date_utc
+                .map(local_time)
+                .unwrap_or_else(|| "(no date)       ".into());
             writeln!(
                 out,
                 "{}  {}  {:<28}  {}  ({})",
@@ -80,7 +90,13 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
             return Err(e.into());
         }
     }
-    out.flush().or_else(|e| if e.kind() == std::io::ErrorKind::BrokenPipe { Ok(()) } else { Err(e) })?;
+    out.flush().or_else(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
     Ok(Exit::Ok)
 }
 
@@ -95,7 +111,9 @@ pub fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<Exit> {
     let id = archive.resolve(&args.id)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    archive.copy_message(&id, &mut out).with_context(|| format!("cannot output message {id}"))?;
+    archive
+        .copy_message(&id, &mut out)
+        .with_context(|| format!("cannot output message {id}"))?;
     out.flush()?;
     Ok(Exit::Ok)
 }

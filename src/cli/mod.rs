@@ -86,7 +86,9 @@ impl Context {
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn home() -> PathBuf {
@@ -117,9 +119,15 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         .or_else(|| env_path("POPVAULT_ARCHIVE"))
         .or_else(|| config.archive.clone())
         .unwrap_or_else(|| {
-            env_path("XDG_DATA_HOME").unwrap_or_else(|| home().join(".local/share")).join("popvault")
+            env_path("XDG_DATA_HOME")
+                .unwrap_or_else(|| home().join(".local/share"))
+                .join("popvault")
         });
-    Ok(Context { archive: expand_tilde(&archive), config, quiet: cli.quiet })
+    Ok(Context {
+        archive: expand_tilde(&archive),
+        config,
+        quiet: cli.quiet,
+    })
 }
 
 pub fn main() -> ExitCode {
@@ -131,7 +139,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage } else { Exit::Ok };
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
         }
     };
     let result = context(&cli).and_then(|ctx| dispatch(&ctx, cli.command));
@@ -147,7 +159,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
 fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Init => {
-            Archive::init(&ctx.archive).with_context(|| format!("cannot create an archive at {}", ctx.archive.display()))?;
+            Archive::init(&ctx.archive).with_context(|| {
+                format!("cannot create an archive at {}", ctx.archive.display())
+            })?;
             if !ctx.quiet {
                 println!("created an empty archive at {}", ctx.archive.display());
             }

@@ -45,7 +45,10 @@ struct LastRun {
 
 pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
-    let mut s = Stats { commits: archive.commits().len() as u64, ..Stats::default() };
+    let mut s = Stats {
+        commits: archive.commits().len() as u64,
+        ..Stats::default()
+    };
     let mut all_bytes = 0;
     for e in archive.entries() {
         s.messages += 1;
@@ -58,25 +61,54 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
             s.raw_bytes += e.size;
         }
     }
-    s.stored_bytes = archive.commits().iter().flat_map(|c| &c.packs).map(|p| p.size).sum();
-    s.compression_ratio = if s.stored_bytes > 0 { s.raw_bytes as f64 / s.stored_bytes as f64 } else { 0.0 };
+    s.stored_bytes = archive
+        .commits()
+        .iter()
+        .flat_map(|c| &c.packs)
+        .map(|p| p.size)
+        .sum();
+    s.compression_ratio = if s.stored_bytes > 0 {
+        s.raw_bytes as f64 / s.stored_bytes as f64
+    } else {
+        0.0
+    };
     s.dedup_saved_bytes = all_bytes - s.raw_bytes;
-    s.last_run = archive.commits().last().map(|c| LastRun { command: c.command.clone(), finished: c.finished, commit: c.commit });
+    s.last_run = archive.commits().last().map(|c| LastRun {
+        command: c.command.clone(),
+        finished: c.finished,
+        commit: c.commit,
+    });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(Exit::Ok);
     }
     println!("archive          {}", archive.root().display());
-    println!("messages         {} ({} unique)", s.messages, s.unique_messages);
+    println!(
+        "messages         {} ({} unique)",
+        s.messages, s.unique_messages
+    );
     println!("raw size         {}", human_bytes(s.raw_bytes));
-    println!("stored size      {} (compression {:.2}x)", human_bytes(s.stored_bytes), s.compression_ratio);
+    println!(
+        "stored size      {} (compression {:.2}x)",
+        human_bytes(s.stored_bytes),
+        s.compression_ratio
+    );
     println!("dedup saved      {}", human_bytes(s.dedup_saved_bytes));
     match &s.last_run {
-        Some(r) => println!("last run         {} at {} (commit {})", r.command, local_time(r.finished), r.commit),
+        Some(r) => println!(
+            "last run         {} at {} (commit {})",
+            r.command,
+            local_time(r.finished),
+            r.commit
+        ),
         None => println!("last run         never"),
     }
     for (label, per) in &s.sources {
-        println!("  {label}: {} messages, {}", per.messages, human_bytes(per.bytes));
+        println!(
+            "  {label}: {} messages, {}",
+            per.messages,
+            human_bytes(per.bytes)
+        );
     }
     Ok(Exit::Ok)
 }

@@ -36,22 +36,48 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         }
         if !ctx.quiet {
             for l in &report.leftovers {
-                println!("note: {l} was left by an interrupted run; the next import or backup removes it");
+                println!(
+                    "note: {l} was left by an interrupted run; the next import or backup removes it"
+                );
             }
             let level = if args.full { "full" } else { "quick" };
-            let checked = if args.full { format!(", {} re-hashed", human_bytes(report.bytes_checked)) } else { String::new() };
-            let verdict = if report.is_ok() { "OK".to_string() } else { format!("{} DAMAGED", report.damaged.len() + report.uncatalogued.len()) };
-            println!("verify ({level}): {} messages in {} packs, {} commits{checked}: {verdict}", report.messages, report.packs, report.commits);
+            let checked = if args.full {
+                format!(", {} re-hashed", human_bytes(report.bytes_checked))
+            } else {
+                String::new()
+            };
+            let verdict = if report.is_ok() {
+                "OK".to_string()
+            } else {
+                format!(
+                    "{} DAMAGED",
+                    report.damaged.len() + report.uncatalogued.len()
+                )
+            };
+            println!(
+                "verify ({level}): {} messages in {} packs, {} commits{checked}: {verdict}",
+                report.messages, report.packs, report.commits
+            );
         }
     }
-    Ok(if report.is_ok() { Exit::Ok } else { Exit::Damaged })
+    Ok(if report.is_ok() {
+        Exit::Ok
+    } else {
+        Exit::Damaged
+    })
 }
 
 fn describe(m: &DamagedMessage) -> String {
-    let sources: Vec<String> = m.sources.iter().map(|s| match s {
-        crate::archive::Source::Pop3 { account, uidl } => format!("{account} UIDL {}", uidl.as_deref().unwrap_or("-")),
-        other => other.label(),
-    }).collect();
+    let sources: Vec<String> = m
+        .sources
+        .iter()
+        .map(|s| match s {
+            crate::archive::Source::Pop3 { account, uidl } => {
+                format!("{account} UIDL {}", uidl.as_deref().unwrap_or("-"))
+            }
+            other => other.label(),
+        })
+        .collect();
     format!(
         "{} [{}] from {:?} subject {:?}: {}{}",
         m.id,
@@ -59,6 +85,10 @@ fn describe(m: &DamagedMessage) -> String {
         m.from.as_deref().unwrap_or(""),
         m.subject.as_deref().unwrap_or(""),
         m.reason,
-        if m.pack.is_empty() { String::new() } else { format!(" (pack {})", m.pack) }
+        if m.pack.is_empty() {
+            String::new()
+        } else {
+            format!(" (pack {})", m.pack)
+        }
     )
 }

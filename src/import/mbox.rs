@@ -10,6 +10,7 @@
 //!   body bytes have been read (mboxcl: unquoted `From ` lines in bodies).
 //! - The `From ` line and the one blank line before the next `From ` line (or EOF) are not part of
 //!   the message. Every line that matches `>+From ` loses one `>` (mboxrd unquoting), unless `raw`.
+//!
 //! Memory: one message at a time.
 
 use std::collections::VecDeque;
@@ -41,7 +42,15 @@ pub struct MboxReader<R> {
 
 impl<R: BufRead> MboxReader<R> {
     pub fn new(input: R, unquote: bool) -> Self {
-        MboxReader { input, pending: VecDeque::new(), offset: 0, index: 0, unquote, started: false, skipped_bytes: 0 }
+        MboxReader {
+            input,
+            pending: VecDeque::new(),
+            offset: 0,
+            index: 0,
+            unquote,
+            started: false,
+            skipped_bytes: 0,
+        }
     }
 
     fn read_line(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
@@ -59,10 +68,10 @@ impl<R: BufRead> MboxReader<R> {
     }
 
     fn peek_line(&mut self) -> io::Result<Option<&[u8]>> {
-        if self.pending.is_empty() {
-            if let Some(line) = self.read_line()? {
-                self.pending.push_back(line);
-            }
+        if self.pending.is_empty()
+            && let Some(line) = self.read_line()?
+        {
+            self.pending.push_back(line);
         }
         Ok(self.pending.front().map(|(_, l)| l.as_slice()))
     }
@@ -87,7 +96,9 @@ impl<R: BufRead> MboxReader<R> {
         } else {
             self.started = true;
             loop {
-                let Some((at, mut line)) = self.read_line()? else { return Ok(None) };
+                let Some((at, mut line)) = self.read_line()? else {
+                    return Ok(None);
+                };
                 if at == 0 && line.starts_with(b"\xEF\xBB\xBF") {
                     line.drain(..3);
                 }
@@ -113,7 +124,9 @@ impl<R: BufRead> MboxReader<R> {
                 if is_blank(&line) {
                     in_headers = false;
                 } else if let Some(v) = header_value(&line, b"content-length") {
-                    content_length = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse().ok());
+                    content_length = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
                 }
             } else {
                 body_len += line.len() as u64;
@@ -133,7 +146,12 @@ impl<R: BufRead> MboxReader<R> {
         let from_line = String::from_utf8_lossy(trim_eol(&from_line)).into_owned();
         let index = self.index;
         self.index += 1;
-        Ok(Some(MboxMessage { index, offset, from_line, bytes }))
+        Ok(Some(MboxMessage {
+            index,
+            offset,
+            from_line,
+            bytes,
+        }))
     }
 }
 
@@ -148,9 +166,14 @@ fn is_blank(line: &[u8]) -> bool {
 
 /// `From SENDER` alone, or followed by text containing a digit (a date).
 pub fn is_postmark(line: &[u8]) -> bool {
-    let Some(rest) = line.strip_prefix(b"From ") else { return false };
+    let Some(rest) = line.strip_prefix(b"From ") else {
+        return false;
+    };
     let rest = trim_eol(rest);
-    let sender_len = rest.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(rest.len());
+    let sender_len = rest
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(rest.len());
     if sender_len == 0 && !rest.is_empty() {
         return rest.iter().any(u8::is_ascii_digit);
     }
@@ -165,7 +188,9 @@ fn is_header_like(line: &[u8]) -> bool {
 
 fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
-    line[..colon].eq_ignore_ascii_case(name).then(|| trim_eol(&line[colon + 1..]))
+    line[..colon]
+        .eq_ignore_ascii_case(name)
+        .then(|| trim_eol(&line[colon + 1..]))
 }
 
 fn is_quoted_from(line: &[u8]) -> bool {
@@ -189,7 +214,13 @@ mod tests {
     #[test]
     fn splits_mboxrd_and_unquotes_one_level() {
         let mbox = b"From a@b Thu Jan  1 00:00:00 1970\nSubject: 1\n\n>From here\n>>From there\n\nFrom c@d Fri Jan  2 00:00:00 1970\nSubject: 2\n\nbody\n";
-        assert_eq!(split(mbox), vec![b"Subject: 1\n\nFrom here\n>From there\n".to_vec(), b"Subject: 2\n\nbody\n".to_vec()]);
+        assert_eq!(
+            split(mbox),
+            vec![
+                b"Subject: 1\n\nFrom here\n>From there\n".to_vec(),
+                b"Subject: 2\n\nbody\n".to_vec()
+            ]
+        );
     }
 
     #[test]
@@ -213,10 +244,19 @@ mod tests {
 
     #[test]
     fn crlf_separator_blank_line_is_dropped_and_garbage_before_first_is_skipped() {
-        let mut r = MboxReader::new(&b"junk\r\n\r\nFrom a 1\r\nA: b\r\n\r\nx\r\n\r\nFrom b 2\r\nA: c\r\n"[..], true);
-        assert_eq!(r.next_message().unwrap().unwrap().bytes, b"A: b\r\n\r\nx\r\n");
+        let mut r = MboxReader::new(
+            &b"junk\r\n\r\nFrom a 1\r\nA: b\r\n\r\nx\r\n\r\nFrom b 2\r\nA: c\r\n"[..],
+            true,
+        );
+        assert_eq!(
+            r.next_message().unwrap().unwrap().bytes,
+            b"A: b\r\n\r\nx\r\n"
+        );
         let second = r.next_message().unwrap().unwrap();
-        assert_eq!((second.index, second.offset, second.bytes.as_slice()), (1, 31, &b"A: c\r\n"[..]));
+        assert_eq!(
+            (second.index, second.offset, second.bytes.as_slice()),
+            (1, 31, &b"A: c\r\n"[..])
+        );
         assert!(r.next_message().unwrap().is_none());
         assert_eq!(r.skipped_bytes, 6);
     }

@@ -23,7 +23,9 @@ pub enum ImportSource {
 impl FromStr for ImportSource {
     type Err = ImportError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, path) = s.split_once(':').ok_or_else(|| ImportError::BadSpec(s.to_string()))?;
+        let (kind, path) = s
+            .split_once(':')
+            .ok_or_else(|| ImportError::BadSpec(s.to_string()))?;
         let path = PathBuf::from(path);
         if path.as_os_str().is_empty() {
             return Err(ImportError::BadSpec(s.to_string()));
@@ -84,8 +86,15 @@ impl ImportReport {
 }
 
 /// Imports every message of `source`; `progress` gets each message's size.
-pub fn import(writer: &mut Writer, source: &ImportSource, progress: &mut dyn FnMut(u64)) -> Result<ImportReport, ImportError> {
-    let mut report = ImportReport { source: source.to_string(), ..ImportReport::default() };
+pub fn import(
+    writer: &mut Writer,
+    source: &ImportSource,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    let mut report = ImportReport {
+        source: source.to_string(),
+        ..ImportReport::default()
+    };
     match source {
         ImportSource::Maildir(dir) => import_maildir(writer, dir, &mut report, progress)?,
         ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
@@ -103,7 +112,10 @@ pub fn import(writer: &mut Writer, source: &ImportSource, progress: &mut dyn FnM
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::Read { path: path.to_path_buf(), source }
+    move |source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn absolute(path: &Path) -> Result<String, ImportError> {
@@ -122,11 +134,18 @@ pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
     (name, None)
 }
 
-fn import_maildir(writer: &mut Writer, dir: &Path, report: &mut ImportReport, progress: &mut dyn FnMut(u64)) -> Result<(), ImportError> {
+fn import_maildir(
+    writer: &mut Writer,
+    dir: &Path,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ImportError> {
     let abs = absolute(dir)?;
     let (cur, new) = (dir.join("cur"), dir.join("new"));
     if !cur.is_dir() && !new.is_dir() {
-        return Err(ImportError::NotMaildir { path: dir.to_path_buf() });
+        return Err(ImportError::NotMaildir {
+            path: dir.to_path_buf(),
+        });
     }
     for sub in [new, cur] {
         let mut names: Vec<_> = match fs::read_dir(&sub) {
@@ -149,7 +168,10 @@ fn import_maildir(writer: &mut Writer, dir: &Path, report: &mut ImportReport, pr
                 Err(e) => return Err(read_err(&path)(e)),
             };
             let size = file.metadata().map_err(read_err(&path))?.len();
-            let source = Source::Maildir { path: abs.clone(), name: unique.to_string() };
+            let source = Source::Maildir {
+                path: abs.clone(),
+                name: unique.to_string(),
+            };
             let flags = flags.filter(|f| !f.is_empty()).map(str::to_string);
             let (_, added) = writer.add_stream(&mut file, source, flags, Utc::now())?;
             report.count(added, size);
@@ -159,21 +181,37 @@ fn import_maildir(writer: &mut Writer, dir: &Path, report: &mut ImportReport, pr
     Ok(())
 }
 
-fn import_mbox(writer: &mut Writer, path: &Path, report: &mut ImportReport, progress: &mut dyn FnMut(u64)) -> Result<(), ImportError> {
+fn import_mbox(
+    writer: &mut Writer,
+    path: &Path,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ImportError> {
     let abs = absolute(path)?;
     let file = File::open(path).map_err(read_err(path))?;
     let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, file), true);
     while let Some(message) = reader.next_message().map_err(read_err(path))? {
-        let source = Source::Mbox { path: abs.clone(), index: message.index, offset: message.offset };
+        let source = Source::Mbox {
+            path: abs.clone(),
+            index: message.index,
+            offset: message.offset,
+        };
         let added = writer.add_bytes(&message.bytes, source, None, Utc::now())?;
         report.count(added, message.bytes.len() as u64);
         progress(message.bytes.len() as u64);
     }
     if reader.skipped_bytes > 0 {
-        report.warnings.push(format!("{}: {} bytes before the first From line were not a message and were skipped", path.display(), reader.skipped_bytes));
+        report.warnings.push(format!(
+            "{}: {} bytes before the first From line were not a message and were skipped",
+            path.display(),
+            reader.skipped_bytes
+        ));
     }
     if report.messages == 0 {
-        report.warnings.push(format!("{}: no messages found (is it an mbox file?)", path.display()));
+        report.warnings.push(format!(
+            "{}: no messages found (is it an mbox file?)",
+            path.display()
+        ));
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use crate::support::{corpus_dir, sha256_hex, Sandbox};
+use crate::support::{Sandbox, corpus_dir, sha256_hex};
 
 struct Expect {
     file: String,
@@ -21,7 +21,13 @@ fn expectations() -> Vec<Expect> {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            Expect { file: f[0].into(), kind: f[1].into(), sha256: f[3].into(), message_id: f[4].into(), date_utc: f[5].into() }
+            Expect {
+                file: f[0].into(),
+                kind: f[1].into(),
+                sha256: f[3].into(),
+                message_id: f[4].into(),
+                date_utc: f[5].into(),
+            }
         })
         .collect()
 }
@@ -47,16 +53,28 @@ fn unescape(s: &str) -> Option<String> {
     if s.contains("\\x") {
         return None;
     }
-    Some(s.replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\"))
+    Some(
+        s.replace("\\t", "\t")
+            .replace("\\n", "\n")
+            .replace("\\r", "\r")
+            .replace("\\\\", "\\"),
+    )
 }
 
 #[test]
 fn every_corpus_message_cats_back_byte_exact_and_metadata_agrees_with_reference() {
     let sandbox = Sandbox::new();
-    let expects: Vec<Expect> = expectations().into_iter().filter(|e| e.kind == "message").collect();
+    let expects: Vec<Expect> = expectations()
+        .into_iter()
+        .filter(|e| e.kind == "message")
+        .collect();
     assert!(expects.len() > 300, "corpus not found");
     let mut args = vec!["import".to_string()];
-    args.extend(expects.iter().map(|e| format!("eml:{}", corpus_dir().join(&e.file).display())));
+    args.extend(
+        expects
+            .iter()
+            .map(|e| format!("eml:{}", corpus_dir().join(&e.file).display())),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     sandbox.ok(&args);
 
@@ -72,31 +90,66 @@ fn every_corpus_message_cats_back_byte_exact_and_metadata_agrees_with_reference(
     for e in &expects {
         let path = std::fs::canonicalize(corpus_dir().join(&e.file)).unwrap();
         let original = std::fs::read(&path).unwrap();
-        assert_eq!(sha256_hex(&original), e.sha256, "{}: corpus file differs from expect.tsv", e.file);
-        let m = by_path.get(path.to_str().unwrap()).unwrap_or_else(|| panic!("{} not listed", e.file));
-        assert_eq!(m["id"].as_str().unwrap(), e.sha256, "{}: id is not the SHA-256 of the bytes", e.file);
-        assert_eq!(sandbox.cat(&e.sha256), original, "{}: cat differs from the original", e.file);
+        assert_eq!(
+            sha256_hex(&original),
+            e.sha256,
+            "{}: corpus file differs from expect.tsv",
+            e.file
+        );
+        let m = by_path
+            .get(path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{} not listed", e.file));
+        assert_eq!(
+            m["id"].as_str().unwrap(),
+            e.sha256,
+            "{}: id is not the SHA-256 of the bytes",
+            e.file
+        );
+        assert_eq!(
+            sandbox.cat(&e.sha256),
+            original,
+            "{}: cat differs from the original",
+            e.file
+        );
 
-        if e.message_id != "none" {
-            if let Some(expected) = unescape(&e.message_id) {
-                let expected = expected.split_whitespace().collect::<Vec<_>>().join(" ");
-                if m["message_id"].as_str() != Some(expected.as_str()) {
-                    disagreements.push(format!("{} Message-ID: ours {} python {expected:?}", e.file, m["message_id"]));
-                }
-                ids_compared += 1;
+        if e.message_id != "none"
+            && let Some(expected) = unescape(&e.message_id)
+        {
+            let expected = expected.split_whitespace().collect::<Vec<_>>().join(" ");
+            if m["message_id"].as_str() != Some(expected.as_str()) {
+                disagreements.push(format!(
+                    "{} Message-ID: ours {} python {expected:?}",
+                    e.file, m["message_id"]
+                ));
             }
+            ids_compared += 1;
         }
         if e.date_utc != "none" && e.date_utc != "invalid" {
             if m["date_utc"].as_str() != Some(e.date_utc.as_str()) {
-                disagreements.push(format!("{} Date: ours {} python {:?}", e.file, m["date_utc"], e.date_utc));
+                disagreements.push(format!(
+                    "{} Date: ours {} python {:?}",
+                    e.file, m["date_utc"], e.date_utc
+                ));
             }
             dates_compared += 1;
         }
     }
-    let unexplained: Vec<&String> =
-        disagreements.iter().filter(|d| !KNOWN_DISAGREEMENTS.iter().any(|(file, _)| d.starts_with(file))).collect();
-    assert!(unexplained.is_empty(), "metadata differs from the reference:\n{unexplained:#?}");
-    assert!(ids_compared > 200 && dates_compared > 250, "compared {ids_compared} ids, {dates_compared} dates");
+    let unexplained: Vec<&String> = disagreements
+        .iter()
+        .filter(|d| {
+            !KNOWN_DISAGREEMENTS
+                .iter()
+                .any(|(file, _)| d.starts_with(file))
+        })
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "metadata differs from the reference:\n{unexplained:#?}"
+    );
+    assert!(
+        ids_compared > 200 && dates_compared > 250,
+        "compared {ids_compared} ids, {dates_compared} dates"
+    );
 }
 
 /// Splits with tests/helpers/mbox_split.py (Python's mailbox module plus mboxrd unquoting).
@@ -106,14 +159,25 @@ fn python_split(path: &std::path::Path) -> Vec<Vec<u8>> {
         .arg(path)
         .output()
         .expect("python3 is needed for the independent mbox split");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| hex::decode(l).unwrap()).collect()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| hex::decode(l).unwrap())
+        .collect()
 }
 
 #[test]
 fn every_corpus_mbox_splits_like_an_independent_reader() {
     let sandbox = Sandbox::new();
-    let mboxes: Vec<Expect> = expectations().into_iter().filter(|e| e.kind == "mbox").collect();
+    let mboxes: Vec<Expect> = expectations()
+        .into_iter()
+        .filter(|e| e.kind == "mbox")
+        .collect();
     assert!(mboxes.len() >= 10);
     for e in &mboxes {
         let path = std::fs::canonicalize(corpus_dir().join(&e.file)).unwrap();
@@ -123,7 +187,10 @@ fn every_corpus_mbox_splits_like_an_independent_reader() {
         for m in &listed {
             for s in m["sources"].as_array().unwrap() {
                 if s["path"].as_str() == path.to_str() {
-                    ours.push((s["index"].as_u64().unwrap(), m["id"].as_str().unwrap().to_string()));
+                    ours.push((
+                        s["index"].as_u64().unwrap(),
+                        m["id"].as_str().unwrap().to_string(),
+                    ));
                 }
             }
         }
@@ -141,7 +208,11 @@ fn every_corpus_mbox_splits_like_an_independent_reader() {
                 // The BOM-prefixed first postmark that Python misses:
                 assert!(ours[0].starts_with(b"From: Jeffrey Stedfast"));
             }
-            _ => assert_eq!(ours, reference, "{}: split differs from Python's mailbox", e.file),
+            _ => assert_eq!(
+                ours, reference,
+                "{}: split differs from Python's mailbox",
+                e.file
+            ),
         }
     }
 }
@@ -153,9 +224,41 @@ fn reimporting_the_same_sources_adds_nothing() {
     let eml = format!("eml:{}", corpus_dir().join("cpython-msg_03.eml").display());
     sandbox.ok(&["import", &mbox, &eml]);
     let before = sandbox.list();
-    let commits_before = std::fs::read_dir(sandbox.archive().join("commits")).unwrap().count();
+    let commits_before = std::fs::read_dir(sandbox.archive().join("commits"))
+        .unwrap()
+        .count();
     let out = sandbox.ok(&["import", &mbox, &eml]);
     assert!(out.contains("0 new"), "{out}");
     assert_eq!(sandbox.list(), before);
-    assert_eq!(std::fs::read_dir(sandbox.archive().join("commits")).unwrap().count(), commits_before);
+    assert_eq!(
+        std::fs::read_dir(sandbox.archive().join("commits"))
+            .unwrap()
+            .count(),
+        commits_before
+    );
+}
+
+#[test]
+fn the_recovery_recipe_in_format_md_recovers_every_message_without_popvault() {
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("mail");
+    let messages = crate::support::write_maildir(&maildir, 40, 9);
+    sandbox.ok(&["import", &format!("maildir:{}", maildir.display())]);
+    sandbox.ok(&["import", &format!("mbox:{}", corpus_dir().join("git-sample.mbox").display())]);
+
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/FORMAT.md")).unwrap();
+    let start = doc.find("<!-- recovery-script-start -->\n```python\n").unwrap();
+    let script = &doc[start..];
+    let script = &script[script.find("#!").unwrap()..script.find("```\n<!-- recovery-script-end -->").unwrap()];
+    let script_path = sandbox.path().join("recover.py");
+    std::fs::write(&script_path, script).unwrap();
+    let out_dir = sandbox.path().join("recovered");
+    let out = Command::new("python3").arg(&script_path).arg(sandbox.archive()).arg(&out_dir).output().unwrap();
+    assert!(out.status.success(), "recovery script failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let listed = sandbox.list();
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), listed.len());
+    for m in &messages {
+        assert_eq!(&std::fs::read(out_dir.join(format!("{}.eml", sha256_hex(m)))).unwrap(), m);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{sha256_hex, write_maildir, Rng, Sandbox};
+use crate::support::{Rng, Sandbox, sha256_hex, write_maildir};
 
 #[test]
 fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
@@ -14,7 +14,12 @@ fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
     let mut rng = Rng(0x5eed_1234_5678_9abc);
     let mut killed_mid_run = 0;
     for _ in 0..6 {
-        let mut child = sandbox.command().args(["import", &source]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = sandbox
+            .command()
+            .args(["import", &source])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20 + rng.next() % 700));
         if child.try_wait().unwrap().is_none() {
             killed_mid_run += 1;
@@ -22,16 +27,28 @@ fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let out = sandbox.run(&["verify", "--full"]);
-        assert!(out.status.success(), "verify after kill -9: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "verify after kill -9: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(killed_mid_run > 0, "no run was interrupted: the test proved nothing");
+    assert!(
+        killed_mid_run > 0,
+        "no run was interrupted: the test proved nothing"
+    );
     sandbox.ok(&["import", &source]);
     sandbox.ok(&["verify", "--full"]);
     let listed = sandbox.list();
     assert_eq!(listed.len(), messages.len());
     let stats: serde_json::Value = serde_json::from_str(&sandbox.ok(&["stats", "--json"])).unwrap();
-    assert_eq!(stats["messages"], messages.len() as u64, "each message recorded exactly once");
-    let ids: std::collections::HashSet<&str> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        stats["messages"],
+        messages.len() as u64,
+        "each message recorded exactly once"
+    );
+    let ids: std::collections::HashSet<&str> =
+        listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
     for m in &messages {
         assert!(ids.contains(sha256_hex(m).as_str()));
     }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use crate::support::{sha256_hex, write_maildir, Sandbox};
+use crate::support::{Sandbox, sha256_hex, write_maildir};
 
 const DAMAGED: i32 = 3;
 
@@ -13,8 +13,14 @@ fn two_pack_archive() -> (Sandbox, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let sandbox = Sandbox::new();
     let first = write_maildir(&sandbox.path().join("one"), 60, 1);
     let second = write_maildir(&sandbox.path().join("two"), 60, 2);
-    sandbox.ok(&["import", &format!("maildir:{}", sandbox.path().join("one").display())]);
-    sandbox.ok(&["import", &format!("maildir:{}", sandbox.path().join("two").display())]);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("one").display()),
+    ]);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("two").display()),
+    ]);
     sandbox.ok(&["verify", "--full"]);
     (sandbox, first, second)
 }
@@ -24,7 +30,13 @@ fn pack_of(sandbox: &Sandbox, commit: u32) -> PathBuf {
     fs::read_dir(sandbox.archive().join("packs"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&prefix))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&prefix)
+        })
         .unwrap()
 }
 
@@ -46,7 +58,11 @@ fn stored_offset(sandbox: &Sandbox, id: &str) -> u64 {
 fn verify_fails(sandbox: &Sandbox) -> String {
     let out = sandbox.run(&["verify", "--full"]);
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(DAMAGED), "verify should report damage: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(DAMAGED),
+        "verify should report damage: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
@@ -68,12 +84,23 @@ fn a_flipped_byte_names_that_message_and_the_rest_still_cat() {
     fs::write(&pack, bytes).unwrap();
 
     let stderr = verify_fails(&sandbox);
-    assert!(stderr.contains(&format!("damaged message {victim}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("damaged message {victim}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("subject \"message 10\""), "{stderr}");
     assert_eq!(stderr.matches("damaged message").count(), 1, "{stderr}");
     let cat = sandbox.run(&["cat", &victim]);
-    assert!(!cat.status.success() && cat.stdout.is_empty(), "a damaged message must not be output");
-    let others: Vec<Vec<u8>> = first.iter().enumerate().filter(|(i, _)| *i != 10).map(|(_, m)| m.clone()).collect();
+    assert!(
+        !cat.status.success() && cat.stdout.is_empty(),
+        "a damaged message must not be output"
+    );
+    let others: Vec<Vec<u8>> = first
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 10)
+        .map(|(_, m)| m.clone())
+        .collect();
     assert_all_cat(&sandbox, &others);
     assert_all_cat(&sandbox, &second);
 }
@@ -83,11 +110,20 @@ fn a_truncated_pack_names_the_lost_tail_and_the_rest_still_cat() {
     let (sandbox, first, second) = two_pack_archive();
     let pack = pack_of(&sandbox, 1);
     let cut = stored_offset(&sandbox, &sha256_hex(&first[50])) + 20;
-    fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(cut).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
 
     let stderr = verify_fails(&sandbox);
     for m in &first[50..] {
-        assert!(stderr.contains(&sha256_hex(m)), "{} not named: {stderr}", sha256_hex(m));
+        assert!(
+            stderr.contains(&sha256_hex(m)),
+            "{} not named: {stderr}",
+            sha256_hex(m)
+        );
     }
     assert_all_cat(&sandbox, &first[..50]);
     assert_all_cat(&sandbox, &second);
@@ -112,13 +148,23 @@ fn a_torn_catalog_line_names_the_uncatalogued_message() {
     let (sandbox, first, second) = two_pack_archive();
     let segment = sandbox.archive().join("catalog/00000002.jsonl");
     let text = fs::read(&segment).unwrap();
-    let last_start = text[..text.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let last_start = text[..text.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
     fs::write(&segment, &text[..last_start + 30]).unwrap();
 
     let stderr = verify_fails(&sandbox);
-    assert!(stderr.contains("catalog segment 00000002.jsonl is damaged"), "{stderr}");
+    assert!(
+        stderr.contains("catalog segment 00000002.jsonl is damaged"),
+        "{stderr}"
+    );
     let lost = sha256_hex(second.last().unwrap());
-    assert!(stderr.contains(&format!("uncatalogued message {lost}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("uncatalogued message {lost}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("subject \"message 59\""), "{stderr}");
     assert_all_cat(&sandbox, &first);
     assert_all_cat(&sandbox, &second[..59]);
@@ -129,12 +175,17 @@ fn an_archive_from_a_newer_popvault_is_refused() {
     let sandbox = Sandbox::new();
     sandbox.ok(&["init"]);
     let header = sandbox.archive().join("popvault-archive.json");
-    let text = fs::read_to_string(&header).unwrap().replace("\"version\": 1", "\"version\": 99");
+    let text = fs::read_to_string(&header)
+        .unwrap()
+        .replace("\"version\": 1", "\"version\": 99");
     fs::write(&header, text).unwrap();
     let out = sandbox.run(&["list"]);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("format version 99") && stderr.contains("upgrade popvault"), "{stderr}");
+    assert!(
+        stderr.contains("format version 99") && stderr.contains("upgrade popvault"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -142,19 +193,35 @@ fn bad_paths_get_one_clear_line_and_no_panic() {
     let sandbox = Sandbox::new();
     for (args, needle) in [
         (vec!["list"], "no archive at"),
-        (vec!["import", "maildir:/nonexistent/dir"], "/nonexistent/dir"),
-        (vec!["import", "mbox:/nonexistent.mbox"], "/nonexistent.mbox"),
+        (
+            vec!["import", "maildir:/nonexistent/dir"],
+            "/nonexistent/dir",
+        ),
+        (
+            vec!["import", "mbox:/nonexistent.mbox"],
+            "/nonexistent.mbox",
+        ),
         (vec!["import", "pop:/x"], "is not an import source"),
     ] {
         let out = sandbox.run(&args);
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{stderr}"
+        );
     }
     fs::create_dir(sandbox.path().join("notes")).unwrap();
     fs::write(sandbox.path().join("notes/todo.txt"), "x").unwrap();
-    let out = sandbox.run(&["--archive", sandbox.path().join("notes").to_str().unwrap(), "init"]);
+    let out = sandbox.run(&[
+        "--archive",
+        sandbox.path().join("notes").to_str().unwrap(),
+        "init",
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a popvault archive"));
 }
 
@@ -162,9 +229,20 @@ fn bad_paths_get_one_clear_line_and_no_panic() {
 fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
     let sandbox = Sandbox::new();
     sandbox.ok(&["init"]);
-    let lock = fs::OpenOptions::new().write(true).open(sandbox.archive().join("lock")).unwrap();
+    let lock = fs::OpenOptions::new()
+        .write(true)
+        .open(sandbox.archive().join("lock"))
+        .unwrap();
     lock.lock().unwrap();
-    let out = sandbox.run(&["import", &format!("eml:{}", crate::support::corpus_dir().join("cpython-msg_03.eml").display())]);
+    let out = sandbox.run(&[
+        "import",
+        &format!(
+            "eml:{}",
+            crate::support::corpus_dir()
+                .join("cpython-msg_03.eml")
+                .display()
+        ),
+    ]);
     assert_eq!(out.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another popvault is writing"));
     // Readers never block.
