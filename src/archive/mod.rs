@@ -26,7 +26,7 @@ use std::path::PathBuf;
 pub use catalog::{Entry, Source};
 pub use digest::Digest;
 pub use envelope::Envelope;
-pub use store::{Added, Archive, Location, Message, Writer, WriterTotals};
+pub use store::{Added, Archive, Incoming, Location, Message, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -78,6 +78,10 @@ pub enum ArchiveError {
     },
     #[error(transparent)]
     Seal(#[from] pack::SealError),
+    #[error(
+        "a message did not decompress to its own bytes right after compression ({fault}); nothing was written: check memory"
+    )]
+    SelfCheck { fault: pack::RecordFault },
 }
 
 impl ArchiveError {

@@ -71,23 +71,22 @@ pub struct PackWriter {
     file: BufWriter<File>,
     path: PathBuf,
     len: u64,
-    compressor: zstd::bulk::Compressor<'static>,
     level: i32,
+    /// Offsets of records compressed while streaming, which `seal` still has to re-verify
+    /// (in-memory records were verified by `compress_checked` before they were appended).
+    streamed: Vec<u64>,
 }
 
 impl PackWriter {
     pub fn create(path: PathBuf, level: i32) -> io::Result<PackWriter> {
         let mut file = BufWriter::with_capacity(1 << 20, super::durable::create_new(&path)?);
         file.write_all(PACK_MAGIC)?;
-        let mut compressor = zstd::bulk::Compressor::new(level)?;
-        compressor.include_checksum(true)?;
-        compressor.include_contentsize(true)?;
         Ok(PackWriter {
             file,
             path,
             len: PACK_MAGIC.len() as u64,
-            compressor,
             level,
+            streamed: Vec::new(),
         })
     }
 
@@ -96,18 +95,22 @@ impl PackWriter {
         self.len
     }
 
-    /// Appends a message held in memory.
-    pub fn append(&mut self, id: Digest, raw: &[u8]) -> io::Result<RecordSpan> {
-        let stored = self.compressor.compress(raw)?;
+    /// Appends a frame made by `compress_checked` for the message `id` of `raw_len` bytes.
+    pub fn append_frame(
+        &mut self,
+        id: Digest,
+        raw_len: u64,
+        frame: &[u8],
+    ) -> io::Result<RecordSpan> {
         let header = RecordHeader {
             codec: CODEC_ZSTD,
-            raw_len: raw.len() as u64,
-            stored_len: stored.len() as u64,
+            raw_len,
+            stored_len: frame.len() as u64,
             id,
         };
         let offset = self.len;
         self.file.write_all(&header.encode())?;
-        self.file.write_all(&stored)?;
+        self.file.write_all(frame)?;
         self.len += RECORD_HEADER_LEN + header.stored_len;
         Ok(RecordSpan {
             offset,
@@ -124,6 +127,7 @@ impl PackWriter {
         rest: &mut dyn Read,
     ) -> io::Result<(Digest, u64, RecordSpan)> {
         let offset = self.len;
+        self.streamed.push(offset);
         self.file.write_all(&[0u8; RECORD_HEADER_LEN as usize])?;
         let mut hasher = Hasher::default();
         let mut raw_len = 0u64;
@@ -173,12 +177,13 @@ impl PackWriter {
         inner.set_len(len)?;
         inner.seek(SeekFrom::Start(len))?;
         self.len = len;
+        self.streamed.retain(|&offset| offset < len);
         Ok(())
     }
 
-    /// Re-reads the whole pack, decompressing and re-hashing every record against its id (this
-    /// catches a compressor bug or bad RAM before anything is committed), computes the pack's
-    /// SHA-256, fsyncs it and moves it to `dest_dir/<prefix>-<sha256>.pack`.
+    /// Re-reads the whole pack, checking its structure and decompressing and re-hashing every
+    /// streamed record against its id (in-memory ones were checked when compressed), computes the
+    /// pack's SHA-256, fsyncs it and moves it to `dest_dir/<prefix>-<sha256>.pack`.
     pub fn seal(mut self, dest_dir: &Path, prefix: &str) -> Result<SealedPack, SealError> {
         self.file
             .flush()
@@ -190,10 +195,11 @@ impl PackWriter {
         let io = |e| SealError::Io(self.path.clone(), e);
         file.sync_all().map_err(io)?;
         let mut reader = File::open(&self.path).map_err(io)?;
-        let (pack_digest, records) = scan_verify(&mut reader, self.len).map_err(|e| match e {
-            ScanError::Io(e) => SealError::Io(self.path.clone(), e),
-            ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
-        })?;
+        let (pack_digest, records) = scan_verify(&mut reader, self.len, Some(&self.streamed))
+            .map_err(|e| match e {
+                ScanError::Io(e) => SealError::Io(self.path.clone(), e),
+                ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
+            })?;
         let name = format!("{prefix}-{pack_digest}.pack");
         let dest = dest_dir.join(&name);
         super::durable::rename_durably(&self.path, &dest)
@@ -260,9 +266,14 @@ pub enum ScanError {
     Damaged(String),
 }
 
-/// Reads a whole pack front to back, checking that it is a well-formed sequence of records each of
-/// which decompresses to exactly its id. Returns the SHA-256 of the file and the record count.
-pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize), ScanError> {
+/// Reads a whole pack front to back, checking that it is a well-formed sequence of records and
+/// that each record (or, with `only`, each record at one of those offsets) decompresses to exactly
+/// its id. Returns the SHA-256 of the file and the record count.
+pub fn scan_verify(
+    file: &mut File,
+    expected_len: u64,
+    only: Option<&[u64]>,
+) -> Result<(Digest, usize), ScanError> {
     let mut reader = HashingReader {
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: Hasher::default(),
@@ -280,14 +291,14 @@ pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize)
         let header = RecordHeader::decode(&hb)
             .ok_or_else(|| ScanError::Damaged(format!("bad record header at offset {pos}")))?;
         let mut body = (&mut reader).take(header.stored_len);
-        match check_record(&header, &mut body) {
-            Ok(()) => {}
-            Err(RecordFault::Io(e)) => return Err(ScanError::Io(e)),
-            Err(fault) => {
-                return Err(ScanError::Damaged(format!(
-                    "record {} at offset {pos}: {fault}",
-                    header.id
-                )));
+        if only.is_none_or(|offsets| offsets.contains(&pos)) {
+            match check_record(&header, &mut body) {
+                Ok(()) => {}
+                Err(RecordFault::Io(e)) => return Err(ScanError::Io(e)),
+                Err(fault) => {
+                    let what = format!("record {} at offset {pos}: {fault}", header.id);
+                    return Err(ScanError::Damaged(what));
+                }
             }
         }
         io::copy(&mut body, &mut io::sink()).map_err(ScanError::Io)?;
@@ -301,6 +312,33 @@ pub fn scan_verify(file: &mut File, expected_len: u64) -> Result<(Digest, usize)
         ));
     }
     Ok((reader.hasher.finish(), records))
+}
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses a message into one zstd frame, then decompresses the frame and checks that it gives
+/// back exactly `id`: a compressor bug or a memory error is caught before anything is written.
+pub fn compress_checked(id: Digest, raw: &[u8], level: i32) -> Result<Vec<u8>, RecordFault> {
+    let frame = COMPRESSOR.with(|cell| -> io::Result<Vec<u8>> {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let mut c = zstd::bulk::Compressor::new(level)?;
+            c.include_checksum(true)?;
+            c.include_contentsize(true)?;
+            *slot = Some((level, c));
+        }
+        slot.as_mut().expect("just set").1.compress(raw)
+    })?;
+    let header = RecordHeader {
+        codec: CODEC_ZSTD,
+        raw_len: raw.len() as u64,
+        stored_len: frame.len() as u64,
+        id,
+    };
+    check_record(&header, &mut &frame[..])?;
+    Ok(frame)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -437,7 +475,9 @@ mod tests {
     fn streamed_and_in_memory_records_both_verify_at_seal() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = PackWriter::create(dir.path().join("t.pack"), 3).unwrap();
-        w.append(Digest::of(b"hello"), b"hello").unwrap();
+        let frame = compress_checked(Digest::of(b"hello"), b"hello", 3).unwrap();
+        w.append_frame(Digest::of(b"hello"), 5, &frame).unwrap();
+        assert!(compress_checked(Digest::of(b"other"), b"hello", 3).is_err());
         let body: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let (id, len, _) = w.append_stream(&body[..10], &mut &body[10..]).unwrap();
         assert_eq!((id, len), (Digest::of(&body), body.len() as u64));

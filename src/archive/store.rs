@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
@@ -456,6 +457,14 @@ fn list_dir(dir: &Path) -> Result<Vec<String>, ArchiveError> {
     Ok(names)
 }
 
+/// A message to add, held in memory.
+pub struct Incoming {
+    pub raw: Vec<u8>,
+    pub source: Source,
+    pub flags: Option<String>,
+    pub first_seen: DateTime<Utc>,
+}
+
 /// What adding one message did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
@@ -580,21 +589,66 @@ impl Writer {
         flags: Option<String>,
         first_seen: DateTime<Utc>,
     ) -> Result<Added, ArchiveError> {
-        let id = Digest::of(raw);
-        if self.known.contains(&(id, source.clone())) {
-            self.totals.known += 1;
-            return Ok(Added::Known);
-        }
-        let stored = if self.has_bytes(&id) {
-            None
-        } else {
-            let pack = self.open_pack()?;
-            let span = pack
-                .append(id, raw)
-                .map_err(ArchiveError::io(self.tmp_pack_path()))?;
-            Some((span, Envelope::parse(raw)))
+        let incoming = Incoming {
+            raw: raw.to_vec(),
+            source,
+            flags,
+            first_seen,
         };
-        self.record(id, raw.len() as u64, source, flags, first_seen, stored)
+        Ok(self.add_batch(vec![incoming])?[0])
+    }
+
+    /// Adds many messages held in memory, hashing and compressing them on all cores. The caller
+    /// bounds the batch's memory (e.g. 32 MiB); the result has one `Added` per message, in order.
+    pub fn add_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Added>, ArchiveError> {
+        let ids: Vec<Digest> = batch.par_iter().map(|m| Digest::of(&m.raw)).collect();
+        let mut compress = vec![false; batch.len()];
+        let mut claimed = HashSet::new();
+        for (i, m) in batch.iter().enumerate() {
+            let id = ids[i];
+            compress[i] = !self.known.contains(&(id, m.source.clone()))
+                && !self.has_bytes(&id)
+                && claimed.insert(id);
+        }
+        let level = self.level;
+        let frames: Vec<Option<(Vec<u8>, Envelope)>> = batch
+            .par_iter()
+            .zip(&ids)
+            .zip(&compress)
+            .map(|((m, id), &wanted)| {
+                wanted
+                    .then(|| {
+                        Ok((
+                            pack::compress_checked(*id, &m.raw, level)?,
+                            Envelope::parse(&m.raw),
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, RecordFault>>()
+            .map_err(|fault| ArchiveError::SelfCheck { fault })?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
+            if self.known.contains(&(id, m.source.clone())) {
+                self.totals.known += 1;
+                outcomes.push(Added::Known);
+                continue;
+            }
+            let size = m.raw.len() as u64;
+            let stored = match frame {
+                Some((frame, envelope)) => {
+                    let tmp = self.tmp_pack_path();
+                    let span = self
+                        .open_pack()?
+                        .append_frame(id, size, &frame)
+                        .map_err(ArchiveError::io(tmp))?;
+                    Some((span, envelope))
+                }
+                None => None,
+            };
+            outcomes.push(self.record(id, size, m.source, m.flags, m.first_seen, stored)?);
+        }
+        Ok(outcomes)
     }
 
     /// Adds a message read from `reader` until EOF; memory stays bounded for any size. A read
@@ -617,7 +671,13 @@ impl Writer {
             .map_err(read_err)?;
         if head.len() <= INLINE_LIMIT {
             let id = Digest::of(&head);
-            return Ok((id, self.add_bytes(&head, source, flags, first_seen)?));
+            let incoming = Incoming {
+                raw: head,
+                source,
+                flags,
+                first_seen,
+            };
+            return Ok((id, self.add_batch(vec![incoming])?[0]));
         }
         let envelope = Envelope::parse(&head);
         let tmp = self.tmp_pack_path();

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::Utc;
+use rayon::prelude::*;
 
-use crate::archive::{Added, ArchiveError, Source, Writer};
+use crate::archive::{Added, ArchiveError, Incoming, Source, Writer};
 
 /// What `popvault import` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +135,20 @@ pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
     (name, None)
 }
 
+/// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
+/// every core compressing, little enough to bound memory.
+const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_MESSAGES: usize = 256;
+/// Files larger than this stream through the writer one at a time.
+const STREAM_ABOVE: u64 = 8 << 20;
+
+struct MaildirFile {
+    path: PathBuf,
+    unique: String,
+    flags: Option<String>,
+    size: u64,
+}
+
 fn import_maildir(
     writer: &mut Writer,
     dir: &Path,
@@ -147,36 +162,86 @@ fn import_maildir(
             path: dir.to_path_buf(),
         });
     }
+    let mut files = Vec::new();
     for sub in [new, cur] {
-        let mut names: Vec<_> = match fs::read_dir(&sub) {
+        let entries = match fs::read_dir(&sub) {
             Ok(rd) => rd.collect::<Result<Vec<_>, _>>().map_err(read_err(&sub))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(read_err(&sub)(e)),
         };
-        names.sort_by_key(|e| e.file_name());
-        for entry in names {
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.starts_with('.') || !entry.file_type().map_err(read_err(&path))?.is_file() {
+            let Ok(meta) = entry.metadata() else { continue }; // moved away meanwhile
+            if name.starts_with('.') || !meta.is_file() {
                 continue;
             }
             let (unique, flags) = split_maildir_name(&name);
-            let mut file = match File::open(&path) {
-                Ok(f) => f,
-                // Another mail client moved it from new/ to cur/ while we read: not an error.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(read_err(&path)(e)),
-            };
-            let size = file.metadata().map_err(read_err(&path))?.len();
-            let source = Source::Maildir {
-                path: abs.clone(),
-                name: unique.to_string(),
-            };
             let flags = flags.filter(|f| !f.is_empty()).map(str::to_string);
-            let (_, added) = writer.add_stream(&mut file, source, flags, Utc::now())?;
+            files.push(MaildirFile {
+                path,
+                unique: unique.to_string(),
+                flags,
+                size: meta.len(),
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let source_of = |f: &MaildirFile| Source::Maildir {
+        path: abs.clone(),
+        name: f.unique.clone(),
+    };
+    let mut start = 0;
+    while start < files.len() {
+        if files[start].size > STREAM_ABOVE {
+            let f = &files[start];
+            let mut file = File::open(&f.path).map_err(read_err(&f.path))?;
+            let (_, added) =
+                writer.add_stream(&mut file, source_of(f), f.flags.clone(), Utc::now())?;
+            report.count(added, f.size);
+            progress(f.size);
+            start += 1;
+            continue;
+        }
+        let mut end = start;
+        let mut bytes = 0;
+        while end < files.len()
+            && end - start < BATCH_MESSAGES
+            && bytes < BATCH_BYTES
+            && files[end].size <= STREAM_ABOVE
+        {
+            bytes += files[end].size;
+            end += 1;
+        }
+        let chunk = &files[start..end];
+        let read: Vec<Option<Vec<u8>>> = chunk
+            .par_iter()
+            .map(|f| match fs::read(&f.path) {
+                Ok(raw) => Ok(Some(raw)),
+                // Another mail client moved it from new/ to cur/ while we read: not an error.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(read_err(&f.path)(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let batch: Vec<Incoming> = chunk
+            .iter()
+            .zip(read)
+            .filter_map(|(f, raw)| {
+                Some(Incoming {
+                    raw: raw?,
+                    source: source_of(f),
+                    flags: f.flags.clone(),
+                    first_seen: Utc::now(),
+                })
+            })
+            .collect();
+        let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+        for (added, size) in writer.add_batch(batch)?.into_iter().zip(sizes) {
             report.count(added, size);
             progress(size);
         }
+        start = end;
     }
     Ok(())
 }
@@ -190,16 +255,42 @@ fn import_mbox(
     let abs = absolute(path)?;
     let file = File::open(path).map_err(read_err(path))?;
     let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, file), true);
+    let mut batch: Vec<Incoming> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut flush = |writer: &mut Writer,
+                     batch: &mut Vec<Incoming>,
+                     report: &mut ImportReport|
+     -> Result<(), ImportError> {
+        let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+        for (added, size) in writer
+            .add_batch(std::mem::take(batch))?
+            .into_iter()
+            .zip(sizes)
+        {
+            report.count(added, size);
+            progress(size);
+        }
+        Ok(())
+    };
     while let Some(message) = reader.next_message().map_err(read_err(path))? {
         let source = Source::Mbox {
             path: abs.clone(),
             index: message.index,
             offset: message.offset,
         };
-        let added = writer.add_bytes(&message.bytes, source, None, Utc::now())?;
-        report.count(added, message.bytes.len() as u64);
-        progress(message.bytes.len() as u64);
+        batch_bytes += message.bytes.len() as u64;
+        batch.push(Incoming {
+            raw: message.bytes,
+            source,
+            flags: None,
+            first_seen: Utc::now(),
+        });
+        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
+            flush(writer, &mut batch, report)?;
+            batch_bytes = 0;
+        }
     }
+    flush(writer, &mut batch, report)?;
     if reader.skipped_bytes > 0 {
         report.warnings.push(format!(
             "{}: {} bytes before the first From line were not a message and were skipped",

@@ -244,21 +244,42 @@ fn the_recovery_recipe_in_format_md_recovers_every_message_without_popvault() {
     let maildir = sandbox.path().join("mail");
     let messages = crate::support::write_maildir(&maildir, 40, 9);
     sandbox.ok(&["import", &format!("maildir:{}", maildir.display())]);
-    sandbox.ok(&["import", &format!("mbox:{}", corpus_dir().join("git-sample.mbox").display())]);
+    sandbox.ok(&[
+        "import",
+        &format!("mbox:{}", corpus_dir().join("git-sample.mbox").display()),
+    ]);
 
-    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/FORMAT.md")).unwrap();
-    let start = doc.find("<!-- recovery-script-start -->\n```python\n").unwrap();
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/FORMAT.md"),
+    )
+    .unwrap();
+    let start = doc
+        .find("<!-- recovery-script-start -->\n```python\n")
+        .unwrap();
     let script = &doc[start..];
-    let script = &script[script.find("#!").unwrap()..script.find("```\n<!-- recovery-script-end -->").unwrap()];
+    let script = &script
+        [script.find("#!").unwrap()..script.find("```\n<!-- recovery-script-end -->").unwrap()];
     let script_path = sandbox.path().join("recover.py");
     std::fs::write(&script_path, script).unwrap();
     let out_dir = sandbox.path().join("recovered");
-    let out = Command::new("python3").arg(&script_path).arg(sandbox.archive()).arg(&out_dir).output().unwrap();
-    assert!(out.status.success(), "recovery script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg(&script_path)
+        .arg(sandbox.archive())
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "recovery script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let listed = sandbox.list();
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), listed.len());
     for m in &messages {
-        assert_eq!(&std::fs::read(out_dir.join(format!("{}.eml", sha256_hex(m)))).unwrap(), m);
+        assert_eq!(
+            &std::fs::read(out_dir.join(format!("{}.eml", sha256_hex(m)))).unwrap(),
+            m
+        );
     }
 }
