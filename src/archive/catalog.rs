@@ -131,7 +131,74 @@ pub fn commit_file_name(commit: u64) -> String {
 }
 
 pub fn segment_file_name(commit: u64) -> String {
-    format!("{commit:08}.jsonl")
+    format!("{commit:08}.jsonl.zst")
+}
+
+/// Catalog lines per zstd frame of a segment: damage to a segment loses at most one frame's lines.
+const LINES_PER_FRAME: usize = 100;
+/// The largest decompressed frame a reader accepts.
+const MAX_FRAME_TEXT: u64 = 64 << 20;
+
+/// Encodes catalog lines as a segment: JSON lines, compressed in independent zstd frames of
+/// `LINES_PER_FRAME` lines (`zstd -dc` reads the concatenation as one text).
+pub fn encode_segment(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in entries.chunks(LINES_PER_FRAME) {
+        let mut text = Vec::new();
+        for entry in chunk {
+            serde_json::to_writer(&mut text, entry).expect("catalog entries serialize");
+            text.push(b'\n');
+        }
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd level 3 exists");
+        c.include_checksum(true).expect("valid parameter");
+        out.extend(
+            c.compress(&text)
+                .expect("compressing to memory cannot fail"),
+        );
+    }
+    out
+}
+
+/// Decodes a segment frame by frame. A damaged frame is skipped (the reader resynchronises on the
+/// next frame's magic number) and described in the returned problems.
+pub fn decode_segment(bytes: &[u8]) -> (Vec<u8>, Vec<String>) {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    let mut text = Vec::new();
+    let mut problems = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let frame = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .ok()
+            .and_then(|n| {
+                let size = zstd::zstd_safe::get_frame_content_size(&rest[..n]).ok()??;
+                (size <= MAX_FRAME_TEXT).then_some(())?;
+                zstd::bulk::decompress(&rest[..n], size as usize)
+                    .ok()
+                    .map(|t| (n, t))
+            });
+        match frame {
+            Some((n, t)) => {
+                text.extend_from_slice(&t);
+                pos += n;
+            }
+            None => {
+                let next = rest[1..]
+                    .windows(4)
+                    .position(|w| w == MAGIC)
+                    .map(|i| pos + 1 + i);
+                problems.push(format!(
+                    "bytes {pos} to {} are unreadable",
+                    next.unwrap_or(bytes.len())
+                ));
+                match next {
+                    Some(n) => pos = n,
+                    None => break,
+                }
+            }
+        }
+    }
+    (text, problems)
 }
 
 /// The commit number a file in `commits/`, `catalog/` or `packs/` belongs to (its leading digits).
@@ -176,6 +243,41 @@ mod tests {
             "{line}"
         );
         assert_eq!(serde_json::from_str::<Entry>(&line).unwrap(), e);
+    }
+
+    #[test]
+    fn a_damaged_segment_frame_loses_only_its_own_lines() {
+        let entry = |n: u64| Entry {
+            id: Digest::of(&n.to_le_bytes()),
+            size: n,
+            source: Source::Eml {
+                path: format!("/m/{n}"),
+            },
+            first_seen: DateTime::from_timestamp(0, 0).unwrap(),
+            flags: None,
+            envelope: Envelope::default(),
+            stored: None,
+        };
+        let entries: Vec<Entry> = (0..250).map(entry).collect();
+        let mut seg = encode_segment(&entries);
+        let (text, problems) = decode_segment(&seg);
+        assert!(problems.is_empty());
+        assert_eq!(
+            text.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            250
+        );
+        let middle = seg.len() / 2;
+        seg[middle] ^= 0xff;
+        let (text, problems) = decode_segment(&seg);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            text.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+            150
+        );
     }
 
     #[test]

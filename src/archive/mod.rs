@@ -5,7 +5,7 @@
 //! ARCHIVE/popvault-archive.json   format header (version)
 //! ARCHIVE/lock                    writer lock (flock)
 //! ARCHIVE/packs/<commit>-<sha256>.pack
-//! ARCHIVE/catalog/<commit>.jsonl  one line per message seen
+//! ARCHIVE/catalog/<commit>.jsonl.zst  one JSON line per message seen, zstd frames
 //! ARCHIVE/commits/<commit>.json   commit point: names the segment and packs above
 //! ARCHIVE/tmp/                    files being written; anything here is uncommitted
 //! ```

@@ -223,7 +223,12 @@ impl Archive {
                 record.segment.name, record.commit
             ));
         }
-        for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let (text, problems) = catalog::decode_segment(&bytes);
+        for p in problems {
+            self.load_issues
+                .push(format!("catalog segment {}: {p}", record.segment.name));
+        }
+        for (n, line) in text.split(|&b| b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
@@ -835,11 +840,7 @@ impl Writer {
                 sha256: None,
             });
         }
-        let mut segment = Vec::new();
-        for entry in &batch.entries {
-            serde_json::to_writer(&mut segment, entry).expect("catalog entries serialize");
-            segment.push(b'\n');
-        }
+        let segment = catalog::encode_segment(&batch.entries);
         let segment_ref = FileRef {
             name: catalog::segment_file_name(number),
             size: segment.len() as u64,

@@ -130,6 +130,10 @@ pub fn verify(
     }
     report.messages = by_pack.values().map(Vec::len).sum();
 
+    // Every pack a commit names is checked, even one whose catalog lines were all lost.
+    for name in pack_sizes.keys() {
+        by_pack.entry(name.to_string()).or_default();
+    }
     let mut packs: Vec<(String, Vec<(Digest, Location)>)> = by_pack.into_iter().collect();
     packs.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, _) in &packs {
