@@ -1,5 +1,8 @@
 //! popvault: a safe, verifiable copy of a POP3 mailbox.
+pub mod account;
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod import;
+pub mod pop3;

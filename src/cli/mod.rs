@@ -1,5 +1,6 @@
 //! The command line: the only module that prints, reads the environment or picks exit codes.
 
+mod backup;
 mod exit;
 mod import;
 mod list;
@@ -54,6 +55,12 @@ pub enum Command {
     /// Refuses a non-empty directory that is not an archive. Commands that write create the
     /// archive on first use, so this is optional.
     Init,
+    /// Fetch new mail from POP3 accounts into the archive.
+    ///
+    /// Only messages whose UIDL is not archived yet are fetched, pipelined, and committed in
+    /// batches as they arrive. Quiet when all is well with -q; exit status non-zero if any
+    /// account failed.
+    Backup(backup::BackupArgs),
     /// Import local mail: Maildir folders, mbox files, single messages.
     Import(import::ImportArgs),
     /// List archived messages, oldest first.
@@ -167,6 +174,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
+        Command::Backup(args) => backup::run(ctx, args),
         Command::Import(args) => import::run(ctx, args),
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),

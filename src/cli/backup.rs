@@ -1,0 +1,230 @@
+//! `popvault backup`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde::Serialize;
+
+use super::output::{byte_bar, human_bytes};
+use super::{Context, Exit};
+use crate::account::{Account, Overrides};
+use crate::archive::Archive;
+use crate::backup::{self, AccountReport, BackupOptions, Event, Target};
+use crate::config::AccountConfig;
+use crate::pop3::Secret;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  popvault backup                              every account in the config file
+  popvault backup --account work -q            one account, quiet (for cron)
+  popvault backup pop3s://alice@mail.example.com --dry-run
+  POPVAULT_PASSWORD=... popvault backup pop3://bob@localhost:1110 --tls none
+
+Passwords come from the account's password_command (first line of its output), else
+$POPVAULT_PASSWORD, else a prompt on a terminal; never from the command line.
+Messages stay on the server unless --delete-after-days is given: then only messages archived at
+least that many days ago, committed, and re-verified in the archive are deleted.")]
+pub struct BackupArgs {
+    /// A server to back up without a config file: pop3s://USER@HOST[:PORT] or pop3://...
+    #[arg(value_name = "URL")]
+    url: Option<String>,
+    /// Back up only this account of the config file (repeatable).
+    #[arg(long = "account", value_name = "NAME", conflicts_with = "url")]
+    accounts: Vec<String>,
+    /// TLS: implicit (pop3s), starttls, or none (plain text: only with this flag).
+    #[arg(long, value_name = "MODE")]
+    tls: Option<String>,
+    /// Login method: auto, user, apop, plain, login, xoauth2, oauthbearer.
+    #[arg(long, value_name = "METHOD")]
+    auth: Option<String>,
+    /// Trust only the CA certificates in this PEM file (for a private CA).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    tls_fingerprint: Option<String>,
+    /// Delete from the server messages archived at least N days ago.
+    #[arg(long, value_name = "N")]
+    delete_after_days: Option<u32>,
+    /// Show what would be fetched and deleted; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON run summary.
+    #[arg(long)]
+    json: bool,
+    /// Wait for another popvault writing the archive instead of failing at once.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait for the server before giving up on a read or write.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+    /// RETR commands in flight when the server supports pipelining.
+    #[arg(long, value_name = "N", default_value_t = 64, hide = true)]
+    window: usize,
+}
+
+#[derive(Serialize)]
+struct RunSummary<'a> {
+    ok: bool,
+    dry_run: bool,
+    accounts: &'a [AccountReport],
+}
+
+pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
+    let overrides = Overrides {
+        tls: args.tls.clone(),
+        auth: args.auth.clone(),
+        ca_file: args.ca_file.clone(),
+        tls_fingerprint: args.tls_fingerprint.clone(),
+        delete_after_days: args.delete_after_days,
+        timeout: Some(Duration::from_secs(args.timeout.max(1))),
+    };
+    let configs: Vec<AccountConfig> = match &args.url {
+        Some(url) => {
+            let parsed: crate::account::ServerUrl = url.parse()?;
+            vec![AccountConfig { name: format!("{}@{}", parsed.user, parsed.host), server: url.clone(), ..AccountConfig::default() }]
+        }
+        None if ctx.config.accounts.is_empty() => {
+            bail!("no accounts configured: add an [[account]] to the config file (see samples/config.toml) or give a server URL")
+        }
+        None => {
+            for name in &args.accounts {
+                if !ctx.config.accounts.iter().any(|a| &a.name == name) {
+                    bail!("no account named {name:?} in the config file");
+                }
+            }
+            ctx.config.accounts.iter().filter(|a| args.accounts.is_empty() || args.accounts.contains(&a.name)).cloned().collect()
+        }
+    };
+    let accounts = configs.iter().map(|c| Account::resolve(c, &overrides)).collect::<Result<Vec<_>, _>>()?;
+
+    let opts = BackupOptions { dry_run: args.dry_run, window: args.window.max(1), ..BackupOptions::default() };
+    let quiet = ctx.quiet || args.json;
+    let bar = byte_bar(Some(0), quiet, "backup");
+    let mut on_event = |event: Event<'_>| match event {
+        Event::Planned { bytes, .. } => bar.inc_length(bytes),
+        Event::Fetched { bytes } => bar.inc(bytes),
+        Event::Retrying { account, attempt, error, wait } => {
+            if !ctx.quiet {
+                bar.suspend(|| eprintln!("warning: {account}: {error}; reconnecting in {}s (attempt {attempt})", wait.as_secs()));
+            }
+        }
+    };
+
+    let mut reports = Vec::new();
+    if args.dry_run {
+        let archive = match Archive::open(&ctx.archive) {
+            Ok(a) => a,
+            Err(crate::archive::ArchiveError::NotFound { .. }) => {
+                Archive::init(&ctx.archive).and_then(|()| Archive::open(&ctx.archive))?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut target = Target::DryRun(&archive);
+        for account in &accounts {
+            reports.push(with_password(account, |secret| backup::backup_account(&mut target, account, secret, &opts, &mut on_event)));
+        }
+    } else {
+        let mut writer = Archive::writer(&ctx.archive, "backup", args.wait)
+            .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
+        let mut target = Target::Write(&mut writer);
+        for account in &accounts {
+            reports.push(with_password(account, |secret| backup::backup_account(&mut target, account, secret, &opts, &mut on_event)));
+        }
+        drop(target);
+        writer.finish().context("cannot commit the backup")?;
+    }
+    bar.finish_and_clear();
+    print_reports(ctx, &args, &reports)?;
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    Ok(match failed {
+        0 => Exit::Ok,
+        n if n == reports.len() => Exit::Error,
+        _ => Exit::Partial,
+    })
+}
+
+/// Gets the account's secret and runs `f`; a failure to get it is that account's failure.
+fn with_password(account: &Account, f: impl FnOnce(&Secret) -> AccountReport) -> AccountReport {
+    match password_for(account) {
+        Ok(secret) => f(&secret),
+        Err(e) => AccountReport {
+            account: account.name.clone(),
+            server: account.server_label(),
+            error: Some(format!("{e:#}")),
+            ..AccountReport::default()
+        },
+    }
+}
+
+/// The password or token: `password_command`, else `$POPVAULT_PASSWORD`, else a prompt.
+pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
+    if let Some(command) = &account.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("cannot run the password command")?;
+        if !out.status.success() {
+            bail!("the password command failed ({}); its output is not shown", out.status);
+        }
+        let text = String::from_utf8(out.stdout).context("the password command printed something that is not UTF-8")?;
+        let first = text.lines().next().unwrap_or("");
+        if first.is_empty() {
+            bail!("the password command printed nothing");
+        }
+        return Ok(Secret::new(first));
+    }
+    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
+        return Ok(Secret::new(p.into_string().map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?));
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        let p = rpassword::prompt_password(format!("Password for {}: ", account.server_label()))?;
+        return Ok(Secret::new(p));
+    }
+    bail!("no password: set password_command for this account in the config file, or POPVAULT_PASSWORD")
+}
+
+fn print_reports(ctx: &Context, args: &BackupArgs, reports: &[AccountReport]) -> anyhow::Result<()> {
+    if args.json {
+        let summary = RunSummary { ok: reports.iter().all(|r| r.ok), dry_run: args.dry_run, accounts: reports };
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    for r in reports {
+        if let Some(e) = &r.error {
+            eprintln!("error: {}: {e}", r.account);
+        }
+        if ctx.quiet {
+            continue;
+        }
+        for w in &r.warnings {
+            eprintln!("warning: {}: {w}", r.account);
+        }
+        if args.dry_run {
+            println!("{}: would fetch {} messages ({}), would delete {}; {} on the server", r.account, r.would_fetch.len(), human_bytes(r.would_fetch.iter().map(|p| p.size).sum()), r.would_delete.len(), r.on_server);
+            for p in &r.would_fetch {
+                println!("  fetch  #{} UIDL {} ({})", p.msgno, p.uidl.as_deref().unwrap_or("-"), human_bytes(p.size));
+            }
+            for p in &r.would_delete {
+                println!("  delete #{} UIDL {} ({})", p.msgno, p.uidl.as_deref().unwrap_or("-"), human_bytes(p.size));
+            }
+        } else if r.ok {
+            println!(
+                "{}: {} new messages ({}) in {:.1} s, {} deleted, {} on the server",
+                r.account,
+                r.new_messages,
+                human_bytes(r.fetched_bytes),
+                r.seconds,
+                r.deleted,
+                r.on_server
+            );
+        }
+    }
+    Ok(())
+}
