@@ -1,0 +1,1 @@
+//! A blocking POP3 session over one connection, typed by protocol state.
