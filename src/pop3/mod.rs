@@ -19,6 +19,10 @@ use std::path::PathBuf;
 
 pub use auth::AuthMethod;
 pub use codec::{Capabilities, Reply, RespCode, Status};
+pub use session::{
+    Authorization, Refused, RetrieveError, Session, Transaction, UidlListing, UidlWarning,
+};
+pub use transport::{ConnectOptions, TlsInfo, TlsMode};
 
 /// A password or OAuth token. It never shows its content through `Debug` and has no `Display`,
 /// so it cannot leak into an error message or a log line by accident.
@@ -98,6 +102,8 @@ pub enum Pop3Error {
     Protocol { what: String },
     #[error("server sent a line longer than {limit} bytes")]
     LineTooLong { limit: usize },
+    #[error("message {msgno} has an unusable unique-id: {reason}")]
+    InvalidUid { msgno: u32, reason: String },
     #[error("invalid argument: {what}")]
     InvalidArgument { what: String },
     #[error("timed out waiting for the server")]
