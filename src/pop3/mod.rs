@@ -1,1 +1,160 @@
 //! POP3 client (RFC 1939, 2449, 2595, 5034): a sans-IO codec and a blocking session over TCP or TLS.
+//!
+//! Layers, bottom up:
+//! - [`codec`] turns commands into bytes and parses replies out of a byte buffer; it never
+//!   touches a socket, so every parser is unit-tested on byte literals.
+//! - [`auth`] computes APOP digests and SASL responses (PLAIN, LOGIN, XOAUTH2, OAUTHBEARER).
+//! - [`transport`] opens TCP, implicit TLS or STLS connections with rustls (ring provider).
+//! - [`session`] drives one connection: `Session<Authorization>` becomes
+//!   `Session<Transaction>` only through a successful login.
+
+pub mod auth;
+pub mod codec;
+pub mod session;
+pub mod transport;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+pub use auth::AuthMethod;
+pub use codec::{Capabilities, Reply, RespCode, Status};
+pub use session::{
+    Authorization, Refused, RetrieveError, Session, Transaction, UidlListing, UidlWarning,
+};
+pub use transport::{ConnectOptions, TlsInfo, TlsMode};
+
+/// A password or OAuth token. It never shows its content through `Debug` and has no `Display`,
+/// so it cannot leak into an error message or a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is put on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+/// Everything that can go wrong talking POP3. No variant ever holds a password or a token:
+/// `Rejected::command` is only the verb (`PASS`, `AUTH`), never its arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum Pop3Error {
+    #[error("cannot resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tls handshake with {host} failed")]
+    Tls {
+        host: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot load CA certificates from {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error(
+        "server certificate does not match the pinned fingerprint: expected sha256 {expected}, got {got}"
+    )]
+    CertificatePin { expected: String, got: String },
+    #[error("server does not advertise STLS; refusing to continue without TLS")]
+    NoStls,
+    #[error("server rejected {command}: {reply}")]
+    Rejected {
+        command: &'static str,
+        reply: String,
+    },
+    #[error("authentication method {method} not available: {reason}")]
+    MethodUnavailable {
+        method: &'static str,
+        reason: String,
+    },
+    #[error("protocol error: {what}")]
+    Protocol { what: String },
+    #[error("server sent a line longer than {limit} bytes")]
+    LineTooLong { limit: usize },
+    #[error("message {msgno} has an unusable unique-id: {reason}")]
+    InvalidUid { msgno: u32, reason: String },
+    #[error("invalid argument: {what}")]
+    InvalidArgument { what: String },
+    #[error("timed out waiting for the server")]
+    Timeout,
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("connection unusable after an earlier error")]
+    Unusable,
+    #[error("i/o error on the connection")]
+    Io(#[source] io::Error),
+}
+
+impl Pop3Error {
+    pub(crate) fn protocol(what: impl Into<String>) -> Self {
+        Pop3Error::Protocol { what: what.into() }
+    }
+}
+
+/// Socket errors are sorted into the cases a caller acts on: a timeout, a dropped connection,
+/// or anything else.
+impl From<io::Error> for Pop3Error {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Pop3Error::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Pop3Error::Closed,
+            _ => Pop3Error::Io(e),
+        }
+    }
+}
+
+pub type Result<T, E = Pop3Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn timeouts_and_resets_are_classified() {
+        let t: Pop3Error = io::Error::from(io::ErrorKind::WouldBlock).into();
+        assert!(matches!(t, Pop3Error::Timeout));
+        let c: Pop3Error = io::Error::from(io::ErrorKind::ConnectionReset).into();
+        assert!(matches!(c, Pop3Error::Closed));
+    }
+}

@@ -1,0 +1,312 @@
+//! Login encodings: the APOP digest (RFC 1939 §7) and SASL responses (RFC 5034) for PLAIN,
+//! LOGIN, XOAUTH2 and OAUTHBEARER, plus the choice of method for [`AuthMethod::Auto`].
+//!
+//! Pure functions over strings; the session puts their output on the wire.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use md5::{Digest as _, Md5};
+
+use super::codec::Capabilities;
+use super::{Pop3Error, Result, Secret};
+
+/// How to log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMethod {
+    /// The strongest password method the server offers (see [`choose`]). Never an OAuth
+    /// method: those need a token instead of a password, so the user must ask for them.
+    #[default]
+    Auto,
+    /// USER and PASS (RFC 1939 §7): the password in clear text on the connection
+    User,
+    /// APOP (RFC 1939 §7): an MD5 digest of the greeting's timestamp and the password
+    Apop,
+    /// AUTH PLAIN (RFC 5034, RFC 4616)
+    Plain,
+    /// AUTH LOGIN (draft-murchison-sasl-login)
+    Login,
+    /// AUTH XOAUTH2 (Google and Microsoft): the secret is an OAuth 2.0 access token
+    XOAuth2,
+    /// AUTH OAUTHBEARER (RFC 7628): the secret is an OAuth 2.0 access token
+    OAuthBearer,
+}
+
+impl AuthMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Auto => "auto",
+            AuthMethod::User => "user",
+            AuthMethod::Apop => "apop",
+            AuthMethod::Plain => "plain",
+            AuthMethod::Login => "login",
+            AuthMethod::XOAuth2 => "xoauth2",
+            AuthMethod::OAuthBearer => "oauthbearer",
+        }
+    }
+
+    /// The SASL mechanism name, for the methods that go through AUTH.
+    pub fn sasl_name(self) -> Option<&'static str> {
+        match self {
+            AuthMethod::Plain => Some("PLAIN"),
+            AuthMethod::Login => Some("LOGIN"),
+            AuthMethod::XOAuth2 => Some("XOAUTH2"),
+            AuthMethod::OAuthBearer => Some("OAUTHBEARER"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AuthMethod {
+    type Err = Pop3Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        const ALL: [AuthMethod; 7] = [
+            AuthMethod::Auto,
+            AuthMethod::User,
+            AuthMethod::Apop,
+            AuthMethod::Plain,
+            AuthMethod::Login,
+            AuthMethod::XOAuth2,
+            AuthMethod::OAuthBearer,
+        ];
+        ALL.into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Pop3Error::InvalidArgument {
+                what: format!("unknown authentication method {s:?}"),
+            })
+    }
+}
+
+/// Picks the method to use, given what the server offers.
+///
+/// `Auto` over TLS: SASL PLAIN, then LOGIN, then USER/PASS, then APOP. The channel already
+/// hides the password, and these work whatever way the server stores passwords; APOP needs
+/// the server to keep them in clear text and rests on MD5.
+///
+/// `Auto` without TLS: APOP first, because it is the only one that does not send the password
+/// itself; then PLAIN, LOGIN, USER (all readable on the wire: the user chose no TLS).
+///
+/// An explicit method is refused up front only when we know it cannot work (APOP without a
+/// timestamp, a SASL mechanism missing from CAPA); without CAPA we try and let the server say.
+pub fn choose(
+    method: AuthMethod,
+    caps: Option<&Capabilities>,
+    apop_timestamp: Option<&str>,
+    tls: bool,
+) -> Result<AuthMethod> {
+    let sasl = |m: AuthMethod| {
+        m.sasl_name()
+            .is_some_and(|name| caps.is_some_and(|c| c.has_sasl(name)))
+    };
+    match method {
+        AuthMethod::Auto => {
+            let user = caps.is_none_or(|c| c.has("USER"));
+            let apop = apop_timestamp.is_some();
+            let order: &[(bool, AuthMethod)] = if tls {
+                &[
+                    (sasl(AuthMethod::Plain), AuthMethod::Plain),
+                    (sasl(AuthMethod::Login), AuthMethod::Login),
+                    (user, AuthMethod::User),
+                    (apop, AuthMethod::Apop),
+                ]
+            } else {
+                &[
+                    (apop, AuthMethod::Apop),
+                    (sasl(AuthMethod::Plain), AuthMethod::Plain),
+                    (sasl(AuthMethod::Login), AuthMethod::Login),
+                    (user, AuthMethod::User),
+                ]
+            };
+            // Nothing advertised at all: USER/PASS is the one method every server must have.
+            Ok(order
+                .iter()
+                .find(|(ok, _)| *ok)
+                .map_or(AuthMethod::User, |(_, m)| *m))
+        }
+        AuthMethod::Apop if apop_timestamp.is_none() => Err(Pop3Error::MethodUnavailable {
+            method: "apop",
+            reason: "the server greeting has no APOP timestamp".into(),
+        }),
+        m if m.sasl_name().is_some() && caps.is_some() && !sasl(m) => {
+            Err(Pop3Error::MethodUnavailable {
+                method: m.name(),
+                reason: format!(
+                    "the server offers SASL [{}]",
+                    caps.map(|c| c.sasl_mechanisms().join(" "))
+                        .unwrap_or_default()
+                ),
+            })
+        }
+        m => Ok(m),
+    }
+}
+
+/// The APOP timestamp in a greeting text (RFC 1939 §7): the `<...>` msg-id, brackets included.
+pub fn apop_timestamp(greeting: &str) -> Option<&str> {
+    let start = greeting.find('<')?;
+    let len = greeting[start..].find('>')? + 1;
+    let stamp = &greeting[start..start + len];
+    // A msg-id has no spaces and an "@"; anything else is prose in angle brackets.
+    (stamp.contains('@') && !stamp.contains(char::is_whitespace)).then_some(stamp)
+}
+
+/// APOP digest (RFC 1939 §7): lowercase hex MD5 of the timestamp followed by the secret.
+pub fn apop_digest(timestamp: &str, secret: &Secret) -> String {
+    let mut md5 = Md5::new();
+    md5.update(timestamp.as_bytes());
+    md5.update(secret.expose().as_bytes());
+    hex::encode(md5.finalize())
+}
+
+/// SASL PLAIN initial response (RFC 4616 §2): base64 of `authzid NUL authcid NUL passwd`,
+/// with an empty authzid (act as oneself).
+pub fn plain_response(user: &str, secret: &Secret) -> String {
+    BASE64.encode(format!("\0{user}\0{}", secret.expose()))
+}
+
+/// SASL LOGIN responses: base64 of the user name, then of the password, one per challenge.
+pub fn login_responses(user: &str, secret: &Secret) -> [String; 2] {
+    [BASE64.encode(user), BASE64.encode(secret.expose())]
+}
+
+/// XOAUTH2 initial response: base64 of `user=U^Aauth=Bearer T^A^A`.
+pub fn xoauth2_response(user: &str, token: &Secret) -> String {
+    BASE64.encode(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// OAUTHBEARER initial response (RFC 7628 §3.1): a GS2 header naming the user, then
+/// host, port and the bearer token as `^A`-separated key-value pairs.
+pub fn oauthbearer_response(user: &str, host: &str, port: u16, token: &Secret) -> String {
+    // RFC 5801 §4: "," and "=" in a saslname are escaped as =2C and =3D.
+    let user = user.replace('=', "=3D").replace(',', "=2C");
+    BASE64.encode(format!(
+        "n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// Decodes a base64 server challenge for an error message; lossy, never fails.
+pub fn decode_challenge(challenge: &str) -> String {
+    match BASE64.decode(challenge.trim()) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => challenge.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apop_digest_matches_rfc1939_example() {
+        let greeting = "POP3 server ready <1896.697170952@dbc.mtview.ca.us>";
+        let stamp = apop_timestamp(greeting).unwrap();
+        assert_eq!(stamp, "<1896.697170952@dbc.mtview.ca.us>");
+        assert_eq!(
+            apop_digest(stamp, &Secret::new("tanstaaf")),
+            "c4c9334bac560ecc979e58001b3e22fb"
+        );
+    }
+
+    #[test]
+    fn apop_timestamp_needs_a_msg_id() {
+        assert_eq!(apop_timestamp("Dovecot ready."), None);
+        assert_eq!(apop_timestamp("ready <no at sign>"), None);
+        assert_eq!(apop_timestamp("ready <a@b"), None);
+        assert_eq!(apop_timestamp("<x y@z>"), None);
+        assert_eq!(apop_timestamp("ready. <1.2@h>"), Some("<1.2@h>"));
+    }
+
+    #[test]
+    fn sasl_encodings() {
+        let pw = Secret::new("secret");
+        assert_eq!(plain_response("alice", &pw), "AGFsaWNlAHNlY3JldA==");
+        assert_eq!(login_responses("alice", &pw), ["YWxpY2U=", "c2VjcmV0"]);
+        let token = Secret::new("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg");
+        assert_eq!(
+            decode_challenge(&xoauth2_response("someuser@example.com", &token)),
+            "user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
+        );
+        // RFC 7628 §4.1 example, with its user name.
+        assert_eq!(
+            decode_challenge(&oauthbearer_response(
+                "user@example.com",
+                "server.example.com",
+                143,
+                &Secret::new("vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==")
+            )),
+            "n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        assert!(
+            decode_challenge(&oauthbearer_response("a,b=c", "h", 1, &pw))
+                .starts_with("n,a=a=2Cb=3Dc,")
+        );
+    }
+
+    #[test]
+    fn auto_prefers_sasl_over_tls_and_apop_without() {
+        let dovecot = Capabilities::parse(["USER", "SASL PLAIN LOGIN", "STLS"]);
+        let stamp = Some("<1.2@h>");
+        let pick = |caps, stamp, tls| choose(AuthMethod::Auto, caps, stamp, tls).unwrap();
+        assert_eq!(pick(Some(&dovecot), stamp, true), AuthMethod::Plain);
+        assert_eq!(pick(Some(&dovecot), stamp, false), AuthMethod::Apop);
+        assert_eq!(pick(Some(&dovecot), None, false), AuthMethod::Plain);
+        let login_only = Capabilities::parse(["SASL LOGIN XOAUTH2"]);
+        assert_eq!(pick(Some(&login_only), None, true), AuthMethod::Login);
+        let user_only = Capabilities::parse(["USER"]);
+        assert_eq!(pick(Some(&user_only), stamp, true), AuthMethod::User);
+        assert_eq!(pick(None, None, true), AuthMethod::User);
+        assert_eq!(pick(None, stamp, true), AuthMethod::User);
+        assert_eq!(pick(None, stamp, false), AuthMethod::Apop);
+        // OAuth is never picked automatically.
+        let oauth = Capabilities::parse(["SASL XOAUTH2 OAUTHBEARER"]);
+        assert_eq!(pick(Some(&oauth), None, true), AuthMethod::User);
+    }
+
+    #[test]
+    fn explicit_methods_are_checked_against_the_server() {
+        let caps = Capabilities::parse(["SASL PLAIN"]);
+        assert!(matches!(
+            choose(AuthMethod::Apop, Some(&caps), None, true),
+            Err(Pop3Error::MethodUnavailable { method: "apop", .. })
+        ));
+        let err = choose(AuthMethod::XOAuth2, Some(&caps), None, true).unwrap_err();
+        assert!(err.to_string().contains("[PLAIN]"), "{err}");
+        assert_eq!(
+            choose(AuthMethod::XOAuth2, None, None, true).unwrap(),
+            AuthMethod::XOAuth2
+        );
+        assert_eq!(
+            choose(AuthMethod::User, Some(&caps), None, true).unwrap(),
+            AuthMethod::User
+        );
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in [
+            "auto",
+            "USER",
+            "apop",
+            "plain",
+            "login",
+            "xoauth2",
+            "OAuthBearer",
+        ] {
+            assert_eq!(m.parse::<AuthMethod>().unwrap().name(), m.to_lowercase());
+        }
+        assert!("cram-md5".parse::<AuthMethod>().is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! Connections: plain TCP, implicit TLS, or STLS upgrade, with rustls and the ring provider.
+//!
+//! Trust: system roots (rustls-native-certs, or webpki-roots when the system store is empty)
+//! by default; `ca_file` replaces them; `fingerprint` replaces the chain check by a SHA-256 pin
+//! of the leaf certificate. TLS 1.2 is the minimum. Every socket gets read and write timeouts,
+//! so a server that stops talking ends in [`Pop3Error::Timeout`], never a hang.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, OtherError,
+    ProtocolVersion, RootCertStore, SignatureScheme, StreamOwned,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::{Pop3Error, Result};
+
+/// How TLS is used on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS from the first byte (POP3S, port 995; RFC 8314)
+    Implicit,
+    /// Plain TCP upgraded with STLS (RFC 2595); a server not offering STLS is refused
+    StartTls,
+    /// No TLS at all: everything, passwords included, is readable on the network
+    None,
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// PEM file of CA certificates that replaces the system roots
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the server's leaf certificate (DER). When set it replaces the chain and
+    /// host name check: a match is trusted, a mismatch is [`Pop3Error::CertificatePin`].
+    pub fingerprint: Option<[u8; 32]>,
+    /// Limit for connecting and for each read or write
+    pub timeout: Duration,
+}
+
+impl ConnectOptions {
+    pub fn new(host: impl Into<String>, port: u16, tls: TlsMode) -> Self {
+        ConnectOptions {
+            host: host.into(),
+            port,
+            tls,
+            ca_file: None,
+            fingerprint: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What was negotiated, for display (`server-info`) and audit.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// e.g. "TLSv1.3"
+    pub protocol_version: String,
+    /// e.g. "TLS13_AES_256_GCM_SHA384"
+    pub cipher_suite: String,
+    /// The server's chain as sent, leaf first (DER)
+    pub peer_certificates: Vec<CertificateDer<'static>>,
+}
+
+impl TlsInfo {
+    /// SHA-256 of the leaf certificate, the value `fingerprint` pins.
+    pub fn leaf_fingerprint(&self) -> Option<[u8; 32]> {
+        self.peer_certificates.first().map(|c| sha256(c))
+    }
+}
+
+/// A byte stream to the server, with or without TLS.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+
+    /// Closes both directions at once, without a QUIT: used when the session is abandoned.
+    pub(crate) fn shutdown(&self) {
+        // Already closed by the peer is fine: the goal is only that nothing more is exchanged.
+        let _ = self.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Opens the TCP connection, trying each resolved address in turn, with timeouts set.
+pub(crate) fn connect_tcp(opts: &ConnectOptions) -> Result<TcpStream> {
+    let addrs = (opts.host.as_str(), opts.port)
+        .to_socket_addrs()
+        .map_err(|source| Pop3Error::Resolve {
+            host: opts.host.clone(),
+            source,
+        })?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, opts.timeout) {
+            Ok(tcp) => {
+                tcp.set_read_timeout(Some(opts.timeout))?;
+                tcp.set_write_timeout(Some(opts.timeout))?;
+                // Commands are small and written in batches; Nagle would only add latency.
+                tcp.set_nodelay(true)?;
+                return Ok(tcp);
+            }
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    let (addr, source) = match last {
+        Some((addr, e)) => (addr.to_string(), e),
+        None => (
+            format!("{}:{}", opts.host, opts.port),
+            io::Error::new(io::ErrorKind::NotFound, "no address found"),
+        ),
+    };
+    Err(Pop3Error::Connect { addr, source })
+}
+
+/// Runs the TLS handshake on `tcp` to completion, so certificate errors surface here rather
+/// than at the first read.
+pub(crate) fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsInfo)> {
+    let config = client_config(opts)?;
+    let name = ServerName::try_from(opts.host.clone()).map_err(|_| Pop3Error::InvalidArgument {
+        what: format!("{:?} is not a valid host name for TLS", opts.host),
+    })?;
+    let conn = ClientConnection::new(config, name).map_err(|source| Pop3Error::Tls {
+        host: opts.host.clone(),
+        source,
+    })?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            return Err(handshake_error(e, opts));
+        }
+    }
+    let info = TlsInfo {
+        protocol_version: match tls.conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+            other => format!("{other:?}"),
+        },
+        cipher_suite: tls
+            .conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        peer_certificates: tls
+            .conn
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default(),
+    };
+    Ok((Stream::Tls(Box::new(tls)), info))
+}
+
+/// rustls reports handshake failures as an `io::Error` wrapping a `rustls::Error`; unwrap it,
+/// and turn our pin verifier's verdict into its own variant.
+fn handshake_error(e: io::Error, opts: &ConnectOptions) -> Pop3Error {
+    let Some(tls_error) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return e.into();
+    };
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) = tls_error
+        && let Some(pin) = other.downcast_ref::<PinMismatch>()
+    {
+        return Pop3Error::CertificatePin {
+            expected: hex::encode(pin.expected),
+            got: hex::encode(pin.got),
+        };
+    }
+    Pop3Error::Tls {
+        host: opts.host.clone(),
+        source: tls_error.clone(),
+    }
+}
+
+fn client_config(opts: &ConnectOptions) -> Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| Pop3Error::Tls {
+            host: opts.host.clone(),
+            source,
+        })?;
+    let config = match opts.fingerprint {
+        Some(expected) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(expected, &provider)))
+            .with_no_client_auth(),
+        None => builder
+            .with_root_certificates(roots(opts.ca_file.as_deref())?)
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = ca_file {
+        let ca_error = |reason: String| Pop3Error::CaFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ca_error(e.to_string()))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ca_error(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in the file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        }
+        return Ok(roots);
+    }
+    // Unreadable entries in the system store are skipped: one bad file must not stop a backup.
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    Ok(roots)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Carried inside the rustls error so [`handshake_error`] can name both fingerprints.
+#[derive(Debug)]
+struct PinMismatch {
+    expected: [u8; 32],
+    got: [u8; 32],
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate fingerprint {} is not the pinned {}",
+            hex::encode(self.got),
+            hex::encode(self.expected)
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+/// Trusts exactly one leaf certificate, by SHA-256 of its DER. The chain and the host name are
+/// not checked (the pin is stronger than both), but the handshake signatures still are, so the
+/// server must hold the pinned certificate's private key.
+#[derive(Debug)]
+struct PinVerifier {
+    expected: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PinVerifier {
+    fn new(expected: [u8; 32], provider: &CryptoProvider) -> Self {
+        PinVerifier {
+            expected,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let got = sha256(end_entity);
+        if got == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(PinMismatch {
+                    expected: self.expected,
+                    got,
+                })),
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ca_file_names_the_path() {
+        let err = roots(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn empty_ca_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = roots(Some(&path)).unwrap_err();
+        assert!(matches!(err, Pop3Error::CaFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn system_roots_are_never_empty() {
+        assert!(!roots(None).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! A private Dovecot on 127.0.0.1 for real-server tests: POP3, POP3S, IMAP and IMAPS on free
+//! ports, a test CA and a leaf certificate for IP 127.0.0.1, user `alice` / `secret`.
+//!
+//! Started with `dovecot -F -c CONF` in its own process group and stopped on drop. When the
+//! tests run as root, Dovecot drops privileges: mail belongs to `nobody` and the temp dir is
+//! world-traversable; otherwise everything runs as the current user.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "secret";
+
+/// A test CA and a server certificate it signed, valid for 127.0.0.1 and localhost.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub leaf_pem: String,
+    pub leaf_der: Vec<u8>,
+    pub leaf_key_pem: String,
+}
+
+impl TestPki {
+    pub fn generate(ca_name: &str) -> TestPki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+        let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        leaf_params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "popvault test server");
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        TestPki {
+            ca_pem: ca.pem(),
+            leaf_pem: leaf.pem(),
+            leaf_der: leaf.der().to_vec(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+        }
+    }
+}
+
+/// A running Dovecot. Dropping it stops the server and removes its directory.
+pub struct Dovecot {
+    child: Child,
+    dir: tempfile::TempDir,
+    pki: TestPki,
+    mail_owner: (u32, u32),
+    pub pop3_port: u16,
+    pub pop3s_port: u16,
+    pub imap_port: u16,
+    pub imaps_port: u16,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Dovecot {
+    /// Starts a Dovecot with an empty Maildir and waits until all four ports accept.
+    /// Panics with a clear message when Dovecot is not installed: these tests never skip.
+    pub fn start() -> Dovecot {
+        let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "dovecot not found: these tests need a real Dovecot; \
+                     install it with `apt-get install dovecot-pop3d dovecot-imapd`"
+                )
+            });
+
+        // Unix sockets live under base_dir, and their paths must stay under ~100 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("pv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().to_owned();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let running_as_root = current_uid() == 0;
+        let mail_owner = if running_as_root {
+            passwd_ids("nobody").expect("no user `nobody` in /etc/passwd")
+        } else {
+            (current_uid(), current_gid())
+        };
+
+        let pki = TestPki::generate("popvault test CA");
+        fs::write(root.join("ca.pem"), &pki.ca_pem).unwrap();
+        fs::write(root.join("cert.pem"), &pki.leaf_pem).unwrap();
+        fs::write(root.join("key.pem"), &pki.leaf_key_pem).unwrap();
+        fs::set_permissions(root.join("key.pem"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(
+            root.join("passwd"),
+            format!("{USER}:{{PLAIN}}{PASSWORD}::::::\n"),
+        )
+        .unwrap();
+
+        let home = root.join("home");
+        let maildir = home.join("Maildir");
+        for sub in ["", "new", "cur", "tmp"] {
+            fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        for path in [
+            &home,
+            &maildir,
+            &maildir.join("new"),
+            &maildir.join("cur"),
+            &maildir.join("tmp"),
+        ] {
+            chown(path, Some(mail_owner.0), Some(mail_owner.1)).unwrap();
+        }
+
+        let ports: Vec<u16> = {
+            // Bound together so the four are distinct; released just before Dovecot binds them.
+            let listeners: Vec<TcpListener> = (0..4)
+                .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect();
+            listeners
+                .iter()
+                .map(|l| l.local_addr().unwrap().port())
+                .collect()
+        };
+        let users = if running_as_root {
+            String::new()
+        } else {
+            let me = current_user_name();
+            format!("default_login_user = {me}\ndefault_internal_user = {me}\n")
+        };
+        let instance = format!(
+            "pv{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let r = root.display();
+        let conf = format!(
+            r#"instance_name = {instance}
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {r}/dovecot.log
+listen = 127.0.0.1
+protocols = pop3 imap
+{users}ssl = yes
+ssl_cert = <{r}/cert.pem
+ssl_key = <{r}/key.pem
+ssl_dh = </usr/share/dovecot/dh.pem
+disable_plaintext_auth = no
+auth_mechanisms = plain login apop
+auth_failure_delay = 0
+first_valid_uid = 1
+mail_location = maildir:{maildir}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {r}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={home}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {p0}
+  }}
+  inet_listener pop3s {{
+    port = {p1}
+    ssl = yes
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {p2}
+  }}
+  inet_listener imaps {{
+    port = {p3}
+    ssl = yes
+  }}
+}}
+"#,
+            maildir = maildir.display(),
+            home = home.display(),
+            uid = mail_owner.0,
+            gid = mail_owner.1,
+            p0 = ports[0],
+            p1 = ports[1],
+            p2 = ports[2],
+            p3 = ports[3],
+        );
+        let conf_path = root.join("dovecot.conf");
+        fs::write(&conf_path, conf).unwrap();
+
+        let child = Command::new(binary)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(root.join("stderr.log")).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let mut dovecot = Dovecot {
+            child,
+            dir,
+            pki,
+            mail_owner,
+            pop3_port: ports[0],
+            pop3s_port: ports[1],
+            imap_port: ports[2],
+            imaps_port: ports[3],
+        };
+        dovecot.wait_ready();
+        dovecot
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [
+            self.pop3_port,
+            self.pop3s_port,
+            self.imap_port,
+            self.imaps_port,
+        ] {
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("dovecot exited with {status}:\n{}", self.logs());
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    panic!("dovecot did not open port {port} in 20 s:\n{}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+
+    pub fn user(&self) -> &'static str {
+        USER
+    }
+
+    pub fn password(&self) -> &'static str {
+        PASSWORD
+    }
+
+    /// PEM of the CA that signed the server certificate, for `ca_file`.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The server certificate (DER), e.g. to compute a fingerprint pin.
+    pub fn leaf_der(&self) -> &[u8] {
+        &self.pki.leaf_der
+    }
+
+    /// The served Maildir (it has `new/`, `cur/`, `tmp/`).
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("home/Maildir")
+    }
+
+    /// Delivers a message into `new/` (written to `tmp/` first, then renamed, as Maildir
+    /// requires) owned by the mail user; Dovecot sees it at the next login. Dovecot serves
+    /// files with CRLF line endings on the wire whatever the file has, so write CRLF files
+    /// when comparing bytes.
+    pub fn add_message(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let tmp = self.maildir().join("tmp").join(name);
+        fs::write(&tmp, bytes).unwrap();
+        chown(&tmp, Some(self.mail_owner.0), Some(self.mail_owner.1)).unwrap();
+        let dest = self.maildir().join("new").join(name);
+        fs::rename(&tmp, &dest).unwrap();
+        dest
+    }
+
+    /// Dovecot's log and stderr, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("dovecot.log"), read("stderr.log"))
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // The whole process group: the master and the login/auth/pop3 children it started.
+        let group = format!("-{}", self.child.id());
+        let kill = |signal: &str| {
+            let _ = Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        kill("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
+fn current_gid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.gid())
+        .unwrap_or(u32::MAX)
+}
+
+fn current_user_name() -> String {
+    let out = Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("cannot run `id -un`");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// (uid, gid) of a user from /etc/passwd.
+fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&user))
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
+    })
+}
