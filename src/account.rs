@@ -23,14 +23,23 @@ pub struct Account {
 impl Account {
     /// `pop3s://user@host:port` style, without any secret: for messages and the commit record.
     pub fn server_label(&self) -> String {
-        let scheme = if self.connect.tls == TlsMode::Implicit { "pop3s" } else { "pop3" };
-        format!("{scheme}://{}@{}:{}", self.user, self.connect.host, self.connect.port)
+        let scheme = if self.connect.tls == TlsMode::Implicit {
+            "pop3s"
+        } else {
+            "pop3"
+        };
+        format!(
+            "{scheme}://{}@{}:{}",
+            self.user, self.connect.host, self.connect.port
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("{0:?} is not a POP3 server URL: write pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT]")]
+    #[error(
+        "{0:?} is not a POP3 server URL: write pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT]"
+    )]
     BadUrl(String),
     #[error("account {account}: {message}")]
     Invalid { account: String, message: String },
@@ -76,7 +85,12 @@ impl FromStr for ServerUrl {
         if user.is_empty() || host.is_empty() || user.contains(['\r', '\n']) {
             return Err(bad());
         }
-        Ok(ServerUrl { implicit_tls, user, host, port })
+        Ok(ServerUrl {
+            implicit_tls,
+            user,
+            host,
+            port,
+        })
     }
 }
 
@@ -113,21 +127,31 @@ pub fn parse_tls(value: &str) -> Result<TlsMode, String> {
         "implicit" | "pop3s" => Ok(TlsMode::Implicit),
         "starttls" | "stls" => Ok(TlsMode::StartTls),
         "none" => Ok(TlsMode::None),
-        other => Err(format!("tls {other:?} is not one of implicit, starttls, none")),
+        other => Err(format!(
+            "tls {other:?} is not one of implicit, starttls, none"
+        )),
     }
 }
 
 /// A SHA-256 fingerprint as 64 hex digits, with or without `:` separators or a `sha256:` prefix.
 pub fn parse_fingerprint(value: &str) -> Result<[u8; 32], String> {
-    let hex: String = value.trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+    let hex: String = value
+        .trim_start_matches("sha256:")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
     let mut out = [0u8; 32];
-    hex::decode_to_slice(&hex, &mut out).map_err(|_| format!("{value:?} is not a SHA-256 fingerprint (64 hex digits)"))?;
+    hex::decode_to_slice(&hex, &mut out)
+        .map_err(|_| format!("{value:?} is not a SHA-256 fingerprint (64 hex digits)"))?;
     Ok(out)
 }
 
 impl Account {
     pub fn resolve(config: &AccountConfig, overrides: &Overrides) -> Result<Account, AccountError> {
-        let invalid = |message: String| AccountError::Invalid { account: config.name.clone(), message };
+        let invalid = |message: String| AccountError::Invalid {
+            account: config.name.clone(),
+            message,
+        };
         let url: ServerUrl = config.server.parse()?;
         let tls_setting = overrides.tls.clone().or_else(|| config.tls.clone());
         let tls = match tls_setting {
@@ -137,10 +161,16 @@ impl Account {
         };
         let auth_setting = overrides.auth.clone().or_else(|| config.auth.clone());
         let auth = match auth_setting {
-            Some(a) => a.parse::<AuthMethod>().map_err(|e| invalid(e.to_string()))?,
+            Some(a) => a
+                .parse::<AuthMethod>()
+                .map_err(|e| invalid(e.to_string()))?,
             None => AuthMethod::Auto,
         };
-        let fingerprint = match overrides.tls_fingerprint.clone().or_else(|| config.tls_fingerprint.clone()) {
+        let fingerprint = match overrides
+            .tls_fingerprint
+            .clone()
+            .or_else(|| config.tls_fingerprint.clone())
+        {
             Some(f) => Some(parse_fingerprint(&f).map_err(invalid)?),
             None => None,
         };
@@ -167,13 +197,29 @@ mod tests {
 
     #[test]
     fn server_urls_parse_with_defaults_and_at_signs_in_user_names() {
-        let u: ServerUrl = "pop3s://alice%40example.com@mail.example.com".parse().unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str(), u.port, u.implicit_tls), ("alice@example.com", "mail.example.com", 995, true));
+        let u: ServerUrl = "pop3s://alice%40example.com@mail.example.com"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str(), u.port, u.implicit_tls),
+            ("alice@example.com", "mail.example.com", 995, true)
+        );
         let u: ServerUrl = "pop3://bob@[::1]:1110/".parse().unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str(), u.port, u.implicit_tls), ("bob", "::1", 1110, false));
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str(), u.port, u.implicit_tls),
+            ("bob", "::1", 1110, false)
+        );
         let u: ServerUrl = "pop3://me@x.org@pop.x.org".parse().unwrap();
-        assert_eq!((u.user.as_str(), u.host.as_str()), ("me@x.org", "pop.x.org"));
-        for bad in ["imap://a@b", "pop3s://host-only", "pop3://a@b:notaport", "pop3://@b"] {
+        assert_eq!(
+            (u.user.as_str(), u.host.as_str()),
+            ("me@x.org", "pop.x.org")
+        );
+        for bad in [
+            "imap://a@b",
+            "pop3s://host-only",
+            "pop3://a@b:notaport",
+            "pop3://@b",
+        ] {
             assert!(bad.parse::<ServerUrl>().is_err(), "{bad}");
         }
     }
@@ -183,7 +229,10 @@ mod tests {
         let hex = "AB".repeat(32);
         let colons = vec!["ab"; 32].join(":");
         assert_eq!(parse_fingerprint(&hex).unwrap(), [0xab; 32]);
-        assert_eq!(parse_fingerprint(&format!("sha256:{colons}")).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{colons}")).unwrap(),
+            [0xab; 32]
+        );
         assert!(parse_fingerprint("abcd").is_err());
     }
 }

@@ -32,16 +32,32 @@ pub struct BackupOptions {
 
 impl Default for BackupOptions {
     fn default() -> Self {
-        BackupOptions { dry_run: false, window: 64, retries: 3, now: Utc::now() }
+        BackupOptions {
+            dry_run: false,
+            window: 64,
+            retries: 3,
+            now: Utc::now(),
+        }
     }
 }
 
 /// Progress, for the CLI to render.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Planned { account: &'a str, messages: usize, bytes: u64 },
-    Fetched { bytes: u64 },
-    Retrying { account: &'a str, attempt: u32, error: String, wait: Duration },
+    Planned {
+        account: &'a str,
+        messages: usize,
+        bytes: u64,
+    },
+    Fetched {
+        bytes: u64,
+    },
+    Retrying {
+        account: &'a str,
+        attempt: u32,
+        error: String,
+        wait: Duration,
+    },
 }
 
 /// A message the plan would fetch or delete (for `--dry-run`).
@@ -87,7 +103,15 @@ pub enum BackupError {
 impl BackupError {
     /// A connection problem worth reconnecting for (not a refused login or a local failure).
     fn is_transient(&self) -> bool {
-        matches!(self, BackupError::Pop3(Pop3Error::Closed | Pop3Error::Timeout | Pop3Error::Io(_) | Pop3Error::Connect { .. }))
+        matches!(
+            self,
+            BackupError::Pop3(
+                Pop3Error::Closed
+                    | Pop3Error::Timeout
+                    | Pop3Error::Io(_)
+                    | Pop3Error::Connect { .. }
+            )
+        )
     }
 }
 
@@ -108,22 +132,37 @@ impl Target<'_> {
 
 /// Backs up one account. Errors that end the account come back in the report (`ok: false`),
 /// after whatever was fetched before them has been committed.
-pub fn backup_account(target: &mut Target<'_>, account: &Account, secret: &Secret, opts: &BackupOptions, events: &mut dyn FnMut(Event<'_>)) -> AccountReport {
+pub fn backup_account(
+    target: &mut Target<'_>,
+    account: &Account,
+    secret: &Secret,
+    opts: &BackupOptions,
+    events: &mut dyn FnMut(Event<'_>),
+) -> AccountReport {
     let started = Instant::now();
-    let mut report = AccountReport { account: account.name.clone(), server: account.server_label(), ..AccountReport::default() };
+    let mut report = AccountReport {
+        account: account.name.clone(),
+        server: account.server_label(),
+        ..AccountReport::default()
+    };
     let mut attempt = 0;
     let outcome = loop {
         match one_pass(target, account, secret, opts, &mut report, events) {
             Ok(()) => break Ok(()),
             Err(e) if e.is_transient() && attempt < opts.retries => {
                 attempt += 1;
-                if let Target::Write(w) = target {
-                    if let Err(commit_error) = w.commit() {
-                        break Err(BackupError::Archive(commit_error));
-                    }
+                if let Target::Write(w) = target
+                    && let Err(commit_error) = w.commit()
+                {
+                    break Err(BackupError::Archive(commit_error));
                 }
                 let wait = Duration::from_secs(1 << (attempt - 1).min(5));
-                events(Event::Retrying { account: &account.name, attempt, error: error_chain(&e), wait });
+                events(Event::Retrying {
+                    account: &account.name,
+                    attempt,
+                    error: error_chain(&e),
+                    wait,
+                });
                 std::thread::sleep(wait);
             }
             Err(e) => break Err(e),
@@ -173,7 +212,14 @@ struct Plan {
     deletable: HashMap<u32, String>,
 }
 
-fn one_pass(target: &mut Target<'_>, account: &Account, secret: &Secret, opts: &BackupOptions, report: &mut AccountReport, events: &mut dyn FnMut(Event<'_>)) -> Result<(), BackupError> {
+fn one_pass(
+    target: &mut Target<'_>,
+    account: &Account,
+    secret: &Secret,
+    opts: &BackupOptions,
+    report: &mut AccountReport,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<(), BackupError> {
     let session = Session::connect(&account.connect)?;
     let mut session = session.login(&account.user, secret, account.auth)?;
     let list = session.list_all()?;
@@ -182,18 +228,24 @@ fn one_pass(target: &mut Target<'_>, account: &Account, secret: &Secret, opts: &
     let uidls = session.uidl_all_lenient()?;
     let plan = plan(target.archive(), account, &list, uidls, report);
     let planned_bytes = plan.fetch.iter().map(|p| p.size).sum();
-    events(Event::Planned { account: &account.name, messages: plan.fetch.len(), bytes: planned_bytes });
+    events(Event::Planned {
+        account: &account.name,
+        messages: plan.fetch.len(),
+        bytes: planned_bytes,
+    });
 
     match target {
         Target::DryRun(archive) => {
             report.would_fetch = plan.fetch.clone();
-            report.would_delete = deletion_candidates(archive, account, &plan.deletable, &list, opts)?;
+            report.would_delete =
+                deletion_candidates(archive, account, &plan.deletable, &list, opts)?;
             session.quit()?;
         }
         Target::Write(writer) => {
             fetch(writer, &mut session, account, &plan, opts, report, events)?;
             writer.commit()?;
-            let delete = deletion_candidates(writer.archive(), account, &plan.deletable, &list, opts)?;
+            let delete =
+                deletion_candidates(writer.archive(), account, &plan.deletable, &list, opts)?;
             if !delete.is_empty() {
                 let msgnos: Vec<u32> = delete.iter().map(|p| p.msgno).collect();
                 session.dele_many(&msgnos)?;
@@ -206,23 +258,45 @@ fn one_pass(target: &mut Target<'_>, account: &Account, secret: &Secret, opts: &
     Ok(())
 }
 
-fn plan(archive: &Archive, account: &Account, list: &[(u32, u64)], uidls: Option<crate::pop3::UidlListing>, report: &mut AccountReport) -> Plan {
+fn plan(
+    archive: &Archive,
+    account: &Account,
+    list: &[(u32, u64)],
+    uidls: Option<crate::pop3::UidlListing>,
+    report: &mut AccountReport,
+) -> Plan {
     let sizes: HashMap<u32, u64> = list.iter().copied().collect();
     let archived: HashSet<&str> = archive
         .entries()
         .iter()
         .filter_map(|e| match &e.source {
-            Source::Pop3 { account: a, uidl: Some(u) } if *a == account.name => Some(u.as_str()),
+            Source::Pop3 {
+                account: a,
+                uidl: Some(u),
+            } if *a == account.name => Some(u.as_str()),
             _ => None,
         })
         .collect();
     let Some(listing) = uidls else {
         report.warnings.push("the server has no UIDL: every message is downloaded each run and stored only if new (by content); nothing can be deleted".into());
-        let fetch = list.iter().map(|&(msgno, size)| Planned { msgno, uidl: None, size }).collect();
-        return Plan { fetch, deletable: HashMap::new() };
+        let fetch = list
+            .iter()
+            .map(|&(msgno, size)| Planned {
+                msgno,
+                uidl: None,
+                size,
+            })
+            .collect();
+        return Plan {
+            fetch,
+            deletable: HashMap::new(),
+        };
     };
     for w in &listing.skipped {
-        report.warnings.push(format!("message {} has an unusable UIDL ({}): it is fetched every run and stored only if new", w.msgno, w.reason));
+        report.warnings.push(format!(
+            "message {} has an unusable UIDL ({}): it is fetched every run and stored only if new",
+            w.msgno, w.reason
+        ));
     }
     let mut count: HashMap<&str, usize> = HashMap::new();
     for (_, uidl) in &listing.entries {
@@ -232,7 +306,11 @@ fn plan(archive: &Archive, account: &Account, list: &[(u32, u64)], uidls: Option
     if duplicated > 0 {
         report.warnings.push(format!("the server gave {duplicated} UIDLs to more than one message: those are fetched every run and stored only if new, and never deleted"));
     }
-    let with_uidl: HashMap<u32, &str> = listing.entries.iter().map(|(n, u)| (*n, u.as_str())).collect();
+    let with_uidl: HashMap<u32, &str> = listing
+        .entries
+        .iter()
+        .map(|(n, u)| (*n, u.as_str()))
+        .collect();
     let mut fetch = Vec::new();
     let mut deletable = HashMap::new();
     for &(msgno, size) in list {
@@ -240,48 +318,83 @@ fn plan(archive: &Archive, account: &Account, list: &[(u32, u64)], uidls: Option
             Some(uidl) if count[uidl] == 1 => {
                 deletable.insert(msgno, uidl.to_string());
                 if !archived.contains(uidl) {
-                    fetch.push(Planned { msgno, uidl: Some(uidl.to_string()), size });
+                    fetch.push(Planned {
+                        msgno,
+                        uidl: Some(uidl.to_string()),
+                        size,
+                    });
                 }
             }
-            Some(uidl) => fetch.push(Planned { msgno, uidl: Some(uidl.to_string()), size }),
-            None => fetch.push(Planned { msgno, uidl: None, size: sizes[&msgno] }),
+            Some(uidl) => fetch.push(Planned {
+                msgno,
+                uidl: Some(uidl.to_string()),
+                size,
+            }),
+            None => fetch.push(Planned {
+                msgno,
+                uidl: None,
+                size: sizes[&msgno],
+            }),
         }
     }
     Plan { fetch, deletable }
 }
 
 /// RETRs the plan into the writer. Messages stream: memory stays bounded whatever their size.
-fn fetch(writer: &mut Writer, session: &mut Session<Transaction>, account: &Account, plan: &Plan, opts: &BackupOptions, report: &mut AccountReport, events: &mut dyn FnMut(Event<'_>)) -> Result<(), BackupError> {
+fn fetch(
+    writer: &mut Writer,
+    session: &mut Session<Transaction>,
+    account: &Account,
+    plan: &Plan,
+    opts: &BackupOptions,
+    report: &mut AccountReport,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<(), BackupError> {
     let by_msgno: HashMap<u32, &Planned> = plan.fetch.iter().map(|p| (p.msgno, p)).collect();
     let msgnos: Vec<u32> = plan.fetch.iter().map(|p| p.msgno).collect();
-    let refused = session.retrieve(&msgnos, opts.window, |msgno, body: &mut dyn Read| -> Result<(), ArchiveError> {
-        let planned = by_msgno[&msgno];
-        let mut counted = CountingReader { inner: body, count: 0 };
-        let source = Source::Pop3 { account: account.name.clone(), uidl: planned.uidl.clone() };
-        let (_, added) = writer.add_stream(&mut counted, source, None, opts.now)?;
-        if counted.count != planned.size {
-            report.warnings.push(format!(
+    let refused = session.retrieve(
+        &msgnos,
+        opts.window,
+        |msgno, body: &mut dyn Read| -> Result<(), ArchiveError> {
+            let planned = by_msgno[&msgno];
+            let mut counted = CountingReader {
+                inner: body,
+                count: 0,
+            };
+            let source = Source::Pop3 {
+                account: account.name.clone(),
+                uidl: planned.uidl.clone(),
+            };
+            let (_, added) = writer.add_stream(&mut counted, source, None, opts.now)?;
+            if counted.count != planned.size {
+                report.warnings.push(format!(
                 "message {msgno} (UIDL {}): LIST said {} bytes, RETR gave {}; stored as received",
                 planned.uidl.as_deref().unwrap_or("-"),
                 planned.size,
                 counted.count
             ));
-        }
-        match added {
-            Added::New => report.new_messages += 1,
-            Added::Duplicate => report.already_archived += 1,
-            Added::Known => {}
-        }
-        report.fetched_bytes += counted.count;
-        events(Event::Fetched { bytes: counted.count });
-        Ok(())
-    });
+            }
+            match added {
+                Added::New => report.new_messages += 1,
+                Added::Duplicate => report.already_archived += 1,
+                Added::Known => {}
+            }
+            report.fetched_bytes += counted.count;
+            events(Event::Fetched {
+                bytes: counted.count,
+            });
+            Ok(())
+        },
+    );
     let refused = refused.map_err(|e| match e {
         RetrieveError::Pop3(e) => BackupError::Pop3(e),
         RetrieveError::Callback { source, .. } => BackupError::Archive(source),
     })?;
     for r in refused {
-        report.warnings.push(format!("the server refused to send message {}: {}", r.msgno, r.reply.text));
+        report.warnings.push(format!(
+            "the server refused to send message {}: {}",
+            r.msgno, r.reply.text
+        ));
     }
     let uidl_reset = report.already_archived > 0 && plan.fetch.iter().any(|p| p.uidl.is_some());
     if uidl_reset {
@@ -295,16 +408,27 @@ fn fetch(writer: &mut Writer, session: &mut Session<Transaction>, account: &Acco
 
 /// Messages that may be deleted now: a unique UIDL, archived in a committed batch at least
 /// `delete_after_days` ago, and an archived copy that re-reads and re-hashes to its id.
-fn deletion_candidates(archive: &Archive, account: &Account, deletable: &HashMap<u32, String>, list: &[(u32, u64)], opts: &BackupOptions) -> Result<Vec<Planned>, BackupError> {
-    let Some(days) = account.delete_after_days else { return Ok(Vec::new()) };
+fn deletion_candidates(
+    archive: &Archive,
+    account: &Account,
+    deletable: &HashMap<u32, String>,
+    list: &[(u32, u64)],
+    opts: &BackupOptions,
+) -> Result<Vec<Planned>, BackupError> {
+    let Some(days) = account.delete_after_days else {
+        return Ok(Vec::new());
+    };
     let cutoff = opts.now - chrono::Duration::days(i64::from(days));
     let mut first_seen: HashMap<&str, (DateTime<Utc>, Digest)> = HashMap::new();
     for e in archive.entries() {
-        if let Source::Pop3 { account: a, uidl: Some(u) } = &e.source {
-            if *a == account.name {
-                let slot = first_seen.entry(u.as_str()).or_insert((e.first_seen, e.id));
-                slot.0 = slot.0.min(e.first_seen);
-            }
+        if let Source::Pop3 {
+            account: a,
+            uidl: Some(u),
+        } = &e.source
+            && *a == account.name
+        {
+            let slot = first_seen.entry(u.as_str()).or_insert((e.first_seen, e.id));
+            slot.0 = slot.0.min(e.first_seen);
         }
     }
     let sizes: HashMap<u32, u64> = list.iter().copied().collect();
@@ -313,16 +437,25 @@ fn deletion_candidates(archive: &Archive, account: &Account, deletable: &HashMap
     msgnos.sort();
     for msgno in msgnos {
         let uidl = &deletable[msgno];
-        let Some((seen, id)) = first_seen.get(uidl.as_str()) else { continue };
+        let Some((seen, id)) = first_seen.get(uidl.as_str()) else {
+            continue;
+        };
         if *seen > cutoff {
             continue;
         }
-        let Some(location) = archive.location(id) else { continue };
+        let Some(location) = archive.location(id) else {
+            continue;
+        };
         let path = archive.pack_path(&location.pack);
-        let intact = File::open(&path).map_err(ArchiveError::io(&path))
+        let intact = File::open(&path)
+            .map_err(ArchiveError::io(&path))
             .map(|mut f| archive.check_message(id, &location, &mut f).is_ok())?;
         if intact {
-            out.push(Planned { msgno: *msgno, uidl: Some(uidl.clone()), size: sizes[msgno] });
+            out.push(Planned {
+                msgno: *msgno,
+                uidl: Some(uidl.clone()),
+                size: sizes[msgno],
+            });
         }
     }
     Ok(out)

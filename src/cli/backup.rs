@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 
@@ -64,6 +64,9 @@ pub struct BackupArgs {
     /// RETR commands in flight when the server supports pipelining.
     #[arg(long, value_name = "N", default_value_t = 64, hide = true)]
     window: usize,
+    /// Act as if the time were this (RFC 3339), for tests of --delete-after-days.
+    #[arg(long, value_name = "TIME", hide = true, value_parser = crate::archive::select::parse_day_or_time)]
+    now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Serialize)]
@@ -85,10 +88,16 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
     let configs: Vec<AccountConfig> = match &args.url {
         Some(url) => {
             let parsed: crate::account::ServerUrl = url.parse()?;
-            vec![AccountConfig { name: format!("{}@{}", parsed.user, parsed.host), server: url.clone(), ..AccountConfig::default() }]
+            vec![AccountConfig {
+                name: format!("{}@{}", parsed.user, parsed.host),
+                server: url.clone(),
+                ..AccountConfig::default()
+            }]
         }
         None if ctx.config.accounts.is_empty() => {
-            bail!("no accounts configured: add an [[account]] to the config file (see samples/config.toml) or give a server URL")
+            bail!(
+                "no accounts configured: add an [[account]] to the config file (see samples/config.toml) or give a server URL"
+            )
         }
         None => {
             for name in &args.accounts {
@@ -96,20 +105,43 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
                     bail!("no account named {name:?} in the config file");
                 }
             }
-            ctx.config.accounts.iter().filter(|a| args.accounts.is_empty() || args.accounts.contains(&a.name)).cloned().collect()
+            ctx.config
+                .accounts
+                .iter()
+                .filter(|a| args.accounts.is_empty() || args.accounts.contains(&a.name))
+                .cloned()
+                .collect()
         }
     };
-    let accounts = configs.iter().map(|c| Account::resolve(c, &overrides)).collect::<Result<Vec<_>, _>>()?;
+    let accounts = configs
+        .iter()
+        .map(|c| Account::resolve(c, &overrides))
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let opts = BackupOptions { dry_run: args.dry_run, window: args.window.max(1), ..BackupOptions::default() };
+    let opts = BackupOptions {
+        dry_run: args.dry_run,
+        window: args.window.max(1),
+        now: args.now.unwrap_or_else(chrono::Utc::now),
+        ..BackupOptions::default()
+    };
     let quiet = ctx.quiet || args.json;
     let bar = byte_bar(Some(0), quiet, "backup");
     let mut on_event = |event: Event<'_>| match event {
         Event::Planned { bytes, .. } => bar.inc_length(bytes),
         Event::Fetched { bytes } => bar.inc(bytes),
-        Event::Retrying { account, attempt, error, wait } => {
+        Event::Retrying {
+            account,
+            attempt,
+            error,
+            wait,
+        } => {
             if !ctx.quiet {
-                bar.suspend(|| eprintln!("warning: {account}: {error}; reconnecting in {}s (attempt {attempt})", wait.as_secs()));
+                bar.suspend(|| {
+                    eprintln!(
+                        "warning: {account}: {error}; reconnecting in {}s (attempt {attempt})",
+                        wait.as_secs()
+                    )
+                });
             }
         }
     };
@@ -125,16 +157,19 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
         };
         let mut target = Target::DryRun(&archive);
         for account in &accounts {
-            reports.push(with_password(account, |secret| backup::backup_account(&mut target, account, secret, &opts, &mut on_event)));
+            reports.push(with_password(account, |secret| {
+                backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
+            }));
         }
     } else {
         let mut writer = Archive::writer(&ctx.archive, "backup", args.wait)
             .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {
-            reports.push(with_password(account, |secret| backup::backup_account(&mut target, account, secret, &opts, &mut on_event)));
+            reports.push(with_password(account, |secret| {
+                backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
+            }));
         }
-        drop(target);
         writer.finish().context("cannot commit the backup")?;
     }
     bar.finish_and_clear();
@@ -171,9 +206,13 @@ pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
             .output()
             .context("cannot run the password command")?;
         if !out.status.success() {
-            bail!("the password command failed ({}); its output is not shown", out.status);
+            bail!(
+                "the password command failed ({}); its output is not shown",
+                out.status
+            );
         }
-        let text = String::from_utf8(out.stdout).context("the password command printed something that is not UTF-8")?;
+        let text = String::from_utf8(out.stdout)
+            .context("the password command printed something that is not UTF-8")?;
         let first = text.lines().next().unwrap_or("");
         if first.is_empty() {
             bail!("the password command printed nothing");
@@ -181,18 +220,31 @@ pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
         return Ok(Secret::new(first));
     }
     if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
-        return Ok(Secret::new(p.into_string().map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?));
+        return Ok(Secret::new(
+            p.into_string()
+                .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?,
+        ));
     }
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         let p = rpassword::prompt_password(format!("Password for {}: ", account.server_label()))?;
         return Ok(Secret::new(p));
     }
-    bail!("no password: set password_command for this account in the config file, or POPVAULT_PASSWORD")
+    bail!(
+        "no password: set password_command for this account in the config file, or POPVAULT_PASSWORD"
+    )
 }
 
-fn print_reports(ctx: &Context, args: &BackupArgs, reports: &[AccountReport]) -> anyhow::Result<()> {
+fn print_reports(
+    ctx: &Context,
+    args: &BackupArgs,
+    reports: &[AccountReport],
+) -> anyhow::Result<()> {
     if args.json {
-        let summary = RunSummary { ok: reports.iter().all(|r| r.ok), dry_run: args.dry_run, accounts: reports };
+        let summary = RunSummary {
+            ok: reports.iter().all(|r| r.ok),
+            dry_run: args.dry_run,
+            accounts: reports,
+        };
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
@@ -207,12 +259,29 @@ fn print_reports(ctx: &Context, args: &BackupArgs, reports: &[AccountReport]) ->
             eprintln!("warning: {}: {w}", r.account);
         }
         if args.dry_run {
-            println!("{}: would fetch {} messages ({}), would delete {}; {} on the server", r.account, r.would_fetch.len(), human_bytes(r.would_fetch.iter().map(|p| p.size).sum()), r.would_delete.len(), r.on_server);
+            println!(
+                "{}: would fetch {} messages ({}), would delete {}; {} on the server",
+                r.account,
+                r.would_fetch.len(),
+                human_bytes(r.would_fetch.iter().map(|p| p.size).sum()),
+                r.would_delete.len(),
+                r.on_server
+            );
             for p in &r.would_fetch {
-                println!("  fetch  #{} UIDL {} ({})", p.msgno, p.uidl.as_deref().unwrap_or("-"), human_bytes(p.size));
+                println!(
+                    "  fetch  #{} UIDL {} ({})",
+                    p.msgno,
+                    p.uidl.as_deref().unwrap_or("-"),
+                    human_bytes(p.size)
+                );
             }
             for p in &r.would_delete {
-                println!("  delete #{} UIDL {} ({})", p.msgno, p.uidl.as_deref().unwrap_or("-"), human_bytes(p.size));
+                println!(
+                    "  delete #{} UIDL {} ({})",
+                    p.msgno,
+                    p.uidl.as_deref().unwrap_or("-"),
+                    human_bytes(p.size)
+                );
             }
         } else if r.ok {
             println!(

@@ -1,6 +1,10 @@
 //! CLI integration tests: the real binary on real files, asserting on output, exit codes and bytes.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod archive_corpus;
 mod archive_crash;
 mod archive_damage;
+mod backup_dovecot;
 mod support;
