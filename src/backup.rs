@@ -6,8 +6,7 @@
 //! deletions (RFC 1939 §6). A dropped connection is retried from where it stopped: what was
 //! committed stays, what was not is fetched again. Nothing here prints: progress goes out as events.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use serde::Serialize;
 
 use crate::account::Account;
 use crate::archive::catalog::AccountRun;
-use crate::archive::{Added, Archive, ArchiveError, Digest, Source, Writer};
+use crate::archive::{Added, ArchiveError, Index, Source, Writer};
 use crate::pop3::{Pop3Error, RetrieveError, Secret, Session, Transaction};
 
 #[derive(Debug, Clone)]
@@ -118,14 +117,14 @@ impl BackupError {
 /// Where a backup goes: the writer, or, for a dry run, only a look at the archive.
 pub enum Target<'w> {
     Write(&'w mut Writer),
-    DryRun(&'w Archive),
+    DryRun(&'w Index),
 }
 
 impl Target<'_> {
-    fn archive(&self) -> &Archive {
+    fn index(&self) -> &Index {
         match self {
-            Target::Write(w) => w.archive(),
-            Target::DryRun(a) => a,
+            Target::Write(w) => w.index(),
+            Target::DryRun(index) => index,
         }
     }
 }
@@ -226,7 +225,7 @@ fn one_pass(
     report.on_server = list.len() as u64;
     report.on_server_bytes = list.iter().map(|(_, size)| size).sum();
     let uidls = session.uidl_all_lenient()?;
-    let plan = plan(target.archive(), account, &list, uidls, report);
+    let plan = plan(target.index(), account, &list, uidls, report);
     let planned_bytes = plan.fetch.iter().map(|p| p.size).sum();
     events(Event::Planned {
         account: &account.name,
@@ -235,17 +234,15 @@ fn one_pass(
     });
 
     match target {
-        Target::DryRun(archive) => {
+        Target::DryRun(index) => {
             report.would_fetch = plan.fetch.clone();
-            report.would_delete =
-                deletion_candidates(archive, account, &plan.deletable, &list, opts)?;
+            report.would_delete = deletion_candidates(index, account, &plan.deletable, &list, opts);
             session.quit()?;
         }
         Target::Write(writer) => {
             fetch(writer, &mut session, account, &plan, opts, report, events)?;
             writer.commit()?;
-            let delete =
-                deletion_candidates(writer.archive(), account, &plan.deletable, &list, opts)?;
+            let delete = deletion_candidates(writer.index(), account, &plan.deletable, &list, opts);
             if !delete.is_empty() {
                 let msgnos: Vec<u32> = delete.iter().map(|p| p.msgno).collect();
                 session.dele_many(&msgnos)?;
@@ -259,24 +256,15 @@ fn one_pass(
 }
 
 fn plan(
-    archive: &Archive,
+    index: &Index,
     account: &Account,
     list: &[(u32, u64)],
     uidls: Option<crate::pop3::UidlListing>,
     report: &mut AccountReport,
 ) -> Plan {
     let sizes: HashMap<u32, u64> = list.iter().copied().collect();
-    let archived: HashSet<&str> = archive
-        .entries()
-        .iter()
-        .filter_map(|e| match &e.source {
-            Source::Pop3 {
-                account: a,
-                uidl: Some(u),
-            } if *a == account.name => Some(u.as_str()),
-            _ => None,
-        })
-        .collect();
+    let archived = index.uidls(&account.name);
+    let is_archived = |uidl: &str| archived.is_some_and(|a| a.contains_key(uidl));
     let Some(listing) = uidls else {
         report.warnings.push("the server has no UIDL: every message is downloaded each run and stored only if new (by content); nothing can be deleted".into());
         let fetch = list
@@ -317,7 +305,7 @@ fn plan(
         match with_uidl.get(&msgno) {
             Some(uidl) if count[uidl] == 1 => {
                 deletable.insert(msgno, uidl.to_string());
-                if !archived.contains(uidl) {
+                if !is_archived(uidl) {
                     fetch.push(Planned {
                         msgno,
                         uidl: Some(uidl.to_string()),
@@ -409,56 +397,35 @@ fn fetch(
 /// Messages that may be deleted now: a unique UIDL, archived in a committed batch at least
 /// `delete_after_days` ago, and an archived copy that re-reads and re-hashes to its id.
 fn deletion_candidates(
-    archive: &Archive,
+    index: &Index,
     account: &Account,
     deletable: &HashMap<u32, String>,
     list: &[(u32, u64)],
     opts: &BackupOptions,
-) -> Result<Vec<Planned>, BackupError> {
-    let Some(days) = account.delete_after_days else {
-        return Ok(Vec::new());
+) -> Vec<Planned> {
+    let (Some(days), Some(archived)) = (account.delete_after_days, index.uidls(&account.name))
+    else {
+        return Vec::new();
     };
     let cutoff = opts.now - chrono::Duration::days(i64::from(days));
-    let mut first_seen: HashMap<&str, (DateTime<Utc>, Digest)> = HashMap::new();
-    for e in archive.entries() {
-        if let Source::Pop3 {
-            account: a,
-            uidl: Some(u),
-        } = &e.source
-            && *a == account.name
-        {
-            let slot = first_seen.entry(u.as_str()).or_insert((e.first_seen, e.id));
-            slot.0 = slot.0.min(e.first_seen);
-        }
-    }
     let sizes: HashMap<u32, u64> = list.iter().copied().collect();
-    let mut out = Vec::new();
     let mut msgnos: Vec<&u32> = deletable.keys().collect();
     msgnos.sort();
-    for msgno in msgnos {
-        let uidl = &deletable[msgno];
-        let Some((seen, id)) = first_seen.get(uidl.as_str()) else {
-            continue;
-        };
-        if *seen > cutoff {
-            continue;
-        }
-        let Some(location) = archive.location(id) else {
-            continue;
-        };
-        let path = archive.pack_path(&location.pack);
-        let intact = File::open(&path)
-            .map_err(ArchiveError::io(&path))
-            .map(|mut f| archive.check_message(id, &location, &mut f).is_ok())?;
-        if intact {
-            out.push(Planned {
-                msgno: *msgno,
-                uidl: Some(uidl.clone()),
-                size: sizes[msgno],
-            });
-        }
-    }
-    Ok(out)
+    msgnos
+        .into_iter()
+        .filter(|msgno| {
+            archived.get(deletable[msgno].as_str()).is_some_and(|seen| {
+                seen.first_seen <= cutoff
+                    && index.location(&seen.id).is_some()
+                    && index.check_message(&seen.id).is_ok()
+            })
+        })
+        .map(|msgno| Planned {
+            msgno: *msgno,
+            uidl: Some(deletable[msgno].clone()),
+            size: sizes[msgno],
+        })
+        .collect()
 }
 
 struct CountingReader<'a> {

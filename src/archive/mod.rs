@@ -15,18 +15,22 @@ pub mod catalog;
 pub mod digest;
 pub mod durable;
 pub mod envelope;
+pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod select;
 mod store;
 pub mod verify;
+mod writer;
 
 use std::path::PathBuf;
 
 pub use catalog::{Entry, Source};
 pub use digest::Digest;
 pub use envelope::Envelope;
-pub use store::{Added, Archive, Incoming, Location, Message, Writer, WriterTotals};
+pub use index::{Index, Location, Pop3Seen};
+pub use store::{Archive, Message, check_header, is_archive};
+pub use writer::{Added, Incoming, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -17,8 +17,9 @@ use super::ArchiveError;
 use super::catalog::{Source, commit_of_file_name};
 use super::digest::{Digest, Hasher};
 use super::envelope::Envelope;
+use super::index::Location;
 use super::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RecordHeader};
-use super::store::{Archive, Location};
+use super::store::Archive;
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -109,7 +110,7 @@ pub fn verify(
             && archive.stored_entry(&entry.id).map(|e| e as *const _) == Some(entry as *const _)
         {
             by_pack
-                .entry(loc.pack.clone())
+                .entry(loc.pack.to_string())
                 .or_default()
                 .push((entry.id, loc));
         }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::output::{byte_bar, human_bytes};
 use super::{Context, Exit};
 use crate::account::{Account, Overrides};
-use crate::archive::Archive;
+use crate::archive::{Index, Writer};
 use crate::backup::{self, AccountReport, BackupOptions, Event, Target};
 use crate::config::AccountConfig;
 use crate::pop3::Secret;
@@ -148,21 +148,20 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
 
     let mut reports = Vec::new();
     if args.dry_run {
-        let archive = match Archive::open(&ctx.archive) {
-            Ok(a) => a,
-            Err(crate::archive::ArchiveError::NotFound { .. }) => {
-                Archive::init(&ctx.archive).and_then(|()| Archive::open(&ctx.archive))?
-            }
-            Err(e) => return Err(e.into()),
+        let index = if crate::archive::is_archive(&ctx.archive) {
+            crate::archive::check_header(&ctx.archive)?;
+            Index::load(&ctx.archive)?
+        } else {
+            Index::empty(&ctx.archive)
         };
-        let mut target = Target::DryRun(&archive);
+        let mut target = Target::DryRun(&index);
         for account in &accounts {
             reports.push(with_password(account, |secret| {
                 backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
             }));
         }
     } else {
-        let mut writer = Archive::writer(&ctx.archive, "backup", args.wait)
+        let mut writer = Writer::open(&ctx.archive, "backup", args.wait)
             .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::output::{byte_bar, human_bytes};
 use super::{Context, Exit};
-use crate::archive::Archive;
+use crate::archive::Writer;
 use crate::import::{self, ImportSource};
 
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             })
         })
         .collect::<Result<Vec<_>, import::ImportError>>()?;
-    let mut writer = Archive::writer(&ctx.archive, "import", args.wait)
+    let mut writer = Writer::open(&ctx.archive, "import", args.wait)
         .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
     let mut reports = Vec::new();

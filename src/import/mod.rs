@@ -137,7 +137,7 @@ pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
 
 /// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
 /// every core compressing, little enough to bound memory.
-const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_MESSAGES: usize = 256;
 /// Files larger than this stream through the writer one at a time.
 const STREAM_ABOVE: u64 = 8 << 20;

@@ -1,0 +1,282 @@
+//! Reading the committed catalog, and `Index`: the little a writer must know of it.
+//!
+//! `read_catalog` visits every catalog line of every commit in order; `Archive` keeps them all
+//! (for `list`, `verify`...), `Index` keeps about 100 bytes a message: which ids are stored and
+//! where, which (id, source) pairs are recorded, and per POP3 account which UIDLs are archived.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+
+use super::ArchiveError;
+use super::catalog::{self, CommitRecord, Entry, Source};
+use super::digest::Digest;
+use super::pack::{self, RecordFault};
+
+/// Where a message's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Arc<str>,
+    pub offset: u64,
+    pub stored_len: u64,
+    pub size: u64,
+}
+
+impl Location {
+    /// Decompresses and re-hashes the message at this location of `file` (its pack).
+    pub fn check(&self, id: &Digest, file: &mut File) -> Result<(), RecordFault> {
+        let header = pack::read_record_header(file, self.offset)?;
+        if header.id != *id || header.raw_len != self.size || header.stored_len != self.stored_len {
+            return Err(RecordFault::Mismatch);
+        }
+        let mut stored = BufReader::new(&mut *file).take(self.stored_len);
+        pack::check_record(&header, &mut stored)
+    }
+}
+
+/// What reading the commit records found, besides the lines themselves.
+pub struct CatalogRead {
+    pub commits: Vec<CommitRecord>,
+    /// Damage found while reading (unreadable records, segments or lines); `verify` reports it.
+    pub issues: Vec<String>,
+    /// The highest commit number on disk, readable or not.
+    pub last_commit: u64,
+}
+
+/// Calls `visit` with every readable catalog line of every commit, in commit order.
+pub fn read_catalog(
+    root: &Path,
+    visit: &mut dyn FnMut(Entry),
+) -> Result<CatalogRead, ArchiveError> {
+    let commits_dir = root.join("commits");
+    let mut numbers: Vec<(u64, String)> = list_dir(&commits_dir)?
+        .into_iter()
+        .filter_map(|name| Some((catalog::commit_of_file_name(&name)?, name)))
+        .collect();
+    numbers.sort();
+    let mut read = CatalogRead {
+        commits: Vec::new(),
+        issues: Vec::new(),
+        last_commit: numbers.last().map_or(0, |(n, _)| *n),
+    };
+    let mut expected = 1;
+    for (number, name) in numbers {
+        if number != expected {
+            read.issues.push(format!(
+                "commit records {expected:08} to {:08} are missing",
+                number - 1
+            ));
+        }
+        expected = number + 1;
+        let path = commits_dir.join(&name);
+        let record = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
+        match record {
+            Ok(record) if record.commit == number => {
+                read_segment(root, &record, &mut read.issues, visit)?;
+                read.commits.push(record);
+            }
+            Ok(_) => read
+                .issues
+                .push(format!("commit record {name} names another commit number")),
+            Err(e) => read
+                .issues
+                .push(format!("commit record {name} is unreadable: {e}")),
+        }
+    }
+    Ok(read)
+}
+
+fn read_segment(
+    root: &Path,
+    record: &CommitRecord,
+    issues: &mut Vec<String>,
+    visit: &mut dyn FnMut(Entry),
+) -> Result<(), ArchiveError> {
+    let name = &record.segment.name;
+    let path = root.join("catalog").join(name);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            issues.push(format!("catalog segment {name} is missing"));
+            return Ok(());
+        }
+        Err(e) => return Err(ArchiveError::io(&path)(e)),
+    };
+    if bytes.len() as u64 != record.segment.size
+        || Some(Digest::of(&bytes)) != record.segment.sha256
+    {
+        issues.push(format!(
+            "catalog segment {name} is damaged (its size or SHA-256 differs from commit {:08}); readable lines are used",
+            record.commit
+        ));
+    }
+    let (text, problems) = catalog::decode_segment(&bytes);
+    issues.extend(
+        problems
+            .into_iter()
+            .map(|p| format!("catalog segment {name}: {p}")),
+    );
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(line) {
+            Ok(entry) => visit(entry),
+            Err(e) => issues.push(format!(
+                "catalog segment {name} line {} is unreadable: {e}",
+                n + 1
+            )),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, ArchiveError> {
+    let mut names = Vec::new();
+    let read = match fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(ArchiveError::io(dir)(e)),
+    };
+    for entry in read {
+        let entry = entry.map_err(ArchiveError::io(dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// When a POP3 message (account, UIDL) was first archived, and as which id.
+#[derive(Debug, Clone, Copy)]
+pub struct Pop3Seen {
+    pub first_seen: DateTime<Utc>,
+    pub id: Digest,
+}
+
+/// A fixed-size key for an (id, source) pair: 128 bits of SHA-256 over the id and the source's
+/// JSON. A false match would need a 2^64-work collision among one archive's own lines.
+type SightingKey = [u8; 16];
+
+fn sighting_key(id: &Digest, source: &Source) -> SightingKey {
+    let mut h = Sha256::new();
+    h.update(id.0);
+    h.update(serde_json::to_vec(source).expect("sources serialize"));
+    h.finalize()[..16].try_into().expect("16 of 32 bytes")
+}
+
+/// The writer's compact view of the committed archive.
+pub struct Index {
+    root: PathBuf,
+    last_commit: u64,
+    stored: HashMap<Digest, Location>,
+    sightings: HashSet<SightingKey>,
+    pop3: HashMap<String, HashMap<String, Pop3Seen>>,
+    packs: HashSet<Arc<str>>,
+}
+
+impl Index {
+    /// The index of an archive that does not exist yet.
+    pub fn empty(root: &Path) -> Index {
+        Index {
+            root: root.to_path_buf(),
+            last_commit: 0,
+            stored: HashMap::new(),
+            sightings: HashSet::new(),
+            pop3: HashMap::new(),
+            packs: HashSet::new(),
+        }
+    }
+
+    /// Reads the catalog of the archive at `root` (its header must have been checked).
+    pub fn load(root: &Path) -> Result<Index, ArchiveError> {
+        let mut index = Index::empty(root);
+        let read = read_catalog(root, &mut |entry| index.add(&entry))?;
+        index.last_commit = read.last_commit;
+        Ok(index)
+    }
+
+    /// Records a committed catalog line.
+    pub(crate) fn add(&mut self, entry: &Entry) {
+        self.note_sighting(entry);
+        if let Some(at) = &entry.stored {
+            let pack = match self.packs.get(at.pack.as_str()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<str> = at.pack.as_str().into();
+                    self.packs.insert(p.clone());
+                    p
+                }
+            };
+            let location = Location {
+                pack,
+                offset: at.offset,
+                stored_len: at.stored_len,
+                size: entry.size,
+            };
+            self.stored.entry(entry.id).or_insert(location);
+        }
+    }
+
+    /// Records that `entry`'s source was seen (for the writer's open batch, before its bytes
+    /// have a pack). Recording a line twice changes nothing.
+    pub(crate) fn note_sighting(&mut self, entry: &Entry) {
+        self.sightings
+            .insert(sighting_key(&entry.id, &entry.source));
+        if let Source::Pop3 {
+            account,
+            uidl: Some(uidl),
+        } = &entry.source
+        {
+            let seen = Pop3Seen {
+                first_seen: entry.first_seen,
+                id: entry.id,
+            };
+            let by_uidl = self.pop3.entry(account.clone()).or_default();
+            let slot = by_uidl.entry(uidl.clone()).or_insert(seen);
+            slot.first_seen = slot.first_seen.min(entry.first_seen);
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn last_commit(&self) -> u64 {
+        self.last_commit
+    }
+
+    pub(crate) fn set_last_commit(&mut self, commit: u64) {
+        self.last_commit = commit;
+    }
+
+    pub fn has_bytes(&self, id: &Digest) -> bool {
+        self.stored.contains_key(id)
+    }
+
+    pub fn knows(&self, id: &Digest, source: &Source) -> bool {
+        self.sightings.contains(&sighting_key(id, source))
+    }
+
+    /// The archived UIDLs of a POP3 account.
+    pub fn uidls(&self, account: &str) -> Option<&HashMap<String, Pop3Seen>> {
+        self.pop3.get(account)
+    }
+
+    pub fn location(&self, id: &Digest) -> Option<&Location> {
+        self.stored.get(id)
+    }
+
+    /// Re-reads and re-hashes the archived copy of `id`.
+    pub fn check_message(&self, id: &Digest) -> Result<(), RecordFault> {
+        let location = self.stored.get(id).ok_or(RecordFault::Mismatch)?;
+        let mut file = File::open(self.root.join("packs").join(&*location.pack))?;
+        location.check(id, &mut file)
+    }
+}

@@ -1,0 +1,466 @@
+//! `Writer`: the only way to add to an archive. It holds the lock, appends to a pack under
+//! `tmp/`, and commits in batches; nothing it adds is visible, to readers or after a crash,
+//! before `commit` returns.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::ArchiveError;
+use super::catalog::{
+    self, AccountRun, CommitRecord, Entry, FORMAT_VERSION, FileRef, Source, StoredAt,
+};
+use super::digest::Digest;
+use super::durable;
+use super::envelope::Envelope;
+use super::index::{Index, list_dir};
+use super::lock::WriterLock;
+use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault, RecordSpan};
+use super::store::{self, Archive};
+
+/// A batch is committed once its pack reaches this size...
+const COMMIT_PACK_BYTES: u64 = 64 << 20;
+/// ...or it holds this many catalog lines...
+const COMMIT_ENTRIES: usize = 2_000;
+/// ...or it has been open this long, so a long backup keeps committing what it has.
+const COMMIT_SECONDS: u64 = 30;
+/// Messages up to this size are read whole (hashed before compressing, so duplicates cost no
+/// compression); larger ones stream through the compressor with bounded memory.
+const INLINE_LIMIT: usize = 8 << 20;
+
+/// A message to add, held in memory.
+pub struct Incoming {
+    pub raw: Vec<u8>,
+    pub source: Source,
+    pub flags: Option<String>,
+    pub first_seen: DateTime<Utc>,
+}
+
+/// What adding one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// New bytes, stored.
+    New,
+    /// The bytes were already stored; this source is now recorded too.
+    Duplicate,
+    /// This very source was already recorded: nothing changed.
+    Known,
+}
+
+/// Running totals of one writer, over all its commits.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriterTotals {
+    pub commits: u64,
+    pub entries: u64,
+    pub new_messages: u64,
+    pub duplicates: u64,
+    pub known: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+pub struct Writer {
+    /// Committed state, plus the sightings of the open batch.
+    index: Index,
+    _lock: WriterLock,
+    command: String,
+    level: i32,
+    batch: Batch,
+    accounts: Vec<AccountRun>,
+    totals: WriterTotals,
+}
+
+struct Batch {
+    started: DateTime<Utc>,
+    opened: Instant,
+    pack: Option<PackWriter>,
+    entries: Vec<Entry>,
+    /// ids whose bytes this batch stores.
+    stored: HashSet<Digest>,
+    raw_bytes: u64,
+    stored_bytes: u64,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            started: Utc::now(),
+            opened: Instant::now(),
+            pack: None,
+            entries: Vec::new(),
+            stored: HashSet::new(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+        }
+    }
+}
+
+impl Writer {
+    /// Takes the writer lock on the archive at `root` (creating the archive if it does not exist
+    /// yet), removes what an interrupted writer left, and loads the committed state.
+    pub fn open(root: &Path, command: &str, wait: bool) -> Result<Writer, ArchiveError> {
+        if !store::is_archive(root) {
+            Archive::init(root)?;
+        }
+        let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
+        store::check_header(root)?;
+        let index = Index::load(root)?;
+        remove_uncommitted(root, index.last_commit())?;
+        Ok(Writer {
+            index,
+            _lock: lock,
+            command: command.into(),
+            level: 3,
+            batch: Batch::new(),
+            accounts: Vec::new(),
+            totals: WriterTotals::default(),
+        })
+    }
+
+    /// The committed archive plus the sightings of the open batch.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn totals(&self) -> &WriterTotals {
+        &self.totals
+    }
+
+    /// Whether bytes with this id are stored (committed or in the open batch).
+    pub fn has_bytes(&self, id: &Digest) -> bool {
+        self.index.has_bytes(id) || self.batch.stored.contains(id)
+    }
+
+    /// Records the state of a POP3 account in the next commit record.
+    pub fn record_account(&mut self, run: AccountRun) {
+        self.accounts.retain(|a| a.account != run.account);
+        self.accounts.push(run);
+    }
+
+    /// Adds a message held in memory.
+    pub fn add_bytes(
+        &mut self,
+        raw: &[u8],
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+    ) -> Result<Added, ArchiveError> {
+        let incoming = Incoming {
+            raw: raw.to_vec(),
+            source,
+            flags,
+            first_seen,
+        };
+        Ok(self.add_batch(vec![incoming])?[0])
+    }
+
+    /// Adds many messages held in memory, hashing and compressing them on all cores. The caller
+    /// bounds the batch's memory (e.g. 16 MiB); the result has one `Added` per message, in order.
+    pub fn add_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Added>, ArchiveError> {
+        let ids: Vec<Digest> = batch.par_iter().map(|m| Digest::of(&m.raw)).collect();
+        let mut claimed = HashSet::new();
+        let compress: Vec<bool> = batch
+            .iter()
+            .zip(&ids)
+            .map(|(m, id)| {
+                !self.index.knows(id, &m.source) && !self.has_bytes(id) && claimed.insert(*id)
+            })
+            .collect();
+        let level = self.level;
+        let frames: Vec<Option<Vec<u8>>> = batch
+            .par_iter()
+            .zip(&ids)
+            .zip(&compress)
+            .map(|((m, id), &wanted)| {
+                wanted
+                    .then(|| pack::compress_checked(*id, &m.raw, level))
+                    .transpose()
+            })
+            .collect::<Result<_, RecordFault>>()
+            .map_err(|fault| ArchiveError::SelfCheck { fault })?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
+            if self.index.knows(&id, &m.source) {
+                self.totals.known += 1;
+                outcomes.push(Added::Known);
+                continue;
+            }
+            let size = m.raw.len() as u64;
+            let span = match frame {
+                Some(frame) => {
+                    let tmp = self.tmp_pack_path();
+                    Some(
+                        self.open_pack()?
+                            .append_frame(id, size, &frame)
+                            .map_err(ArchiveError::io(tmp))?,
+                    )
+                }
+                None => None,
+            };
+            let envelope = Envelope::parse(&m.raw);
+            outcomes.push(self.record(
+                id,
+                size,
+                m.source,
+                m.flags,
+                m.first_seen,
+                envelope,
+                span,
+            )?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Adds a message read from `reader` until EOF; memory stays bounded for any size. A read
+    /// error leaves nothing behind and comes back as `ArchiveError::Read`.
+    pub fn add_stream(
+        &mut self,
+        reader: &mut dyn Read,
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+    ) -> Result<(Digest, Added), ArchiveError> {
+        let mut head = Vec::new();
+        let read_err = |e: io::Error| ArchiveError::Read {
+            what: source.label(),
+            source: e,
+        };
+        (&mut *reader)
+            .take(INLINE_LIMIT as u64 + 1)
+            .read_to_end(&mut head)
+            .map_err(read_err)?;
+        if head.len() <= INLINE_LIMIT {
+            let id = Digest::of(&head);
+            let incoming = Incoming {
+                raw: head,
+                source,
+                flags,
+                first_seen,
+            };
+            return Ok((id, self.add_batch(vec![incoming])?[0]));
+        }
+        let envelope = Envelope::parse(&head);
+        let tmp = self.tmp_pack_path();
+        let pack = self.open_pack()?;
+        let before = pack.position();
+        let mut tracked = TrackedReader {
+            inner: reader,
+            failed: false,
+        };
+        let (id, size, span) = match pack.append_stream(&head, &mut tracked) {
+            Ok(done) => done,
+            Err(e) => {
+                pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
+                return Err(if tracked.failed {
+                    read_err(e)
+                } else {
+                    ArchiveError::io(&tmp)(e)
+                });
+            }
+        };
+        let known = self.index.knows(&id, &source);
+        if known || self.has_bytes(&id) {
+            let pack = self.batch.pack.as_mut().expect("opened above");
+            pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
+            if known {
+                self.totals.known += 1;
+                return Ok((id, Added::Known));
+            }
+            return Ok((
+                id,
+                self.record(id, size, source, flags, first_seen, envelope, None)?,
+            ));
+        }
+        Ok((
+            id,
+            self.record(id, size, source, flags, first_seen, envelope, Some(span))?,
+        ))
+    }
+
+    /// Puts one catalog line into the open batch; `span` is where its bytes went, when this
+    /// line stores them.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        id: Digest,
+        size: u64,
+        source: Source,
+        flags: Option<String>,
+        first_seen: DateTime<Utc>,
+        envelope: Envelope,
+        span: Option<RecordSpan>,
+    ) -> Result<Added, ArchiveError> {
+        let stored = span.map(|span| {
+            self.batch.stored_bytes += RECORD_HEADER_LEN + span.stored_len;
+            self.batch.raw_bytes += size;
+            self.batch.stored.insert(id);
+            StoredAt {
+                pack: String::new(),
+                offset: span.offset,
+                stored_len: span.stored_len,
+            }
+        });
+        let added = if stored.is_some() {
+            Added::New
+        } else {
+            Added::Duplicate
+        };
+        let entry = Entry {
+            id,
+            size,
+            source,
+            first_seen,
+            flags,
+            envelope,
+            stored,
+        };
+        self.index.note_sighting(&entry);
+        self.batch.entries.push(entry);
+        match added {
+            Added::New => self.totals.new_messages += 1,
+            _ => self.totals.duplicates += 1,
+        }
+        if self.batch_due() {
+            self.commit()?;
+        }
+        Ok(added)
+    }
+
+    fn batch_due(&self) -> bool {
+        self.batch
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.position() >= COMMIT_PACK_BYTES)
+            || self.batch.entries.len() >= COMMIT_ENTRIES
+            || self.batch.opened.elapsed().as_secs() >= COMMIT_SECONDS
+    }
+
+    fn next_commit(&self) -> u64 {
+        self.index.last_commit() + 1
+    }
+
+    fn tmp_pack_path(&self) -> PathBuf {
+        self.index
+            .root()
+            .join("tmp")
+            .join(format!("{:08}.pack", self.next_commit()))
+    }
+
+    fn open_pack(&mut self) -> Result<&mut PackWriter, ArchiveError> {
+        if self.batch.pack.is_none() {
+            let path = self.tmp_pack_path();
+            let pack =
+                PackWriter::create(path.clone(), self.level).map_err(ArchiveError::io(&path))?;
+            self.batch.pack = Some(pack);
+        }
+        Ok(self.batch.pack.as_mut().expect("just opened"))
+    }
+
+    /// Makes everything added so far durable and visible: seals the pack (re-checking it),
+    /// writes the catalog segment, then the commit record, the commit point. Returns the commit
+    /// number, or `None` when there was nothing to commit.
+    pub fn commit(&mut self) -> Result<Option<u64>, ArchiveError> {
+        if self.batch.entries.is_empty() && self.accounts.is_empty() {
+            self.batch.opened = Instant::now();
+            return Ok(None);
+        }
+        let number = self.next_commit();
+        let root = self.index.root().to_path_buf();
+        let tmp = root.join("tmp");
+        let mut batch = std::mem::replace(&mut self.batch, Batch::new());
+        let mut packs = Vec::new();
+        if let Some(pack) = batch.pack.take() {
+            let sealed = pack.seal(&root.join("packs"), &format!("{number:08}"))?;
+            for at in batch.entries.iter_mut().filter_map(|e| e.stored.as_mut()) {
+                at.pack = sealed.name.clone();
+            }
+            packs.push(FileRef {
+                name: sealed.name,
+                size: sealed.size,
+                sha256: None,
+            });
+        }
+        let segment = catalog::encode_segment(&batch.entries);
+        let segment_ref = FileRef {
+            name: catalog::segment_file_name(number),
+            size: segment.len() as u64,
+            sha256: Some(Digest::of(&segment)),
+        };
+        let segment_path = root.join("catalog").join(&segment_ref.name);
+        durable::write_once(&tmp, &segment_path, &segment)
+            .map_err(ArchiveError::io(&segment_path))?;
+        let record = CommitRecord {
+            commit: number,
+            format: FORMAT_VERSION,
+            tool: format!("popvault {}", env!("CARGO_PKG_VERSION")),
+            command: self.command.clone(),
+            started: batch.started,
+            finished: Utc::now(),
+            segment: segment_ref,
+            packs,
+            entries: batch.entries.len() as u64,
+            new_objects: batch.stored.len() as u64,
+            raw_bytes: batch.raw_bytes,
+            stored_bytes: batch.stored_bytes,
+            accounts: std::mem::take(&mut self.accounts),
+        };
+        let record_path = root.join("commits").join(catalog::commit_file_name(number));
+        let text = serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n";
+        durable::write_once(&tmp, &record_path, text.as_bytes())
+            .map_err(ArchiveError::io(&record_path))?;
+
+        self.totals.commits += 1;
+        self.totals.entries += record.entries;
+        self.totals.raw_bytes += record.raw_bytes;
+        self.totals.stored_bytes += record.stored_bytes;
+        self.index.set_last_commit(number);
+        for entry in &batch.entries {
+            self.index.add(entry);
+        }
+        Ok(Some(number))
+    }
+
+    /// Commits what is left and releases the lock.
+    pub fn finish(mut self) -> Result<WriterTotals, ArchiveError> {
+        self.commit()?;
+        Ok(self.totals)
+    }
+}
+
+/// Deletes what an interrupted writer left: everything in `tmp/`, and segments and packs of
+/// commit numbers above the last commit record. Files of committed numbers are never deleted
+/// here, even when no record names them (verify reports those).
+fn remove_uncommitted(root: &Path, last_commit: u64) -> Result<(), ArchiveError> {
+    let tmp = root.join("tmp");
+    for name in list_dir(&tmp)? {
+        fs::remove_file(tmp.join(&name)).map_err(ArchiveError::io(tmp.join(&name)))?;
+    }
+    for sub in ["catalog", "packs"] {
+        let dir = root.join(sub);
+        for name in list_dir(&dir)? {
+            if catalog::commit_of_file_name(&name).is_some_and(|n| n > last_commit) {
+                fs::remove_file(dir.join(&name)).map_err(ArchiveError::io(dir.join(&name)))?;
+            }
+        }
+        durable::sync_dir(&dir).map_err(ArchiveError::io(&dir))?;
+    }
+    Ok(())
+}
+
+/// Remembers whether an error came from the source (rather than from writing the pack).
+struct TrackedReader<'a> {
+    inner: &'a mut dyn Read,
+    failed: bool,
+}
+
+impl Read for TrackedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed = true)
+    }
+}
