@@ -154,15 +154,14 @@ fn login(fake: &Fake) -> Session<Transaction> {
         .unwrap()
 }
 
+type Retrieved = Result<Vec<popvault::pop3::Refused>, RetrieveError<std::io::Error>>;
+
 /// Reads every message in full and returns (msgno, bytes) pairs.
 fn retrieve_all(
     session: &mut Session<Transaction>,
     msgnos: &[u32],
     window: usize,
-) -> (
-    Vec<(u32, Vec<u8>)>,
-    Result<Vec<popvault::pop3::Refused>, RetrieveError<std::io::Error>>,
-) {
+) -> (Vec<(u32, Vec<u8>)>, Retrieved) {
     let mut got = Vec::new();
     let result = session.retrieve(msgnos, window, |n, body| {
         let mut bytes = Vec::new();
