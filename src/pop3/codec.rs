@@ -855,7 +855,7 @@ mod tests {
 
     #[test]
     fn body_line_length_is_bounded() {
-        let long = vec![b'x'; 100];
+        let long = [b'x'; 100];
         let err = decode_chunks(false, 64, &[&long[..50], &long[50..]]).unwrap_err();
         assert!(matches!(err, Pop3Error::LineTooLong { limit: 64 }));
         // Lines at the limit are fine, and the count restarts at each line.

@@ -6,7 +6,7 @@
 //!
 //! After an I/O error, a timeout or a protocol violation the session no longer knows where the
 //! server is in its reply stream, so it shuts the socket and refuses every later command with
-//! [`Pop3Error::Unusable`]. A `-ERR` reply leaves it usable. Dropping a session without
+//! [`Pop3Error::Unusable`]; drop it to release the socket. A `-ERR` reply leaves it usable. Dropping a session without
 //! [`Session::quit`] never commits deletions (RFC 1939 §6: only QUIT enters UPDATE state).
 
 use std::collections::VecDeque;

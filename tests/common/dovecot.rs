@@ -169,6 +169,12 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={home}
 }}
+# No growing delay after failed logins (the anvil auth penalty), so wrong-password tests are quick.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service pop3-login {{
   inet_listener pop3 {{
     port = {p0}
