@@ -168,25 +168,33 @@ pub fn backup_account(
         }
     };
     report.retries = attempt;
-    if let Target::Write(w) = target {
-        w.record_account(AccountRun {
-            account: account.name.clone(),
-            server: report.server.clone(),
-            on_server: report.on_server,
-            on_server_bytes: report.on_server_bytes,
-            ok: outcome.is_ok(),
-        });
-        let committed = w.commit();
-        if let (Ok(()), Err(e)) = (&outcome, committed) {
-            report.error = Some(error_chain(&BackupError::Archive(e)));
-        }
-    }
     if let Err(e) = outcome {
         report.error = Some(error_chain(&e));
+        // A failed run is recorded too, so `status` can tell when the last success was.
+        if let Target::Write(w) = target {
+            w.record_account(account_run(account, &report, false));
+            if let Err(commit_error) = w.commit() {
+                report.error = Some(format!(
+                    "{}; {}",
+                    error_chain(&e),
+                    error_chain(&BackupError::Archive(commit_error))
+                ));
+            }
+        }
     }
     report.ok = report.error.is_none();
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+fn account_run(account: &Account, report: &AccountReport, ok: bool) -> AccountRun {
+    AccountRun {
+        account: account.name.clone(),
+        server: account.server_label(),
+        on_server: report.on_server,
+        on_server_bytes: report.on_server_bytes,
+        ok,
+    }
 }
 
 /// "what: cause: cause", never holding a secret (no error type here can hold one).
@@ -241,6 +249,9 @@ fn one_pass(
         }
         Target::Write(writer) => {
             fetch(writer, &mut session, account, &plan, opts, report, events)?;
+            // The commit point of this run, which also records the account's state for `status`;
+            // deletions below only ever concern messages committed here or earlier.
+            writer.record_account(account_run(account, report, true));
             writer.commit()?;
             let delete = deletion_candidates(writer.index(), account, &plan.deletable, &list, opts);
             if !delete.is_empty() {
