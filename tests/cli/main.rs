@@ -7,4 +7,6 @@ mod archive_corpus;
 mod archive_crash;
 mod archive_damage;
 mod backup_dovecot;
+mod backup_faults;
+mod fake_pop3;
 mod support;

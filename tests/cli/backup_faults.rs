@@ -1,0 +1,201 @@
+//! `popvault backup` against a scripted server misbehaving in ways Dovecot won't: each fault
+//! gets a clear error or warning, and the archive always verifies.
+
+use crate::fake_pop3::{FakeServer, Fault, Mailbox};
+use crate::support::{Rng, Sandbox, generated_message, sha256_hex};
+
+fn messages(count: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng(99);
+    (0..count).map(|n| generated_message(n, &mut rng)).collect()
+}
+
+fn mailbox(count: u64) -> Mailbox {
+    let messages = messages(count);
+    let uidls = Some((0..count).map(|n| format!("uid-{n}")).collect());
+    Mailbox {
+        messages,
+        uidls,
+        list_sizes: None,
+        stls: false,
+    }
+}
+
+/// Runs a plain-text backup against the fake server; returns (exit code, stdout JSON, stderr).
+fn backup(sandbox: &Sandbox, server: &FakeServer) -> (i32, serde_json::Value, String) {
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["backup", &url, "--tls", "none", "--json", "--timeout", "5"])
+        .env("POPVAULT_PASSWORD", "fake-secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (out.status.code().unwrap(), json, stderr)
+}
+
+fn assert_verifies(sandbox: &Sandbox) {
+    let out = sandbox.run(&["verify", "--full"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn warnings(report: &serde_json::Value) -> String {
+    report["accounts"][0]["warnings"].to_string()
+}
+
+#[test]
+fn a_server_without_uidl_is_backed_up_by_content_without_duplicates() {
+    let mut mb = mailbox(5);
+    mb.uidls = None;
+    let server = FakeServer::start(mb.clone(), vec![Fault::None, Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 0);
+    assert!(warnings(&r).contains("has no UIDL"), "{r}");
+    assert_eq!(r["accounts"][0]["new_messages"], 5);
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(
+        (code, r["accounts"][0]["new_messages"].as_u64()),
+        (0, Some(0))
+    );
+    assert_eq!(sandbox.list().len(), 5);
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn duplicate_uidls_and_list_size_lies_are_warnings_and_nothing_is_lost() {
+    let mut mb = mailbox(4);
+    mb.uidls = Some(vec!["same".into(), "same".into(), "u3".into(), "u4".into()]);
+    mb.list_sizes = Some(
+        mb.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| if i == 3 { 5 } else { m.len() as u64 })
+            .collect(),
+    );
+    let server = FakeServer::start(mb.clone(), vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r}");
+    let w = warnings(&r);
+    assert!(w.contains("UIDLs to more than one message"), "{w}");
+    assert!(w.contains("LIST said 5 bytes"), "{w}");
+    for m in &mb.messages {
+        assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
+    }
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn err_on_one_retr_is_a_warning_and_the_message_is_fetched_next_run() {
+    let mb = mailbox(6);
+    let server = FakeServer::start(mb.clone(), vec![Fault::ErrOnRetr(2), Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 0);
+    assert!(warnings(&r).contains("refused to send message 3"), "{r}");
+    assert_eq!(r["accounts"][0]["new_messages"], 5);
+    let (_, r, _) = backup(&sandbox, &server);
+    assert_eq!(r["accounts"][0]["new_messages"], 1);
+    assert_eq!(sandbox.list().len(), 6);
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn a_drop_mid_retr_is_retried_and_resumes_where_it_stopped() {
+    let mb = mailbox(8);
+    let server = FakeServer::start(mb.clone(), vec![Fault::DropMidRetr(5), Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["accounts"][0]["retries"], 1);
+    assert_eq!(r["accounts"][0]["new_messages"], 8);
+    // The second connection fetched only what the first had not committed.
+    let retrs_second: Vec<String> = server.log.lock().unwrap()[1]
+        .iter()
+        .filter(|c| c.starts_with("RETR"))
+        .cloned()
+        .collect();
+    assert_eq!(retrs_second, ["RETR 6", "RETR 7", "RETR 8"]);
+    let stats: serde_json::Value = serde_json::from_str(&sandbox.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["messages"], 8, "each message exactly once");
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn a_server_that_keeps_dropping_fails_clearly_and_keeps_what_was_committed() {
+    let mb = mailbox(6);
+    let server = FakeServer::start(mb.clone(), vec![Fault::DropMidRetr(3); 4]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 1);
+    assert!(
+        r["accounts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection closed by the server"),
+        "{r}"
+    );
+    assert_eq!(sandbox.list().len(), 3, "messages before the drop are kept");
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn an_endless_line_is_refused_with_bounded_memory() {
+    let mb = mailbox(3);
+    let server = FakeServer::start(mb, vec![Fault::EndlessLine(1)]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 1);
+    assert!(
+        r["accounts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("line longer than"),
+        "{r}"
+    );
+    assert_eq!(sandbox.list().len(), 1);
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn garbage_listings_are_a_protocol_error() {
+    let server = FakeServer::start(mailbox(2), vec![Fault::GarbageList]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 1);
+    assert!(
+        r["accounts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("protocol error"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_plain_url_without_stls_is_refused_before_any_password_is_sent() {
+    let server = FakeServer::start(mailbox(2), vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["backup", &url])
+        .env("POPVAULT_PASSWORD", "fake-secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("does not advertise STLS"), "{stderr}");
+    assert!(
+        !server
+            .commands()
+            .iter()
+            .any(|c| c.starts_with("USER") || c.starts_with("PASS") || c.starts_with("AUTH"))
+    );
+}

@@ -1,0 +1,180 @@
+//! A scripted POP3 server for faults a real server won't produce. Plain TCP on 127.0.0.1; it
+//! serves a fixed mailbox and misbehaves as told, one behaviour per connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    None,
+    /// Close the connection halfway through sending message `n` (0-based).
+    DropMidRetr(usize),
+    /// Answer `-ERR` to RETR of message `n`.
+    ErrOnRetr(usize),
+    /// Send message `n` as an endless line (until the client hangs up).
+    EndlessLine(usize),
+    /// Answer STAT/LIST with garbage.
+    GarbageList,
+}
+
+#[derive(Clone)]
+pub struct Mailbox {
+    pub messages: Vec<Vec<u8>>,
+    /// None: the server has no UIDL command.
+    pub uidls: Option<Vec<String>>,
+    /// Sizes LIST reports (default: the true sizes).
+    pub list_sizes: Option<Vec<u64>>,
+    pub stls: bool,
+}
+
+pub struct FakeServer {
+    pub port: u16,
+    /// Every command line received, per connection.
+    pub log: Arc<Mutex<Vec<Vec<String>>>>,
+    _thread: JoinHandle<()>,
+}
+
+impl FakeServer {
+    /// Serves one connection per entry of `faults`, in order, then stops accepting.
+    pub fn start(mailbox: Mailbox, faults: Vec<Fault>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        let thread = std::thread::spawn(move || {
+            for fault in faults {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                log2.lock().unwrap().push(Vec::new());
+                let _ = serve(stream, &mailbox, &fault, &log2);
+            }
+        });
+        FakeServer {
+            port,
+            log,
+            _thread: thread,
+        }
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.log.lock().unwrap().iter().flatten().cloned().collect()
+    }
+}
+
+fn stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn serve(
+    stream: TcpStream,
+    mb: &Mailbox,
+    fault: &Fault,
+    log: &Arc<Mutex<Vec<Vec<String>>>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    out.write_all(b"+OK fake POP3 ready\r\n")?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        log.lock().unwrap().last_mut().unwrap().push(cmd.clone());
+        let mut words = cmd.split(' ');
+        let verb = words.next().unwrap_or("").to_ascii_uppercase();
+        let arg: Option<usize> = words.next().and_then(|a| a.parse().ok());
+        match verb.as_str() {
+            "CAPA" => {
+                let mut caps = String::from("+OK\r\nUSER\r\nPIPELINING\r\n");
+                if mb.uidls.is_some() {
+                    caps.push_str("UIDL\r\n");
+                }
+                if mb.stls {
+                    caps.push_str("STLS\r\n");
+                }
+                caps.push_str(".\r\n");
+                out.write_all(caps.as_bytes())?;
+            }
+            "USER" | "PASS" => out.write_all(b"+OK\r\n")?,
+            "STAT" if *fault == Fault::GarbageList => out.write_all(b"+OK what is this\r\n")?,
+            "STAT" => {
+                let total: usize = mb.messages.iter().map(Vec::len).sum();
+                out.write_all(format!("+OK {} {total}\r\n", mb.messages.len()).as_bytes())?;
+            }
+            "LIST" if *fault == Fault::GarbageList => out.write_all(b"+OK\r\n1 x y z\r\n.\r\n")?,
+            "LIST" => {
+                let mut r = String::from("+OK\r\n");
+                for (i, m) in mb.messages.iter().enumerate() {
+                    let size = mb.list_sizes.as_ref().map_or(m.len() as u64, |s| s[i]);
+                    r.push_str(&format!("{} {size}\r\n", i + 1));
+                }
+                r.push_str(".\r\n");
+                out.write_all(r.as_bytes())?;
+            }
+            "UIDL" => match &mb.uidls {
+                None => out.write_all(b"-ERR no UIDL here\r\n")?,
+                Some(uidls) => {
+                    let mut r = String::from("+OK\r\n");
+                    for (i, u) in uidls.iter().enumerate() {
+                        r.push_str(&format!("{} {u}\r\n", i + 1));
+                    }
+                    r.push_str(".\r\n");
+                    out.write_all(r.as_bytes())?;
+                }
+            },
+            "RETR" => {
+                let n = arg.unwrap_or(0).wrapping_sub(1);
+                let Some(message) = mb.messages.get(n) else {
+                    out.write_all(b"-ERR no such message\r\n")?;
+                    continue;
+                };
+                match fault {
+                    Fault::ErrOnRetr(bad) if *bad == n => {
+                        out.write_all(b"-ERR [SYS/TEMP] cannot read that one\r\n")?
+                    }
+                    Fault::DropMidRetr(bad) if *bad == n => {
+                        let body = stuffed(message);
+                        out.write_all(b"+OK\r\n")?;
+                        out.write_all(&body[..body.len() / 2])?;
+                        out.flush()?;
+                        return Ok(());
+                    }
+                    Fault::EndlessLine(bad) if *bad == n => {
+                        out.write_all(b"+OK\r\n")?;
+                        let chunk = vec![b'x'; 64 * 1024];
+                        for _ in 0..(64 * 1024) {
+                            out.write_all(&chunk)?; // until the client hangs up
+                        }
+                        return Ok(());
+                    }
+                    _ => {
+                        out.write_all(format!("+OK {} octets\r\n", message.len()).as_bytes())?;
+                        out.write_all(&stuffed(message))?;
+                    }
+                }
+            }
+            "DELE" => out.write_all(b"+OK\r\n")?,
+            "QUIT" => {
+                out.write_all(b"+OK bye\r\n")?;
+                return Ok(());
+            }
+            _ => out.write_all(b"-ERR unknown command\r\n")?,
+        }
+    }
+}
