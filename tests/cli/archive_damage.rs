@@ -247,7 +247,10 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
 
 #[test]
 fn the_sample_config_parses() {
-    let text = fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/config.toml")).unwrap();
+    let text = fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/config.toml"),
+    )
+    .unwrap();
     let config = popvault::config::Config::parse(&text).unwrap();
     assert_eq!(config.accounts.len(), 2);
     for account in &config.accounts {
