@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::account::Account;
 use crate::archive::catalog::AccountRun;
 use crate::archive::{Added, ArchiveError, Index, Source, Writer};
-use crate::pop3::{Pop3Error, RetrieveError, Secret, Session, Transaction};
+use crate::pop3::{Pop3Error, RetrieveError, Secret, Session, Transaction, TransportError};
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -108,7 +108,7 @@ impl BackupError {
                 Pop3Error::Closed
                     | Pop3Error::Timeout
                     | Pop3Error::Io(_)
-                    | Pop3Error::Connect { .. }
+                    | Pop3Error::Transport(TransportError::Connect { .. })
             )
         )
     }

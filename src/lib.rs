@@ -6,3 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod import;
 pub mod pop3;
+pub mod transport;

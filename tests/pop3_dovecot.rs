@@ -8,6 +8,7 @@ use common::dovecot::{Dovecot, TestPki};
 use popvault::pop3::{
     AuthMethod, ConnectOptions, Pop3Error, Secret, Session, TlsMode, Transaction,
 };
+use popvault::transport::TransportError;
 use sha2::{Digest, Sha256};
 
 fn options(dovecot: &Dovecot, tls: TlsMode) -> ConnectOptions {
@@ -108,7 +109,7 @@ fn a_certificate_from_another_ca_is_refused() {
         let mut opts = options(&dovecot, tls);
         opts.ca_file = Some(other_ca.clone());
         match Session::connect(&opts) {
-            Err(Pop3Error::Tls { source, .. }) => {
+            Err(Pop3Error::Transport(TransportError::Tls { source, .. })) => {
                 assert!(
                     matches!(source, rustls::Error::InvalidCertificate(_)),
                     "{source:?}"
@@ -127,7 +128,7 @@ fn system_roots_do_not_trust_the_test_ca() {
     opts.ca_file = None;
     assert!(matches!(
         Session::connect(&opts),
-        Err(Pop3Error::Tls { .. })
+        Err(Pop3Error::Transport(TransportError::Tls { .. }))
     ));
 }
 
@@ -156,7 +157,7 @@ fn fingerprint_pin() {
     bad[0] ^= 0xff;
     opts.fingerprint = Some(bad);
     match Session::connect(&opts) {
-        Err(Pop3Error::CertificatePin { expected, got }) => {
+        Err(Pop3Error::Transport(TransportError::CertificatePin { expected, got })) => {
             assert_eq!(expected, hex::encode(bad));
             assert_eq!(got, hex::encode(good));
         }

@@ -4,25 +4,23 @@
 //! - [`codec`] turns commands into bytes and parses replies out of a byte buffer; it never
 //!   touches a socket, so every parser is unit-tested on byte literals.
 //! - [`auth`] computes APOP digests and SASL responses (PLAIN, LOGIN, XOAUTH2, OAUTHBEARER).
-//! - [`transport`] opens TCP, implicit TLS or STLS connections with rustls (ring provider).
+//! - [`crate::transport`] opens TCP, implicit TLS or STLS connections with rustls (ring provider).
 //! - [`session`] drives one connection: `Session<Authorization>` becomes
 //!   `Session<Transaction>` only through a successful login.
 
 pub mod auth;
 pub mod codec;
 pub mod session;
-pub mod transport;
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 
+pub use crate::transport::{ConnectOptions, TlsInfo, TlsMode, TransportError};
 pub use auth::AuthMethod;
 pub use codec::{Capabilities, Reply, RespCode, Status};
 pub use session::{
     Authorization, Refused, RetrieveError, Session, Transaction, UidlListing, UidlWarning,
 };
-pub use transport::{ConnectOptions, TlsInfo, TlsMode};
 
 /// A password or OAuth token. It never shows its content through `Debug` and has no `Display`,
 /// so it cannot leak into an error message or a log line by accident.
@@ -62,30 +60,8 @@ impl From<&str> for Secret {
 /// `Rejected::command` is only the verb (`PASS`, `AUTH`), never its arguments.
 #[derive(Debug, thiserror::Error)]
 pub enum Pop3Error {
-    #[error("cannot resolve {host}")]
-    Resolve {
-        host: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("tls handshake with {host} failed")]
-    Tls {
-        host: String,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("cannot load CA certificates from {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
-    #[error(
-        "server certificate does not match the pinned fingerprint: expected sha256 {expected}, got {got}"
-    )]
-    CertificatePin { expected: String, got: String },
+    #[error(transparent)]
+    Transport(TransportError),
     #[error("server does not advertise STLS; refusing to continue without TLS")]
     NoStls,
     #[error("server rejected {command}: {reply}")]
@@ -119,6 +95,17 @@ pub enum Pop3Error {
 impl Pop3Error {
     pub(crate) fn protocol(what: impl Into<String>) -> Self {
         Pop3Error::Protocol { what: what.into() }
+    }
+}
+
+/// Connection failures keep their own variants, except that a timeout or a dropped connection
+/// during the TLS handshake is the same `Timeout` or `Closed` as anywhere else.
+impl From<TransportError> for Pop3Error {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Io(io) => io.into(),
+            other => Pop3Error::Transport(other),
+        }
     }
 }
 

@@ -19,8 +19,8 @@ use super::codec::{
     self, BodyDecoder, BodyEvent, Capabilities, Command, Reply, STATUS_LINE_LIMIT, Status,
     UidlLineError,
 };
-use super::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
 use super::{Pop3Error, Result, Secret};
+use crate::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
 
 /// Read buffer size. It must exceed [`STATUS_LINE_LIMIT`] so a whole status line always fits.
 const READ_BUFFER: usize = 64 * 1024;

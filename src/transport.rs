@@ -1,9 +1,10 @@
-//! Connections: plain TCP, implicit TLS, or STLS upgrade, with rustls and the ring provider.
+//! Connections shared by the POP3 client and the IMAP restore: plain TCP, implicit TLS, or an
+//! upgrade after STLS/STARTTLS, with rustls and the ring provider.
 //!
 //! Trust: system roots (rustls-native-certs, or webpki-roots when the system store is empty)
 //! by default; `ca_file` replaces them; `fingerprint` replaces the chain check by a SHA-256 pin
 //! of the leaf certificate. TLS 1.2 is the minimum. Every socket gets read and write timeouts,
-//! so a server that stops talking ends in [`Pop3Error::Timeout`], never a hang.
+//! so a server that stops talking ends in a timeout error, never a hang.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -22,7 +23,40 @@ use rustls::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::{Pop3Error, Result};
+/// Why a connection could not be made. No variant holds a secret (none reaches this layer).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tls handshake with {host} failed")]
+    Tls {
+        host: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot load CA certificates from {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error(
+        "server certificate does not match the pinned fingerprint: expected sha256 {expected}, got {got}"
+    )]
+    CertificatePin { expected: String, got: String },
+    #[error("{host:?} is not a valid server name")]
+    BadHost { host: String },
+    #[error("i/o error while connecting")]
+    Io(#[from] io::Error),
+}
+
+type Result<T, E = TransportError> = std::result::Result<T, E>;
 
 /// How TLS is used on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +78,7 @@ pub struct ConnectOptions {
     /// PEM file of CA certificates that replaces the system roots
     pub ca_file: Option<PathBuf>,
     /// SHA-256 of the server's leaf certificate (DER). When set it replaces the chain and
-    /// host name check: a match is trusted, a mismatch is [`Pop3Error::CertificatePin`].
+    /// host name check: a match is trusted, a mismatch is [`TransportError::CertificatePin`].
     pub fingerprint: Option<[u8; 32]>,
     /// Limit for connecting and for each read or write
     pub timeout: Duration,
@@ -82,7 +116,7 @@ impl TlsInfo {
 }
 
 /// A byte stream to the server, with or without TLS.
-pub(crate) enum Stream {
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
@@ -96,7 +130,7 @@ impl Stream {
     }
 
     /// Closes both directions at once, without a QUIT: used when the session is abandoned.
-    pub(crate) fn shutdown(&self) {
+    pub fn shutdown(&self) {
         // Already closed by the peer is fine: the goal is only that nothing more is exchanged.
         let _ = self.tcp().shutdown(Shutdown::Both);
     }
@@ -128,10 +162,10 @@ impl Write for Stream {
 }
 
 /// Opens the TCP connection, trying each resolved address in turn, with timeouts set.
-pub(crate) fn connect_tcp(opts: &ConnectOptions) -> Result<TcpStream> {
+pub fn connect_tcp(opts: &ConnectOptions) -> Result<TcpStream> {
     let addrs = (opts.host.as_str(), opts.port)
         .to_socket_addrs()
-        .map_err(|source| Pop3Error::Resolve {
+        .map_err(|source| TransportError::Resolve {
             host: opts.host.clone(),
             source,
         })?;
@@ -155,17 +189,17 @@ pub(crate) fn connect_tcp(opts: &ConnectOptions) -> Result<TcpStream> {
             io::Error::new(io::ErrorKind::NotFound, "no address found"),
         ),
     };
-    Err(Pop3Error::Connect { addr, source })
+    Err(TransportError::Connect { addr, source })
 }
 
 /// Runs the TLS handshake on `tcp` to completion, so certificate errors surface here rather
 /// than at the first read.
-pub(crate) fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsInfo)> {
+pub fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsInfo)> {
     let config = client_config(opts)?;
-    let name = ServerName::try_from(opts.host.clone()).map_err(|_| Pop3Error::InvalidArgument {
-        what: format!("{:?} is not a valid host name for TLS", opts.host),
+    let name = ServerName::try_from(opts.host.clone()).map_err(|_| TransportError::BadHost {
+        host: opts.host.clone(),
     })?;
-    let conn = ClientConnection::new(config, name).map_err(|source| Pop3Error::Tls {
+    let conn = ClientConnection::new(config, name).map_err(|source| TransportError::Tls {
         host: opts.host.clone(),
         source,
     })?;
@@ -197,19 +231,19 @@ pub(crate) fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream
 
 /// rustls reports handshake failures as an `io::Error` wrapping a `rustls::Error`; unwrap it,
 /// and turn our pin verifier's verdict into its own variant.
-fn handshake_error(e: io::Error, opts: &ConnectOptions) -> Pop3Error {
+fn handshake_error(e: io::Error, opts: &ConnectOptions) -> TransportError {
     let Some(tls_error) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return e.into();
+        return TransportError::Io(e);
     };
     if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) = tls_error
         && let Some(pin) = other.downcast_ref::<PinMismatch>()
     {
-        return Pop3Error::CertificatePin {
+        return TransportError::CertificatePin {
             expected: hex::encode(pin.expected),
             got: hex::encode(pin.got),
         };
     }
-    Pop3Error::Tls {
+    TransportError::Tls {
         host: opts.host.clone(),
         source: tls_error.clone(),
     }
@@ -219,7 +253,7 @@ fn client_config(opts: &ConnectOptions) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| Pop3Error::Tls {
+        .map_err(|source| TransportError::Tls {
             host: opts.host.clone(),
             source,
         })?;
@@ -238,7 +272,7 @@ fn client_config(opts: &ConnectOptions) -> Result<Arc<ClientConfig>> {
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     if let Some(path) = ca_file {
-        let ca_error = |reason: String| Pop3Error::CaFile {
+        let ca_error = |reason: String| TransportError::CaFile {
             path: path.to_owned(),
             reason,
         };
@@ -365,7 +399,7 @@ mod tests {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, "not a certificate\n").unwrap();
         let err = roots(Some(&path)).unwrap_err();
-        assert!(matches!(err, Pop3Error::CaFile { .. }), "{err}");
+        assert!(matches!(err, TransportError::CaFile { .. }), "{err}");
     }
 
     #[test]
