@@ -103,7 +103,13 @@ CONF
 setsid /usr/sbin/dovecot -F -c "$dir/dovecot.conf" >"$dir/stderr.log" 2>&1 &
 echo $! > "$dir/dovecot.pid"
 for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$POP3_PORT") 2>/dev/null; then exit 0; fi
+    # Dovecot gone means it could not start (a port in use, say): its log says why.
+    kill -0 "$(cat "$dir/dovecot.pid")" 2>/dev/null || break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$POP3_PORT") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$IMAPS_PORT") 2>/dev/null; then
+        sleep 0.2
+        kill -0 "$(cat "$dir/dovecot.pid")" 2>/dev/null && exit 0
+        break
+    fi
     sleep 0.1
 done
 echo "error: Dovecot did not start; see $dir/dovecot.log and $dir/stderr.log" >&2

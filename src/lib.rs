@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod import;
 pub mod pop3;
+pub mod restore;
 pub mod transport;

@@ -51,10 +51,24 @@ impl Envelope {
         }
     }
 
-    /// The time a restore should give the message: its Date, else `fallback`.
-    pub fn time_or(&self, fallback: DateTime<Utc>) -> DateTime<Utc> {
-        self.date_utc.unwrap_or(fallback)
+    /// The time a restore gives the message: its Date, else the date of its first (newest)
+    /// Received header, else `fallback` (when popvault first saw it).
+    pub fn delivery_time(&self, message: &[u8], fallback: DateTime<Utc>) -> DateTime<Utc> {
+        self.date_utc
+            .or_else(|| received_date(message))
+            .unwrap_or(fallback)
     }
+}
+
+/// The date after the last `;` of the first Received header (RFC 5321 §4.4).
+pub fn received_date(message: &[u8]) -> Option<DateTime<Utc>> {
+    let head = &message[..message.len().min(HEADER_SCAN_LIMIT)];
+    let (headers, _) = mailparse::parse_headers(head).ok()?;
+    let received = headers
+        .iter()
+        .find(|h| h.get_key_ref().eq_ignore_ascii_case("Received"))?;
+    let value = received.get_value();
+    parse_date(value.rsplit_once(';')?.1.trim())
 }
 
 /// Parses an RFC 5322 date: strictly first (chrono), then tolerantly (mailparse accepts the usual
@@ -120,6 +134,21 @@ mod tests {
         assert_eq!(
             e.date_utc.unwrap().to_rfc3339(),
             "2002-08-22T11:36:23+00:00"
+        );
+    }
+
+    #[test]
+    fn delivery_time_falls_back_to_received_then_first_seen() {
+        let seen = DateTime::from_timestamp(1_000, 0).unwrap();
+        let m = b"Received: from a by b; Tue, 1 Jan 2019 10:00:00 +0200\r\nSubject: x\r\n\r\n";
+        let e = Envelope::parse(m);
+        assert_eq!(
+            e.delivery_time(m, seen).to_rfc3339(),
+            "2019-01-01T08:00:00+00:00"
+        );
+        assert_eq!(
+            Envelope::parse(b"X: y\r\n\r\n").delivery_time(b"X: y\r\n\r\n", seen),
+            seen
         );
     }
 

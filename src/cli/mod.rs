@@ -5,6 +5,7 @@ mod exit;
 mod import;
 mod list;
 mod output;
+mod restore;
 mod stats;
 mod verify;
 
@@ -69,6 +70,11 @@ pub enum Command {
     ///
     /// A unique prefix of the id is enough. The message is re-hashed before anything is written.
     Cat(list::CatArgs),
+    /// Put archived messages back into a Maildir, an mbox file or an IMAP folder.
+    ///
+    /// Plans first (new / already present), re-hashes every message before writing it, keeps
+    /// dates and flags, and never duplicates on a re-run.
+    Restore(restore::RestoreArgs),
     /// Show what the archive holds: messages, sizes, compression, dedup, sources, last run.
     Stats(stats::StatsArgs),
     /// Prove the archive is intact, naming every damaged message. Never writes.
@@ -178,6 +184,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Import(args) => import::run(ctx, args),
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),
+        Command::Restore(args) => restore::run(ctx, args),
         Command::Stats(args) => stats::run(ctx, args),
         Command::Verify(args) => verify::run(ctx, args),
     }

@@ -4,7 +4,8 @@
 //! Rules (doc/FORMAT.md repeats them for users):
 //! - A message starts at a `From ` line that looks like a postmark: `From SENDER` followed by nothing
 //!   or by text with a digit in it (a date); the first postmark of the file may follow a UTF-8 BOM
-//!   and blank lines; a later one must be followed by a header-like line (`Name:`) or a blank line,
+//!   and blank lines; a later one must be followed by a header-like line (`Name:`), a quoted
+//!   `>From ` line or a blank line,
 //!   so an unquoted body line such as `From Russia with love` does not split a message.
 //! - Inside a message whose `Content-Length` header is present, no split happens before that many
 //!   body bytes have been read (mboxcl: unquoted `From ` lines in bodies).
@@ -83,7 +84,8 @@ impl<R: BufRead> MboxReader<R> {
         }
         Ok(match self.peek_line()? {
             None => false,
-            Some(next) => is_blank(next) || is_header_like(next),
+            // A message may itself start with a quoted `From ` line (a copied postmark).
+            Some(next) => is_blank(next) || is_header_like(next) || is_quoted_from(next),
         })
     }
 
@@ -259,6 +261,15 @@ mod tests {
         );
         assert!(r.next_message().unwrap().is_none());
         assert_eq!(r.skipped_bytes, 6);
+    }
+
+    #[test]
+    fn a_message_starting_with_a_quoted_from_line_is_split_off() {
+        let mbox =
+            b"From a 1\nA: b\n\nx\n\nFrom b 2\n>From b Wed May 16 00:40:34 2001\nA: c\n\ny\n";
+        let msgs = split(mbox);
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(msgs[1].starts_with(b"From b Wed"));
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! `popvault restore`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::list::SelectArgs;
+use super::output::{byte_bar, human_bytes, local_time};
+use super::{Context, Exit};
+use crate::account::{parse_fingerprint, parse_tls};
+use crate::archive::Digest;
+use crate::pop3::Secret;
+use crate::restore::imap::ImapSink;
+use crate::restore::maildir::MaildirSink;
+use crate::restore::mbox::MboxSink;
+use crate::restore::{self, Destination, Event, RestoreOptions, Sink};
+use crate::transport::{ConnectOptions, TlsMode};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Destinations:
+  maildir:DIR                       created if missing; files in cur/ with the seen flag
+  mbox:FILE                         mboxrd, appended to
+  imaps://USER@HOST[:PORT]/FOLDER   IMAP over TLS; the folder is created if missing
+  imap://USER@HOST[:PORT]/FOLDER    IMAP with STARTTLS (required unless --tls none)
+
+Every message is re-hashed before it is written; damaged ones are reported and skipped (exit 3).
+Re-running a restore adds nothing. The IMAP password comes from $POPVAULT_PASSWORD or a prompt.
+
+Examples:
+  popvault restore --to maildir:~/Maildir
+  popvault restore --to imaps://alice@imap.example.com/Restored --since 2020-01-01 --dry-run")]
+pub struct RestoreArgs {
+    /// Where to restore to.
+    #[arg(long, value_name = "DEST")]
+    to: String,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Only these messages (ids or unique prefixes).
+    #[arg(value_name = "ID")]
+    ids: Vec<String>,
+    /// Leave messages unread (no \Seen flag, no S in Maildir names).
+    #[arg(long)]
+    unread: bool,
+    /// Show the plan (new and already present); write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+    /// IMAP TLS: implicit, starttls or none.
+    #[arg(long, value_name = "MODE")]
+    tls: Option<String>,
+    /// Trust only the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    tls_fingerprint: Option<String>,
+    /// Seconds to wait for the IMAP server.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+}
+
+pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let destination: Destination = args.to.parse()?;
+    let destination = match destination {
+        Destination::Maildir(p) => Destination::Maildir(super::expand_tilde(&p)),
+        Destination::Mbox(p) => Destination::Mbox(super::expand_tilde(&p)),
+        other => other,
+    };
+    let mut selection = args.select.selection();
+    selection.ids = args
+        .ids
+        .iter()
+        .map(|p| archive.resolve(p))
+        .collect::<Result<Vec<Digest>, _>>()?;
+    let options = RestoreOptions {
+        selection,
+        unread: args.unread,
+        dry_run: args.dry_run,
+    };
+
+    let mut sink: Box<dyn Sink> = match &destination {
+        Destination::Maildir(dir) => Box::new(MaildirSink::open(dir)?),
+        Destination::Mbox(file) => Box::new(MboxSink::open(file)?),
+        Destination::Imap(url) => {
+            let tls = match &args.tls {
+                Some(t) => parse_tls(t).map_err(anyhow::Error::msg)?,
+                None if url.implicit_tls => TlsMode::Implicit,
+                None => TlsMode::StartTls,
+            };
+            let mut connect = ConnectOptions::new(url.host.clone(), url.port, tls);
+            connect.ca_file = args.ca_file.clone();
+            connect.fingerprint = args
+                .tls_fingerprint
+                .as_deref()
+                .map(parse_fingerprint)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            connect.timeout = Duration::from_secs(args.timeout.max(1));
+            let secret = imap_password(&url.to_string())?;
+            Box::new(
+                ImapSink::open(url, &connect, &secret)
+                    .with_context(|| format!("cannot restore to {url}"))?,
+            )
+        }
+    };
+
+    let bar = byte_bar(Some(0), ctx.quiet || args.json, "restore");
+    let report = restore::restore(&archive, sink.as_mut(), &destination, &options, &mut |e| match e {
+        Event::Planned { bytes, .. } => bar.inc_length(bytes),
+        Event::Restored { bytes } => bar.inc(bytes),
+    })
+    .with_context(|| format!("restore to {destination} failed; what was written before stays and a re-run completes it"))?;
+    drop(sink);
+    bar.finish_and_clear();
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for s in &report.skipped {
+            eprintln!(
+                "skipped {} ({}): {}",
+                s.id,
+                s.subject.as_deref().unwrap_or(""),
+                s.reason
+            );
+        }
+        if !ctx.quiet {
+            if args.dry_run {
+                for p in &report.plan {
+                    println!(
+                        "  new  {}  {}  {}  ({})",
+                        p.id.short(),
+                        local_time(p.date),
+                        p.subject.as_deref().unwrap_or("(no subject)"),
+                        human_bytes(p.size)
+                    );
+                }
+                println!(
+                    "{destination}: {} selected, {} new, {} already present (dry run: nothing written)",
+                    report.selected, report.new, report.already_present
+                );
+            } else {
+                println!(
+                    "{destination}: {} restored ({}), {} already present, {} skipped, in {:.1} s",
+                    report.restored,
+                    human_bytes(report.bytes),
+                    report.already_present,
+                    report.skipped.len(),
+                    report.seconds
+                );
+            }
+        }
+    }
+    Ok(if report.skipped.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Damaged
+    })
+}
+
+fn imap_password(label: &str) -> anyhow::Result<Secret> {
+    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
+        return Ok(Secret::new(
+            p.into_string()
+                .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?,
+        ));
+    }
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        return Ok(Secret::new(rpassword::prompt_password(format!(
+            "Password for {label}: "
+        ))?));
+    }
+    anyhow::bail!("no IMAP password: set POPVAULT_PASSWORD or run on a terminal to be asked")
+}

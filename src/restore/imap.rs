@@ -1,0 +1,660 @@
+//! Restore into an IMAP folder with a small IMAP client of our own (RFC 3501 subset).
+//!
+//! Why our own: a restore needs six commands (CAPABILITY, STARTTLS, AUTHENTICATE/LOGIN, CREATE,
+//! EXAMINE, APPEND, plus one FETCH to see what is there). Owning them keeps one TLS stack (the
+//! one the POP3 client uses, `crate::transport`) and avoids the pre-1.0 IMAP crates whose APIs
+//! change every few weeks. Used when offered: LITERAL+ (RFC 7888) so APPENDs are pipelined
+//! without waiting for continuations, and BINARY (RFC 3516) for messages holding NUL bytes.
+//!
+//! Bytes: IMAP requires CRLF line endings, so a bare LF is sent as CRLF. Presence: a message is
+//! already in the folder when a message there has the same size and the same header block (both
+//! after that normalisation), read with one FETCH of RFC822.SIZE and BODY.PEEK[HEADER].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chrono::{DateTime, Utc};
+
+use super::{Candidate, RestoreError, Sink};
+use crate::archive::{Archive, Digest};
+use crate::pop3::Secret;
+use crate::transport::{self, ConnectOptions, Stream, TlsMode, TransportError};
+
+/// `imap://user@host[:port]/Folder` (STARTTLS) or `imaps://...` (implicit TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapUrl {
+    pub implicit_tls: bool,
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub folder: String,
+}
+
+impl FromStr for ImapUrl {
+    type Err = RestoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || RestoreError::BadDestination(s.to_string());
+        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
+        let implicit_tls = match scheme {
+            "imaps" => true,
+            "imap" => false,
+            _ => return Err(bad()),
+        };
+        let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
+        let folder = percent_decode(folder).ok_or_else(bad)?;
+        let pop: crate::account::ServerUrl =
+            format!("pop3://{authority}").parse().map_err(|_| bad())?;
+        let port = if authority
+            .rsplit_once('@')
+            .is_some_and(|(_, h)| h.contains("]:") || (!h.starts_with('[') && h.contains(':')))
+        {
+            pop.port
+        } else if implicit_tls {
+            993
+        } else {
+            143
+        };
+        let folder = if folder.is_empty() {
+            "INBOX".to_string()
+        } else {
+            folder
+        };
+        Ok(ImapUrl {
+            implicit_tls,
+            user: pop.user,
+            host: pop.host,
+            port,
+            folder,
+        })
+    }
+}
+
+impl fmt::Display for ImapUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.implicit_tls { "imaps" } else { "imap" };
+        write!(
+            f,
+            "{scheme}://{}@{}:{}/{}",
+            self.user, self.host, self.port, self.folder
+        )
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(u8::from_str_radix(std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("the IMAP server refused {command}: {reply}")]
+    Rejected {
+        command: &'static str,
+        reply: String,
+    },
+    #[error(
+        "the IMAP server does not offer STARTTLS; refusing to send the password in clear (use imaps:// or --tls none)"
+    )]
+    NoStartTls,
+    #[error("IMAP protocol error: {0}")]
+    Protocol(String),
+    #[error("the IMAP server closed the connection")]
+    Closed,
+    #[error("timed out waiting for the IMAP server")]
+    Timeout,
+    #[error("i/o error on the IMAP connection")]
+    Io(#[source] io::Error),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<io::Error> for ImapError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ImapError::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => ImapError::Closed,
+            _ => ImapError::Io(e),
+        }
+    }
+}
+
+/// The longest response line (without literals) and literal this client accepts.
+const MAX_LINE: usize = 64 * 1024;
+const MAX_LITERAL: u64 = 256 << 20;
+/// APPENDs in flight with LITERAL+.
+const WINDOW: usize = 32;
+
+/// One server response: its text with each literal replaced by `{n}`, and the literals.
+#[derive(Debug, Default)]
+struct Response {
+    text: String,
+    literals: Vec<Vec<u8>>,
+}
+
+struct Client {
+    reader: BufReader<Stream>,
+    next_tag: u32,
+    capabilities: HashSet<String>,
+    host: String,
+}
+
+impl Client {
+    fn connect(opts: &ConnectOptions) -> Result<Client, ImapError> {
+        let tcp = transport::connect_tcp(opts)?;
+        let stream = match opts.tls {
+            TlsMode::Implicit => transport::handshake(tcp, opts)?.0,
+            _ => Stream::Plain(tcp),
+        };
+        let mut client = Client {
+            reader: BufReader::new(stream),
+            next_tag: 1,
+            capabilities: HashSet::new(),
+            host: opts.host.clone(),
+        };
+        let greeting = client.read_response()?;
+        if !greeting.text.starts_with("* OK") && !greeting.text.starts_with("* PREAUTH") {
+            return Err(ImapError::Protocol(format!(
+                "unexpected greeting {:?}",
+                greeting.text
+            )));
+        }
+        client.capability()?;
+        if opts.tls == TlsMode::StartTls {
+            if !client.capabilities.contains("STARTTLS") {
+                return Err(ImapError::NoStartTls);
+            }
+            client.simple("STARTTLS", "STARTTLS")?;
+            // Anything the server sent after its STARTTLS reply would be injected plaintext.
+            if !client.reader.buffer().is_empty() {
+                return Err(ImapError::Protocol(
+                    "data after the STARTTLS reply (a possible injection attack)".into(),
+                ));
+            }
+            let Stream::Plain(tcp) = client.reader.into_inner() else {
+                unreachable!("plain before STARTTLS")
+            };
+            let (stream, _) = transport::handshake(tcp, opts)?;
+            client.reader = BufReader::new(stream);
+            client.capability()?;
+        }
+        Ok(client)
+    }
+
+    fn tag(&mut self) -> String {
+        let t = format!("p{}", self.next_tag);
+        self.next_tag += 1;
+        t
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ImapError> {
+        self.reader.get_mut().write_all(bytes)?;
+        Ok(())
+    }
+
+    fn read_line(&mut self) -> Result<Vec<u8>, ImapError> {
+        let mut line = Vec::new();
+        let n =
+            io::Read::take(&mut self.reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Err(ImapError::Closed);
+        }
+        if !line.ends_with(b"\n") {
+            return Err(ImapError::Protocol(format!(
+                "a response line longer than {MAX_LINE} bytes"
+            )));
+        }
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+        Ok(line)
+    }
+
+    /// Reads one response, with its literals.
+    fn read_response(&mut self) -> Result<Response, ImapError> {
+        let mut response = Response::default();
+        loop {
+            let line = self.read_line()?;
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let literal = text
+                .strip_suffix('}')
+                .and_then(|t| t.rsplit_once('{'))
+                .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
+            response.text.push_str(&text);
+            let Some(len) = literal else {
+                return Ok(response);
+            };
+            if len > MAX_LITERAL {
+                return Err(ImapError::Protocol(format!("a literal of {len} bytes")));
+            }
+            let mut bytes = vec![0u8; len as usize];
+            io::Read::read_exact(&mut self.reader, &mut bytes)?;
+            response.literals.push(bytes);
+        }
+    }
+
+    /// Reads responses until the one tagged `tag`; returns it and the untagged ones before it.
+    fn complete(&mut self, tag: &str, command: &'static str) -> Result<Vec<Response>, ImapError> {
+        let mut untagged = Vec::new();
+        loop {
+            let r = self.read_response()?;
+            if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
+                if rest.starts_with("OK") {
+                    return Ok(untagged);
+                }
+                return Err(ImapError::Rejected {
+                    command,
+                    reply: rest.to_string(),
+                });
+            }
+            if r.text.starts_with("* BYE") {
+                return Err(ImapError::Rejected {
+                    command,
+                    reply: r.text,
+                });
+            }
+            untagged.push(r);
+        }
+    }
+
+    fn simple(&mut self, command: &'static str, line: &str) -> Result<Vec<Response>, ImapError> {
+        let tag = self.tag();
+        self.write(format!("{tag} {line}\r\n").as_bytes())?;
+        self.complete(&tag, command)
+    }
+
+    fn capability(&mut self) -> Result<(), ImapError> {
+        let untagged = self.simple("CAPABILITY", "CAPABILITY")?;
+        self.capabilities = untagged
+            .iter()
+            .filter_map(|r| r.text.strip_prefix("* CAPABILITY "))
+            .flat_map(|caps| caps.split(' ').map(|c| c.to_ascii_uppercase()))
+            .collect();
+        Ok(())
+    }
+
+    fn login(&mut self, user: &str, secret: &Secret) -> Result<(), ImapError> {
+        if self.capabilities.contains("AUTH=PLAIN") {
+            let ir = BASE64.encode(format!("\0{user}\0{}", secret.expose()));
+            let tag = self.tag();
+            if self.capabilities.contains("SASL-IR") {
+                self.write(format!("{tag} AUTHENTICATE PLAIN {ir}\r\n").as_bytes())?;
+            } else {
+                self.write(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes())?;
+                let r = self.read_response()?;
+                if !r.text.starts_with('+') {
+                    return Err(ImapError::Rejected {
+                        command: "AUTHENTICATE",
+                        reply: r.text,
+                    });
+                }
+                self.write(format!("{ir}\r\n").as_bytes())?;
+            }
+            self.complete(&tag, "AUTHENTICATE")?;
+        } else {
+            if self.capabilities.contains("LOGINDISABLED") {
+                return Err(ImapError::Unsupported(
+                    "the IMAP server allows no login on this connection (LOGINDISABLED)".into(),
+                ));
+            }
+            let line = format!("LOGIN {} {}", quote(user)?, quote(secret.expose())?);
+            self.simple("LOGIN", &line)?;
+        }
+        // Servers may announce more after login.
+        self.capability()
+    }
+
+    /// Opens `folder` read-only, creating it first if it does not exist; returns its message count.
+    fn examine_or_create(&mut self, folder: &str) -> Result<u64, ImapError> {
+        let name = mailbox_name(folder)?;
+        let untagged = match self.simple("EXAMINE", &format!("EXAMINE {name}")) {
+            Ok(u) => u,
+            Err(ImapError::Rejected { .. }) => {
+                self.simple("CREATE", &format!("CREATE {name}"))?;
+                self.simple("EXAMINE", &format!("EXAMINE {name}"))?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(untagged
+            .iter()
+            .filter_map(|r| {
+                r.text
+                    .strip_prefix("* ")?
+                    .strip_suffix(" EXISTS")?
+                    .parse()
+                    .ok()
+            })
+            .next_back()
+            .unwrap_or(0))
+    }
+
+    /// (size, SHA-256 of the header block) of every message in the selected folder.
+    fn presence_keys(&mut self, exists: u64) -> Result<HashSet<(u64, Digest)>, ImapError> {
+        if exists == 0 {
+            return Ok(HashSet::new());
+        }
+        let untagged = self.simple("FETCH", "FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])")?;
+        let mut keys = HashSet::new();
+        for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
+            let size = r
+                .text
+                .split("RFC822.SIZE ")
+                .nth(1)
+                .and_then(|t| t.split([' ', ')']).next())
+                .and_then(|n| n.parse().ok());
+            let header = match r.literals.first() {
+                Some(h) => h.clone(),
+                None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
+            };
+            if let Some(size) = size {
+                keys.insert((size, Digest::of(&header)));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn logout(&mut self) {
+        let _ = self.simple("LOGOUT", "LOGOUT");
+    }
+}
+
+/// The bytes of a quoted string that follows `prefix` in `text`.
+fn quoted_after(text: &str, prefix: &str) -> Option<Vec<u8>> {
+    let rest = text.split(prefix).nth(1)?.strip_prefix('"')?;
+    let mut out = Vec::new();
+    let mut chars = rest.bytes();
+    while let Some(b) = chars.next() {
+        match b {
+            b'\\' => out.push(chars.next()?),
+            b'"' => return Some(out),
+            _ => out.push(b),
+        }
+    }
+    None
+}
+
+/// An IMAP quoted string; CR, LF and NUL cannot be quoted and are refused.
+fn quote(s: &str) -> Result<String, ImapError> {
+    if s.contains(['\r', '\n', '\0']) {
+        return Err(ImapError::Unsupported(
+            "a user name or password with a line break or NUL cannot be sent to an IMAP server"
+                .into(),
+        ));
+    }
+    Ok(format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
+/// A mailbox name as IMAP wants it: modified UTF-7 (RFC 3501 §5.1.3), which turns every byte
+/// outside printable ASCII (CR, LF, non-ASCII) into base64, then quoted. No name can inject.
+pub fn mailbox_name(folder: &str) -> Result<String, ImapError> {
+    quote(&modified_utf7(folder))
+}
+
+fn modified_utf7(s: &str) -> String {
+    const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::IMAP_MUTF7,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if !pending.is_empty() {
+            let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+            out.push('&');
+            out.push_str(&B64.encode(bytes));
+            out.push('-');
+            pending.clear();
+        }
+    };
+    for c in s.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+/// Bare LF (and a lone CR) become CRLF: the form IMAP requires and servers store.
+pub fn crlf_normalise(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The presence key of a message: its normalised size and the SHA-256 of its header block.
+pub fn presence_key(normalised: &[u8]) -> (u64, Digest) {
+    let end = normalised
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(normalised.len(), |p| p + 4);
+    (normalised.len() as u64, Digest::of(&normalised[..end]))
+}
+
+fn internal_date(t: DateTime<Utc>) -> String {
+    t.format("%d-%b-%Y %H:%M:%S +0000").to_string()
+}
+
+pub struct ImapSink {
+    client: Client,
+    folder: String,
+    literal_plus: bool,
+    binary: bool,
+    /// Tags of APPENDs sent and not yet answered.
+    in_flight: Vec<String>,
+}
+
+impl ImapSink {
+    pub fn open(
+        url: &ImapUrl,
+        connect: &ConnectOptions,
+        secret: &Secret,
+    ) -> Result<ImapSink, ImapError> {
+        let mut client = Client::connect(connect)?;
+        client.login(&url.user, secret)?;
+        let literal_plus = client.capabilities.contains("LITERAL+");
+        let binary = client.capabilities.contains("BINARY");
+        Ok(ImapSink {
+            client,
+            folder: url.folder.clone(),
+            literal_plus,
+            binary,
+            in_flight: Vec::new(),
+        })
+    }
+
+    fn wait_for_one(&mut self) -> Result<(), ImapError> {
+        let tag = self.in_flight.remove(0);
+        self.client.complete(&tag, "APPEND").map(drop)
+    }
+}
+
+impl Sink for ImapSink {
+    fn present(
+        &mut self,
+        archive: &Archive,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, RestoreError> {
+        let exists = self.client.examine_or_create(&self.folder)?;
+        let keys = self.client.presence_keys(exists)?;
+        let mut present = HashSet::new();
+        if keys.is_empty() {
+            return Ok(present);
+        }
+        let sizes: HashSet<u64> = keys.iter().map(|(s, _)| *s).collect();
+        let mut by_key: HashMap<(u64, Digest), Digest> = HashMap::new();
+        for c in candidates {
+            // Normalisation only adds bytes: a candidate larger than every server message is new.
+            if c.size > sizes.iter().copied().max().unwrap_or(0) {
+                continue;
+            }
+            let raw = archive.read_message(&c.id)?;
+            by_key.insert(presence_key(&crlf_normalise(&raw)), c.id);
+        }
+        for key in &keys {
+            if let Some(id) = by_key.get(key) {
+                present.insert(*id);
+            }
+        }
+        Ok(present)
+    }
+
+    fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
+        let bytes = crlf_normalise(raw);
+        let binary = bytes.contains(&0);
+        if binary && !self.binary {
+            return Err(ImapError::Unsupported("the message holds NUL bytes, which IMAP carries only with the BINARY extension this server lacks".into()).into());
+        }
+        let mut flags = Vec::new();
+        for (on, name) in [
+            (c.flags.seen, "\\Seen"),
+            (c.flags.answered, "\\Answered"),
+            (c.flags.flagged, "\\Flagged"),
+            (c.flags.draft, "\\Draft"),
+        ] {
+            if on {
+                flags.push(name);
+            }
+        }
+        let tag = self.client.tag();
+        let name = mailbox_name(&self.folder)?;
+        let literal = format!(
+            "{}{{{}{}}}",
+            if binary { "~" } else { "" },
+            bytes.len(),
+            if self.literal_plus { "+" } else { "" }
+        );
+        let line = format!(
+            "{tag} APPEND {name} ({}) \"{}\" {literal}\r\n",
+            flags.join(" "),
+            internal_date(c.time)
+        );
+        self.client.write(line.as_bytes())?;
+        if !self.literal_plus {
+            let r = self.client.read_response()?;
+            if !r.text.starts_with('+') {
+                return Err(ImapError::Rejected {
+                    command: "APPEND",
+                    reply: r.text,
+                }
+                .into());
+            }
+        }
+        self.client.write(&bytes)?;
+        self.client.write(b"\r\n")?;
+        self.in_flight.push(tag);
+        let window = if self.literal_plus { WINDOW } else { 1 };
+        while self.in_flight.len() >= window {
+            self.wait_for_one()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RestoreError> {
+        while !self.in_flight.is_empty() {
+            self.wait_for_one()?;
+        }
+        self.client
+            .reader
+            .get_mut()
+            .flush()
+            .map_err(ImapError::from)?;
+        Ok(())
+    }
+}
+
+impl Drop for ImapSink {
+    fn drop(&mut self) {
+        if self.in_flight.is_empty() {
+            self.client.logout();
+        }
+    }
+}
+
+impl fmt::Debug for ImapSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ImapSink({}, {})", self.client.host, self.folder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_default_ports_and_folders() {
+        let u: ImapUrl = "imaps://alice@mail.example.com/Archive%2F2024"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (u.port, u.folder.as_str(), u.implicit_tls),
+            (993, "Archive/2024", true)
+        );
+        let u: ImapUrl = "imap://bob@127.0.0.1:1143".parse().unwrap();
+        assert_eq!(
+            (u.port, u.folder.as_str(), u.implicit_tls),
+            (1143, "INBOX", false)
+        );
+    }
+
+    #[test]
+    fn folder_names_cannot_inject_commands() {
+        assert_eq!(mailbox_name("Inbox").unwrap(), "\"Inbox\"");
+        assert_eq!(mailbox_name("a\"b\\c").unwrap(), "\"a\\\"b\\\\c\"");
+        assert_eq!(mailbox_name("Entwürfe").unwrap(), "\"Entw&APw-rfe\"");
+        assert_eq!(
+            mailbox_name("x\r\nA1 DELETE INBOX").unwrap(),
+            "\"x&AA0ACg-A1 DELETE INBOX\""
+        );
+        assert_eq!(mailbox_name("R&D").unwrap(), "\"R&-D\"");
+    }
+
+    #[test]
+    fn bare_line_ends_become_crlf() {
+        assert_eq!(crlf_normalise(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        let (size, _) = presence_key(b"A: b\r\n\r\nbody");
+        assert_eq!(size, 14);
+    }
+}

@@ -1,0 +1,144 @@
+//! Restore into a Maildir (created if missing, with cur/ new/ tmp/).
+//!
+//! Each message is written to `tmp/`, then, per chunk, the file system is synced once and the
+//! files are renamed into `cur/` as `<time>.V<id>.popvault,S=<size>:2,<flags>` with their mtime
+//! set to the message's date; then `cur/` is fsynced. The id in the name is how a re-run knows
+//! what is there; files of other origins are recognised by hashing their content, so restoring
+//! into a Maildir that already holds the same mail adds nothing either.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{Candidate, RestoreError, Sink};
+use crate::archive::{Archive, Digest, durable};
+
+pub struct MaildirSink {
+    root: PathBuf,
+    /// Written to tmp/, not yet synced and renamed: (tmp path, final path).
+    pending: Vec<(PathBuf, PathBuf)>,
+}
+
+impl MaildirSink {
+    pub fn open(root: &Path) -> Result<MaildirSink, RestoreError> {
+        for sub in ["", "cur", "new", "tmp"] {
+            let dir = root.join(sub);
+            durable::create_dir(&dir).map_err(|source| RestoreError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(MaildirSink {
+            root: root.to_path_buf(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+        move |source| RestoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The id popvault put in a restored file's name, if it is one of ours.
+fn id_in_name(name: &str) -> Option<Digest> {
+    let start = name.find(".V")? + 2;
+    name.get(start..start + 64)?.parse().ok()
+}
+
+impl Sink for MaildirSink {
+    fn present(
+        &mut self,
+        _archive: &Archive,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, RestoreError> {
+        let wanted: HashSet<Digest> = candidates.iter().map(|c| c.id).collect();
+        let mut present = HashSet::new();
+        for sub in ["cur", "new"] {
+            let dir = self.root.join(sub);
+            let entries = fs::read_dir(&dir).map_err(|source| RestoreError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| RestoreError::Read {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = match id_in_name(&name) {
+                    Some(id) => id,
+                    None => match fs::read(entry.path()) {
+                        Ok(bytes) => Digest::of(&bytes),
+                        Err(_) => continue, // moved or deleted by a mail client meanwhile
+                    },
+                };
+                if wanted.contains(&id) {
+                    present.insert(id);
+                }
+            }
+        }
+        Ok(present)
+    }
+
+    fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
+        let unique = format!(
+            "{}.V{}.popvault,S={}",
+            c.time.timestamp().max(0),
+            c.id,
+            raw.len()
+        );
+        let tmp = self.root.join("tmp").join(&unique);
+        let dest = self
+            .root
+            .join("cur")
+            .join(format!("{unique}:2,{}", c.flags.maildir_letters()));
+        let _ = fs::remove_file(&tmp);
+        let mut file = durable::create_new(&tmp).map_err(Self::write_err(&tmp))?;
+        file.write_all(raw).map_err(Self::write_err(&tmp))?;
+        let mtime = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(c.time.timestamp().max(0) as u64);
+        file.set_modified(mtime).map_err(Self::write_err(&tmp))?;
+        self.pending.push((tmp, dest));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), RestoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // One sync of the file system makes every pending file durable at once (an fsync per
+        // file costs a journal commit each); only then do the files appear in cur/.
+        let tmp_dir = self.root.join("tmp");
+        let dir = File::open(&tmp_dir).map_err(Self::write_err(&tmp_dir))?;
+        rustix::fs::syncfs(&dir).map_err(|e| RestoreError::Write {
+            path: tmp_dir.clone(),
+            source: e.into(),
+        })?;
+        for (tmp, dest) in self.pending.drain(..) {
+            fs::rename(&tmp, &dest).map_err(|source| RestoreError::Write {
+                path: dest.clone(),
+                source,
+            })?;
+        }
+        let cur = self.root.join("cur");
+        durable::sync_dir(&cur).map_err(Self::write_err(&cur))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_names_carry_the_id() {
+        let id = Digest::of(b"x");
+        let name = format!("1700000000.V{id}.popvault,S=1:2,S");
+        assert_eq!(id_in_name(&name), Some(id));
+        assert_eq!(id_in_name("1700000000.M1P2.host:2,S"), None);
+    }
+}

@@ -1,0 +1,340 @@
+//! `restore`: puts archived messages back into a Maildir, an mbox file or an IMAP folder.
+//!
+//! It plans first (which selected messages the destination already holds), then applies: every
+//! message is re-hashed against its id before it is written anywhere, a damaged one is reported
+//! and skipped, and the rest go on. Re-running the same restore adds nothing; an interrupted one,
+//! re-run, completes without duplicates, because presence is read back from the destination.
+
+pub mod imap;
+pub mod maildir;
+pub mod mbox;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::archive::select::{Selection, message_time};
+use crate::archive::{Archive, ArchiveError, Digest, Message};
+
+/// Where `restore --to` writes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Maildir(PathBuf),
+    Mbox(PathBuf),
+    Imap(imap::ImapUrl),
+}
+
+impl FromStr for Destination {
+    type Err = RestoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("imap://") || s.starts_with("imaps://") {
+            return Ok(Destination::Imap(s.parse()?));
+        }
+        match s.split_once(':') {
+            Some(("maildir", p)) if !p.is_empty() => Ok(Destination::Maildir(PathBuf::from(p))),
+            Some(("mbox", p)) if !p.is_empty() => Ok(Destination::Mbox(PathBuf::from(p))),
+            _ => Err(RestoreError::BadDestination(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Maildir(p) => write!(f, "maildir:{}", p.display()),
+            Destination::Mbox(p) => write!(f, "mbox:{}", p.display()),
+            Destination::Imap(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(
+        "{0:?} is not a restore destination: write maildir:DIR, mbox:FILE, imap://USER@HOST[:PORT]/FOLDER or imaps://..."
+    )]
+    BadDestination(String),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Imap(#[from] imap::ImapError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// IMAP-style flags a restored message gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flags {
+    pub seen: bool,
+    pub answered: bool,
+    pub flagged: bool,
+    pub draft: bool,
+}
+
+impl Flags {
+    /// From Maildir info letters (`S`, `R`, `F`, `D`; others are dropped), plus \Seen unless `unread`.
+    pub fn new(maildir_letters: Option<&str>, unread: bool) -> Flags {
+        let has = |c| maildir_letters.is_some_and(|l| l.contains(c));
+        Flags {
+            seen: !unread || has('S'),
+            answered: has('R'),
+            flagged: has('F'),
+            draft: has('D'),
+        }
+    }
+
+    /// Maildir info letters, in the ASCII order the Maildir spec asks for.
+    pub fn maildir_letters(&self) -> String {
+        let mut s = String::new();
+        for (on, c) in [
+            (self.draft, 'D'),
+            (self.flagged, 'F'),
+            (self.answered, 'R'),
+            (self.seen, 'S'),
+        ] {
+            if on {
+                s.push(c);
+            }
+        }
+        s
+    }
+}
+
+/// A selected message, as the destinations see it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: Digest,
+    pub size: u64,
+    /// When the message was sent (its Date, else first Received, else first seen).
+    pub time: DateTime<Utc>,
+    pub flags: Flags,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+}
+
+/// What a destination must do. `put` may buffer; `flush` makes everything put so far durable
+/// (Maildir, mbox) or acknowledged by the server (IMAP).
+pub trait Sink {
+    /// The ids among `candidates` the destination already holds.
+    fn present(
+        &mut self,
+        archive: &Archive,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, RestoreError>;
+    fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
+    fn flush(&mut self) -> Result<(), RestoreError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub selection: Selection,
+    pub unread: bool,
+    pub dry_run: bool,
+}
+
+/// Progress for the CLI to render.
+#[derive(Debug)]
+pub enum Event {
+    Planned { messages: usize, bytes: u64 },
+    Restored { bytes: u64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub id: Digest,
+    pub reason: String,
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreReport {
+    pub destination: String,
+    pub dry_run: bool,
+    pub selected: usize,
+    pub already_present: usize,
+    /// New messages (to restore, with --dry-run).
+    pub new: usize,
+    pub restored: usize,
+    pub bytes: u64,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+    /// With --dry-run: the messages that would be restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedMessage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedMessage {
+    pub id: Digest,
+    pub size: u64,
+    pub date: DateTime<Utc>,
+    pub subject: Option<String>,
+}
+
+/// Messages are read, checked and handed over in chunks of this many bytes (at least one
+/// message), so memory stays bounded while all cores decompress and re-hash.
+const CHUNK_BYTES: u64 = 16 << 20;
+
+pub fn candidates(archive: &Archive, options: &RestoreOptions) -> Vec<Candidate> {
+    let mut selected: Vec<Message<'_>> = archive
+        .messages()
+        .into_iter()
+        .filter(|m| options.selection.matches(m))
+        .collect();
+    selected.sort_by_key(|m| (message_time(m), m.id));
+    selected
+        .into_iter()
+        .map(|m| Candidate {
+            id: m.id,
+            size: m.size,
+            time: message_time(&m),
+            flags: Flags::new(m.flags, options.unread),
+            subject: m.envelope.subject.clone(),
+            from: m.envelope.from.clone(),
+        })
+        .collect()
+}
+
+pub fn restore(
+    archive: &Archive,
+    sink: &mut dyn Sink,
+    destination: &Destination,
+    options: &RestoreOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let mut all = candidates(archive, options);
+    // The Date header is the time; without one, the first Received header (needs the bytes).
+    for c in all.iter_mut().filter(|c| {
+        archive
+            .stored_entry(&c.id)
+            .is_some_and(|e| e.envelope.date_utc.is_none())
+    }) {
+        if let Ok(raw) = archive.read_message(&c.id) {
+            c.time = crate::archive::envelope::received_date(&raw).unwrap_or(c.time);
+        }
+    }
+    let present = sink.present(archive, &all)?;
+    let new: Vec<&Candidate> = all.iter().filter(|c| !present.contains(&c.id)).collect();
+    let mut report = RestoreReport {
+        destination: destination.to_string(),
+        dry_run: options.dry_run,
+        selected: all.len(),
+        already_present: all.len() - new.len(),
+        new: new.len(),
+        ..RestoreReport::default()
+    };
+    events(Event::Planned {
+        messages: new.len(),
+        bytes: new.iter().map(|c| c.size).sum(),
+    });
+    if options.dry_run {
+        report.plan = new
+            .iter()
+            .map(|c| PlannedMessage {
+                id: c.id,
+                size: c.size,
+                date: c.time,
+                subject: c.subject.clone(),
+            })
+            .collect();
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let mut start = 0;
+    while start < new.len() {
+        let mut end = start + 1;
+        let mut bytes = new[start].size;
+        while end < new.len() && bytes + new[end].size <= CHUNK_BYTES {
+            bytes += new[end].size;
+            end += 1;
+        }
+        let chunk = &new[start..end];
+        let read: Vec<Result<Vec<u8>, ArchiveError>> = chunk
+            .par_iter()
+            .map(|c| archive.read_message(&c.id))
+            .collect();
+        for (candidate, raw) in chunk.iter().zip(read) {
+            match raw {
+                Ok(raw) => match sink.put(candidate, &raw) {
+                    Ok(()) => {
+                        report.restored += 1;
+                        report.bytes += raw.len() as u64;
+                        events(Event::Restored {
+                            bytes: raw.len() as u64,
+                        });
+                    }
+                    // This message cannot go to this destination; the others still can.
+                    Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
+                        report.skipped.push(Skipped {
+                            id: candidate.id,
+                            reason,
+                            subject: candidate.subject.clone(),
+                        })
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e @ ArchiveError::DamagedMessage { .. }) => report.skipped.push(Skipped {
+                    id: candidate.id,
+                    reason: e.to_string(),
+                    subject: candidate.subject.clone(),
+                }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sink.flush()?;
+        start = end;
+    }
+    sink.flush()?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_map_between_maildir_letters_and_imap() {
+        let f = Flags::new(Some("RF"), false);
+        assert_eq!(
+            f,
+            Flags {
+                seen: true,
+                answered: true,
+                flagged: true,
+                draft: false
+            }
+        );
+        assert_eq!(f.maildir_letters(), "FRS");
+        assert_eq!(Flags::new(None, true).maildir_letters(), "");
+        assert_eq!(Flags::new(Some("S"), true).maildir_letters(), "S");
+    }
+
+    #[test]
+    fn destinations_parse() {
+        assert!(matches!(
+            "maildir:/x".parse::<Destination>(),
+            Ok(Destination::Maildir(_))
+        ));
+        assert!(matches!(
+            "mbox:out.mbox".parse::<Destination>(),
+            Ok(Destination::Mbox(_))
+        ));
+        assert!("pop3://x".parse::<Destination>().is_err());
+        assert!("maildir:".parse::<Destination>().is_err());
+    }
+}
