@@ -4,11 +4,12 @@
 //! Rules (doc/FORMAT.md repeats them for users):
 //! - A message starts at a `From ` line that looks like a postmark: `From SENDER` followed by nothing
 //!   or by text with a digit in it (a date); the first postmark of the file may follow a UTF-8 BOM
-//!   and blank lines; a later one must be followed by a header-like line (`Name:`), a quoted
-//!   `>From ` line or a blank line,
-//!   so an unquoted body line such as `From Russia with love` does not split a message.
+//!   and blank lines; a later one must follow a blank line or be followed by a header-like line
+//!   (`Name:`), a quoted `>From ` line or a blank line, so an unquoted body line such as
+//!   `From Russia with love` does not split a message.
 //! - Inside a message whose `Content-Length` header is present, no split happens before that many
-//!   body bytes have been read (mboxcl: unquoted `From ` lines in bodies).
+//!   body bytes have been read (mboxcl: unquoted `From ` lines in bodies), unless the length turns
+//!   out wrong (no message starts where it ends): then the first postmark it hid is used.
 //! - The `From ` line and the one blank line before the next `From ` line (or EOF) are not part of
 //!   the message. Every line that matches `>+From ` loses one `>` (mboxrd unquoting), unless `raw`.
 //!
@@ -77,10 +78,14 @@ impl<R: BufRead> MboxReader<R> {
         Ok(self.pending.front().map(|(_, l)| l.as_slice()))
     }
 
-    /// Whether `line` (just read, not the first of the file) starts a new message.
-    fn is_separator(&mut self, line: &[u8]) -> io::Result<bool> {
+    /// Whether `line` (just read, not the first of the file) starts a new message: a postmark
+    /// after a blank line, or one followed by what starts a message.
+    fn is_separator(&mut self, line: &[u8], after_blank: bool) -> io::Result<bool> {
         if !is_postmark(line) {
             return Ok(false);
+        }
+        if after_blank {
+            return Ok(true);
         }
         Ok(match self.peek_line()? {
             None => false,
@@ -116,11 +121,34 @@ impl<R: BufRead> MboxReader<R> {
         let mut in_headers = true;
         let mut content_length: Option<u64> = None;
         let mut body_len = 0u64;
+        let mut prev_blank = false;
+        // Postmarks skipped because Content-Length said they were body lines: where `bytes` was
+        // at the first one, and the raw lines read since, to give back if the header lied.
+        let mut held: Option<(usize, Vec<(u64, Vec<u8>)>)> = None;
         while let Some((at, line)) = self.read_line()? {
-            let body_long_enough = content_length.is_none_or(|cl| body_len + 1 >= cl);
-            if body_long_enough && line.starts_with(b"From ") && self.is_separator(&line)? {
+            let inside_by_length = !in_headers && content_length.is_some_and(|cl| body_len < cl);
+            let postmark = line.starts_with(b"From ") && self.is_separator(&line, prev_blank)?;
+            if postmark && !inside_by_length {
+                held = None; // Content-Length (if any) was right: what it hid were body lines
                 self.pending.push_front((at, line));
                 break;
+            }
+            if !inside_by_length && held.is_some() && !is_blank(&line) {
+                // Content-Length was reached and no message starts here: the header lied, so
+                // the first postmark it hid starts the next message after all.
+                let (cut, lines) = held.take().expect("checked");
+                bytes.truncate(cut);
+                self.pending.push_front((at, line));
+                for l in lines.into_iter().rev() {
+                    self.pending.push_front(l);
+                }
+                break;
+            }
+            if postmark && held.is_none() {
+                held = Some((bytes.len(), Vec::new()));
+            }
+            if let Some((_, lines)) = &mut held {
+                lines.push((at, line.clone()));
             }
             if in_headers {
                 if is_blank(&line) {
@@ -133,10 +161,20 @@ impl<R: BufRead> MboxReader<R> {
             } else {
                 body_len += line.len() as u64;
             }
+            prev_blank = is_blank(&line);
             if self.unquote && is_quoted_from(&line) {
                 bytes.extend_from_slice(&line[1..]);
             } else {
                 bytes.extend_from_slice(&line);
+            }
+        }
+        if let Some((cut, lines)) =
+            held.filter(|_| !in_headers && content_length.is_some_and(|cl| body_len < cl))
+        {
+            // The file ended before Content-Length did: the header lied (see above).
+            bytes.truncate(cut);
+            for l in lines.into_iter().rev() {
+                self.pending.push_front(l);
             }
         }
         // The blank line that separates messages belongs to the mbox, not to the message.
@@ -242,6 +280,24 @@ mod tests {
         let msgs = split(&mbox);
         assert_eq!(msgs.len(), 2);
         assert!(msgs[0].ends_with(b"Subject: fake\n"));
+    }
+
+    #[test]
+    fn a_lying_content_length_does_not_merge_messages() {
+        let mbox = b"From a 1\nContent-Length: 5000\n\nshort\n\nFrom b 2\nA: c\n\ny\n\nFrom c 3\nA: d\n\nz\n";
+        let msgs = split(mbox);
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert_eq!(msgs[0], b"Content-Length: 5000\n\nshort\n");
+        assert_eq!(msgs[2], b"A: d\n\nz\n");
+    }
+
+    #[test]
+    fn a_postmark_after_a_blank_line_starts_a_message_whatever_follows() {
+        let msgs = split(b"From a 1\nA: b\n\nx\n\nFrom b 2\nno header at all\n");
+        assert_eq!(
+            msgs,
+            vec![b"A: b\n\nx\n".to_vec(), b"no header at all\n".to_vec()]
+        );
     }
 
     #[test]

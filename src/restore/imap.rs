@@ -4,7 +4,15 @@
 //! EXAMINE, APPEND, plus one FETCH to see what is there). Owning them keeps one TLS stack (the
 //! one the POP3 client uses, `crate::transport`) and avoids the pre-1.0 IMAP crates whose APIs
 //! change every few weeks. Used when offered: LITERAL+ (RFC 7888) so APPENDs are pipelined
-//! without waiting for continuations, and BINARY (RFC 3516) for messages holding NUL bytes.
+//! without waiting for continuations.
+//!
+//! NUL bytes: RFC 3501 has no room for them in a literal, and BINARY (RFC 3516) lets the server
+//! re-encode the MIME parts (Dovecot turns them into base64), so messages are always sent as
+//! they are in a plain literal. Dovecot accepts that and shows NUL as 0x80 to FETCH; a server
+//! that refuses a message gets it reported as skipped, and the restore goes on.
+//!
+//! Folders: `/` in the URL separates levels and becomes the server's hierarchy delimiter; names
+//! are sent in modified UTF-7 and quoted, so no folder name can inject a command.
 //!
 //! Bytes: IMAP requires CRLF line endings, so a bare LF is sent as CRLF. Presence: a message is
 //! already in the folder when a message there has the same size and the same header block (both
@@ -19,7 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 
-use super::{Candidate, RestoreError, Sink};
+use super::{Candidate, RestoreError, Sink, Skipped};
 use crate::archive::{Archive, Digest};
 use crate::pop3::Secret;
 use crate::transport::{self, ConnectOptions, Stream, TlsMode, TransportError};
@@ -323,6 +331,21 @@ impl Client {
         self.capability()
     }
 
+    /// The server's hierarchy delimiter (`LIST "" ""`, RFC 3501 §6.3.8), if it has one.
+    fn delimiter(&mut self) -> Result<Option<char>, ImapError> {
+        let untagged = self.simple("LIST", "LIST \"\" \"\"")?;
+        Ok(untagged.iter().find_map(|r| {
+            let rest = r.text.strip_prefix("* LIST ")?;
+            let after_flags = rest.split_once(") ")?.1;
+            let quoted = after_flags.strip_prefix('"')?;
+            let mut chars = quoted.chars();
+            match chars.next()? {
+                '\\' => chars.next(),
+                c => Some(c),
+            }
+        }))
+    }
+
     /// Opens `folder` read-only, creating it first if it does not exist; returns its message count.
     fn examine_or_create(&mut self, folder: &str) -> Result<u64, ImapError> {
         let name = mailbox_name(folder)?;
@@ -348,12 +371,13 @@ impl Client {
     }
 
     /// (size, SHA-256 of the header block) of every message in the selected folder.
-    fn presence_keys(&mut self, exists: u64) -> Result<HashSet<(u64, Digest)>, ImapError> {
+    /// How many messages of the selected folder have each (size, SHA-256 of the header block).
+    fn presence_keys(&mut self, exists: u64) -> Result<HashMap<(u64, Digest), usize>, ImapError> {
+        let mut keys = HashMap::new();
         if exists == 0 {
-            return Ok(HashSet::new());
+            return Ok(keys);
         }
         let untagged = self.simple("FETCH", "FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])")?;
-        let mut keys = HashSet::new();
         for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
             let size = r
                 .text
@@ -366,7 +390,7 @@ impl Client {
                 None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
             };
             if let Some(size) = size {
-                keys.insert((size, Digest::of(&header)));
+                *keys.entry((size, header_digest(&header))).or_insert(0) += 1;
             }
         }
         Ok(keys)
@@ -464,13 +488,22 @@ pub fn crlf_normalise(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The presence key of a message: its normalised size and the SHA-256 of its header block.
+/// The presence key of a message: its normalised size and the SHA-256 of its header block, with
+/// NUL read as 0x80 (a server cannot send NUL in a FETCH without BINARY; Dovecot sends 0x80).
 pub fn presence_key(normalised: &[u8]) -> (u64, Digest) {
     let end = normalised
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(normalised.len(), |p| p + 4);
-    (normalised.len() as u64, Digest::of(&normalised[..end]))
+    (normalised.len() as u64, header_digest(&normalised[..end]))
+}
+
+fn header_digest(header: &[u8]) -> Digest {
+    let mapped: Vec<u8> = header
+        .iter()
+        .map(|&b| if b == 0 { 0x80 } else { b })
+        .collect();
+    Digest::of(&mapped)
 }
 
 fn internal_date(t: DateTime<Utc>) -> String {
@@ -481,9 +514,10 @@ pub struct ImapSink {
     client: Client,
     folder: String,
     literal_plus: bool,
-    binary: bool,
-    /// Tags of APPENDs sent and not yet answered.
-    in_flight: Vec<String>,
+    /// APPENDs sent and not yet answered: tag and message.
+    in_flight: Vec<(String, Candidate)>,
+    /// Messages the server refused, with its reply.
+    refused: Vec<Skipped>,
 }
 
 impl ImapSink {
@@ -495,19 +529,35 @@ impl ImapSink {
         let mut client = Client::connect(connect)?;
         client.login(&url.user, secret)?;
         let literal_plus = client.capabilities.contains("LITERAL+");
-        let binary = client.capabilities.contains("BINARY");
+        // `/` in the URL separates levels (RFC 5092); the server may use another delimiter.
+        let folder = match client.delimiter()? {
+            Some(d) if d != '/' => url.folder.replace('/', &d.to_string()),
+            _ => url.folder.clone(),
+        };
         Ok(ImapSink {
             client,
-            folder: url.folder.clone(),
+            folder,
             literal_plus,
-            binary,
             in_flight: Vec::new(),
+            refused: Vec::new(),
         })
     }
 
+    /// Waits for the oldest APPEND's answer; a refusal of that message is recorded, not fatal.
     fn wait_for_one(&mut self) -> Result<(), ImapError> {
-        let tag = self.in_flight.remove(0);
-        self.client.complete(&tag, "APPEND").map(drop)
+        let (tag, candidate) = self.in_flight.remove(0);
+        match self.client.complete(&tag, "APPEND") {
+            Ok(_) => Ok(()),
+            Err(ImapError::Rejected { reply, .. }) if reply.starts_with("NO") => {
+                self.refused.push(Skipped {
+                    id: candidate.id,
+                    reason: format!("the IMAP server refused it: {reply}"),
+                    subject: candidate.subject,
+                });
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -518,24 +568,25 @@ impl Sink for ImapSink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
         let exists = self.client.examine_or_create(&self.folder)?;
-        let keys = self.client.presence_keys(exists)?;
+        let mut on_server = self.client.presence_keys(exists)?;
         let mut present = HashSet::new();
-        if keys.is_empty() {
+        let Some(largest) = on_server.keys().map(|(size, _)| *size).max() else {
             return Ok(present);
-        }
-        let sizes: HashSet<u64> = keys.iter().map(|(s, _)| *s).collect();
-        let mut by_key: HashMap<(u64, Digest), Digest> = HashMap::new();
+        };
         for c in candidates {
             // Normalisation only adds bytes: a candidate larger than every server message is new.
-            if c.size > sizes.iter().copied().max().unwrap_or(0) {
+            if c.size > largest {
                 continue;
             }
             let raw = archive.read_message(&c.id)?;
-            by_key.insert(presence_key(&crlf_normalise(&raw)), c.id);
-        }
-        for key in &keys {
-            if let Some(id) = by_key.get(key) {
-                present.insert(*id);
+            // Two archived messages can normalise to the same bytes (the LF and the CRLF copy
+            // of one mail): each server copy accounts for one of them.
+            if let Some(count) = on_server
+                .get_mut(&presence_key(&crlf_normalise(&raw)))
+                .filter(|n| **n > 0)
+            {
+                *count -= 1;
+                present.insert(c.id);
             }
         }
         Ok(present)
@@ -543,10 +594,6 @@ impl Sink for ImapSink {
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
         let bytes = crlf_normalise(raw);
-        let binary = bytes.contains(&0);
-        if binary && !self.binary {
-            return Err(ImapError::Unsupported("the message holds NUL bytes, which IMAP carries only with the BINARY extension this server lacks".into()).into());
-        }
         let mut flags = Vec::new();
         for (on, name) in [
             (c.flags.seen, "\\Seen"),
@@ -561,8 +608,7 @@ impl Sink for ImapSink {
         let tag = self.client.tag();
         let name = mailbox_name(&self.folder)?;
         let literal = format!(
-            "{}{{{}{}}}",
-            if binary { "~" } else { "" },
+            "{{{}{}}}",
             bytes.len(),
             if self.literal_plus { "+" } else { "" }
         );
@@ -584,7 +630,7 @@ impl Sink for ImapSink {
         }
         self.client.write(&bytes)?;
         self.client.write(b"\r\n")?;
-        self.in_flight.push(tag);
+        self.in_flight.push((tag, c.clone()));
         let window = if self.literal_plus { WINDOW } else { 1 };
         while self.in_flight.len() >= window {
             self.wait_for_one()?;
@@ -592,7 +638,7 @@ impl Sink for ImapSink {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), RestoreError> {
+    fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError> {
         while !self.in_flight.is_empty() {
             self.wait_for_one()?;
         }
@@ -601,7 +647,7 @@ impl Sink for ImapSink {
             .get_mut()
             .flush()
             .map_err(ImapError::from)?;
-        Ok(())
+        Ok(std::mem::take(&mut self.refused))
     }
 }
 

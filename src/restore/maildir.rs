@@ -107,9 +107,9 @@ impl Sink for MaildirSink {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), RestoreError> {
+    fn flush(&mut self) -> Result<Vec<super::Skipped>, RestoreError> {
         if self.pending.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // One sync of the file system makes every pending file durable at once (an fsync per
         // file costs a journal commit each); only then do the files appear in cur/.
@@ -126,7 +126,8 @@ impl Sink for MaildirSink {
             })?;
         }
         let cur = self.root.join("cur");
-        durable::sync_dir(&cur).map_err(Self::write_err(&cur))
+        durable::sync_dir(&cur).map_err(Self::write_err(&cur))?;
+        Ok(Vec::new())
     }
 }
 

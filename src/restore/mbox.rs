@@ -161,7 +161,7 @@ impl Sink for MboxSink {
         })
     }
 
-    fn flush(&mut self) -> Result<(), RestoreError> {
+    fn flush(&mut self) -> Result<Vec<super::Skipped>, RestoreError> {
         let write_err = |source| RestoreError::Write {
             path: self.path.clone(),
             source,
@@ -173,7 +173,8 @@ impl Sink for MboxSink {
             .map_err(|source| RestoreError::Write {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        Ok(Vec::new())
     }
 }
 

@@ -126,7 +126,8 @@ pub struct Candidate {
 }
 
 /// What a destination must do. `put` may buffer; `flush` makes everything put so far durable
-/// (Maildir, mbox) or acknowledged by the server (IMAP).
+/// (Maildir, mbox) or acknowledged by the server (IMAP), and returns the messages the
+/// destination refused meanwhile (the rest are in).
 pub trait Sink {
     /// The ids among `candidates` the destination already holds.
     fn present(
@@ -135,7 +136,7 @@ pub trait Sink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
-    fn flush(&mut self) -> Result<(), RestoreError>;
+    fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -295,12 +296,17 @@ pub fn restore(
                 Err(e) => return Err(e.into()),
             }
         }
-        sink.flush()?;
+        refused(&mut report, sink.flush()?);
         start = end;
     }
-    sink.flush()?;
+    refused(&mut report, sink.flush()?);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+fn refused(report: &mut RestoreReport, refused: Vec<Skipped>) {
+    report.restored -= refused.len();
+    report.skipped.extend(refused);
 }
 
 #[cfg(test)]

@@ -9,4 +9,5 @@ mod archive_damage;
 mod backup_dovecot;
 mod backup_faults;
 mod fake_pop3;
+mod restore;
 mod support;

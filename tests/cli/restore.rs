@@ -1,0 +1,325 @@
+//! `popvault restore` into Maildir, mbox and a real Dovecot IMAP server, read back by independent
+//! readers (Python's mailbox and imaplib) and compared byte for byte.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use crate::common::dovecot::Dovecot;
+use crate::support::{Rng, Sandbox, corpus_dir, sha256_hex, write_maildir};
+
+fn helper(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/helpers")
+        .join(name)
+}
+
+fn python_dump(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 is needed for the independent readers");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// An archive holding the whole corpus (messages and mboxes) and some generated mail.
+fn corpus_archive() -> (Sandbox, HashMap<String, (Vec<u8>, serde_json::Value)>) {
+    let sandbox = Sandbox::new();
+    let mut args = vec!["import".to_string()];
+    for e in std::fs::read_dir(corpus_dir()).unwrap() {
+        let p = e.unwrap().path();
+        match p.extension().and_then(|x| x.to_str()) {
+            Some("eml") => args.push(format!("eml:{}", p.display())),
+            Some("mbox") => args.push(format!("mbox:{}", p.display())),
+            _ => {}
+        }
+    }
+    write_maildir(&sandbox.path().join("gen"), 50, 3);
+    args.push(format!("maildir:{}", sandbox.path().join("gen").display()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sandbox.ok(&args);
+    let mut archived = HashMap::new();
+    for m in sandbox.list() {
+        let id = m["id"].as_str().unwrap().to_string();
+        archived.insert(id.clone(), (sandbox.cat(&id), m));
+    }
+    (sandbox, archived)
+}
+
+fn restore_json(sandbox: &Sandbox, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["restore", "--json"];
+    full.extend_from_slice(args);
+    let out = sandbox
+        .command()
+        .args(&full)
+        .env("POPVAULT_PASSWORD", "secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() || out.status.code() == Some(3),
+        "{full:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn maildir_and_mbox_restores_read_back_byte_exact_and_never_duplicate() {
+    let (sandbox, archived) = corpus_archive();
+    let maildir = sandbox.path().join("restored-maildir");
+    let mbox = sandbox.path().join("restored.mbox");
+    let to_maildir = format!("maildir:{}", maildir.display());
+    let to_mbox = format!("mbox:{}", mbox.display());
+
+    let r = restore_json(&sandbox, &["--to", &to_maildir]);
+    assert_eq!(r["restored"], archived.len());
+    let read = python_dump(&[
+        helper("mailbox_dump.py").to_str().unwrap(),
+        "maildir",
+        maildir.to_str().unwrap(),
+    ]);
+    assert_eq!(read.len(), archived.len());
+    for m in &read {
+        let body = hex::decode(m["body"].as_str().unwrap()).unwrap();
+        let (original, meta) = archived
+            .get(&sha256_hex(&body))
+            .expect("a restored message is byte-identical to an archived one");
+        assert_eq!(&body, original);
+        assert_eq!(m["flags"], "S");
+        if let Some(date) = meta["date_utc"].as_str() {
+            let expected = chrono::DateTime::parse_from_rfc3339(date)
+                .unwrap()
+                .timestamp()
+                .max(0);
+            assert_eq!(
+                m["mtime"].as_i64().unwrap(),
+                expected,
+                "mtime of {}",
+                meta["id"]
+            );
+        }
+    }
+
+    let r = restore_json(&sandbox, &["--to", &to_mbox]);
+    assert_eq!(r["restored"], archived.len());
+    let read = python_dump(&[
+        helper("mailbox_dump.py").to_str().unwrap(),
+        "mbox",
+        mbox.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        read.len(),
+        archived.len(),
+        "Python splits the restored mbox into as many messages"
+    );
+    for m in &read {
+        let mut body = hex::decode(m["body"].as_str().unwrap()).unwrap();
+        if !archived.contains_key(&sha256_hex(&body)) {
+            body.pop(); // mbox adds the final newline a message lacked
+        }
+        assert!(
+            archived.contains_key(&sha256_hex(&body)),
+            "mbox message differs from every archived one: {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+    }
+
+    // Re-running either restore adds nothing.
+    for to in [&to_maildir, &to_mbox] {
+        let r = restore_json(&sandbox, &["--to", to]);
+        assert_eq!(
+            (r["restored"].as_u64(), r["already_present"].as_u64()),
+            (Some(0), Some(archived.len() as u64)),
+            "{to}"
+        );
+    }
+    let dry = restore_json(
+        &sandbox,
+        &[
+            "--to",
+            &format!("maildir:{}", sandbox.path().join("empty").display()),
+            "--dry-run",
+            "--subject",
+            "whitelist",
+        ],
+    );
+    let whitelist = archived
+        .values()
+        .filter(|(_, m)| {
+            m["subject"]
+                .as_str()
+                .is_some_and(|s| s.to_lowercase().contains("whitelist"))
+        })
+        .count();
+    assert!(whitelist >= 2);
+    assert_eq!(dry["new"], whitelist);
+    assert_eq!(dry["plan"].as_array().unwrap().len(), whitelist);
+    assert_eq!(
+        std::fs::read_dir(sandbox.path().join("empty/cur"))
+            .unwrap()
+            .count(),
+        0,
+        "--dry-run wrote nothing"
+    );
+}
+
+/// What an IMAP client reads back: CRLF line endings (popvault sends bare LF as CRLF, as IMAP
+/// requires), and NUL bytes as 0x80 (popvault sends them as BINARY literal8; Dovecot stores
+/// them, but a FETCH without BINARY, all Python's imaplib can do, shows NUL as 0x80).
+fn normalise(raw: &[u8]) -> Vec<u8> {
+    popvault::restore::imap::crlf_normalise(raw)
+        .into_iter()
+        .map(|b| if b == 0 { 0x80 } else { b })
+        .collect()
+}
+
+#[test]
+fn imap_restore_over_tls_keeps_bytes_dates_and_flags_and_never_duplicates() {
+    let dovecot = Dovecot::start();
+    let (sandbox, archived) = corpus_archive();
+    let url = format!(
+        "imaps://{}@127.0.0.1:{}/Restored/Old mail ü",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
+    let skipped = r["skipped"].as_array().unwrap().len();
+    assert_eq!(
+        r["restored"].as_u64().unwrap() as usize + skipped,
+        archived.len(),
+        "{r}"
+    );
+    assert_eq!(skipped, 0, "{r}");
+
+    let read = python_dump(&[
+        helper("imap_dump.py").to_str().unwrap(),
+        &dovecot.imaps_port.to_string(),
+        ca.to_str().unwrap(),
+        dovecot.user(),
+        dovecot.password(),
+        "Restored.Old mail &APw-",
+    ]);
+    assert_eq!(read.len(), archived.len());
+    let by_normalised: HashMap<String, &serde_json::Value> = archived
+        .values()
+        .map(|(raw, meta)| (sha256_hex(&normalise(raw)), meta))
+        .collect();
+    for m in &read {
+        let body = hex::decode(m["body"].as_str().unwrap()).unwrap();
+        let meta = by_normalised.get(&sha256_hex(&body)).unwrap_or_else(|| {
+            panic!(
+                "IMAP message differs from every archived one (after CRLF normalisation): {:?}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )
+        });
+        assert!(m["flags"].as_array().unwrap().iter().any(|f| f == "\\Seen"));
+        if let Some(date) = meta["date_utc"].as_str() {
+            let expected = chrono::DateTime::parse_from_rfc3339(date)
+                .unwrap()
+                .timestamp();
+            assert_eq!(
+                m["internaldate"].as_i64().unwrap(),
+                expected,
+                "INTERNALDATE of {}",
+                meta["id"]
+            );
+        }
+    }
+    let again = restore_json(
+        &sandbox,
+        &[
+            "--to",
+            &url.replace("imaps://", "imap://").replace(
+                &dovecot.imaps_port.to_string(),
+                &dovecot.imap_port.to_string(),
+            ),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        (
+            again["restored"].as_u64(),
+            again["already_present"].as_u64()
+        ),
+        (Some(0), Some(archived.len() as u64))
+    );
+}
+
+#[test]
+fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let messages = write_maildir(&sandbox.path().join("gen"), 3000, 17);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("gen").display()),
+    ]);
+    let url = format!(
+        "imaps://{}@127.0.0.1:{}/Crash",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    let mut rng = Rng(0xabcdef);
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let mut child = sandbox
+            .command()
+            .args([
+                "restore",
+                "--to",
+                &url,
+                "--ca-file",
+                ca.to_str().unwrap(),
+                "-q",
+            ])
+            .env("POPVAULT_PASSWORD", dovecot.password())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100 + rng.next() % 400));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(
+        interrupted > 0,
+        "no restore was interrupted: the test proved nothing"
+    );
+    let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(
+        r["already_present"].as_u64().unwrap() + r["restored"].as_u64().unwrap(),
+        3000
+    );
+    let read = python_dump(&[
+        helper("imap_dump.py").to_str().unwrap(),
+        &dovecot.imaps_port.to_string(),
+        ca.to_str().unwrap(),
+        dovecot.user(),
+        dovecot.password(),
+        "Crash",
+    ]);
+    assert_eq!(read.len(), 3000, "each message exactly once");
+    let mut seen = std::collections::HashSet::new();
+    for m in &read {
+        assert!(
+            seen.insert(m["body"].as_str().unwrap().to_string()),
+            "a duplicate on the server"
+        );
+    }
+    for m in messages.iter().step_by(101) {
+        assert!(seen.contains(&hex::encode(normalise(m))));
+    }
+}
