@@ -30,6 +30,9 @@ pub struct MboxMessage {
     pub bytes: Vec<u8>,
 }
 
+/// A raw line of the file and the offset it starts at.
+type Line = (u64, Vec<u8>);
+
 pub struct MboxReader<R> {
     input: R,
     /// Lines read ahead (or pushed back), with their file offsets.
@@ -124,7 +127,7 @@ impl<R: BufRead> MboxReader<R> {
         let mut prev_blank = false;
         // Postmarks skipped because Content-Length said they were body lines: where `bytes` was
         // at the first one, and the raw lines read since, to give back if the header lied.
-        let mut held: Option<(usize, Vec<(u64, Vec<u8>)>)> = None;
+        let mut held: Option<(usize, Vec<Line>)> = None;
         while let Some((at, line)) = self.read_line()? {
             let inside_by_length = !in_headers && content_length.is_some_and(|cl| body_len < cl);
             let postmark = line.starts_with(b"From ") && self.is_separator(&line, prev_blank)?;
