@@ -4,6 +4,7 @@ pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod import;
 pub mod pop3;
 pub mod restore;

@@ -33,8 +33,6 @@ pub enum Source {
     },
     /// A single message file.
     Eml { path: String },
-    /// A message of a `popvault export` tar, with the source it had in the exporting archive.
-    Tar { path: String, original: Box<Source> },
 }
 
 impl Source {
@@ -45,14 +43,12 @@ impl Source {
             Source::Maildir { path, .. } => format!("maildir:{path}"),
             Source::Mbox { path, .. } => format!("mbox:{path}"),
             Source::Eml { path } => format!("eml:{path}"),
-            Source::Tar { original, .. } => original.label(),
         }
     }
 
     pub fn pop3_account(&self) -> Option<&str> {
         match self {
             Source::Pop3 { account, .. } => Some(account),
-            Source::Tar { original, .. } => original.pop3_account(),
             _ => None,
         }
     }

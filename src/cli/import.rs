@@ -14,10 +14,11 @@ Sources:
   maildir:DIR   the files of DIR/cur and DIR/new (flags from the file names are kept)
   mbox:FILE     an mbox file (mboxrd: one '>' is removed from '>From ' lines; see doc/FORMAT.md)
   eml:FILE      one message
+  tar:FILE      a `popvault export` (.tar or .tar.zst), with its metadata
 
 Re-importing the same source adds nothing.")]
 pub struct ImportArgs {
-    /// What to import: maildir:DIR, mbox:FILE or eml:FILE.
+    /// What to import: maildir:DIR, mbox:FILE, eml:FILE or tar:FILE.
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<String>,
     /// Wait for another writer to finish instead of failing at once.
@@ -38,6 +39,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
                 ImportSource::Maildir(p) => ImportSource::Maildir(super::expand_tilde(&p)),
                 ImportSource::Mbox(p) => ImportSource::Mbox(super::expand_tilde(&p)),
                 ImportSource::Eml(p) => ImportSource::Eml(super::expand_tilde(&p)),
+                ImportSource::Tar(p) => ImportSource::Tar(super::expand_tilde(&p)),
             })
         })
         .collect::<Result<Vec<_>, import::ImportError>>()?;

@@ -2,6 +2,7 @@
 
 mod backup;
 mod exit;
+mod export;
 mod import;
 mod list;
 mod output;
@@ -75,6 +76,8 @@ pub enum Command {
     /// Plans first (new / already present), re-hashes every message before writing it, keeps
     /// dates and flags, and never duplicates on a re-run.
     Restore(restore::RestoreArgs),
+    /// Write selected messages to a portable, self-verifying tar (or .tar.zst).
+    Export(export::ExportArgs),
     /// Show what the archive holds: messages, sizes, compression, dedup, sources, last run.
     Stats(stats::StatsArgs),
     /// Prove the archive is intact, naming every damaged message. Never writes.
@@ -185,6 +188,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),
         Command::Restore(args) => restore::run(ctx, args),
+        Command::Export(args) => export::run(ctx, args),
         Command::Stats(args) => stats::run(ctx, args),
         Command::Verify(args) => verify::run(ctx, args),
     }

@@ -1,6 +1,7 @@
 //! Import of local mail: Maildir folders, mbox files, single messages, and popvault export tars.
 
 pub mod mbox;
+mod tar;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -19,6 +20,8 @@ pub enum ImportSource {
     Maildir(PathBuf),
     Mbox(PathBuf),
     Eml(PathBuf),
+    /// A `popvault export` tar (plain or .tar.zst).
+    Tar(PathBuf),
 }
 
 impl FromStr for ImportSource {
@@ -35,6 +38,7 @@ impl FromStr for ImportSource {
             "maildir" => Ok(ImportSource::Maildir(path)),
             "mbox" => Ok(ImportSource::Mbox(path)),
             "eml" => Ok(ImportSource::Eml(path)),
+            "tar" => Ok(ImportSource::Tar(path)),
             _ => Err(ImportError::BadSpec(s.to_string())),
         }
     }
@@ -46,18 +50,23 @@ impl fmt::Display for ImportSource {
             ImportSource::Maildir(p) => write!(f, "maildir:{}", p.display()),
             ImportSource::Mbox(p) => write!(f, "mbox:{}", p.display()),
             ImportSource::Eml(p) => write!(f, "eml:{}", p.display()),
+            ImportSource::Tar(p) => write!(f, "tar:{}", p.display()),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{0:?} is not an import source: write maildir:DIR, mbox:FILE or eml:FILE")]
+    #[error("{0:?} is not an import source: write maildir:DIR, mbox:FILE, eml:FILE or tar:FILE")]
     BadSpec(String),
     #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is not a Maildir (it has no cur/ or new/ directory)")]
     NotMaildir { path: PathBuf },
+    #[error("{path} is refused: {what}; nothing from it was written")]
+    HostileTar { path: PathBuf, what: String },
+    #[error("{path}: member {member} does not hash to its name (the export is damaged)")]
+    TarDamaged { path: PathBuf, member: String },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -75,7 +84,7 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
-    fn count(&mut self, added: Added, size: u64) {
+    pub(crate) fn count(&mut self, added: Added, size: u64) {
         self.messages += 1;
         self.bytes += size;
         match added {
@@ -99,6 +108,7 @@ pub fn import(
     match source {
         ImportSource::Maildir(dir) => import_maildir(writer, dir, &mut report, progress)?,
         ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
+        ImportSource::Tar(path) => tar::import_tar(writer, path, &mut report, progress)?,
         ImportSource::Eml(path) => {
             let abs = absolute(path)?;
             let mut file = File::open(path).map_err(read_err(path))?;

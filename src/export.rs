@@ -1,0 +1,167 @@
+//! `export`: a portable, self-verifying tar (optionally zstd-compressed) of selected messages.
+//!
+//! Layout, in this order: `MANIFEST.jsonl` (one line per message: its catalog record, `sha256`
+//! and `file`), `SHA256SUMS` (for `sha256sum -c`), then `messages/<sha256>.eml`. Everything in it
+//! is a function of the archive's content, so the same archive and selection give the same bytes:
+//! members are sorted by message time then id, and carry mode 0644, owner 0, and the message's
+//! time as mtime.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::archive::select::{Selection, message_time};
+use crate::archive::{Archive, ArchiveError, Digest, Message, durable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// One line of MANIFEST.jsonl.
+#[derive(Serialize)]
+struct ManifestLine<'a> {
+    #[serde(flatten)]
+    message: &'a Message<'a>,
+    sha256: Digest,
+    file: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ExportReport {
+    pub file: String,
+    pub messages: usize,
+    pub bytes: u64,
+    /// Damaged messages left out (named in `skipped`).
+    pub skipped: Vec<(Digest, String)>,
+}
+
+pub fn member_name(id: &Digest) -> String {
+    format!("messages/{id}.eml")
+}
+
+/// Writes the export to `path` (through a temp file renamed at the end: never half a file).
+pub fn export(
+    archive: &Archive,
+    selection: &Selection,
+    path: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ExportReport, ExportError> {
+    let write_err = |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut messages: Vec<Message<'_>> = archive
+        .messages()
+        .into_iter()
+        .filter(|m| selection.matches(m))
+        .collect();
+    messages.sort_by_key(|m| (message_time(m), m.id));
+
+    // Damaged messages are left out, so the manifest written first names only what follows.
+    let damaged: Vec<(Digest, String)> = messages
+        .par_iter()
+        .filter_map(|m| {
+            let location = archive.location(&m.id)?;
+            let pack = archive.pack_path(&location.pack);
+            let fault = File::open(&pack)
+                .map_err(|e| e.to_string())
+                .and_then(|mut f| location.check(&m.id, &mut f).map_err(|e| e.to_string()));
+            fault.err().map(|reason| (m.id, reason))
+        })
+        .collect();
+    messages.retain(|m| !damaged.iter().any(|(id, _)| *id == m.id));
+
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let file = durable::create_new(&tmp).or_else(|_| {
+        let _ = std::fs::remove_file(&tmp);
+        durable::create_new(&tmp)
+    });
+    let file = file.map_err(|source| ExportError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    let zstd = name.ends_with(".zst") || name.ends_with(".tzst");
+    let out: Box<dyn Write> = if zstd {
+        Box::new(
+            zstd::stream::write::Encoder::new(BufWriter::new(file), 3)
+                .map_err(write_err)?
+                .auto_finish(),
+        )
+    } else {
+        Box::new(BufWriter::new(file))
+    };
+    let mut tar = tar::Builder::new(out);
+
+    let mut manifest = Vec::new();
+    let mut sums = String::new();
+    for m in &messages {
+        let line = ManifestLine {
+            message: m,
+            sha256: m.id,
+            file: member_name(&m.id),
+        };
+        serde_json::to_writer(&mut manifest, &line).expect("manifest lines serialize");
+        manifest.push(b'\n');
+        sums.push_str(&format!("{}  {}\n", m.id, member_name(&m.id)));
+    }
+    let newest = messages
+        .last()
+        .map_or(0, |m| message_time(m).timestamp().max(0) as u64);
+    append(&mut tar, "MANIFEST.jsonl", newest, &manifest).map_err(write_err)?;
+    append(&mut tar, "SHA256SUMS", newest, sums.as_bytes()).map_err(write_err)?;
+    let mut report = ExportReport {
+        file: path.display().to_string(),
+        skipped: damaged,
+        ..ExportReport::default()
+    };
+    for m in &messages {
+        let raw = archive.read_message(&m.id)?;
+        append(
+            &mut tar,
+            &member_name(&m.id),
+            message_time(m).timestamp().max(0) as u64,
+            &raw,
+        )
+        .map_err(write_err)?;
+        report.messages += 1;
+        report.bytes += raw.len() as u64;
+        progress(raw.len() as u64);
+    }
+    let mut out = tar.into_inner().map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    drop(out); // finishes the zstd frame
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(write_err)?;
+    durable::rename_durably(&tmp, path).map_err(write_err)?;
+    Ok(report)
+}
+
+fn append(
+    tar: &mut tar::Builder<Box<dyn Write>>,
+    name: &str,
+    mtime: u64,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(name)?;
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    tar.append(&header, bytes)
+}

@@ -1,0 +1,200 @@
+//! Import of a `popvault export` tar (plain or zstd): every message with the metadata the
+//! exporting archive had. The tar is read as untrusted input: only the three kinds of member an
+//! export has are accepted, never a link, device, absolute path or `..`, and every member's size
+//! is bounded; nothing from it is ever written to disk except into the archive.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{ImportError, ImportReport};
+use crate::archive::{Digest, Incoming, Source, Writer};
+
+/// The largest message member accepted.
+const MAX_MESSAGE: u64 = 1 << 30;
+/// The largest MANIFEST.jsonl or SHA256SUMS accepted.
+const MAX_INDEX: u64 = 1 << 30;
+/// Messages are handed to the writer in batches of about this many bytes.
+const BATCH_BYTES: u64 = 16 << 20;
+
+#[derive(Deserialize)]
+struct ManifestLine {
+    id: Digest,
+    first_seen: DateTime<Utc>,
+    sources: Vec<Source>,
+    #[serde(default)]
+    flags: Option<String>,
+}
+
+fn hostile(path: &Path, what: &str) -> ImportError {
+    ImportError::HostileTar {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    }
+}
+
+pub fn import_tar(
+    writer: &mut Writer,
+    path: &Path,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ImportError> {
+    let read_err = |source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = BufReader::new(File::open(path).map_err(read_err)?);
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(read_err)?;
+    let file = BufReader::new(File::open(path).map_err(read_err)?);
+    let input: Box<dyn Read> = if n == 4 && magic == [0x28, 0xB5, 0x2F, 0xFD] {
+        Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(read_err)?)
+    } else {
+        Box::new(file)
+    };
+    let mut tar = tar::Archive::new(input);
+    let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
+    let mut batch: Vec<Incoming> = Vec::new();
+    let mut batch_bytes = 0;
+    for entry in tar.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let header = entry.header();
+        let member = entry.path().map_err(read_err)?.into_owned();
+        let shown = member.display().to_string();
+        if !matches!(
+            header.entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            return Err(hostile(
+                path,
+                &format!(
+                    "member {shown:?} is a {:?}, not a file (links and devices are refused)",
+                    header.entry_type()
+                ),
+            ));
+        }
+        if member
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(hostile(
+                path,
+                &format!("member {shown:?} has an absolute path or '..'"),
+            ));
+        }
+        let size = header.size().map_err(read_err)?;
+        let name = member.to_string_lossy().into_owned();
+        let limit = if name.starts_with("messages/") {
+            MAX_MESSAGE
+        } else {
+            MAX_INDEX
+        };
+        if size > limit {
+            return Err(hostile(
+                path,
+                &format!("member {shown:?} claims {size} bytes, more than {limit}"),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
+        (&mut entry)
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > limit {
+            return Err(hostile(
+                path,
+                &format!("member {shown:?} is larger than {limit} bytes"),
+            ));
+        }
+        match name.as_str() {
+            "MANIFEST.jsonl" if manifest.is_none() => {
+                let mut lines = HashMap::new();
+                for (n, line) in bytes
+                    .split(|&b| b == b'\n')
+                    .enumerate()
+                    .filter(|(_, l)| !l.is_empty())
+                {
+                    let record: ManifestLine = serde_json::from_slice(line).map_err(|e| {
+                        hostile(
+                            path,
+                            &format!(
+                                "MANIFEST.jsonl line {} is not a manifest record: {e}",
+                                n + 1
+                            ),
+                        )
+                    })?;
+                    lines.insert(record.id, record);
+                }
+                manifest = Some(lines);
+            }
+            "SHA256SUMS" => {} // the same checks are made on every message below
+            _ => {
+                let Some(records) = &manifest else {
+                    return Err(hostile(
+                        path,
+                        "MANIFEST.jsonl is not the first member: not a popvault export",
+                    ));
+                };
+                let id = name
+                    .strip_prefix("messages/")
+                    .and_then(|n| n.strip_suffix(".eml"))
+                    .and_then(|hex| hex.parse::<Digest>().ok())
+                    .ok_or_else(|| {
+                        hostile(
+                            path,
+                            &format!("unexpected member {shown:?}: not a popvault export"),
+                        )
+                    })?;
+                if Digest::of(&bytes) != id {
+                    return Err(ImportError::TarDamaged {
+                        path: path.to_path_buf(),
+                        member: shown,
+                    });
+                }
+                let record = records.get(&id).ok_or_else(|| {
+                    hostile(path, &format!("member {shown:?} is not in MANIFEST.jsonl"))
+                })?;
+                batch_bytes += bytes.len() as u64;
+                let size = bytes.len() as u64;
+                for source in &record.sources {
+                    batch.push(Incoming {
+                        raw: bytes.clone(),
+                        source: source.clone(),
+                        flags: record.flags.clone(),
+                        first_seen: record.first_seen,
+                    });
+                }
+                progress(size);
+                if batch_bytes >= BATCH_BYTES {
+                    flush(writer, &mut batch, report)?;
+                    batch_bytes = 0;
+                }
+            }
+        }
+    }
+    flush(writer, &mut batch, report)?;
+    if manifest.is_none() {
+        return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
+    }
+    Ok(())
+}
+
+fn flush(
+    writer: &mut Writer,
+    batch: &mut Vec<Incoming>,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+    for (added, size) in writer
+        .add_batch(std::mem::take(batch))?
+        .into_iter()
+        .zip(sizes)
+    {
+        report.count(added, size);
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `popvault export` and `import tar:`: a deterministic, self-verifying round trip, and hostile
+//! tars refused with nothing written outside the archive.
+
+use std::fs;
+use std::process::Command;
+
+use crate::support::{Sandbox, corpus_dir, write_maildir};
+
+fn archive_with_mail() -> Sandbox {
+    let sandbox = Sandbox::new();
+    write_maildir(&sandbox.path().join("gen"), 40, 5);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("gen").display()),
+        &format!(
+            "mbox:{}",
+            corpus_dir().join("mail-box-mbox_src.mbox").display()
+        ),
+        &format!("eml:{}", corpus_dir().join("git-nul-plain.eml").display()),
+    ]);
+    sandbox
+}
+
+#[test]
+fn export_import_round_trip_is_identical_deterministic_and_checkable_with_standard_tools() {
+    let sandbox = archive_with_mail();
+    for name in ["out.tar", "out.tar.zst"] {
+        let file = sandbox.path().join(name);
+        sandbox.ok(&["export", file.to_str().unwrap()]);
+        let first = fs::read(&file).unwrap();
+        sandbox.ok(&["export", file.to_str().unwrap()]);
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            first,
+            "{name}: the same archive must give the same bytes"
+        );
+
+        // The two documented commands, without popvault.
+        let dir = sandbox.path().join(format!("x-{name}"));
+        fs::create_dir(&dir).unwrap();
+        let mut tar = Command::new("tar");
+        if name.ends_with(".zst") {
+            tar.arg("--zstd");
+        }
+        assert!(
+            tar.arg("-xf")
+                .arg(&file)
+                .arg("-C")
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"MANIFEST.jsonl".to_string())
+                && names.contains(&"SHA256SUMS".to_string())
+        );
+        let check = Command::new("sha256sum")
+            .args(["-c", "--quiet", "SHA256SUMS"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+
+        let other = Sandbox::new();
+        other.ok(&["import", &format!("tar:{}", file.display())]);
+        other.ok(&["verify", "--full"]);
+        assert_eq!(
+            other.ok(&["list", "--json"]),
+            sandbox.ok(&["list", "--json"]),
+            "{name}: list --json differs after the round trip"
+        );
+        let again = other.ok(&["import", &format!("tar:{}", file.display())]);
+        assert!(again.contains(" 0 new"), "{again}");
+    }
+    // A damaged export is caught.
+    let file = sandbox.path().join("out.tar");
+    let mut bytes = fs::read(&file).unwrap();
+    let at = bytes.len() - 3000;
+    bytes[at] ^= 0x20;
+    fs::write(&file, bytes).unwrap();
+    let out = Sandbox::new().run(&["import", &format!("tar:{}", file.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not hash to its name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw tar member header: any name, type and claimed size (the tar crate's builder refuses
+/// hostile names, so the bytes are made by hand).
+fn raw_member(
+    name: &[u8],
+    kind: u8,
+    data: &[u8],
+    claimed_size: Option<u64>,
+    link: &[u8],
+) -> Vec<u8> {
+    let mut header = tar::Header::new_old();
+    let old = header.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name);
+    old.linkname[..link.len()].copy_from_slice(link);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_size(claimed_size.unwrap_or(data.len() as u64));
+    header.set_entry_type(tar::EntryType::new(kind));
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+fn tar_of(members: &[Vec<u8>]) -> Vec<u8> {
+    let mut out: Vec<u8> = members.concat();
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+#[test]
+fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
+    let sandbox = Sandbox::new();
+    let manifest = raw_member(b"MANIFEST.jsonl", b'0', b"", None, b"");
+    let victim = sandbox.path().join("victim");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"../victim", b'0', b"evil", None, b""),
+            ]),
+            "'..'",
+        ),
+        (
+            "absolute",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(
+                    victim.to_str().unwrap().as_bytes(),
+                    b'0',
+                    b"evil",
+                    None,
+                    b"",
+                ),
+            ]),
+            "absolute",
+        ),
+        (
+            "symlink",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"messages/link.eml", b'2', b"", None, b"/etc/passwd"),
+            ]),
+            "not a file",
+        ),
+        (
+            "hardlink",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"messages/hard.eml", b'1', b"", None, b"MANIFEST.jsonl"),
+            ]),
+            "not a file",
+        ),
+        (
+            "device",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"messages/dev.eml", b'3', b"", None, b""),
+            ]),
+            "not a file",
+        ),
+        (
+            "huge",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"messages/huge.eml", b'0', b"x", Some(1 << 40), b""),
+            ]),
+            "claims",
+        ),
+        (
+            "no manifest",
+            tar_of(&[raw_member(b"messages/x.eml", b'0', b"x", None, b"")]),
+            "MANIFEST.jsonl is not the first member",
+        ),
+        (
+            "stranger",
+            tar_of(&[
+                manifest.clone(),
+                raw_member(b"notes.txt", b'0', b"hi", None, b""),
+            ]),
+            "not a popvault export",
+        ),
+    ];
+    for (what, bytes, needle) in cases {
+        let file = sandbox
+            .path()
+            .join(format!("{}.tar", what.replace(' ', "-")));
+        fs::write(&file, bytes).unwrap();
+        let out = sandbox.run(&["import", &format!("tar:{}", file.display())]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("is refused") || stderr.contains("not a popvault export"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{what}: expected {needle:?} in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !victim.exists() && !sandbox.path().join("../victim").exists(),
+            "{what}: a file was written outside the archive"
+        );
+    }
+    let commits = fs::read_dir(sandbox.archive().join("commits"))
+        .unwrap()
+        .count();
+    assert_eq!(commits, 0, "nothing was committed from a hostile tar");
+}
