@@ -1,13 +1,16 @@
 //! The command line: the only module that prints, reads the environment or picks exit codes.
 
 mod backup;
+pub mod docs;
 mod exit;
 mod export;
 mod import;
 mod list;
 mod output;
 mod restore;
+mod schedule;
 mod stats;
+mod status;
 mod verify;
 
 use std::ffi::OsString;
@@ -78,8 +81,22 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Write selected messages to a portable, self-verifying tar (or .tar.zst).
     Export(export::ExportArgs),
+    /// Print shell completions: popvault completions bash > /etc/bash_completion.d/popvault
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), as committed in man/popvault.1.
+    #[command(hide = true)]
+    Man,
+    /// Print a systemd timer, crontab line or launchd job for nightly backups, filled in.
+    Schedule(schedule::ScheduleArgs),
     /// Show what the archive holds: messages, sizes, compression, dedup, sources, last run.
     Stats(stats::StatsArgs),
+    /// For each account: the last successful backup, its age, what is archived and on the server.
+    ///
+    /// With --max-age, exits 6 when a backup is overdue, for monitoring.
+    Status(status::StatusArgs),
     /// Prove the archive is intact, naming every damaged message. Never writes.
     ///
     /// Without --full: checks structure (commit records, catalog segments, packs present with the
@@ -91,6 +108,7 @@ pub enum Command {
 /// What `cli` knows about where it runs; read from the environment once, here.
 pub struct Context {
     pub archive: PathBuf,
+    pub config_path: PathBuf,
     pub config: Config,
     pub quiet: bool,
 }
@@ -141,6 +159,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         });
     Ok(Context {
         archive: expand_tilde(&archive),
+        config_path,
         config,
         quiet: cli.quiet,
     })
@@ -189,7 +208,17 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Cat(args) => list::cat(ctx, args),
         Command::Restore(args) => restore::run(ctx, args),
         Command::Export(args) => export::run(ctx, args),
+        Command::Schedule(args) => schedule::run(ctx, args),
         Command::Stats(args) => stats::run(ctx, args),
+        Command::Status(args) => status::run(ctx, args),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            std::io::Write::write_all(&mut std::io::stdout(), &docs::man_page())?;
+            Ok(Exit::Ok)
+        }
         Command::Verify(args) => verify::run(ctx, args),
     }
 }

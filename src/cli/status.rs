@@ -1,0 +1,164 @@
+//! `popvault status`: for each account, the last successful backup and what is archived, with
+//! an exit status monitoring can alert on.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use clap::Args;
+use serde::Serialize;
+
+use super::output::{human_bytes, local_time};
+use super::{Context, Exit};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Example, for monitoring: popvault status --max-age 48h -q || notify-admin
+Exit status 6 when an account's last successful backup is older than --max-age (or never was).")]
+pub struct StatusArgs {
+    /// Warn, and exit 6, when an account's last successful backup is older than this
+    /// (e.g. 36h, 2d, 90m).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    max_age: Option<Duration>,
+    /// Print a JSON array, one object per account.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age like 48h, 2d or 90m"))?;
+    match unit {
+        "m" | "min" => Ok(Duration::minutes(n)),
+        "h" | "" => Ok(Duration::hours(n)),
+        "d" => Ok(Duration::days(n)),
+        _ => Err(format!("{s:?} is not an age like 48h, 2d or 90m")),
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct AccountStatus {
+    account: String,
+    server: Option<String>,
+    last_success: Option<DateTime<Utc>>,
+    last_attempt: Option<DateTime<Utc>>,
+    last_attempt_ok: Option<bool>,
+    messages_archived: u64,
+    bytes_archived: u64,
+    messages_on_server: Option<u64>,
+    bytes_on_server: Option<u64>,
+    stale: bool,
+}
+
+pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
+    let archive = ctx.open_archive()?;
+    let mut accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
+    for a in &ctx.config.accounts {
+        accounts.insert(
+            a.name.clone(),
+            AccountStatus {
+                account: a.name.clone(),
+                ..Default::default()
+            },
+        );
+    }
+    for commit in archive.commits() {
+        for run in &commit.accounts {
+            let s = accounts
+                .entry(run.account.clone())
+                .or_insert_with(|| AccountStatus {
+                    account: run.account.clone(),
+                    ..Default::default()
+                });
+            s.server = Some(run.server.clone());
+            s.last_attempt = Some(commit.finished);
+            s.last_attempt_ok = Some(run.ok);
+            if run.ok {
+                s.last_success = Some(commit.finished);
+                s.messages_on_server = Some(run.on_server);
+                s.bytes_on_server = Some(run.on_server_bytes);
+            }
+        }
+    }
+    for e in archive.entries() {
+        if let Some(account) = e.source.pop3_account() {
+            let s = accounts
+                .entry(account.to_string())
+                .or_insert_with(|| AccountStatus {
+                    account: account.to_string(),
+                    ..Default::default()
+                });
+            s.messages_archived += 1;
+            s.bytes_archived += e.size;
+        }
+    }
+    let now = Utc::now();
+    let mut stale = 0;
+    for s in accounts.values_mut() {
+        if let Some(max) = args.max_age {
+            s.stale = s.last_success.is_none_or(|t| now - t > max);
+            stale += usize::from(s.stale);
+        }
+    }
+    let list: Vec<&AccountStatus> = accounts.values().collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        if list.is_empty() && !ctx.quiet {
+            println!("no POP3 accounts yet: add one to the config file and run `popvault backup`");
+        }
+        for s in &list {
+            if s.stale {
+                let when = s.last_success.map_or("never".to_string(), |t| {
+                    format!("{} ({} ago)", local_time(t), age(now - t))
+                });
+                eprintln!("warning: {}: last successful backup {when}", s.account);
+            }
+            if ctx.quiet {
+                continue;
+            }
+            let success = s.last_success.map_or("never".to_string(), |t| {
+                format!("{} ({} ago)", local_time(t), age(now - t))
+            });
+            let failed = if s.last_attempt_ok == Some(false) {
+                ", LAST ATTEMPT FAILED"
+            } else {
+                ""
+            };
+            let on_server = s
+                .messages_on_server
+                .map_or(String::new(), |n| format!(", {n} on the server"));
+            println!(
+                "{}: last success {success}{failed}; {} messages archived ({}){on_server}",
+                s.account,
+                s.messages_archived,
+                human_bytes(s.bytes_archived)
+            );
+        }
+    }
+    Ok(if stale > 0 { Exit::Stale } else { Exit::Ok })
+}
+
+fn age(d: Duration) -> String {
+    if d.num_days() >= 2 {
+        format!("{} days", d.num_days())
+    } else if d.num_hours() >= 1 {
+        format!("{} h", d.num_hours())
+    } else {
+        format!("{} min", d.num_minutes().max(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("48h").unwrap(), Duration::hours(48));
+        assert_eq!(parse_age("2d").unwrap(), Duration::days(2));
+        assert_eq!(parse_age("90m").unwrap(), Duration::minutes(90));
+        assert!(parse_age("soon").is_err());
+    }
+}
