@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
-if command -v popvault >/dev/null 2>&1; then
+if [ -n "${POPVAULT_BIN:-}" ]; then
+    popvault() { "$POPVAULT_BIN" "$@"; }
+elif command -v popvault >/dev/null 2>&1; then
     popvault() { command popvault "$@"; }
 else
     cargo build --release --quiet --manifest-path "$top/Cargo.toml"

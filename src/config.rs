@@ -15,20 +15,26 @@ pub struct Config {
 }
 
 /// One `[[account]]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
     pub name: String,
     /// `pop3s://user@host[:port]` or `pop3://user@host[:port]`.
     pub server: String,
     /// `implicit`, `starttls` or `none`; by default from the URL scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
     /// `auto`, `user`, `apop`, `plain`, `login`, `xoauth2` or `oauthbearer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_fingerprint: Option<String>,
     /// Run by `sh -c`; the first line of its output is the password (or OAuth token).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_after_days: Option<u32>,
 }
 

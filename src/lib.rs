@@ -7,5 +7,6 @@ pub mod config;
 pub mod export;
 pub mod import;
 pub mod pop3;
+pub mod probe;
 pub mod restore;
 pub mod transport;

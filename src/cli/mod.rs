@@ -9,6 +9,7 @@ mod list;
 mod output;
 mod restore;
 mod schedule;
+mod server_info;
 mod stats;
 mod status;
 mod verify;
@@ -91,6 +92,12 @@ pub enum Command {
     Man,
     /// Print a systemd timer, crontab line or launchd job for nightly backups, filled in.
     Schedule(schedule::ScheduleArgs),
+    /// Show what a POP3 server offers: capabilities, TLS and its certificate (with the SHA-256
+    /// to pin), login methods, and with a password the message count and size. Changes nothing.
+    ServerInfo(server_info::ServerInfoArgs),
+    /// Add an account: asks for server and password command, tests the login, writes the
+    /// config file (mode 0600) and shows how to schedule nightly backups.
+    Setup(server_info::SetupArgs),
     /// Show what the archive holds: messages, sizes, compression, dedup, sources, last run.
     Stats(stats::StatsArgs),
     /// For each account: the last successful backup, its age, what is archived and on the server.
@@ -147,6 +154,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         }
     };
     let config = Config::load(&config_path, optional)?;
+    warn_if_config_is_readable_by_others(&config_path, &config);
     let archive = cli
         .archive
         .clone()
@@ -163,6 +171,20 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         config,
         quiet: cli.quiet,
     })
+}
+
+/// A config file that says how to get passwords should be readable by its owner only.
+fn warn_if_config_is_readable_by_others(path: &std::path::Path, config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let has_secrets = config.accounts.iter().any(|a| a.password_command.is_some());
+    if let Ok(meta) = std::fs::metadata(path) {
+        if has_secrets && meta.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "warning: {} is readable by other users and holds password commands: chmod 600 it",
+                path.display()
+            );
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -209,6 +231,8 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Restore(args) => restore::run(ctx, args),
         Command::Export(args) => export::run(ctx, args),
         Command::Schedule(args) => schedule::run(ctx, args),
+        Command::ServerInfo(args) => server_info::server_info(ctx, args),
+        Command::Setup(args) => server_info::setup(ctx, args),
         Command::Stats(args) => stats::run(ctx, args),
         Command::Status(args) => status::run(ctx, args),
         Command::Completions { shell } => {

@@ -52,7 +52,12 @@ struct AccountStatus {
 }
 
 pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
+    // No archive yet is not an error here: every account has simply never been backed up.
+    let archive = match crate::archive::Archive::open(&ctx.archive) {
+        Ok(a) => Some(a),
+        Err(crate::archive::ArchiveError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
     for a in &ctx.config.accounts {
         accounts.insert(
@@ -63,7 +68,9 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             },
         );
     }
-    for commit in archive.commits() {
+    let commits = archive.as_ref().map(|a| a.commits()).unwrap_or_default();
+    let entries = archive.as_ref().map(|a| a.entries()).unwrap_or_default();
+    for commit in commits {
         for run in &commit.accounts {
             let s = accounts
                 .entry(run.account.clone())
@@ -81,7 +88,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    for e in archive.entries() {
+    for e in entries {
         if let Some(account) = e.source.pop3_account() {
             let s = accounts
                 .entry(account.to_string())

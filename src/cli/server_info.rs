@@ -1,0 +1,289 @@
+//! `popvault server-info` and `popvault setup`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use super::backup::password_for;
+use super::output::{human_bytes, local_time};
+use super::{Context, Exit};
+use crate::account::{Account, Overrides};
+use crate::config::{AccountConfig, Config};
+use crate::probe::{ServerInfo, probe};
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// TLS: implicit (pop3s), starttls, or none.
+    #[arg(long, value_name = "MODE")]
+    tls: Option<String>,
+    /// Login method: auto, user, apop, plain, login, xoauth2, oauthbearer.
+    #[arg(long, value_name = "METHOD")]
+    auth: Option<String>,
+    /// Trust only the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    tls_fingerprint: Option<String>,
+}
+
+impl ConnectArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            tls: self.tls.clone(),
+            auth: self.auth.clone(),
+            ca_file: self.ca_file.clone(),
+            tls_fingerprint: self.tls_fingerprint.clone(),
+            delete_after_days: None,
+            timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Logs in (for the message count and size) only when a password is at hand: the account's
+password_command, $POPVAULT_PASSWORD, or --login to be asked. Nothing is fetched or deleted.")]
+pub struct ServerInfoArgs {
+    /// An account of the config file, or a server URL (pop3s://USER@HOST[:PORT], pop3://...).
+    #[arg(value_name = "ACCOUNT|URL")]
+    target: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Log in even without a configured password (asks for it on the terminal).
+    #[arg(long)]
+    login: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn account_for(ctx: &Context, target: &str, overrides: &Overrides) -> anyhow::Result<Account> {
+    let config = match ctx.config.accounts.iter().find(|a| a.name == target) {
+        Some(a) => a.clone(),
+        None if target.contains("://") => {
+            let url: crate::account::ServerUrl = target.parse()?;
+            AccountConfig {
+                name: format!("{}@{}", url.user, url.host),
+                server: target.to_string(),
+                ..AccountConfig::default()
+            }
+        }
+        None => bail!("{target:?} is neither an account of the config file nor a server URL"),
+    };
+    Ok(Account::resolve(&config, overrides)?)
+}
+
+pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> {
+    let account = account_for(ctx, &args.target, &args.connect.overrides())?;
+    let have_password = account.password_command.is_some()
+        || std::env::var_os("POPVAULT_PASSWORD").is_some()
+        || args.login;
+    let secret = if have_password {
+        Some(password_for(&account)?)
+    } else {
+        None
+    };
+    let info = probe(&account, secret.as_ref())
+        .with_context(|| format!("cannot probe {}", account.server_label()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_info(&info);
+    }
+    Ok(Exit::Ok)
+}
+
+fn print_info(info: &ServerInfo) {
+    println!("server        {}", info.server);
+    println!("greeting      {}", info.greeting);
+    match &info.tls {
+        Some(t) => {
+            println!("tls           {} ({})", t.version, t.cipher);
+            println!("certificate   {}", t.subject);
+            println!("  issuer      {}", t.issuer);
+            let when = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                d.map(local_time).unwrap_or_else(|| "?".into())
+            };
+            println!(
+                "  valid       {} to {}",
+                when(t.not_before),
+                when(t.not_after)
+            );
+            println!("  sha256      {}   (for --tls-fingerprint)", t.sha256);
+        }
+        None => println!("tls           none: passwords and mail cross the network in clear"),
+    }
+    println!(
+        "login         {}",
+        if info.login_methods.is_empty() {
+            "USER (nothing advertised)".into()
+        } else {
+            info.login_methods.join(", ")
+        }
+    );
+    println!(
+        "pipelining    {}",
+        if info.pipelining {
+            "yes"
+        } else {
+            "no (one command at a time: slower)"
+        }
+    );
+    println!(
+        "uidl          {}",
+        if info.uidl { "yes" } else { "not advertised" }
+    );
+    println!("capabilities  {}", info.capabilities.join(", "));
+    match &info.mailbox {
+        Some(m) => println!(
+            "mailbox       {} messages, {}{}",
+            m.messages,
+            human_bytes(m.bytes),
+            if m.uidl_supported {
+                ""
+            } else {
+                " (no UIDL: every backup downloads everything)"
+            }
+        ),
+        None => println!("mailbox       not logged in (give --login, or set a password_command)"),
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+On a terminal, asks for what is not given. For scripts, give --name, --server and
+--password-command (and --yes). The account is tested before it is written.")]
+pub struct SetupArgs {
+    /// The account's name in the config file.
+    #[arg(long)]
+    name: Option<String>,
+    /// The server: pop3s://USER@HOST[:PORT] (TLS) or pop3://USER@HOST[:PORT] (STARTTLS).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// A command whose first output line is the password, e.g. "pass show mail".
+    #[arg(long, value_name = "COMMAND")]
+    password_command: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Write the account even if the test login fails.
+    #[arg(long)]
+    force: bool,
+    /// Do not ask anything.
+    #[arg(long)]
+    yes: bool,
+}
+
+fn ask(question: &str, default: Option<&str>) -> anyhow::Result<String> {
+    let mut err = std::io::stderr();
+    match default {
+        Some(d) => write!(err, "{question} [{d}]: ")?,
+        None => write!(err, "{question}: ")?,
+    }
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let answer = line.trim().to_string();
+    Ok(if answer.is_empty() {
+        default.unwrap_or_default().to_string()
+    } else {
+        answer
+    })
+}
+
+pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
+    let interactive = !args.yes && std::io::stdin().is_terminal();
+    let value = |given: &Option<String>,
+                 question: &str,
+                 default: Option<&str>|
+     -> anyhow::Result<String> {
+        match given {
+            Some(v) => Ok(v.clone()),
+            None if interactive => ask(question, default),
+            None => bail!("{question}: missing (give it as a flag, or run setup on a terminal)"),
+        }
+    };
+    let server = value(&args.server, "POP3 server URL (pop3s://user@host)", None)?;
+    let url: crate::account::ServerUrl = server.parse()?;
+    let name = value(
+        &args.name,
+        "Account name",
+        Some(
+            url.host
+                .split('.')
+                .find(|p| !["pop", "pop3", "mail"].contains(p))
+                .unwrap_or("mail"),
+        ),
+    )?;
+    let password_command = value(
+        &args.password_command,
+        "Password command (prints the password)",
+        Some("pass show mail"),
+    )?;
+    if ctx.config.accounts.iter().any(|a| a.name == name) {
+        bail!(
+            "the config file {} already has an account named {name:?}",
+            ctx.config_path.display()
+        );
+    }
+    let config = AccountConfig {
+        name: name.clone(),
+        server: server.clone(),
+        tls: args.connect.tls.clone(),
+        auth: args.connect.auth.clone(),
+        ca_file: args.connect.ca_file.clone(),
+        tls_fingerprint: args.connect.tls_fingerprint.clone(),
+        password_command: Some(password_command),
+        delete_after_days: None,
+    };
+    let account = Account::resolve(
+        &config,
+        &Overrides {
+            timeout: Some(Duration::from_secs(30)),
+            ..Overrides::default()
+        },
+    )?;
+    eprintln!("testing {} ...", account.server_label());
+    match password_for(&account).and_then(|secret| Ok(probe(&account, Some(&secret))?)) {
+        Ok(info) => print_info(&info),
+        Err(e) if args.force => {
+            eprintln!("warning: the test failed ({e:#}); writing the account anyway (--force)")
+        }
+        Err(e) => {
+            return Err(e.context(
+                "the test login failed; fix the settings, or give --force to write them anyway",
+            ));
+        }
+    }
+    write_account(ctx, &config)?;
+    println!("added account {name:?} to {}", ctx.config_path.display());
+    println!(
+        "next: `popvault backup --account {name}`, then schedule it nightly: `popvault schedule --print systemd` (or cron)"
+    );
+    Ok(Exit::Ok)
+}
+
+/// Appends the account to the config file, creating it (mode 0600) if needed.
+fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Wrapper<'a> {
+        account: [&'a AccountConfig; 1],
+    }
+    let text = toml::to_string(&Wrapper { account: [account] })?;
+    Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
+    if let Some(dir) = ctx.config_path.parent() {
+        crate::archive::durable::create_dir(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&ctx.config_path)
+        .with_context(|| format!("cannot write {}", ctx.config_path.display()))?;
+    writeln!(file, "\n{text}")?;
+    file.sync_all()?;
+    Ok(())
+}

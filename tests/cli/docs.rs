@@ -1,0 +1,227 @@
+//! The man page, completions, help, status, schedule, server-info and setup, and the README's
+//! quick start run as written.
+
+use std::fs;
+use std::net::TcpListener;
+
+use crate::common::dovecot::Dovecot;
+use crate::support::{Rng, Sandbox, generated_message, sha256_hex};
+
+#[test]
+fn the_committed_man_page_is_what_the_code_generates() {
+    let committed =
+        fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man/popvault.1")).unwrap();
+    let generated = popvault::cli::docs::man_page();
+    assert!(
+        committed == generated,
+        "man/popvault.1 is stale: regenerate it with `cargo run -- man > man/popvault.1`"
+    );
+    let text = String::from_utf8(generated).unwrap();
+    for section in [
+        ".SH FILES",
+        ".SH ENVIRONMENT",
+        ".SH \"EXIT STATUS\"",
+        ".SH EXAMPLES",
+        ".SH \"SEE ALSO\"",
+        "popvault backup",
+        "popvault restore",
+    ] {
+        assert!(
+            text.contains(section),
+            "{section} missing from the man page"
+        );
+    }
+}
+
+#[test]
+fn completions_and_help_read_well() {
+    let sandbox = Sandbox::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = sandbox.ok(&["completions", shell]);
+        assert!(
+            out.contains("popvault") && out.contains("restore") && out.len() > 1000,
+            "{shell}"
+        );
+    }
+    let help = sandbox.ok(&["--help"]);
+    assert!(
+        help.contains("Keeps a safe, verifiable copy of a POP3 mailbox")
+            && help.contains("Examples:")
+    );
+    for cmd in [
+        "backup",
+        "import",
+        "restore",
+        "export",
+        "list",
+        "cat",
+        "stats",
+        "status",
+        "verify",
+        "server-info",
+        "setup",
+        "schedule",
+    ] {
+        let out = sandbox.ok(&[cmd, "--help"]);
+        assert!(out.contains("Usage: popvault"), "{cmd} --help: {out}");
+    }
+    let bad = sandbox.run(&["backup", "--no-such-flag"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn schedule_prints_filled_in_units() {
+    let sandbox = Sandbox::new();
+    let systemd = sandbox.ok(&["schedule", "--print", "systemd"]);
+    assert!(
+        systemd.contains("Persistent=true") && systemd.contains("OnCalendar="),
+        "{systemd}"
+    );
+    assert!(
+        systemd.contains(&format!(
+            "ExecStart={} --config",
+            fs::canonicalize(env!("CARGO_BIN_EXE_popvault"))
+                .unwrap()
+                .display()
+        )),
+        "{systemd}"
+    );
+    assert!(systemd.contains("backup --quiet"));
+    let cron = sandbox.ok(&["schedule", "--print", "cron"]);
+    assert!(
+        cron.lines().any(|l| l.starts_with("15 3 * * * /")),
+        "{cron}"
+    );
+    assert!(
+        sandbox
+            .ok(&["schedule", "--print", "launchd"])
+            .contains("<key>StartCalendarInterval</key>")
+    );
+}
+
+#[test]
+fn setup_server_info_backup_and_status_work_together() {
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(8);
+    for n in 0..4 {
+        dovecot.add_message(&format!("m{n}"), &generated_message(n, &mut rng));
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join(".config/popvault/config.toml");
+    let url = format!(
+        "pop3s://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.pop3s_port
+    );
+    let ca = dovecot.ca_pem();
+    let out = sandbox.ok(&[
+        "setup",
+        "--name",
+        "home",
+        "--server",
+        &url,
+        "--password-command",
+        &format!("echo {}", dovecot.password()),
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(out.contains("added account \"home\""), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let info: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["server-info", "home", "--json"])).unwrap();
+    assert_eq!(info["mailbox"]["messages"], 4);
+    assert_eq!(info["tls"]["sha256"], sha256_hex(dovecot.leaf_der()));
+    assert!(
+        info["login_methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "SASL PLAIN")
+    );
+    assert_eq!(info["pipelining"], true);
+
+    // Before any backup the account is overdue; after one it is not.
+    assert_eq!(
+        sandbox
+            .run(&["status", "--max-age", "48h", "-q"])
+            .status
+            .code(),
+        Some(6)
+    );
+    let out = sandbox.command().args(["backup", "-q"]).output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{out:?}"
+    );
+    let status = sandbox.run(&["status", "--max-age", "48h", "--json"]);
+    assert_eq!(status.status.code(), Some(0));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status[0]["account"], "home");
+    assert_eq!(status[0]["messages_archived"], 4);
+    assert_eq!(status[0]["messages_on_server"], 4);
+    assert!(
+        status[0]["last_success"].as_str().unwrap().ends_with('Z'),
+        "UTC in JSON"
+    );
+
+    // A config readable by others gets a warning.
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = sandbox.run(&["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let readme =
+        fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    assert!(
+        readme.contains("```sh\nbash samples/quickstart.sh\n```"),
+        "the README's first command changed: update this test"
+    );
+    assert!(readme.contains("```sh\ncargo test\n```"));
+    let sandbox = Sandbox::new();
+    let out = std::process::Command::new("bash")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["-c", "bash samples/quickstart.sh"])
+        .env("HOME", sandbox.path())
+        .env("POPVAULT_ARCHIVE", sandbox.archive())
+        .env("POPVAULT_BIN", env!("CARGO_BIN_EXE_popvault"))
+        .env("POP3_PORT", free_port().to_string())
+        .env("POP3S_PORT", free_port().to_string())
+        .env("IMAP_PORT", free_port().to_string())
+        .env("IMAPS_PORT", free_port().to_string())
+        .output();
+    let out = out.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("13 new messages")
+            && stdout.contains("verify (full)")
+            && stdout.contains(": OK"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Saying Hello"), "{stdout}");
+    assert!(
+        sandbox.archive().join("popvault-archive.json").exists(),
+        "the quick start used another archive"
+    );
+}
