@@ -177,13 +177,14 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
 fn warn_if_config_is_readable_by_others(path: &std::path::Path, config: &Config) {
     use std::os::unix::fs::PermissionsExt;
     let has_secrets = config.accounts.iter().any(|a| a.password_command.is_some());
-    if let Ok(meta) = std::fs::metadata(path) {
-        if has_secrets && meta.permissions().mode() & 0o077 != 0 {
-            eprintln!(
-                "warning: {} is readable by other users and holds password commands: chmod 600 it",
-                path.display()
-            );
-        }
+    if let Ok(meta) = std::fs::metadata(path)
+        && has_secrets
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: {} is readable by other users and holds password commands: chmod 600 it",
+            path.display()
+        );
     }
 }
 
