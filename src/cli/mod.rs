@@ -250,6 +250,16 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
 
 /// `error: what` then one `caused by:` line per underlying cause; never a panic or debug dump.
 fn report_error(err: &anyhow::Error) {
+    let disk_full = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
+        })
+    });
+    if disk_full {
+        eprintln!(
+            "error: no space left on the device; free some space and run the command again (nothing committed was lost)"
+        );
+    }
     eprintln!("error: {err}");
     let mut last = err.to_string();
     for cause in err.chain().skip(1) {

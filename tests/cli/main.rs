@@ -11,5 +11,6 @@ mod backup_faults;
 mod docs;
 mod export;
 mod fake_pop3;
+mod faults;
 mod restore;
 mod support;
