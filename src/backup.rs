@@ -275,7 +275,12 @@ fn plan(
 ) -> Plan {
     let sizes: HashMap<u32, u64> = list.iter().copied().collect();
     let archived = index.uidls(&account.name);
-    let is_archived = |uidl: &str| archived.is_some_and(|a| a.contains_key(uidl));
+    // A UIDL whose bytes are lost (see `repair`) counts as not archived: fetching it heals.
+    let is_archived = |uidl: &str| {
+        archived
+            .and_then(|a| a.get(uidl))
+            .is_some_and(|seen| index.has_bytes(&seen.id))
+    };
     let Some(listing) = uidls else {
         report.warnings.push("the server has no UIDL: every message is downloaded each run and stored only if new (by content); nothing can be deleted".into());
         let fetch = list

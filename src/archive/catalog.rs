@@ -33,6 +33,8 @@ pub enum Source {
     },
     /// A single message file.
     Eml { path: String },
+    /// Found by `repair` in a pack whose catalog line was lost.
+    Recovered { pack: String },
 }
 
 impl Source {
@@ -43,6 +45,7 @@ impl Source {
             Source::Maildir { path, .. } => format!("maildir:{path}"),
             Source::Mbox { path, .. } => format!("mbox:{path}"),
             Source::Eml { path } => format!("eml:{path}"),
+            Source::Recovered { .. } => "recovered".to_string(),
         }
     }
 
@@ -120,6 +123,26 @@ pub struct CommitRecord {
     pub stored_bytes: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<AccountRun>,
+    /// Packs `repair` replaced: their records were salvaged into this commit's pack (or are
+    /// listed in `lost`), and no catalog location in them counts any more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_packs: Vec<String>,
+    /// Segments `repair` replaced: their readable lines are repeated in this commit's segment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_segments: Vec<String>,
+    /// Commit numbers whose records `repair` found unreadable (and moved to `quarantine/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_commits: Vec<u64>,
+    /// Messages `repair` found unrecoverable. They count as lost until their bytes are stored
+    /// again (a later backup or import of the same message heals them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<Lost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    pub id: Digest,
+    pub reason: String,
 }
 
 pub fn commit_file_name(commit: u64) -> String {

@@ -46,9 +46,15 @@ pub struct CatalogRead {
     pub issues: Vec<String>,
     /// The highest commit number on disk, readable or not.
     pub last_commit: u64,
+    /// Packs retired by `repair`: catalog locations in them are void.
+    pub retired: std::collections::HashSet<String>,
 }
 
 /// Calls `visit` with every readable catalog line of every commit, in commit order.
+///
+/// Two passes: the commit records first, so that what `repair` retired (segments whose readable
+/// lines it re-recorded, commit records it found unreadable, packs it salvaged) is known before
+/// any segment is read.
 pub fn read_catalog(
     root: &Path,
     visit: &mut dyn FnMut(Entry),
@@ -63,33 +69,60 @@ pub fn read_catalog(
         commits: Vec::new(),
         issues: Vec::new(),
         last_commit: numbers.last().map_or(0, |(n, _)| *n),
+        retired: Default::default(),
     };
-    let mut expected = 1;
-    for (number, name) in numbers {
-        if number != expected {
-            read.issues.push(format!(
-                "commit records {expected:08} to {:08} are missing",
-                number - 1
-            ));
-        }
-        expected = number + 1;
-        let path = commits_dir.join(&name);
-        let record = fs::read(&path)
+    let mut unreadable = Vec::new();
+    for (number, name) in &numbers {
+        let record = fs::read(commits_dir.join(name))
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
         match record {
-            Ok(record) if record.commit == number => {
-                read_segment(root, &record, &mut read.issues, visit)?;
-                read.commits.push(record);
+            Ok(record) if record.commit == *number => read.commits.push(record),
+            Ok(_) => unreadable.push((
+                *number,
+                format!("commit record {name} names another commit number"),
+            )),
+            Err(e) => {
+                unreadable.push((*number, format!("commit record {name} is unreadable: {e}")))
             }
-            Ok(_) => read
-                .issues
-                .push(format!("commit record {name} names another commit number")),
-            Err(e) => read
-                .issues
-                .push(format!("commit record {name} is unreadable: {e}")),
         }
     }
+    let retired_commits: std::collections::HashSet<u64> = read
+        .commits
+        .iter()
+        .flat_map(|c| c.retired_commits.iter().copied())
+        .collect();
+    let retired_segments: std::collections::HashSet<&str> = read
+        .commits
+        .iter()
+        .flat_map(|c| c.retired_segments.iter().map(String::as_str))
+        .collect();
+    read.issues.extend(
+        unreadable
+            .into_iter()
+            .filter(|(n, _)| !retired_commits.contains(n))
+            .map(|(_, issue)| issue),
+    );
+    let present: std::collections::HashSet<u64> = numbers.iter().map(|(n, _)| *n).collect();
+    let missing: Vec<u64> = (1..=read.last_commit)
+        .filter(|n| !present.contains(n) && !retired_commits.contains(n))
+        .collect();
+    if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+        read.issues.push(format!(
+            "{} commit records between {first:08} and {last:08} are missing",
+            missing.len()
+        ));
+    }
+    for record in &read.commits {
+        if !retired_segments.contains(record.segment.name.as_str()) {
+            read_segment(root, record, &mut read.issues, visit)?;
+        }
+    }
+    read.retired = read
+        .commits
+        .iter()
+        .flat_map(|c| c.retired_packs.iter().cloned())
+        .collect();
     Ok(read)
 }
 
@@ -199,6 +232,9 @@ impl Index {
         let mut index = Index::empty(root);
         let read = read_catalog(root, &mut |entry| index.add(&entry))?;
         index.last_commit = read.last_commit;
+        index
+            .stored
+            .retain(|_, location| !read.retired.contains(&*location.pack));
         Ok(index)
     }
 
@@ -220,7 +256,8 @@ impl Index {
                 stored_len: at.stored_len,
                 size: entry.size,
             };
-            self.stored.entry(entry.id).or_insert(location);
+            // The last line that stored an id wins: `repair` stores salvaged bytes again.
+            self.stored.insert(entry.id, location);
         }
     }
 
@@ -242,6 +279,11 @@ impl Index {
             let slot = by_uidl.entry(uidl.clone()).or_insert(seen);
             slot.first_seen = slot.first_seen.min(entry.first_seen);
         }
+    }
+
+    /// Forgets every location in `pack` (retired by `repair`).
+    pub(crate) fn void_pack(&mut self, pack: &str) {
+        self.stored.retain(|_, location| &*location.pack != pack);
     }
 
     pub fn root(&self) -> &Path {

@@ -145,16 +145,38 @@ impl Archive {
             last_commit: read.last_commit,
         };
         for entry in entries {
-            archive.push_entry(entry);
+            archive.push_entry(entry, &read.retired);
         }
         Ok(archive)
     }
 
-    fn push_entry(&mut self, entry: Entry) {
-        if entry.stored.is_some() {
-            self.stored.entry(entry.id).or_insert(self.entries.len());
+    /// Records a catalog line; the last line that stored an id, outside retired packs, wins.
+    fn push_entry(&mut self, entry: Entry, retired: &HashSet<String>) {
+        if entry
+            .stored
+            .as_ref()
+            .is_some_and(|at| !retired.contains(&at.pack))
+        {
+            self.stored.insert(entry.id, self.entries.len());
         }
         self.entries.push(entry);
+    }
+
+    /// Messages `repair` declared lost and that were not stored again since.
+    pub fn lost(&self) -> Vec<&super::catalog::Lost> {
+        self.commits
+            .iter()
+            .flat_map(|c| &c.lost)
+            .filter(|l| !self.stored.contains_key(&l.id))
+            .collect()
+    }
+
+    /// Packs `repair` retired.
+    pub fn retired_packs(&self) -> HashSet<&str> {
+        self.commits
+            .iter()
+            .flat_map(|c| c.retired_packs.iter().map(String::as_str))
+            .collect()
     }
 
     pub fn root(&self) -> &Path {

@@ -37,6 +37,9 @@ pub struct VerifyReport {
     pub uncatalogued: Vec<DamagedMessage>,
     /// Files an interrupted writer left; harmless, removed by the next writer.
     pub leftovers: Vec<String>,
+    /// Messages `repair` declared lost (known, listed, not counted as new damage); a backup or
+    /// import that sees them again heals them.
+    pub quarantined: Vec<DamagedMessage>,
 }
 
 impl VerifyReport {
@@ -69,9 +72,14 @@ pub fn verify(
         .problems
         .extend(archive.load_issues().iter().cloned());
 
+    let retired = archive.retired_packs();
     let mut pack_sizes: HashMap<&str, u64> = HashMap::new();
     for commit in archive.commits() {
-        for p in &commit.packs {
+        for p in commit
+            .packs
+            .iter()
+            .filter(|p| !retired.contains(p.name.as_str()))
+        {
             pack_sizes.insert(&p.name, p.size);
             match std::fs::metadata(archive.pack_path(&p.name)) {
                 Ok(m) if m.len() == p.size => {}
@@ -115,12 +123,27 @@ pub fn verify(
                 .push((entry.id, loc));
         }
     }
+    let known_lost: HashMap<Digest, &str> = archive
+        .lost()
+        .into_iter()
+        .map(|l| (l.id, l.reason.as_str()))
+        .collect();
     let lost_lines: Vec<Digest> = ids
         .iter()
         .filter(|id| !archive.contains(id))
         .copied()
         .collect();
     for id in lost_lines {
+        if let Some(reason) = known_lost.get(&id) {
+            report.quarantined.push(describe(
+                archive,
+                id,
+                "",
+                format!("lost (found by repair: {reason})"),
+                None,
+            ));
+            continue;
+        }
         report.damaged.push(describe(
             archive,
             id,

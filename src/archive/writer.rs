@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::ArchiveError;
 use super::catalog::{
-    self, AccountRun, CommitRecord, Entry, FORMAT_VERSION, FileRef, Source, StoredAt,
+    self, AccountRun, CommitRecord, Entry, FORMAT_VERSION, FileRef, Lost, Source, StoredAt,
 };
 use super::digest::Digest;
 use super::durable;
@@ -73,6 +73,11 @@ pub struct Writer {
     level: i32,
     batch: Batch,
     accounts: Vec<AccountRun>,
+    /// For the next commit record: what `repair` retires, and messages it found lost.
+    retired: Vec<String>,
+    retired_segments: Vec<String>,
+    retired_commits: Vec<u64>,
+    lost: Vec<Lost>,
     totals: WriterTotals,
 }
 
@@ -119,6 +124,10 @@ impl Writer {
             level: 3,
             batch: Batch::new(),
             accounts: Vec::new(),
+            retired: Vec::new(),
+            retired_segments: Vec::new(),
+            retired_commits: Vec::new(),
+            lost: Vec::new(),
             totals: WriterTotals::default(),
         })
     }
@@ -135,6 +144,33 @@ impl Writer {
     /// Whether bytes with this id are stored (committed or in the open batch).
     pub fn has_bytes(&self, id: &Digest) -> bool {
         self.index.has_bytes(id) || self.batch.stored.contains(id)
+    }
+
+    /// Retires a pack (for `repair`): from now on no location in it counts, so its readable
+    /// messages can be stored again; the next commit record names it.
+    pub fn retire_pack(&mut self, name: &str) {
+        self.index.void_pack(name);
+        self.retired.push(name.to_string());
+    }
+
+    /// Replaces a damaged segment (for `repair`): `readable` are its lines that could still be
+    /// read; they go into the next commit's segment and the old one stops counting.
+    pub fn retire_segment(&mut self, name: &str, readable: Vec<Entry>) {
+        for entry in readable {
+            self.index.note_sighting(&entry);
+            self.batch.entries.push(entry);
+        }
+        self.retired_segments.push(name.to_string());
+    }
+
+    /// Accepts that commit record `commit` is gone (for `repair`, which moved it aside).
+    pub fn retire_commit(&mut self, commit: u64) {
+        self.retired_commits.push(commit);
+    }
+
+    /// Declares a message unrecoverable in the next commit record (for `repair`).
+    pub fn record_lost(&mut self, lost: Lost) {
+        self.lost.push(lost);
     }
 
     /// Records the state of a POP3 account in the next commit record.
@@ -165,12 +201,11 @@ impl Writer {
     pub fn add_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Added>, ArchiveError> {
         let ids: Vec<Digest> = batch.par_iter().map(|m| Digest::of(&m.raw)).collect();
         let mut claimed = HashSet::new();
-        let compress: Vec<bool> = batch
+        // Bytes that are not stored are stored, even for a source already recorded: that is how
+        // a message `repair` declared lost heals when it is seen again.
+        let compress: Vec<bool> = ids
             .iter()
-            .zip(&ids)
-            .map(|(m, id)| {
-                !self.index.knows(id, &m.source) && !self.has_bytes(id) && claimed.insert(*id)
-            })
+            .map(|id| !self.has_bytes(id) && claimed.insert(*id))
             .collect();
         let level = self.level;
         let frames: Vec<Option<Vec<u8>>> = batch
@@ -186,7 +221,7 @@ impl Writer {
             .map_err(|fault| ArchiveError::SelfCheck { fault })?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
-            if self.index.knows(&id, &m.source) {
+            if frame.is_none() && self.index.knows(&id, &m.source) {
                 self.totals.known += 1;
                 outcomes.push(Added::Known);
                 continue;
@@ -264,11 +299,10 @@ impl Writer {
                 });
             }
         };
-        let known = self.index.knows(&id, &source);
-        if known || self.has_bytes(&id) {
+        if self.has_bytes(&id) {
             let pack = self.batch.pack.as_mut().expect("opened above");
             pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
-            if known {
+            if self.index.knows(&id, &source) {
                 self.totals.known += 1;
                 return Ok((id, Added::Known));
             }
@@ -366,7 +400,11 @@ impl Writer {
     /// writes the catalog segment, then the commit record, the commit point. Returns the commit
     /// number, or `None` when there was nothing to commit.
     pub fn commit(&mut self) -> Result<Option<u64>, ArchiveError> {
-        if self.batch.entries.is_empty() && self.accounts.is_empty() {
+        let repairs = self.retired.len()
+            + self.retired_segments.len()
+            + self.retired_commits.len()
+            + self.lost.len();
+        if self.batch.entries.is_empty() && self.accounts.is_empty() && repairs == 0 {
             self.batch.opened = Instant::now();
             return Ok(None);
         }
@@ -377,7 +415,13 @@ impl Writer {
         let mut packs = Vec::new();
         if let Some(pack) = batch.pack.take() {
             let sealed = pack.seal(&root.join("packs"), &format!("{number:08}"))?;
-            for at in batch.entries.iter_mut().filter_map(|e| e.stored.as_mut()) {
+            // Lines stored in this batch have no pack name yet; lines `repair` repeats keep theirs.
+            for at in batch
+                .entries
+                .iter_mut()
+                .filter_map(|e| e.stored.as_mut())
+                .filter(|at| at.pack.is_empty())
+            {
                 at.pack = sealed.name.clone();
             }
             packs.push(FileRef {
@@ -409,6 +453,10 @@ impl Writer {
             raw_bytes: batch.raw_bytes,
             stored_bytes: batch.stored_bytes,
             accounts: std::mem::take(&mut self.accounts),
+            retired_packs: std::mem::take(&mut self.retired),
+            retired_segments: std::mem::take(&mut self.retired_segments),
+            retired_commits: std::mem::take(&mut self.retired_commits),
+            lost: std::mem::take(&mut self.lost),
         };
         let record_path = root.join("commits").join(catalog::commit_file_name(number));
         let text = serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n";

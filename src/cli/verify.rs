@@ -34,6 +34,9 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         for m in &report.uncatalogued {
             eprintln!("uncatalogued message {}", describe(m));
         }
+        for m in &report.quarantined {
+            eprintln!("lost message {}", describe(m));
+        }
         if !ctx.quiet {
             for l in &report.leftovers {
                 println!(
