@@ -8,5 +8,6 @@ pub mod export;
 pub mod import;
 pub mod pop3;
 pub mod probe;
+pub mod repair;
 pub mod restore;
 pub mod transport;

@@ -7,6 +7,7 @@ mod export;
 mod import;
 mod list;
 mod output;
+mod repair;
 mod restore;
 mod schedule;
 mod server_info;
@@ -75,6 +76,8 @@ pub enum Command {
     ///
     /// A unique prefix of the id is enough. The message is re-hashed before anything is written.
     Cat(list::CatArgs),
+    /// After damage: keep every readable message, rebuild what can be rebuilt, list what is lost.
+    Repair(repair::RepairArgs),
     /// Put archived messages back into a Maildir, an mbox file or an IMAP folder.
     ///
     /// Plans first (new / already present), re-hashes every message before writing it, keeps
@@ -229,6 +232,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Import(args) => import::run(ctx, args),
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),
+        Command::Repair(args) => repair::run(ctx, args),
         Command::Restore(args) => restore::run(ctx, args),
         Command::Export(args) => export::run(ctx, args),
         Command::Schedule(args) => schedule::run(ctx, args),

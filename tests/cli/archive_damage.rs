@@ -9,7 +9,7 @@ use crate::support::{Sandbox, sha256_hex, write_maildir};
 const DAMAGED: i32 = 3;
 
 /// Two imports (two commits, two packs) of generated mail; returns the sandbox and both batches.
-fn two_pack_archive() -> (Sandbox, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub fn two_pack_archive() -> (Sandbox, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let sandbox = Sandbox::new();
     let first = write_maildir(&sandbox.path().join("one"), 60, 1);
     let second = write_maildir(&sandbox.path().join("two"), 60, 2);
@@ -25,7 +25,7 @@ fn two_pack_archive() -> (Sandbox, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (sandbox, first, second)
 }
 
-fn pack_of(sandbox: &Sandbox, commit: u32) -> PathBuf {
+pub fn pack_of(sandbox: &Sandbox, commit: u32) -> PathBuf {
     let prefix = format!("{commit:08}-");
     fs::read_dir(sandbox.archive().join("packs"))
         .unwrap()
@@ -40,7 +40,7 @@ fn pack_of(sandbox: &Sandbox, commit: u32) -> PathBuf {
         .unwrap()
 }
 
-fn stored_offset(sandbox: &Sandbox, id: &str) -> u64 {
+pub fn stored_offset(sandbox: &Sandbox, id: &str) -> u64 {
     for entry in fs::read_dir(sandbox.archive().join("catalog")).unwrap() {
         let text = zstd::decode_all(fs::File::open(entry.unwrap().path()).unwrap()).unwrap();
         for line in String::from_utf8(text).unwrap().lines() {
@@ -66,7 +66,7 @@ fn verify_fails(sandbox: &Sandbox) -> String {
     stderr
 }
 
-fn assert_all_cat(sandbox: &Sandbox, messages: &[Vec<u8>]) {
+pub fn assert_all_cat(sandbox: &Sandbox, messages: &[Vec<u8>]) {
     for m in messages {
         assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
     }

@@ -12,5 +12,6 @@ mod docs;
 mod export;
 mod fake_pop3;
 mod faults;
+mod repair;
 mod restore;
 mod support;

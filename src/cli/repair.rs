@@ -1,0 +1,138 @@
+//! `popvault repair`.
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::output::byte_bar;
+use super::{Context, Exit};
+use crate::archive::{Archive, Source, Writer};
+use crate::repair;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Run it after `popvault verify --full` reported damage. Readable messages stay; damaged packs are
+salvaged record by record into a new pack and moved to ARCHIVE/quarantine/; a lost catalog is
+rebuilt from the packs; what cannot be recovered is listed and recorded as lost. A later
+backup fetches lost messages again from accounts that still hold them (--refetch: right away),
+and importing a lost message again heals it too. Nothing readable is ever deleted.")]
+pub struct RepairArgs {
+    /// Show what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Right after repairing, back up the accounts whose lost messages may still be on the server.
+    #[arg(long)]
+    refetch: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
+    let bar = byte_bar(None, ctx.quiet || args.json, "repair");
+    let report = if args.dry_run {
+        let archive = ctx.open_archive()?;
+        repair::repair(&archive, None, &|_| bar.inc(1))?
+    } else {
+        let mut writer = Writer::open(&ctx.archive, "repair", false)
+            .context("cannot lock the archive for repair")?;
+        let archive = Archive::open(&ctx.archive)?;
+        let report = repair::repair(&archive, Some(&mut writer), &|_| bar.inc(1))
+            .context("repair failed; the archive is as it was before")?;
+        writer.finish()?;
+        report
+    };
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.nothing_to_do() {
+        println!("nothing to repair: the archive verifies");
+    } else {
+        let would = if args.dry_run { "would " } else { "" };
+        for p in &report.retired_packs {
+            println!("{would}salvage and retire pack {p}");
+        }
+        for s in &report.retired_segments {
+            println!("{would}replace damaged catalog segment {s} by its readable lines");
+        }
+        for c in &report.retired_commits {
+            println!("{would}set aside unreadable commit record {c:08}");
+        }
+        println!(
+            "{would}save {} readable messages from damaged packs, catalogue {} messages whose catalog line was lost",
+            report.salvaged_messages, report.recatalogued
+        );
+        for m in &report.lost {
+            let sources: Vec<String> = m
+                .sources
+                .iter()
+                .map(|s| match s {
+                    Source::Pop3 { account, uidl } => {
+                        format!("account {account} UIDL {}", uidl.as_deref().unwrap_or("-"))
+                    }
+                    other => other.label(),
+                })
+                .collect();
+            let date = crate::archive::Archive::open(&ctx.archive)
+                .ok()
+                .and_then(|a| {
+                    a.entries()
+                        .iter()
+                        .find(|e| e.id == m.id)
+                        .and_then(|e| e.envelope.date.clone())
+                });
+            println!(
+                "LOST {} [{}] date {:?} from {:?} subject {:?}: {}",
+                m.id,
+                sources.join(", "),
+                date.unwrap_or_default(),
+                m.from.as_deref().unwrap_or(""),
+                m.subject.as_deref().unwrap_or(""),
+                m.reason
+            );
+        }
+        if report.refetchable > 0 && !args.refetch {
+            println!(
+                "{} lost messages may still be on their POP3 server: the next `popvault backup` fetches them (or run `popvault repair --refetch`)",
+                report.refetchable
+            );
+        }
+    }
+    if args.refetch && !args.dry_run && report.refetchable > 0 {
+        let accounts: Vec<String> = report
+            .lost
+            .iter()
+            .flat_map(|m| {
+                m.sources
+                    .iter()
+                    .filter_map(|s| s.pop3_account().map(str::to_string))
+            })
+            .collect();
+        let mut argv = vec![
+            "popvault".to_string(),
+            "--archive".into(),
+            ctx.archive.display().to_string(),
+            "--config".into(),
+            ctx.config_path.display().to_string(),
+            "backup".into(),
+        ];
+        for a in accounts
+            .iter()
+            .filter(|a| ctx.config.accounts.iter().any(|c| &c.name == *a))
+        {
+            argv.push("--account".into());
+            argv.push(a.clone());
+        }
+        if !argv.iter().any(|a| a == "--account") {
+            eprintln!(
+                "warning: the accounts of the lost messages are not in the config file; nothing to refetch from"
+            );
+        } else {
+            return Ok(super::run(argv.into_iter().map(Into::into)));
+        }
+    }
+    Ok(if report.lost.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Damaged
+    })
+}
