@@ -59,7 +59,7 @@ struct Found {
 
 /// Every record of `bytes` (a pack's content) that decompresses to its id, found by walking the
 /// records and, past damage, searching for the next record magic.
-fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
+pub fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
     let mut out = Vec::new();
     let mut pos = if bytes.starts_with(PACK_MAGIC) {
         PACK_MAGIC.len()
