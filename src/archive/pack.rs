@@ -109,7 +109,7 @@ impl PackWriter {
             id,
         };
         let offset = self.len;
-        self.file.write_all(&header.encode())?;
+        super::durable::write(&mut self.file, &header.encode(), &self.path)?;
         self.file.write_all(frame)?;
         self.len += RECORD_HEADER_LEN + header.stored_len;
         Ok(RecordSpan {
@@ -193,7 +193,7 @@ impl PackWriter {
             .into_inner()
             .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
         let io = |e| SealError::Io(self.path.clone(), e);
-        file.sync_all().map_err(io)?;
+        super::durable::sync_file(&file, &self.path).map_err(io)?;
         let mut reader = File::open(&self.path).map_err(io)?;
         let (pack_digest, records) = scan_verify(&mut reader, self.len, Some(&self.streamed))
             .map_err(|e| match e {
