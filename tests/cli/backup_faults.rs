@@ -199,3 +199,140 @@ fn a_plain_url_without_stls_is_refused_before_any_password_is_sent() {
             .any(|c| c.starts_with("USER") || c.starts_with("PASS") || c.starts_with("AUTH"))
     );
 }
+
+/// Peak RSS of a command in MB, from /usr/bin/time (installed by .ci/run).
+fn peak_rss_mb(sandbox: &Sandbox, args: &[&str]) -> (i32, f64, String) {
+    let report = sandbox.path().join("time.txt");
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-o")
+        .arg(&report)
+        .arg("-f")
+        .arg("%M")
+        .arg(env!("CARGO_BIN_EXE_popvault"))
+        .args(args)
+        .env("HOME", sandbox.path())
+        .env("POPVAULT_ARCHIVE", sandbox.archive())
+        .env("POPVAULT_PASSWORD", "fake-secret")
+        .output()
+        .expect("/usr/bin/time is needed (apt-get install time)");
+    let kb: f64 = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        kb / 1024.0,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_huge_message_streams_through_in_bounded_memory() {
+    const SIZE: u64 = 300 << 20;
+    let server = FakeServer::start(mailbox(3), vec![Fault::Huge(1, SIZE)]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let (code, rss, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        rss < 100.0,
+        "a {} MB message took {rss:.0} MB of memory",
+        SIZE >> 20
+    );
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .iter()
+            .any(|m| m["size"].as_u64().unwrap() > SIZE - 100)
+    );
+    assert_verifies(&sandbox);
+}
+
+#[test]
+fn a_slow_loris_server_ends_in_a_timeout() {
+    let server = FakeServer::start(mailbox(2), vec![Fault::Trickle(1500); 4]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["backup", &url, "--tls", "none", "--timeout", "1"])
+        .env("POPVAULT_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+}
+
+#[test]
+fn a_server_that_closes_after_every_command_fails_clearly() {
+    let server = FakeServer::start(mailbox(2), vec![Fault::CloseAfterOneCommand; 4]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 1);
+    assert!(
+        r["accounts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection closed"),
+        "{r}"
+    );
+    assert_eq!(
+        r["accounts"][0]["retries"], 3,
+        "dropped connections are retried a bounded number of times"
+    );
+}
+
+#[test]
+fn uidls_with_spaces_or_control_characters_are_warned_about_and_fetched_by_content() {
+    let mut mb = mailbox(3);
+    mb.uidls = Some(vec![
+        "good-1".into(),
+        "has space".into(),
+        "ctl\u{1}x".into(),
+    ]);
+    let server = FakeServer::start(mb, vec![Fault::None, Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["accounts"][0]["new_messages"], 3);
+    assert!(warnings(&r).contains("unusable UIDL"), "{r}");
+    let (_, r, _) = backup(&sandbox, &server);
+    assert_eq!(
+        r["accounts"][0]["new_messages"], 0,
+        "no duplicates on the next run"
+    );
+    assert_eq!(sandbox.list().len(), 3);
+}
+
+#[test]
+fn a_hundred_thousand_messages_in_list_are_backed_up_in_bounded_memory() {
+    let count = 100_000u64;
+    let messages: Vec<Vec<u8>> = (0..count)
+        .map(|n| format!("Subject: {n}\r\n\r\nx\r\n").into_bytes())
+        .collect();
+    let uidls = Some((0..count).map(|n| format!("u{n}")).collect());
+    let server = FakeServer::start(
+        Mailbox {
+            messages,
+            uidls,
+            list_sizes: None,
+            stls: false,
+        },
+        vec![Fault::None, Fault::None],
+    );
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let (code, rss, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(rss < 100.0, "{rss:.0} MB for a 100,000-message mailbox");
+    let stats: serde_json::Value = serde_json::from_str(&sandbox.ok(&["stats", "--json"])).unwrap();
+    assert_eq!(stats["messages"], count);
+    let (code, _, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+}

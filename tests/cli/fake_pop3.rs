@@ -17,6 +17,12 @@ pub enum Fault {
     EndlessLine(usize),
     /// Answer STAT/LIST with garbage.
     GarbageList,
+    /// Message `n` is `bytes` long, generated while it is sent (a huge message).
+    Huge(usize, u64),
+    /// Send RETR replies one byte at a time, this many milliseconds apart (slow loris).
+    Trickle(u64),
+    /// Close the connection after answering the first command after the greeting.
+    CloseAfterOneCommand,
 }
 
 #[derive(Clone)]
@@ -99,6 +105,10 @@ fn serve(
         let mut words = cmd.split(' ');
         let verb = words.next().unwrap_or("").to_ascii_uppercase();
         let arg: Option<usize> = words.next().and_then(|a| a.parse().ok());
+        if *fault == Fault::CloseAfterOneCommand && verb != "CAPA" {
+            out.write_all(b"+OK\r\n")?;
+            return Ok(());
+        }
         match verb.as_str() {
             "CAPA" => {
                 let mut caps = String::from("+OK\r\nUSER\r\nPIPELINING\r\n");
@@ -121,7 +131,12 @@ fn serve(
             "LIST" => {
                 let mut r = String::from("+OK\r\n");
                 for (i, m) in mb.messages.iter().enumerate() {
-                    let size = mb.list_sizes.as_ref().map_or(m.len() as u64, |s| s[i]);
+                    let mut size = mb.list_sizes.as_ref().map_or(m.len() as u64, |s| s[i]);
+                    if let Fault::Huge(big, bytes) = fault {
+                        if *big == i {
+                            size = *bytes;
+                        }
+                    }
                     r.push_str(&format!("{} {size}\r\n", i + 1));
                 }
                 r.push_str(".\r\n");
@@ -154,6 +169,32 @@ fn serve(
                         out.write_all(&body[..body.len() / 2])?;
                         out.flush()?;
                         return Ok(());
+                    }
+                    Fault::Huge(big, bytes) if *big == n => {
+                        out.write_all(b"+OK\r\nSubject: huge\r\n\r\n")?;
+                        let line = [b'x'; 76];
+                        let mut sent = 0u64;
+                        let mut chunk = Vec::with_capacity(1 << 20);
+                        while sent < bytes.saturating_sub(64) {
+                            chunk.extend_from_slice(&line);
+                            chunk.extend_from_slice(b"\r\n");
+                            sent += 78;
+                            if chunk.len() >= 1 << 20 {
+                                out.write_all(&chunk)?;
+                                chunk.clear();
+                            }
+                        }
+                        chunk.extend_from_slice(b".\r\n");
+                        out.write_all(&chunk)?;
+                    }
+                    Fault::Trickle(ms) => {
+                        let mut reply = format!("+OK {} octets\r\n", message.len()).into_bytes();
+                        reply.extend_from_slice(&stuffed(message));
+                        for b in reply {
+                            out.write_all(&[b])?;
+                            out.flush()?;
+                            std::thread::sleep(std::time::Duration::from_millis(*ms));
+                        }
                     }
                     Fault::EndlessLine(bad) if *bad == n => {
                         out.write_all(b"+OK\r\n")?;
