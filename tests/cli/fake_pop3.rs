@@ -132,10 +132,10 @@ fn serve(
                 let mut r = String::from("+OK\r\n");
                 for (i, m) in mb.messages.iter().enumerate() {
                     let mut size = mb.list_sizes.as_ref().map_or(m.len() as u64, |s| s[i]);
-                    if let Fault::Huge(big, bytes) = fault {
-                        if *big == i {
-                            size = *bytes;
-                        }
+                    if let Fault::Huge(big, bytes) = fault
+                        && *big == i
+                    {
+                        size = *bytes;
                     }
                     r.push_str(&format!("{} {size}\r\n", i + 1));
                 }
