@@ -93,6 +93,8 @@ pub struct Archive {
     /// Problems found while loading (damaged records or segments); `verify` reports them.
     load_issues: Vec<String>,
     last_commit: u64,
+    /// Packs opened by `read_message`, kept for the next call.
+    open_packs: std::sync::Mutex<HashMap<String, std::sync::Arc<File>>>,
 }
 
 impl Archive {
@@ -143,6 +145,7 @@ impl Archive {
             stored: HashMap::new(),
             load_issues: read.issues,
             last_commit: read.last_commit,
+            open_packs: Default::default(),
         };
         for entry in entries {
             archive.push_entry(entry, &read.retired);
@@ -308,10 +311,48 @@ impl Archive {
     }
 
     /// Reads and verifies a whole message into memory (for callers that need the bytes at once).
+    /// Decompresses once into memory and checks the SHA-256 before handing the bytes out. Packs
+    /// stay open between calls (positioned reads, so threads share them).
     pub fn read_message(&self, id: &Digest) -> Result<Vec<u8>, ArchiveError> {
-        let mut out = Vec::with_capacity(self.location(id).map_or(0, |l| l.size as usize));
-        self.copy_message(id, &mut out)?;
+        use std::os::unix::fs::FileExt;
+        let loc = self
+            .location(id)
+            .ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })?;
+        let damaged = |fault| ArchiveError::DamagedMessage {
+            id: *id,
+            pack: loc.pack.to_string(),
+            fault,
+        };
+        let file = self
+            .open_pack(&loc.pack)
+            .map_err(|e| damaged(RecordFault::Io(e)))?;
+        let mut record = vec![0u8; (RECORD_HEADER_LEN + loc.stored_len) as usize];
+        file.read_exact_at(&mut record, loc.offset)
+            .map_err(|e| damaged(RecordFault::Io(e)))?;
+        let (head, stored) = record.split_at(RECORD_HEADER_LEN as usize);
+        let header =
+            pack::RecordHeader::decode(head.try_into().expect("split at the header length"))
+                .ok_or_else(|| damaged(RecordFault::Header))?;
+        if header.id != *id || header.raw_len != loc.size || header.stored_len != loc.stored_len {
+            return Err(damaged(RecordFault::Mismatch));
+        }
+        let mut out = Vec::with_capacity(loc.size as usize);
+        pack::copy_decompressed(loc.size, &mut &stored[..], &mut out).map_err(damaged)?;
+        let got = Digest::of(&out);
+        if got != *id {
+            return Err(damaged(RecordFault::Hash { got }));
+        }
         Ok(out)
+    }
+
+    fn open_pack(&self, name: &str) -> std::io::Result<std::sync::Arc<File>> {
+        let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = open.get(name) {
+            return Ok(f.clone());
+        }
+        let file = std::sync::Arc::new(File::open(self.pack_path(name))?);
+        open.insert(name.to_string(), file.clone());
+        Ok(file)
     }
 
     /// Files in `packs/` and `catalog/` that no commit record names.

@@ -136,7 +136,15 @@ pub trait Sink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
+    /// Puts several messages, one result each; by default one after the other.
+    fn put_all(&mut self, items: &[(&Candidate, &[u8])]) -> Vec<Result<(), RestoreError>> {
+        items.iter().map(|(c, raw)| self.put(c, raw)).collect()
+    }
     fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError>;
+    /// The last flush of a restore: everything put is durable or acknowledged after it.
+    fn finish(&mut self) -> Result<Vec<Skipped>, RestoreError> {
+        self.flush()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -268,26 +276,10 @@ pub fn restore(
             .par_iter()
             .map(|c| archive.read_message(&c.id))
             .collect();
+        let mut readable: Vec<(&Candidate, Vec<u8>)> = Vec::with_capacity(chunk.len());
         for (candidate, raw) in chunk.iter().zip(read) {
             match raw {
-                Ok(raw) => match sink.put(candidate, &raw) {
-                    Ok(()) => {
-                        report.restored += 1;
-                        report.bytes += raw.len() as u64;
-                        events(Event::Restored {
-                            bytes: raw.len() as u64,
-                        });
-                    }
-                    // This message cannot go to this destination; the others still can.
-                    Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
-                        report.skipped.push(Skipped {
-                            id: candidate.id,
-                            reason,
-                            subject: candidate.subject.clone(),
-                        })
-                    }
-                    Err(e) => return Err(e),
-                },
+                Ok(raw) => readable.push((candidate, raw)),
                 Err(e @ ArchiveError::DamagedMessage { .. }) => report.skipped.push(Skipped {
                     id: candidate.id,
                     reason: e.to_string(),
@@ -296,10 +288,34 @@ pub fn restore(
                 Err(e) => return Err(e.into()),
             }
         }
+        let items: Vec<(&Candidate, &[u8])> = readable
+            .iter()
+            .map(|(c, raw)| (*c, raw.as_slice()))
+            .collect();
+        for ((candidate, raw), outcome) in items.iter().zip(sink.put_all(&items)) {
+            match outcome {
+                Ok(()) => {
+                    report.restored += 1;
+                    report.bytes += raw.len() as u64;
+                    events(Event::Restored {
+                        bytes: raw.len() as u64,
+                    });
+                }
+                // This message cannot go to this destination; the others still can.
+                Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
+                    report.skipped.push(Skipped {
+                        id: candidate.id,
+                        reason,
+                        subject: candidate.subject.clone(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
         refused(&mut report, sink.flush()?);
         start = end;
     }
-    refused(&mut report, sink.flush()?);
+    refused(&mut report, sink.finish()?);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

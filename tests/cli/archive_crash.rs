@@ -20,7 +20,7 @@ fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(20 + rng.next() % 700));
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 200));
         if child.try_wait().unwrap().is_none() {
             killed_mid_run += 1;
         }

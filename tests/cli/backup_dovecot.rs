@@ -375,7 +375,7 @@ fn kill_9_mid_backup_then_rerun_holds_every_message_exactly_once() {
             .env("POPVAULT_PASSWORD", dovecot.password())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(30 + rng.next() % 600));
+        std::thread::sleep(std::time::Duration::from_millis(10 + rng.next() % 150));
         if child.try_wait().unwrap().is_none() {
             interrupted += 1;
         }

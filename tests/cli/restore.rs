@@ -287,7 +287,7 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
             .env("POPVAULT_PASSWORD", dovecot.password())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(100 + rng.next() % 400));
+        std::thread::sleep(std::time::Duration::from_millis(50 + rng.next() % 200));
         if child.try_wait().unwrap().is_none() {
             interrupted += 1;
         }
