@@ -94,7 +94,8 @@ impl FromStr for ServerUrl {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (RFC 3986), as in user names and IMAP folder paths of URLs.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -310,8 +310,7 @@ impl Archive {
         loc.check(id, file)
     }
 
-    /// Reads and verifies a whole message into memory (for callers that need the bytes at once).
-    /// Decompresses once into memory and checks the SHA-256 before handing the bytes out. Packs
+    /// Reads and verifies a whole message into memory. Decompresses once into memory and checks the SHA-256 before handing the bytes out. Packs
     /// stay open between calls (positioned reads, so threads share them).
     pub fn read_message(&self, id: &Digest) -> Result<Vec<u8>, ArchiveError> {
         use std::os::unix::fs::FileExt;

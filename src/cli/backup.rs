@@ -7,9 +7,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 
+use super::connect::ConnectArgs;
 use super::output::{byte_bar, human_bytes};
 use super::{Context, Exit};
-use crate::account::{Account, Overrides};
+use crate::account::Account;
 use crate::archive::{Index, Writer};
 use crate::backup::{self, AccountReport, BackupOptions, Event, Target};
 use crate::config::AccountConfig;
@@ -34,18 +35,8 @@ pub struct BackupArgs {
     /// Back up only this account of the config file (repeatable).
     #[arg(long = "account", value_name = "NAME", conflicts_with = "url")]
     accounts: Vec<String>,
-    /// TLS: implicit (pop3s), starttls, or none (plain text: only with this flag).
-    #[arg(long, value_name = "MODE")]
-    tls: Option<String>,
-    /// Login method: auto, user, apop, plain, login, xoauth2, oauthbearer.
-    #[arg(long, value_name = "METHOD")]
-    auth: Option<String>,
-    /// Trust only the CA certificates in this PEM file (for a private CA).
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<std::path::PathBuf>,
-    /// Trust exactly the server certificate with this SHA-256 fingerprint.
-    #[arg(long, value_name = "SHA256")]
-    tls_fingerprint: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Delete from the server messages archived at least N days ago.
     #[arg(long, value_name = "N")]
     delete_after_days: Option<u32>,
@@ -77,14 +68,10 @@ struct RunSummary<'a> {
 }
 
 pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
-    let overrides = Overrides {
-        tls: args.tls.clone(),
-        auth: args.auth.clone(),
-        ca_file: args.ca_file.clone(),
-        tls_fingerprint: args.tls_fingerprint.clone(),
-        delete_after_days: args.delete_after_days,
-        timeout: Some(Duration::from_secs(args.timeout.max(1))),
-    };
+    let overrides = args.connect.overrides(
+        Duration::from_secs(args.timeout.max(1)),
+        args.delete_after_days,
+    );
     let configs: Vec<AccountConfig> = match &args.url {
         Some(url) => {
             let parsed: crate::account::ServerUrl = url.parse()?;

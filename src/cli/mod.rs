@@ -1,6 +1,7 @@
 //! The command line: the only module that prints, reads the environment or picks exit codes.
 
 mod backup;
+mod connect;
 pub mod docs;
 mod exit;
 mod export;

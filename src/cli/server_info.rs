@@ -8,40 +8,12 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::backup::password_for;
+use super::connect::ConnectArgs;
 use super::output::{human_bytes, local_time};
 use super::{Context, Exit};
 use crate::account::{Account, Overrides};
 use crate::config::{AccountConfig, Config};
 use crate::probe::{ServerInfo, probe};
-
-#[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
-    /// TLS: implicit (pop3s), starttls, or none.
-    #[arg(long, value_name = "MODE")]
-    tls: Option<String>,
-    /// Login method: auto, user, apop, plain, login, xoauth2, oauthbearer.
-    #[arg(long, value_name = "METHOD")]
-    auth: Option<String>,
-    /// Trust only the CA certificates in this PEM file.
-    #[arg(long, value_name = "PEM")]
-    ca_file: Option<std::path::PathBuf>,
-    /// Trust exactly the server certificate with this SHA-256 fingerprint.
-    #[arg(long, value_name = "SHA256")]
-    tls_fingerprint: Option<String>,
-}
-
-impl ConnectArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
-            tls: self.tls.clone(),
-            auth: self.auth.clone(),
-            ca_file: self.ca_file.clone(),
-            tls_fingerprint: self.tls_fingerprint.clone(),
-            delete_after_days: None,
-            timeout: Some(Duration::from_secs(30)),
-        }
-    }
-}
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -78,7 +50,11 @@ fn account_for(ctx: &Context, target: &str, overrides: &Overrides) -> anyhow::Re
 }
 
 pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> {
-    let account = account_for(ctx, &args.target, &args.connect.overrides())?;
+    let account = account_for(
+        ctx,
+        &args.target,
+        &args.connect.overrides(Duration::from_secs(30), None),
+    )?;
     let have_password = account.password_command.is_some()
         || std::env::var_os("POPVAULT_PASSWORD").is_some()
         || args.login;

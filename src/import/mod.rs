@@ -145,6 +145,22 @@ pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
     (name, None)
 }
 
+/// Hands a batch to the writer (which hashes and compresses it on all cores) and counts each
+/// message in the report.
+pub(crate) fn add_counted(
+    writer: &mut Writer,
+    batch: Vec<Incoming>,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ImportError> {
+    let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+    for (added, size) in writer.add_batch(batch)?.into_iter().zip(sizes) {
+        report.count(added, size);
+        progress(size);
+    }
+    Ok(())
+}
+
 /// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
 /// every core compressing, little enough to bound memory.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -246,11 +262,7 @@ fn import_maildir(
                 })
             })
             .collect();
-        let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
-        for (added, size) in writer.add_batch(batch)?.into_iter().zip(sizes) {
-            report.count(added, size);
-            progress(size);
-        }
+        add_counted(writer, batch, report, progress)?;
         start = end;
     }
     Ok(())
@@ -267,21 +279,6 @@ fn import_mbox(
     let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, file), true);
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0u64;
-    let mut flush = |writer: &mut Writer,
-                     batch: &mut Vec<Incoming>,
-                     report: &mut ImportReport|
-     -> Result<(), ImportError> {
-        let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
-        for (added, size) in writer
-            .add_batch(std::mem::take(batch))?
-            .into_iter()
-            .zip(sizes)
-        {
-            report.count(added, size);
-            progress(size);
-        }
-        Ok(())
-    };
     while let Some(message) = reader.next_message().map_err(read_err(path))? {
         let source = Source::Mbox {
             path: abs.clone(),
@@ -296,11 +293,11 @@ fn import_mbox(
             first_seen: Utc::now(),
         });
         if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-            flush(writer, &mut batch, report)?;
+            add_counted(writer, std::mem::take(&mut batch), report, progress)?;
             batch_bytes = 0;
         }
     }
-    flush(writer, &mut batch, report)?;
+    add_counted(writer, std::mem::take(&mut batch), report, progress)?;
     if reader.skipped_bytes > 0 {
         report.warnings.push(format!(
             "{}: {} bytes before the first From line were not a message and were skipped",

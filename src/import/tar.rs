@@ -159,7 +159,6 @@ pub fn import_tar(
                     hostile(path, &format!("member {shown:?} is not in MANIFEST.jsonl"))
                 })?;
                 batch_bytes += bytes.len() as u64;
-                let size = bytes.len() as u64;
                 for source in &record.sources {
                     batch.push(Incoming {
                         raw: bytes.clone(),
@@ -168,33 +167,16 @@ pub fn import_tar(
                         first_seen: record.first_seen,
                     });
                 }
-                progress(size);
                 if batch_bytes >= BATCH_BYTES {
-                    flush(writer, &mut batch, report)?;
+                    super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
                     batch_bytes = 0;
                 }
             }
         }
     }
-    flush(writer, &mut batch, report)?;
+    super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
     if manifest.is_none() {
         return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
-    }
-    Ok(())
-}
-
-fn flush(
-    writer: &mut Writer,
-    batch: &mut Vec<Incoming>,
-    report: &mut ImportReport,
-) -> Result<(), ImportError> {
-    let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
-    for (added, size) in writer
-        .add_batch(std::mem::take(batch))?
-        .into_iter()
-        .zip(sizes)
-    {
-        report.count(added, size);
     }
     Ok(())
 }

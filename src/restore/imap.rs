@@ -53,7 +53,7 @@ impl FromStr for ImapUrl {
             _ => return Err(bad()),
         };
         let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
-        let folder = percent_decode(folder).ok_or_else(bad)?;
+        let folder = crate::account::percent_decode(folder).ok_or_else(bad)?;
         let pop: crate::account::ServerUrl =
             format!("pop3://{authority}").parse().map_err(|_| bad())?;
         let port = if authority
@@ -90,22 +90,6 @@ impl fmt::Display for ImapUrl {
             self.user, self.host, self.port, self.folder
         )
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            out.push(u8::from_str_radix(std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[derive(Debug, thiserror::Error)]
