@@ -43,6 +43,10 @@ impl SelectArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  popvault list --since 2024-01-01 --from alice
+  popvault list --account home --json | jq -r .subject")]
 pub struct ListArgs {
     #[command(flatten)]
     select: SelectArgs,
@@ -101,6 +105,8 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Example: popvault cat 3f2a9c > message.eml   (the id prefixes `popvault list` shows are enough)")]
 pub struct CatArgs {
     /// The message id (64 hex digits) or a unique prefix of it.
     id: String,

@@ -9,6 +9,7 @@ use super::output::{human_bytes, local_time};
 use super::{Context, Exit};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Example: popvault stats --json | jq .compression_ratio")]
 pub struct StatsArgs {
     /// Print one JSON object.
     #[arg(long)]

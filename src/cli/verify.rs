@@ -7,6 +7,11 @@ use super::{Context, Exit};
 use crate::archive::verify::{self, DamagedMessage};
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  popvault verify              structure only: seconds, even for a large archive
+  popvault verify --full       every message decompressed and re-hashed (weekly, say)
+After damage, `popvault repair` keeps every readable message and lists what is lost.")]
 pub struct VerifyArgs {
     /// Decompress and re-hash every message (reads the whole archive).
     #[arg(long)]
