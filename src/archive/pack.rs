@@ -341,6 +341,37 @@ pub fn compress_checked(id: Digest, raw: &[u8], level: i32) -> Result<Vec<u8>, R
     Ok(frame)
 }
 
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decompresses one whole frame into memory: exactly `raw_len` bytes or an error. The output
+/// buffer is allocated at `raw_len` and decompression cannot write past it.
+pub fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, RecordFault> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut d = zstd::bulk::Decompressor::new().map_err(RecordFault::Decompress)?;
+            d.window_log_max(MAX_WINDOW_LOG)
+                .map_err(RecordFault::Decompress)?;
+            *slot = Some(d);
+        }
+        let mut out = Vec::with_capacity(raw_len as usize);
+        let got = slot
+            .as_mut()
+            .expect("just set")
+            .decompress_to_buffer(stored, &mut out)
+            .map_err(RecordFault::Decompress)?;
+        if got as u64 != raw_len {
+            return Err(RecordFault::Length {
+                expected: raw_len,
+                got: got as u64,
+            });
+        }
+        Ok(out)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordFault {
     #[error("{0}")]

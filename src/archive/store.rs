@@ -335,8 +335,7 @@ impl Archive {
         if header.id != *id || header.raw_len != loc.size || header.stored_len != loc.stored_len {
             return Err(damaged(RecordFault::Mismatch));
         }
-        let mut out = Vec::with_capacity(loc.size as usize);
-        pack::copy_decompressed(loc.size, &mut &stored[..], &mut out).map_err(damaged)?;
+        let out = pack::decompress_bounded(stored, loc.size).map_err(damaged)?;
         let got = Digest::of(&out);
         if got != *id {
             return Err(damaged(RecordFault::Hash { got }));

@@ -133,7 +133,7 @@ impl From<io::Error> for ImapError {
 const MAX_LINE: usize = 64 * 1024;
 const MAX_LITERAL: u64 = 256 << 20;
 /// APPENDs in flight with LITERAL+.
-const WINDOW: usize = 32;
+const WINDOW: usize = 128;
 
 /// One server response: its text with each literal replaced by `{n}`, and the literals.
 #[derive(Debug, Default)]
@@ -622,7 +622,13 @@ impl Sink for ImapSink {
         Ok(())
     }
 
+    /// Between chunks the APPENDs stay in flight (the server works while the next chunk is
+    /// read); `finish` waits for every answer.
     fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError> {
+        Ok(std::mem::take(&mut self.refused))
+    }
+
+    fn finish(&mut self) -> Result<Vec<Skipped>, RestoreError> {
         while !self.in_flight.is_empty() {
             self.wait_for_one()?;
         }
