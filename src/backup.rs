@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use crate::account::Account;
 use crate::archive::catalog::AccountRun;
-use crate::archive::{Added, ArchiveError, Index, Source, Writer};
+use crate::archive::{Added, ArchiveError, Incoming, Index, Source, Writer};
 use crate::pop3::{Pop3Error, RetrieveError, Secret, Session, Transaction, TransportError};
 
 #[derive(Debug, Clone)]
@@ -345,6 +346,15 @@ fn plan(
 }
 
 /// RETRs the plan into the writer. Messages stream: memory stays bounded whatever their size.
+/// Messages are handed to the archive writer in batches of about this many bytes or messages...
+const BATCH_BYTES: usize = 4 << 20;
+const BATCH_MESSAGES: usize = 256;
+/// ...and a message larger than this streams straight into the writer instead.
+const INLINE_LIMIT: u64 = 8 << 20;
+
+/// One batch's outcome: what adding each message did, with its size.
+type BatchOutcome = Result<Vec<(Added, u64)>, ArchiveError>;
+
 fn fetch(
     writer: &mut Writer,
     session: &mut Session<Transaction>,
@@ -356,40 +366,86 @@ fn fetch(
 ) -> Result<(), BackupError> {
     let by_msgno: HashMap<u32, &Planned> = plan.fetch.iter().map(|p| (p.msgno, p)).collect();
     let msgnos: Vec<u32> = plan.fetch.iter().map(|p| p.msgno).collect();
-    let refused = session.retrieve(
-        &msgnos,
-        opts.window,
-        |msgno, body: &mut dyn Read| -> Result<(), ArchiveError> {
+    let source = |planned: &Planned| Source::Pop3 {
+        account: account.name.clone(),
+        uidl: planned.uidl.clone(),
+    };
+    // The network thread (this one) receives while a second thread hashes, compresses and
+    // stores the previous batch on the other cores: the two overlap instead of taking turns.
+    let writer = Mutex::new(writer);
+    let (batches, received) = mpsc::sync_channel::<Vec<Incoming>>(1);
+    let (refused, stored) = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| -> BatchOutcome {
+            let mut outcomes = Vec::new();
+            for batch in received {
+                let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+                let added = writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add_batch(batch)?;
+                outcomes.extend(added.into_iter().zip(sizes));
+            }
+            Ok(outcomes)
+        });
+        let mut batch: Vec<Incoming> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut streamed = Vec::new();
+        let writer_gone = || ArchiveError::Read {
+            what: account.name.clone(),
+            source: std::io::Error::other("the archive writer stopped"),
+        };
+        let refused = session.retrieve(&msgnos, opts.window, |msgno, body: &mut dyn Read| -> Result<(), ArchiveError> {
             let planned = by_msgno[&msgno];
-            let mut counted = CountingReader {
-                inner: body,
-                count: 0,
-            };
-            let source = Source::Pop3 {
-                account: account.name.clone(),
-                uidl: planned.uidl.clone(),
-            };
-            let (_, added) = writer.add_stream(&mut counted, source, None, opts.now)?;
-            if counted.count != planned.size {
-                report.warnings.push(format!(
-                "message {msgno} (UIDL {}): LIST said {} bytes, RETR gave {}; stored as received",
-                planned.uidl.as_deref().unwrap_or("-"),
-                planned.size,
+            let mut raw = Vec::new();
+            let read_err = |e| ArchiveError::Read { what: account.name.clone(), source: e };
+            body.take(INLINE_LIMIT + 1).read_to_end(&mut raw).map_err(read_err)?;
+            let size = if raw.len() as u64 > INLINE_LIMIT {
+                let mut counted = CountingReader { inner: body, count: raw.len() as u64 };
+                let mut whole = (&raw[..]).chain(&mut counted);
+                let (_, added) = writer.lock().unwrap_or_else(|e| e.into_inner()).add_stream(&mut whole, source(planned), None, opts.now)?;
+                streamed.push((added, counted.count));
                 counted.count
-            ));
+            } else {
+                let size = raw.len() as u64;
+                batch_bytes += raw.len();
+                batch.push(Incoming { raw, source: source(planned), flags: None, first_seen: opts.now });
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_MESSAGES {
+                    batches.send(std::mem::take(&mut batch)).map_err(|_| writer_gone())?;
+                    batch_bytes = 0;
+                }
+                size
+            };
+            if size != planned.size {
+                report.warnings.push(format!(
+                    "message {msgno} (UIDL {}): LIST said {} bytes, RETR gave {size}; stored as received",
+                    planned.uidl.as_deref().unwrap_or("-"),
+                    planned.size,
+                ));
             }
-            match added {
-                Added::New => report.new_messages += 1,
-                Added::Duplicate => report.already_archived += 1,
-                Added::Known => {}
-            }
-            report.fetched_bytes += counted.count;
-            events(Event::Fetched {
-                bytes: counted.count,
-            });
+            report.fetched_bytes += size;
+            events(Event::Fetched { bytes: size });
             Ok(())
-        },
-    );
+        });
+        // Whatever arrived whole is stored, even when the connection broke afterwards: a retry
+        // then starts after it.
+        let _ = batches.send(batch);
+        drop(batches);
+        let stored = worker
+            .join()
+            .unwrap_or_else(|_| Err(writer_gone()))
+            .map(|mut o| {
+                o.extend(streamed);
+                o
+            });
+        (refused, stored)
+    });
+    for (added, _) in stored? {
+        match added {
+            Added::New => report.new_messages += 1,
+            Added::Duplicate => report.already_archived += 1,
+            Added::Known => {}
+        }
+    }
     let refused = refused.map_err(|e| match e {
         RetrieveError::Pop3(e) => BackupError::Pop3(e),
         RetrieveError::Callback { source, .. } => BackupError::Archive(source),
