@@ -498,10 +498,46 @@ pub struct ImapSink {
     client: Client,
     folder: String,
     literal_plus: bool,
-    /// APPENDs sent and not yet answered: tag and message.
-    in_flight: Vec<(String, Candidate)>,
+    /// MULTIAPPEND (RFC 3502) with LITERAL+: messages go in groups, one command (and one
+    /// server-side commit) each.
+    multiappend: bool,
+    /// Messages waiting to be sent as one MULTIAPPEND.
+    group: Vec<(Candidate, Vec<u8>)>,
+    group_bytes: usize,
+    /// APPENDs sent and not yet answered.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// Messages of a refused group, to be sent again one by one once nothing is in flight.
+    retry_singly: Vec<(Candidate, Vec<u8>)>,
     /// Messages the server refused, with its reply.
     refused: Vec<Skipped>,
+}
+
+struct InFlight {
+    tag: String,
+    messages: Vec<Candidate>,
+    /// The bytes, kept for groups only (a refused group is retried message by message).
+    bytes: Vec<Vec<u8>>,
+}
+
+/// A MULTIAPPEND group holds at most this many messages or bytes...
+const GROUP_MESSAGES: usize = 100;
+const GROUP_BYTES: usize = 4 << 20;
+/// ...and at most this many groups are in flight.
+const GROUP_WINDOW: usize = 4;
+
+fn flag_list(c: &Candidate) -> String {
+    let mut flags = Vec::new();
+    for (on, name) in [
+        (c.flags.seen, "\\Seen"),
+        (c.flags.answered, "\\Answered"),
+        (c.flags.flagged, "\\Flagged"),
+        (c.flags.draft, "\\Draft"),
+    ] {
+        if on {
+            flags.push(name);
+        }
+    }
+    flags.join(" ")
 }
 
 impl ImapSink {
@@ -518,30 +554,101 @@ impl ImapSink {
             Some(d) if d != '/' => url.folder.replace('/', &d.to_string()),
             _ => url.folder.clone(),
         };
+        let multiappend = literal_plus && client.capabilities.contains("MULTIAPPEND");
         Ok(ImapSink {
             client,
             folder,
             literal_plus,
-            in_flight: Vec::new(),
+            multiappend,
+            group: Vec::new(),
+            group_bytes: 0,
+            in_flight: Default::default(),
+            retry_singly: Vec::new(),
             refused: Vec::new(),
         })
     }
 
     /// Waits for the oldest APPEND's answer; a refusal of that message is recorded, not fatal.
     fn wait_for_one(&mut self) -> Result<(), ImapError> {
-        let (tag, candidate) = self.in_flight.remove(0);
-        match self.client.complete(&tag, "APPEND") {
+        let Some(sent) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match self.client.complete(&sent.tag, "APPEND") {
             Ok(_) => Ok(()),
+            // A refused group stored none of its messages (RFC 3502 §6.3.11): each goes again alone.
+            Err(ImapError::Rejected { .. }) if sent.messages.len() > 1 => {
+                self.retry_singly
+                    .extend(sent.messages.into_iter().zip(sent.bytes));
+                Ok(())
+            }
             Err(ImapError::Rejected { reply, .. }) if reply.starts_with("NO") => {
+                let c = &sent.messages[0];
                 self.refused.push(Skipped {
-                    id: candidate.id,
+                    id: c.id,
                     reason: format!("the IMAP server refused it: {reply}"),
-                    subject: candidate.subject,
+                    subject: c.subject.clone(),
                 });
                 Ok(())
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Sends `messages` (already CRLF-normalised) as one APPEND command, a MULTIAPPEND when more
+    /// than one. Without LITERAL+ each literal waits for the server's go-ahead.
+    fn send(&mut self, messages: Vec<(Candidate, Vec<u8>)>) -> Result<(), ImapError> {
+        let tag = self.client.tag();
+        let name = mailbox_name(&self.folder)?;
+        self.client
+            .write(format!("{tag} APPEND {name}").as_bytes())?;
+        for (c, bytes) in &messages {
+            let plus = if self.literal_plus { "+" } else { "" };
+            self.client.write(
+                format!(
+                    " ({}) \"{}\" {{{}{plus}}}\r\n",
+                    flag_list(c),
+                    internal_date(c.time),
+                    bytes.len()
+                )
+                .as_bytes(),
+            )?;
+            if !self.literal_plus {
+                let r = self.client.read_response()?;
+                if !r.text.starts_with('+') {
+                    return Err(ImapError::Rejected {
+                        command: "APPEND",
+                        reply: r.text,
+                    });
+                }
+            }
+            self.client.write(bytes)?;
+        }
+        self.client.write(b"\r\n")?;
+        let keep = messages.len() > 1;
+        let (candidates, bytes): (Vec<Candidate>, Vec<Vec<u8>>) = messages.into_iter().unzip();
+        self.in_flight.push_back(InFlight {
+            tag,
+            messages: candidates,
+            bytes: if keep { bytes } else { Vec::new() },
+        });
+        let window = match (self.literal_plus, keep) {
+            (false, _) => 1,
+            (true, true) => GROUP_WINDOW,
+            (true, false) => WINDOW,
+        };
+        while self.in_flight.len() >= window {
+            self.wait_for_one()?;
+        }
+        Ok(())
+    }
+
+    fn send_group(&mut self) -> Result<(), ImapError> {
+        if !self.group.is_empty() {
+            let group = std::mem::take(&mut self.group);
+            self.group_bytes = 0;
+            self.send(group)?;
+        }
+        Ok(())
     }
 }
 
@@ -578,46 +685,13 @@ impl Sink for ImapSink {
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
         let bytes = crlf_normalise(raw);
-        let mut flags = Vec::new();
-        for (on, name) in [
-            (c.flags.seen, "\\Seen"),
-            (c.flags.answered, "\\Answered"),
-            (c.flags.flagged, "\\Flagged"),
-            (c.flags.draft, "\\Draft"),
-        ] {
-            if on {
-                flags.push(name);
-            }
+        if !self.multiappend {
+            return Ok(self.send(vec![(c.clone(), bytes)])?);
         }
-        let tag = self.client.tag();
-        let name = mailbox_name(&self.folder)?;
-        let literal = format!(
-            "{{{}{}}}",
-            bytes.len(),
-            if self.literal_plus { "+" } else { "" }
-        );
-        let line = format!(
-            "{tag} APPEND {name} ({}) \"{}\" {literal}\r\n",
-            flags.join(" "),
-            internal_date(c.time)
-        );
-        self.client.write(line.as_bytes())?;
-        if !self.literal_plus {
-            let r = self.client.read_response()?;
-            if !r.text.starts_with('+') {
-                return Err(ImapError::Rejected {
-                    command: "APPEND",
-                    reply: r.text,
-                }
-                .into());
-            }
-        }
-        self.client.write(&bytes)?;
-        self.client.write(b"\r\n")?;
-        self.in_flight.push((tag, c.clone()));
-        let window = if self.literal_plus { WINDOW } else { 1 };
-        while self.in_flight.len() >= window {
-            self.wait_for_one()?;
+        self.group_bytes += bytes.len();
+        self.group.push((c.clone(), bytes));
+        if self.group.len() >= GROUP_MESSAGES || self.group_bytes >= GROUP_BYTES {
+            self.send_group()?;
         }
         Ok(())
     }
@@ -629,6 +703,13 @@ impl Sink for ImapSink {
     }
 
     fn finish(&mut self) -> Result<Vec<Skipped>, RestoreError> {
+        self.send_group()?;
+        while !self.in_flight.is_empty() {
+            self.wait_for_one()?;
+        }
+        for message in std::mem::take(&mut self.retry_singly) {
+            self.send(vec![message])?;
+        }
         while !self.in_flight.is_empty() {
             self.wait_for_one()?;
         }
