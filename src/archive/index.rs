@@ -28,10 +28,15 @@ pub struct Location {
 }
 
 impl Location {
+    /// Whether the record header found at this location is the one the catalog promised.
+    pub fn describes(&self, id: &Digest, header: &pack::RecordHeader) -> bool {
+        header.id == *id && header.raw_len == self.size && header.stored_len == self.stored_len
+    }
+
     /// Decompresses and re-hashes the message at this location of `file` (its pack).
     pub fn check(&self, id: &Digest, file: &mut File) -> Result<(), RecordFault> {
         let header = pack::read_record_header(file, self.offset)?;
-        if header.id != *id || header.raw_len != self.size || header.stored_len != self.stored_len {
+        if !self.describes(id, &header) {
             return Err(RecordFault::Mismatch);
         }
         let mut stored = BufReader::new(&mut *file).take(self.stored_len);

@@ -27,6 +27,15 @@ struct Header {
     created: DateTime<Utc>,
 }
 
+/// Turns a fault of the record at `loc` into the error that names the message and its pack.
+fn damaged<'a>(id: &'a Digest, loc: &'a Location) -> impl Fn(RecordFault) -> ArchiveError + 'a {
+    move |fault| ArchiveError::DamagedMessage {
+        id: *id,
+        pack: loc.pack.to_string(),
+        fault,
+    }
+}
+
 /// Whether `root` has an archive header (of any version).
 pub fn is_archive(root: &Path) -> bool {
     root.join(HEADER_FILE).exists()
@@ -280,48 +289,32 @@ impl Archive {
         self.root.join("packs").join(name)
     }
 
+    fn located(&self, id: &Digest) -> Result<Location, ArchiveError> {
+        self.location(id)
+            .ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })
+    }
+
     /// Streams message `id` to `out`, after first checking that it decompresses to exactly its
     /// id: nothing is written for a damaged message. Memory stays bounded whatever its size.
     pub fn copy_message(&self, id: &Digest, out: &mut dyn Write) -> Result<(), ArchiveError> {
-        let loc = self
-            .location(id)
-            .ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })?;
-        let damaged = |fault| ArchiveError::DamagedMessage {
-            id: *id,
-            pack: loc.pack.to_string(),
-            fault,
-        };
+        let loc = self.located(id)?;
+        let damaged = damaged(id, &loc);
         let path = self.pack_path(&loc.pack);
         let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
-        self.check_message(id, &loc, &mut file).map_err(damaged)?;
+        loc.check(id, &mut file).map_err(&damaged)?;
         file.seek(SeekFrom::Start(loc.offset + RECORD_HEADER_LEN))
             .map_err(ArchiveError::io(&path))?;
         let mut stored = BufReader::new(file).take(loc.stored_len);
         pack::copy_decompressed(loc.size, &mut stored, out).map_err(damaged)
     }
 
-    /// Decompresses and re-hashes one message in `file` (its pack).
-    pub fn check_message(
-        &self,
-        id: &Digest,
-        loc: &Location,
-        file: &mut File,
-    ) -> Result<(), RecordFault> {
-        loc.check(id, file)
-    }
-
-    /// Reads and verifies a whole message into memory. Decompresses once into memory and checks the SHA-256 before handing the bytes out. Packs
-    /// stay open between calls (positioned reads, so threads share them).
+    /// Reads a whole message into memory, decompressing it once and checking its SHA-256 before
+    /// handing the bytes out. Packs stay open between calls (positioned reads, so threads share
+    /// them).
     pub fn read_message(&self, id: &Digest) -> Result<Vec<u8>, ArchiveError> {
         use std::os::unix::fs::FileExt;
-        let loc = self
-            .location(id)
-            .ok_or_else(|| ArchiveError::UnknownId { prefix: id.hex() })?;
-        let damaged = |fault| ArchiveError::DamagedMessage {
-            id: *id,
-            pack: loc.pack.to_string(),
-            fault,
-        };
+        let loc = self.located(id)?;
+        let damaged = damaged(id, &loc);
         let file = self
             .open_pack(&loc.pack)
             .map_err(|e| damaged(RecordFault::Io(e)))?;
@@ -332,10 +325,10 @@ impl Archive {
         let header =
             pack::RecordHeader::decode(head.try_into().expect("split at the header length"))
                 .ok_or_else(|| damaged(RecordFault::Header))?;
-        if header.id != *id || header.raw_len != loc.size || header.stored_len != loc.stored_len {
+        if !loc.describes(id, &header) {
             return Err(damaged(RecordFault::Mismatch));
         }
-        let out = pack::decompress_bounded(stored, loc.size).map_err(damaged)?;
+        let out = pack::decompress_bounded(stored, loc.size).map_err(&damaged)?;
         let got = Digest::of(&out);
         if got != *id {
             return Err(damaged(RecordFault::Hash { got }));

@@ -251,7 +251,7 @@ fn check_pack(
     let mut referenced: HashSet<u64> = HashSet::new();
     for (id, loc) in messages {
         referenced.insert(loc.offset);
-        match archive.check_message(id, loc, &mut file) {
+        match loc.check(id, &mut file) {
             Ok(()) => out.bytes_checked += loc.size,
             Err(fault) => out
                 .damaged
