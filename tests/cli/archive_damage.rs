@@ -104,17 +104,21 @@ fn a_flipped_byte_names_that_message_and_the_rest_still_cat() {
     assert_all_cat(&sandbox, &second);
 }
 
-#[test]
-fn a_truncated_pack_names_the_lost_tail_and_the_rest_still_cat() {
-    let (sandbox, first, second) = two_pack_archive();
-    let pack = pack_of(&sandbox, 1);
-    let cut = stored_offset(&sandbox, &sha256_hex(&first[50])) + 20;
+/// Cuts pack `commit` `extra` bytes into the record of `message`.
+pub fn truncate_pack_into(sandbox: &Sandbox, commit: u32, message: &[u8], extra: u64) {
+    let cut = stored_offset(sandbox, &sha256_hex(message)) + extra;
     fs::OpenOptions::new()
         .write(true)
-        .open(&pack)
+        .open(pack_of(sandbox, commit))
         .unwrap()
         .set_len(cut)
         .unwrap();
+}
+
+#[test]
+fn a_truncated_pack_names_the_lost_tail_and_the_rest_still_cat() {
+    let (sandbox, first, second) = two_pack_archive();
+    truncate_pack_into(&sandbox, 1, &first[50], 20);
 
     let stderr = verify_fails(&sandbox);
     for m in &first[50..] {

@@ -3,7 +3,9 @@
 
 use std::fs;
 
-use crate::archive_damage::{assert_all_cat, pack_of, stored_offset, two_pack_archive};
+use crate::archive_damage::{
+    assert_all_cat, pack_of, stored_offset, truncate_pack_into, two_pack_archive,
+};
 use crate::common::dovecot::Dovecot;
 use crate::support::{Rng, Sandbox, generated_message, sha256_hex};
 
@@ -100,14 +102,7 @@ fn a_flipped_byte_is_salvaged_around_and_the_lost_message_heals_on_reimport() {
 #[test]
 fn a_truncated_pack_keeps_its_head_and_a_torn_segment_is_rebuilt_from_the_packs() {
     let (sandbox, first, second) = two_pack_archive();
-    let pack = pack_of(&sandbox, 1);
-    let cut = stored_offset(&sandbox, &sha256_hex(&first[40])) + 30;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&pack)
-        .unwrap()
-        .set_len(cut)
-        .unwrap();
+    truncate_pack_into(&sandbox, 1, &first[40], 30);
     let segment = sandbox.archive().join("catalog/00000002.jsonl.zst");
     let seg = fs::read(&segment).unwrap();
     fs::write(&segment, &seg[..seg.len() - 20]).unwrap();
