@@ -16,7 +16,7 @@
 //!
 //! Bytes: IMAP requires CRLF line endings, so a bare LF is sent as CRLF. Presence: a message is
 //! already in the folder when a message there has the same size and the same header block (both
-//! after that normalisation), read with one FETCH of RFC822.SIZE and BODY.PEEK[HEADER].
+//! after that normalisation), read with one FETCH of RFC822.SIZE and `BODY.PEEK[HEADER]`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
