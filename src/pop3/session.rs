@@ -332,7 +332,7 @@ impl Session<Transaction> {
     /// terminator; what it leaves unread is skipped.
     ///
     /// With PIPELINING (RFC 2449 §6.6) up to `window` RETRs are in flight (and at most
-    /// [`MAX_IN_FLIGHT_BYTES`] of commands); otherwise one at a time.
+    /// `MAX_IN_FLIGHT_BYTES` of commands); otherwise one at a time.
     ///
     /// Returns the messages the server refused (`-ERR`). If `on_message` fails, the session is
     /// abandoned on the spot: the socket is shut without QUIT, so nothing is deleted, and later
