@@ -20,6 +20,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::archive::catalog::{self, Entry, Lost, Source};
+use crate::archive::index::list_dir;
 use crate::archive::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader};
 use crate::archive::verify::{self, DamagedMessage};
 use crate::archive::{Archive, ArchiveError, Digest, Incoming, Writer, durable};
@@ -341,16 +342,5 @@ fn parse_lines(text: &[u8]) -> Vec<Entry> {
 }
 
 fn list(root: &Path, sub: &str) -> Result<Vec<String>, ArchiveError> {
-    let dir = root.join(sub);
-    let mut names = Vec::new();
-    for e in fs::read_dir(&dir).map_err(ArchiveError::io(&dir))? {
-        names.push(
-            e.map_err(ArchiveError::io(&dir))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    names.sort();
-    Ok(names)
+    list_dir(&root.join(sub))
 }

@@ -181,6 +181,22 @@ fn with_password(account: &Account, f: impl FnOnce(&Secret) -> AccountReport) ->
     }
 }
 
+/// `$POPVAULT_PASSWORD`, else a no-echo prompt when on a terminal, else nothing.
+pub fn password_from_env_or_prompt(label: &str) -> anyhow::Result<Option<Secret>> {
+    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
+        let p = p
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?;
+        return Ok(Some(Secret::new(p)));
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        return Ok(Some(Secret::new(rpassword::prompt_password(format!(
+            "Password for {label}: "
+        ))?)));
+    }
+    Ok(None)
+}
+
 /// The password or token: `password_command`, else `$POPVAULT_PASSWORD`, else a prompt.
 pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
     if let Some(command) = &account.password_command {
@@ -205,15 +221,8 @@ pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
         }
         return Ok(Secret::new(first));
     }
-    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
-        return Ok(Secret::new(
-            p.into_string()
-                .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?,
-        ));
-    }
-    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        let p = rpassword::prompt_password(format!("Password for {}: ", account.server_label()))?;
-        return Ok(Secret::new(p));
+    if let Some(secret) = password_from_env_or_prompt(&account.server_label())? {
+        return Ok(secret);
     }
     bail!(
         "no password: set password_command for this account in the config file, or POPVAULT_PASSWORD"

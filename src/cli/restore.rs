@@ -164,17 +164,10 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
 }
 
 fn imap_password(label: &str) -> anyhow::Result<Secret> {
-    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
-        return Ok(Secret::new(
-            p.into_string()
-                .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?,
-        ));
+    match super::backup::password_from_env_or_prompt(label)? {
+        Some(secret) => Ok(secret),
+        None => anyhow::bail!(
+            "no IMAP password: set POPVAULT_PASSWORD or run on a terminal to be asked"
+        ),
     }
-    use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        return Ok(Secret::new(rpassword::prompt_password(format!(
-            "Password for {label}: "
-        ))?));
-    }
-    anyhow::bail!("no IMAP password: set POPVAULT_PASSWORD or run on a terminal to be asked")
 }

@@ -1,9 +1,7 @@
 //! kill -9 during an import, at random moments: the archive always verifies, and re-running the
 //! import ends with every message present exactly once.
 
-use std::time::Duration;
-
-use crate::support::{Rng, Sandbox, sha256_hex, write_maildir};
+use crate::support::{Rng, Sandbox, kill_9_after, sha256_hex, write_maildir};
 
 #[test]
 fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
@@ -14,18 +12,11 @@ fn kill_9_mid_import_loses_nothing_committed_and_rerun_completes() {
     let mut rng = Rng(0x5eed_1234_5678_9abc);
     let mut killed_mid_run = 0;
     for _ in 0..6 {
-        let mut child = sandbox
-            .command()
+        let mut command = sandbox.command();
+        command
             .args(["import", &source])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(10 + rng.next() % 200));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+            .stdout(std::process::Stdio::null());
+        killed_mid_run += usize::from(kill_9_after(&mut command, 10 + rng.next() % 200));
         let out = sandbox.run(&["verify", "--full"]);
         assert!(
             out.status.success(),

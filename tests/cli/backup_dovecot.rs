@@ -363,8 +363,8 @@ fn kill_9_mid_backup_then_rerun_holds_every_message_exactly_once() {
     let mut rng = Rng(0xfeed_beef_1234_5678);
     let mut interrupted = 0;
     for _ in 0..5 {
-        let mut child = sandbox
-            .command()
+        let mut command = sandbox.command();
+        command
             .args([
                 "backup",
                 &stls_url(&dovecot),
@@ -372,15 +372,11 @@ fn kill_9_mid_backup_then_rerun_holds_every_message_exactly_once() {
                 ca.to_str().unwrap(),
                 "-q",
             ])
-            .env("POPVAULT_PASSWORD", dovecot.password())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(10 + rng.next() % 150));
-        if child.try_wait().unwrap().is_none() {
-            interrupted += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+            .env("POPVAULT_PASSWORD", dovecot.password());
+        interrupted += usize::from(crate::support::kill_9_after(
+            &mut command,
+            10 + rng.next() % 150,
+        ));
         if sandbox.archive().join("popvault-archive.json").exists() {
             let out = sandbox.run(&["verify", "--full"]);
             assert!(

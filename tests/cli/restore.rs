@@ -274,8 +274,8 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
     let mut rng = Rng(0xabcdef);
     let mut interrupted = 0;
     for _ in 0..3 {
-        let mut child = sandbox
-            .command()
+        let mut command = sandbox.command();
+        command
             .args([
                 "restore",
                 "--to",
@@ -284,15 +284,11 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
                 ca.to_str().unwrap(),
                 "-q",
             ])
-            .env("POPVAULT_PASSWORD", dovecot.password())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50 + rng.next() % 200));
-        if child.try_wait().unwrap().is_none() {
-            interrupted += 1;
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+            .env("POPVAULT_PASSWORD", dovecot.password());
+        interrupted += usize::from(crate::support::kill_9_after(
+            &mut command,
+            50 + rng.next() % 200,
+        ));
     }
     assert!(
         interrupted > 0,

@@ -121,3 +121,14 @@ pub fn write_maildir(dir: &Path, count: u64, seed: u64) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// Starts `command`, SIGKILLs it after `millis` ms, and says whether it was still running then
+/// (a kill -9 in the middle of the work, not after it).
+pub fn kill_9_after(command: &mut std::process::Command, millis: u64) -> bool {
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    running
+}
