@@ -284,39 +284,85 @@ SyncState *
         return res
 
     def maildir_runs(self, source, runs):
-        res = {"popvault": ([], []), "cp": ([], [])}
+        """Each tool writes into a new, empty ext4 file system (FreshFs): on a reused one, ext4
+        without a journal walks the inodes the previous run freed on every create (its
+        `recently_deleted` check, for up to 6 minutes), which made the results depend on the
+        order of the runs more than on the tools."""
+        res = {"popvault": ([], []), "cp": ([], []), "verify": ([], [])}
         for run in range(runs):
-            order = ["popvault", "cp"] if run % 2 == 0 else ["cp", "popvault"]
+            order = ["popvault", "cp", "verify"] if run % 2 == 0 else ["verify", "cp", "popvault"]
             for tool in order:
-                dest = os.path.join(WORK, f"maildir-{tool}")
-                shutil.rmtree(dest, ignore_errors=True)
-                if tool == "cp":
-                    os.makedirs(dest)
                 source.warm()
-                sync()
-                wait_quiet(f"Maildir {tool} run {run + 1} ({source.count} messages)")
-                if tool == "popvault":
-                    t, m = timed([self.popvault, "--archive", source.archive, "-q", "restore", "--to", f"maildir:{dest}"],
-                                 env={"HOME": WORK})
-                else:
-                    t, m = timed(["sh", "-c", 'cp -r "$0/cur" "$1/cur" && sync', source.maildir, dest])
-                cur = os.path.join(dest, "cur")
-                names = os.listdir(cur)
-                size = sum(os.path.getsize(os.path.join(cur, n)) for n in names)
-                if len(names) != source.count or size != source.bytes:
-                    sys.exit(f"bench: {tool} wrote {len(names)} of {source.count} messages, {size} of "
-                             f"{source.bytes} bytes into {cur}")
-                shutil.rmtree(dest)
-                sync()
+                if tool == "verify":
+                    # The decompression and SHA-256 that a restore must do, with no writing.
+                    sync()
+                    wait_quiet(f"verify --full run {run + 1}")
+                    t, m = timed([self.popvault, "--archive", source.archive, "-q", "verify", "--full"])
+                    log(f"Maildir run {run + 1}/{runs}: verify --full {t:.3f} s, {m:.0f} MB")
+                    res[tool][0].append(t); res[tool][1].append(m)
+                    continue
+                with FreshFs(os.path.join(WORK, "fs.img"), os.path.join(WORK, "mnt"), source.bytes) as fs:
+                    dest = os.path.join(fs.root, "maildir")
+                    if tool == "cp":
+                        os.makedirs(dest)
+                    sync()
+                    wait_quiet(f"Maildir {tool} run {run + 1} ({source.count} messages)")
+                    if tool == "popvault":
+                        t, m = timed([self.popvault, "--archive", source.archive, "-q", "restore", "--to",
+                                      f"maildir:{dest}"], env={"HOME": WORK})
+                    else:
+                        t, m = timed(["sh", "-c", 'cp -r "$0/cur" "$1/cur" && sync', source.maildir, dest])
+                    cur = os.path.join(dest, "cur")
+                    names = os.listdir(cur)
+                    size = sum(os.path.getsize(os.path.join(cur, n)) for n in names)
+                    if len(names) != source.count or size != source.bytes:
+                        sys.exit(f"bench: {tool} wrote {len(names)} of {source.count} messages, {size} of "
+                                 f"{source.bytes} bytes into {cur}")
                 log(f"Maildir run {run + 1}/{runs}, {source.count} messages: {tool} {t:.3f} s, {m:.0f} MB")
                 res[tool][0].append(t); res[tool][1].append(m)
         return res
 
 
+class FreshFs:
+    """A new ext4 file system (default mkfs options, so with a journal) in an image file, on a
+    loop device with direct I/O, so that a sync of it reaches the disk. Needs root, mkfs.ext4 and
+    losetup; without them, a fresh directory of the current file system."""
+
+    def __init__(self, image, mountpoint, payload_bytes):
+        self.image, self.mountpoint, self.device = image, mountpoint, None
+        self.size = max(1 << 30, 3 * payload_bytes)
+        self.root = mountpoint
+
+    @staticmethod
+    def available():
+        return os.geteuid() == 0 and shutil.which("mkfs.ext4") and shutil.which("losetup")
+
+    def __enter__(self):
+        shutil.rmtree(self.mountpoint, ignore_errors=True)
+        os.makedirs(self.mountpoint)
+        if not self.available():
+            return self
+        with open(self.image, "wb") as f:
+            f.truncate(self.size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True)
+        self.device = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", self.image],
+                                     capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(["mount", self.device, self.mountpoint], check=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device:
+            subprocess.run(["umount", self.mountpoint], check=True)
+            subprocess.run(["losetup", "-d", self.device], check=True)
+            os.unlink(self.image)
+        shutil.rmtree(self.mountpoint, ignore_errors=True)
+
+
 HOW = {"popvault": "restore --to imap:// (STARTTLS), LITERAL+ pipelined APPENDs",
        "mbsync": "isync, Sync Push + Create Far (STARTTLS)",
        "popvault-md": "restore --to maildir: (syncfs before renaming into cur/)",
-       "cp": "cp -r cur/ && sync"}
+       "cp": "cp -r cur/ && sync",
+       "verify": "popvault verify --full: the decompression and re-hash alone, nothing written"}
 HEADERS = ["tool", "how", "messages", "runs", "wall time (min to max)", "messages/s", "MB/s", "peak RSS",
            "time / popvault's"]
 
@@ -338,6 +384,44 @@ def rows_for(res, source, runs, how_keys):
 IMAP_TOOLS = [("popvault", "popvault"), ("mbsync", "mbsync")]
 
 
+def imap_runs(args, popvault, big, small):
+    """The IMAP runs, loopback then delayed: (loopback, delayed, probe, delayed rows, note)."""
+    rtt = 2 * args.delay * 1000
+    server = proxy = None
+    try:
+        server = Server(args.port_base)
+        proxy = Proxy(server, args.delay, args.port_base + 1043)
+        bench = Bench(popvault, server)
+        # Warm-up, not measured: Dovecot starts its processes and creates its indexes.
+        log("warm-up (popvault restore on loopback, not measured)")
+        bench.pv_imap(small or big, server.imap)
+
+        log("IMAP on loopback")
+        loop = bench.imap_runs(big, server.imap, args.runs, ["popvault", "mbsync"], "loopback")
+        log("IMAP on the delayed link")
+        if not small:
+            delayed = bench.imap_runs(big, proxy.imap, args.delayed_runs, ["popvault", "mbsync"], f"{rtt:.0f} ms RTT")
+            return loop, delayed, None, rows_for(delayed, big, args.delayed_runs, IMAP_TOOLS), ""
+        probe = bench.imap_runs(small, proxy.imap, args.delayed_runs, ["popvault", "mbsync"], f"{rtt:.0f} ms RTT")
+        predicted = median(probe["mbsync"][0]) * args.count / small.count
+        tools = ["popvault", "mbsync"] if predicted <= args.mbsync_limit else ["popvault"]
+        note = ""
+        if "mbsync" not in tools:
+            note = (f"\nmbsync was **not** run with {args.count:,} messages on the delayed link: at its "
+                    f"{small.count:,}-message rate it would take about {predicted / 60:.0f} minutes "
+                    f"(limit {args.mbsync_limit / 60:.0f}). Its only delayed-link figure is the "
+                    f"{small.count:,}-message row, compared there with popvault on the same "
+                    f"{small.count:,} messages.\n")
+        delayed = bench.imap_runs(big, proxy.imap, args.delayed_runs, tools, f"{rtt:.0f} ms RTT")
+        rows = rows_for(delayed, big, args.delayed_runs, IMAP_TOOLS) + rows_for(probe, small, args.delayed_runs, IMAP_TOOLS)
+        return loop, delayed, probe, rows, note
+    finally:
+        if proxy:
+            proxy.stop()
+        if server:
+            server.stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description="restore benchmark")
     parser.add_argument("count", nargs="?", type=int, default=20000)
@@ -349,6 +433,7 @@ def main():
     parser.add_argument("--delay", type=float, default=0.025, help="seconds each way on the delayed link")
     parser.add_argument("--mbsync-limit", type=float, default=900,
                         help="longest predicted mbsync run with COUNT on the delayed link, in seconds")
+    parser.add_argument("--maildir-only", action="store_true", help="skip the IMAP runs")
     args = parser.parse_args()
     need("mbsync", "/usr/bin/time", "/usr/sbin/dovecot")
     build()
@@ -368,46 +453,10 @@ def main():
     load_start = os.getloadavg()[0]
 
     big = Source(args.count, popvault)
-    small = Source(args.slow_count, popvault) if args.count > args.slow_count else None
-    server = proxy = None
-    try:
-        server = Server(args.port_base)
-        proxy = Proxy(server, args.delay, args.port_base + 1043)
-        bench = Bench(popvault, server)
-        # Warm-up, not measured: Dovecot starts its processes and creates its indexes.
-        log("warm-up (popvault restore on loopback, not measured)")
-        bench.pv_imap(small or big, server.imap)
-
-        log("IMAP on loopback")
-        loop = bench.imap_runs(big, server.imap, args.runs, ["popvault", "mbsync"], "loopback")
-        log("IMAP on the delayed link")
-        delayed_rows, note = [], ""
-        if small:
-            probe = bench.imap_runs(small, proxy.imap, args.delayed_runs, ["popvault", "mbsync"],
-                                    f"{rtt:.0f} ms RTT")
-            predicted = median(probe["mbsync"][0]) * args.count / small.count
-            tools = ["popvault", "mbsync"] if predicted <= args.mbsync_limit else ["popvault"]
-            if "mbsync" not in tools:
-                note = (f"\nmbsync was **not** run with {args.count:,} messages on the delayed link: at its "
-                        f"{small.count:,}-message rate it would take about {predicted / 60:.0f} minutes "
-                        f"(limit {args.mbsync_limit / 60:.0f}). Its only delayed-link figure is the "
-                        f"{small.count:,}-message row, compared there with popvault on the same "
-                        f"{small.count:,} messages.\n")
-            delayed = bench.imap_runs(big, proxy.imap, args.delayed_runs, tools, f"{rtt:.0f} ms RTT")
-            delayed_rows = (rows_for(delayed, big, args.delayed_runs, IMAP_TOOLS) +
-                            rows_for(probe, small, args.delayed_runs, IMAP_TOOLS))
-        else:
-            delayed = bench.imap_runs(big, proxy.imap, args.delayed_runs, ["popvault", "mbsync"], f"{rtt:.0f} ms RTT")
-            delayed_rows = rows_for(delayed, big, args.delayed_runs, IMAP_TOOLS)
-            probe = None
-    finally:
-        if proxy:
-            proxy.stop()
-        if server:
-            server.stop()
-
+    small = Source(args.slow_count, popvault) if args.count > args.slow_count and not args.maildir_only else None
+    imap = None if args.maildir_only else imap_runs(args, popvault, big, small)
     log("Maildir")
-    md = bench.maildir_runs(big, args.runs)
+    md = Bench(popvault, None).maildir_runs(big, args.runs)
     shutil.rmtree(WORK, ignore_errors=True)
 
     mb = big.bytes / 1e6
@@ -423,13 +472,18 @@ def main():
           f"{os.cpu_count()} cores shared with other work (1-minute load average {load_start:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end); every timed step waited for a quiet second (CPUs at most "
           f"15% busy, at most 4 MB written to disk){', except these, which waited 5 minutes in vain: ' + ', '.join(NOISY) if NOISY else ''}.\n")
-    print("### IMAP, loopback\n")
-    print(table(HEADERS, rows_for(loop, big, args.runs, IMAP_TOOLS)))
-    print(f"\n### IMAP, delayed link, {rtt:.0f} ms round trip\n")
-    print(table(HEADERS, delayed_rows))
-    print(note)
+    if imap:
+        loop, delayed, probe, delayed_rows, note = imap
+        print("### IMAP, loopback\n")
+        print(table(HEADERS, rows_for(loop, big, args.runs, IMAP_TOOLS)))
+        print(f"\n### IMAP, delayed link, {rtt:.0f} ms round trip\n")
+        print(table(HEADERS, delayed_rows))
+        print(note)
     print("### Maildir (durable copy)\n")
-    print(table(HEADERS, rows_for(md, big, args.runs, [("popvault", "popvault-md"), ("cp", "cp")])))
+    print(f"Each restore and copy writes into a new, empty ext4 file system "
+          f"{'(an image on a loop device with direct I/O)' if FreshFs.available() else '(a fresh directory: not root, so no loop device; the results depend on what was freed before)'}.\n")
+    print(table(HEADERS, rows_for(md, big, args.runs,
+                                  [("popvault", "popvault-md"), ("cp", "cp"), ("verify", "verify")])))
     pv_md, cp_md = median(md["popvault"][0]), median(md["cp"][0])
     target = pv_md <= 1.25 * cp_md
     print(f"\nTarget: popvault at least 80% of cp's speed (time <= 1.25 x cp+sync): popvault takes "
@@ -439,12 +493,14 @@ def main():
     def ratio(res):
         return median(res["mbsync"][0]) / median(res["popvault"][0])
     print("\nRatios (peer wall time / popvault wall time; above 1 means popvault is faster):\n")
-    print(f"- IMAP loopback, {args.count:,} messages: mbsync {ratio(loop):.2f}x")
-    if "mbsync" in delayed:
-        print(f"- IMAP {rtt:.0f} ms RTT, {args.count:,} messages: mbsync {ratio(delayed):.2f}x")
-    if probe:
-        print(f"- IMAP {rtt:.0f} ms RTT, {small.count:,} messages: mbsync {ratio(probe):.2f}x")
-    print(f"- Maildir, {args.count:,} messages: cp -r + sync {cp_md / pv_md:.2f}x")
+    if imap:
+        print(f"- IMAP loopback, {args.count:,} messages: mbsync {ratio(loop):.2f}x")
+        if "mbsync" in delayed:
+            print(f"- IMAP {rtt:.0f} ms RTT, {args.count:,} messages: mbsync {ratio(delayed):.2f}x")
+        if probe:
+            print(f"- IMAP {rtt:.0f} ms RTT, {small.count:,} messages: mbsync {ratio(probe):.2f}x")
+    print(f"- Maildir, {args.count:,} messages: cp -r + sync {cp_md / pv_md:.2f}x; the re-hash alone "
+          f"(verify --full) takes {median(md['verify'][0]) / cp_md:.2f}x the time of cp -r + sync")
 
 
 if __name__ == "__main__":

@@ -263,61 +263,96 @@ pub fn restore(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let mut start = 0;
-    while start < new.len() {
-        let mut end = start + 1;
-        let mut bytes = new[start].size;
-        while end < new.len() && bytes + new[end].size <= CHUNK_BYTES {
-            bytes += new[end].size;
-            end += 1;
-        }
-        let chunk = &new[start..end];
-        let read: Vec<Result<Vec<u8>, ArchiveError>> = chunk
-            .par_iter()
-            .map(|c| archive.read_message(&c.id))
-            .collect();
-        let mut readable: Vec<(&Candidate, Vec<u8>)> = Vec::with_capacity(chunk.len());
-        for (candidate, raw) in chunk.iter().zip(read) {
-            match raw {
-                Ok(raw) => readable.push((candidate, raw)),
-                Err(e @ ArchiveError::DamagedMessage { .. }) => report.skipped.push(Skipped {
-                    id: candidate.id,
-                    reason: e.to_string(),
-                    subject: candidate.subject.clone(),
-                }),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let items: Vec<(&Candidate, &[u8])> = readable
-            .iter()
-            .map(|(c, raw)| (*c, raw.as_slice()))
-            .collect();
-        for ((candidate, raw), outcome) in items.iter().zip(sink.put_all(&items)) {
-            match outcome {
-                Ok(()) => {
-                    report.restored += 1;
-                    report.bytes += raw.len() as u64;
-                    events(Event::Restored {
-                        bytes: raw.len() as u64,
-                    });
+    // Reading (decompress and re-hash, on all cores) runs one chunk ahead of the sink, so the
+    // CPU work overlaps the destination's writes or round trips. The sink stays on this thread.
+    let chunks = chunks_of(&new, CHUNK_BYTES);
+    std::thread::scope(|scope| -> Result<(), RestoreError> {
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for chunk in chunks {
+                let read: Vec<Result<Vec<u8>, ArchiveError>> = chunk
+                    .par_iter()
+                    .map(|c| archive.read_message(&c.id))
+                    .collect();
+                // A closed channel means the sink failed and the restore is over.
+                if read_tx.send((chunk, read)).is_err() {
+                    break;
                 }
-                // This message cannot go to this destination; the others still can.
-                Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
-                    report.skipped.push(Skipped {
-                        id: candidate.id,
-                        reason,
-                        subject: candidate.subject.clone(),
-                    })
-                }
-                Err(e) => return Err(e),
             }
+        });
+        for (chunk, read) in read_rx {
+            put_chunk(sink, chunk, read, &mut report, events)?;
         }
-        refused(&mut report, sink.flush()?);
-        start = end;
-    }
+        Ok(())
+    })?;
     refused(&mut report, sink.finish()?);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Splits `messages` into runs of at most `max_bytes` (and at least one message each).
+fn chunks_of<'a>(messages: &'a [&'a Candidate], max_bytes: u64) -> Vec<&'a [&'a Candidate]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < messages.len() {
+        let mut end = start + 1;
+        let mut bytes = messages[start].size;
+        while end < messages.len() && bytes + messages[end].size <= max_bytes {
+            bytes += messages[end].size;
+            end += 1;
+        }
+        chunks.push(&messages[start..end]);
+        start = end;
+    }
+    chunks
+}
+
+/// Hands one chunk of read messages to the sink and records the outcome of each.
+fn put_chunk(
+    sink: &mut dyn Sink,
+    chunk: &[&Candidate],
+    read: Vec<Result<Vec<u8>, ArchiveError>>,
+    report: &mut RestoreReport,
+    events: &mut dyn FnMut(Event),
+) -> Result<(), RestoreError> {
+    let mut readable: Vec<(&Candidate, Vec<u8>)> = Vec::with_capacity(chunk.len());
+    for (candidate, raw) in chunk.iter().zip(read) {
+        match raw {
+            Ok(raw) => readable.push((candidate, raw)),
+            Err(e @ ArchiveError::DamagedMessage { .. }) => report.skipped.push(Skipped {
+                id: candidate.id,
+                reason: e.to_string(),
+                subject: candidate.subject.clone(),
+            }),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let items: Vec<(&Candidate, &[u8])> = readable
+        .iter()
+        .map(|(c, raw)| (*c, raw.as_slice()))
+        .collect();
+    for ((candidate, raw), outcome) in items.iter().zip(sink.put_all(&items)) {
+        match outcome {
+            Ok(()) => {
+                report.restored += 1;
+                report.bytes += raw.len() as u64;
+                events(Event::Restored {
+                    bytes: raw.len() as u64,
+                });
+            }
+            // This message cannot go to this destination; the others still can.
+            Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
+                report.skipped.push(Skipped {
+                    id: candidate.id,
+                    reason,
+                    subject: candidate.subject.clone(),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    refused(report, sink.flush()?);
+    Ok(())
 }
 
 fn refused(report: &mut RestoreReport, refused: Vec<Skipped>) {
