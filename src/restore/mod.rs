@@ -263,11 +263,12 @@ pub fn restore(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    // Reading (decompress and re-hash, on all cores) runs one chunk ahead of the sink, so the
-    // CPU work overlaps the destination's writes or round trips. The sink stays on this thread.
+    // Reading (decompress and re-hash, on all cores) runs at most one chunk ahead of the sink
+    // (a rendezvous channel), so the CPU work overlaps the destination's writes or round trips
+    // and at most three chunks are in memory. The sink stays on this thread.
     let chunks = chunks_of(&new, CHUNK_BYTES);
     std::thread::scope(|scope| -> Result<(), RestoreError> {
-        let (read_tx, read_rx) = std::sync::mpsc::sync_channel(1);
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel(0);
         scope.spawn(move || {
             for chunk in chunks {
                 let read: Vec<Result<Vec<u8>, ArchiveError>> = chunk
