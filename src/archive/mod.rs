@@ -70,6 +70,12 @@ pub enum ArchiveError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write message {id} out")]
+    Output {
+        id: Digest,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no message id starts with {prefix:?}")]
     UnknownId { prefix: String },
     #[error("{count} messages have ids starting with {prefix:?}: give more digits")]

@@ -386,6 +386,9 @@ pub enum RecordFault {
     Header,
     #[error("record header does not match the catalog")]
     Mismatch,
+    /// Writing the decompressed bytes out failed: the record itself may be fine.
+    #[error("cannot write it out: {0}")]
+    Output(io::Error),
 }
 
 /// Decompresses one record's stored bytes and checks length and hash against the header.
@@ -428,7 +431,7 @@ pub fn copy_decompressed(
         if got > raw_len {
             break;
         }
-        out.write_all(&buf[..n])?;
+        out.write_all(&buf[..n]).map_err(RecordFault::Output)?;
     }
     if got != raw_len {
         return Err(RecordFault::Length {

@@ -305,7 +305,10 @@ impl Archive {
         file.seek(SeekFrom::Start(loc.offset + RECORD_HEADER_LEN))
             .map_err(ArchiveError::io(&path))?;
         let mut stored = BufReader::new(file).take(loc.stored_len);
-        pack::copy_decompressed(loc.size, &mut stored, out).map_err(damaged)
+        pack::copy_decompressed(loc.size, &mut stored, out).map_err(|fault| match fault {
+            RecordFault::Output(source) => ArchiveError::Output { id: *id, source },
+            fault => damaged(fault),
+        })
     }
 
     /// Reads a whole message into memory, decompressing it once and checking its SHA-256 before

@@ -240,7 +240,7 @@ fn print_reports(
             dry_run: args.dry_run,
             accounts: reports,
         };
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        say!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
     for r in reports {
@@ -254,7 +254,7 @@ fn print_reports(
             eprintln!("warning: {}: {w}", r.account);
         }
         if args.dry_run {
-            println!(
+            say!(
                 "{}: would fetch {} messages ({}), would delete {}; {} on the server",
                 r.account,
                 r.would_fetch.len(),
@@ -263,7 +263,7 @@ fn print_reports(
                 r.on_server
             );
             for p in &r.would_fetch {
-                println!(
+                say!(
                     "  fetch  #{} UIDL {} ({})",
                     p.msgno,
                     p.uidl.as_deref().unwrap_or("-"),
@@ -271,7 +271,7 @@ fn print_reports(
                 );
             }
             for p in &r.would_delete {
-                println!(
+                say!(
                     "  delete #{} UIDL {} ({})",
                     p.msgno,
                     p.uidl.as_deref().unwrap_or("-"),
@@ -279,7 +279,7 @@ fn print_reports(
                 );
             }
         } else if r.ok {
-            println!(
+            say!(
                 "{}: {} new messages ({}) in {:.1} s, {} deleted, {} on the server",
                 r.account,
                 r.new_messages,

@@ -38,9 +38,9 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         eprintln!("skipped damaged message {id}: {reason}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else if !ctx.quiet {
-        println!(
+        say!(
             "{}: {} messages ({}), {} damaged left out",
             file.display(),
             report.messages,

@@ -60,13 +60,13 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     bar.finish_and_clear();
     for r in &reports {
         if args.json {
-            println!("{}", serde_json::to_string(r)?);
+            say!("{}", serde_json::to_string(r)?);
         } else {
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
             if !ctx.quiet {
-                println!(
+                say!(
                     "{}: {} messages ({}), {} new, {} already archived from elsewhere, {} already imported",
                     r.source,
                     r.messages,

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::Context as _;
 use clap::Args;
 
-use super::output::{fit, human_bytes, local_time};
+use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
+use crate::archive::ArchiveError;
 use crate::archive::select::{Selection, message_time, parse_day_or_time};
 
 /// The filters shared by list, restore and export.
@@ -94,13 +94,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
             return Err(e.into());
         }
     }
-    out.flush().or_else(|e| {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    ignore_closed_pipe(out.flush())?;
     Ok(Exit::Ok)
 }
 
@@ -115,11 +109,11 @@ pub struct CatArgs {
 pub fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
     let id = archive.resolve(&args.id)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    archive
-        .copy_message(&id, &mut out)
-        .with_context(|| format!("cannot output message {id}"))?;
-    out.flush()?;
+    let mut out = std::io::stdout().lock();
+    match archive.copy_message(&id, &mut out) {
+        Err(ArchiveError::Output { source, .. }) => ignore_closed_pipe(Err(source))?,
+        other => other?,
+    }
+    ignore_closed_pipe(out.flush())?;
     Ok(Exit::Ok)
 }

@@ -1,5 +1,20 @@
 //! The command line: the only module that prints, reads the environment or picks exit codes.
 
+/// `println!` for command output: a reader that went away (`popvault stats | head -1`) ends
+/// nothing and is no error; other write errors are returned with `?`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` with the same rules as `say!`.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*))?
+    };
+}
+
 mod backup;
 mod connect;
 pub mod docs;
@@ -225,7 +240,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
                 format!("cannot create an archive at {}", ctx.archive.display())
             })?;
             if !ctx.quiet {
-                println!("created an empty archive at {}", ctx.archive.display());
+                say!("created an empty archive at {}", ctx.archive.display());
             }
             Ok(Exit::Ok)
         }
@@ -242,11 +257,13 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Stats(args) => stats::run(ctx, args),
         Command::Status(args) => status::run(ctx, args),
         Command::Completions { shell } => {
-            docs::completions(shell, &mut std::io::stdout());
+            let mut script = Vec::new();
+            docs::completions(shell, &mut script);
+            output::write_stdout_bytes(&script)?;
             Ok(Exit::Ok)
         }
         Command::Man => {
-            std::io::Write::write_all(&mut std::io::stdout(), &docs::man_page())?;
+            output::write_stdout_bytes(&docs::man_page())?;
             Ok(Exit::Ok)
         }
         Command::Verify(args) => verify::run(ctx, args),

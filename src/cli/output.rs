@@ -1,9 +1,32 @@
 //! How things look on a terminal: sizes, dates, progress bars. Nothing here decides anything.
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 
 use chrono::{DateTime, Local, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Writes command output to stdout (see `say!`): a closed pipe counts as written.
+pub fn write_stdout(args: std::fmt::Arguments) -> io::Result<()> {
+    ignore_closed_pipe(io::stdout().lock().write_fmt(args))
+}
+
+pub fn write_stdout_bytes(bytes: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    ignore_closed_pipe(out.write_all(bytes).and_then(|_| out.flush()))
+}
+
+/// The reader of our stdout has what it wanted (`popvault list | head`), so the work goes on;
+/// any other error says that standard output is what failed (its kind is kept).
+pub fn ignore_closed_pipe(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot write to standard output: {e}"),
+        )),
+        Ok(()) => Ok(()),
+    }
+}
 
 /// `1.5 MB` style sizes (decimal units, as `ls -h --si` and most mail clients show).
 pub fn human_bytes(n: u64) -> String {

@@ -43,23 +43,24 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
     };
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.nothing_to_do() {
-        println!("nothing to repair: the archive verifies");
+        say!("nothing to repair: the archive verifies");
     } else {
         let would = if args.dry_run { "would " } else { "" };
         for p in &report.retired_packs {
-            println!("{would}salvage and retire pack {p}");
+            say!("{would}salvage and retire pack {p}");
         }
         for s in &report.retired_segments {
-            println!("{would}replace damaged catalog segment {s} by its readable lines");
+            say!("{would}replace damaged catalog segment {s} by its readable lines");
         }
         for c in &report.retired_commits {
-            println!("{would}set aside unreadable commit record {c:08}");
+            say!("{would}set aside unreadable commit record {c:08}");
         }
-        println!(
+        say!(
             "{would}save {} readable messages from damaged packs, catalogue {} messages whose catalog line was lost",
-            report.salvaged_messages, report.recatalogued
+            report.salvaged_messages,
+            report.recatalogued
         );
         for m in &report.lost {
             let sources: Vec<String> = m
@@ -80,7 +81,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
                         .find(|e| e.id == m.id)
                         .and_then(|e| e.envelope.date.clone())
                 });
-            println!(
+            say!(
                 "LOST {} [{}] date {:?} from {:?} subject {:?}: {}",
                 m.id,
                 sources.join(", "),
@@ -91,7 +92,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
             );
         }
         if report.refetchable > 0 && !args.refetch {
-            println!(
+            say!(
                 "{} lost messages may still be on their POP3 server: the next `popvault backup` fetches them (or run `popvault repair --refetch`)",
                 report.refetchable
             );

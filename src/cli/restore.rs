@@ -119,7 +119,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
     bar.finish_and_clear();
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for s in &report.skipped {
             eprintln!(
@@ -132,7 +132,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         if !ctx.quiet {
             if args.dry_run {
                 for p in &report.plan {
-                    println!(
+                    say!(
                         "  new  {}  {}  {}  ({})",
                         p.id.short(),
                         local_time(p.date),
@@ -140,12 +140,14 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
                         human_bytes(p.size)
                     );
                 }
-                println!(
+                say!(
                     "{destination}: {} selected, {} new, {} already present (dry run: nothing written)",
-                    report.selected, report.new, report.already_present
+                    report.selected,
+                    report.new,
+                    report.already_present
                 );
             } else {
-                println!(
+                say!(
                     "{destination}: {} restored ({}), {} already present, {} skipped, in {:.1} s",
                     report.restored,
                     human_bytes(report.bytes),

@@ -36,7 +36,7 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
     };
     match args.print {
         Scheduler::Systemd => {
-            println!(
+            say!(
                 "{}",
                 fill(
                     SERVICE,
@@ -44,9 +44,9 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
                     "%h/.config/popvault/config.toml"
                 )
             );
-            println!("{TIMER}");
+            say!("{TIMER}");
         }
-        Scheduler::Cron => print!(
+        Scheduler::Cron => say_raw!(
             "{}",
             fill(
                 CRONTAB,
@@ -54,7 +54,7 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
                 "$HOME/.config/popvault/config.toml"
             )
         ),
-        Scheduler::Launchd => print!(
+        Scheduler::Launchd => say_raw!(
             "{}",
             fill(
                 PLIST,

@@ -66,34 +66,34 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
     let info = probe(&account, secret.as_ref())
         .with_context(|| format!("cannot probe {}", account.server_label()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        say!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        print_info(&info);
+        print_info(&info)?;
     }
     Ok(Exit::Ok)
 }
 
-fn print_info(info: &ServerInfo) {
-    println!("server        {}", info.server);
-    println!("greeting      {}", info.greeting);
+fn print_info(info: &ServerInfo) -> std::io::Result<()> {
+    say!("server        {}", info.server);
+    say!("greeting      {}", info.greeting);
     match &info.tls {
         Some(t) => {
-            println!("tls           {} ({})", t.version, t.cipher);
-            println!("certificate   {}", t.subject);
-            println!("  issuer      {}", t.issuer);
+            say!("tls           {} ({})", t.version, t.cipher);
+            say!("certificate   {}", t.subject);
+            say!("  issuer      {}", t.issuer);
             let when = |d: Option<chrono::DateTime<chrono::Utc>>| {
                 d.map(local_time).unwrap_or_else(|| "?".into())
             };
-            println!(
+            say!(
                 "  valid       {} to {}",
                 when(t.not_before),
                 when(t.not_after)
             );
-            println!("  sha256      {}   (for --tls-fingerprint)", t.sha256);
+            say!("  sha256      {}   (for --tls-fingerprint)", t.sha256);
         }
-        None => println!("tls           none: passwords and mail cross the network in clear"),
+        None => say!("tls           none: passwords and mail cross the network in clear"),
     }
-    println!(
+    say!(
         "login         {}",
         if info.login_methods.is_empty() {
             "USER (nothing advertised)".into()
@@ -101,7 +101,7 @@ fn print_info(info: &ServerInfo) {
             info.login_methods.join(", ")
         }
     );
-    println!(
+    say!(
         "pipelining    {}",
         if info.pipelining {
             "yes"
@@ -109,13 +109,13 @@ fn print_info(info: &ServerInfo) {
             "no (one command at a time: slower)"
         }
     );
-    println!(
+    say!(
         "uidl          {}",
         if info.uidl { "yes" } else { "not advertised" }
     );
-    println!("capabilities  {}", info.capabilities.join(", "));
+    say!("capabilities  {}", info.capabilities.join(", "));
     match &info.mailbox {
-        Some(m) => println!(
+        Some(m) => say!(
             "mailbox       {} messages, {}{}",
             m.messages,
             human_bytes(m.bytes),
@@ -125,8 +125,9 @@ fn print_info(info: &ServerInfo) {
                 " (no UIDL: every backup downloads everything)"
             }
         ),
-        None => println!("mailbox       not logged in (give --login, or set a password_command)"),
+        None => say!("mailbox       not logged in (give --login, or set a password_command)"),
     }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +225,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
     )?;
     eprintln!("testing {} ...", account.server_label());
     match password_for(&account).and_then(|secret| Ok(probe(&account, Some(&secret))?)) {
-        Ok(info) => print_info(&info),
+        Ok(info) => print_info(&info)?,
         Err(e) if args.force => {
             eprintln!("warning: the test failed ({e:#}); writing the account anyway (--force)")
         }
@@ -235,8 +236,8 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         }
     }
     write_account(ctx, &config)?;
-    println!("added account {name:?} to {}", ctx.config_path.display());
-    println!(
+    say!("added account {name:?} to {}", ctx.config_path.display());
+    say!(
         "next: `popvault backup --account {name}`, then schedule it nightly: `popvault schedule --print systemd` (or cron)"
     );
     Ok(Exit::Ok)

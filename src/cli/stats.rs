@@ -80,32 +80,33 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         commit: c.commit,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        say!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(Exit::Ok);
     }
-    println!("archive          {}", archive.root().display());
-    println!(
+    say!("archive          {}", archive.root().display());
+    say!(
         "messages         {} ({} unique)",
-        s.messages, s.unique_messages
+        s.messages,
+        s.unique_messages
     );
-    println!("raw size         {}", human_bytes(s.raw_bytes));
-    println!(
+    say!("raw size         {}", human_bytes(s.raw_bytes));
+    say!(
         "stored size      {} (compression {:.2}x)",
         human_bytes(s.stored_bytes),
         s.compression_ratio
     );
-    println!("dedup saved      {}", human_bytes(s.dedup_saved_bytes));
+    say!("dedup saved      {}", human_bytes(s.dedup_saved_bytes));
     match &s.last_run {
-        Some(r) => println!(
+        Some(r) => say!(
             "last run         {} at {} (commit {})",
             r.command,
             local_time(r.finished),
             r.commit
         ),
-        None => println!("last run         never"),
+        None => say!("last run         never"),
     }
     for (label, per) in &s.sources {
-        println!(
+        say!(
             "  {label}: {} messages, {}",
             per.messages,
             human_bytes(per.bytes)

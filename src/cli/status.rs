@@ -110,10 +110,10 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     let list: Vec<&AccountStatus> = accounts.values().collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        say!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         if list.is_empty() && !ctx.quiet {
-            println!("no POP3 accounts yet: add one to the config file and run `popvault backup`");
+            say!("no POP3 accounts yet: add one to the config file and run `popvault backup`");
         }
         for s in &list {
             if s.stale {
@@ -136,7 +136,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             let on_server = s
                 .messages_on_server
                 .map_or(String::new(), |n| format!(", {n} on the server"));
-            println!(
+            say!(
                 "{}: last success {success}{failed}; {} messages archived ({}){on_server}",
                 s.account,
                 s.messages_archived,

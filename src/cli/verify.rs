@@ -28,7 +28,7 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
     let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for p in &report.problems {
             eprintln!("damaged: {p}");
@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         }
         if !ctx.quiet {
             for l in &report.leftovers {
-                println!(
+                say!(
                     "note: {l} was left by an interrupted run; the next import or backup removes it"
                 );
             }
@@ -62,9 +62,11 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
                     report.damaged.len() + report.uncatalogued.len()
                 )
             };
-            println!(
+            say!(
                 "verify ({level}): {} messages in {} packs, {} commits{checked}: {verdict}",
-                report.messages, report.packs, report.commits
+                report.messages,
+                report.packs,
+                report.commits
             );
         }
     }

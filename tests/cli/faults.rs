@@ -371,3 +371,51 @@ fn a_known_password_and_token_appear_in_no_output_log_archive_or_summary() {
     }
     assert!(searched > 15);
 }
+
+/// `popvault list | head -1` and the like: a reader that goes away early is no error, and
+/// nothing panics; a full stdout is one clear error.
+#[test]
+fn output_into_a_closed_pipe_or_a_full_device_is_handled() {
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    write_maildir(&maildir, 30, 7);
+    sandbox.ok(&["import", &format!("maildir:{}", maildir.display())]);
+    let id = sandbox.list()[0]["id"].as_str().unwrap().to_string();
+    for args in [
+        vec!["stats"],
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["verify"],
+        vec!["status"],
+        vec!["cat", &id],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        // The read end is closed before popvault writes anything: every write gets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = sandbox
+            .command()
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    for args in [vec!["stats"], vec!["cat", &id]] {
+        let out = sandbox
+            .command()
+            .args(&args)
+            .stdout(fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("no space left"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("damaged"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
