@@ -172,6 +172,53 @@ fn maildir_and_mbox_restores_read_back_byte_exact_and_never_duplicate() {
     );
 }
 
+/// The count of messages mutt shows for `folder` on its status line ("Msgs:N"), read from its
+/// screen: mutt only reads mailboxes interactively, so it runs under `script` for a terminal.
+fn mutt_count(folder: &std::path::Path) -> Option<u64> {
+    let command = format!(
+        "mutt -R -n -F /dev/null -f '{}' -e 'set wait_key=no' -e 'push <quit>'",
+        folder.display()
+    );
+    let out = Command::new("script")
+        .args(["-qc", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let at = screen.rfind("Msgs:")? + "Msgs:".len();
+    let digits: String = screen[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// The issue asks for restores that mutt reads as they are: it must see every message in both.
+#[test]
+fn mutt_reads_every_message_of_a_restored_maildir_and_mbox() {
+    let found = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !found("mutt") || !found("script") {
+        eprintln!("SKIPPED LOUDLY: mutt or script is not installed (apt-get install mutt)");
+        return;
+    }
+    let (sandbox, archived) = corpus_archive();
+    let maildir = sandbox.path().join("for-mutt");
+    let mbox = sandbox.path().join("for-mutt.mbox");
+    restore_json(
+        &sandbox,
+        &["--to", &format!("maildir:{}", maildir.display())],
+    );
+    restore_json(&sandbox, &["--to", &format!("mbox:{}", mbox.display())]);
+    assert_eq!(mutt_count(&maildir), Some(archived.len() as u64), "Maildir");
+    assert_eq!(mutt_count(&mbox), Some(archived.len() as u64), "mbox");
+}
+
 /// What an IMAP client reads back: CRLF line endings (popvault sends bare LF as CRLF, as IMAP
 /// requires), and NUL bytes as 0x80 (popvault sends them as BINARY literal8; Dovecot stores
 /// them, but a FETCH without BINARY, all Python's imaplib can do, shows NUL as 0x80).
