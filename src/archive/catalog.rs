@@ -149,6 +149,14 @@ pub fn commit_file_name(commit: u64) -> String {
     format!("{commit:08}.json")
 }
 
+/// Written (durably) before any file of commit `commit` leaves `tmp/`, removed after its record:
+/// a marker without a record says the files of that number are an interrupted writer's, which
+/// the next writer may delete. Files of a number without a record *and* without a marker are
+/// committed data whose record was lost; nothing deletes them (`repair` catalogues them again).
+pub fn intent_file_name(commit: u64) -> String {
+    format!("{commit:08}.pending")
+}
+
 pub fn segment_file_name(commit: u64) -> String {
     format!("{commit:08}.jsonl.zst")
 }
@@ -223,7 +231,8 @@ pub fn decode_segment(bytes: &[u8]) -> (Vec<u8>, Vec<String>) {
 /// The commit number a file in `commits/`, `catalog/` or `packs/` belongs to (its leading digits).
 pub fn commit_of_file_name(name: &str) -> Option<u64> {
     let digits = name.split(['.', '-']).next()?;
-    if digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+    // At least 8 digits: `{:08}` grows past 99999999.
+    if digits.len() >= 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
         digits.parse().ok()
     } else {
         None

@@ -80,7 +80,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     step("rename", to)?;
     fs::rename(from, to)?;
-    if let Err(e) = sync_dir(to.parent().unwrap_or(Path::new("."))) {
+    let dir = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(e) = sync_dir(dir) {
         // Under an injected fault the rename did not reach the disk either.
         if e.kind() == io::ErrorKind::Other {
             let _ = fs::rename(to, from);

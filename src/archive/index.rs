@@ -49,8 +49,11 @@ pub struct CatalogRead {
     pub commits: Vec<CommitRecord>,
     /// Damage found while reading (unreadable records, segments or lines); `verify` reports it.
     pub issues: Vec<String>,
-    /// The highest commit number on disk, readable or not.
+    /// The highest commit number on disk (of a record, or of a catalog or pack file), readable
+    /// or not, leaving out `uncommitted`.
     pub last_commit: u64,
+    /// Numbers of an interrupted writer: an intent marker above every record.
+    pub uncommitted: std::collections::BTreeSet<u64>,
     /// Packs retired by `repair`: catalog locations in them are void.
     pub retired: std::collections::HashSet<String>,
 }
@@ -65,15 +68,33 @@ pub fn read_catalog(
     visit: &mut dyn FnMut(Entry),
 ) -> Result<CatalogRead, ArchiveError> {
     let commits_dir = root.join("commits");
-    let mut numbers: Vec<(u64, String)> = list_dir(&commits_dir)?
-        .into_iter()
-        .filter_map(|name| Some((catalog::commit_of_file_name(&name)?, name)))
+    let names = list_dir(&commits_dir)?;
+    let mut numbers: Vec<(u64, String)> = names
+        .iter()
+        .filter(|name| name.ends_with(".json"))
+        .filter_map(|name| Some((catalog::commit_of_file_name(name)?, name.clone())))
         .collect();
     numbers.sort();
+    let last_record = numbers.last().map_or(0, |(n, _)| *n);
+    let uncommitted = uncommitted_numbers(&names, last_record);
+    // Files of a number above every record, without an intent marker, are committed data whose
+    // records were lost: their numbers count, so they show up as missing records (and no
+    // writer reuses them).
+    let mut highest_file = 0;
+    for sub in ["catalog", "packs"] {
+        for name in list_dir(&root.join(sub))? {
+            if let Some(n) = catalog::commit_of_file_name(&name)
+                && !uncommitted.contains(&n)
+            {
+                highest_file = highest_file.max(n);
+            }
+        }
+    }
     let mut read = CatalogRead {
         commits: Vec::new(),
         issues: Vec::new(),
-        last_commit: numbers.last().map_or(0, |(n, _)| *n),
+        last_commit: last_record.max(highest_file),
+        uncommitted,
         retired: Default::default(),
     };
     let mut unreadable = Vec::new();
@@ -108,14 +129,22 @@ pub fn read_catalog(
             .filter(|(n, _)| !retired_commits.contains(n))
             .map(|(_, issue)| issue),
     );
-    let present: std::collections::HashSet<u64> = numbers.iter().map(|(n, _)| *n).collect();
-    let missing: Vec<u64> = (1..=read.last_commit)
-        .filter(|n| !present.contains(n) && !retired_commits.contains(n))
+    // Counted, not listed: a stray number can make the range huge.
+    let accounted: std::collections::BTreeSet<u64> = numbers
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(retired_commits.iter().copied())
+        .filter(|n| (1..=read.last_commit).contains(n))
         .collect();
-    if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+    let missing = read.last_commit - accounted.len() as u64;
+    if missing > 0 {
+        let first = (1..).find(|n| !accounted.contains(n)).unwrap_or(1);
+        let last = (1..=read.last_commit)
+            .rev()
+            .find(|n| !accounted.contains(n))
+            .unwrap_or(read.last_commit);
         read.issues.push(format!(
-            "{} commit records between {first:08} and {last:08} are missing",
-            missing.len()
+            "{missing} commit records between {first:08} and {last:08} are missing"
         ));
     }
     for record in &read.commits {
@@ -189,6 +218,20 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, ArchiveError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The commit numbers an interrupted writer left, from the names in `commits/`: intent markers
+/// above the last record (a writer commits in order, so only its last number can be open).
+pub(crate) fn uncommitted_numbers(
+    commit_dir_names: &[String],
+    last_record: u64,
+) -> std::collections::BTreeSet<u64> {
+    commit_dir_names
+        .iter()
+        .filter(|name| name.ends_with(".pending"))
+        .filter_map(|name| catalog::commit_of_file_name(name))
+        .filter(|n| *n > last_record)
+        .collect()
 }
 
 /// When a POP3 message (account, UIDL) was first archived, and as which id.

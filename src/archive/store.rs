@@ -102,6 +102,7 @@ pub struct Archive {
     /// Problems found while loading (damaged records or segments); `verify` reports them.
     load_issues: Vec<String>,
     last_commit: u64,
+    uncommitted: std::collections::BTreeSet<u64>,
     /// Packs opened by `read_message`, kept for the next call.
     open_packs: std::sync::Mutex<HashMap<String, std::sync::Arc<File>>>,
 }
@@ -154,6 +155,7 @@ impl Archive {
             stored: HashMap::new(),
             load_issues: read.issues,
             last_commit: read.last_commit,
+            uncommitted: read.uncommitted,
             open_packs: Default::default(),
         };
         for entry in entries {
@@ -368,8 +370,13 @@ impl Archive {
         Ok(out)
     }
 
-    /// The commit number files of an interrupted writer would have (above every commit record).
+    /// The highest commit number on disk, of a record or of the files of one (see `read_catalog`).
     pub fn last_commit(&self) -> u64 {
         self.last_commit
+    }
+
+    /// Commit numbers whose files an interrupted writer left; the next writer deletes them.
+    pub fn uncommitted(&self) -> &std::collections::BTreeSet<u64> {
+        &self.uncommitted
     }
 }

@@ -100,7 +100,7 @@ pub fn verify(
     report.packs = pack_sizes.len();
     for rel in archive.unreferenced_files()? {
         let name = rel.rsplit('/').next().unwrap_or(&rel);
-        if commit_of_file_name(name).is_some_and(|n| n > archive.last_commit()) {
+        if commit_of_file_name(name).is_some_and(|n| archive.uncommitted().contains(&n)) {
             report.leftovers.push(rel);
         } else {
             report

@@ -19,7 +19,7 @@ use super::catalog::{
 use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
-use super::index::{Index, list_dir};
+use super::index::{self, Index, list_dir};
 use super::lock::WriterLock;
 use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault, RecordSpan};
 use super::store::{self, Archive};
@@ -115,8 +115,8 @@ impl Writer {
         }
         let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
         store::check_header(root)?;
+        remove_uncommitted(root)?;
         let index = Index::load(root)?;
-        remove_uncommitted(root, index.last_commit())?;
         Ok(Writer {
             index,
             _lock: lock,
@@ -412,6 +412,11 @@ impl Writer {
         let root = self.index.root().to_path_buf();
         let tmp = root.join("tmp");
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
+        let intent = root.join("commits").join(catalog::intent_file_name(number));
+        // Already there when an earlier attempt at this number failed (a full disk, say).
+        if !intent.exists() {
+            durable::write_once(&tmp, &intent, b"").map_err(ArchiveError::io(&intent))?;
+        }
         let mut packs = Vec::new();
         if let Some(pack) = batch.pack.take() {
             let sealed = pack.seal(&root.join("packs"), &format!("{number:08}"))?;
@@ -462,6 +467,9 @@ impl Writer {
         let text = serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n";
         durable::write_once(&tmp, &record_path, text.as_bytes())
             .map_err(ArchiveError::io(&record_path))?;
+        // The record is the commit point; a marker left behind (failed removal, crash) is stale
+        // and the next writer removes it.
+        let _ = fs::remove_file(&intent);
 
         self.totals.commits += 1;
         self.totals.entries += record.entries;
@@ -481,22 +489,38 @@ impl Writer {
     }
 }
 
-/// Deletes what an interrupted writer left: everything in `tmp/`, and segments and packs of
-/// commit numbers above the last commit record. Files of committed numbers are never deleted
-/// here, even when no record names them (verify reports those).
-fn remove_uncommitted(root: &Path, last_commit: u64) -> Result<(), ArchiveError> {
+/// Deletes what an interrupted writer left: everything in `tmp/`, and the segment and packs of
+/// a commit number whose intent marker has no record (see `catalog::intent_file_name`). Nothing
+/// else: files of a number without a record or a marker are committed data whose record was
+/// lost, and `verify` reports them.
+fn remove_uncommitted(root: &Path) -> Result<(), ArchiveError> {
     let tmp = root.join("tmp");
     for name in list_dir(&tmp)? {
         fs::remove_file(tmp.join(&name)).map_err(ArchiveError::io(tmp.join(&name)))?;
     }
-    for sub in ["catalog", "packs"] {
-        let dir = root.join(sub);
-        for name in list_dir(&dir)? {
-            if catalog::commit_of_file_name(&name).is_some_and(|n| n > last_commit) {
-                fs::remove_file(dir.join(&name)).map_err(ArchiveError::io(dir.join(&name)))?;
+    let commits = root.join("commits");
+    let names = list_dir(&commits)?;
+    let last_record = names
+        .iter()
+        .filter(|name| name.ends_with(".json"))
+        .filter_map(|name| catalog::commit_of_file_name(name))
+        .max()
+        .unwrap_or(0);
+    let uncommitted = index::uncommitted_numbers(&names, last_record);
+    if !uncommitted.is_empty() {
+        for sub in ["catalog", "packs"] {
+            let dir = root.join(sub);
+            for name in list_dir(&dir)? {
+                if catalog::commit_of_file_name(&name).is_some_and(|n| uncommitted.contains(&n)) {
+                    fs::remove_file(dir.join(&name)).map_err(ArchiveError::io(dir.join(&name)))?;
+                }
             }
+            durable::sync_dir(&dir).map_err(ArchiveError::io(&dir))?;
         }
-        durable::sync_dir(&dir).map_err(ArchiveError::io(&dir))?;
+    }
+    // Markers go last, once what they vouch for is gone; stale ones (with a record) too.
+    for name in names.iter().filter(|name| name.ends_with(".pending")) {
+        fs::remove_file(commits.join(name)).map_err(ArchiveError::io(commits.join(name)))?;
     }
     Ok(())
 }

@@ -188,3 +188,45 @@ fn messages_of_a_deleted_pack_are_fetched_again_from_the_server() {
         assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
     }
 }
+
+/// Lost commit records are damage, not an interrupted run: no writer deletes the packs and
+/// segments they named, verify reports them, and repair catalogues every message again.
+#[test]
+fn lost_commit_records_lose_no_message_to_a_later_import_or_repair() {
+    for lose_all in [false, true] {
+        let (sandbox, first, second) = two_pack_archive();
+        let before = sandbox.list();
+        let commits = sandbox.archive().join("commits");
+        if lose_all {
+            fs::remove_dir_all(&commits).unwrap();
+            fs::create_dir(&commits).unwrap();
+        } else {
+            fs::remove_file(commits.join("00000002.json")).unwrap();
+        }
+        let out = sandbox.run(&["verify"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("missing"), "{stderr}");
+
+        // A writer opening the archive must not take those files for an interrupted run's.
+        let extra = sandbox.path().join("extra");
+        let added = crate::support::write_maildir(&extra, 3, 9);
+        sandbox.ok(&["import", &format!("maildir:{}", extra.display())]);
+
+        let report = repair(&sandbox, &[]);
+        assert_eq!(report["lost"].as_array().map(Vec::len), Some(0), "{report}");
+        verifies(&sandbox);
+        assert_all_cat(&sandbox, &first);
+        assert_all_cat(&sandbox, &second);
+        assert_all_cat(&sandbox, &added);
+        let after = sandbox.list();
+        for m in &before {
+            let same = after
+                .iter()
+                .find(|a| a["id"] == m["id"])
+                .expect("every message is still listed");
+            assert!(m["sources"].as_array().is_some_and(|s| !s.is_empty()));
+            assert_eq!(same["sources"], m["sources"], "its origin is kept");
+        }
+    }
+}
