@@ -41,8 +41,22 @@ pub enum AccountError {
         "{0:?} is not a POP3 server URL: write pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT]"
     )]
     BadUrl(String),
+    #[error("{PASSWORD_IN_URL}")]
+    PasswordInUrl,
     #[error("account {account}: {message}")]
     Invalid { account: String, message: String },
+}
+
+pub const PASSWORD_IN_URL: &str = "the server URL seems to hold a password (USER:PASSWORD@HOST): popvault takes none in URLs, which end up in shell history, process lists and the archive's records; remove it and use $POPVAULT_PASSWORD, a password_command or the prompt";
+
+/// Whether the user part of a `scheme://user@host...` URL holds a `:` (a password, or a typo
+/// that looks like one): such a URL is refused before it is echoed anywhere.
+pub fn has_password(url: &str) -> bool {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
 }
 
 /// The parts of a `pop3s://user@host:port` URL.
@@ -57,6 +71,9 @@ pub struct ServerUrl {
 impl FromStr for ServerUrl {
     type Err = AccountError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if has_password(s) {
+            return Err(AccountError::PasswordInUrl);
+        }
         let bad = || AccountError::BadUrl(s.to_string());
         let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
         let implicit_tls = match scheme.to_ascii_lowercase().as_str() {

@@ -71,8 +71,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(&e, text))?;
         let mut names = std::collections::HashSet::new();
         for a in &config.accounts {
             if a.name.is_empty() || !names.insert(a.name.as_str()) {
@@ -103,5 +102,34 @@ mod tests {
                 .is_err()
         );
         assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
+    }
+}
+
+/// The parse error as `line N: message`, without the offending line (which could hold a
+/// password) and with quoted values in the message left out for the same reason.
+fn describe_toml_error(error: &toml::de::Error, text: &str) -> String {
+    let mut message = String::new();
+    let mut quoted = false;
+    for c in error.message().trim().chars() {
+        match c {
+            '"' if !quoted => {
+                quoted = true;
+                message.push_str("\"…");
+            }
+            '"' => quoted = false,
+            '\n' if !quoted => message.push(' '),
+            _ if !quoted => message.push(c),
+            _ => {}
+        }
+        if c == '"' && !quoted {
+            message.push('"');
+        }
+    }
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
     }
 }

@@ -257,11 +257,25 @@ impl Session<Authorization> {
                     .guard(|c| c.sasl("OAUTHBEARER", Some(&ir), Vec::new(), Some("AQ==")))
             }
         };
-        result?;
+        result.map_err(|e| redact_secret(e, secret))?;
         if self.caps.is_some() {
             self.capa()?;
         }
         Ok(self.into_state())
+    }
+}
+
+/// A hostile or careless server may quote what it was sent (`-ERR bad password hunter2`): the
+/// refusal shown to the user must not carry the secret.
+fn redact_secret(error: Pop3Error, secret: &Secret) -> Pop3Error {
+    match error {
+        Pop3Error::Rejected { command, reply } if !secret.expose().is_empty() => {
+            Pop3Error::Rejected {
+                command,
+                reply: reply.replace(secret.expose(), "[password]"),
+            }
+        }
+        other => other,
     }
 }
 

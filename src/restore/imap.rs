@@ -45,6 +45,9 @@ pub struct ImapUrl {
 impl FromStr for ImapUrl {
     type Err = RestoreError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if crate::account::has_password(s) {
+            return Err(RestoreError::PasswordInUrl);
+        }
         let bad = || RestoreError::BadDestination(s.to_string());
         let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
         let implicit_tls = match scheme {

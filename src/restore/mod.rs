@@ -59,6 +59,8 @@ pub enum RestoreError {
         "{0:?} is not a restore destination: write maildir:DIR, mbox:FILE, imap://USER@HOST[:PORT]/FOLDER or imaps://..."
     )]
     BadDestination(String),
+    #[error("{}", crate::account::PASSWORD_IN_URL)]
+    PasswordInUrl,
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,

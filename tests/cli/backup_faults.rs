@@ -200,6 +200,88 @@ fn a_plain_url_without_stls_is_refused_before_any_password_is_sent() {
     );
 }
 
+/// A password must not come back out of popvault: not when the server quotes it in its
+/// refusal, not from a URL or a config file that holds it by mistake.
+#[test]
+fn a_password_echoed_by_the_server_or_put_in_a_url_or_config_is_never_shown() {
+    const SECRET: &str = "hunter2-SECRET";
+    let server = FakeServer::start(mailbox(1), vec![Fault::EchoPassword]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["backup", &url, "--tls", "none", "--timeout", "5"])
+        .env("POPVAULT_PASSWORD", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        server
+            .commands()
+            .iter()
+            .any(|c| c == &format!("PASS {SECRET}")),
+        "the server did get the password to echo"
+    );
+    assert!(stderr.contains("bad password [password]"), "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+
+    if !sandbox.archive().exists() {
+        sandbox.ok(&["init"]); // so that restore gets as far as its destination
+    }
+    let config = sandbox.path().join("config.toml");
+    for (text, args) in [
+        (
+            format!("[[account]]\nname = \"a\"\nserver = \"{url}\"\npassword = \"{SECRET}\"\n"),
+            vec!["status"],
+        ),
+        (
+            format!(
+                "[[account]]\nname = \"a\"\nserver = \"{url}\"\ndelete_after_days = \"{SECRET}\"\n"
+            ),
+            vec!["status"],
+        ),
+        (
+            format!(
+                "[[account]]\nname = \"a\"\nserver = \"pop3s://tester:{SECRET}@127.0.0.1:1\"\n"
+            ),
+            vec!["backup"],
+        ),
+        (
+            String::new(),
+            vec!["backup", "pop3s://tester:hunter2-SECRET@127.0.0.1:1"],
+        ),
+        (
+            String::new(),
+            vec![
+                "restore",
+                "--to",
+                "imaps://tester:hunter2-SECRET@127.0.0.1:1/INBOX",
+            ],
+        ),
+    ] {
+        std::fs::write(&config, &text).unwrap();
+        let out = sandbox
+            .command()
+            .arg("--config")
+            .arg(&config)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains(SECRET), "{args:?}: {stderr}");
+        let in_url =
+            args.iter().any(|a| a.contains(SECRET)) || text.contains(&format!(":{SECRET}@"));
+        assert_eq!(
+            stderr.contains("seems to hold a password"),
+            in_url,
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// Peak RSS of a command in MB, from /usr/bin/time (installed by .ci/run).
 fn peak_rss_mb(sandbox: &Sandbox, args: &[&str]) -> (i32, f64, String) {
     let report = sandbox.path().join("time.txt");

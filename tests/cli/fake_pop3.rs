@@ -23,6 +23,8 @@ pub enum Fault {
     Trickle(u64),
     /// Close the connection after answering the first command after the greeting.
     CloseAfterOneCommand,
+    /// Refuse PASS, quoting the password back (`-ERR bad password <it>`).
+    EchoPassword,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,13 @@ fn serve(
                 caps.push_str(".\r\n");
                 out.write_all(caps.as_bytes())?;
             }
+            "PASS" if *fault == Fault::EchoPassword => out.write_all(
+                format!(
+                    "-ERR [AUTH] bad password {}\r\n",
+                    &cmd["PASS ".len().min(cmd.len())..]
+                )
+                .as_bytes(),
+            )?,
             "USER" | "PASS" => out.write_all(b"+OK\r\n")?,
             "STAT" if *fault == Fault::GarbageList => out.write_all(b"+OK what is this\r\n")?,
             "STAT" => {
