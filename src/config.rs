@@ -85,26 +85,6 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_accounts_and_refuses_unknown_keys() {
-        let c = Config::parse(
-            "archive = \"/a\"\n[[account]]\nname = \"home\"\nserver = \"pop3s://me@h\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.archive.as_deref(), Some(Path::new("/a")));
-        assert_eq!(c.accounts[0].name, "home");
-        assert!(
-            Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\npassword = \"oops\"\n")
-                .is_err()
-        );
-        assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
-    }
-}
-
 /// The parse error as `line N: message`, without the offending line (which could hold a
 /// password) and with quoted values in the message left out for the same reason.
 fn describe_toml_error(error: &toml::de::Error, text: &str) -> String {
@@ -131,5 +111,25 @@ fn describe_toml_error(error: &toml::de::Error, text: &str) -> String {
             format!("line {line}: {message}")
         }
         None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_accounts_and_refuses_unknown_keys() {
+        let c = Config::parse(
+            "archive = \"/a\"\n[[account]]\nname = \"home\"\nserver = \"pop3s://me@h\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.archive.as_deref(), Some(Path::new("/a")));
+        assert_eq!(c.accounts[0].name, "home");
+        assert!(
+            Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\npassword = \"oops\"\n")
+                .is_err()
+        );
+        assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
     }
 }
