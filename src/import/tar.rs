@@ -37,12 +37,8 @@ fn hostile(path: &Path, what: &str) -> ImportError {
     }
 }
 
-pub fn import_tar(
-    writer: &mut Writer,
-    path: &Path,
-    report: &mut ImportReport,
-    progress: &mut dyn FnMut(u64),
-) -> Result<(), ImportError> {
+/// The tar as read: plain or zstd-compressed (by its magic number).
+fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
@@ -56,49 +52,104 @@ pub fn import_tar(
     } else {
         Box::new(file)
     };
-    let mut tar = tar::Archive::new(input);
+    Ok(tar::Archive::new(input))
+}
+
+/// Judges a member by its header alone: a regular file with a relative path and no `..`, one of
+/// the names an export has (`MANIFEST.jsonl` first), of a bounded size. Returns its name and
+/// the most bytes it may hold.
+fn check_member<R: Read>(
+    path: &Path,
+    entry: &tar::Entry<'_, R>,
+    first: bool,
+) -> Result<(String, u64), ImportError> {
+    let read_err = |source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let header = entry.header();
+    let member = entry.path().map_err(read_err)?.into_owned();
+    let shown = member.display().to_string();
+    if !matches!(
+        header.entry_type(),
+        tar::EntryType::Regular | tar::EntryType::Continuous
+    ) {
+        return Err(hostile(
+            path,
+            &format!(
+                "member {shown:?} is a {:?}, not a file (links and devices are refused)",
+                header.entry_type()
+            ),
+        ));
+    }
+    if member
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(hostile(
+            path,
+            &format!("member {shown:?} has an absolute path or '..'"),
+        ));
+    }
+    let name = member.to_string_lossy().into_owned();
+    let is_message = name
+        .strip_prefix("messages/")
+        .and_then(|n| n.strip_suffix(".eml"))
+        .is_some_and(|hex| hex.parse::<Digest>().is_ok());
+    if first != (name == "MANIFEST.jsonl") {
+        return Err(hostile(
+            path,
+            "MANIFEST.jsonl is not the first member: not a popvault export",
+        ));
+    }
+    if !is_message && name != "MANIFEST.jsonl" && name != "SHA256SUMS" {
+        return Err(hostile(
+            path,
+            &format!("unexpected member {shown:?}: not a popvault export"),
+        ));
+    }
+    let limit = if is_message { MAX_MESSAGE } else { MAX_INDEX };
+    let size = header.size().map_err(read_err)?;
+    if size > limit {
+        return Err(hostile(
+            path,
+            &format!("member {shown:?} claims {size} bytes, more than {limit}"),
+        ));
+    }
+    Ok((name, limit))
+}
+
+/// Imports an export in two passes: every member header is checked first, so that a hostile
+/// tar is refused before anything from it is added; then the messages are read, each checked
+/// against its name (SHA-256) and found in the manifest.
+pub fn import_tar(
+    writer: &mut Writer,
+    path: &Path,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ImportError> {
+    let read_err = |source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut members = 0;
+    for entry in open(path)?.entries().map_err(read_err)? {
+        check_member(path, &entry.map_err(read_err)?, members == 0)?;
+        members += 1;
+    }
+    if members == 0 {
+        return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
+    }
+
+    let mut tar = open(path)?;
     let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
     for entry in tar.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let header = entry.header();
-        let member = entry.path().map_err(read_err)?.into_owned();
-        let shown = member.display().to_string();
-        if !matches!(
-            header.entry_type(),
-            tar::EntryType::Regular | tar::EntryType::Continuous
-        ) {
-            return Err(hostile(
-                path,
-                &format!(
-                    "member {shown:?} is a {:?}, not a file (links and devices are refused)",
-                    header.entry_type()
-                ),
-            ));
-        }
-        if member
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
-            return Err(hostile(
-                path,
-                &format!("member {shown:?} has an absolute path or '..'"),
-            ));
-        }
-        let size = header.size().map_err(read_err)?;
-        let name = member.to_string_lossy().into_owned();
-        let limit = if name.starts_with("messages/") {
-            MAX_MESSAGE
-        } else {
-            MAX_INDEX
-        };
-        if size > limit {
-            return Err(hostile(
-                path,
-                &format!("member {shown:?} claims {size} bytes, more than {limit}"),
-            ));
-        }
+        let (name, limit) = check_member(path, &entry, manifest.is_none())?;
+        let shown = name.clone();
+        let size = entry.header().size().map_err(read_err)?;
         let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
         (&mut entry)
             .take(limit + 1)
@@ -155,9 +206,12 @@ pub fn import_tar(
                         member: shown,
                     });
                 }
-                let record = records.get(&id).ok_or_else(|| {
-                    hostile(path, &format!("member {shown:?} is not in MANIFEST.jsonl"))
-                })?;
+                let record = records
+                    .get(&id)
+                    .ok_or_else(|| ImportError::TarInconsistent {
+                        path: path.to_path_buf(),
+                        what: format!("member {shown:?} is not in MANIFEST.jsonl"),
+                    })?;
                 batch_bytes += bytes.len() as u64;
                 for source in &record.sources {
                     batch.push(Incoming {

@@ -227,3 +227,63 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
         .count();
     assert_eq!(commits, 0, "nothing was committed from a hostile tar");
 }
+
+/// A real export with one hostile member at its very end: refused before a single message of
+/// it is added (more than a commit's worth of messages come first).
+#[test]
+fn a_hostile_member_after_thousands_of_good_ones_adds_nothing() {
+    // Enough before the bad member (2,600 messages of about 20 kB) for the writer to have
+    // taken several 16 MiB batches and passed a commit (2,000 messages) without the pre-scan.
+    let source = Sandbox::new();
+    let many = source.path().join("many");
+    for sub in ["cur", "new", "tmp"] {
+        fs::create_dir_all(many.join(sub)).unwrap();
+    }
+    let mut rng = crate::support::Rng(11);
+    for n in 0..2_600u64 {
+        let mut message = crate::support::generated_message(n, &mut rng);
+        message.extend(
+            (0..2_400)
+                .flat_map(|_| rng.next().to_le_bytes())
+                .map(|b| b'a' + b % 26),
+        );
+        message.extend_from_slice(b"\r\n");
+        fs::write(many.join("cur").join(format!("{n}.x:2,S")), message).unwrap();
+    }
+    source.ok(&[
+        "import",
+        &format!("maildir:{}", source.path().join("many").display()),
+    ]);
+    let export = source.path().join("export.tar");
+    source.ok(&["export", export.to_str().unwrap()]);
+
+    let mut good = tar::Archive::new(fs::File::open(&export).unwrap());
+    let mut rebuilt = tar::Builder::new(Vec::new());
+    for entry in good.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let header = entry.header().clone();
+        rebuilt.append(&header, &mut entry).unwrap();
+    }
+    let mut members = rebuilt.into_inner().unwrap();
+    members.truncate(members.len() - 1024); // the end-of-archive blocks go after the last member
+    members.extend(raw_member(
+        b"messages/link.eml",
+        b'2',
+        b"",
+        None,
+        b"/etc/passwd",
+    ));
+    let hostile = source.path().join("hostile.tar");
+    fs::write(&hostile, tar_of(&[members])).unwrap();
+
+    let target = Sandbox::new();
+    let out = target.run(&["import", &format!("tar:{}", hostile.display())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing from it was written"), "{stderr}");
+    assert_eq!(
+        target.list().len(),
+        0,
+        "messages were committed from a refused tar"
+    );
+}
