@@ -92,28 +92,32 @@ fn check_member<R: Read>(
         ));
     }
     let name = member.to_string_lossy().into_owned();
-    let is_message = name
-        .strip_prefix("messages/")
-        .and_then(|n| n.strip_suffix(".eml"))
-        .is_some_and(|hex| hex.parse::<Digest>().is_ok());
+    let limit = if name.starts_with("messages/") {
+        MAX_MESSAGE
+    } else {
+        MAX_INDEX
+    };
+    let size = header.size().map_err(read_err)?;
+    if size > limit {
+        return Err(hostile(
+            path,
+            &format!("member {shown:?} claims {size} bytes, more than {limit}"),
+        ));
+    }
     if first != (name == "MANIFEST.jsonl") {
         return Err(hostile(
             path,
             "MANIFEST.jsonl is not the first member: not a popvault export",
         ));
     }
+    let is_message = name
+        .strip_prefix("messages/")
+        .and_then(|n| n.strip_suffix(".eml"))
+        .is_some_and(|hex| hex.parse::<Digest>().is_ok());
     if !is_message && name != "MANIFEST.jsonl" && name != "SHA256SUMS" {
         return Err(hostile(
             path,
             &format!("unexpected member {shown:?}: not a popvault export"),
-        ));
-    }
-    let limit = if is_message { MAX_MESSAGE } else { MAX_INDEX };
-    let size = header.size().map_err(read_err)?;
-    if size > limit {
-        return Err(hostile(
-            path,
-            &format!("member {shown:?} claims {size} bytes, more than {limit}"),
         ));
     }
     Ok((name, limit))
