@@ -232,10 +232,17 @@ fn one_pass(
     let mut session = session.login(&account.user, secret, account.auth)?;
     let list = session.list_all()?;
     report.on_server = list.len() as u64;
-    report.on_server_bytes = list.iter().map(|(_, size)| size).sum();
+    report.on_server_bytes = list
+        .iter()
+        .map(|(_, size)| *size)
+        .fold(0, u64::saturating_add);
     let uidls = session.uidl_all_lenient()?;
     let plan = plan(target.index(), account, &list, uidls, report);
-    let planned_bytes = plan.fetch.iter().map(|p| p.size).sum();
+    let planned_bytes = plan
+        .fetch
+        .iter()
+        .map(|p| p.size)
+        .fold(0, u64::saturating_add);
     events(Event::Planned {
         account: &account.name,
         messages: plan.fetch.len(),
@@ -422,7 +429,7 @@ fn fetch(
                     planned.size,
                 ));
             }
-            report.fetched_bytes += size;
+            report.fetched_bytes = report.fetched_bytes.saturating_add(size);
             events(Event::Fetched { bytes: size });
             Ok(())
         });

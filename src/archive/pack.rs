@@ -345,8 +345,12 @@ thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Decompresses one whole frame into memory: exactly `raw_len` bytes or an error. The output
-/// buffer is allocated at `raw_len` and decompression cannot write past it.
+/// Messages up to this size are decompressed into one buffer allocated up front.
+const BULK_LIMIT: u64 = 256 << 20;
+
+/// Decompresses one whole frame into memory: exactly `raw_len` bytes or an error. Up to
+/// `BULK_LIMIT` the output buffer is allocated at `raw_len` and decompression cannot write past
+/// it; above, it grows with what really comes out (a crafted `raw_len` allocates nothing).
 pub fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, RecordFault> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -355,6 +359,12 @@ pub fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, Record
             d.window_log_max(MAX_WINDOW_LOG)
                 .map_err(RecordFault::Decompress)?;
             *slot = Some(d);
+        }
+        if raw_len > BULK_LIMIT {
+            // Too large to trust for one allocation: grows only as bytes really come out.
+            let mut out = Vec::new();
+            copy_decompressed(raw_len, &mut &stored[..], &mut out)?;
+            return Ok(out);
         }
         let mut out = Vec::with_capacity(raw_len as usize);
         let got = slot

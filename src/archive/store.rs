@@ -304,8 +304,10 @@ impl Archive {
         let path = self.pack_path(&loc.pack);
         let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
         loc.check(id, &mut file).map_err(&damaged)?;
-        file.seek(SeekFrom::Start(loc.offset + RECORD_HEADER_LEN))
-            .map_err(ArchiveError::io(&path))?;
+        file.seek(SeekFrom::Start(
+            loc.offset.saturating_add(RECORD_HEADER_LEN),
+        ))
+        .map_err(ArchiveError::io(&path))?;
         let mut stored = BufReader::new(file).take(loc.stored_len);
         pack::copy_decompressed(loc.size, &mut stored, out).map_err(|fault| match fault {
             RecordFault::Output(source) => ArchiveError::Output { id: *id, source },
@@ -323,7 +325,16 @@ impl Archive {
         let file = self
             .open_pack(&loc.pack)
             .map_err(|e| damaged(RecordFault::Io(e)))?;
-        let mut record = vec![0u8; (RECORD_HEADER_LEN + loc.stored_len) as usize];
+        // The catalog line is checked against the pack before its length sizes a buffer.
+        let pack_len = file
+            .metadata()
+            .map_err(|e| damaged(RecordFault::Io(e)))?
+            .len();
+        let record_len = RECORD_HEADER_LEN.saturating_add(loc.stored_len);
+        if loc.offset.saturating_add(record_len) > pack_len {
+            return Err(damaged(RecordFault::Mismatch));
+        }
+        let mut record = vec![0u8; record_len as usize];
         file.read_exact_at(&mut record, loc.offset)
             .map_err(|e| damaged(RecordFault::Io(e)))?;
         let (head, stored) = record.split_at(RECORD_HEADER_LEN as usize);

@@ -181,7 +181,7 @@ pub fn verify(
         })
         .collect::<Result<_, _>>()?;
     for outcome in outcomes {
-        report.bytes_checked += outcome.bytes_checked;
+        report.bytes_checked = report.bytes_checked.saturating_add(outcome.bytes_checked);
         report.problems.extend(outcome.problems);
         report.damaged.extend(outcome.damaged);
         report.uncatalogued.extend(outcome.uncatalogued);
@@ -226,7 +226,12 @@ fn check_pack(
     let actual_size = file.metadata().map_err(ArchiveError::io(&path))?.len();
     if !full {
         for (id, loc) in messages {
-            if loc.offset + RECORD_HEADER_LEN + loc.stored_len > actual_size {
+            if loc
+                .offset
+                .saturating_add(RECORD_HEADER_LEN)
+                .saturating_add(loc.stored_len)
+                > actual_size
+            {
                 out.damaged.push(describe(
                     archive,
                     *id,
@@ -252,7 +257,7 @@ fn check_pack(
     for (id, loc) in messages {
         referenced.insert(loc.offset);
         match loc.check(id, &mut file) {
-            Ok(()) => out.bytes_checked += loc.size,
+            Ok(()) => out.bytes_checked = out.bytes_checked.saturating_add(loc.size),
             Err(fault) => out
                 .damaged
                 .push(describe(archive, *id, name, fault.to_string(), None)),

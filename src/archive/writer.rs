@@ -473,8 +473,8 @@ impl Writer {
 
         self.totals.commits += 1;
         self.totals.entries += record.entries;
-        self.totals.raw_bytes += record.raw_bytes;
-        self.totals.stored_bytes += record.stored_bytes;
+        self.totals.raw_bytes = self.totals.raw_bytes.saturating_add(record.raw_bytes);
+        self.totals.stored_bytes = self.totals.stored_bytes.saturating_add(record.stored_bytes);
         self.index.set_last_commit(number);
         for entry in &batch.entries {
             self.index.add(entry);

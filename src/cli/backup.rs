@@ -258,7 +258,12 @@ fn print_reports(
                 "{}: would fetch {} messages ({}), would delete {}; {} on the server",
                 r.account,
                 r.would_fetch.len(),
-                human_bytes(r.would_fetch.iter().map(|p| p.size).sum()),
+                human_bytes(
+                    r.would_fetch
+                        .iter()
+                        .map(|p| p.size)
+                        .fold(0, u64::saturating_add)
+                ),
                 r.would_delete.len(),
                 r.on_server
             );

@@ -29,7 +29,11 @@ pub struct ExportArgs {
 pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
     let file = super::expand_tilde(&args.file);
-    let total: u64 = archive.commits().iter().map(|c| c.raw_bytes).sum();
+    let total = archive
+        .commits()
+        .iter()
+        .map(|c| c.raw_bytes)
+        .fold(0, u64::saturating_add);
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "export");
     let report = export::export(&archive, &args.select.selection(), &file, &|n| bar.inc(n))
         .with_context(|| format!("cannot export to {}", file.display()))?;

@@ -50,16 +50,16 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         commits: archive.commits().len() as u64,
         ..Stats::default()
     };
-    let mut all_bytes = 0;
+    let mut all_bytes: u64 = 0;
     for e in archive.entries() {
         s.messages += 1;
-        all_bytes += e.size;
+        all_bytes = all_bytes.saturating_add(e.size);
         let per = s.sources.entry(e.source.label()).or_default();
         per.messages += 1;
-        per.bytes += e.size;
+        per.bytes = per.bytes.saturating_add(e.size);
         if e.stored.is_some() {
             s.unique_messages += 1;
-            s.raw_bytes += e.size;
+            s.raw_bytes = s.raw_bytes.saturating_add(e.size);
         }
     }
     s.stored_bytes = archive
@@ -67,7 +67,7 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         .iter()
         .flat_map(|c| &c.packs)
         .map(|p| p.size)
-        .sum();
+        .fold(0, u64::saturating_add);
     s.compression_ratio = if s.stored_bytes > 0 {
         s.raw_bytes as f64 / s.stored_bytes as f64
     } else {

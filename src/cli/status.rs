@@ -97,7 +97,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                     ..Default::default()
                 });
             s.messages_archived += 1;
-            s.bytes_archived += e.size;
+            s.bytes_archived = s.bytes_archived.saturating_add(e.size);
         }
     }
     let now = Utc::now();

@@ -23,7 +23,11 @@ pub struct VerifyArgs {
 
 pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
-    let total: u64 = archive.commits().iter().map(|c| c.raw_bytes).sum();
+    let total = archive
+        .commits()
+        .iter()
+        .map(|c| c.raw_bytes)
+        .fold(0, u64::saturating_add);
     let bar = byte_bar(args.full.then_some(total), ctx.quiet || args.json, "verify");
     let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();

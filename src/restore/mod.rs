@@ -250,7 +250,7 @@ pub fn restore(
     };
     events(Event::Planned {
         messages: new.len(),
-        bytes: new.iter().map(|c| c.size).sum(),
+        bytes: new.iter().map(|c| c.size).fold(0, u64::saturating_add),
     });
     if options.dry_run {
         report.plan = new
@@ -300,7 +300,7 @@ fn chunks_of<'a>(messages: &'a [&'a Candidate], max_bytes: u64) -> Vec<&'a [&'a 
     while start < messages.len() {
         let mut end = start + 1;
         let mut bytes = messages[start].size;
-        while end < messages.len() && bytes + messages[end].size <= max_bytes {
+        while end < messages.len() && bytes.saturating_add(messages[end].size) <= max_bytes {
             bytes += messages[end].size;
             end += 1;
         }
