@@ -20,6 +20,8 @@ use crate::archive::{Archive, ArchiveError, Digest, Message, durable};
 pub enum ExportError {
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("{path} is a directory: give the export a file name (e.g. {path}/mail.tar.zst)")]
+    IsDirectory { path: PathBuf },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -57,6 +59,11 @@ pub fn export(
         path: path.to_path_buf(),
         source,
     };
+    if path.is_dir() {
+        return Err(ExportError::IsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
     let mut messages: Vec<Message<'_>> = archive
         .messages()
         .into_iter()
@@ -83,29 +90,50 @@ pub fn export(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let file = durable::create_new(&tmp).or_else(|_| {
-        let _ = std::fs::remove_file(&tmp);
-        durable::create_new(&tmp)
-    });
-    let file = file.map_err(|source| ExportError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
     let zstd = name.ends_with(".zst") || name.ends_with(".tzst");
-    let out: Box<dyn Write> = if zstd {
-        Box::new(
-            zstd::stream::write::Encoder::new(BufWriter::new(file), 3)
-                .map_err(write_err)?
-                .auto_finish(),
-        )
+    let mut report = ExportReport {
+        file: path.display().to_string(),
+        skipped: damaged,
+        ..ExportReport::default()
+    };
+    let written = write_tar(archive, &messages, &tmp, zstd, &mut report, progress)
+        .and_then(|()| durable::rename_durably(&tmp, path).map_err(write_err));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| report)
+}
+
+/// Writes the tar to `tmp` and syncs it; the zstd frame is finished explicitly, so that a
+/// failure to write its end is an error, not a truncated export.
+fn write_tar(
+    archive: &Archive,
+    messages: &[Message<'_>],
+    tmp: &Path,
+    zstd: bool,
+    report: &mut ExportReport,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), ExportError> {
+    let write_err = |source| ExportError::Write {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let file = durable::create_new(tmp)
+        .or_else(|_| {
+            let _ = std::fs::remove_file(tmp);
+            durable::create_new(tmp)
+        })
+        .map_err(write_err)?;
+    let out = if zstd {
+        Output::Zstd(zstd::stream::write::Encoder::new(BufWriter::new(file), 3).map_err(write_err)?)
     } else {
-        Box::new(BufWriter::new(file))
+        Output::Plain(BufWriter::new(file))
     };
     let mut tar = tar::Builder::new(out);
 
     let mut manifest = Vec::new();
     let mut sums = String::new();
-    for m in &messages {
+    for m in messages {
         let line = ManifestLine {
             message: m,
             sha256: m.id,
@@ -120,12 +148,7 @@ pub fn export(
         .map_or(0, |m| message_time(m).timestamp().max(0) as u64);
     append(&mut tar, "MANIFEST.jsonl", newest, &manifest).map_err(write_err)?;
     append(&mut tar, "SHA256SUMS", newest, sums.as_bytes()).map_err(write_err)?;
-    let mut report = ExportReport {
-        file: path.display().to_string(),
-        skipped: damaged,
-        ..ExportReport::default()
-    };
-    for m in &messages {
+    for m in messages {
         let raw = archive.read_message(&m.id)?;
         append(
             &mut tar,
@@ -138,22 +161,45 @@ pub fn export(
         report.bytes += raw.len() as u64;
         progress(raw.len() as u64);
     }
-    let mut out = tar.into_inner().map_err(write_err)?;
-    out.flush().map_err(write_err)?;
-    drop(out); // finishes the zstd frame
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
+    let file = tar
+        .into_inner()
+        .and_then(Output::finish)
         .map_err(write_err)?;
-    durable::rename_durably(&tmp, path).map_err(write_err)?;
-    Ok(report)
+    durable::sync_file(&file, tmp).map_err(write_err)
 }
 
-fn append(
-    tar: &mut tar::Builder<Box<dyn Write>>,
-    name: &str,
-    mtime: u64,
-    bytes: &[u8],
-) -> io::Result<()> {
+/// Where the tar goes: the file, through zstd or not.
+enum Output {
+    Plain(BufWriter<File>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+}
+
+impl Output {
+    fn finish(self) -> io::Result<File> {
+        let buffered = match self {
+            Output::Plain(w) => w,
+            Output::Zstd(encoder) => encoder.finish()?,
+        };
+        buffered.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::Plain(w) => w.write(buf),
+            Output::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Plain(w) => w.flush(),
+            Output::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+fn append(tar: &mut tar::Builder<Output>, name: &str, mtime: u64, bytes: &[u8]) -> io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_path(name)?;
     header.set_size(bytes.len() as u64);

@@ -287,3 +287,35 @@ fn a_hostile_member_after_thousands_of_good_ones_adds_nothing() {
         "messages were committed from a refused tar"
     );
 }
+
+/// `popvault export mail.tar` in the current directory works; a directory as the file is
+/// refused before anything is written, and no temp file is left behind.
+#[test]
+fn export_to_a_bare_file_name_works_and_to_a_directory_is_refused_cleanly() {
+    let sandbox = archive_with_mail();
+    let out = sandbox
+        .command()
+        .args(["export", "bare.tar"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sandbox.path().join("bare.tar").is_file());
+
+    let dir = sandbox.path().join("a-directory");
+    fs::create_dir(&dir).unwrap();
+    let out = sandbox.run(&["export", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    let leftovers: Vec<_> = fs::read_dir(sandbox.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
