@@ -42,6 +42,8 @@ pub enum ArchiveError {
         "{path} is not a popvault archive: it is a non-empty directory without popvault-archive.json"
     )]
     NotAnArchive { path: PathBuf },
+    #[error("{path} is a file, not an archive: give a directory (new or empty for a new archive)")]
+    IsAFile { path: PathBuf },
     #[error("{path} is already a popvault archive")]
     AlreadyAnArchive { path: PathBuf },
     #[error(

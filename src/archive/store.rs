@@ -43,11 +43,17 @@ pub fn is_archive(root: &Path) -> bool {
 
 /// Checks the header: an archive of this format, of a version this popvault reads.
 pub fn check_header(root: &Path) -> Result<(), ArchiveError> {
+    if root.is_file() {
+        return Err(ArchiveError::IsAFile {
+            path: root.to_path_buf(),
+        });
+    }
     let header_path = root.join(HEADER_FILE);
     let text = match fs::read_to_string(&header_path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(if root.is_dir() {
+            let empty = fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
+            return Err(if root.is_dir() && !empty {
                 ArchiveError::NotAnArchive {
                     path: root.to_path_buf(),
                 }
@@ -112,6 +118,11 @@ impl Archive {
     pub fn init(root: &Path) -> Result<(), ArchiveError> {
         if root.join(HEADER_FILE).exists() {
             return Err(ArchiveError::AlreadyAnArchive {
+                path: root.to_path_buf(),
+            });
+        }
+        if root.is_file() {
+            return Err(ArchiveError::IsAFile {
                 path: root.to_path_buf(),
             });
         }

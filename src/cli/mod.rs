@@ -184,6 +184,12 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
                 .unwrap_or_else(|| home().join(".local/share"))
                 .join("popvault")
         });
+    if archive.as_os_str().is_empty() {
+        anyhow::bail!(
+            "the archive path is empty: give --archive DIR, or set POPVAULT_ARCHIVE or `archive` in {}",
+            config_path.display()
+        );
+    }
     Ok(Context {
         archive: expand_tilde(&archive),
         config_path,
