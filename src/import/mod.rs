@@ -204,7 +204,8 @@ fn import_maildir(
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue }; // moved away meanwhile
+            // Follows symlinks: a Maildir of links (mairix, notmuch) holds real messages.
+            let Ok(meta) = fs::metadata(&path) else { continue }; // moved away meanwhile
             if name.starts_with('.') || !meta.is_file() {
                 continue;
             }
