@@ -208,22 +208,30 @@ fn check_pack(
 ) -> Result<PackOutcome, ArchiveError> {
     let mut out = PackOutcome::default();
     let path = archive.pack_path(name);
-    let mut file = match File::open(&path) {
-        Ok(f) => f,
+    // A pack that cannot be read at all damages each of its messages; verify goes on.
+    let opened = File::open(&path).and_then(|file| {
+        let meta = file.metadata()?;
+        if meta.is_file() {
+            Ok((file, meta.len()))
+        } else {
+            Err(io::Error::other("it is not a regular file"))
+        }
+    });
+    let (mut file, actual_size) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             for (id, _) in messages {
                 out.damaged.push(describe(
                     archive,
                     *id,
                     name,
-                    format!("its pack cannot be opened: {e}"),
+                    format!("its pack cannot be read: {e}"),
                     None,
                 ));
             }
             return Ok(out);
         }
     };
-    let actual_size = file.metadata().map_err(ArchiveError::io(&path))?.len();
     if !full {
         for (id, loc) in messages {
             if loc

@@ -205,7 +205,9 @@ fn import_maildir(
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             // Follows symlinks: a Maildir of links (mairix, notmuch) holds real messages.
-            let Ok(meta) = fs::metadata(&path) else { continue }; // moved away meanwhile
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            }; // moved away meanwhile
             if name.starts_with('.') || !meta.is_file() {
                 continue;
             }
