@@ -204,11 +204,24 @@ fn import_maildir(
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            // Follows symlinks: a Maildir of links (mairix, notmuch) holds real messages.
-            let Ok(meta) = fs::metadata(&path) else {
+            if name.starts_with('.') {
                 continue;
-            }; // moved away meanwhile
-            if name.starts_with('.') || !meta.is_file() {
+            }
+            // Follows symlinks: a Maildir of links (mairix, notmuch) holds real messages.
+            let meta = match fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if fs::symlink_metadata(&path).is_ok() {
+                        report.warnings.push(format!(
+                            "{} is a link to nothing; skipped",
+                            path.display()
+                        ));
+                    }
+                    continue; // else moved away meanwhile (a mail client at work)
+                }
+                Err(e) => return Err(read_err(&path)(e)),
+            };
+            if !meta.is_file() {
                 continue;
             }
             let (unique, flags) = split_maildir_name(&name);
