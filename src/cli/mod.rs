@@ -278,16 +278,6 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
 
 /// `error: what` then one `caused by:` line per underlying cause; never a panic or debug dump.
 fn report_error(err: &anyhow::Error) {
-    let disk_full = err.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|e| {
-            e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
-        })
-    });
-    if disk_full {
-        eprintln!(
-            "error: no space left on the device; free some space and run the command again (nothing committed was lost)"
-        );
-    }
     eprintln!("error: {err}");
     let mut last = err.to_string();
     for cause in err.chain().skip(1) {
@@ -297,7 +287,39 @@ fn report_error(err: &anyhow::Error) {
         }
         last = text;
     }
+    if let Some(hint) = hint_for(err) {
+        eprintln!("hint: {hint}");
+    }
 }
+
+/// What to do about the system error at the root of `err`, when there is a usual answer.
+fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
+    use std::io::ErrorKind;
+    let io = err
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .last()?;
+    if io.raw_os_error() == Some(28) {
+        return Some(NO_SPACE_HINT);
+    }
+    Some(match io.kind() {
+        ErrorKind::StorageFull => NO_SPACE_HINT,
+        ErrorKind::ReadOnlyFilesystem => {
+            "that file system is mounted read-only; remount it read-write or use another path"
+        }
+        ErrorKind::PermissionDenied => {
+            "popvault may not access that path; check its owner and mode (and those of its directories)"
+        }
+        ErrorKind::NotFound => "check the path: it, or a directory above it, does not exist",
+        ErrorKind::ConnectionRefused => {
+            "nothing accepts connections there; check the host and port (pop3s: 995, pop3 with STLS: 110)"
+        }
+        ErrorKind::TimedOut => "no answer in time; check the network, or raise --timeout",
+        _ => return None,
+    })
+}
+
+const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";
 
 fn exit_for(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {

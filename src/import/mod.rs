@@ -212,10 +212,9 @@ fn import_maildir(
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if fs::symlink_metadata(&path).is_ok() {
-                        report.warnings.push(format!(
-                            "{} is a link to nothing; skipped",
-                            path.display()
-                        ));
+                        report
+                            .warnings
+                            .push(format!("{} is a link to nothing; skipped", path.display()));
                     }
                     continue; // else moved away meanwhile (a mail client at work)
                 }

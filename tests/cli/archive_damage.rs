@@ -201,6 +201,10 @@ fn bad_paths_get_one_clear_line_and_no_panic() {
             "/nonexistent.mbox",
         ),
         (vec!["import", "pop:/x"], "is not an import source"),
+        (
+            vec!["import", "eml:/nonexistent.eml"],
+            "hint: check the path",
+        ),
     ] {
         let out = sandbox.run(&args);
         let stderr = String::from_utf8(out.stderr).unwrap();
@@ -222,6 +226,12 @@ fn bad_paths_get_one_clear_line_and_no_panic() {
         "init",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a popvault archive"));
+    let out = sandbox.run(&[
+        "--archive",
+        sandbox.path().join("notes/todo.txt").to_str().unwrap(),
+        "list",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a file, not an archive"));
 }
 
 #[test]
