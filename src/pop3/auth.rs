@@ -173,6 +173,29 @@ pub fn plain_response(user: &str, secret: &Secret) -> String {
     BASE64.encode(format!("\0{user}\0{}", secret.expose()))
 }
 
+/// Every form in which a client of ours sends `secret` (itself, and the base64 responses of
+/// PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER): what a server quoting us back must not show.
+pub fn secret_forms(user: &str, host: &str, port: u16, secret: &Secret) -> Vec<String> {
+    let mut forms = vec![
+        secret.expose().to_string(),
+        plain_response(user, secret),
+        BASE64.encode(secret.expose()),
+        xoauth2_response(user, secret),
+        oauthbearer_response(user, host, port, secret),
+    ];
+    forms.retain(|f| !f.is_empty());
+    // Longest first, so that a form containing another is masked whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
+/// `text` with every form of the secret masked.
+pub fn mask_secret(text: &str, forms: &[String]) -> String {
+    forms.iter().fold(text.to_string(), |t, form| {
+        t.replace(form.as_str(), "[password]")
+    })
+}
+
 /// SASL LOGIN responses: base64 of the user name, then of the password, one per challenge.
 pub fn login_responses(user: &str, secret: &Secret) -> [String; 2] {
     [BASE64.encode(user), BASE64.encode(secret.expose())]

@@ -257,7 +257,8 @@ impl Session<Authorization> {
                     .guard(|c| c.sasl("OAUTHBEARER", Some(&ir), Vec::new(), Some("AQ==")))
             }
         };
-        result.map_err(|e| redact_secret(e, secret))?;
+        let forms = auth::secret_forms(user, &self.host, self.port, secret);
+        result.map_err(|e| redact_secret(e, &forms))?;
         if self.caps.is_some() {
             self.capa()?;
         }
@@ -267,14 +268,12 @@ impl Session<Authorization> {
 
 /// A hostile or careless server may quote what it was sent (`-ERR bad password hunter2`): the
 /// refusal shown to the user must not carry the secret.
-fn redact_secret(error: Pop3Error, secret: &Secret) -> Pop3Error {
+fn redact_secret(error: Pop3Error, forms: &[String]) -> Pop3Error {
     match error {
-        Pop3Error::Rejected { command, reply } if !secret.expose().is_empty() => {
-            Pop3Error::Rejected {
-                command,
-                reply: reply.replace(secret.expose(), "[password]"),
-            }
-        }
+        Pop3Error::Rejected { command, reply } => Pop3Error::Rejected {
+            command,
+            reply: auth::mask_secret(&reply, forms),
+        },
         other => other,
     }
 }

@@ -271,6 +271,34 @@ impl Client {
         }
     }
 
+    /// Waits for the go-ahead (`+`) to send a literal of the command tagged `tag`, skipping
+    /// untagged responses (a server may send `* 3 EXISTS` first). `false`: the command was
+    /// refused with a tagged NO instead. Anything else leaves the connection out of step, so it
+    /// is an error.
+    fn continuation(&mut self, tag: &str) -> Result<bool, ImapError> {
+        loop {
+            let r = self.read_response()?;
+            if r.text.starts_with('+') {
+                return Ok(true);
+            }
+            if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
+                if rest.starts_with("NO") {
+                    return Ok(false);
+                }
+                return Err(ImapError::Rejected {
+                    command: "APPEND",
+                    reply: rest.to_string(),
+                });
+            }
+            if !r.text.starts_with("* ") || r.text.starts_with("* BYE") {
+                return Err(ImapError::Protocol(format!(
+                    "expected a go-ahead for the message, got {:?}",
+                    fit_reply(&r.text)
+                )));
+            }
+        }
+    }
+
     fn simple(&mut self, command: &'static str, line: &str) -> Result<Vec<Response>, ImapError> {
         let tag = self.tag();
         self.write(format!("{tag} {line}\r\n").as_bytes())?;
@@ -456,6 +484,11 @@ fn modified_utf7(s: &str) -> String {
     out
 }
 
+/// At most 200 characters of a server's line, for an error message.
+fn fit_reply(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
 /// Bare LF (and a lone CR) become CRLF: the form IMAP requires and servers store.
 pub fn crlf_normalise(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
@@ -550,7 +583,15 @@ impl ImapSink {
         secret: &Secret,
     ) -> Result<ImapSink, ImapError> {
         let mut client = Client::connect(connect)?;
-        client.login(&url.user, secret)?;
+        // A server may quote what it was sent in its refusal: never show the secret.
+        let forms = crate::pop3::auth::secret_forms(&url.user, &url.host, url.port, secret);
+        client.login(&url.user, secret).map_err(|e| match e {
+            ImapError::Rejected { command, reply } => ImapError::Rejected {
+                command,
+                reply: crate::pop3::auth::mask_secret(&reply, &forms),
+            },
+            other => other,
+        })?;
         let literal_plus = client.capabilities.contains("LITERAL+");
         // `/` in the URL separates levels (RFC 5092); the server may use another delimiter.
         let folder = match client.delimiter()? {
@@ -615,14 +656,15 @@ impl ImapSink {
                 )
                 .as_bytes(),
             )?;
-            if !self.literal_plus {
-                let r = self.client.read_response()?;
-                if !r.text.starts_with('+') {
-                    return Err(ImapError::Rejected {
-                        command: "APPEND",
-                        reply: r.text,
-                    });
-                }
+            if !self.literal_plus && !self.client.continuation(&tag)? {
+                // Refused before its literal was sent (only ever one message without
+                // LITERAL+): the connection is in step, the next message may go.
+                self.refused.push(Skipped {
+                    id: c.id,
+                    reason: "the IMAP server refused to take it (APPEND NO)".into(),
+                    subject: c.subject.clone(),
+                });
+                return Ok(());
             }
             self.client.write(bytes)?;
         }
@@ -672,7 +714,12 @@ impl Sink for ImapSink {
             if c.size > largest {
                 continue;
             }
-            let raw = archive.read_message(&c.id)?;
+            let raw = match archive.read_message(&c.id) {
+                Ok(raw) => raw,
+                // Reported and skipped when the restore reads it again.
+                Err(crate::archive::ArchiveError::DamagedMessage { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
             // Two archived messages can normalise to the same bytes (the LF and the CRLF copy
             // of one mail): each server copy accounts for one of them.
             if let Some(count) = on_server

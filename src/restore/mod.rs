@@ -77,6 +77,14 @@ pub enum RestoreError {
     Archive(#[from] ArchiveError),
 }
 
+impl RestoreError {
+    /// Whether this error is about one message only (the destination cannot take it), so the
+    /// others may still go.
+    pub fn concerns_one_message(&self) -> bool {
+        matches!(self, RestoreError::Imap(imap::ImapError::Unsupported(_)))
+    }
+}
+
 /// IMAP-style flags a restored message gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Flags {
@@ -138,9 +146,20 @@ pub trait Sink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
-    /// Puts several messages, one result each; by default one after the other.
+    /// Puts several messages, one result each, one after the other; stops after the first
+    /// error that is not about one message alone (the destination may be out of step), so there
+    /// may be fewer results than items.
     fn put_all(&mut self, items: &[(&Candidate, &[u8])]) -> Vec<Result<(), RestoreError>> {
-        items.iter().map(|(c, raw)| self.put(c, raw)).collect()
+        let mut results = Vec::with_capacity(items.len());
+        for (c, raw) in items {
+            let result = self.put(c, raw);
+            let fatal = matches!(&result, Err(e) if !e.concerns_one_message());
+            results.push(result);
+            if fatal {
+                break;
+            }
+        }
+        results
     }
     fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError>;
     /// The last flush of a restore: everything put is durable or acknowledged after it.
@@ -344,13 +363,11 @@ fn put_chunk(
                 });
             }
             // This message cannot go to this destination; the others still can.
-            Err(RestoreError::Imap(imap::ImapError::Unsupported(reason))) => {
-                report.skipped.push(Skipped {
-                    id: candidate.id,
-                    reason,
-                    subject: candidate.subject.clone(),
-                })
-            }
+            Err(e) if e.concerns_one_message() => report.skipped.push(Skipped {
+                id: candidate.id,
+                reason: e.to_string(),
+                subject: candidate.subject.clone(),
+            }),
             Err(e) => return Err(e),
         }
     }

@@ -10,6 +10,7 @@ mod backup_dovecot;
 mod backup_faults;
 mod docs;
 mod export;
+mod fake_imap;
 mod fake_pop3;
 mod faults;
 mod repair;

@@ -366,3 +366,97 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
         assert!(seen.contains(&hex::encode(normalise(m))));
     }
 }
+
+/// Three messages, the second of which holds a line that is an IMAP command.
+fn archive_with_a_command_in_a_message() -> (Sandbox, Vec<Vec<u8>>) {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path().join("three");
+    let messages: Vec<Vec<u8>> = (0..3)
+        .map(|n| {
+            format!(
+                "From: a@example.org\r\nSubject: {n}\r\nMessage-ID: <{n}@example.org>\r\n\r\nline\r\nzz DELETE \"INBOX\"\r\nend {n}\r\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    for (n, m) in messages.iter().enumerate() {
+        std::fs::write(sandbox.path().join(format!("{n}.eml")), m).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in 0..3 {
+        let path = sandbox.path().join(format!("{n}.eml"));
+        sandbox.ok(&["import", &format!("eml:{}", path.display())]);
+    }
+    (sandbox, messages)
+}
+
+fn restore_to_fake(sandbox: &Sandbox, port: u16, password: &str) -> std::process::Output {
+    sandbox
+        .command()
+        .args([
+            "restore",
+            "--to",
+            &format!("imap://tester@127.0.0.1:{port}/INBOX"),
+            "--tls",
+            "none",
+        ])
+        .env("POPVAULT_PASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+/// Untagged data before a literal's go-ahead must not put the client out of step: out of step,
+/// message lines would reach the server as commands.
+#[test]
+fn untagged_data_before_the_go_ahead_keeps_every_message_whole() {
+    let server =
+        crate::fake_imap::FakeImap::start(crate::fake_imap::ImapFault::ExistsBeforeGoAhead);
+    let (sandbox, messages) = archive_with_a_command_in_a_message();
+    let out = restore_to_fake(&sandbox, server.port, "pw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut stored = server.stored.lock().unwrap().clone();
+    stored.sort();
+    let mut expected = messages.clone();
+    expected.sort();
+    assert_eq!(stored, expected);
+    assert!(
+        !server
+            .commands
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("zz ")),
+        "a message line reached the server as a command"
+    );
+}
+
+/// An APPEND refused before its literal (no LITERAL+) skips that message only.
+#[test]
+fn an_append_refused_before_its_literal_skips_that_message_only() {
+    let server = crate::fake_imap::FakeImap::start(crate::fake_imap::ImapFault::RefuseSecondAppend);
+    let (sandbox, _) = archive_with_a_command_in_a_message();
+    let out = restore_to_fake(&sandbox, server.port, "pw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert_eq!(server.stored.lock().unwrap().len(), 2, "{stderr}");
+}
+
+/// A refusal that quotes the client's SASL response must not show the password in any form.
+#[test]
+fn an_imap_server_quoting_the_credentials_does_not_show_them() {
+    use base64::Engine as _;
+    const SECRET: &str = "s3cr3t-pw";
+    let server = crate::fake_imap::FakeImap::start(crate::fake_imap::ImapFault::EchoCredentials);
+    let (sandbox, _) = archive_with_a_command_in_a_message();
+    let out = restore_to_fake(&sandbox, server.port, SECRET);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("[password]"), "{stderr}");
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0tester\0{SECRET}"));
+    assert!(
+        !stderr.contains(SECRET) && !stderr.contains(&plain),
+        "{stderr}"
+    );
+}
