@@ -84,8 +84,8 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
     };
 
     let mut sink: Box<dyn Sink> = match &destination {
-        Destination::Maildir(dir) => Box::new(MaildirSink::open(dir)?),
-        Destination::Mbox(file) => Box::new(MboxSink::open(file)?),
+        Destination::Maildir(dir) => Box::new(MaildirSink::open(dir, args.dry_run)?),
+        Destination::Mbox(file) => Box::new(MboxSink::open(file, args.dry_run)?),
         Destination::Imap(url) => {
             let tls = match &args.tls {
                 Some(t) => parse_tls(t).map_err(anyhow::Error::msg)?,
@@ -103,7 +103,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
             connect.timeout = Duration::from_secs(args.timeout.max(1));
             let secret = imap_password(&url.to_string())?;
             Box::new(
-                ImapSink::open(url, &connect, &secret)
+                ImapSink::open(url, &connect, &secret, args.dry_run)
                     .with_context(|| format!("cannot restore to {url}"))?,
             )
         }

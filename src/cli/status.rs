@@ -29,12 +29,13 @@ fn parse_age(s: &str) -> Result<Duration, String> {
     let n: i64 = number
         .parse()
         .map_err(|_| format!("{s:?} is not an age like 48h, 2d or 90m"))?;
-    match unit {
-        "m" | "min" => Ok(Duration::minutes(n)),
-        "h" | "" => Ok(Duration::hours(n)),
-        "d" => Ok(Duration::days(n)),
-        _ => Err(format!("{s:?} is not an age like 48h, 2d or 90m")),
-    }
+    let age = match unit {
+        "m" | "min" => Duration::try_minutes(n),
+        "h" | "" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        _ => return Err(format!("{s:?} is not an age like 48h, 2d or 90m")),
+    };
+    age.ok_or_else(|| format!("{s:?} is too long an age"))
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -361,11 +361,13 @@ impl Client {
         }))
     }
 
-    /// Opens `folder` read-only, creating it first if it does not exist; returns its message count.
-    fn examine_or_create(&mut self, folder: &str) -> Result<u64, ImapError> {
+    /// Opens `folder` read-only, creating it first if it does not exist (unless `create` is
+    /// false: then a missing folder counts as empty); returns its message count.
+    fn examine_or_create(&mut self, folder: &str, create: bool) -> Result<u64, ImapError> {
         let name = mailbox_name(folder)?;
         let untagged = match self.simple("EXAMINE", &format!("EXAMINE {name}")) {
             Ok(u) => u,
+            Err(ImapError::Rejected { .. }) if !create => return Ok(0),
             Err(ImapError::Rejected { .. }) => {
                 self.simple("CREATE", &format!("CREATE {name}"))?;
                 self.simple("EXAMINE", &format!("EXAMINE {name}"))?
@@ -531,6 +533,7 @@ fn internal_date(t: DateTime<Utc>) -> String {
 }
 
 pub struct ImapSink {
+    dry_run: bool,
     client: Client,
     folder: String,
     literal_plus: bool,
@@ -577,10 +580,12 @@ fn flag_list(c: &Candidate) -> String {
 }
 
 impl ImapSink {
+    /// Connects and logs in; with `dry_run` the sink only looks (no folder is created).
     pub fn open(
         url: &ImapUrl,
         connect: &ConnectOptions,
         secret: &Secret,
+        dry_run: bool,
     ) -> Result<ImapSink, ImapError> {
         let mut client = Client::connect(connect)?;
         // A server may quote what it was sent in its refusal: never show the secret.
@@ -602,6 +607,7 @@ impl ImapSink {
         Ok(ImapSink {
             client,
             folder,
+            dry_run,
             literal_plus,
             multiappend,
             group: Vec::new(),
@@ -703,7 +709,7 @@ impl Sink for ImapSink {
         archive: &Archive,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        let exists = self.client.examine_or_create(&self.folder)?;
+        let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
         let mut on_server = self.client.presence_keys(exists)?;
         let mut present = HashSet::new();
         let Some(largest) = on_server.keys().map(|(size, _)| *size).max() else {

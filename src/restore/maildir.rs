@@ -23,10 +23,21 @@ pub struct MaildirSink {
     root: PathBuf,
     /// Written to tmp/, not yet synced and renamed: (tmp path, final path).
     pending: Vec<(PathBuf, PathBuf)>,
+    /// `tmp/`, locked while this restore writes (`None` for a dry run).
+    _lock: Option<File>,
 }
 
 impl MaildirSink {
-    pub fn open(root: &Path) -> Result<MaildirSink, RestoreError> {
+    /// Opens the Maildir at `root`, creating it if missing, and locks it against a second
+    /// restore (whose files in tmp/ carry the same names); with `dry_run` only looks.
+    pub fn open(root: &Path, dry_run: bool) -> Result<MaildirSink, RestoreError> {
+        if dry_run {
+            return Ok(MaildirSink {
+                root: root.to_path_buf(),
+                pending: Vec::new(),
+                _lock: None,
+            });
+        }
         for sub in ["", "cur", "new", "tmp"] {
             let dir = root.join(sub);
             durable::create_dir(&dir).map_err(|source| RestoreError::Write {
@@ -34,9 +45,15 @@ impl MaildirSink {
                 source,
             })?;
         }
+        let tmp = root.join("tmp");
+        let lock = File::open(&tmp).map_err(Self::write_err(&tmp))?;
+        lock.try_lock().map_err(|_| RestoreError::Busy {
+            path: root.to_path_buf(),
+        })?;
         Ok(MaildirSink {
             root: root.to_path_buf(),
             pending: Vec::new(),
+            _lock: Some(lock),
         })
     }
 
@@ -101,10 +118,17 @@ impl Sink for MaildirSink {
         let mut present = HashSet::new();
         for sub in ["cur", "new"] {
             let dir = self.root.join(sub);
-            let entries = fs::read_dir(&dir).map_err(|source| RestoreError::Read {
-                path: dir.clone(),
-                source,
-            })?;
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // A dry run into a Maildir that does not exist yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(RestoreError::Read {
+                        path: dir.clone(),
+                        source,
+                    });
+                }
+            };
             for entry in entries {
                 let entry = entry.map_err(|source| RestoreError::Read {
                     path: dir.clone(),

@@ -17,27 +17,60 @@ use crate::import::mbox::MboxReader;
 
 pub struct MboxSink {
     path: PathBuf,
-    out: BufWriter<File>,
+    /// `None` for a dry run: nothing is opened for writing.
+    out: Option<BufWriter<File>>,
+    /// The file's length after the last flush: what a failed write is cut back to, so no
+    /// half-written message is ever left in the mbox.
+    committed_len: u64,
 }
 
 impl MboxSink {
-    pub fn open(path: &Path) -> Result<MboxSink, RestoreError> {
+    /// Opens (or creates) `path` for appending, holding an exclusive lock on it; with `dry_run`
+    /// only checks it. Refuses what is not a regular file, and a non-empty file that does not
+    /// start like an mbox.
+    pub fn open(path: &Path, dry_run: bool) -> Result<MboxSink, RestoreError> {
+        let write_err = |source| RestoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refuse = |why: &str| RestoreError::NotAnMbox {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        };
+        let len = match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => return Err(refuse("it is not a regular file")),
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(write_err(e)),
+        };
+        if len > 0 && !starts_like_an_mbox(path).map_err(write_err)? {
+            return Err(refuse("it does not start with a `From ` line"));
+        }
+        if dry_run {
+            return Ok(MboxSink {
+                path: path.to_path_buf(),
+                out: None,
+                committed_len: len,
+            });
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .mode(0o600)
             .open(path)
-            .map_err(|source| RestoreError::Write {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        // An mbox that does not end with a blank line would glue our first message to its last.
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            .map_err(write_err)?;
+        // Two restores appending at once would each add every message.
+        file.try_lock().map_err(|_| RestoreError::Busy {
+            path: path.to_path_buf(),
+        })?;
+        let len = file.metadata().map_err(write_err)?.len();
         let mut sink = MboxSink {
             path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            committed_len: len,
         };
+        // An mbox that does not end with a blank line would glue our first message to its last.
         if len > 0 {
             let tail = read_tail(path, len).map_err(|source| RestoreError::Read {
                 path: path.to_path_buf(),
@@ -50,15 +83,44 @@ impl MboxSink {
             } else {
                 b"\n\n"
             };
-            sink.out
-                .write_all(missing)
-                .map_err(|source| RestoreError::Write {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+            sink.write(|out| out.write_all(missing))?;
         }
         Ok(sink)
     }
+
+    /// Runs `write` on the output; on failure drops what is buffered, cuts the file back to its
+    /// last flushed length and writes nothing more.
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+    ) -> Result<(), RestoreError> {
+        let write_err = |source| RestoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let Some(out) = self.out.as_mut() else {
+            return Err(write_err(std::io::Error::other(
+                "an earlier write to it failed",
+            )));
+        };
+        if let Err(e) = write(out) {
+            if let Some(out) = self.out.take() {
+                // `into_parts` hands the file back without flushing the buffer.
+                let (file, _unwritten) = out.into_parts();
+                let _ = file.set_len(self.committed_len);
+            }
+            return Err(write_err(e));
+        }
+        Ok(())
+    }
+}
+
+fn starts_like_an_mbox(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    let mut file = File::open(path)?;
+    let n = file.read(&mut head)?;
+    Ok(&head[..n] == b"From ")
 }
 
 fn read_tail(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
@@ -138,7 +200,11 @@ impl Sink for MboxSink {
             path: self.path.clone(),
             source,
         };
-        let file = File::open(&self.path).map_err(read_err)?;
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(read_err(e)),
+        };
         let mut reader = MboxReader::new(BufReader::new(file), true);
         let mut present = HashSet::new();
         while let Some(m) = reader.next_message().map_err(|source| RestoreError::Read {
@@ -155,25 +221,22 @@ impl Sink for MboxSink {
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
-        write_message(&mut self.out, raw, c.time).map_err(|source| RestoreError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.write(|out| write_message(out, raw, c.time))
     }
 
     fn flush(&mut self) -> Result<Vec<super::Skipped>, RestoreError> {
-        let write_err = |source| RestoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        self.out.flush().map_err(write_err)?;
-        self.out
+        if self.out.is_none() {
+            return Ok(Vec::new());
+        }
+        self.write(|out| {
+            out.flush()?;
+            out.get_ref().sync_data()
+        })?;
+        let out = self.out.as_ref().expect("checked above");
+        self.committed_len = out
             .get_ref()
-            .sync_data()
-            .map_err(|source| RestoreError::Write {
-                path: self.path.clone(),
-                source,
-            })?;
+            .metadata()
+            .map_or(self.committed_len, |m| m.len());
         Ok(Vec::new())
     }
 }

@@ -61,6 +61,12 @@ pub enum RestoreError {
     BadDestination(String),
     #[error("{}", crate::account::PASSWORD_IN_URL)]
     PasswordInUrl,
+    #[error("{path} is not an mbox to append to: {why}; give a new file name or an existing mbox")]
+    NotAnMbox { path: PathBuf, why: String },
+    #[error(
+        "{path} is being written by another restore (it is locked); run this one when that is done"
+    )]
+    Busy { path: PathBuf },
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,

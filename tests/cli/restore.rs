@@ -460,3 +460,113 @@ fn an_imap_server_quoting_the_credentials_does_not_show_them() {
         "{stderr}"
     );
 }
+
+fn small_archive() -> (Sandbox, Vec<Vec<u8>>) {
+    let sandbox = Sandbox::new();
+    let messages = write_maildir(&sandbox.path().join("md"), 40, 3);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("md").display()),
+    ]);
+    (sandbox, messages)
+}
+
+/// Each archived message exactly once in the mbox, read back by popvault's own mbox reader
+/// (an import into a fresh archive), which unquotes `>From `.
+fn assert_mbox_holds_each_once(mbox: &std::path::Path, messages: &[Vec<u8>]) {
+    let reader = Sandbox::new();
+    reader.ok(&["import", &format!("mbox:{}", mbox.display())]);
+    let listed = reader.list();
+    assert_eq!(
+        listed.len(),
+        messages.len(),
+        "messages in {}",
+        mbox.display()
+    );
+    for m in messages {
+        assert_eq!(reader.cat(&sha256_hex(m)), *m);
+    }
+}
+
+/// A write that fails halfway (here: the file size limit) leaves no partial message behind;
+/// the re-run completes the mbox with each message once.
+#[test]
+fn an_mbox_restore_cut_off_by_a_write_error_leaves_no_partial_message() {
+    let (sandbox, messages) = small_archive();
+    let mbox = sandbox.path().join("out.mbox");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 64; trap '' XFSZ; exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_popvault"))
+        .arg("--archive")
+        .arg(sandbox.archive())
+        .args(["restore", "--to", &format!("mbox:{}", mbox.display())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let after_failure = std::fs::read(&mbox).unwrap();
+    assert!(after_failure.len() <= 64 * 512, "{}", after_failure.len());
+    let reader = Sandbox::new();
+    if !after_failure.is_empty() {
+        reader.ok(&["import", &format!("mbox:{}", mbox.display())]);
+        for m in reader.list() {
+            assert!(
+                messages
+                    .iter()
+                    .any(|x| sha256_hex(x) == m["id"].as_str().unwrap()),
+                "a cut-off message was left in the mbox"
+            );
+        }
+    }
+    restore_json(&sandbox, &["--to", &format!("mbox:{}", mbox.display())]);
+    assert_mbox_holds_each_once(&mbox, &messages);
+}
+
+/// --dry-run writes nothing anywhere; a file that is not an mbox, or not a file, is refused;
+/// a second restore into a destination in use is refused.
+#[test]
+fn restore_refuses_what_it_should_not_touch_and_a_dry_run_touches_nothing() {
+    let (sandbox, _) = small_archive();
+    let maildir = sandbox.path().join("new-maildir");
+    let mbox = sandbox.path().join("new.mbox");
+    for to in [
+        format!("maildir:{}", maildir.display()),
+        format!("mbox:{}", mbox.display()),
+    ] {
+        let r = restore_json(&sandbox, &["--to", &to, "--dry-run"]);
+        assert_eq!(r["new"], 40, "{to}");
+    }
+    assert!(
+        !maildir.exists() && !mbox.exists(),
+        "a dry run created files"
+    );
+
+    let notes = sandbox.path().join("notes.txt");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    for (to, needle) in [
+        (
+            format!("mbox:{}", notes.display()),
+            "does not start with a `From ` line",
+        ),
+        ("mbox:/dev/full".to_string(), "not a regular file"),
+    ] {
+        let out = sandbox.run(&["restore", "--to", &to]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{to}: {stderr}");
+        assert!(stderr.contains(needle), "{to}: {stderr}");
+    }
+    assert_eq!(std::fs::read(&notes).unwrap(), b"my notes\n");
+
+    // Another restore holds the destination: this one is refused, nothing is added.
+    std::fs::write(&mbox, b"").unwrap();
+    let held = std::fs::File::open(&mbox).unwrap();
+    held.lock().unwrap();
+    let out = sandbox.run(&["restore", "--to", &format!("mbox:{}", mbox.display())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another restore"), "{stderr}");
+    assert_eq!(std::fs::metadata(&mbox).unwrap().len(), 0);
+    drop(held);
+}
