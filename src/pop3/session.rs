@@ -22,6 +22,10 @@ use super::codec::{
 use super::{Pop3Error, Result, Secret};
 use crate::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
 
+/// The most lines a multi-line reply (LIST, UIDL, CAPA) may have: far beyond any real
+/// mailbox, and bounded memory against a server that never ends one.
+const MAX_LISTING_LINES: u64 = 4_000_000;
+
 /// Read buffer size. It must exceed [`STATUS_LINE_LIMIT`] so a whole status line always fits.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -616,7 +620,15 @@ impl Conn {
 
     /// Reads the lines of a multi-line listing up to its terminator (RFC 1939 §3).
     fn read_listing(&mut self, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut lines = 0u64;
         loop {
+            // A listing that never ends would otherwise grow until memory runs out.
+            if lines > MAX_LISTING_LINES {
+                return Err(Pop3Error::protocol(format!(
+                    "the server sent a listing of more than {MAX_LISTING_LINES} lines"
+                )));
+            }
+            lines += 1;
             let Some((line, used)) =
                 codec::next_line(&self.buf[self.start..self.end], STATUS_LINE_LIMIT)?
             else {

@@ -250,8 +250,17 @@ impl Client {
     /// Reads responses until the one tagged `tag`; returns it and the untagged ones before it.
     fn complete(&mut self, tag: &str, command: &'static str) -> Result<Vec<Response>, ImapError> {
         let mut untagged = Vec::new();
+        let mut held = 0usize;
         loop {
             let r = self.read_response()?;
+            // Bounded memory against a server that never ends its answer.
+            held += r.text.len() + r.literals.iter().map(Vec::len).sum::<usize>();
+            if held > MAX_UNTAGGED_BYTES {
+                return Err(ImapError::Protocol(format!(
+                    "the answer to {command} is larger than {} MiB",
+                    MAX_UNTAGGED_BYTES >> 20
+                )));
+            }
             if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
                 if rest.starts_with("OK") {
                     return Ok(untagged);
@@ -485,6 +494,10 @@ fn modified_utf7(s: &str) -> String {
     flush(&mut pending, &mut out);
     out
 }
+
+/// The most bytes of untagged responses kept for one command (headers of a very large folder
+/// fit many times over).
+const MAX_UNTAGGED_BYTES: usize = 1 << 30;
 
 /// At most 200 characters of a server's line, for an error message.
 fn fit_reply(text: &str) -> String {

@@ -282,6 +282,23 @@ fn a_password_echoed_by_the_server_or_put_in_a_url_or_config_is_never_shown() {
     }
 }
 
+/// A LIST that never ends is cut off with a clear error, not by running out of memory.
+#[test]
+fn a_listing_that_never_ends_is_an_error_not_an_out_of_memory() {
+    let server = FakeServer::start(mailbox(1), vec![Fault::EndlessList]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["backup", &url, "--tls", "none", "--timeout", "10"])
+        .env("POPVAULT_PASSWORD", "fake-secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a listing of more than"), "{stderr}");
+}
+
 /// Peak RSS of a command in MB, from /usr/bin/time (installed by .ci/run).
 fn peak_rss_mb(sandbox: &Sandbox, args: &[&str]) -> (i32, f64, String) {
     let report = sandbox.path().join("time.txt");

@@ -25,6 +25,8 @@ pub enum Fault {
     CloseAfterOneCommand,
     /// Refuse PASS, quoting the password back (`-ERR bad password <it>`).
     EchoPassword,
+    /// Answer LIST with a listing that never ends.
+    EndlessList,
 }
 
 #[derive(Clone)]
@@ -137,6 +139,17 @@ fn serve(
                 out.write_all(format!("+OK {} {total}\r\n", mb.messages.len()).as_bytes())?;
             }
             "LIST" if *fault == Fault::GarbageList => out.write_all(b"+OK\r\n1 x y z\r\n.\r\n")?,
+            "LIST" if *fault == Fault::EndlessList => {
+                out.write_all(b"+OK\r\n")?;
+                for n in 1u64.. {
+                    let lines: String = (n * 1000..(n + 1) * 1000)
+                        .map(|i| format!("{i} 100\r\n"))
+                        .collect();
+                    if out.write_all(lines.as_bytes()).is_err() {
+                        return Ok(()); // the client gave up, as it should
+                    }
+                }
+            }
             "LIST" => {
                 let mut r = String::from("+OK\r\n");
                 for (i, m) in mb.messages.iter().enumerate() {
