@@ -16,7 +16,9 @@
 //!
 //! Bytes: IMAP requires CRLF line endings, so a bare LF is sent as CRLF. Presence: a message is
 //! already in the folder when a message there has the same size and the same header block (both
-//! after that normalisation), read with one FETCH of RFC822.SIZE and `BODY.PEEK[HEADER]`.
+//! after that normalisation), read with one FETCH of RFC822.SIZE and `BODY.PEEK[HEADER]`. Where
+//! two archived messages share size and header block but differ in their bodies, the server's
+//! messages with that key are fetched whole and compared byte for byte.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -396,9 +398,12 @@ impl Client {
             .unwrap_or(0))
     }
 
-    /// (size, SHA-256 of the header block) of every message in the selected folder.
-    /// How many messages of the selected folder have each (size, SHA-256 of the header block).
-    fn presence_keys(&mut self, exists: u64) -> Result<HashMap<(u64, Digest), usize>, ImapError> {
+    /// The sequence numbers of the selected folder's messages by (size, SHA-256 of the header
+    /// block).
+    fn presence_keys(
+        &mut self,
+        exists: u64,
+    ) -> Result<HashMap<(u64, Digest), Vec<u64>>, ImapError> {
         let mut keys = HashMap::new();
         if exists == 0 {
             return Ok(keys);
@@ -415,16 +420,37 @@ impl Client {
                 Some(h) => h.clone(),
                 None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
             };
-            if let Some(size) = size {
-                *keys.entry((size, header_digest(&header))).or_insert(0) += 1;
+            if let (Some(size), Some(seq)) = (size, sequence_number(&r.text)) {
+                keys.entry((size, digest_as_fetched(&header)))
+                    .or_insert_with(Vec::new)
+                    .push(seq);
             }
         }
         Ok(keys)
     }
 
+    /// The digest (NUL read as 0x80, as for headers) of each whole message `seqs` names.
+    fn full_digests(&mut self, seqs: &[u64]) -> Result<Vec<Digest>, ImapError> {
+        let set: Vec<String> = seqs.iter().map(u64::to_string).collect();
+        let untagged = self.simple("FETCH", &format!("FETCH {} BODY.PEEK[]", set.join(",")))?;
+        Ok(untagged
+            .iter()
+            .filter(|r| r.text.contains(" FETCH "))
+            .map(|r| match r.literals.first() {
+                Some(bytes) => digest_as_fetched(bytes),
+                None => digest_as_fetched(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
+            })
+            .collect())
+    }
+
     fn logout(&mut self) {
         let _ = self.simple("LOGOUT", "LOGOUT");
     }
+}
+
+/// The message sequence number of an untagged `* N FETCH` response.
+fn sequence_number(text: &str) -> Option<u64> {
+    text.strip_prefix("* ")?.split(' ').next()?.parse().ok()
 }
 
 /// The bytes of a quoted string that follows `prefix` in `text`.
@@ -530,11 +556,15 @@ pub fn presence_key(normalised: &[u8]) -> (u64, Digest) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(normalised.len(), |p| p + 4);
-    (normalised.len() as u64, header_digest(&normalised[..end]))
+    (
+        normalised.len() as u64,
+        digest_as_fetched(&normalised[..end]),
+    )
 }
 
-fn header_digest(header: &[u8]) -> Digest {
-    let mapped: Vec<u8> = header
+/// SHA-256 with NUL read as 0x80, as a server sends it in a FETCH without BINARY.
+fn digest_as_fetched(bytes: &[u8]) -> Digest {
+    let mapped: Vec<u8> = bytes
         .iter()
         .map(|&b| if b == 0 { 0x80 } else { b })
         .collect();
@@ -723,11 +753,13 @@ impl Sink for ImapSink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
         let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
-        let mut on_server = self.client.presence_keys(exists)?;
+        let on_server = self.client.presence_keys(exists)?;
         let mut present = HashSet::new();
         let Some(largest) = on_server.keys().map(|(size, _)| *size).max() else {
             return Ok(present);
         };
+        // Archived messages by presence key, with the digest of their whole normalised bytes.
+        let mut by_key: HashMap<(u64, Digest), Vec<(Digest, Digest)>> = HashMap::new();
         for c in candidates {
             // Normalisation only adds bytes: a candidate larger than every server message is new.
             if c.size > largest {
@@ -739,14 +771,34 @@ impl Sink for ImapSink {
                 Err(crate::archive::ArchiveError::DamagedMessage { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            // Two archived messages can normalise to the same bytes (the LF and the CRLF copy
-            // of one mail): each server copy accounts for one of them.
-            if let Some(count) = on_server
-                .get_mut(&presence_key(&crlf_normalise(&raw)))
-                .filter(|n| **n > 0)
-            {
-                *count -= 1;
-                present.insert(c.id);
+            let normalised = crlf_normalise(&raw);
+            let key = presence_key(&normalised);
+            if on_server.contains_key(&key) {
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((c.id, digest_as_fetched(&normalised)));
+            }
+        }
+        for (key, archived) in by_key {
+            let seqs = &on_server[&key];
+            // Each server copy accounts for one archived message: two can normalise to the
+            // same bytes (the LF and the CRLF copy of one mail).
+            let mut copies: HashMap<Digest, usize> = HashMap::new();
+            if archived.iter().all(|(_, whole)| *whole == archived[0].1) {
+                copies.insert(archived[0].1, seqs.len());
+            } else {
+                // Archived messages that share size and headers but differ in their bodies: the
+                // key cannot tell them apart, so the server's copies are compared whole.
+                for whole in self.client.full_digests(seqs)? {
+                    *copies.entry(whole).or_default() += 1;
+                }
+            }
+            for (id, whole) in archived {
+                if let Some(n) = copies.get_mut(&whole).filter(|n| **n > 0) {
+                    *n -= 1;
+                    present.insert(id);
+                }
             }
         }
         Ok(present)

@@ -567,3 +567,52 @@ fn restore_refuses_what_it_should_not_touch_and_a_dry_run_touches_nothing() {
     assert_eq!(std::fs::metadata(&mbox).unwrap().len(), 0);
     drop(held);
 }
+
+/// Two messages with the same headers and the same body length, differing only in the body:
+/// restoring one, then both, leaves each exactly once on the server (the presence key alone
+/// cannot tell them apart).
+#[test]
+fn messages_that_differ_only_in_their_bodies_are_both_restored_once() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let head = "From: a@example.org\r\nSubject: invoice\r\nMessage-ID: <same@example.org>\r\n\r\n";
+    let first = format!("{head}Pay 100 EUR\r\n").into_bytes();
+    let second = format!("{head}Pay 900 EUR\r\n").into_bytes();
+    for (n, m) in [&first, &second].iter().enumerate() {
+        let path = sandbox.path().join(format!("{n}.eml"));
+        std::fs::write(&path, m).unwrap();
+        sandbox.ok(&["import", &format!("eml:{}", path.display())]);
+    }
+    let url = format!(
+        "imaps://{}@127.0.0.1:{}/Twins",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    let ca = ca.to_str().unwrap();
+    let one = restore_json(
+        &sandbox,
+        &["--to", &url, "--ca-file", ca, &sha256_hex(&second)],
+    );
+    assert_eq!(one["restored"], 1, "{one}");
+    let both = restore_json(&sandbox, &["--to", &url, "--ca-file", ca]);
+    assert_eq!(
+        (both["restored"].as_u64(), both["already_present"].as_u64()),
+        (Some(1), Some(1)),
+        "{both}"
+    );
+    let read = python_dump(&[
+        helper("imap_dump.py").to_str().unwrap(),
+        &dovecot.imaps_port.to_string(),
+        ca,
+        dovecot.user(),
+        dovecot.password(),
+        "Twins",
+    ]);
+    let mut bodies: Vec<Vec<u8>> = read
+        .iter()
+        .map(|m| hex::decode(m["body"].as_str().unwrap()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![first, second]);
+}
