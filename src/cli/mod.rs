@@ -134,6 +134,9 @@ pub enum Command {
 /// What `cli` knows about where it runs; read from the environment once, here.
 pub struct Context {
     pub archive: PathBuf,
+    /// Whether the archive came from --archive or $POPVAULT_ARCHIVE (not the config or the
+    /// default), so that a scheduled job must name it too.
+    pub archive_named: bool,
     pub config_path: PathBuf,
     pub config: Config,
     pub quiet: bool,
@@ -164,9 +167,11 @@ pub fn expand_tilde(path: &std::path::Path) -> PathBuf {
 }
 
 fn context(cli: &Cli) -> anyhow::Result<Context> {
+    // A config file named explicitly must exist, except for `setup`, which writes it.
+    let creates_config = matches!(cli.command, Command::Setup(_));
     let (config_path, optional) = match (&cli.config, env_path("POPVAULT_CONFIG")) {
-        (Some(p), _) => (p.clone(), false),
-        (None, Some(p)) => (p, false),
+        (Some(p), _) => (p.clone(), creates_config),
+        (None, Some(p)) => (p, creates_config),
         (None, None) => {
             let base = env_path("XDG_CONFIG_HOME").unwrap_or_else(|| home().join(".config"));
             (base.join("popvault").join("config.toml"), true)
@@ -174,10 +179,9 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
     };
     let config = Config::load(&config_path, optional)?;
     warn_if_config_is_readable_by_others(&config_path, &config);
-    let archive = cli
-        .archive
+    let archive_given = cli.archive.clone().or_else(|| env_path("POPVAULT_ARCHIVE"));
+    let archive = archive_given
         .clone()
-        .or_else(|| env_path("POPVAULT_ARCHIVE"))
         .or_else(|| config.archive.clone())
         .unwrap_or_else(|| {
             env_path("XDG_DATA_HOME")
@@ -191,6 +195,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         );
     }
     Ok(Context {
+        archive_named: archive_given.is_some(),
         archive: expand_tilde(&archive),
         config_path,
         config,

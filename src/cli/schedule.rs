@@ -30,38 +30,90 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
         .display()
         .to_string();
     let config = ctx.config_path.display().to_string();
-    let fill = |text: &str, home_binary: &str, home_config: &str| {
-        text.replace(home_binary, &binary)
-            .replace(home_config, &config)
-    };
+    // The archive goes in only when it was named on this command line or in the environment:
+    // otherwise the config file (or the default) already says which it is.
+    let archive = ctx.archive_named.then(|| ctx.archive.display().to_string());
     match args.print {
         Scheduler::Systemd => {
+            let quote = systemd_quote;
+            let mut config_args = quote(&config);
+            if let Some(a) = &archive {
+                config_args.push_str(&format!(" --archive {}", quote(a)));
+            }
             say!(
                 "{}",
-                fill(
-                    SERVICE,
-                    "%h/.cargo/bin/popvault",
-                    "%h/.config/popvault/config.toml"
-                )
+                SERVICE
+                    .replace("%h/.cargo/bin/popvault", &quote(&binary))
+                    .replace("%h/.config/popvault/config.toml", &config_args)
             );
             say!("{TIMER}");
         }
-        Scheduler::Cron => say_raw!(
-            "{}",
-            fill(
-                CRONTAB,
-                "$HOME/.cargo/bin/popvault",
-                "$HOME/.config/popvault/config.toml"
+        Scheduler::Cron => {
+            let quote = cron_quote;
+            let mut config_args = quote(&config);
+            if let Some(a) = &archive {
+                config_args.push_str(&format!(" --archive {}", quote(a)));
+            }
+            say_raw!(
+                "{}",
+                CRONTAB
+                    .replace("$HOME/.cargo/bin/popvault", &quote(&binary))
+                    .replace("$HOME/.config/popvault/config.toml", &config_args)
             )
-        ),
-        Scheduler::Launchd => say_raw!(
-            "{}",
-            fill(
-                PLIST,
-                "~/.cargo/bin/popvault",
-                "~/.config/popvault/config.toml"
+        }
+        Scheduler::Launchd => {
+            let mut config_args = format!("<string>{}</string>", xml_escape(&config));
+            if let Some(a) = &archive {
+                config_args.push_str(&format!(
+                    "\n    <string>--archive</string>\n    <string>{}</string>",
+                    xml_escape(a)
+                ));
+            }
+            say_raw!(
+                "{}",
+                PLIST
+                    .replace("~/.cargo/bin/popvault", &xml_escape(&binary))
+                    .replace(
+                        "<string>~/.config/popvault/config.toml</string>",
+                        &config_args
+                    )
             )
-        ),
+        }
     }
     Ok(Exit::Ok)
+}
+
+/// One argument of a systemd `ExecStart=`: double-quoted, with `\`, `"`, and the specifier and
+/// variable characters `%` and `$` escaped.
+fn systemd_quote(arg: &str) -> String {
+    let escaped = arg
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+        .replace('$', "$$");
+    format!("\"{escaped}\"")
+}
+
+/// One argument of a crontab command line: single-quoted for the shell, with `%` escaped
+/// (cron turns a bare `%` into a newline).
+fn cron_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', "'\\''").replace('%', "\\%"))
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_survive_each_scheduler() {
+        assert_eq!(systemd_quote(r#"/a b/100%$x\"#), r#""/a b/100%%$$x\\""#);
+        assert_eq!(cron_quote("/it's 100%"), "'/it'\\''s 100\\%'");
+        assert_eq!(xml_escape("a&b<c>"), "a&amp;b&lt;c&gt;");
+    }
 }

@@ -1,7 +1,6 @@
 //! `popvault server-info` and `popvault setup`.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -244,23 +243,42 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
 }
 
 /// Appends the account to the config file, creating it (mode 0600) if needed.
+/// Adds the account to the config file, creating it (mode 0600) if needed; an archive named
+/// with --archive or $POPVAULT_ARCHIVE goes in too when the file names none, so that later
+/// runs (and the scheduled job) use the same archive. The file is replaced whole, atomically.
 fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
     #[derive(serde::Serialize)]
     struct Wrapper<'a> {
         account: [&'a AccountConfig; 1],
     }
-    let text = toml::to_string(&Wrapper { account: [account] })?;
-    Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
-    if let Some(dir) = ctx.config_path.parent() {
-        crate::archive::durable::create_dir(dir)?;
+    let block = toml::to_string(&Wrapper { account: [account] })?;
+    let existing = match std::fs::read_to_string(&ctx.config_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", ctx.config_path.display()));
+        }
+    };
+    let mut text = String::new();
+    if ctx.archive_named && ctx.config.archive.is_none() {
+        let archive = toml::Value::String(ctx.archive.display().to_string());
+        text.push_str(&format!("archive = {archive}\n"));
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&ctx.config_path)
-        .with_context(|| format!("cannot write {}", ctx.config_path.display()))?;
-    writeln!(file, "\n{text}")?;
+    text.push_str(&existing);
+    text.push_str(&format!("\n{block}"));
+    Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
+    let dir = match ctx.config_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    crate::archive::durable::create_dir(&dir)?;
+    // Created mode 0600.
+    let tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut file = tmp.as_file();
+    file.write_all(text.as_bytes())?;
     file.sync_all()?;
+    tmp.persist(&ctx.config_path)
+        .with_context(|| format!("cannot write {}", ctx.config_path.display()))?;
     Ok(())
 }

@@ -79,7 +79,7 @@ fn schedule_prints_filled_in_units() {
     );
     assert!(
         systemd.contains(&format!(
-            "ExecStart={} --config",
+            "ExecStart=\"{}\" --config",
             fs::canonicalize(env!("CARGO_BIN_EXE_popvault"))
                 .unwrap()
                 .display()
@@ -89,8 +89,31 @@ fn schedule_prints_filled_in_units() {
     assert!(systemd.contains("backup --quiet"));
     let cron = sandbox.ok(&["schedule", "--print", "cron"]);
     assert!(
-        cron.lines().any(|l| l.starts_with("15 3 * * * /")),
+        cron.lines().any(|l| l.starts_with("15 3 * * * '/")),
         "{cron}"
+    );
+    // Paths with spaces and the characters each scheduler treats specially survive, and the
+    // archive named in the environment (the sandbox's) is passed on.
+    let config = sandbox.path().join("my cfg 100%.toml");
+    fs::write(&config, "").unwrap();
+    let with = |scheduler: &str| {
+        sandbox.ok(&[
+            "--config",
+            config.to_str().unwrap(),
+            "schedule",
+            "--print",
+            scheduler,
+        ])
+    };
+    let archive = sandbox.archive().display().to_string();
+    let cron = with("cron");
+    assert!(cron.contains("my cfg 100\\%.toml'"), "{cron}");
+    assert!(cron.contains(&format!("--archive '{archive}'")), "{cron}");
+    let systemd = with("systemd");
+    assert!(systemd.contains("my cfg 100%%.toml\""), "{systemd}");
+    assert!(
+        systemd.contains(&format!("--archive \"{archive}\"")),
+        "{systemd}"
     );
     assert!(
         sandbox
@@ -127,6 +150,12 @@ fn setup_server_info_backup_and_status_work_together() {
         "--yes",
     ]);
     assert!(out.contains("added account \"home\""), "{out}");
+    // The archive named in the environment is written down, so that later runs use it too.
+    let written = fs::read_to_string(&config).unwrap();
+    assert!(
+        written.starts_with(&format!("archive = \"{}\"", sandbox.archive().display())),
+        "{written}"
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         fs::metadata(&config).unwrap().permissions().mode() & 0o777,
