@@ -20,6 +20,11 @@ use crate::archive::{Archive, ArchiveError, Digest, Message, durable};
 pub enum ExportError {
     #[error("cannot write {path}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "no message to export: the selection matches none{}; nothing was written",
+        if *damaged > 0 { format!(" but {damaged} damaged ones (run `popvault verify --full`)") } else { String::new() }
+    )]
+    Nothing { damaged: usize },
     #[error("{path} is a directory: give the export a file name (e.g. {path}/mail.tar.zst)")]
     IsDirectory { path: PathBuf },
     #[error(transparent)]
@@ -84,6 +89,12 @@ pub fn export(
         })
         .collect();
     messages.retain(|m| !damaged.iter().any(|(id, _)| *id == m.id));
+    // An empty export could not be checked with `sha256sum -c` (an empty SHA256SUMS fails).
+    if messages.is_empty() {
+        return Err(ExportError::Nothing {
+            damaged: damaged.len(),
+        });
+    }
 
     let name = path
         .file_name()

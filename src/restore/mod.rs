@@ -101,11 +101,12 @@ pub struct Flags {
 }
 
 impl Flags {
-    /// From Maildir info letters (`S`, `R`, `F`, `D`; others are dropped), plus \Seen unless `unread`.
+    /// From Maildir info letters (`R`, `F`, `D`; others are dropped), plus \Seen unless
+    /// `unread` (which leaves every message unread, even one its source had marked seen).
     pub fn new(maildir_letters: Option<&str>, unread: bool) -> Flags {
         let has = |c| maildir_letters.is_some_and(|l| l.contains(c));
         Flags {
-            seen: !unread || has('S'),
+            seen: !unread,
             answered: has('R'),
             flagged: has('F'),
             draft: has('D'),
@@ -404,7 +405,7 @@ mod tests {
         );
         assert_eq!(f.maildir_letters(), "FRS");
         assert_eq!(Flags::new(None, true).maildir_letters(), "");
-        assert_eq!(Flags::new(Some("S"), true).maildir_letters(), "S");
+        assert_eq!(Flags::new(Some("S"), true).maildir_letters(), "");
     }
 
     #[test]
