@@ -1,7 +1,8 @@
 //! Power-cut style crash tests through the storage seam: an import is cut at every durable step
 //! of the commit protocol in turn (create, write, sync, rename, directory sync); each time the
 //! archive must open, verify clean, keep everything committed before, and a re-run must end with
-//! every message exactly once. (Its own test binary: the seam is process-wide.)
+//! every message exactly once; and a commit failing at every step is retried by the same writer.
+//! (Its own test binary: the seam is process-wide.)
 
 use std::path::Path;
 
@@ -9,6 +10,9 @@ use chrono::Utc;
 use popvault::archive::durable::{inject_fault_at, steps_taken};
 use popvault::archive::verify::verify;
 use popvault::archive::{Archive, Digest, Incoming, Source, Writer};
+
+/// The seam is process-wide: the tests here take turns.
+static SEAM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn message(n: usize) -> Vec<u8> {
     format!(
@@ -59,6 +63,7 @@ fn assert_intact(root: &Path, committed: std::ops::Range<usize>) -> Archive {
 
 #[test]
 fn a_crash_at_any_durable_step_loses_only_what_was_not_committed() {
+    let _turn = SEAM.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");
     import(&base, 0..50).unwrap();
@@ -100,4 +105,57 @@ fn copy_dir(from: &Path, to: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+fn batch(range: std::ops::Range<usize>) -> Vec<Incoming> {
+    range
+        .map(|n| Incoming {
+            raw: message(n),
+            source: Source::Eml {
+                path: format!("/m/{n}"),
+            },
+            flags: None,
+            first_seen: Utc::now(),
+        })
+        .collect()
+}
+
+/// A commit that fails at any of its steps (a full disk, say) and is retried by the same
+/// writer, as `backup` does: the retry must not leave the failed attempt's files behind under
+/// its commit number, nor trip over them.
+#[test]
+fn a_commit_failing_at_any_step_and_retried_in_process_leaves_a_clean_archive() {
+    let _turn = SEAM.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    import(&base, 0..50).unwrap();
+
+    let probe = dir.path().join("probe");
+    copy_dir(&base, &probe);
+    let mut writer = Writer::open(&probe, "crash-test", false).unwrap();
+    writer.add_batch(batch(50..100)).unwrap();
+    inject_fault_at(0);
+    let before = steps_taken();
+    writer.commit().unwrap();
+    let steps = steps_taken() - before;
+    drop(writer);
+
+    for cut in 1..=steps {
+        let root = dir.path().join(format!("retry-{cut}"));
+        copy_dir(&base, &root);
+        let mut writer = Writer::open(&root, "crash-test", false).unwrap();
+        writer.add_batch(batch(50..100)).unwrap();
+        inject_fault_at(cut);
+        let failed = writer.commit();
+        inject_fault_at(0);
+        assert!(failed.is_err(), "step {cut} of {steps} was not cut");
+        // The retry: the messages are added again and committed by the same writer.
+        writer.add_batch(batch(50..100)).unwrap();
+        writer
+            .finish()
+            .unwrap_or_else(|e| panic!("cut at step {cut}: the retried commit failed: {e}"));
+        let archive = assert_intact(&root, 0..100);
+        assert_eq!(archive.entries().len(), 100, "cut at step {cut}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -67,6 +67,17 @@ pub fn read_catalog(
     root: &Path,
     visit: &mut dyn FnMut(Entry),
 ) -> Result<CatalogRead, ArchiveError> {
+    // Files first, then records: a writer makes its intent marker durable before any file of
+    // its commit appears, and removes it only after the record, so a reader listing in this
+    // order sees a marker or a record for every file it saw (no false "missing record").
+    let mut file_numbers = Vec::new();
+    for sub in ["catalog", "packs"] {
+        for name in list_dir(&root.join(sub))? {
+            if let Some(n) = catalog::commit_of_file_name(&name) {
+                file_numbers.push((n, format!("{sub}/{name}")));
+            }
+        }
+    }
     let commits_dir = root.join("commits");
     let names = list_dir(&commits_dir)?;
     let mut numbers: Vec<(u64, String)> = names
@@ -79,20 +90,25 @@ pub fn read_catalog(
     let uncommitted = uncommitted_numbers(&names, last_record);
     // Files of a number above every record, without an intent marker, are committed data whose
     // records were lost: their numbers count, so they show up as missing records (and no
-    // writer reuses them).
+    // writer reuses them). A number far above any a writer could have reached is a stray
+    // name, reported but not counted.
     let mut highest_file = 0;
-    for sub in ["catalog", "packs"] {
-        for name in list_dir(&root.join(sub))? {
-            if let Some(n) = catalog::commit_of_file_name(&name)
-                && !uncommitted.contains(&n)
-            {
-                highest_file = highest_file.max(n);
-            }
+    let mut issues = Vec::new();
+    for (n, rel) in file_numbers {
+        if uncommitted.contains(&n) {
+            continue;
+        }
+        if n > last_record.saturating_add(MAX_COMMIT_GAP) {
+            issues.push(format!(
+                "{rel} has an implausible commit number; it is not popvault's (move it away)"
+            ));
+        } else {
+            highest_file = highest_file.max(n);
         }
     }
     let mut read = CatalogRead {
         commits: Vec::new(),
-        issues: Vec::new(),
+        issues,
         last_commit: last_record.max(highest_file),
         uncommitted,
         retired: Default::default(),
@@ -219,6 +235,10 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, ArchiveError> {
     names.sort();
     Ok(names)
 }
+
+/// How far above the last commit record a file's commit number may be and still count as the
+/// archive's (records lost in a row); beyond, the name is taken for a stray.
+const MAX_COMMIT_GAP: u64 = 1_000_000;
 
 /// The commit numbers an interrupted writer left, from the names in `commits/`: intent markers
 /// above the last record (a writer commits in order, so only its last number can be open).

@@ -2,7 +2,7 @@
 //! `tmp/`, and commits in batches; nothing it adds is visible, to readers or after a crash,
 //! before `commit` returns.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -376,7 +376,7 @@ impl Writer {
     }
 
     fn next_commit(&self) -> u64 {
-        self.index.last_commit() + 1
+        self.index.last_commit().saturating_add(1)
     }
 
     fn tmp_pack_path(&self) -> PathBuf {
@@ -389,6 +389,8 @@ impl Writer {
     fn open_pack(&mut self) -> Result<&mut PackWriter, ArchiveError> {
         if self.batch.pack.is_none() {
             let path = self.tmp_pack_path();
+            // Left by a failed commit of this writer (under the lock, nobody else writes here).
+            let _ = fs::remove_file(&path);
             let pack =
                 PackWriter::create(path.clone(), self.level).map_err(ArchiveError::io(&path))?;
             self.batch.pack = Some(pack);
@@ -413,8 +415,17 @@ impl Writer {
         let tmp = root.join("tmp");
         let mut batch = std::mem::replace(&mut self.batch, Batch::new());
         let intent = root.join("commits").join(catalog::intent_file_name(number));
-        // Already there when an earlier attempt at this number failed (a full disk, say).
-        if !intent.exists() {
+        if intent.exists() {
+            // An earlier attempt at this number failed (a full disk, say) and left no record:
+            // what it wrote goes first, or it would stay under a committed number.
+            let record = root.join("commits").join(catalog::commit_file_name(number));
+            if record.exists() {
+                return Err(ArchiveError::io(&record)(io::Error::other(
+                    "a commit record this writer did not see complete is there; run the command again",
+                )));
+            }
+            remove_files_of(root.as_path(), &[number].into())?;
+        } else {
             durable::write_once(&tmp, &intent, b"").map_err(ArchiveError::io(&intent))?;
         }
         let mut packs = Vec::new();
@@ -508,19 +519,25 @@ fn remove_uncommitted(root: &Path) -> Result<(), ArchiveError> {
         .unwrap_or(0);
     let uncommitted = index::uncommitted_numbers(&names, last_record);
     if !uncommitted.is_empty() {
-        for sub in ["catalog", "packs"] {
-            let dir = root.join(sub);
-            for name in list_dir(&dir)? {
-                if catalog::commit_of_file_name(&name).is_some_and(|n| uncommitted.contains(&n)) {
-                    fs::remove_file(dir.join(&name)).map_err(ArchiveError::io(dir.join(&name)))?;
-                }
-            }
-            durable::sync_dir(&dir).map_err(ArchiveError::io(&dir))?;
-        }
+        remove_files_of(root, &uncommitted)?;
     }
     // Markers go last, once what they vouch for is gone; stale ones (with a record) too.
     for name in names.iter().filter(|name| name.ends_with(".pending")) {
         fs::remove_file(commits.join(name)).map_err(ArchiveError::io(commits.join(name)))?;
+    }
+    Ok(())
+}
+
+/// Deletes the `catalog/` and `packs/` files of the given commit numbers, durably.
+fn remove_files_of(root: &Path, numbers: &BTreeSet<u64>) -> Result<(), ArchiveError> {
+    for sub in ["catalog", "packs"] {
+        let dir = root.join(sub);
+        for name in list_dir(&dir)? {
+            if catalog::commit_of_file_name(&name).is_some_and(|n| numbers.contains(&n)) {
+                fs::remove_file(dir.join(&name)).map_err(ArchiveError::io(dir.join(&name)))?;
+            }
+        }
+        durable::sync_dir(&dir).map_err(ArchiveError::io(&dir))?;
     }
     Ok(())
 }

@@ -29,10 +29,14 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
         .canonicalize()?
         .display()
         .to_string();
-    let config = ctx.config_path.display().to_string();
+    // Absolute: a scheduled job starts elsewhere (cron and systemd in $HOME).
+    let config = std::path::absolute(&ctx.config_path)?.display().to_string();
     // The archive goes in only when it was named on this command line or in the environment:
     // otherwise the config file (or the default) already says which it is.
-    let archive = ctx.archive_named.then(|| ctx.archive.display().to_string());
+    let archive = match ctx.archive_named {
+        true => Some(std::path::absolute(&ctx.archive)?.display().to_string()),
+        false => None,
+    };
     match args.print {
         Scheduler::Systemd => {
             let quote = systemd_quote;

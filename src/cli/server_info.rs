@@ -261,13 +261,17 @@ fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
     };
     let mut text = String::new();
     if ctx.archive_named && ctx.config.archive.is_none() {
-        let archive = toml::Value::String(ctx.archive.display().to_string());
+        // Absolute: later runs, and scheduled ones, start in other directories.
+        let archive = std::path::absolute(&ctx.archive)?;
+        let archive = toml::Value::String(archive.display().to_string());
         text.push_str(&format!("archive = {archive}\n"));
     }
     text.push_str(&existing);
     text.push_str(&format!("\n{block}"));
     Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
-    let dir = match ctx.config_path.parent() {
+    // A config that is a link (dotfiles managers) is replaced where it points, link kept.
+    let path = std::fs::canonicalize(&ctx.config_path).unwrap_or_else(|_| ctx.config_path.clone());
+    let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
@@ -278,7 +282,8 @@ fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
     let mut file = tmp.as_file();
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    tmp.persist(&ctx.config_path)
-        .with_context(|| format!("cannot write {}", ctx.config_path.display()))?;
+    tmp.persist(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::archive::durable::sync_dir(&dir)?;
     Ok(())
 }

@@ -65,13 +65,9 @@ pub enum ImportError {
     NotMaildir { path: PathBuf },
     #[error("{path} is refused: {what}; nothing from it was written")]
     HostileTar { path: PathBuf, what: String },
-    #[error(
-        "{path}: member {member} does not hash to its name (the export is damaged; the messages before it were imported)"
-    )]
+    #[error("{path}: member {member} does not hash to its name (the export is damaged)")]
     TarDamaged { path: PathBuf, member: String },
-    #[error(
-        "{path}: {what} (the export is damaged or not popvault's; the messages before it were imported)"
-    )]
+    #[error("{path}: {what} (the export is damaged or not popvault's)")]
     TarInconsistent { path: PathBuf, what: String },
     #[error(transparent)]
     Archive(#[from] ArchiveError),

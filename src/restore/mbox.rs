@@ -18,7 +18,7 @@ use crate::import::mbox::MboxReader;
 pub struct MboxSink {
     path: PathBuf,
     /// `None` for a dry run: nothing is opened for writing.
-    out: Option<BufWriter<File>>,
+    out: Option<BufWriter<Counted>>,
     /// The file's length after the last flush: what a failed write is cut back to, so no
     /// half-written message is ever left in the mbox.
     committed_len: u64,
@@ -67,7 +67,13 @@ impl MboxSink {
         let len = file.metadata().map_err(write_err)?.len();
         let mut sink = MboxSink {
             path: path.to_path_buf(),
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            out: Some(BufWriter::with_capacity(
+                1 << 20,
+                Counted {
+                    file,
+                    since_flush: 0,
+                },
+            )),
             committed_len: len,
         };
         // An mbox that does not end with a blank line would glue our first message to its last.
@@ -92,7 +98,7 @@ impl MboxSink {
     /// last flushed length and writes nothing more.
     fn write(
         &mut self,
-        write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+        write: impl FnOnce(&mut BufWriter<Counted>) -> std::io::Result<()>,
     ) -> Result<(), RestoreError> {
         let write_err = |source| RestoreError::Write {
             path: self.path.clone(),
@@ -103,15 +109,48 @@ impl MboxSink {
                 "an earlier write to it failed",
             )));
         };
-        if let Err(e) = write(out) {
-            if let Some(out) = self.out.take() {
-                // `into_parts` hands the file back without flushing the buffer.
-                let (file, _unwritten) = out.into_parts();
-                let _ = file.set_len(self.committed_len);
-            }
+        let Err(e) = write(out) else {
+            return Ok(());
+        };
+        let Some(out) = self.out.take() else {
+            return Err(write_err(e));
+        };
+        // `into_parts` hands the file back without flushing the buffer.
+        let (counted, _unwritten) = out.into_parts();
+        let ours_at_the_end = counted
+            .file
+            .metadata()
+            .is_ok_and(|m| m.len() == self.committed_len + counted.since_flush);
+        // Cut only our own bytes: if someone else appended meanwhile (a delivery agent that
+        // does not take the same lock), their mail stays and the cut is left to the user.
+        let cut = ours_at_the_end && counted.file.set_len(self.committed_len).is_ok();
+        if cut {
             return Err(write_err(e));
         }
-        Ok(())
+        Err(write_err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{e}; the last message may be cut off after byte {} of the file, which another program also wrote to: check its end",
+                self.committed_len
+            ),
+        )))
+    }
+}
+
+/// The mbox file, counting the bytes written to it since the last flush.
+struct Counted {
+    file: File,
+    since_flush: u64,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since_flush += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -230,13 +269,12 @@ impl Sink for MboxSink {
         }
         self.write(|out| {
             out.flush()?;
-            out.get_ref().sync_data()
+            out.get_ref().file.sync_data()
         })?;
-        let out = self.out.as_ref().expect("checked above");
-        self.committed_len = out
-            .get_ref()
-            .metadata()
-            .map_or(self.committed_len, |m| m.len());
+        let out = self.out.as_mut().expect("checked above");
+        let counted = out.get_mut();
+        self.committed_len += counted.since_flush;
+        counted.since_flush = 0;
         Ok(Vec::new())
     }
 }
