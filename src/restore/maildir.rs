@@ -47,9 +47,7 @@ impl MaildirSink {
         }
         let tmp = root.join("tmp");
         let lock = File::open(&tmp).map_err(Self::write_err(&tmp))?;
-        lock.try_lock().map_err(|_| RestoreError::Busy {
-            path: root.to_path_buf(),
-        })?;
+        super::lock_destination(&lock, root)?;
         Ok(MaildirSink {
             root: root.to_path_buf(),
             pending: Vec::new(),

@@ -61,9 +61,7 @@ impl MboxSink {
             .open(path)
             .map_err(write_err)?;
         // Two restores appending at once would each add every message.
-        file.try_lock().map_err(|_| RestoreError::Busy {
-            path: path.to_path_buf(),
-        })?;
+        super::lock_destination(&file, path)?;
         let len = file.metadata().map_err(write_err)?.len();
         let mut sink = MboxSink {
             path: path.to_path_buf(),

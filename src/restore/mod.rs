@@ -83,6 +83,20 @@ pub enum RestoreError {
     Archive(#[from] ArchiveError),
 }
 
+/// Takes the exclusive lock a restore holds on its destination (`file`, at `path`).
+fn lock_destination(file: &std::fs::File, path: &std::path::Path) -> Result<(), RestoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RestoreError::Busy {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(RestoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 impl RestoreError {
     /// Whether this error is about one message only (the destination cannot take it), so the
     /// others may still go.
