@@ -27,17 +27,7 @@ fn import(
     range: std::ops::Range<usize>,
 ) -> Result<(), popvault::archive::ArchiveError> {
     let mut writer = Writer::open(root, "crash-test", false)?;
-    let batch = range
-        .map(|n| Incoming {
-            raw: message(n),
-            source: Source::Eml {
-                path: format!("/m/{n}"),
-            },
-            flags: None,
-            first_seen: Utc::now(),
-        })
-        .collect();
-    writer.add_batch(batch)?;
+    writer.add_batch(batch(range))?;
     writer.finish().map(drop)
 }
 

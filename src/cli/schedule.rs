@@ -37,31 +37,31 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
         true => Some(std::path::absolute(&ctx.archive)?.display().to_string()),
         false => None,
     };
+    // The binary, then the config path plus `--archive PATH` when one goes in, quoted.
+    let arguments = |quote: fn(&str) -> String| {
+        let mut config_args = quote(&config);
+        if let Some(a) = &archive {
+            config_args.push_str(&format!(" --archive {}", quote(a)));
+        }
+        (quote(&binary), config_args)
+    };
     match args.print {
         Scheduler::Systemd => {
-            let quote = systemd_quote;
-            let mut config_args = quote(&config);
-            if let Some(a) = &archive {
-                config_args.push_str(&format!(" --archive {}", quote(a)));
-            }
+            let (binary, config_args) = arguments(systemd_quote);
             say!(
                 "{}",
                 SERVICE
-                    .replace("%h/.cargo/bin/popvault", &quote(&binary))
+                    .replace("%h/.cargo/bin/popvault", &binary)
                     .replace("%h/.config/popvault/config.toml", &config_args)
             );
             say!("{TIMER}");
         }
         Scheduler::Cron => {
-            let quote = cron_quote;
-            let mut config_args = quote(&config);
-            if let Some(a) = &archive {
-                config_args.push_str(&format!(" --archive {}", quote(a)));
-            }
+            let (binary, config_args) = arguments(cron_quote);
             say_raw!(
                 "{}",
                 CRONTAB
-                    .replace("$HOME/.cargo/bin/popvault", &quote(&binary))
+                    .replace("$HOME/.cargo/bin/popvault", &binary)
                     .replace("$HOME/.config/popvault/config.toml", &config_args)
             )
         }
