@@ -20,19 +20,37 @@ fn mailbox(count: u64) -> Mailbox {
     }
 }
 
-/// Runs a plain-text backup against the fake server; returns (exit code, stdout JSON, stderr).
-fn backup(sandbox: &Sandbox, server: &FakeServer) -> (i32, serde_json::Value, String) {
+/// Runs `popvault backup pop3://tester@<server> ARGS` with `password`; returns the exit code,
+/// stderr and stdout.
+fn run_backup(
+    sandbox: &Sandbox,
+    server: &FakeServer,
+    args: &[&str],
+    password: &str,
+) -> (Option<i32>, String, Vec<u8>) {
     let url = format!("pop3://tester@127.0.0.1:{}", server.port);
     let out = sandbox
         .command()
-        .args(["backup", &url, "--tls", "none", "--json", "--timeout", "5"])
-        .env("POPVAULT_PASSWORD", "fake-secret")
+        .args(["backup", &url])
+        .args(args)
+        .env("POPVAULT_PASSWORD", password)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr, out.stdout)
+}
+
+/// Runs a plain-text backup against the fake server; returns (exit code, stdout JSON, stderr).
+fn backup(sandbox: &Sandbox, server: &FakeServer) -> (i32, serde_json::Value, String) {
+    let (code, stderr, stdout) = run_backup(
+        sandbox,
+        server,
+        &["--tls", "none", "--json", "--timeout", "5"],
+        "fake-secret",
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
-    (out.status.code().unwrap(), json, stderr)
+    let json = serde_json::from_slice(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (code.unwrap(), json, stderr)
 }
 
 fn assert_verifies(sandbox: &Sandbox) {
@@ -182,15 +200,8 @@ fn garbage_listings_are_a_protocol_error() {
 fn a_plain_url_without_stls_is_refused_before_any_password_is_sent() {
     let server = FakeServer::start(mailbox(2), vec![Fault::None]);
     let sandbox = Sandbox::new();
-    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
-    let out = sandbox
-        .command()
-        .args(["backup", &url])
-        .env("POPVAULT_PASSWORD", "fake-secret")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, stderr, _) = run_backup(&sandbox, &server, &[], "fake-secret");
+    assert_eq!(code, Some(1));
     assert!(stderr.contains("does not advertise STLS"), "{stderr}");
     assert!(
         !server
@@ -208,14 +219,13 @@ fn a_password_echoed_by_the_server_or_put_in_a_url_or_config_is_never_shown() {
     let server = FakeServer::start(mailbox(1), vec![Fault::EchoPassword]);
     let sandbox = Sandbox::new();
     let url = format!("pop3://tester@127.0.0.1:{}", server.port);
-    let out = sandbox
-        .command()
-        .args(["backup", &url, "--tls", "none", "--timeout", "5"])
-        .env("POPVAULT_PASSWORD", SECRET)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) = run_backup(
+        &sandbox,
+        &server,
+        &["--tls", "none", "--timeout", "5"],
+        SECRET,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         server
             .commands()
@@ -287,15 +297,13 @@ fn a_password_echoed_by_the_server_or_put_in_a_url_or_config_is_never_shown() {
 fn a_listing_that_never_ends_is_an_error_not_an_out_of_memory() {
     let server = FakeServer::start(mailbox(1), vec![Fault::EndlessList]);
     let sandbox = Sandbox::new();
-    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
-    let out = sandbox
-        .command()
-        .args(["backup", &url, "--tls", "none", "--timeout", "10"])
-        .env("POPVAULT_PASSWORD", "fake-secret")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) = run_backup(
+        &sandbox,
+        &server,
+        &["--tls", "none", "--timeout", "10"],
+        "fake-secret",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("a listing of more than"), "{stderr}");
 }
 
@@ -356,15 +364,9 @@ fn a_huge_message_streams_through_in_bounded_memory() {
 fn a_slow_loris_server_ends_in_a_timeout() {
     let server = FakeServer::start(mailbox(2), vec![Fault::Trickle(1500); 4]);
     let sandbox = Sandbox::new();
-    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
-    let out = sandbox
-        .command()
-        .args(["backup", &url, "--tls", "none", "--timeout", "1"])
-        .env("POPVAULT_PASSWORD", "x")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) =
+        run_backup(&sandbox, &server, &["--tls", "none", "--timeout", "1"], "x");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("timed out"), "{stderr}");
 }
 
