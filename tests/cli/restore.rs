@@ -54,6 +54,18 @@ fn corpus_archive() -> (Sandbox, HashMap<String, (Vec<u8>, serde_json::Value)>) 
     (sandbox, archived)
 }
 
+/// Every message of `folder` on the test Dovecot, read over IMAPS by Python's imaplib.
+fn imap_folder(dovecot: &Dovecot, folder: &str) -> Vec<serde_json::Value> {
+    python_dump(&[
+        helper("imap_dump.py").to_str().unwrap(),
+        &dovecot.imaps_port.to_string(),
+        dovecot.ca_pem().to_str().unwrap(),
+        dovecot.user(),
+        dovecot.password(),
+        folder,
+    ])
+}
+
 fn restore_json(sandbox: &Sandbox, args: &[&str]) -> serde_json::Value {
     let mut full = vec!["restore", "--json"];
     full.extend_from_slice(args);
@@ -245,14 +257,7 @@ fn imap_restore_over_tls_keeps_bytes_dates_and_flags_and_never_duplicates() {
     );
     assert_eq!(skipped, 0, "{r}");
 
-    let read = python_dump(&[
-        helper("imap_dump.py").to_str().unwrap(),
-        &dovecot.imaps_port.to_string(),
-        ca.to_str().unwrap(),
-        dovecot.user(),
-        dovecot.password(),
-        "Restored.Old mail &APw-",
-    ]);
+    let read = imap_folder(&dovecot, "Restored.Old mail &APw-");
     assert_eq!(read.len(), archived.len());
     let by_normalised: HashMap<String, &serde_json::Value> = archived
         .values()
@@ -343,14 +348,7 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
         r["already_present"].as_u64().unwrap() + r["restored"].as_u64().unwrap(),
         3000
     );
-    let read = python_dump(&[
-        helper("imap_dump.py").to_str().unwrap(),
-        &dovecot.imaps_port.to_string(),
-        ca.to_str().unwrap(),
-        dovecot.user(),
-        dovecot.password(),
-        "Crash",
-    ]);
+    let read = imap_folder(&dovecot, "Crash");
     assert_eq!(read.len(), 3000, "each message exactly once");
     let mut seen = std::collections::HashSet::new();
     for m in &read {
@@ -601,14 +599,7 @@ fn messages_that_differ_only_in_their_bodies_are_both_restored_once() {
         (Some(1), Some(1)),
         "{both}"
     );
-    let read = python_dump(&[
-        helper("imap_dump.py").to_str().unwrap(),
-        &dovecot.imaps_port.to_string(),
-        ca,
-        dovecot.user(),
-        dovecot.password(),
-        "Twins",
-    ]);
+    let read = imap_folder(&dovecot, "Twins");
     let mut bodies: Vec<Vec<u8>> = read
         .iter()
         .map(|m| hex::decode(m["body"].as_str().unwrap()).unwrap())
