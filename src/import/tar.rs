@@ -55,6 +55,13 @@ fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImportError> {
     Ok(tar::Archive::new(input))
 }
 
+/// What a member of an export is, by its name.
+enum Member {
+    Manifest,
+    Sums,
+    Message(Digest),
+}
+
 /// Judges a member by its header alone: a regular file with a relative path and no `..`, one of
 /// the names an export has (`MANIFEST.jsonl` first), of a bounded size. Returns its name and
 /// the most bytes it may hold.
@@ -62,7 +69,7 @@ fn check_member<R: Read>(
     path: &Path,
     entry: &tar::Entry<'_, R>,
     first: bool,
-) -> Result<(String, u64), ImportError> {
+) -> Result<(Member, String, u64), ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
@@ -110,17 +117,22 @@ fn check_member<R: Read>(
             "MANIFEST.jsonl is not the first member: not a popvault export",
         ));
     }
-    let is_message = name
+    let message = name
         .strip_prefix("messages/")
         .and_then(|n| n.strip_suffix(".eml"))
-        .is_some_and(|hex| hex.parse::<Digest>().is_ok());
-    if !is_message && name != "MANIFEST.jsonl" && name != "SHA256SUMS" {
-        return Err(hostile(
-            path,
-            &format!("unexpected member {shown:?}: not a popvault export"),
-        ));
-    }
-    Ok((name, limit))
+        .and_then(|hex| hex.parse::<Digest>().ok());
+    let kind = match (name.as_str(), message) {
+        ("MANIFEST.jsonl", _) => Member::Manifest,
+        ("SHA256SUMS", _) => Member::Sums,
+        (_, Some(id)) => Member::Message(id),
+        (_, None) => {
+            return Err(hostile(
+                path,
+                &format!("unexpected member {shown:?}: not a popvault export"),
+            ));
+        }
+    };
+    Ok((kind, shown, limit))
 }
 
 /// Imports an export in two passes: every member header is checked first, so that a hostile
@@ -145,14 +157,15 @@ pub fn import_tar(
         return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
     }
 
+    // Pass two sees the same checks (the file could have changed in between); the first
+    // member is the manifest, so every message can be looked up in it.
     let mut tar = open(path)?;
-    let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
+    let mut manifest: HashMap<Digest, ManifestLine> = HashMap::new();
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
-    for entry in tar.entries().map_err(read_err)? {
+    for (index, entry) in tar.entries().map_err(read_err)?.enumerate() {
         let mut entry = entry.map_err(read_err)?;
-        let (name, limit) = check_member(path, &entry, manifest.is_none())?;
-        let shown = name.clone();
+        let (kind, shown, limit) = check_member(path, &entry, index == 0)?;
         let size = entry.header().size().map_err(read_err)?;
         let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
         (&mut entry)
@@ -165,9 +178,8 @@ pub fn import_tar(
                 &format!("member {shown:?} is larger than {limit} bytes"),
             ));
         }
-        match name.as_str() {
-            "MANIFEST.jsonl" if manifest.is_none() => {
-                let mut lines = HashMap::new();
+        match kind {
+            Member::Manifest => {
                 for (n, line) in bytes
                     .split(|&b| b == b'\n')
                     .enumerate()
@@ -182,35 +194,18 @@ pub fn import_tar(
                             ),
                         )
                     })?;
-                    lines.insert(record.id, record);
+                    manifest.insert(record.id, record);
                 }
-                manifest = Some(lines);
             }
-            "SHA256SUMS" => {} // the same checks are made on every message below
-            _ => {
-                let Some(records) = &manifest else {
-                    return Err(hostile(
-                        path,
-                        "MANIFEST.jsonl is not the first member: not a popvault export",
-                    ));
-                };
-                let id = name
-                    .strip_prefix("messages/")
-                    .and_then(|n| n.strip_suffix(".eml"))
-                    .and_then(|hex| hex.parse::<Digest>().ok())
-                    .ok_or_else(|| {
-                        hostile(
-                            path,
-                            &format!("unexpected member {shown:?}: not a popvault export"),
-                        )
-                    })?;
+            Member::Sums => {} // the same checks are made on every message below
+            Member::Message(id) => {
                 if Digest::of(&bytes) != id {
                     return Err(ImportError::TarDamaged {
                         path: path.to_path_buf(),
                         member: shown,
                     });
                 }
-                let record = records
+                let record = manifest
                     .get(&id)
                     .ok_or_else(|| ImportError::TarInconsistent {
                         path: path.to_path_buf(),
@@ -233,8 +228,5 @@ pub fn import_tar(
         }
     }
     super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
-    if manifest.is_none() {
-        return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
-    }
     Ok(())
 }
