@@ -80,14 +80,9 @@ pub fn read_catalog(
     }
     let commits_dir = root.join("commits");
     let names = list_dir(&commits_dir)?;
-    let mut numbers: Vec<(u64, String)> = names
-        .iter()
-        .filter(|name| name.ends_with(".json"))
-        .filter_map(|name| Some((catalog::commit_of_file_name(name)?, name.clone())))
-        .collect();
-    numbers.sort();
+    let numbers = commit_records(&names);
     let last_record = numbers.last().map_or(0, |(n, _)| *n);
-    let uncommitted = uncommitted_numbers(&names, last_record);
+    let uncommitted = uncommitted_numbers(&names);
     // Files of a number above every record, without an intent marker, are committed data whose
     // records were lost: their numbers count, so they show up as missing records (and no
     // writer reuses them). A number far above any a writer could have reached is a stray
@@ -240,12 +235,23 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<String>, ArchiveError> {
 /// archive's (records lost in a row); beyond, the name is taken for a stray.
 const MAX_COMMIT_GAP: u64 = 1_000_000;
 
+/// The commit records among the names in `commits/`, by number.
+fn commit_records(commit_dir_names: &[String]) -> Vec<(u64, String)> {
+    let mut records: Vec<(u64, String)> = commit_dir_names
+        .iter()
+        .filter(|name| name.ends_with(".json"))
+        .filter_map(|name| Some((catalog::commit_of_file_name(name)?, name.clone())))
+        .collect();
+    records.sort();
+    records
+}
+
 /// The commit numbers an interrupted writer left, from the names in `commits/`: intent markers
 /// above the last record (a writer commits in order, so only its last number can be open).
-pub(crate) fn uncommitted_numbers(
-    commit_dir_names: &[String],
-    last_record: u64,
-) -> std::collections::BTreeSet<u64> {
+pub(crate) fn uncommitted_numbers(commit_dir_names: &[String]) -> std::collections::BTreeSet<u64> {
+    let last_record = commit_records(commit_dir_names)
+        .last()
+        .map_or(0, |(n, _)| *n);
     commit_dir_names
         .iter()
         .filter(|name| name.ends_with(".pending"))

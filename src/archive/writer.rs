@@ -511,13 +511,7 @@ fn remove_uncommitted(root: &Path) -> Result<(), ArchiveError> {
     }
     let commits = root.join("commits");
     let names = list_dir(&commits)?;
-    let last_record = names
-        .iter()
-        .filter(|name| name.ends_with(".json"))
-        .filter_map(|name| catalog::commit_of_file_name(name))
-        .max()
-        .unwrap_or(0);
-    let uncommitted = index::uncommitted_numbers(&names, last_record);
+    let uncommitted = index::uncommitted_numbers(&names);
     if !uncommitted.is_empty() {
         remove_files_of(root, &uncommitted)?;
     }
