@@ -76,15 +76,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The directory `path` is in; `.` for a bare file name (whose `parent()` is empty).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Renames `from` to `to` and fsyncs `to`'s directory. `from` must already be fsynced.
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     step("rename", to)?;
     fs::rename(from, to)?;
-    let dir = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let Err(e) = sync_dir(dir) {
+    if let Err(e) = sync_dir(parent_dir(to)) {
         // Under an injected fault the rename did not reach the disk either.
         if e.kind() == io::ErrorKind::Other {
             let _ = fs::rename(to, from);

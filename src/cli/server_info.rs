@@ -271,19 +271,16 @@ fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
     Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
     // A config that is a link (dotfiles managers) is replaced where it points, link kept.
     let path = std::fs::canonicalize(&ctx.config_path).unwrap_or_else(|_| ctx.config_path.clone());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    crate::archive::durable::create_dir(&dir)?;
+    let dir = crate::archive::durable::parent_dir(&path);
+    crate::archive::durable::create_dir(dir)?;
     // Created mode 0600.
-    let tmp = tempfile::NamedTempFile::new_in(&dir)
+    let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let mut file = tmp.as_file();
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     tmp.persist(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    crate::archive::durable::sync_dir(&dir)?;
+    crate::archive::durable::sync_dir(dir)?;
     Ok(())
 }
