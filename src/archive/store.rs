@@ -109,8 +109,9 @@ pub struct Archive {
     load_issues: Vec<String>,
     last_commit: u64,
     uncommitted: std::collections::BTreeSet<u64>,
-    /// Packs opened by `read_message`, kept for the next call.
-    open_packs: std::sync::Mutex<HashMap<String, std::sync::Arc<File>>>,
+    /// Packs opened by `read_message`, with their lengths (sealed packs never change), kept
+    /// for the next call.
+    open_packs: std::sync::Mutex<HashMap<String, (std::sync::Arc<File>, u64)>>,
 }
 
 impl Archive {
@@ -333,14 +334,10 @@ impl Archive {
         use std::os::unix::fs::FileExt;
         let loc = self.located(id)?;
         let damaged = damaged(id, &loc);
-        let file = self
+        let (file, pack_len) = self
             .open_pack(&loc.pack)
             .map_err(|e| damaged(RecordFault::Io(e)))?;
         // The catalog line is checked against the pack before its length sizes a buffer.
-        let pack_len = file
-            .metadata()
-            .map_err(|e| damaged(RecordFault::Io(e)))?
-            .len();
         let record_len = RECORD_HEADER_LEN.saturating_add(loc.stored_len);
         if loc.offset.saturating_add(record_len) > pack_len {
             return Err(damaged(RecordFault::Mismatch));
@@ -363,14 +360,16 @@ impl Archive {
         Ok(out)
     }
 
-    fn open_pack(&self, name: &str) -> std::io::Result<std::sync::Arc<File>> {
+    fn open_pack(&self, name: &str) -> std::io::Result<(std::sync::Arc<File>, u64)> {
         let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = open.get(name) {
-            return Ok(f.clone());
+        if let Some((file, len)) = open.get(name) {
+            return Ok((file.clone(), *len));
         }
-        let file = std::sync::Arc::new(File::open(self.pack_path(name))?);
-        open.insert(name.to_string(), file.clone());
-        Ok(file)
+        let file = File::open(self.pack_path(name))?;
+        let len = file.metadata()?.len();
+        let file = std::sync::Arc::new(file);
+        open.insert(name.to_string(), (file.clone(), len));
+        Ok((file, len))
     }
 
     /// Files in `packs/` and `catalog/` that no commit record names.
