@@ -18,6 +18,8 @@ pub struct Account {
     pub delete_after_days: Option<u32>,
     /// Run by `sh -c` for the password; the first line of its output is used.
     pub password_command: Option<String>,
+    /// How long the password command may take.
+    pub password_timeout: Duration,
 }
 
 impl Account {
@@ -205,6 +207,7 @@ impl Account {
             auth,
             delete_after_days: overrides.delete_after_days.or(config.delete_after_days),
             password_command: config.password_command.clone(),
+            password_timeout: Duration::from_secs(config.password_command_timeout.unwrap_or(60)),
         })
     }
 }

@@ -34,6 +34,9 @@ pub struct AccountConfig {
     /// Run by `sh -c`; the first line of its output is the password (or OAuth token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_command: Option<String>,
+    /// Seconds the password command may take (default 60); then it is killed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_command_timeout: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_after_days: Option<u32>,
 }

@@ -38,4 +38,5 @@ pub mod pop3;
 pub mod probe;
 pub mod repair;
 pub mod restore;
+pub mod stop;
 pub mod transport;

@@ -23,6 +23,8 @@ use rustls::{
 };
 use sha2::{Digest as _, Sha256};
 
+use crate::stop::Stop;
+
 /// Why a connection could not be made. No variant holds a secret (none reaches this layer).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -80,9 +82,20 @@ pub struct ConnectOptions {
     /// SHA-256 of the server's leaf certificate (DER). When set it replaces the chain and
     /// host name check: a match is trusted, a mismatch is [`TransportError::CertificatePin`].
     pub fingerprint: Option<[u8; 32]>,
-    /// Limit for connecting and for each read or write
+    /// Limit for connecting and for each read or write; a reply that brings fewer than
+    /// [`STALL_BYTES`] in this long counts as stalled too (see the POP3 connection)
     pub timeout: Duration,
+    /// Checked while waiting for the server, so a stop request is noticed within about
+    /// [`POLL_INTERVAL`]
+    pub stop: Stop,
 }
+
+/// A reply that brings fewer bytes than this in `timeout` is a stalled server (one trickling a
+/// byte every few seconds would otherwise hold a run for hours).
+pub const STALL_BYTES: usize = 1024;
+
+/// How often a blocked read wakes up to look at the clock and the stop request.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 impl ConnectOptions {
     pub fn new(host: impl Into<String>, port: u16, tls: TlsMode) -> Self {
@@ -93,6 +106,7 @@ impl ConnectOptions {
             ca_file: None,
             fingerprint: None,
             timeout: Duration::from_secs(60),
+            stop: Stop::new(),
         }
     }
 }
@@ -127,6 +141,22 @@ impl Stream {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => &tls.sock,
         }
+    }
+
+    /// Limits each read; a reader that wants to look at the clock or a stop request while it
+    /// waits sets a short one and counts the waits itself.
+    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.tcp().set_read_timeout(Some(timeout))
+    }
+
+    /// Asks the kernel to acknowledge received data at once instead of delaying the ACK (Linux
+    /// `TCP_QUICKACK`, which lasts until the next read). Against a server that sends a reply in
+    /// several small writes without `TCP_NODELAY`, a delayed ACK holds its last segment back by
+    /// about 40 ms (Nagle's algorithm waits for that ACK): one command at a time, that is most
+    /// of the time a message takes.
+    pub fn quick_ack(&self) {
+        #[cfg(target_os = "linux")]
+        let _ = rustix::net::sockopt::set_tcp_quickack(self.tcp(), true);
     }
 
     /// Closes both directions at once, without a QUIT: used when the session is abandoned.

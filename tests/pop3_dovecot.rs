@@ -87,7 +87,7 @@ fn wrong_password_is_rejected_without_showing_it() {
             Err(e) => e,
         };
         match &err {
-            Pop3Error::Rejected { command, reply } => {
+            Pop3Error::Rejected { command, reply, .. } => {
                 assert_eq!(*command, verb, "{method}");
                 assert!(reply.starts_with("-ERR"), "{reply}");
             }

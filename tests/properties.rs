@@ -59,7 +59,7 @@ fn unstuff(wire: &[u8], chunk: usize) -> Vec<u8> {
         pending.extend_from_slice(piece);
         let mut at = 0;
         loop {
-            let (used, event) = decoder.decode(&pending[at..]).unwrap();
+            let (used, event) = decoder.decode(&pending[at..]);
             match event {
                 BodyEvent::Data(r) => out.extend_from_slice(&pending[at..][r]),
                 BodyEvent::End => return out,
@@ -110,7 +110,7 @@ proptest! {
             .map(|i| Entry {
                 id: Digest::of(&i.to_le_bytes()),
                 size: i as u64,
-                source: Source::Pop3 { account: "a".into(), uidl: Some(uidl.clone()) },
+                source: Source::Pop3 { account: "a".into(), uidl: Some(uidl.clone()), list_size: None },
                 first_seen: chrono::DateTime::from_timestamp(i as i64, 0).unwrap(),
                 flags: None,
                 envelope: Envelope { subject: Some(subject.clone()), ..Envelope::default() },

@@ -14,16 +14,16 @@ fuzz_target!(|data: &[u8]| {
             let mut at = 0;
             while at < chunk.len() {
                 match decoder.decode(&chunk[at..]) {
-                    Ok((0, BodyEvent::NeedMore)) | Err(_) => break,
-                    Ok((used, BodyEvent::Data(range))) => {
+                    (0, BodyEvent::NeedMore) => break,
+                    (used, BodyEvent::Data(range)) => {
                         out.extend_from_slice(&chunk[at..][range]);
                         at += used;
                     }
-                    Ok((used, BodyEvent::End)) => {
+                    (used, BodyEvent::End) => {
                         at += used;
                         break;
                     }
-                    Ok((used, _)) => at += used.max(1),
+                    (used, _) => at += used.max(1),
                 }
             }
         }

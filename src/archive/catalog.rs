@@ -18,10 +18,15 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
     /// Fetched from a POP3 account; `uidl` is absent when the server has no UIDL.
+    /// `list_size` is the size the server's LIST gave, recorded only when it differs from the
+    /// bytes RETR gave: a later run recognises the message by it (a different size under a
+    /// known UIDL is a reused UIDL).
     Pop3 {
         account: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         uidl: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        list_size: Option<u64>,
     },
     /// A file of a Maildir; `name` is the file name without the `:2,` info part.
     Maildir { path: String, name: String },
@@ -101,6 +106,14 @@ pub struct AccountRun {
     pub on_server: u64,
     pub on_server_bytes: u64,
     pub ok: bool,
+    /// Messages on the server that this run could not fetch (refused by the server, or broken
+    /// in transit); a later run that gets them records 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unfetched: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The commit point of one batch of writes: `commits/<commit:08>.json`.
@@ -251,6 +264,7 @@ mod tests {
             source: Source::Pop3 {
                 account: "home".into(),
                 uidl: Some("a/b:c".into()),
+                list_size: None,
             },
             first_seen: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             flags: None,

@@ -35,12 +35,22 @@ impl Location {
 
     /// Decompresses and re-hashes the message at this location of `file` (its pack).
     pub fn check(&self, id: &Digest, file: &mut File) -> Result<(), RecordFault> {
+        self.check_keeping_head(id, file, 0).map(drop)
+    }
+
+    /// Like [`Location::check`], and returns the message's first `limit` bytes.
+    pub fn check_keeping_head(
+        &self,
+        id: &Digest,
+        file: &mut File,
+        limit: usize,
+    ) -> Result<Vec<u8>, RecordFault> {
         let header = pack::read_record_header(file, self.offset)?;
         if !self.describes(id, &header) {
             return Err(RecordFault::Mismatch);
         }
         let mut stored = BufReader::new(&mut *file).take(self.stored_len);
-        pack::check_record(&header, &mut stored)
+        pack::check_record_keeping_head(&header, &mut stored, limit)
     }
 }
 
@@ -260,11 +270,15 @@ pub(crate) fn uncommitted_numbers(commit_dir_names: &[String]) -> std::collectio
         .collect()
 }
 
-/// When a POP3 message (account, UIDL) was first archived, and as which id.
+/// What the archive holds under a POP3 account's UIDL: the message and when it was first
+/// archived from there. A server that reuses UIDLs can put several messages under one; the one
+/// first archived last is the one the UIDL stands for now.
 #[derive(Debug, Clone, Copy)]
 pub struct Pop3Seen {
     pub first_seen: DateTime<Utc>,
     pub id: Digest,
+    /// What LIST said of it, when that differs from its size (see [`Source::Pop3`]).
+    pub list_size: Option<u64>,
 }
 
 /// A fixed-size key for an (id, source) pair: 128 bits of SHA-256 over the id and the source's
@@ -343,15 +357,24 @@ impl Index {
         if let Source::Pop3 {
             account,
             uidl: Some(uidl),
+            list_size,
         } = &entry.source
         {
             let seen = Pop3Seen {
                 first_seen: entry.first_seen,
                 id: entry.id,
+                list_size: *list_size,
             };
             let by_uidl = self.pop3.entry(account.clone()).or_default();
             let slot = by_uidl.entry(uidl.clone()).or_insert(seen);
-            slot.first_seen = slot.first_seen.min(entry.first_seen);
+            if slot.id == entry.id {
+                slot.first_seen = slot.first_seen.min(entry.first_seen);
+                slot.list_size = *list_size;
+            } else if entry.first_seen > slot.first_seen {
+                // A reused UIDL: the message archived later is the one it names now. Decided by
+                // date, not by reading order, which `repair` changes.
+                *slot = seen;
+            }
         }
     }
 
@@ -389,10 +412,20 @@ impl Index {
         self.stored.get(id)
     }
 
+    /// What the archive holds under `uidl` of POP3 account `account`.
+    pub fn pop3_seen(&self, account: &str, uidl: &str) -> Option<&Pop3Seen> {
+        self.pop3.get(account)?.get(uidl)
+    }
+
     /// Re-reads and re-hashes the archived copy of `id`.
     pub fn check_message(&self, id: &Digest) -> Result<(), RecordFault> {
+        self.verified_head(id, 0).map(drop)
+    }
+
+    /// Re-reads and re-hashes the archived copy of `id`, and returns its first `limit` bytes.
+    pub fn verified_head(&self, id: &Digest, limit: usize) -> Result<Vec<u8>, RecordFault> {
         let location = self.stored.get(id).ok_or(RecordFault::Mismatch)?;
         let mut file = File::open(self.root.join("packs").join(&*location.pack))?;
-        location.check(id, &mut file)
+        location.check_keeping_head(id, &mut file, limit)
     }
 }

@@ -403,16 +403,28 @@ pub enum RecordFault {
 
 /// Decompresses one record's stored bytes and checks length and hash against the header.
 pub fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
+    check_record_keeping_head(header, stored, 0).map(drop)
+}
+
+/// Like [`check_record`], and returns the first `limit` bytes of the message, which are only
+/// returned once the whole message re-hashed to its id.
+pub fn check_record_keeping_head(
+    header: &RecordHeader,
+    stored: &mut dyn Read,
+    limit: usize,
+) -> Result<Vec<u8>, RecordFault> {
     let mut hasher = HashingWriter {
         hasher: Hasher::default(),
         count: 0,
+        head: Vec::new(),
+        head_limit: limit,
     };
     copy_decompressed(header.raw_len, stored, &mut hasher)?;
     let got = hasher.hasher.finish();
     if got != header.id {
         return Err(RecordFault::Hash { got });
     }
-    Ok(())
+    Ok(hasher.head)
 }
 
 /// Streams the decompressed bytes of one record to `out`, never producing more than `raw_len`
@@ -455,12 +467,17 @@ pub fn copy_decompressed(
 struct HashingWriter {
     hasher: Hasher,
     count: u64,
+    /// The first `head_limit` bytes written.
+    head: Vec<u8>,
+    head_limit: usize,
 }
 
 impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.hasher.update(buf);
         self.count += buf.len() as u64;
+        let keep = self.head_limit.saturating_sub(self.head.len()).min(buf.len());
+        self.head.extend_from_slice(&buf[..keep]);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

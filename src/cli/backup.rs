@@ -12,7 +12,7 @@ use super::output::{byte_bar, human_bytes};
 use super::{Context, Exit};
 use crate::account::Account;
 use crate::archive::{Index, Writer};
-use crate::backup::{self, AccountReport, BackupOptions, Event, Target};
+use crate::backup::{self, AccountReport, BackupOptions, Event, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::pop3::Secret;
 
@@ -109,6 +109,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
         dry_run: args.dry_run,
         window: args.window.max(1),
         now: args.now.unwrap_or_else(chrono::Utc::now),
+        stop: super::stop_on_signals()?,
         ..BackupOptions::default()
     };
     let quiet = ctx.quiet || args.json;
@@ -143,6 +144,9 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
         };
         let mut target = Target::DryRun(&index);
         for account in &accounts {
+            if opts.stop.requested() {
+                break;
+            }
             reports.push(with_password(account, |secret| {
                 backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
             }));
@@ -152,6 +156,9 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {
+            if opts.stop.requested() {
+                break;
+            }
             reports.push(with_password(account, |secret| {
                 backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
             }));
@@ -160,12 +167,22 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
     }
     bar.finish_and_clear();
     print_reports(ctx, &args, &reports)?;
-    let failed = reports.iter().filter(|r| !r.ok).count();
-    Ok(match failed {
-        0 => Exit::Ok,
-        n if n == reports.len() => Exit::Error,
-        _ => Exit::Partial,
-    })
+    Ok(exit_status(&reports, opts.stop.requested()))
+}
+
+/// 7 when stopped; else 0 when every account is complete, 1 when every one failed outright,
+/// and 4 (partly failed) for anything in between.
+fn exit_status(reports: &[AccountReport], stopped: bool) -> Exit {
+    let outcomes: Vec<Outcome> = reports.iter().map(AccountReport::outcome).collect();
+    if stopped || outcomes.contains(&Outcome::Interrupted) {
+        Exit::Interrupted
+    } else if outcomes.iter().all(|o| *o == Outcome::Complete) {
+        Exit::Ok
+    } else if outcomes.iter().all(|o| *o == Outcome::Failed) {
+        Exit::Error
+    } else {
+        Exit::Partial
+    }
 }
 
 /// Gets the account's secret and runs `f`; a failure to get it is that account's failure.
@@ -200,26 +217,12 @@ pub fn password_from_env_or_prompt(label: &str) -> anyhow::Result<Option<Secret>
 /// The password or token: `password_command`, else `$POPVAULT_PASSWORD`, else a prompt.
 pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
     if let Some(command) = &account.password_command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("cannot run the password command")?;
-        if !out.status.success() {
-            bail!(
-                "the password command failed ({}); its output is not shown",
-                out.status
-            );
-        }
-        let text = String::from_utf8(out.stdout)
-            .context("the password command printed something that is not UTF-8")?;
-        let first = text.lines().next().unwrap_or("");
-        if first.is_empty() {
-            bail!("the password command printed nothing");
-        }
-        return Ok(Secret::new(first));
+        return run_password_command(command, account.password_timeout).with_context(|| {
+            format!(
+                "the password command of account {} failed (its output is not shown)",
+                account.name
+            )
+        });
     }
     if let Some(secret) = password_from_env_or_prompt(&account.server_label())? {
         return Ok(secret);
@@ -227,6 +230,57 @@ pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
     bail!(
         "no password: set password_command for this account in the config file, or POPVAULT_PASSWORD"
     )
+}
+
+/// Runs `sh -c command` and takes the first line it prints. A command still running after
+/// `timeout` (a keyring waiting for an unlock nobody will type) is killed with everything it
+/// started, instead of holding the backup forever.
+fn run_password_command(command: &str, timeout: Duration) -> anyhow::Result<Secret> {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .context("cannot run the password command")?;
+    let mut stdout = child.stdout.take().context("no pipe from the password command")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).map(|_| out)
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the password command")? {
+            break status;
+        }
+        if started.elapsed() >= timeout {
+            if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait();
+            bail!(
+                "it did not finish in {} s and was stopped (raise password_command_timeout if it waits for you)",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        bail!("it exited with {status}");
+    }
+    let out = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading its output failed"))?
+        .context("reading its output failed")?;
+    let text = String::from_utf8(out).context("it printed something that is not UTF-8")?;
+    let first = text.lines().next().unwrap_or("");
+    if first.is_empty() {
+        bail!("it printed nothing");
+    }
+    Ok(Secret::new(first))
 }
 
 fn print_reports(
@@ -246,6 +300,28 @@ fn print_reports(
     for r in reports {
         if let Some(e) = &r.error {
             eprintln!("error: {}: {e}", r.account);
+        }
+        // Mail left behind is an error even for cron (-q): the backup is incomplete.
+        if !r.unfetched.is_empty() {
+            eprintln!(
+                "error: {}: {} messages could not be fetched; the next run tries again:",
+                r.account,
+                r.unfetched.len()
+            );
+            for u in &r.unfetched {
+                eprintln!(
+                    "  #{} UIDL {}: {}",
+                    u.msgno,
+                    u.uidl.as_deref().unwrap_or("-"),
+                    u.reason
+                );
+            }
+        }
+        if r.interrupted {
+            eprintln!(
+                "{}: stopped by a signal; what arrived is archived, nothing was deleted; run the backup again to continue",
+                r.account
+            );
         }
         if ctx.quiet {
             continue;
@@ -284,8 +360,12 @@ fn print_reports(
                 );
             }
         } else if r.ok {
+            let already = match r.already_archived {
+                0 => String::new(),
+                n => format!(", {n} fetched but already archived"),
+            };
             say!(
-                "{}: {} new messages ({}) in {:.1} s, {} deleted, {} on the server",
+                "{}: {} new messages ({}){already} in {:.1} s, {} deleted, {} on the server",
                 r.account,
                 r.new_messages,
                 human_bytes(r.fetched_bytes),

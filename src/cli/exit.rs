@@ -18,6 +18,9 @@ pub enum Exit {
     Locked = 5,
     /// `status --max-age`: the last successful backup is too old.
     Stale = 6,
+    /// Stopped by SIGTERM or SIGINT at a message boundary: what was done is committed and
+    /// valid; running the command again continues.
+    Interrupted = 7,
 }
 
 impl From<Exit> for ExitCode {

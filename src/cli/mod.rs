@@ -148,6 +148,25 @@ impl Context {
     }
 }
 
+/// A stop request that SIGTERM or SIGINT sets, for the commands that stop at a message
+/// boundary (backup, import, restore, export). A second signal ends the process at once: the
+/// archive is crash-safe, so that loses only what was not committed yet.
+pub(crate) fn stop_on_signals() -> anyhow::Result<crate::stop::Stop> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = crate::stop::Stop::new();
+    for signal in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            Exit::Interrupted as i32,
+            stop.flag(),
+        )
+        .context("cannot install a signal handler")?;
+        signal_hook::flag::register(signal, stop.flag())
+            .context("cannot install a signal handler")?;
+    }
+    Ok(stop)
+}
+
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())

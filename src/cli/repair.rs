@@ -67,7 +67,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
                 .sources
                 .iter()
                 .map(|s| match s {
-                    Source::Pop3 { account, uidl } => {
+                    Source::Pop3 { account, uidl, .. } => {
                         format!("account {account} UIDL {}", uidl.as_deref().unwrap_or("-"))
                     }
                     other => other.label(),

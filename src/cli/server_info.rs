@@ -213,6 +213,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         ca_file: args.connect.ca_file.clone(),
         tls_fingerprint: args.connect.tls_fingerprint.clone(),
         password_command: Some(password_command),
+        password_command_timeout: None,
         delete_after_days: None,
     };
     let account = Account::resolve(

@@ -86,7 +86,7 @@ fn describe(m: &DamagedMessage) -> String {
         .sources
         .iter()
         .map(|s| match s {
-            crate::archive::Source::Pop3 { account, uidl } => {
+            crate::archive::Source::Pop3 { account, uidl, .. } => {
                 format!("{account} UIDL {}", uidl.as_deref().unwrap_or("-"))
             }
             other => other.label(),

@@ -1,5 +1,6 @@
 //! Login encodings: the APOP digest (RFC 1939 §7) and SASL responses (RFC 5034) for PLAIN,
-//! LOGIN, XOAUTH2 and OAUTHBEARER, plus the choice of method for [`AuthMethod::Auto`].
+//! CRAM-MD5, LOGIN, XOAUTH2 and OAUTHBEARER, plus the order of methods [`AuthMethod::Auto`]
+//! tries.
 //!
 //! Pure functions over strings; the session puts their output on the wire.
 
@@ -8,6 +9,7 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{KeyInit as _, Mac as _};
 use md5::{Digest as _, Md5};
 
 use super::codec::Capabilities;
@@ -26,6 +28,9 @@ pub enum AuthMethod {
     Apop,
     /// AUTH PLAIN (RFC 5034, RFC 4616)
     Plain,
+    /// AUTH CRAM-MD5 (RFC 2195): an HMAC-MD5 of a server challenge; the password never crosses
+    /// the connection
+    CramMd5,
     /// AUTH LOGIN (draft-murchison-sasl-login)
     Login,
     /// AUTH XOAUTH2 (Google and Microsoft): the secret is an OAuth 2.0 access token
@@ -41,6 +46,7 @@ impl AuthMethod {
             AuthMethod::User => "user",
             AuthMethod::Apop => "apop",
             AuthMethod::Plain => "plain",
+            AuthMethod::CramMd5 => "cram-md5",
             AuthMethod::Login => "login",
             AuthMethod::XOAuth2 => "xoauth2",
             AuthMethod::OAuthBearer => "oauthbearer",
@@ -51,6 +57,7 @@ impl AuthMethod {
     pub fn sasl_name(self) -> Option<&'static str> {
         match self {
             AuthMethod::Plain => Some("PLAIN"),
+            AuthMethod::CramMd5 => Some("CRAM-MD5"),
             AuthMethod::Login => Some("LOGIN"),
             AuthMethod::XOAuth2 => Some("XOAUTH2"),
             AuthMethod::OAuthBearer => Some("OAUTHBEARER"),
@@ -69,11 +76,12 @@ impl FromStr for AuthMethod {
     type Err = Pop3Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        const ALL: [AuthMethod; 7] = [
+        const ALL: [AuthMethod; 8] = [
             AuthMethod::Auto,
             AuthMethod::User,
             AuthMethod::Apop,
             AuthMethod::Plain,
+            AuthMethod::CramMd5,
             AuthMethod::Login,
             AuthMethod::XOAuth2,
             AuthMethod::OAuthBearer,
@@ -86,51 +94,62 @@ impl FromStr for AuthMethod {
     }
 }
 
-/// Picks the method to use, given what the server offers.
+/// The methods to try, in order, given what the server offers.
 ///
-/// `Auto` over TLS: SASL PLAIN, then LOGIN, then USER/PASS, then APOP. The channel already
-/// hides the password, and these work whatever way the server stores passwords; APOP needs
-/// the server to keep them in clear text and rests on MD5.
+/// `Auto` over TLS: SASL PLAIN, CRAM-MD5, LOGIN, then USER/PASS, then APOP. The channel
+/// already hides the password, and PLAIN and USER work whatever way the server stores
+/// passwords; APOP needs the server to keep them in clear text and rests on MD5. USER comes
+/// after the SASL mechanisms because servers such as Dovecot keep listing USER while only
+/// accepting what their SASL line offers.
 ///
-/// `Auto` without TLS: APOP first, because it is the only one that does not send the password
-/// itself; then PLAIN, LOGIN, USER (all readable on the wire: the user chose no TLS).
+/// `Auto` without TLS (the user chose `--tls none`): first what does not send the password
+/// itself, CRAM-MD5 and APOP; then PLAIN, LOGIN, USER, all readable on the wire.
 ///
-/// An explicit method is refused up front only when we know it cannot work (APOP without a
-/// timestamp, a SASL mechanism missing from CAPA); without CAPA we try and let the server say.
-pub fn choose(
+/// A refusal that says nothing of the credentials falls back to the next method (see
+/// [`crate::pop3::Session::login`]). An explicit method is the only one tried; it is refused
+/// up front only when we know it cannot work (APOP without a timestamp, a SASL mechanism
+/// missing from CAPA); without CAPA we try and let the server say.
+pub fn candidates(
     method: AuthMethod,
     caps: Option<&Capabilities>,
     apop_timestamp: Option<&str>,
     tls: bool,
-) -> Result<AuthMethod> {
+) -> Result<Vec<AuthMethod>> {
     let sasl = |m: AuthMethod| {
         m.sasl_name()
             .is_some_and(|name| caps.is_some_and(|c| c.has_sasl(name)))
     };
     match method {
         AuthMethod::Auto => {
-            let user = caps.is_none_or(|c| c.has("USER"));
-            let apop = apop_timestamp.is_some();
-            let order: &[(bool, AuthMethod)] = if tls {
+            let offered = |m: AuthMethod| match m {
+                AuthMethod::User => caps.is_none_or(|c| c.has("USER")),
+                AuthMethod::Apop => apop_timestamp.is_some(),
+                m => sasl(m),
+            };
+            let order: &[AuthMethod] = if tls {
                 &[
-                    (sasl(AuthMethod::Plain), AuthMethod::Plain),
-                    (sasl(AuthMethod::Login), AuthMethod::Login),
-                    (user, AuthMethod::User),
-                    (apop, AuthMethod::Apop),
+                    AuthMethod::Plain,
+                    AuthMethod::CramMd5,
+                    AuthMethod::Login,
+                    AuthMethod::User,
+                    AuthMethod::Apop,
                 ]
             } else {
                 &[
-                    (apop, AuthMethod::Apop),
-                    (sasl(AuthMethod::Plain), AuthMethod::Plain),
-                    (sasl(AuthMethod::Login), AuthMethod::Login),
-                    (user, AuthMethod::User),
+                    AuthMethod::CramMd5,
+                    AuthMethod::Apop,
+                    AuthMethod::Plain,
+                    AuthMethod::Login,
+                    AuthMethod::User,
                 ]
             };
+            let chosen: Vec<AuthMethod> = order.iter().copied().filter(|&m| offered(m)).collect();
             // Nothing advertised at all: USER/PASS is the one method every server must have.
-            Ok(order
-                .iter()
-                .find(|(ok, _)| *ok)
-                .map_or(AuthMethod::User, |(_, m)| *m))
+            Ok(if chosen.is_empty() {
+                vec![AuthMethod::User]
+            } else {
+                chosen
+            })
         }
         AuthMethod::Apop if apop_timestamp.is_none() => Err(Pop3Error::MethodUnavailable {
             method: "apop",
@@ -146,8 +165,18 @@ pub fn choose(
                 ),
             })
         }
-        m => Ok(m),
+        m => Ok(vec![m]),
     }
+}
+
+/// SASL mechanisms the server offers that popvault cannot use, for an error message.
+pub fn unsupported_mechanisms(caps: Option<&Capabilities>) -> Vec<String> {
+    const KNOWN: [&str; 5] = ["PLAIN", "CRAM-MD5", "LOGIN", "XOAUTH2", "OAUTHBEARER"];
+    caps.map(Capabilities::sasl_mechanisms)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !KNOWN.contains(&m.as_str()))
+        .collect()
 }
 
 /// The APOP timestamp in a greeting text (RFC 1939 §7): the `<...>` msg-id, brackets included.
@@ -194,6 +223,17 @@ pub fn mask_secret(text: &str, forms: &[String]) -> String {
     forms.iter().fold(text.to_string(), |t, form| {
         t.replace(form.as_str(), "[password]")
     })
+}
+
+/// The CRAM-MD5 response (RFC 2195 §2) to a base64 `challenge`: base64 of the user name, a
+/// space, and the lowercase hex HMAC-MD5 of the decoded challenge keyed with the secret.
+pub fn cram_md5_response(user: &str, secret: &Secret, challenge: &str) -> String {
+    let challenge = BASE64.decode(challenge.trim()).unwrap_or_default();
+    let mut mac = hmac::Hmac::<Md5>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(&challenge);
+    let digest = hex::encode(mac.finalize().into_bytes());
+    BASE64.encode(format!("{user} {digest}"))
 }
 
 /// SASL LOGIN responses: base64 of the user name, then of the password, one per challenge.
@@ -279,41 +319,72 @@ mod tests {
     }
 
     #[test]
-    fn auto_prefers_sasl_over_tls_and_apop_without() {
-        let dovecot = Capabilities::parse(["USER", "SASL PLAIN LOGIN", "STLS"]);
+    fn cram_md5_matches_rfc2195_example() {
+        // RFC 2195 §2: challenge <1896.697170952@postoffice.reston.mci.net>, secret
+        // "tanstaaftanstaaf", user "tim".
+        let challenge = BASE64.encode("<1896.697170952@postoffice.reston.mci.net>");
+        let response = cram_md5_response("tim", &Secret::new("tanstaaftanstaaf"), &challenge);
+        assert_eq!(
+            decode_challenge(&response),
+            "tim b913a602c7eda7a495b4e6e7334d3890"
+        );
+    }
+
+    #[test]
+    fn auto_order_over_tls_and_without() {
+        use AuthMethod::*;
         let stamp = Some("<1.2@h>");
-        let pick = |caps, stamp, tls| choose(AuthMethod::Auto, caps, stamp, tls).unwrap();
-        assert_eq!(pick(Some(&dovecot), stamp, true), AuthMethod::Plain);
-        assert_eq!(pick(Some(&dovecot), stamp, false), AuthMethod::Apop);
-        assert_eq!(pick(Some(&dovecot), None, false), AuthMethod::Plain);
+        let order =
+            |caps: Option<&Capabilities>, stamp, tls| candidates(Auto, caps, stamp, tls).unwrap();
+        let dovecot = Capabilities::parse(["USER", "SASL PLAIN LOGIN CRAM-MD5", "STLS"]);
+        assert_eq!(
+            order(Some(&dovecot), stamp, true),
+            [Plain, CramMd5, Login, User, Apop]
+        );
+        assert_eq!(
+            order(Some(&dovecot), stamp, false),
+            [CramMd5, Apop, Plain, Login, User]
+        );
+        // A CRAM-MD5-only Dovecot still lists USER, which it then refuses: CRAM-MD5 first.
+        let cram_only = Capabilities::parse(["USER", "SASL CRAM-MD5"]);
+        assert_eq!(order(Some(&cram_only), None, true), [CramMd5, User]);
+        // qpopper prints a timestamp for every user: APOP first without TLS, USER after it.
+        let qpopper = Capabilities::parse(["USER", "UIDL"]);
+        assert_eq!(order(Some(&qpopper), stamp, false), [Apop, User]);
+        assert_eq!(order(Some(&qpopper), stamp, true), [User, Apop]);
         let login_only = Capabilities::parse(["SASL LOGIN XOAUTH2"]);
-        assert_eq!(pick(Some(&login_only), None, true), AuthMethod::Login);
-        let user_only = Capabilities::parse(["USER"]);
-        assert_eq!(pick(Some(&user_only), stamp, true), AuthMethod::User);
-        assert_eq!(pick(None, None, true), AuthMethod::User);
-        assert_eq!(pick(None, stamp, true), AuthMethod::User);
-        assert_eq!(pick(None, stamp, false), AuthMethod::Apop);
+        assert_eq!(order(Some(&login_only), None, true), [Login]);
+        assert_eq!(order(None, None, true), [User]);
+        assert_eq!(order(None, stamp, true), [User, Apop]);
+        assert_eq!(order(None, stamp, false), [Apop, User]);
         // OAuth is never picked automatically.
         let oauth = Capabilities::parse(["SASL XOAUTH2 OAUTHBEARER"]);
-        assert_eq!(pick(Some(&oauth), None, true), AuthMethod::User);
+        assert_eq!(order(Some(&oauth), None, true), [User]);
+        let exotic = Capabilities::parse(["SASL SCRAM-SHA-256 GSSAPI PLAIN"]);
+        assert_eq!(
+            unsupported_mechanisms(Some(&exotic)),
+            ["SCRAM-SHA-256", "GSSAPI"]
+        );
     }
 
     #[test]
     fn explicit_methods_are_checked_against_the_server() {
         let caps = Capabilities::parse(["SASL PLAIN"]);
         assert!(matches!(
-            choose(AuthMethod::Apop, Some(&caps), None, true),
+            candidates(AuthMethod::Apop, Some(&caps), None, true),
             Err(Pop3Error::MethodUnavailable { method: "apop", .. })
         ));
-        let err = choose(AuthMethod::XOAuth2, Some(&caps), None, true).unwrap_err();
+        let err = candidates(AuthMethod::XOAuth2, Some(&caps), None, true).unwrap_err();
         assert!(err.to_string().contains("[PLAIN]"), "{err}");
+        let err = candidates(AuthMethod::CramMd5, Some(&caps), None, true).unwrap_err();
+        assert!(err.to_string().contains("cram-md5"), "{err}");
         assert_eq!(
-            choose(AuthMethod::XOAuth2, None, None, true).unwrap(),
-            AuthMethod::XOAuth2
+            candidates(AuthMethod::XOAuth2, None, None, true).unwrap(),
+            [AuthMethod::XOAuth2]
         );
         assert_eq!(
-            choose(AuthMethod::User, Some(&caps), None, true).unwrap(),
-            AuthMethod::User
+            candidates(AuthMethod::User, Some(&caps), None, true).unwrap(),
+            [AuthMethod::User]
         );
     }
 
@@ -324,12 +395,13 @@ mod tests {
             "USER",
             "apop",
             "plain",
+            "CRAM-MD5",
             "login",
             "xoauth2",
             "OAuthBearer",
         ] {
             assert_eq!(m.parse::<AuthMethod>().unwrap().name(), m.to_lowercase());
         }
-        assert!("cram-md5".parse::<AuthMethod>().is_err());
+        assert!("scram-sha-1".parse::<AuthMethod>().is_err());
     }
 }

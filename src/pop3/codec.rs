@@ -2,8 +2,10 @@
 //!
 //! Nothing here reads or writes a socket. Every parser takes the bytes received so far and
 //! answers either with a value and how many bytes it consumed, or with "need more bytes"
-//! (`Ok(None)` / [`BodyEvent::NeedMore`]). Every line is bounded: a server that never sends a
-//! line feed gets [`Pop3Error::LineTooLong`], never an ever-growing buffer.
+//! (`Ok(None)` / [`BodyEvent::NeedMore`]). Status and listing lines are bounded: a server that
+//! never sends a line feed there gets [`Pop3Error::LineTooLong`], never an ever-growing buffer.
+//! Message bodies have no line limit (real mail has single-line parts of megabytes): they stream
+//! through [`BodyDecoder`] without being buffered, and the caller bounds a message's total size.
 
 use std::fmt;
 use std::ops::Range;
@@ -14,10 +16,6 @@ use super::{Pop3Error, Result, Secret};
 /// caps responses at 512 octets; real servers exceed it (long CAPA SASL lines, XOAUTH2 error
 /// challenges), so we allow more, but still far less than a message line.
 pub const STATUS_LINE_LIMIT: usize = 8 * 1024;
-
-/// Longest message line accepted, terminator included. RFC 5322 says 998 octets, but mail in
-/// the wild breaks that; 64 KiB is generous while still bounding a runaway line.
-pub const DATA_LINE_LIMIT: usize = 64 * 1024;
 
 /// A command the client sends. Arguments are borrowed; `encode` refuses any argument holding a
 /// CR, LF or NUL, so no argument can smuggle a second command onto the wire.
@@ -327,8 +325,9 @@ pub enum BodyEvent {
 /// finds the terminating `CRLF.CRLF`, whatever the chunk boundaries.
 ///
 /// Output is always a sub-range of the input, so no byte is copied here and the caller's
-/// buffer bounds memory. Invariant: bytes consumed are never revisited, so state that spans
-/// chunks (at a line start? previous byte a CR? current line length) lives in the decoder.
+/// buffer bounds memory whatever the line lengths. Invariant: bytes consumed are never
+/// revisited, so state that spans chunks (at a line start? previous byte a CR?) lives in the
+/// decoder.
 #[derive(Debug, Clone)]
 pub struct BodyDecoder {
     /// LF-only server: any LF ends a line. Otherwise only CRLF does, and a bare LF inside a
@@ -336,8 +335,6 @@ pub struct BodyDecoder {
     bare_lf: bool,
     at_line_start: bool,
     prev_cr: bool,
-    line_len: usize,
-    limit: usize,
     done: bool,
 }
 
@@ -345,16 +342,10 @@ impl BodyDecoder {
     /// A decoder for the body that follows a `+OK` line; `bare_lf` is [`Reply::bare_lf`] of that
     /// line, so a server that ends lines in LF only is still understood.
     pub fn new(bare_lf: bool) -> Self {
-        Self::with_limit(bare_lf, DATA_LINE_LIMIT)
-    }
-
-    pub fn with_limit(bare_lf: bool, limit: usize) -> Self {
         BodyDecoder {
             bare_lf,
             at_line_start: true,
             prev_cr: false,
-            line_len: 0,
-            limit,
             done: false,
         }
     }
@@ -366,21 +357,18 @@ impl BodyDecoder {
     /// Decodes from the start of `input` (the bytes not consumed by earlier calls). Returns how
     /// many bytes were consumed and what was found. `NeedMore` may come with a non-zero count
     /// (a stuffing dot was dropped); the caller advances by it either way.
-    pub fn decode(&mut self, input: &[u8]) -> Result<(usize, BodyEvent)> {
+    pub fn decode(&mut self, input: &[u8]) -> (usize, BodyEvent) {
         if self.done {
-            return Ok((0, BodyEvent::End));
+            return (0, BodyEvent::End);
         }
         let mut pos = 0;
         if self.at_line_start {
             match input {
-                [] | [b'.'] | [b'.', b'\r'] => return Ok((0, BodyEvent::NeedMore)),
-                [b'.', b'\r', b'\n', ..] => return Ok((3, self.finish())),
-                [b'.', b'\n', ..] if self.bare_lf => return Ok((2, self.finish())),
+                [] | [b'.'] | [b'.', b'\r'] => return (0, BodyEvent::NeedMore),
+                [b'.', b'\r', b'\n', ..] => return (3, self.finish()),
+                [b'.', b'\n', ..] if self.bare_lf => return (2, self.finish()),
                 // Any other line starting with "." was stuffed: drop the first dot.
-                [b'.', ..] => {
-                    pos = 1;
-                    self.line_len = 1;
-                }
+                [b'.', ..] => pos = 1,
                 _ => {}
             }
             self.at_line_start = false;
@@ -388,7 +376,7 @@ impl BodyDecoder {
         }
         let rest = &input[pos..];
         if rest.is_empty() {
-            return Ok((pos, BodyEvent::NeedMore));
+            return (pos, BodyEvent::NeedMore);
         }
         let (end, line_end) = match rest.iter().position(|&b| b == b'\n') {
             Some(i) => {
@@ -401,25 +389,30 @@ impl BodyDecoder {
             }
             None => (input.len(), None),
         };
-        self.line_len += end - pos;
-        if self.line_len > self.limit {
-            return Err(Pop3Error::LineTooLong { limit: self.limit });
-        }
         match line_end {
             Some(starts_line) => {
                 self.at_line_start = starts_line;
                 self.prev_cr = false;
-                self.line_len = 0;
             }
             None => self.prev_cr = input[end - 1] == b'\r',
         }
-        Ok((end, BodyEvent::Data(pos..end)))
+        (end, BodyEvent::Data(pos..end))
     }
 
     fn finish(&mut self) -> BodyEvent {
         self.done = true;
         BodyEvent::End
     }
+}
+
+/// The server's retention policy for retrieved messages (RFC 2449 §6.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expire {
+    /// `EXPIRE NEVER`: the server never deletes on its own
+    Never,
+    /// `EXPIRE n`: retrieved messages may be deleted after n days (0: at the end of the session
+    /// that retrieved them, as if the client had sent DELE)
+    Days(u64),
 }
 
 /// The capabilities from a CAPA reply (RFC 2449 §5, §6): one tag per line, with arguments.
@@ -483,6 +476,21 @@ impl Capabilities {
     /// IMPLEMENTATION (RFC 2449 §6.9)
     pub fn implementation(&self) -> Option<String> {
         self.args("IMPLEMENTATION").map(|a| a.join(" "))
+    }
+
+    /// LOGIN-DELAY (RFC 2449 §6.5): the fewest seconds the server allows between two logins.
+    /// Before login a trailing `USER` says the value may differ per user (ask again after).
+    pub fn login_delay(&self) -> Option<u64> {
+        self.args("LOGIN-DELAY")?.first()?.parse().ok()
+    }
+
+    /// EXPIRE (RFC 2449 §6.7): how long the server keeps a message once it has been retrieved.
+    pub fn expire(&self) -> Option<Expire> {
+        let value = self.args("EXPIRE")?.first()?;
+        if value.eq_ignore_ascii_case("NEVER") {
+            return Some(Expire::Never);
+        }
+        value.parse().ok().map(Expire::Days)
     }
 
     /// Every capability line as a tag followed by its arguments, for display.
@@ -756,18 +764,14 @@ mod tests {
 
     /// Feeds `chunks` to a decoder as a socket would deliver them, keeping unconsumed bytes,
     /// and returns the decoded body, the bytes left after the terminator, and whether it ended.
-    fn decode_chunks(
-        bare_lf: bool,
-        limit: usize,
-        chunks: &[&[u8]],
-    ) -> Result<(Vec<u8>, Vec<u8>, bool)> {
-        let mut dec = BodyDecoder::with_limit(bare_lf, limit);
+    fn decode_chunks(bare_lf: bool, chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>, bool) {
+        let mut dec = BodyDecoder::new(bare_lf);
         let mut pending = Vec::new();
         let mut out = Vec::new();
         for (k, chunk) in chunks.iter().enumerate() {
             pending.extend_from_slice(chunk);
             loop {
-                let (used, ev) = dec.decode(&pending)?;
+                let (used, ev) = dec.decode(&pending);
                 if let BodyEvent::Data(r) = &ev {
                     assert!(r.end <= used && !r.is_empty());
                     out.extend_from_slice(&pending[r.clone()]);
@@ -777,40 +781,29 @@ mod tests {
                     BodyEvent::Data(_) => {}
                     BodyEvent::End => {
                         pending.extend(chunks[k + 1..].iter().flat_map(|c| c.iter()));
-                        return Ok((out, pending, true));
+                        return (out, pending, true);
                     }
                     BodyEvent::NeedMore => break,
                 }
             }
         }
-        Ok((out, pending, dec.is_done()))
+        (out, pending, dec.is_done())
     }
 
     /// Every way of cutting `wire` into two or three chunks decodes to the same result.
     fn check_all_splits(bare_lf: bool, wire: &[u8], body: &[u8], rest: &[u8]) {
         let expect = (body.to_vec(), rest.to_vec(), true);
-        assert_eq!(
-            decode_chunks(bare_lf, DATA_LINE_LIMIT, &[wire]).unwrap(),
-            expect
-        );
+        assert_eq!(decode_chunks(bare_lf, &[wire]), expect);
         for i in 0..=wire.len() {
-            let got = decode_chunks(bare_lf, DATA_LINE_LIMIT, &[&wire[..i], &wire[i..]]).unwrap();
+            let got = decode_chunks(bare_lf, &[&wire[..i], &wire[i..]]);
             assert_eq!(got, expect, "split at {i}");
             for j in i..=wire.len() {
-                let got = decode_chunks(
-                    bare_lf,
-                    DATA_LINE_LIMIT,
-                    &[&wire[..i], &wire[i..j], &wire[j..]],
-                )
-                .unwrap();
+                let got = decode_chunks(bare_lf, &[&wire[..i], &wire[i..j], &wire[j..]]);
                 assert_eq!(got, expect, "split at {i} and {j}");
             }
         }
         let bytes: Vec<&[u8]> = wire.chunks(1).collect();
-        assert_eq!(
-            decode_chunks(bare_lf, DATA_LINE_LIMIT, &bytes).unwrap(),
-            expect
-        );
+        assert_eq!(decode_chunks(bare_lf, &bytes), expect);
     }
 
     #[test]
@@ -849,27 +842,21 @@ mod tests {
 
     #[test]
     fn truncated_body_is_not_done() {
-        let (out, _, done) = decode_chunks(false, DATA_LINE_LIMIT, &[b"abc\r\n.\r"]).unwrap();
+        let (out, _, done) = decode_chunks(false, &[b"abc\r\n.\r"]);
         assert_eq!((out.as_slice(), done), (&b"abc\r\n"[..], false));
     }
 
     #[test]
-    fn body_line_length_is_bounded() {
-        let long = [b'x'; 100];
-        let err = decode_chunks(false, 64, &[&long[..50], &long[50..]]).unwrap_err();
-        assert!(matches!(err, Pop3Error::LineTooLong { limit: 64 }));
-        // Lines at the limit are fine, and the count restarts at each line.
-        let mut ok = Vec::new();
-        for _ in 0..10 {
-            ok.extend_from_slice(&[b'y'; 62]);
-            ok.extend_from_slice(b"\r\n");
-        }
-        let mut wire = ok.clone();
+    fn a_line_of_megabytes_streams_through() {
+        // Real mail has single-line HTML and base64 parts of hundreds of KB: no line limit.
+        let mut message = b"Subject: long\r\n\r\n".to_vec();
+        message.extend(std::iter::repeat_n(b'y', 3 << 20));
+        message.extend_from_slice(b"\r\n.dot\r\n");
+        let mut wire = message.clone();
+        wire.splice(wire.len() - 6..wire.len() - 5, *b"..");
         wire.extend_from_slice(b".\r\n");
-        assert_eq!(
-            decode_chunks(false, 64, &[&wire]).unwrap(),
-            (ok, vec![], true)
-        );
+        let chunks: Vec<&[u8]> = wire.chunks(64 * 1024 - 7).collect();
+        assert_eq!(decode_chunks(false, &chunks), (message, vec![], true));
     }
 
     #[test]
@@ -893,6 +880,14 @@ mod tests {
         assert!(!caps.has_sasl("CRAM-MD5"));
         assert_eq!(caps.implementation().as_deref(), Some("Dovecot"));
         assert_eq!(caps.lines().nth(6).unwrap(), "SASL PLAIN login XOAUTH2");
+        assert_eq!(caps.login_delay(), None);
+        assert_eq!(caps.expire(), None);
+        let caps = Capabilities::parse(["LOGIN-DELAY 900 USER", "EXPIRE 0"]);
+        assert_eq!(caps.login_delay(), Some(900));
+        assert_eq!(caps.expire(), Some(Expire::Days(0)));
+        let caps = Capabilities::parse(["EXPIRE never", "LOGIN-DELAY soon"]);
+        assert_eq!(caps.expire(), Some(Expire::Never));
+        assert_eq!(caps.login_delay(), None);
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! Layers, bottom up:
 //! - [`codec`] turns commands into bytes and parses replies out of a byte buffer; it never
 //!   touches a socket, so every parser is unit-tested on byte literals.
-//! - [`auth`] computes APOP digests and SASL responses (PLAIN, LOGIN, XOAUTH2, OAUTHBEARER).
+//! - [`auth`] computes APOP digests and SASL responses (PLAIN, CRAM-MD5, LOGIN, XOAUTH2,
+//!   OAUTHBEARER), and the order in which `auto` tries them.
 //! - [`crate::transport`] opens TCP, implicit TLS or STLS connections with rustls (ring provider).
 //! - [`session`] drives one connection: `Session<Authorization>` becomes
-//!   `Session<Transaction>` only through a successful login.
+//!   `Session<Transaction>` only through a successful login; `conn` holds its buffers, the
+//!   pipeline of commands in flight, and the bounds on waiting (timeout, stall, stop).
 
 pub mod auth;
 pub mod codec;
+mod conn;
 pub mod session;
 
 use std::fmt;
@@ -17,9 +20,11 @@ use std::io;
 
 pub use crate::transport::{ConnectOptions, TlsInfo, TlsMode, TransportError};
 pub use auth::AuthMethod;
-pub use codec::{Capabilities, Reply, RespCode, Status};
+pub use codec::{Capabilities, Expire, Reply, RespCode, Status};
+pub use conn::STOP_GRACE;
 pub use session::{
     Authorization, Refused, RetrieveError, Session, Transaction, UidlListing, UidlWarning,
+    connect_and_login,
 };
 
 /// A password or OAuth token. It never shows its content through `Debug` and has no `Display`,
@@ -64,10 +69,13 @@ pub enum Pop3Error {
     Transport(TransportError),
     #[error("server does not advertise STLS; refusing to continue without TLS")]
     NoStls,
-    #[error("server rejected {command}: {reply}")]
+    /// A `-ERR` reply. `code` is its RFC 2449/3206 response code, which says whether trying
+    /// again can help (see [`Pop3Error::retry`]).
+    #[error("{}server rejected {command}: {reply}", meaning(.code.as_ref()))]
     Rejected {
         command: &'static str,
         reply: String,
+        code: Option<RespCode>,
     },
     #[error("authentication method {method} not available: {reason}")]
     MethodUnavailable {
@@ -78,12 +86,18 @@ pub enum Pop3Error {
     Protocol { what: String },
     #[error("server sent a line longer than {limit} bytes")]
     LineTooLong { limit: usize },
+    #[error("message {msgno} runs past {limit} bytes although LIST said {listed}: a broken server")]
+    Overrun { msgno: u32, listed: u64, limit: u64 },
     #[error("message {msgno} has an unusable unique-id: {reason}")]
     InvalidUid { msgno: u32, reason: String },
     #[error("invalid argument: {what}")]
     InvalidArgument { what: String },
     #[error("timed out waiting for the server")]
     Timeout,
+    #[error("the server stalled: fewer than {min_bytes} bytes in {seconds} s")]
+    Stalled { min_bytes: usize, seconds: u64 },
+    #[error("stopped by a signal")]
+    Cancelled,
     #[error("connection closed by the server")]
     Closed,
     #[error("connection unusable after an earlier error")]
@@ -95,6 +109,62 @@ pub enum Pop3Error {
 impl Pop3Error {
     pub(crate) fn protocol(what: impl Into<String>) -> Self {
         Pop3Error::Protocol { what: what.into() }
+    }
+
+    /// The response code of a refusal, if any.
+    pub fn code(&self) -> Option<&RespCode> {
+        match self {
+            Pop3Error::Rejected { code, .. } => code.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether connecting again later can help, and how soon.
+    pub fn retry(&self) -> Retry {
+        match self {
+            Pop3Error::Closed
+            | Pop3Error::Timeout
+            | Pop3Error::Stalled { .. }
+            | Pop3Error::Io(_)
+            | Pop3Error::Overrun { .. }
+            | Pop3Error::Transport(TransportError::Connect { .. }) => Retry::Reconnect,
+            Pop3Error::Rejected { code, .. } => match code {
+                Some(RespCode::InUse) => Retry::MailboxInUse,
+                Some(RespCode::LoginDelay) => Retry::LoginDelay,
+                Some(RespCode::SysTemp) => Retry::Reconnect,
+                _ => Retry::Never,
+            },
+            _ => Retry::Never,
+        }
+    }
+}
+
+/// What a caller may do after an error (see [`Pop3Error::retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The connection failed or the server had a temporary failure: connect again.
+    Reconnect,
+    /// `[IN-USE]`: another session holds the maildrop; wait for it to end.
+    MailboxInUse,
+    /// `[LOGIN-DELAY]`: logged in again too soon; wait the server's LOGIN-DELAY.
+    LoginDelay,
+    /// Wrong credentials, a permanent server failure, a local error: trying again cannot help.
+    Never,
+}
+
+/// What a response code means to the user, as a prefix of the refusal.
+fn meaning(code: Option<&RespCode>) -> &'static str {
+    match code {
+        Some(RespCode::Auth) => "wrong user name or password (not retried): ",
+        Some(RespCode::InUse) => {
+            "the mailbox is locked by another session (another POP client still connected?); the password is fine: "
+        }
+        Some(RespCode::LoginDelay) => "logged in again too soon for the server (LOGIN-DELAY): ",
+        Some(RespCode::SysTemp) => "a temporary server failure: ",
+        Some(RespCode::SysPerm) => {
+            "a permanent server failure (not retried; ask the provider): "
+        }
+        _ => "",
     }
 }
 

@@ -1,42 +1,23 @@
 //! A blocking POP3 session over one connection, typed by protocol state.
 //!
 //! `Session<Authorization>` comes from [`Session::connect`]; only [`Session::login`] turns it
-//! into a `Session<Transaction>`, the one that has STAT, LIST, UIDL, RETR and DELE. The codec
-//! does the parsing; this file only moves bytes between it and the socket.
+//! into a `Session<Transaction>`, the one that has STAT, LIST, UIDL, RETR, TOP and DELE. The
+//! codec does the parsing and [`super::conn`] moves the bytes; this file is the protocol.
 //!
 //! After an I/O error, a timeout or a protocol violation the session no longer knows where the
 //! server is in its reply stream, so it shuts the socket and refuses every later command with
-//! [`Pop3Error::Unusable`]; drop it to release the socket. A `-ERR` reply leaves it usable. Dropping a session without
-//! [`Session::quit`] never commits deletions (RFC 1939 §6: only QUIT enters UPDATE state).
+//! [`Pop3Error::Unusable`]; drop it to release the socket. A `-ERR` reply leaves it usable.
+//! Dropping a session without [`Session::quit`] never commits deletions (RFC 1939 §6: only
+//! QUIT enters UPDATE state).
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::marker::PhantomData;
-use std::ops::Range;
 
 use super::auth::{self, AuthMethod};
-use super::codec::{
-    self, BodyDecoder, BodyEvent, Capabilities, Command, Reply, STATUS_LINE_LIMIT, Status,
-    UidlLineError,
-};
+use super::codec::{self, Capabilities, Command, Reply, RespCode, Status, UidlLineError};
+use super::conn::{BodyReader, Conn, Pipeline, rejected};
 use super::{Pop3Error, Result, Secret};
 use crate::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
-
-/// The most lines a multi-line reply (LIST, UIDL, CAPA) may have: far beyond any real
-/// mailbox, and bounded memory against a server that never ends one.
-const MAX_LISTING_LINES: u64 = 4_000_000;
-
-/// Read buffer size. It must exceed [`STATUS_LINE_LIMIT`] so a whole status line always fits.
-const READ_BUFFER: usize = 64 * 1024;
-
-/// Most command bytes in flight (sent, not yet answered) when pipelining. The kernel send
-/// buffer is far larger, so writing them can never block while the server, itself blocked on
-/// writing replies we are not reading yet, has stopped reading: no deadlock.
-const MAX_IN_FLIGHT_BYTES: usize = 2048;
-
-/// RFC 2449 §4: a command line is at most 255 octets. Longer AUTH initial responses (OAuth
-/// tokens) are sent after an empty challenge instead (RFC 5034 §4).
-const MAX_COMMAND_LINE: usize = 255;
 
 /// Marker: before login (RFC 1939 §4).
 #[derive(Debug)]
@@ -53,17 +34,49 @@ pub struct Refused {
     pub reply: Reply,
 }
 
-/// Why [`Session::retrieve`] stopped.
+/// Why [`Session::retrieve`] or [`Session::top`] stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RetrieveError<E> {
     #[error(transparent)]
     Pop3(#[from] Pop3Error),
+    /// The connection failed while message `msgno`'s reply was awaited or read.
+    #[error("while receiving message {msgno}")]
+    Transfer {
+        msgno: u32,
+        #[source]
+        source: Pop3Error,
+    },
     #[error("handling message {msgno} failed")]
     Callback {
         msgno: u32,
         #[source]
         source: E,
     },
+}
+
+impl<E> RetrieveError<E> {
+    /// The POP3 failure, when the connection (not the callback) failed.
+    pub fn pop3(&self) -> Option<&Pop3Error> {
+        match self {
+            RetrieveError::Pop3(e) | RetrieveError::Transfer { source: e, .. } => Some(e),
+            RetrieveError::Callback { .. } => None,
+        }
+    }
+}
+
+/// A login method the server refused, kept while the next one is tried.
+#[derive(Debug, Clone)]
+struct Refusal {
+    method: AuthMethod,
+    reply: String,
+}
+
+/// How a login attempt on one connection ended, if not logged in.
+enum LoginFailure {
+    /// Refused for good, or the connection failed outright.
+    Failed(Pop3Error),
+    /// The server hung up after refusing a method: connect again to try the next one.
+    HungUp,
 }
 
 /// A unique-id line that was skipped by [`Session::uidl_all_lenient`].
@@ -157,13 +170,10 @@ impl Session<Authorization> {
             }
             TlsMode::StartTls | TlsMode::None => (Stream::Plain(tcp), None),
         };
-        let mut conn = Conn::new(stream);
+        let mut conn = Conn::new(stream, opts)?;
         let greeting = conn.read_reply()?;
         if greeting.status != Status::Ok {
-            return Err(Pop3Error::Rejected {
-                command: "connection",
-                reply: greeting.to_string(),
-            });
+            return Err(rejected("connection", greeting));
         }
         let mut caps = conn.capa()?;
         if opts.tls == TlsMode::StartTls {
@@ -185,7 +195,7 @@ impl Session<Authorization> {
             };
             let (stream, info) = transport::handshake(tcp, opts)?;
             tls = Some(info);
-            conn = Conn::new(stream);
+            conn = Conn::new(stream, opts)?;
             // RFC 2595 §4: forget what was learned before TLS; ask again.
             caps = conn.capa()?;
         }
@@ -205,25 +215,85 @@ impl Session<Authorization> {
         auth::apop_timestamp(&self.greeting.text)
     }
 
-    /// Logs in with `method` ([`AuthMethod::Auto`]: see [`auth::choose`]). For the OAuth
-    /// methods `secret` is the access token. On success, CAPA is asked again, since servers
-    /// may offer more (PIPELINING, UIDL) once logged in (RFC 2449 §5).
+    /// Logs in with `method`; [`AuthMethod::Auto`] tries the methods of [`auth::candidates`]
+    /// in turn, going on to the next after a refusal that says nothing about the credentials
+    /// (no response code, or an unknown one). `[AUTH]`, `[SYS/*]`, `[IN-USE]` and
+    /// `[LOGIN-DELAY]` end it: retrying another method cannot help, and every wrong password
+    /// counts against the account. For the OAuth methods `secret` is the access token. On
+    /// success, CAPA is asked again, since servers may offer more (PIPELINING, UIDL,
+    /// LOGIN-DELAY) once logged in (RFC 2449 §5).
     ///
     /// Errors never include the secret: a refusal is `Rejected { command: "PASS" | "AUTH" | ..}`
-    /// with the server's reply.
+    /// with the server's reply, masked. See [`connect_and_login`] for a server that hangs up
+    /// after a refusal.
     pub fn login(
-        mut self,
+        self,
         user: &str,
         secret: &Secret,
         method: AuthMethod,
     ) -> Result<Session<Transaction>> {
-        let method = auth::choose(
+        match self.login_trying(user, secret, method, &mut Vec::new()) {
+            Ok(session) => Ok(session),
+            Err(LoginFailure::Failed(e)) => Err(e),
+            Err(LoginFailure::HungUp) => Err(Pop3Error::Closed),
+        }
+    }
+
+    /// Tries the candidate methods not in `refused` yet, adding each refusal to it.
+    fn login_trying(
+        mut self,
+        user: &str,
+        secret: &Secret,
+        method: AuthMethod,
+        refused: &mut Vec<Refusal>,
+    ) -> Result<Session<Transaction>, LoginFailure> {
+        let candidates = auth::candidates(
             method,
             self.caps.as_ref(),
             self.apop_timestamp(),
             self.tls.is_some(),
-        )?;
-        let result = match method {
+        )
+        .map_err(LoginFailure::Failed)?;
+        let remaining: Vec<AuthMethod> = candidates
+            .into_iter()
+            .filter(|m| !refused.iter().any(|r| r.method == *m))
+            .collect();
+        let forms = auth::secret_forms(user, &self.host, self.port, secret);
+        for (i, &method) in remaining.iter().enumerate() {
+            let error = match self.attempt(method, user, secret) {
+                Ok(()) => {
+                    if self.caps.is_some() {
+                        self.capa().map_err(LoginFailure::Failed)?;
+                    }
+                    return Ok(self.into_state());
+                }
+                Err(e) => redact_secret(e, &forms),
+            };
+            let falls_back = matches!(
+                &error,
+                Pop3Error::Rejected { code, .. } if !code.as_ref().is_some_and(ends_login)
+            );
+            if falls_back && i + 1 < remaining.len() {
+                refused.push(Refusal {
+                    method,
+                    reply: error.to_string(),
+                });
+                continue;
+            }
+            // A server may hang up after a refusal; the method it never answered is tried
+            // again on a new connection.
+            if !refused.is_empty() && matches!(error, Pop3Error::Closed | Pop3Error::Io(_)) {
+                return Err(LoginFailure::HungUp);
+            }
+            return Err(LoginFailure::Failed(self.final_refusal(error, refused)));
+        }
+        Err(LoginFailure::Failed(self.final_refusal(Pop3Error::Closed, refused)))
+    }
+
+    /// One login method on this connection.
+    fn attempt(&mut self, method: AuthMethod, user: &str, secret: &Secret) -> Result<()> {
+        let no_more = &mut |_: &str| None;
+        match method {
             AuthMethod::Auto | AuthMethod::User => self.conn.guard(|c| {
                 c.simple(Command::User(user))?;
                 c.simple(Command::Pass(secret)).map(drop)
@@ -242,31 +312,106 @@ impl Session<Authorization> {
             AuthMethod::Plain => {
                 let ir = auth::plain_response(user, secret);
                 self.conn
-                    .guard(|c| c.sasl("PLAIN", Some(&ir), Vec::new(), None))
+                    .guard(|c| c.sasl("PLAIN", Some(&ir), no_more, None))
+            }
+            AuthMethod::CramMd5 => {
+                let mut answered = false;
+                let mut respond = |challenge: &str| {
+                    (!std::mem::replace(&mut answered, true))
+                        .then(|| auth::cram_md5_response(user, secret, challenge))
+                };
+                self.conn
+                    .guard(|c| c.sasl("CRAM-MD5", None, &mut respond, None))
             }
             AuthMethod::Login => {
-                let [u, p] = auth::login_responses(user, secret);
-                self.conn.guard(|c| c.sasl("LOGIN", None, vec![u, p], None))
+                let mut answers = auth::login_responses(user, secret).into_iter();
+                let mut respond = |_: &str| answers.next();
+                self.conn
+                    .guard(|c| c.sasl("LOGIN", None, &mut respond, None))
             }
             // RFC 7628 §3.2.3 and Google's XOAUTH2: after an error challenge the client sends
             // a dummy response (empty for XOAUTH2, %x01 for OAUTHBEARER) to get the -ERR.
             AuthMethod::XOAuth2 => {
                 let ir = auth::xoauth2_response(user, secret);
                 self.conn
-                    .guard(|c| c.sasl("XOAUTH2", Some(&ir), Vec::new(), Some("")))
+                    .guard(|c| c.sasl("XOAUTH2", Some(&ir), no_more, Some("")))
             }
             AuthMethod::OAuthBearer => {
                 let ir = auth::oauthbearer_response(user, &self.host, self.port, secret);
                 self.conn
-                    .guard(|c| c.sasl("OAUTHBEARER", Some(&ir), Vec::new(), Some("AQ==")))
+                    .guard(|c| c.sasl("OAUTHBEARER", Some(&ir), no_more, Some("AQ==")))
             }
-        };
-        let forms = auth::secret_forms(user, &self.host, self.port, secret);
-        result.map_err(|e| redact_secret(e, &forms))?;
-        if self.caps.is_some() {
-            self.capa()?;
         }
-        Ok(self.into_state())
+    }
+
+    /// The last refusal, naming the methods refused before it and the SASL mechanisms the
+    /// server offers that popvault lacks (the likely reason when every method failed).
+    fn final_refusal(&self, error: Pop3Error, refused: &[Refusal]) -> Pop3Error {
+        let Pop3Error::Rejected {
+            command,
+            mut reply,
+            code,
+        } = error
+        else {
+            return error;
+        };
+        if !refused.is_empty() {
+            let before: Vec<String> = refused
+                .iter()
+                .map(|r| format!("{}: {}", r.method, r.reply))
+                .collect();
+            reply.push_str(&format!("; refused before: {}", before.join("; ")));
+        }
+        let lacking = auth::unsupported_mechanisms(self.caps.as_ref());
+        if !lacking.is_empty() {
+            reply.push_str(&format!(
+                "; the server also offers SASL {}, which popvault does not support",
+                lacking.join(" ")
+            ));
+        }
+        Pop3Error::Rejected {
+            command,
+            reply,
+            code,
+        }
+    }
+}
+
+/// Response codes after which no other login method is tried.
+fn ends_login(code: &RespCode) -> bool {
+    matches!(
+        code,
+        RespCode::Auth
+            | RespCode::SysTemp
+            | RespCode::SysPerm
+            | RespCode::InUse
+            | RespCode::LoginDelay
+    )
+}
+
+/// Connects and logs in like [`Session::login`], connecting again when the server hangs up
+/// after refusing a method, so that the next method still gets its turn. `on_connected` sees
+/// each connection before the login (its greeting, capabilities and TLS), even one whose login
+/// then fails.
+pub fn connect_and_login(
+    opts: &ConnectOptions,
+    user: &str,
+    secret: &Secret,
+    method: AuthMethod,
+    on_connected: &mut dyn FnMut(&Session<Authorization>),
+) -> Result<Session<Transaction>> {
+    let mut refused = Vec::new();
+    loop {
+        let tried = refused.len();
+        let session = Session::connect(opts)?;
+        on_connected(&session);
+        match session.login_trying(user, secret, method, &mut refused) {
+            Ok(session) => return Ok(session),
+            Err(LoginFailure::Failed(e)) => return Err(e),
+            // Each new connection must have ruled out at least one more method.
+            Err(LoginFailure::HungUp) if refused.len() > tried => {}
+            Err(LoginFailure::HungUp) => return Err(Pop3Error::Closed),
+        }
     }
 }
 
@@ -274,9 +419,14 @@ impl Session<Authorization> {
 /// refusal shown to the user must not carry the secret.
 fn redact_secret(error: Pop3Error, forms: &[String]) -> Pop3Error {
     match error {
-        Pop3Error::Rejected { command, reply } => Pop3Error::Rejected {
+        Pop3Error::Rejected {
+            command,
+            reply,
+            code,
+        } => Pop3Error::Rejected {
             command,
             reply: auth::mask_secret(&reply, forms),
+            code,
         },
         other => other,
     }
@@ -346,10 +496,12 @@ impl Session<Transaction> {
 
     /// RETR (RFC 1939 §5) of each message in `msgnos`, in order. `on_message` gets the message
     /// number and a reader of its exact bytes (dot-unstuffed, CRLF kept) that ends at the
-    /// terminator; what it leaves unread is skipped.
+    /// terminator; what it leaves unread is skipped. Lines may be of any length: the body
+    /// streams, and the caller bounds how much of it it reads.
     ///
     /// With PIPELINING (RFC 2449 §6.6) up to `window` RETRs are in flight (and at most
-    /// `MAX_IN_FLIGHT_BYTES` of commands); otherwise one at a time.
+    /// `MAX_IN_FLIGHT_BYTES` of commands); otherwise one at a time. After a stop request no
+    /// more RETRs are sent; the replies already on their way are still read and handed over.
     ///
     /// Returns the messages the server refused (`-ERR`). If `on_message` fails, the session is
     /// abandoned on the spot: the socket is shut without QUIT, so nothing is deleted, and later
@@ -357,6 +509,38 @@ impl Session<Transaction> {
     pub fn retrieve<E, F>(
         &mut self,
         msgnos: &[u32],
+        window: usize,
+        on_message: F,
+    ) -> Result<Vec<Refused>, RetrieveError<E>>
+    where
+        F: FnMut(u32, &mut dyn Read) -> Result<(), E>,
+    {
+        let commands = msgnos.iter().map(|&n| Command::Retr(n));
+        self.multi_line(msgnos, commands, window, on_message)
+    }
+
+    /// TOP (RFC 1939 §7) of each message in `msgnos` with `lines` body lines (0: the header
+    /// block and the blank line after it), pipelined like [`Session::retrieve`].
+    pub fn top<E, F>(
+        &mut self,
+        msgnos: &[u32],
+        lines: u32,
+        window: usize,
+        on_message: F,
+    ) -> Result<Vec<Refused>, RetrieveError<E>>
+    where
+        F: FnMut(u32, &mut dyn Read) -> Result<(), E>,
+    {
+        let commands = msgnos.iter().map(|&msgno| Command::Top { msgno, lines });
+        self.multi_line(msgnos, commands, window, on_message)
+    }
+
+    /// Sends `commands` (one per message of `msgnos`, each answered by a multi-line reply)
+    /// through the pipeline and hands each body to `on_message`.
+    fn multi_line<'a, E, F>(
+        &mut self,
+        msgnos: &[u32],
+        commands: impl Iterator<Item = Command<'a>>,
         window: usize,
         mut on_message: F,
     ) -> Result<Vec<Refused>, RetrieveError<E>>
@@ -367,12 +551,21 @@ impl Session<Transaction> {
         let conn = &mut self.conn;
         conn.usable()?;
         let mut refused = Vec::new();
-        let mut queue = Pipeline::new(msgnos.iter().map(|&n| Command::Retr(n)), window);
+        let mut queue = Pipeline::new(commands, window);
         let mut index = 0;
-        while queue.fill(conn).map_err(|e| conn.fail(e))? {
-            let msgno = msgnos[index];
+        loop {
+            if conn.stop_requested() {
+                queue.stop_sending();
+            }
+            let Some(&msgno) = msgnos.get(index) else {
+                break;
+            };
+            let transfer = |source| RetrieveError::Transfer { msgno, source };
+            if !queue.fill(conn).map_err(|e| transfer(conn.fail(e)))? {
+                break;
+            }
             index += 1;
-            let reply = conn.read_reply().map_err(|e| conn.fail(e))?;
+            let reply = conn.read_reply().map_err(|e| transfer(conn.fail(e)))?;
             match reply.status {
                 Status::Ok => {
                     let mut body = BodyReader::new(conn, reply.bare_lf);
@@ -380,19 +573,18 @@ impl Session<Transaction> {
                     // A transport failure under the callback is the real cause; report it
                     // rather than whatever the callback made of the io::Error it saw.
                     if let Some(e) = body.failed.take() {
-                        return Err(conn.fail(e).into());
+                        return Err(transfer(conn.fail(e)));
                     }
                     if let Err(source) = outcome {
                         conn.abandon();
                         return Err(RetrieveError::Callback { msgno, source });
                     }
-                    body.drain().map_err(|e| conn.fail(e))?;
+                    body.drain().map_err(|e| transfer(conn.fail(e)))?;
                 }
                 Status::Err => refused.push(Refused { msgno, reply }),
                 Status::Continue => {
-                    return Err(conn
-                        .fail(Pop3Error::protocol("unexpected '+' reply to RETR"))
-                        .into());
+                    let e = Pop3Error::protocol("unexpected '+' reply to a multi-line command");
+                    return Err(transfer(conn.fail(e)));
                 }
             }
             queue.answered();
@@ -418,10 +610,7 @@ impl Session<Transaction> {
                 match reply.status {
                     Status::Ok => {}
                     Status::Err => {
-                        first_refusal.get_or_insert(Pop3Error::Rejected {
-                            command: "DELE",
-                            reply: reply.to_string(),
-                        });
+                        first_refusal.get_or_insert(rejected("DELE", reply));
                     }
                     Status::Continue => {
                         return Err(Pop3Error::protocol("unexpected '+' reply to DELE"));
@@ -444,352 +633,3 @@ impl Session<Transaction> {
     }
 }
 
-/// Keeps up to `window` commands in flight, and never more than [`MAX_IN_FLIGHT_BYTES`] of
-/// them (but always at least one).
-struct Pipeline<'a> {
-    commands: Vec<Command<'a>>,
-    next: usize,
-    in_flight: VecDeque<usize>,
-    bytes: usize,
-    window: usize,
-}
-
-impl<'a> Pipeline<'a> {
-    fn new(commands: impl IntoIterator<Item = Command<'a>>, window: usize) -> Self {
-        Pipeline {
-            commands: commands.into_iter().collect(),
-            next: 0,
-            in_flight: VecDeque::new(),
-            bytes: 0,
-            window: window.max(1),
-        }
-    }
-
-    /// Sends what fits, in one write. Returns whether a reply is awaited.
-    fn fill(&mut self, conn: &mut Conn) -> Result<bool> {
-        while self.in_flight.len() < self.window {
-            let Some(cmd) = self.commands.get(self.next) else {
-                break;
-            };
-            let before = conn.out.len();
-            cmd.encode(&mut conn.out)?;
-            let len = conn.out.len() - before;
-            if !self.in_flight.is_empty() && self.bytes + len > MAX_IN_FLIGHT_BYTES {
-                conn.out.truncate(before);
-                break;
-            }
-            self.next += 1;
-            self.in_flight.push_back(len);
-            self.bytes += len;
-        }
-        conn.flush()?;
-        Ok(!self.in_flight.is_empty())
-    }
-
-    /// The oldest command's reply has been read in full.
-    fn answered(&mut self) {
-        if let Some(len) = self.in_flight.pop_front() {
-            self.bytes -= len;
-        }
-    }
-}
-
-/// The connection and its buffers. Invariant: `buf[start..end]` holds bytes received and not
-/// yet parsed; `out` holds encoded commands not yet written.
-struct Conn {
-    stream: Stream,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    out: Vec<u8>,
-    unusable: bool,
-}
-
-impl Conn {
-    fn new(stream: Stream) -> Self {
-        Conn {
-            stream,
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            out: Vec::new(),
-            unusable: false,
-        }
-    }
-
-    fn usable(&self) -> Result<()> {
-        if self.unusable {
-            Err(Pop3Error::Unusable)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Runs `f` unless the connection is already unusable, and makes it unusable when `f`
-    /// fails in a way that loses track of the reply stream.
-    fn guard<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
-        self.usable()?;
-        f(self).map_err(|e| self.fail(e))
-    }
-
-    fn fail(&mut self, e: Pop3Error) -> Pop3Error {
-        let in_step = matches!(
-            e,
-            Pop3Error::Rejected { .. }
-                | Pop3Error::InvalidArgument { .. }
-                | Pop3Error::MethodUnavailable { .. }
-                | Pop3Error::InvalidUid { .. }
-                | Pop3Error::Unusable
-        );
-        if !in_step {
-            self.abandon();
-        }
-        e
-    }
-
-    /// Drops the connection without QUIT, so the server never enters UPDATE state.
-    fn abandon(&mut self) {
-        self.unusable = true;
-        self.stream.shutdown();
-    }
-
-    fn send(&mut self, cmd: Command) -> Result<()> {
-        cmd.encode(&mut self.out)?;
-        self.flush()
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
-            self.stream.flush()?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Reads more bytes from the socket. Call only when the unparsed bytes are not enough.
-    fn fill(&mut self) -> Result<()> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        // Cannot fail: parsers give up at STATUS_LINE_LIMIT, well below the buffer size, and
-        // the body decoder consumes whatever it is given.
-        assert!(self.end < self.buf.len(), "read buffer full");
-        loop {
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Err(Pop3Error::Closed),
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    fn read_reply(&mut self) -> Result<Reply> {
-        loop {
-            if let Some((reply, used)) = codec::parse_reply(&self.buf[self.start..self.end])? {
-                self.start += used;
-                return Ok(reply);
-            }
-            self.fill()?;
-        }
-    }
-
-    /// Sends a command and reads its status line; `-ERR` becomes `Rejected` naming the verb.
-    fn simple(&mut self, cmd: Command) -> Result<Reply> {
-        self.send(cmd)?;
-        let reply = self.read_reply()?;
-        match reply.status {
-            Status::Ok => Ok(reply),
-            Status::Err => Err(Pop3Error::Rejected {
-                command: cmd.verb(),
-                reply: reply.to_string(),
-            }),
-            Status::Continue => Err(Pop3Error::protocol(format!(
-                "unexpected '+' reply to {}",
-                cmd.verb()
-            ))),
-        }
-    }
-
-    /// Reads the lines of a multi-line listing up to its terminator (RFC 1939 §3).
-    fn read_listing(&mut self, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let mut lines = 0u64;
-        loop {
-            // A listing that never ends would otherwise grow until memory runs out.
-            if lines > MAX_LISTING_LINES {
-                return Err(Pop3Error::protocol(format!(
-                    "the server sent a listing of more than {MAX_LISTING_LINES} lines"
-                )));
-            }
-            lines += 1;
-            let Some((line, used)) =
-                codec::next_line(&self.buf[self.start..self.end], STATUS_LINE_LIMIT)?
-            else {
-                self.fill()?;
-                continue;
-            };
-            let item = codec::listing_item(line).map(<[u8]>::to_vec);
-            self.start += used;
-            match item {
-                Some(item) => each(&item)?,
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// CAPA (RFC 2449 §5); `None` on `-ERR` (a pre-2449 server).
-    fn capa(&mut self) -> Result<Option<Capabilities>> {
-        self.send(Command::Capa)?;
-        if self.read_reply()?.status != Status::Ok {
-            return Ok(None);
-        }
-        let mut lines = Vec::new();
-        self.read_listing(|line| {
-            lines.push(String::from_utf8_lossy(line).into_owned());
-            Ok(())
-        })?;
-        Ok(Some(Capabilities::parse(lines.iter().map(String::as_str))))
-    }
-
-    /// AUTH (RFC 5034 §4). `responses` answer the server's challenges in order; an initial
-    /// response too long for one command line is sent as the first of them instead. When the
-    /// responses run out, `on_error` (OAuth error challenges) or `*` (cancel) is sent, and the
-    /// final `-ERR` is reported with the decoded challenge.
-    fn sasl(
-        &mut self,
-        mechanism: &'static str,
-        initial: Option<&str>,
-        responses: Vec<String>,
-        on_error: Option<&str>,
-    ) -> Result<()> {
-        let mut responses = VecDeque::from(responses);
-        let initial = match initial {
-            Some(ir) if "AUTH ".len() + mechanism.len() + 1 + ir.len() + 2 > MAX_COMMAND_LINE => {
-                responses.push_front(ir.to_owned());
-                None
-            }
-            ir => ir,
-        };
-        self.send(Command::Auth {
-            mechanism,
-            initial_response: initial,
-        })?;
-        let mut challenge = None;
-        loop {
-            let reply = self.read_reply()?;
-            match reply.status {
-                Status::Ok => return Ok(()),
-                Status::Err => {
-                    let mut text = reply.to_string();
-                    if let Some(detail) = challenge {
-                        text = format!("{text} (server said: {detail})");
-                    }
-                    return Err(Pop3Error::Rejected {
-                        command: "AUTH",
-                        reply: text,
-                    });
-                }
-                Status::Continue => match responses.pop_front() {
-                    Some(next) => self.send(Command::AuthResponse(&next))?,
-                    None => {
-                        if !reply.text.is_empty() {
-                            challenge = Some(auth::decode_challenge(&reply.text));
-                        }
-                        self.send(Command::AuthResponse(on_error.unwrap_or("*")))?;
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// The body of one multi-line reply, as a reader that ends at the terminator.
-struct BodyReader<'c> {
-    conn: &'c mut Conn,
-    decoder: BodyDecoder,
-    /// Decoded bytes in `conn.buf` not yet handed out. While it is non-empty the buffer is not
-    /// refilled, so the range stays valid.
-    pending: Range<usize>,
-    /// The transport error hidden behind the `io::Error` the caller saw
-    failed: Option<Pop3Error>,
-}
-
-impl<'c> BodyReader<'c> {
-    fn new(conn: &'c mut Conn, bare_lf: bool) -> Self {
-        BodyReader {
-            conn,
-            decoder: BodyDecoder::new(bare_lf),
-            pending: 0..0,
-            failed: None,
-        }
-    }
-
-    /// Decodes the next run of body bytes into `pending`; false at the end of the body.
-    fn advance(&mut self) -> Result<bool> {
-        loop {
-            if self.decoder.is_done() {
-                return Ok(false);
-            }
-            let input = &self.conn.buf[self.conn.start..self.conn.end];
-            let (used, event) = self.decoder.decode(input)?;
-            let base = self.conn.start;
-            self.conn.start += used;
-            match event {
-                BodyEvent::Data(r) => {
-                    self.pending = base + r.start..base + r.end;
-                    return Ok(true);
-                }
-                BodyEvent::End => return Ok(false),
-                BodyEvent::NeedMore => self.conn.fill()?,
-            }
-        }
-    }
-
-    /// Skips what the caller did not read, up to the terminator.
-    fn drain(&mut self) -> Result<()> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
-        self.pending = 0..0;
-        while self.advance()? {}
-        Ok(())
-    }
-}
-
-impl Read for BodyReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.failed.is_some() {
-            return Err(io::Error::other("the POP3 connection failed"));
-        }
-        if out.is_empty() {
-            return Ok(0);
-        }
-        if self.pending.is_empty() {
-            match self.advance() {
-                Ok(true) => {}
-                Ok(false) => return Ok(0),
-                Err(e) => {
-                    let kind = match e {
-                        Pop3Error::Timeout => io::ErrorKind::TimedOut,
-                        Pop3Error::Closed => io::ErrorKind::UnexpectedEof,
-                        _ => io::ErrorKind::InvalidData,
-                    };
-                    let err = io::Error::new(kind, e.to_string());
-                    self.failed = Some(e);
-                    return Err(err);
-                }
-            }
-        }
-        let n = out.len().min(self.pending.len());
-        out[..n].copy_from_slice(&self.conn.buf[self.pending.start..self.pending.start + n]);
-        self.pending.start += n;
-        Ok(n)
-    }
-}

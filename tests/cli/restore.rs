@@ -184,8 +184,11 @@ fn maildir_and_mbox_restores_read_back_byte_exact_and_never_duplicate() {
 /// The count of messages mutt shows for `folder` on its status line ("Msgs:N"), read from its
 /// screen: mutt only reads mailboxes interactively, so it runs under `script` for a terminal.
 fn mutt_count(folder: &std::path::Path) -> Option<u64> {
+    // `folder` set to an existing directory: otherwise a first run asks whether to create
+    // ~/Mail and waits for an answer. `timeout`: a prompt must fail the test, not hang it.
     let command = format!(
-        "mutt -R -n -F /dev/null -f '{}' -e 'set wait_key=no' -e 'push <quit>'",
+        "timeout 60 mutt -R -n -F /dev/null -e 'set folder={}' -f '{}' -e 'set wait_key=no' -e 'push <quit>'",
+        folder.parent().unwrap().display(),
         folder.display()
     );
     let out = Command::new("script")
