@@ -124,6 +124,9 @@ pub struct AccountReport {
     pub would_fetch: Vec<Planned>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_delete: Vec<Planned>,
+    /// Of `new_messages + already_archived`, how many a commit has made durable.
+    #[serde(skip)]
+    pub committed: u64,
 }
 
 /// How an account's run ended, for the exit status.
@@ -141,7 +144,7 @@ pub enum Outcome {
 
 impl AccountReport {
     pub fn outcome(&self) -> Outcome {
-        let progress = self.new_messages + self.already_archived > 0;
+        let progress = self.committed > 0;
         match (&self.error, self.interrupted) {
             (_, true) => Outcome::Interrupted,
             (None, _) if self.unfetched.is_empty() => Outcome::Complete,
@@ -289,7 +292,7 @@ pub fn backup_account(
         };
         // Whatever arrived whole before the failure is kept.
         if let Target::Write(w) = target
-            && let Err(commit_error) = w.commit()
+            && let Err(commit_error) = commit(w, &mut report)
         {
             break Err(BackupError::Archive(commit_error));
         }
@@ -348,7 +351,7 @@ pub fn backup_account(
         && let Target::Write(w) = target
     {
         w.record_account(account_run(account, &report, false));
-        if let Err(commit_error) = w.commit() {
+        if let Err(commit_error) = commit(w, &mut report) {
             let before = report.error.take().unwrap_or_default();
             let after = error_chain(&BackupError::Archive(commit_error));
             report.error = Some(if before.is_empty() {
@@ -370,9 +373,16 @@ fn pop3_error(error: BackupError) -> Pop3Error {
     }
 }
 
-/// Messages archived or given up on so far.
+/// Messages archived (durably) or given up on so far.
 fn progress(report: &AccountReport) -> u64 {
-    report.new_messages + report.already_archived + report.unfetched.len() as u64
+    report.committed + report.unfetched.len() as u64
+}
+
+/// Commits the writer's open batch: what was counted as archived so far is now durable.
+fn commit(writer: &mut Writer, report: &mut AccountReport) -> Result<(), ArchiveError> {
+    writer.commit()?;
+    report.committed = report.new_messages + report.already_archived;
+    Ok(())
 }
 
 /// Whether `error` is the second break on one message, or an overrun: then that message is
@@ -502,7 +512,7 @@ fn one_pass(
             // The commit point of this run, which also records the account's state for `status`;
             // deletions below only ever concern messages committed here or earlier.
             writer.record_account(account_run(account, report, true));
-            writer.commit()?;
+            commit(writer, report)?;
             if opts.stop.requested() {
                 report.interrupted = true;
                 return quit(session);

@@ -49,6 +49,8 @@ struct AccountStatus {
     bytes_archived: u64,
     messages_on_server: Option<u64>,
     bytes_on_server: Option<u64>,
+    /// Messages the last backup could not fetch (refused by the server, or broken in transit).
+    unfetched: u64,
     stale: bool,
 }
 
@@ -82,6 +84,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             s.server = Some(run.server.clone());
             s.last_attempt = Some(commit.finished);
             s.last_attempt_ok = Some(run.ok);
+            s.unfetched = run.unfetched;
             if run.ok {
                 s.last_success = Some(commit.finished);
                 s.messages_on_server = Some(run.on_server);
@@ -137,8 +140,12 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             let on_server = s
                 .messages_on_server
                 .map_or(String::new(), |n| format!(", {n} on the server"));
+            let unfetched = match s.unfetched {
+                0 => String::new(),
+                n => format!("; {n} messages could not be fetched"),
+            };
             say!(
-                "{}: last success {success}{failed}; {} messages archived ({}){on_server}",
+                "{}: last success {success}{failed}; {} messages archived ({}){on_server}{unfetched}",
                 s.account,
                 s.messages_archived,
                 human_bytes(s.bytes_archived)
