@@ -22,11 +22,11 @@ const BATCH_MESSAGES: usize = 256;
 /// ...and a message larger than this streams straight into the writer instead.
 const INLINE_LIMIT: u64 = 8 << 20;
 
-/// One batch's outcome: what adding each message did.
-type BatchOutcome = Result<Vec<Added>, ArchiveError>;
+/// What adding each message did, by message number.
+type Outcomes = Vec<(u32, Added)>;
 
 /// RETRs the plan into the writer; what arrived whole is stored even when the connection breaks
-/// afterwards (a retry then starts after it).
+/// afterwards (a retry then starts after it). Returns what adding each message did.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fetch(
     writer: &mut Writer,
@@ -37,17 +37,17 @@ pub(super) fn fetch(
     state: &mut RunState,
     report: &mut AccountReport,
     events: &mut dyn FnMut(Event<'_>),
-) -> Result<(), BackupError> {
+) -> Result<Outcomes, BackupError> {
     let by_msgno: HashMap<u32, &Planned> = plan.fetch.iter().map(|p| (p.msgno, p)).collect();
     let msgnos: Vec<u32> = plan.fetch.iter().map(|p| p.msgno).collect();
     let writer = Mutex::new(writer);
-    let (batches, received) = mpsc::sync_channel::<Vec<Incoming>>(1);
+    let (batches, received) = mpsc::sync_channel::<Batch>(1);
     let (retrieved, stored) = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| -> BatchOutcome {
+        let worker = scope.spawn(|| -> Result<Outcomes, ArchiveError> {
             let mut outcomes = Vec::new();
-            for batch in received {
+            for (msgnos, batch) in received {
                 let added = lock(&writer).add_batch(batch)?;
-                outcomes.extend(added);
+                outcomes.extend(msgnos.into_iter().zip(added));
             }
             Ok(outcomes)
         });
@@ -56,7 +56,7 @@ pub(super) fn fetch(
             opts,
             writer: &writer,
             batches,
-            batch: Vec::new(),
+            batch: (Vec::new(), Vec::new()),
             batch_bytes: 0,
             streamed: Vec::new(),
         };
@@ -84,7 +84,8 @@ pub(super) fn fetch(
             });
         (retrieved, stored)
     });
-    for added in stored? {
+    let stored = stored?;
+    for (_, added) in &stored {
         match added {
             Added::New => report.new_messages += 1,
             Added::Duplicate => report.already_archived += 1,
@@ -114,8 +115,11 @@ pub(super) fn fetch(
             reason: format!("the server refused to send it: {}", r.reply),
         });
     }
-    Ok(())
+    Ok(stored)
 }
+
+/// Message numbers and messages, in the same order, for the worker.
+type Batch = (Vec<u32>, Vec<Incoming>);
 
 fn lock<'a, 'w>(writer: &'a Mutex<&'w mut Writer>) -> std::sync::MutexGuard<'a, &'w mut Writer> {
     writer.lock().unwrap_or_else(|e| e.into_inner())
@@ -134,10 +138,10 @@ struct Receiver<'a, 'w> {
     account: &'a Account,
     opts: &'a BackupOptions,
     writer: &'a Mutex<&'w mut Writer>,
-    batches: mpsc::SyncSender<Vec<Incoming>>,
-    batch: Vec<Incoming>,
+    batches: mpsc::SyncSender<Batch>,
+    batch: Batch,
     batch_bytes: usize,
-    streamed: Vec<Added>,
+    streamed: Outcomes,
 }
 
 impl Receiver<'_, '_> {
@@ -179,13 +183,14 @@ impl Receiver<'_, '_> {
         if raw.len() as u64 <= INLINE_LIMIT {
             let size = raw.len() as u64;
             self.batch_bytes += raw.len();
-            self.batch.push(Incoming {
+            self.batch.0.push(planned.msgno);
+            self.batch.1.push(Incoming {
                 raw,
                 source,
                 flags: None,
                 first_seen: self.opts.now,
             });
-            if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_MESSAGES {
+            if self.batch_bytes >= BATCH_BYTES || self.batch.0.len() >= BATCH_MESSAGES {
                 self.batches
                     .send(std::mem::take(&mut self.batch))
                     .map_err(|_| writer_gone(self.account))?;
@@ -199,13 +204,13 @@ impl Receiver<'_, '_> {
             ArchiveError::Read { .. } if bounded.overrun => overrun(),
             other => BackupError::Archive(other),
         })?;
-        self.streamed.push(added);
+        self.streamed.push((planned.msgno, added));
         // Every byte of the message went through `bounded`.
         Ok(limit - bounded.left)
     }
 
     /// Hands the last batch to the worker and returns what streaming stored.
-    fn finish(self) -> Vec<Added> {
+    fn finish(self) -> Outcomes {
         // If the worker is gone its error is what the caller reports.
         let _ = self.batches.send(self.batch);
         self.streamed

@@ -507,8 +507,15 @@ fn one_pass(
             quit(session)?;
         }
         Target::Write(writer) => {
-            fetch::fetch(writer, &mut session, account, &plan, opts, state, report, events)?;
+            let added =
+                fetch::fetch(writer, &mut session, account, &plan, opts, state, report, events)?;
             report.reused_uidls += plan.count_reused(writer.index(), account);
+            let reset = plan.count_reset(writer.index(), account, &added);
+            if reset > 0 {
+                report.warnings.push(format!(
+                    "{reset} messages under new UIDLs are byte for byte messages archived under UIDLs the server no longer lists: did the server reset its UIDLs? They were not stored twice"
+                ));
+            }
             // The commit point of this run, which also records the account's state for `status`;
             // deletions below only ever concern messages committed here or earlier.
             writer.record_account(account_run(account, report, true));

@@ -39,6 +39,8 @@ pub(super) struct Plan {
     /// `delete_after_days` is 0, once committed and re-hashed.
     fresh: HashMap<u32, String>,
     candidates: Vec<Candidate>,
+    /// Every UIDL the server listed.
+    listed: HashSet<String>,
 }
 
 /// The bytes a LIST size may grow to in RETR before the message counts as a runaway.
@@ -61,6 +63,7 @@ pub(super) fn plan(
         proven: Vec::new(),
         fresh: HashMap::new(),
         candidates: Vec::new(),
+        listed: HashSet::new(),
     };
     let wanted = |msgno: u32, uidl: Option<&str>| {
         !state
@@ -97,6 +100,7 @@ pub(super) fn plan(
     if duplicated > 0 {
         warn_once(report, &format!("the server gave {duplicated} UIDLs to more than one message: those are fetched every run and stored only if new, and never deleted"));
     }
+    plan.listed = listing.entries.iter().map(|(_, u)| u.clone()).collect();
     let with_uidl: HashMap<u32, &str> = listing
         .entries
         .iter()
@@ -273,6 +277,41 @@ impl Plan {
                     .get(msgno)
                     .and_then(|uidl| index.pop3_seen(&account.name, uidl))
                     .is_some_and(|now| now.id != *before),
+            })
+            .count() as u64
+    }
+
+    /// Messages fetched under a new UIDL whose bytes the archive already held under another
+    /// UIDL of this account that the server no longer lists: the mark of a UIDL reset (a
+    /// copy of a message that is also still on the server is just a duplicate).
+    pub(super) fn count_reset(
+        &self,
+        index: &Index,
+        account: &Account,
+        added: &[(u32, crate::archive::Added)],
+    ) -> u64 {
+        let fresh_duplicates: Vec<&str> = added
+            .iter()
+            .filter(|(_, a)| *a == crate::archive::Added::Duplicate)
+            .filter_map(|(msgno, _)| self.fresh.get(msgno).map(String::as_str))
+            .collect();
+        let Some(archived) = index.uidls(&account.name) else {
+            return 0;
+        };
+        if fresh_duplicates.is_empty() {
+            return 0;
+        }
+        let gone: HashSet<Digest> = archived
+            .iter()
+            .filter(|(uidl, _)| !self.listed.contains(uidl.as_str()))
+            .map(|(_, seen)| seen.id)
+            .collect();
+        fresh_duplicates
+            .iter()
+            .filter(|uidl| {
+                index
+                    .pop3_seen(&account.name, uidl)
+                    .is_some_and(|seen| gone.contains(&seen.id))
             })
             .count() as u64
     }

@@ -72,6 +72,10 @@ impl Conn {
         })
     }
 
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(super) fn stop_requested(&self) -> bool {
         self.stop.requested()
     }

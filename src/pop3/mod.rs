@@ -94,6 +94,10 @@ pub enum Pop3Error {
     InvalidArgument { what: String },
     #[error("timed out waiting for the server")]
     Timeout,
+    #[error(
+        "the server did not answer the login in {seconds} s (a server that allows one session per mailbox makes a login wait while another client is connected)"
+    )]
+    LoginTimeout { seconds: u64 },
     #[error("the server stalled: fewer than {min_bytes} bytes in {seconds} s")]
     Stalled { min_bytes: usize, seconds: u64 },
     #[error("stopped by a signal")]
@@ -124,6 +128,7 @@ impl Pop3Error {
         match self {
             Pop3Error::Closed
             | Pop3Error::Timeout
+            | Pop3Error::LoginTimeout { .. }
             | Pop3Error::Stalled { .. }
             | Pop3Error::Io(_)
             | Pop3Error::Overrun { .. }
@@ -155,7 +160,9 @@ pub enum Retry {
 /// What a response code means to the user, as a prefix of the refusal.
 fn meaning(code: Option<&RespCode>) -> &'static str {
     match code {
-        Some(RespCode::Auth) => "wrong user name or password (not retried): ",
+        Some(RespCode::Auth) => {
+            "the server refused the login (wrong user name or password?), not retried: "
+        }
         Some(RespCode::InUse) => {
             "the mailbox is locked by another session (another POP client still connected?); the password is fine: "
         }

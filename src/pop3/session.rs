@@ -267,6 +267,9 @@ impl Session<Authorization> {
                     }
                     return Ok(self.into_state());
                 }
+                Err(Pop3Error::Timeout) => Pop3Error::LoginTimeout {
+                    seconds: self.conn.timeout().as_secs(),
+                },
                 Err(e) => redact_secret(e, &forms),
             };
             let falls_back = matches!(

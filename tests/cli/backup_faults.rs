@@ -12,12 +12,7 @@ fn messages(count: u64) -> Vec<Vec<u8>> {
 fn mailbox(count: u64) -> Mailbox {
     let messages = messages(count);
     let uidls = Some((0..count).map(|n| format!("uid-{n}")).collect());
-    Mailbox {
-        messages,
-        uidls,
-        list_sizes: None,
-        stls: false,
-    }
+    Mailbox::new(messages, uidls)
 }
 
 /// Runs `popvault backup pop3://tester@<server> ARGS` with `password`; returns the exit code,
@@ -446,15 +441,7 @@ fn a_hundred_thousand_messages_in_list_are_backed_up_in_bounded_memory() {
         .map(|n| format!("Subject: {n}\r\n\r\nx\r\n").into_bytes())
         .collect();
     let uidls = Some((0..count).map(|n| format!("u{n}")).collect());
-    let server = FakeServer::start(
-        Mailbox {
-            messages,
-            uidls,
-            list_sizes: None,
-            stls: false,
-        },
-        vec![Fault::None, Fault::None],
-    );
+    let server = FakeServer::start(Mailbox::new(messages, uidls), vec![Fault::None, Fault::None]);
     let sandbox = Sandbox::new();
     let url = format!("pop3://tester@127.0.0.1:{}", server.port);
     let (code, rss, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);

@@ -27,6 +27,12 @@ pub enum Fault {
     EchoPassword,
     /// Answer LIST with a listing that never ends.
     EndlessList,
+    /// Refuse the login (PASS, APOP or AUTH) with this reply.
+    RefuseLogin(&'static str),
+    /// Answer QUIT with `-ERR [SYS/TEMP]` (deletions not applied, RFC 1939 §6).
+    QuitErr,
+    /// Wait this many milliseconds before each RETR reply (a slow server, to stop mid-run).
+    SlowRetr(u64),
 }
 
 #[derive(Clone)]
@@ -37,6 +43,33 @@ pub struct Mailbox {
     /// Sizes LIST reports (default: the true sizes).
     pub list_sizes: Option<Vec<u64>>,
     pub stls: bool,
+    /// Extra CAPA lines, before and after login.
+    pub caps: Vec<String>,
+    pub caps_after_login: Vec<String>,
+    /// No PIPELINING, and every reply in separate small writes (status line, body,
+    /// terminator) on a socket without TCP_NODELAY, as some servers do.
+    pub no_pipelining: bool,
+    /// RFC 2449 LOGIN-DELAY, enforced: a login sooner than this after the previous one gets
+    /// `-ERR [LOGIN-DELAY]`.
+    pub login_delay: Option<std::time::Duration>,
+    /// A greeting with an APOP timestamp (as qpopper sends for every user), APOP refused.
+    pub apop_timestamp: bool,
+}
+
+impl Mailbox {
+    pub fn new(messages: Vec<Vec<u8>>, uidls: Option<Vec<String>>) -> Mailbox {
+        Mailbox {
+            messages,
+            uidls,
+            list_sizes: None,
+            stls: false,
+            caps: Vec::new(),
+            caps_after_login: Vec::new(),
+            no_pipelining: false,
+            login_delay: None,
+            apop_timestamp: false,
+        }
+    }
 }
 
 pub struct FakeServer {
@@ -54,12 +87,13 @@ impl FakeServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
         let thread = std::thread::spawn(move || {
+            let mut last_login = None;
             for fault in faults {
                 let Ok((stream, _)) = listener.accept() else {
                     return;
                 };
                 log2.lock().unwrap().push(Vec::new());
-                let _ = serve(stream, &mailbox, &fault, &log2);
+                let _ = serve(stream, &mailbox, &fault, &log2, &mut last_login);
             }
         });
         FakeServer {
@@ -89,15 +123,42 @@ fn stuffed(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Writes a reply: at once, or (for a server without PIPELINING) as its status line, body
+/// and terminator in separate writes.
+fn reply(out: &mut TcpStream, mb: &Mailbox, status: &[u8], body: &[u8]) -> std::io::Result<()> {
+    if !mb.no_pipelining {
+        let mut all = status.to_vec();
+        all.extend_from_slice(body);
+        return out.write_all(&all);
+    }
+    out.write_all(status)?;
+    if let Some(body) = body.strip_suffix(b".\r\n") {
+        if !body.is_empty() {
+            out.write_all(body)?;
+        }
+        out.write_all(b".\r\n")?;
+    }
+    Ok(())
+}
+
 fn serve(
     stream: TcpStream,
     mb: &Mailbox,
     fault: &Fault,
     log: &Arc<Mutex<Vec<Vec<String>>>>,
+    last_login: &mut Option<std::time::Instant>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
-    out.write_all(b"+OK fake POP3 ready\r\n")?;
+    if mb.no_pipelining {
+        out.set_nodelay(false)?;
+    }
+    if mb.apop_timestamp {
+        out.write_all(b"+OK fake POP3 ready <4711.1700000000@fake.example>\r\n")?;
+    } else {
+        out.write_all(b"+OK fake POP3 ready\r\n")?;
+    }
+    let mut logged_in = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -115,12 +176,20 @@ fn serve(
         }
         match verb.as_str() {
             "CAPA" => {
-                let mut caps = String::from("+OK\r\nUSER\r\nPIPELINING\r\n");
+                let mut caps = String::from("+OK\r\nUSER\r\nTOP\r\n");
+                if !mb.no_pipelining {
+                    caps.push_str("PIPELINING\r\n");
+                }
                 if mb.uidls.is_some() {
                     caps.push_str("UIDL\r\n");
                 }
                 if mb.stls {
                     caps.push_str("STLS\r\n");
+                }
+                let extra = if logged_in { &mb.caps_after_login } else { &mb.caps };
+                for c in extra {
+                    caps.push_str(c);
+                    caps.push_str("\r\n");
                 }
                 caps.push_str(".\r\n");
                 out.write_all(caps.as_bytes())?;
@@ -132,7 +201,27 @@ fn serve(
                 )
                 .as_bytes(),
             )?,
-            "USER" | "PASS" => out.write_all(b"+OK\r\n")?,
+            "APOP" => out.write_all(b"-ERR authentication failed\r\n")?,
+            "PASS" | "AUTH" => {
+                if let Fault::RefuseLogin(text) = fault {
+                    out.write_all(format!("{text}\r\n").as_bytes())?;
+                    continue;
+                }
+                if let (Some(delay), Some(last)) = (mb.login_delay, *last_login)
+                    && last.elapsed() < delay
+                {
+                    out.write_all(b"-ERR [LOGIN-DELAY] wait before logging in again\r\n")?;
+                    continue;
+                }
+                if verb == "AUTH" {
+                    out.write_all(b"-ERR unsupported mechanism\r\n")?;
+                    continue;
+                }
+                *last_login = Some(std::time::Instant::now());
+                logged_in = true;
+                out.write_all(b"+OK\r\n")?
+            }
+            "USER" => out.write_all(b"+OK\r\n")?,
             "STAT" if *fault == Fault::GarbageList => out.write_all(b"+OK what is this\r\n")?,
             "STAT" => {
                 let total: usize = mb.messages.iter().map(Vec::len).sum();
@@ -175,12 +264,27 @@ fn serve(
                     out.write_all(r.as_bytes())?;
                 }
             },
+            "TOP" => {
+                let n = arg.unwrap_or(0).wrapping_sub(1);
+                let Some(message) = mb.messages.get(n) else {
+                    out.write_all(b"-ERR no such message\r\n")?;
+                    continue;
+                };
+                let end = message
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(message.len(), |i| i + 4);
+                reply(&mut out, mb, b"+OK\r\n", &stuffed(&message[..end]))?;
+            }
             "RETR" => {
                 let n = arg.unwrap_or(0).wrapping_sub(1);
                 let Some(message) = mb.messages.get(n) else {
                     out.write_all(b"-ERR no such message\r\n")?;
                     continue;
                 };
+                if let Fault::SlowRetr(ms) = fault {
+                    std::thread::sleep(std::time::Duration::from_millis(*ms));
+                }
                 match fault {
                     Fault::ErrOnRetr(bad) if *bad == n => {
                         out.write_all(b"-ERR [SYS/TEMP] cannot read that one\r\n")?
@@ -227,12 +331,16 @@ fn serve(
                         return Ok(());
                     }
                     _ => {
-                        out.write_all(format!("+OK {} octets\r\n", message.len()).as_bytes())?;
-                        out.write_all(&stuffed(message))?;
+                        let status = format!("+OK {} octets\r\n", message.len());
+                        reply(&mut out, mb, status.as_bytes(), &stuffed(message))?;
                     }
                 }
             }
             "DELE" => out.write_all(b"+OK\r\n")?,
+            "QUIT" if *fault == Fault::QuitErr => {
+                out.write_all(b"-ERR [SYS/TEMP] cannot apply the changes\r\n")?;
+                return Ok(());
+            }
             "QUIT" => {
                 out.write_all(b"+OK bye\r\n")?;
                 return Ok(());

@@ -13,6 +13,7 @@ mod export;
 mod fake_imap;
 mod fake_pop3;
 mod faults;
+mod pop3_providers;
 mod repair;
 mod restore;
 mod support;

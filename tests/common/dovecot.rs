@@ -64,6 +64,9 @@ pub struct Dovecot {
     pub pop3s_port: u16,
     pub imap_port: u16,
     pub imaps_port: u16,
+    /// A POP3 listener that takes the client's address from a HAProxy PROXY header (see
+    /// [`Dovecot::remote_pop3_port`]).
+    proxied_port: u16,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -72,6 +75,13 @@ impl Dovecot {
     /// Starts a Dovecot with an empty Maildir and waits until all four ports accept.
     /// Panics with a clear message when Dovecot is not installed: these tests never skip.
     pub fn start() -> Dovecot {
+        Dovecot::start_with(&[])
+    }
+
+    /// Like [`Dovecot::start`], with settings as providers change them, e.g.
+    /// `("pop3_uidl_format", "%u")` or `("auth_mechanisms", "cram-md5")`: each replaces the
+    /// default line of that name (or is added).
+    pub fn start_with(settings: &[(&str, &str)]) -> Dovecot {
         let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -124,8 +134,8 @@ impl Dovecot {
         }
 
         let ports: Vec<u16> = {
-            // Bound together so the four are distinct; released just before Dovecot binds them.
-            let listeners: Vec<TcpListener> = (0..4)
+            // Bound together so the five are distinct; released just before Dovecot binds them.
+            let listeners: Vec<TcpListener> = (0..5)
                 .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
                 .collect();
             listeners
@@ -175,9 +185,14 @@ service anvil {{
     mode = 0
   }}
 }}
+haproxy_trusted_networks = 127.0.0.1
 service pop3-login {{
   inet_listener pop3 {{
     port = {p0}
+  }}
+  inet_listener pop3-proxied {{
+    port = {p4}
+    haproxy = yes
   }}
   inet_listener pop3s {{
     port = {p1}
@@ -202,7 +217,21 @@ service imap-login {{
             p1 = ports[1],
             p2 = ports[2],
             p3 = ports[3],
+            p4 = ports[4],
         );
+        let mut conf = conf;
+        for (name, value) in settings {
+            let line = format!("{name} = {value}\n");
+            let prefix = format!("\n{name} = ");
+            match conf.find(&prefix) {
+                Some(at) => {
+                    let start = at + 1;
+                    let end = start + conf[start..].find('\n').unwrap() + 1;
+                    conf.replace_range(start..end, &line);
+                }
+                None => conf.push_str(&line),
+            }
+        }
         let conf_path = root.join("dovecot.conf");
         fs::write(&conf_path, conf).unwrap();
 
@@ -225,6 +254,7 @@ service imap-login {{
             pop3s_port: ports[1],
             imap_port: ports[2],
             imaps_port: ports[3],
+            proxied_port: ports[4],
         };
         dovecot.wait_ready();
         dovecot
@@ -251,6 +281,40 @@ service imap-login {{
                 std::thread::sleep(Duration::from_millis(25));
             }
         }
+    }
+
+    /// A port on 127.0.0.1 where Dovecot sees the client as a remote host (192.0.2.10), not
+    /// as itself: Dovecot counts a client on its own address as secured, so settings such as
+    /// `disable_plaintext_auth` only show through this port. A thread relays each connection,
+    /// after a HAProxy PROXY header naming the remote address; no packet leaves 127.0.0.1.
+    pub fn remote_pop3_port(&self) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = self.proxied_port;
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                use std::io::Write;
+                let header = format!("PROXY TCP4 192.0.2.10 127.0.0.1 40000 {target}\r\n");
+                if server.write_all(header.as_bytes()).is_err() {
+                    continue;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        port
     }
 
     pub fn user(&self) -> &'static str {
@@ -287,6 +351,24 @@ service imap-login {{
         let dest = self.maildir().join("new").join(name);
         fs::rename(&tmp, &dest).unwrap();
         dest
+    }
+
+    /// Empties the mailbox and forgets its UIDs, as an index rebuild or a migration does:
+    /// the messages delivered after this get UIDs from 1 again (with `pop3_uidl_format = %u`
+    /// their UIDLs are the old ones), or a new UIDVALIDITY (with the default format, all UIDLs
+    /// new).
+    pub fn reset_mailbox(&self) {
+        for sub in ["new", "cur", "tmp"] {
+            for e in fs::read_dir(self.maildir().join(sub)).unwrap() {
+                fs::remove_file(e.unwrap().path()).unwrap();
+            }
+        }
+        for e in fs::read_dir(self.maildir()).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_file() {
+                fs::remove_file(path).unwrap();
+            }
+        }
     }
 
     /// Dovecot's log and stderr, for failure messages.
