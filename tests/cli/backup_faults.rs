@@ -452,3 +452,139 @@ fn a_hundred_thousand_messages_in_list_are_backed_up_in_bounded_memory() {
     let (code, _, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// RFC 2449 LOGIN-DELAY: after a dropped connection the next login waits out the server's
+/// delay instead of being refused with `[LOGIN-DELAY]` (the old retry after 1 s).
+#[test]
+fn a_reconnection_waits_for_the_servers_login_delay() {
+    let mut mb = mailbox(6);
+    mb.caps_after_login = vec!["LOGIN-DELAY 3".into()];
+    mb.login_delay = Some(std::time::Duration::from_secs(3));
+    let server = FakeServer::start(mb, vec![Fault::DropMidRetr(3), Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, stderr) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r} {stderr}");
+    assert_eq!(r["accounts"][0]["new_messages"], 6);
+    // Waited out the rest of the 3 s since the last login (not the 1 s backoff).
+    assert!(
+        stderr.contains("reconnecting in 2s") || stderr.contains("reconnecting in 3s"),
+        "{stderr}"
+    );
+    let logins = server.commands().iter().filter(|c| c.starts_with("PASS")).count();
+    assert_eq!(logins, 2, "no login was refused for coming too soon");
+}
+
+/// A delay longer than popvault waits ends the run with what it means, keeping what came.
+#[test]
+fn a_long_login_delay_ends_the_run_until_the_next_one() {
+    let mut mb = mailbox(6);
+    mb.caps_after_login = vec!["LOGIN-DELAY 900".into()];
+    let server = FakeServer::start(mb, vec![Fault::DropMidRetr(3), Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, _) = backup(&sandbox, &server);
+    assert_eq!(code, 4, "{r}");
+    let error = r["accounts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("allows a login every 900 s"), "{error}");
+    assert!(error.contains("the next run continues"), "{error}");
+    assert_eq!(sandbox.list().len(), 3);
+}
+
+/// RFC 2449 and 3206 response codes decide: [IN-USE] and [SYS/TEMP] are tried again later,
+/// [AUTH] and [SYS/PERM] never, and each says what it means.
+#[test]
+fn response_codes_decide_whether_a_refused_login_is_retried() {
+    let cases = [
+        ("-ERR [IN-USE] mailbox locked", 0, Some("the password is fine")),
+        ("-ERR [SYS/TEMP] try later", 0, Some("temporary server failure")),
+        ("-ERR [SYS/PERM] account disabled", 1, Some("permanent server failure")),
+        ("-ERR [AUTH] authentication failed", 1, Some("wrong user name or password?")),
+    ];
+    for (refusal, want_code, says) in cases {
+        let server = FakeServer::start(mailbox(2), vec![Fault::RefuseLogin(refusal), Fault::None]);
+        let sandbox = Sandbox::new();
+        let (code, r, stderr) = backup(&sandbox, &server);
+        assert_eq!(code, want_code, "{refusal}: {r} {stderr}");
+        let retried = r["accounts"][0]["retries"].as_u64().unwrap();
+        assert_eq!(retried, u64::from(want_code == 0), "{refusal}: {r}");
+        let told = format!("{stderr}{r}");
+        assert!(told.contains(says.unwrap()), "{refusal}: {told}");
+    }
+}
+
+/// qpopper puts an APOP timestamp in every greeting, also for users without an APOP secret:
+/// `auto` tries APOP first on a plain connection, and falls back to USER/PASS when refused.
+#[test]
+fn a_refused_method_falls_back_to_the_next_one_offered() {
+    let mut mb = mailbox(2);
+    mb.apop_timestamp = true;
+    let server = FakeServer::start(mb, vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, stderr) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r} {stderr}");
+    let commands = server.commands();
+    let apop = commands.iter().position(|c| c.starts_with("APOP"));
+    let user = commands.iter().position(|c| c.starts_with("USER"));
+    assert!(apop.is_some() && apop < user, "{commands:?}");
+}
+
+/// A QUIT refused means the server applied no deletion (RFC 1939 §6): said so.
+#[test]
+fn a_refused_quit_says_that_nothing_was_deleted() {
+    let server = FakeServer::start(mailbox(3), vec![Fault::QuitErr, Fault::QuitErr]);
+    let sandbox = Sandbox::new();
+    let (code, stderr, _) = run_backup(
+        &sandbox,
+        &server,
+        &["--tls", "none", "--delete-after-days", "0"],
+        "x",
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("applied none of the 3 deletions"), "{stderr}");
+    assert_eq!(sandbox.list().len(), 3, "the messages are archived all the same");
+}
+
+/// A password command that never ends must not hold a nightly backup for ever.
+#[test]
+fn a_password_command_that_hangs_is_stopped_and_named() {
+    let server = FakeServer::start(mailbox(1), vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[account]]\nname = \"slowkeyring\"\nserver = \"pop3://tester@127.0.0.1:{}\"\ntls = \"none\"\npassword_command = \"sleep 60\"\npassword_command_timeout = 1\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = sandbox
+        .command()
+        .arg("--config")
+        .arg(&config)
+        .arg("backup")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("password command of account slowkeyring"), "{stderr}");
+    assert!(stderr.contains("did not finish in 1 s"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+/// A server without PIPELINING that writes status line, body and terminator separately,
+/// without TCP_NODELAY: one command at a time, every message byte-exact (how fast is the
+/// benchmark's business: bench/backup.py, "no PIPELINING").
+#[test]
+fn a_server_without_pipelining_writing_in_pieces_is_backed_up_byte_exact() {
+    let mut mb = mailbox(120);
+    mb.no_pipelining = true;
+    let server = FakeServer::start(mb.clone(), vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, r, stderr) = backup(&sandbox, &server);
+    assert_eq!(code, 0, "{r} {stderr}");
+    assert_eq!(r["accounts"][0]["new_messages"], 120);
+    for m in mb.messages.iter().step_by(17) {
+        assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
+    }
+}
