@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::archive::select::{Selection, message_time};
 use crate::archive::{Archive, ArchiveError, Digest, Message, durable};
+use crate::stop::Stop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -27,6 +28,8 @@ pub enum ExportError {
     Nothing { damaged: usize },
     #[error("{path} is a directory: give the export a file name (e.g. {path}/mail.tar.zst)")]
     IsDirectory { path: PathBuf },
+    #[error("stopped by a signal; no file was left")]
+    Stopped,
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -54,10 +57,12 @@ pub fn member_name(id: &Digest) -> String {
 }
 
 /// Writes the export to `path` (through a temp file renamed at the end: never half a file).
+/// A stop request ends it between two messages with [`ExportError::Stopped`], leaving no file.
 pub fn export(
     archive: &Archive,
     selection: &Selection,
     path: &Path,
+    stop: &Stop,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ExportReport, ExportError> {
     let write_err = |source| ExportError::Write {
@@ -107,7 +112,7 @@ pub fn export(
         skipped: damaged,
         ..ExportReport::default()
     };
-    let written = write_tar(archive, &messages, &tmp, zstd, &mut report, progress)
+    let written = write_tar(archive, &messages, &tmp, zstd, stop, &mut report, progress)
         .and_then(|()| durable::rename_durably(&tmp, path).map_err(write_err));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -122,6 +127,7 @@ fn write_tar(
     messages: &[Message<'_>],
     tmp: &Path,
     zstd: bool,
+    stop: &Stop,
     report: &mut ExportReport,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), ExportError> {
@@ -160,6 +166,9 @@ fn write_tar(
     append(&mut tar, "MANIFEST.jsonl", newest, &manifest).map_err(write_err)?;
     append(&mut tar, "SHA256SUMS", newest, sums.as_bytes()).map_err(write_err)?;
     for m in messages {
+        if stop.requested() {
+            return Err(ExportError::Stopped);
+        }
         let raw = archive.read_message(&m.id)?;
         append(
             &mut tar,

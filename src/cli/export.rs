@@ -1,6 +1,5 @@
 //! `popvault export`.
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::list::SelectArgs;
@@ -35,8 +34,23 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         .map(|c| c.raw_bytes)
         .fold(0, u64::saturating_add);
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "export");
-    let report = export::export(&archive, &args.select.selection(), &file, &|n| bar.inc(n))
-        .with_context(|| format!("cannot export to {}", file.display()))?;
+    let stop = super::stop_on_signals()?;
+    let report = match export::export(&archive, &args.select.selection(), &file, &stop, &|n| {
+        bar.inc(n)
+    }) {
+        Ok(report) => report,
+        Err(export::ExportError::Stopped) => {
+            bar.finish_and_clear();
+            eprintln!(
+                "stopped by a signal: no export was written to {}; run the export again",
+                file.display()
+            );
+            return Ok(Exit::Interrupted);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot export to {}", file.display())));
+        }
+    };
     bar.finish_and_clear();
     for (id, reason) in &report.skipped {
         eprintln!("skipped damaged message {id}: {reason}");

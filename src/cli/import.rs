@@ -46,18 +46,31 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     let mut writer = Writer::open(&ctx.archive, "import", args.wait)
         .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
+    let stop = super::stop_on_signals()?;
     let mut reports = Vec::new();
+    let mut stopped = false;
     for source in &sources {
-        let report =
-            import::import(&mut writer, source, &mut |_size| bar.inc(1)).with_context(|| {
-                format!(
+        match import::import(&mut writer, source, &stop, &mut |_size| bar.inc(1)) {
+            Ok(report) => reports.push(report),
+            Err(import::ImportError::Stopped) => {
+                stopped = true;
+                break;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
                     "import of {source} failed; messages committed before this stay in the archive"
-                )
-            })?;
-        reports.push(report);
+                )));
+            }
+        }
     }
     writer.finish().context("cannot commit the import")?;
     bar.finish_and_clear();
+    if stopped {
+        eprintln!(
+            "stopped by a signal: what was read so far is committed; run the same import again to add the rest"
+        );
+        return Ok(Exit::Interrupted);
+    }
     for r in &reports {
         if args.json {
             say!("{}", serde_json::to_string(r)?);

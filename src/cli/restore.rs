@@ -81,6 +81,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         selection,
         unread: args.unread,
         dry_run: args.dry_run,
+        stop: super::stop_on_signals()?,
     };
 
     let mut sink: Box<dyn Sink> = match &destination {
@@ -157,6 +158,13 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
                 );
             }
         }
+    }
+    if report.interrupted {
+        eprintln!(
+            "stopped by a signal: {} messages were restored and are complete; run the same restore again to put the rest (nothing is duplicated)",
+            report.restored
+        );
+        return Ok(Exit::Interrupted);
     }
     Ok(if report.skipped.is_empty() {
         Exit::Ok

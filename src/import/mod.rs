@@ -13,6 +13,7 @@ use chrono::Utc;
 use rayon::prelude::*;
 
 use crate::archive::{Added, ArchiveError, Incoming, Source, Writer};
+use crate::stop::Stop;
 
 /// What `popvault import` reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub enum ImportError {
     TarDamaged { path: PathBuf, member: String },
     #[error("{path}: {what} (the export is damaged or not popvault's)")]
     TarInconsistent { path: PathBuf, what: String },
+    #[error("stopped by a signal; what was imported before is committed")]
+    Stopped,
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -97,11 +100,32 @@ impl ImportReport {
     }
 }
 
-/// Imports every message of `source`; `progress` gets each message's size.
+/// Imports every message of `source`; `progress` gets each message's size. A stop request
+/// ends it at a batch boundary with [`ImportError::Stopped`]: what was added before stays in
+/// the writer (the caller commits it), and importing the same source again adds the rest.
 pub fn import(
     writer: &mut Writer,
     source: &ImportSource,
+    stop: &Stop,
     progress: &mut dyn FnMut(u64),
+) -> Result<ImportReport, ImportError> {
+    let mut progress = |size: u64| -> Result<(), ImportError> {
+        progress(size);
+        if stop.requested() {
+            return Err(ImportError::Stopped);
+        }
+        Ok(())
+    };
+    import_reporting(writer, source, &mut progress)
+}
+
+/// Counts a message in the import's progress, and says whether to stop.
+type Progress<'a> = dyn FnMut(u64) -> Result<(), ImportError> + 'a;
+
+fn import_reporting(
+    writer: &mut Writer,
+    source: &ImportSource,
+    progress: &mut Progress<'_>,
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport {
         source: source.to_string(),
@@ -118,7 +142,7 @@ pub fn import(
             let (_, added) = writer.add_stream(&mut file, source, None, Utc::now())?;
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             report.count(added, size);
-            progress(size);
+            progress(size)?;
         }
     }
     Ok(report)
@@ -153,14 +177,16 @@ pub(crate) fn add_counted(
     writer: &mut Writer,
     batch: Vec<Incoming>,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+    let mut stopped = Ok(());
     for (added, size) in writer.add_batch(batch)?.into_iter().zip(sizes) {
         report.count(added, size);
-        progress(size);
+        // The whole batch is counted before a stop is honoured.
+        stopped = stopped.and(progress(size));
     }
-    Ok(())
+    stopped
 }
 
 /// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
@@ -181,7 +207,7 @@ fn import_maildir(
     writer: &mut Writer,
     dir: &Path,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let abs = absolute(dir)?;
     let (cur, new) = (dir.join("cur"), dir.join("new"));
@@ -243,7 +269,7 @@ fn import_maildir(
             let (_, added) =
                 writer.add_stream(&mut file, source_of(f), f.flags.clone(), Utc::now())?;
             report.count(added, f.size);
-            progress(f.size);
+            progress(f.size)?;
             start += 1;
             continue;
         }
@@ -289,7 +315,7 @@ fn import_mbox(
     writer: &mut Writer,
     path: &Path,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let abs = absolute(path)?;
     let file = File::open(path).map_err(read_err(path))?;

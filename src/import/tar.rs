@@ -142,7 +142,7 @@ pub fn import_tar(
     writer: &mut Writer,
     path: &Path,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut super::Progress<'_>,
 ) -> Result<(), ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),

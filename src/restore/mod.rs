@@ -194,6 +194,9 @@ pub struct RestoreOptions {
     pub selection: Selection,
     pub unread: bool,
     pub dry_run: bool,
+    /// Stop between chunks: what was put is finished (synced, renamed, appended), the rest is
+    /// left for a re-run, which never duplicates.
+    pub stop: crate::stop::Stop,
 }
 
 /// Progress for the CLI to render.
@@ -222,6 +225,8 @@ pub struct RestoreReport {
     pub bytes: u64,
     pub skipped: Vec<Skipped>,
     pub seconds: f64,
+    /// Stopped by a stop request before every message was put.
+    pub interrupted: bool,
     /// With --dry-run: the messages that would be restored.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedMessage>,
@@ -324,6 +329,10 @@ pub fn restore(
             }
         });
         for (chunk, read) in read_rx {
+            if options.stop.requested() {
+                report.interrupted = true;
+                break;
+            }
             put_chunk(sink, chunk, read, &mut report, events)?;
         }
         Ok(())
@@ -397,7 +406,7 @@ fn put_chunk(
 }
 
 fn refused(report: &mut RestoreReport, refused: Vec<Skipped>) {
-    report.restored -= refused.len();
+    report.restored = report.restored.saturating_sub(refused.len());
     report.skipped.extend(refused);
 }
 

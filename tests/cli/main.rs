@@ -16,4 +16,5 @@ mod faults;
 mod pop3_providers;
 mod repair;
 mod restore;
+mod signals;
 mod support;
