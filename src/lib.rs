@@ -40,3 +40,20 @@ pub mod repair;
 pub mod restore;
 pub mod stop;
 pub mod transport;
+
+/// An error and its causes as one line, "what: cause: cause", leaving out a cause whose text
+/// the line already holds. For reports that carry errors as text (no error type of this crate
+/// holds a secret).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}

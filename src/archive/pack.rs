@@ -476,7 +476,10 @@ impl Write for HashingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.hasher.update(buf);
         self.count += buf.len() as u64;
-        let keep = self.head_limit.saturating_sub(self.head.len()).min(buf.len());
+        let keep = self
+            .head_limit
+            .saturating_sub(self.head.len())
+            .min(buf.len());
         self.head.extend_from_slice(&buf[..keep]);
         Ok(buf.len())
     }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::{Mutex, mpsc};
 
+use super::Unfetched;
 use super::plan::{Plan, size_limit};
 use super::{AccountReport, BackupError, BackupOptions, Event, MessageKey, Planned, RunState};
-use super::Unfetched;
 use crate::account::Account;
 use crate::archive::{Added, ArchiveError, Incoming, Source, Writer};
 use crate::pop3::{Pop3Error, RetrieveError, Session, Transaction};
@@ -94,7 +94,8 @@ pub(super) fn fetch(
     }
     let uidl_of = |msgno: u32| by_msgno.get(&msgno).and_then(|p| p.uidl.clone());
     let refused = retrieved.map_err(|e| match e {
-        RetrieveError::Transfer { msgno, source } | RetrieveError::Callback {
+        RetrieveError::Transfer { msgno, source }
+        | RetrieveError::Callback {
             msgno,
             source: BackupError::Pop3(source),
         } => BackupError::Message {
@@ -226,7 +227,8 @@ struct Bounded<'r> {
 
 impl Read for Bounded<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.left.saturating_add(1)).map_or(buf.len(), |w| w.min(buf.len()));
+        let want =
+            usize::try_from(self.left.saturating_add(1)).map_or(buf.len(), |w| w.min(buf.len()));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
             self.overrun = true;

@@ -24,8 +24,9 @@ use serde::Serialize;
 use crate::account::Account;
 use crate::archive::catalog::AccountRun;
 use crate::archive::{ArchiveError, Index, Writer};
+use crate::error_chain;
 use crate::pop3::{
-    self, Capabilities, Expire, Pop3Error, Retry, RetrieveError, Secret, Session, Transaction,
+    self, Capabilities, Expire, Pop3Error, RetrieveError, Retry, Secret, Session, Transaction,
 };
 use crate::stop::Stop;
 
@@ -285,8 +286,15 @@ pub fn backup_account(
     let mut attempt = 0;
     let outcome = loop {
         let progress_before = progress(&report);
-        let error = match one_pass(target, account, secret, opts, &mut report, &mut state, events)
-        {
+        let error = match one_pass(
+            target,
+            account,
+            secret,
+            opts,
+            &mut report,
+            &mut state,
+            events,
+        ) {
             Ok(()) => break Ok(()),
             Err(e) => e,
         };
@@ -387,7 +395,11 @@ fn commit(writer: &mut Writer, report: &mut AccountReport) -> Result<(), Archive
 
 /// Whether `error` is the second break on one message, or an overrun: then that message is
 /// given up for this run (and reported), so that the others get their turn.
-fn give_up_on_message(error: &BackupError, state: &mut RunState, report: &mut AccountReport) -> bool {
+fn give_up_on_message(
+    error: &BackupError,
+    state: &mut RunState,
+    report: &mut AccountReport,
+) -> bool {
     let BackupError::Message {
         msgno,
         uidl,
@@ -443,21 +455,6 @@ fn account_run(account: &Account, report: &AccountReport, ok: bool) -> AccountRu
     }
 }
 
-/// "what: cause: cause", never holding a secret (no error type here can hold one).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
-
 fn one_pass(
     target: &mut Target<'_>,
     account: &Account,
@@ -507,8 +504,16 @@ fn one_pass(
             quit(session)?;
         }
         Target::Write(writer) => {
-            let added =
-                fetch::fetch(writer, &mut session, account, &plan, opts, state, report, events)?;
+            let added = fetch::fetch(
+                writer,
+                &mut session,
+                account,
+                &plan,
+                opts,
+                state,
+                report,
+                events,
+            )?;
             report.reused_uidls += plan.count_reused(writer.index(), account);
             let reset = plan.count_reset(writer.index(), account, &added);
             if reset > 0 {

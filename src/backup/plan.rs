@@ -65,13 +65,13 @@ pub(super) fn plan(
         candidates: Vec::new(),
         listed: HashSet::new(),
     };
-    let wanted = |msgno: u32, uidl: Option<&str>| {
-        !state
-            .given_up
-            .contains(&MessageKey::of(msgno, uidl))
-    };
+    let wanted =
+        |msgno: u32, uidl: Option<&str>| !state.given_up.contains(&MessageKey::of(msgno, uidl));
     let Some(listing) = uidls else {
-        warn_once(report, "the server has no UIDL: every message is downloaded each run and stored only if new (by content); nothing can be deleted");
+        warn_once(
+            report,
+            "the server has no UIDL: every message is downloaded each run and stored only if new (by content); nothing can be deleted",
+        );
         plan.fetch = list
             .iter()
             .filter(|(msgno, _)| wanted(*msgno, None))
@@ -98,7 +98,12 @@ pub(super) fn plan(
     }
     let duplicated = count.values().filter(|&&n| n > 1).count();
     if duplicated > 0 {
-        warn_once(report, &format!("the server gave {duplicated} UIDLs to more than one message: those are fetched every run and stored only if new, and never deleted"));
+        warn_once(
+            report,
+            &format!(
+                "the server gave {duplicated} UIDLs to more than one message: those are fetched every run and stored only if new, and never deleted"
+            ),
+        );
     }
     plan.listed = listing.entries.iter().map(|(_, u)| u.clone()).collect();
     let with_uidl: HashMap<u32, &str> = listing
@@ -218,7 +223,7 @@ impl Plan {
                 state.top_unusable = true;
                 report.warnings.push(format!(
                     "TOP failed ({}); nothing is deleted from the server in this run",
-                    super::error_chain(&e)
+                    crate::error_chain(&e)
                 ));
                 // Not a message to give up on (nothing was to be fetched): reconnect, skip TOP.
                 return Err(BackupError::Pop3(match e {
@@ -337,9 +342,9 @@ impl Plan {
             if !fetched.contains(&msgno) || unfetched.contains(&msgno) {
                 continue;
             }
-            let due = index
-                .pop3_seen(&account.name, uidl)
-                .is_some_and(|seen| seen.first_seen <= cutoff && index.check_message(&seen.id).is_ok());
+            let due = index.pop3_seen(&account.name, uidl).is_some_and(|seen| {
+                seen.first_seen <= cutoff && index.check_message(&seen.id).is_ok()
+            });
             if due {
                 delete.push(msgno);
             }
@@ -383,7 +388,10 @@ mod tests {
 
     #[test]
     fn header_blocks() {
-        assert_eq!(header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), b"A: 1\r\nB: 2\r\n\r\n");
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
         assert_eq!(header_block(b"A: 1\n\nbody\n\n"), b"A: 1\n\n");
         assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
         assert_eq!(header_block(b"\r\nbody"), b"\r\n");

@@ -246,14 +246,20 @@ fn run_password_command(command: &str, timeout: Duration) -> anyhow::Result<Secr
         .process_group(0)
         .spawn()
         .context("cannot run the password command")?;
-    let mut stdout = child.stdout.take().context("no pipe from the password command")?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .context("no pipe from the password command")?;
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut stdout, &mut out).map(|_| out)
     });
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for the password command")? {
+        if let Some(status) = child
+            .try_wait()
+            .context("cannot wait for the password command")?
+        {
             break status;
         }
         if started.elapsed() >= timeout {

@@ -48,7 +48,9 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Interrupted);
         }
         Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("cannot export to {}", file.display())));
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot export to {}", file.display()))
+            );
         }
     };
     bar.finish_and_clear();

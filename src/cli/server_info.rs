@@ -69,6 +69,13 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
     } else {
         print_info(&info)?;
     }
+    if let Some(e) = &info.login_error {
+        eprintln!("error: the login failed: {e}");
+        if let Some(hint) = super::backup::pop3_hint(e) {
+            eprintln!("hint: {hint}");
+        }
+        return Ok(Exit::Error);
+    }
     Ok(Exit::Ok)
 }
 
@@ -113,6 +120,18 @@ fn print_info(info: &ServerInfo) -> std::io::Result<()> {
         if info.uidl { "yes" } else { "not advertised" }
     );
     say!("capabilities  {}", info.capabilities.join(", "));
+    if let Some(after) = &info.capabilities_after_login {
+        say!("  after login {}", after.join(", "));
+    }
+    if let Some(delay) = info.login_delay {
+        say!("login-delay   {delay} s between logins");
+    }
+    if let Some(expire) = &info.expire {
+        say!("expire        retrieved messages deleted by the server after: {expire}");
+    }
+    for w in &info.warnings {
+        say!("warning       {w}");
+    }
     match &info.mailbox {
         Some(m) => say!(
             "mailbox       {} messages, {}{}",
@@ -124,6 +143,7 @@ fn print_info(info: &ServerInfo) -> std::io::Result<()> {
                 " (no UIDL: every backup downloads everything)"
             }
         ),
+        None if info.login_error.is_some() => say!("mailbox       login failed (see below)"),
         None => say!("mailbox       not logged in (give --login, or set a password_command)"),
     }
     Ok(())
@@ -224,7 +244,16 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         },
     )?;
     eprintln!("testing {} ...", account.server_label());
-    match password_for(&account).and_then(|secret| Ok(probe(&account, Some(&secret))?)) {
+    let tested = password_for(&account)
+        .and_then(|secret| Ok(probe(&account, Some(&secret))?))
+        .and_then(|info| match &info.login_error {
+            Some(e) => {
+                print_info(&info)?;
+                bail!("the login failed: {e}")
+            }
+            None => Ok(info),
+        });
+    match tested {
         Ok(info) => print_info(&info)?,
         Err(e) if args.force => {
             eprintln!("warning: the test failed ({e:#}); writing the account anyway (--force)")

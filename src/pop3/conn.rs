@@ -11,7 +11,9 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::auth;
-use super::codec::{self, BodyDecoder, BodyEvent, Capabilities, Command, Reply, STATUS_LINE_LIMIT, Status};
+use super::codec::{
+    self, BodyDecoder, BodyEvent, Capabilities, Command, Reply, STATUS_LINE_LIMIT, Status,
+};
 use super::{Pop3Error, Result};
 use crate::stop::Stop;
 use crate::transport::{ConnectOptions, POLL_INTERVAL, STALL_BYTES, Stream};
@@ -161,7 +163,12 @@ impl Conn {
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     self.check_progress()?
                 }
                 Err(e) => return Err(e.into()),

@@ -168,9 +168,7 @@ fn meaning(code: Option<&RespCode>) -> &'static str {
         }
         Some(RespCode::LoginDelay) => "logged in again too soon for the server (LOGIN-DELAY): ",
         Some(RespCode::SysTemp) => "a temporary server failure: ",
-        Some(RespCode::SysPerm) => {
-            "a permanent server failure (not retried; ask the provider): "
-        }
+        Some(RespCode::SysPerm) => "a permanent server failure (not retried; ask the provider): ",
         _ => "",
     }
 }

@@ -290,7 +290,9 @@ impl Session<Authorization> {
             }
             return Err(LoginFailure::Failed(self.final_refusal(error, refused)));
         }
-        Err(LoginFailure::Failed(self.final_refusal(Pop3Error::Closed, refused)))
+        Err(LoginFailure::Failed(
+            self.final_refusal(Pop3Error::Closed, refused),
+        ))
     }
 
     /// One login method on this connection.
@@ -635,4 +637,3 @@ impl Session<Transaction> {
         self.conn.guard(|c| c.simple(Command::Rset).map(drop))
     }
 }
-

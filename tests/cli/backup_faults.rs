@@ -113,13 +113,20 @@ fn a_refused_retr_is_a_partial_failure_shown_even_when_quiet_until_a_run_gets_it
     let sandbox = Sandbox::new();
     let (code, stderr, _) = run_backup(&sandbox, &server, &["--tls", "none", "-q"], "x");
     assert_eq!(code, Some(4), "{stderr}");
-    assert!(stderr.contains("1 messages could not be fetched"), "{stderr}");
+    assert!(
+        stderr.contains("1 messages could not be fetched"),
+        "{stderr}"
+    );
     assert!(stderr.contains("#3 UIDL uid-2"), "{stderr}");
     assert!(stderr.contains("cannot read that one"), "{stderr}");
     assert_eq!(sandbox.list().len(), 5);
     let status = sandbox.ok(&["status"]);
-    assert!(status.contains("1 messages could not be fetched"), "{status}");
-    let status: serde_json::Value = serde_json::from_str(&sandbox.ok(&["status", "--json"])).unwrap();
+    assert!(
+        status.contains("1 messages could not be fetched"),
+        "{status}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["status", "--json"])).unwrap();
     assert_eq!(status[0]["unfetched"], 1, "{status}");
 
     let (code, r, _) = backup(&sandbox, &server);
@@ -189,15 +196,26 @@ fn a_line_of_megabytes_is_archived_and_a_runaway_message_is_cut_off_and_named() 
     let sandbox = Sandbox::new();
     let (code, r, stderr) = backup(&sandbox, &server);
     assert_eq!(code, 4, "{r} {stderr}");
-    assert_eq!(&sandbox.cat(&sha256_hex(&long)), &long, "the long line came back whole");
+    assert_eq!(
+        &sandbox.cat(&sha256_hex(&long)),
+        &long,
+        "the long line came back whole"
+    );
     let unfetched = &r["accounts"][0]["unfetched"];
     assert_eq!(unfetched[0]["msgno"], 3, "{r}");
     assert_eq!(unfetched[0]["uidl"], "uid-2", "{r}");
     assert!(
-        unfetched[0]["reason"].as_str().unwrap().contains("runs past"),
+        unfetched[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("runs past"),
         "{r}"
     );
-    assert_eq!(sandbox.list().len(), 3, "the message after the runaway is archived too");
+    assert_eq!(
+        sandbox.list().len(),
+        3,
+        "the message after the runaway is archived too"
+    );
     assert_verifies(&sandbox);
 }
 
@@ -441,7 +459,10 @@ fn a_hundred_thousand_messages_in_list_are_backed_up_in_bounded_memory() {
         .map(|n| format!("Subject: {n}\r\n\r\nx\r\n").into_bytes())
         .collect();
     let uidls = Some((0..count).map(|n| format!("u{n}")).collect());
-    let server = FakeServer::start(Mailbox::new(messages, uidls), vec![Fault::None, Fault::None]);
+    let server = FakeServer::start(
+        Mailbox::new(messages, uidls),
+        vec![Fault::None, Fault::None],
+    );
     let sandbox = Sandbox::new();
     let url = format!("pop3://tester@127.0.0.1:{}", server.port);
     let (code, rss, stderr) = peak_rss_mb(&sandbox, &["backup", &url, "--tls", "none", "-q"]);
@@ -470,7 +491,11 @@ fn a_reconnection_waits_for_the_servers_login_delay() {
         stderr.contains("reconnecting in 2s") || stderr.contains("reconnecting in 3s"),
         "{stderr}"
     );
-    let logins = server.commands().iter().filter(|c| c.starts_with("PASS")).count();
+    let logins = server
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("PASS"))
+        .count();
     assert_eq!(logins, 2, "no login was refused for coming too soon");
 }
 
@@ -494,10 +519,26 @@ fn a_long_login_delay_ends_the_run_until_the_next_one() {
 #[test]
 fn response_codes_decide_whether_a_refused_login_is_retried() {
     let cases = [
-        ("-ERR [IN-USE] mailbox locked", 0, Some("the password is fine")),
-        ("-ERR [SYS/TEMP] try later", 0, Some("temporary server failure")),
-        ("-ERR [SYS/PERM] account disabled", 1, Some("permanent server failure")),
-        ("-ERR [AUTH] authentication failed", 1, Some("wrong user name or password?")),
+        (
+            "-ERR [IN-USE] mailbox locked",
+            0,
+            Some("the password is fine"),
+        ),
+        (
+            "-ERR [SYS/TEMP] try later",
+            0,
+            Some("temporary server failure"),
+        ),
+        (
+            "-ERR [SYS/PERM] account disabled",
+            1,
+            Some("permanent server failure"),
+        ),
+        (
+            "-ERR [AUTH] authentication failed",
+            1,
+            Some("wrong user name or password?"),
+        ),
     ];
     for (refusal, want_code, says) in cases {
         let server = FakeServer::start(mailbox(2), vec![Fault::RefuseLogin(refusal), Fault::None]);
@@ -539,8 +580,15 @@ fn a_refused_quit_says_that_nothing_was_deleted() {
         "x",
     );
     assert_ne!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("applied none of the 3 deletions"), "{stderr}");
-    assert_eq!(sandbox.list().len(), 3, "the messages are archived all the same");
+    assert!(
+        stderr.contains("applied none of the 3 deletions"),
+        "{stderr}"
+    );
+    assert_eq!(
+        sandbox.list().len(),
+        3,
+        "the messages are archived all the same"
+    );
 }
 
 /// A password command that never ends must not hold a nightly backup for ever.
@@ -567,7 +615,10 @@ fn a_password_command_that_hangs_is_stopped_and_named() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("password command of account slowkeyring"), "{stderr}");
+    assert!(
+        stderr.contains("password command of account slowkeyring"),
+        "{stderr}"
+    );
     assert!(stderr.contains("did not finish in 1 s"), "{stderr}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
@@ -587,4 +638,108 @@ fn a_server_without_pipelining_writing_in_pieces_is_backed_up_byte_exact() {
     for m in mb.messages.iter().step_by(17) {
         assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
     }
+}
+
+fn server_info(
+    sandbox: &Sandbox,
+    server: &FakeServer,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let out = sandbox
+        .command()
+        .args(["server-info", &url, "--tls", "none", "--json"])
+        .args(extra)
+        .env("POPVAULT_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (out.status.code(), json, stderr)
+}
+
+/// Servers say per user, after login, what they do (UIDL, PIPELINING, EXPIRE, LOGIN-DELAY):
+/// server-info shows that, and warns where the server deletes mail on its own.
+#[test]
+fn server_info_shows_the_capabilities_after_login_and_warns_about_expire() {
+    let mut mb = mailbox(2);
+    mb.caps = vec!["EXPIRE 30 USER".into(), "LOGIN-DELAY 0 USER".into()];
+    mb.caps_after_login = vec!["EXPIRE 0".into(), "LOGIN-DELAY 900".into()];
+    let server = FakeServer::start(mb.clone(), vec![Fault::None]);
+    let sandbox = Sandbox::new();
+    let (code, info, stderr) = server_info(&sandbox, &server, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        info["capabilities_after_login"]
+            .to_string()
+            .contains("EXPIRE 0"),
+        "{info}"
+    );
+    assert_eq!(info["expire"], "0 days", "{info}");
+    assert_eq!(info["login_delay"], 900, "{info}");
+    let warnings = info["warnings"].to_string();
+    assert!(warnings.contains("EXPIRE 0"), "{warnings}");
+    assert!(warnings.contains("LOGIN-DELAY"), "{warnings}");
+
+    // EXPIRE shorter than the account's delete_after_days.
+    mb.caps_after_login = vec!["EXPIRE 7".into()];
+    let server = FakeServer::start(mb, vec![Fault::None]);
+    let config = sandbox.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[[account]]\nname = \"isp\"\nserver = \"pop3://tester@127.0.0.1:{}\"\ntls = \"none\"\ndelete_after_days = 30\n", server.port),
+    )
+    .unwrap();
+    let out = sandbox
+        .command()
+        .arg("--config")
+        .arg(&config)
+        .args(["server-info", "isp"])
+        .env("POPVAULT_PASSWORD", "x")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sooner than this account's delete_after_days (30)"),
+        "{stdout}"
+    );
+}
+
+/// A failed login still shows what the server told before it, and exits non-zero.
+#[test]
+fn server_info_shows_what_it_learned_when_the_login_fails() {
+    let mut mb = mailbox(2);
+    mb.caps = vec![
+        "SASL SCRAM-SHA-256".into(),
+        "IMPLEMENTATION fakepop 1.0".into(),
+    ];
+    let server = FakeServer::start(mb, vec![Fault::RefuseLogin("-ERR [AUTH] no such user")]);
+    let sandbox = Sandbox::new();
+    let (code, info, stderr) = server_info(&sandbox, &server, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        info["capabilities"]
+            .to_string()
+            .contains("IMPLEMENTATION fakepop 1.0"),
+        "{info}"
+    );
+    assert!(
+        info["login_methods"]
+            .to_string()
+            .contains("SASL SCRAM-SHA-256"),
+        "{info}"
+    );
+    assert!(
+        info["login_error"]
+            .as_str()
+            .unwrap()
+            .contains("no such user"),
+        "{info}"
+    );
+    assert!(stderr.contains("the login failed"), "{stderr}");
 }

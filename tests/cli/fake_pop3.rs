@@ -186,7 +186,11 @@ fn serve(
                 if mb.stls {
                     caps.push_str("STLS\r\n");
                 }
-                let extra = if logged_in { &mb.caps_after_login } else { &mb.caps };
+                let extra = if logged_in {
+                    &mb.caps_after_login
+                } else {
+                    &mb.caps
+                };
                 for c in extra {
                     caps.push_str(c);
                     caps.push_str("\r\n");

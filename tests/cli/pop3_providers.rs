@@ -22,7 +22,11 @@ fn generated(count: u64, seed: u64) -> Vec<Vec<u8>> {
 }
 
 fn backup(sandbox: &Sandbox, dovecot: &Dovecot, extra: &[&str]) -> Output {
-    let url = format!("pop3s://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3s_port);
+    let url = format!(
+        "pop3s://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.pop3s_port
+    );
     let ca = dovecot.ca_pem();
     sandbox
         .command()
@@ -43,7 +47,11 @@ fn account_report(out: &Output) -> serde_json::Value {
 fn on_server(dovecot: &Dovecot) -> usize {
     ["new", "cur"]
         .iter()
-        .map(|sub| std::fs::read_dir(dovecot.maildir().join(sub)).unwrap().count())
+        .map(|sub| {
+            std::fs::read_dir(dovecot.maildir().join(sub))
+                .unwrap()
+                .count()
+        })
         .sum()
 }
 
@@ -62,7 +70,11 @@ fn reused_uidls_never_delete_mail_that_was_not_archived() {
     let replacements = generated(30, 2);
     deliver(&dovecot, &replacements, "b");
 
-    let out = backup(&sandbox, &dovecot, &["--delete-after-days", "0", "--dry-run"]);
+    let out = backup(
+        &sandbox,
+        &dovecot,
+        &["--delete-after-days", "0", "--dry-run"],
+    );
     let r = account_report(&out);
     assert_eq!(r["would_fetch"].as_array().unwrap().len(), 30, "{r}");
     assert!(r["would_delete"].is_null(), "{r}");
@@ -71,17 +83,29 @@ fn reused_uidls_never_delete_mail_that_was_not_archived() {
     let out = backup(&sandbox, &dovecot, &["--delete-after-days", "0"]);
     let r = account_report(&out);
     assert_eq!(out.status.code(), Some(0), "{r}");
-    assert_eq!((r["new_messages"].as_u64(), r["deleted"].as_u64()), (Some(30), Some(0)), "{r}");
+    assert_eq!(
+        (r["new_messages"].as_u64(), r["deleted"].as_u64()),
+        (Some(30), Some(0)),
+        "{r}"
+    );
     assert_eq!(r["reused_uidls"], 30, "{r}");
     assert_eq!(on_server(&dovecot), 30, "nothing deleted");
     for m in &replacements {
-        assert_eq!(&sandbox.cat(&sha256_hex(m)), m, "every replacement is archived");
+        assert_eq!(
+            &sandbox.cat(&sha256_hex(m)),
+            m,
+            "every replacement is archived"
+        );
     }
 
     // Now archived and proven, they go on the next run.
     let out = backup(&sandbox, &dovecot, &["--delete-after-days", "0"]);
     let r = account_report(&out);
-    assert_eq!((r["new_messages"].as_u64(), r["deleted"].as_u64()), (Some(0), Some(30)), "{r}");
+    assert_eq!(
+        (r["new_messages"].as_u64(), r["deleted"].as_u64()),
+        (Some(0), Some(30)),
+        "{r}"
+    );
     assert_eq!(on_server(&dovecot), 0);
     assert!(sandbox.run(&["verify", "--full"]).status.success());
 }
@@ -100,7 +124,10 @@ fn a_reused_uidl_with_the_same_size_is_caught_by_its_header_block() {
     let replaced: Vec<Vec<u8>> = (0..10).map(|n| message(n, "replaced")).collect();
     assert_eq!(originals[3].len(), replaced[3].len());
     deliver(&dovecot, &originals, "a");
-    assert_eq!(account_report(&backup(&sandbox, &dovecot, &[]))["new_messages"], 10);
+    assert_eq!(
+        account_report(&backup(&sandbox, &dovecot, &[]))["new_messages"],
+        10
+    );
 
     dovecot.reset_mailbox();
     // Three messages are the same as before, seven are others of the same size.
@@ -126,10 +153,18 @@ fn a_uidl_reset_is_warned_about_and_plain_duplicates_are_only_counted() {
     let sandbox = Sandbox::new();
     let messages = generated(5, 3);
     deliver(&dovecot, &messages, "a");
-    deliver(&dovecot, &[messages[0].clone(), messages[0].clone()], "copy");
+    deliver(
+        &dovecot,
+        &[messages[0].clone(), messages[0].clone()],
+        "copy",
+    );
     let out = backup(&sandbox, &dovecot, &[]);
     let r = account_report(&out);
-    assert_eq!((r["new_messages"].as_u64(), r["already_archived"].as_u64()), (Some(5), Some(2)), "{r}");
+    assert_eq!(
+        (r["new_messages"].as_u64(), r["already_archived"].as_u64()),
+        (Some(5), Some(2)),
+        "{r}"
+    );
     assert!(!r["warnings"].to_string().contains("reset"), "{r}");
 
     // A new UIDVALIDITY (Dovecot takes the time in seconds): every UIDL changes, the
@@ -139,8 +174,17 @@ fn a_uidl_reset_is_warned_about_and_plain_duplicates_are_only_counted() {
     deliver(&dovecot, &messages, "b");
     let out = backup(&sandbox, &dovecot, &[]);
     let r = account_report(&out);
-    assert_eq!((r["new_messages"].as_u64(), r["already_archived"].as_u64()), (Some(0), Some(5)), "{r}");
-    assert!(r["warnings"].to_string().contains("did the server reset its UIDLs"), "{r}");
+    assert_eq!(
+        (r["new_messages"].as_u64(), r["already_archived"].as_u64()),
+        (Some(0), Some(5)),
+        "{r}"
+    );
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("did the server reset its UIDLs"),
+        "{r}"
+    );
 }
 
 /// `auth_mechanisms = cram-md5`: Dovecot keeps listing USER, which it then refuses. `auto`
@@ -151,7 +195,12 @@ fn a_cram_md5_only_server_is_logged_into_with_cram_md5() {
     let sandbox = Sandbox::new();
     deliver(&dovecot, &generated(3, 4), "a");
     let out = backup(&sandbox, &dovecot, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(account_report(&out)["new_messages"], 3);
     let plain = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
     for auth in ["auto", "cram-md5"] {
@@ -161,9 +210,17 @@ fn a_cram_md5_only_server_is_logged_into_with_cram_md5() {
             .env("POPVAULT_PASSWORD", dovecot.password())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{auth}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{auth}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(dovecot.logs().contains("method=CRAM-MD5"), "{}", dovecot.logs());
+    assert!(
+        dovecot.logs().contains("method=CRAM-MD5"),
+        "{}",
+        dovecot.logs()
+    );
     // A wrong password is refused once, clearly, without trying every other method.
     let out = sandbox
         .command()
@@ -173,7 +230,13 @@ fn a_cram_md5_only_server_is_logged_into_with_cram_md5() {
         .unwrap();
     let r = account_report(&out);
     assert_eq!(out.status.code(), Some(1), "{r}");
-    assert!(r["error"].as_str().unwrap().contains("wrong user name or password?"), "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrong user name or password?"),
+        "{r}"
+    );
     assert_eq!(r["retries"], 0, "a wrong password is not tried again: {r}");
     assert!(!r.to_string().contains("Not-The-Passw0rd"), "{r}");
 }
@@ -186,15 +249,30 @@ fn cram_md5_and_apop_work_over_every_kind_of_connection() {
     deliver(&dovecot, &generated(2, 5), "a");
     let ca = dovecot.ca_pem();
     let stls = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
-    let pop3s = format!("pop3s://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3s_port);
+    let pop3s = format!(
+        "pop3s://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.pop3s_port
+    );
     for (url, tls) in [(&stls, "starttls"), (&pop3s, "implicit"), (&stls, "none")] {
         let out = sandbox
             .command()
-            .args(["backup", url, "--tls", tls, "--ca-file", ca.to_str().unwrap()])
+            .args([
+                "backup",
+                url,
+                "--tls",
+                tls,
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ])
             .env("POPVAULT_PASSWORD", dovecot.password())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{tls}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{tls}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = sandbox
         .command()
@@ -202,7 +280,11 @@ fn cram_md5_and_apop_work_over_every_kind_of_connection() {
         .env("POPVAULT_PASSWORD", dovecot.password())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dovecot.logs().contains("method=APOP"), "{}", dovecot.logs());
 }
 
@@ -212,7 +294,11 @@ fn cram_md5_and_apop_work_over_every_kind_of_connection() {
 fn a_server_requiring_tls_for_passwords_gets_a_clear_hint() {
     let dovecot = Dovecot::start_with(&[("disable_plaintext_auth", "yes")]);
     let sandbox = Sandbox::new();
-    let plain = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.remote_pop3_port());
+    let plain = format!(
+        "pop3://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.remote_pop3_port()
+    );
     let out = sandbox
         .command()
         .args(["backup", &plain, "--tls", "none", "--auth", "user"])
@@ -228,7 +314,11 @@ fn a_server_requiring_tls_for_passwords_gets_a_clear_hint() {
         .env("POPVAULT_PASSWORD", dovecot.password())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `pop3_lock_session = yes`: while another client holds the mailbox, Dovecot makes a login
@@ -245,7 +335,9 @@ fn a_login_held_up_by_another_session_is_explained_and_retried() {
     let mut line = String::new();
     replies.read_line(&mut line).unwrap();
     let mut say = move |command: &str| {
-        other.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        other
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
         line.clear();
         replies.read_line(&mut line).unwrap();
         assert!(line.starts_with("+OK"), "{command}: {line}");
@@ -260,7 +352,10 @@ fn a_login_held_up_by_another_session_is_explained_and_retried() {
     holder.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("did not answer the login in 2 s"), "{stderr}");
+    assert!(
+        stderr.contains("did not answer the login in 2 s"),
+        "{stderr}"
+    );
     assert!(stderr.contains("another client is connected"), "{stderr}");
     let r = account_report(&out);
     assert!(r["retries"].as_u64().unwrap() >= 1, "{r}");

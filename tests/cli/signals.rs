@@ -65,7 +65,10 @@ fn a_backup_stopped_by_sigterm_keeps_what_arrived_deletes_nothing_and_quits() {
     let retrieved = first.iter().filter(|c| c.starts_with("RETR")).count() as u64;
     let kept = stats_messages(&sandbox);
     assert!(kept > 0 && kept < 40, "{kept} kept");
-    assert!(kept + 1 >= retrieved, "{kept} kept of {retrieved} asked for");
+    assert!(
+        kept + 1 >= retrieved,
+        "{kept} kept of {retrieved} asked for"
+    );
     assert!(sandbox.run(&["verify", "--full"]).status.success());
 
     // The next run fetches the rest, each message once.
@@ -75,7 +78,11 @@ fn a_backup_stopped_by_sigterm_keeps_what_arrived_deletes_nothing_and_quits() {
         .env("POPVAULT_PASSWORD", "x")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stats_messages(&sandbox), 40);
     for m in &messages {
         assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
@@ -126,7 +133,12 @@ fn a_restore_and_an_export_stopped_by_sigterm_leave_valid_destinations() {
     let mut exporting = sandbox.command();
     exporting.arg("export").arg(&export);
     let (out, _) = signal_after(&mut exporting, "-TERM", 1000);
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let left: Vec<_> = std::fs::read_dir(sandbox.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
