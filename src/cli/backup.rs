@@ -109,7 +109,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
         dry_run: args.dry_run,
         window: args.window.max(1),
         now: args.now.unwrap_or_else(chrono::Utc::now),
-        stop: super::stop_on_signals()?,
+        stop: ctx.stop.clone(),
         ..BackupOptions::default()
     };
     let quiet = ctx.quiet || args.json;

@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         .map(|c| c.raw_bytes)
         .fold(0, u64::saturating_add);
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "export");
-    let stop = super::stop_on_signals()?;
+    let stop = ctx.stop.clone();
     let report = match export::export(&archive, &args.select.selection(), &file, &stop, &|n| {
         bar.inc(n)
     }) {

@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     let mut writer = Writer::open(&ctx.archive, "import", args.wait)
         .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
-    let stop = super::stop_on_signals()?;
+    let stop = ctx.stop.clone();
     let mut reports = Vec::new();
     let mut stopped = false;
     for source in &sources {

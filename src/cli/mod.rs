@@ -140,6 +140,9 @@ pub struct Context {
     pub config_path: PathBuf,
     pub config: Config,
     pub quiet: bool,
+    /// Set by SIGTERM or SIGINT, for the commands that stop at a message boundary (backup,
+    /// import, restore, export); the others keep the default action of those signals.
+    pub stop: crate::stop::Stop,
 }
 
 impl Context {
@@ -151,7 +154,7 @@ impl Context {
 /// A stop request that SIGTERM or SIGINT sets, for the commands that stop at a message
 /// boundary (backup, import, restore, export). A second signal ends the process at once: the
 /// archive is crash-safe, so that loses only what was not committed yet.
-pub(crate) fn stop_on_signals() -> anyhow::Result<crate::stop::Stop> {
+fn stop_on_signals() -> anyhow::Result<crate::stop::Stop> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = crate::stop::Stop::new();
     for signal in [SIGTERM, SIGINT] {
@@ -186,6 +189,16 @@ pub fn expand_tilde(path: &std::path::Path) -> PathBuf {
 }
 
 fn context(cli: &Cli) -> anyhow::Result<Context> {
+    let stops_cleanly = matches!(
+        cli.command,
+        Command::Backup(_) | Command::Import(_) | Command::Restore(_) | Command::Export(_)
+    );
+    // First of all, so a signal during the loading of config and archive is already caught.
+    let stop = if stops_cleanly {
+        stop_on_signals()?
+    } else {
+        crate::stop::Stop::new()
+    };
     // A config file named explicitly must exist, except for `setup`, which writes it.
     let creates_config = matches!(cli.command, Command::Setup(_));
     let (config_path, optional) = match (&cli.config, env_path("POPVAULT_CONFIG")) {
@@ -219,6 +232,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         config_path,
         config,
         quiet: cli.quiet,
+        stop,
     })
 }
 

@@ -81,7 +81,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         selection,
         unread: args.unread,
         dry_run: args.dry_run,
-        stop: super::stop_on_signals()?,
+        stop: ctx.stop.clone(),
     };
 
     let mut sink: Box<dyn Sink> = match &destination {

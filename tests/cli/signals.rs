@@ -97,7 +97,7 @@ fn an_import_stopped_by_sigint_commits_what_it_read_and_a_rerun_adds_the_rest() 
     let spec = format!("maildir:{}", maildir.display());
     let mut import = sandbox.command();
     import.args(["import", &spec]);
-    let (out, took) = signal_after(&mut import, "-INT", 700);
+    let (out, took) = signal_after(&mut import, "-INT", 400);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(took < Duration::from_secs(5), "took {took:?} to stop");
@@ -119,7 +119,7 @@ fn a_restore_and_an_export_stopped_by_sigterm_leave_valid_destinations() {
     let to = format!("maildir:{}", restored.display());
     let mut restore = sandbox.command();
     restore.args(["restore", "--to", &to]);
-    let (out, took) = signal_after(&mut restore, "-TERM", 1500);
+    let (out, took) = signal_after(&mut restore, "-TERM", 800);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(took < Duration::from_secs(5), "took {took:?} to stop");
@@ -132,7 +132,7 @@ fn a_restore_and_an_export_stopped_by_sigterm_leave_valid_destinations() {
     let export = sandbox.path().join("mail.tar.zst");
     let mut exporting = sandbox.command();
     exporting.arg("export").arg(&export);
-    let (out, _) = signal_after(&mut exporting, "-TERM", 1000);
+    let (out, _) = signal_after(&mut exporting, "-TERM", 300);
     assert_eq!(
         out.status.code(),
         Some(7),
