@@ -24,7 +24,7 @@ pub struct AccountConfig {
     /// `implicit`, `starttls` or `none`; by default from the URL scheme.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<String>,
-    /// `auto`, `user`, `apop`, `plain`, `login`, `xoauth2` or `oauthbearer`.
+    /// `auto`, `user`, `apop`, `plain`, `cram-md5`, `login`, `xoauth2` or `oauthbearer`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -27,7 +27,9 @@ Examples:
 Passwords come from the account's password_command (first line of its output), else
 $POPVAULT_PASSWORD, else a prompt on a terminal; never from the command line.
 Messages stay on the server unless --delete-after-days is given: then only messages archived at
-least that many days ago, committed, and re-verified in the archive are deleted.")]
+least that many days ago, committed, re-verified in the archive, and proven to be the same
+message on the server (LIST size and header block: servers reuse UIDLs) are deleted.
+SIGTERM or SIGINT stops at a message boundary: what arrived is kept, nothing is deleted (exit 7).")]
 pub struct BackupArgs {
     /// A server to back up without a config file: pop3s://USER@HOST[:PORT] or pop3://...
     #[arg(value_name = "URL")]
@@ -49,7 +51,8 @@ pub struct BackupArgs {
     /// Wait for another popvault writing the archive instead of failing at once.
     #[arg(long)]
     wait: bool,
-    /// Seconds to wait for the server before giving up on a read or write.
+    /// Seconds to wait for the server: no byte in this long is a timeout, fewer than 1 KiB a
+    /// stall (a server trickling bytes); either ends the connection, which is then retried.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     timeout: u64,
     /// RETR commands in flight when the server supports pipelining.

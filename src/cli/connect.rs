@@ -11,7 +11,8 @@ pub struct ConnectArgs {
     /// TLS: implicit (pop3s), starttls, or none.
     #[arg(long, value_name = "MODE")]
     pub tls: Option<String>,
-    /// Login method: auto, user, apop, plain, login, xoauth2, oauthbearer.
+    /// Login method: auto, user, apop, plain, cram-md5, login, xoauth2, oauthbearer (auto tries
+    /// what the server offers, strongest first, and goes on to the next after a refusal).
     #[arg(long, value_name = "METHOD")]
     pub auth: Option<String>,
     /// Trust only the CA certificates in this PEM file.

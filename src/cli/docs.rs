@@ -152,13 +152,20 @@ The command line was wrong.
 Damage was found: \fBverify\fR named damaged messages, or \fBrestore\fR/\fBexport\fR skipped some.
 .TP
 \fB4\fR
-Some accounts failed while others succeeded.
+Partly failed: some accounts failed while others succeeded, or a backup left messages on the
+server that it could not fetch (refused by the server, or broken in transit); the next run
+tries them again.
 .TP
 \fB5\fR
 Another popvault holds the archive's writer lock (see \fB\-\-wait\fR).
 .TP
 \fB6\fR
 \fBstatus \-\-max\-age\fR: the last successful backup of an account is too old.
+.TP
+\fB7\fR
+Stopped by SIGTERM or SIGINT (\fBbackup\fR, \fBimport\fR, \fBrestore\fR, \fBexport\fR): what
+was fully received or written is committed and valid, nothing was deleted from a server, and
+running the same command again continues. A second signal ends the process at once.
 .SH EXAMPLES
 .TP
 Nightly backup from cron, quiet unless something fails:
