@@ -17,7 +17,7 @@ use crate::archive::{Added, ArchiveError, Incoming, Source, Writer};
 use crate::pop3::{Pop3Error, RetrieveError, Session, Transaction};
 
 /// Messages are handed to the archive writer in batches of about this many bytes or messages...
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 2 << 20;
 const BATCH_MESSAGES: usize = 256;
 /// ...and a message larger than this streams straight into the writer instead.
 const INLINE_LIMIT: u64 = 8 << 20;
