@@ -44,6 +44,14 @@ fn account_report(out: &Output) -> serde_json::Value {
     r["accounts"][0].clone()
 }
 
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn on_server(dovecot: &Dovecot) -> usize {
     ["new", "cur"]
         .iter()
@@ -204,12 +212,10 @@ fn a_cram_md5_only_server_is_logged_into_with_cram_md5() {
     assert_eq!(account_report(&out)["new_messages"], 3);
     let plain = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
     for auth in ["auto", "cram-md5"] {
-        let out = sandbox
-            .command()
-            .args(["backup", &plain, "--tls", "none", "--auth", auth])
-            .env("POPVAULT_PASSWORD", dovecot.password())
-            .output()
-            .unwrap();
+        let out = sandbox.run_with_password(
+            &["backup", &plain, "--tls", "none", "--auth", auth],
+            dovecot.password(),
+        );
         assert!(
             out.status.success(),
             "{auth}: {}",
@@ -222,12 +228,10 @@ fn a_cram_md5_only_server_is_logged_into_with_cram_md5() {
         dovecot.logs()
     );
     // A wrong password is refused once, clearly, without trying every other method.
-    let out = sandbox
-        .command()
-        .args(["backup", &plain, "--tls", "none", "--json"])
-        .env("POPVAULT_PASSWORD", "Not-The-Passw0rd")
-        .output()
-        .unwrap();
+    let out = sandbox.run_with_password(
+        &["backup", &plain, "--tls", "none", "--json"],
+        "Not-The-Passw0rd",
+    );
     let r = account_report(&out);
     assert_eq!(out.status.code(), Some(1), "{r}");
     assert!(
@@ -255,36 +259,28 @@ fn cram_md5_and_apop_work_over_every_kind_of_connection() {
         dovecot.pop3s_port
     );
     for (url, tls) in [(&stls, "starttls"), (&pop3s, "implicit"), (&stls, "none")] {
-        let out = sandbox
-            .command()
-            .args([
+        let out = sandbox.run_with_password(
+            &[
                 "backup",
                 url,
                 "--tls",
                 tls,
                 "--ca-file",
                 ca.to_str().unwrap(),
-            ])
-            .env("POPVAULT_PASSWORD", dovecot.password())
-            .output()
-            .unwrap();
+            ],
+            dovecot.password(),
+        );
         assert!(
             out.status.success(),
             "{tls}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = sandbox
-        .command()
-        .args(["backup", &stls, "--tls", "none", "--auth", "apop"])
-        .env("POPVAULT_PASSWORD", dovecot.password())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = sandbox.run_with_password(
+        &["backup", &stls, "--tls", "none", "--auth", "apop"],
+        dovecot.password(),
     );
+    assert_ok(&out);
     assert!(dovecot.logs().contains("method=APOP"), "{}", dovecot.logs());
 }
 
@@ -299,26 +295,15 @@ fn a_server_requiring_tls_for_passwords_gets_a_clear_hint() {
         dovecot.user(),
         dovecot.remote_pop3_port()
     );
-    let out = sandbox
-        .command()
-        .args(["backup", &plain, "--tls", "none", "--auth", "user"])
-        .env("POPVAULT_PASSWORD", dovecot.password())
-        .output()
-        .unwrap();
+    let out = sandbox.run_with_password(
+        &["backup", &plain, "--tls", "none", "--auth", "user"],
+        dovecot.password(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--tls starttls"), "{stderr}");
-    let out = sandbox
-        .command()
-        .args(["backup", &plain, "--tls", "none"])
-        .env("POPVAULT_PASSWORD", dovecot.password())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sandbox.run_with_password(&["backup", &plain, "--tls", "none"], dovecot.password());
+    assert_ok(&out);
 }
 
 /// `pop3_lock_session = yes`: while another client holds the mailbox, Dovecot makes a login

@@ -40,6 +40,15 @@ impl Sandbox {
         self.command().args(args).output().unwrap()
     }
 
+    /// Runs with `POPVAULT_PASSWORD` set (how the tests give popvault a server's password).
+    pub fn run_with_password(&self, args: &[&str], password: &str) -> Output {
+        self.command()
+            .args(args)
+            .env("POPVAULT_PASSWORD", password)
+            .output()
+            .unwrap()
+    }
+
     /// Runs and asserts the exit status, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
