@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::config::AccountConfig;
+use crate::net::url::{self, UrlError};
 use crate::pop3::{AuthMethod, ConnectOptions, TlsMode};
 
 #[derive(Debug, Clone)]
@@ -43,25 +44,14 @@ pub enum AccountError {
         "{0:?} is not a POP3 server URL: write pop3s://USER@HOST[:PORT] or pop3://USER@HOST[:PORT]"
     )]
     BadUrl(String),
-    #[error("{PASSWORD_IN_URL}")]
-    PasswordInUrl,
+    #[error(transparent)]
+    Url(UrlError),
     #[error("account {account}: {message}")]
     Invalid { account: String, message: String },
 }
 
-pub const PASSWORD_IN_URL: &str = "the server URL seems to hold a password (USER:PASSWORD@HOST): popvault takes none in URLs, which end up in shell history, process lists and the archive's records; remove it and use $POPVAULT_PASSWORD, a password_command or the prompt";
-
-/// Whether the user part of a `scheme://user@host...` URL holds a `:` (a password, or a typo
-/// that looks like one): such a URL is refused before it is echoed anywhere.
-pub fn has_password(url: &str) -> bool {
-    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or_default();
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'))
-}
-
-/// The parts of a `pop3s://user@host:port` URL.
+/// A POP3 server: `pop3s://user@host[:port]` (TLS from the first byte, port 995) or
+/// `pop3://user@host[:port]` (STLS, port 110).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
     pub implicit_tls: bool,
@@ -73,62 +63,25 @@ pub struct ServerUrl {
 impl FromStr for ServerUrl {
     type Err = AccountError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if has_password(s) {
-            return Err(AccountError::PasswordInUrl);
-        }
-        let bad = || AccountError::BadUrl(s.to_string());
-        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
-        let implicit_tls = match scheme.to_ascii_lowercase().as_str() {
+        let url: url::ServerUrl = s.parse().map_err(|e| match e {
+            UrlError::PasswordInUrl => AccountError::Url(e),
+            UrlError::Malformed(_) => AccountError::BadUrl(s.to_string()),
+        })?;
+        let implicit_tls = match url.scheme.as_str() {
             "pop3s" | "pops" => true,
             "pop3" | "pop" => false,
-            _ => return Err(bad()),
+            _ => return Err(AccountError::BadUrl(s.to_string())),
         };
-        let rest = rest.trim_end_matches('/');
-        // The user name may itself contain '@' (often written %40): the host follows the last one.
-        let (user, hostport) = rest.rsplit_once('@').ok_or_else(bad)?;
-        let user = percent_decode(user).ok_or_else(bad)?;
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-            (host.to_string(), after.strip_prefix(':'))
-        } else {
-            match hostport.split_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (hostport.to_string(), None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if implicit_tls => 995,
-            None => 110,
-        };
-        if user.is_empty() || host.is_empty() || user.contains(['\r', '\n']) {
-            return Err(bad());
+        if !url.path.is_empty() {
+            return Err(AccountError::BadUrl(s.to_string()));
         }
         Ok(ServerUrl {
             implicit_tls,
-            user,
-            host,
-            port,
+            user: url.user,
+            host: url.host,
+            port: url.port.unwrap_or(if implicit_tls { 995 } else { 110 }),
         })
     }
-}
-
-/// Decodes `%XX` escapes (RFC 3986), as in user names and IMAP folder paths of URLs.
-pub(crate) fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Command-line settings that override the config file's, for one run.

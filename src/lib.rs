@@ -1,7 +1,8 @@
 //! popvault: a safe, verifiable copy of a POP3 mailbox.
 //!
 //! The map, bottom up:
-//! - [`transport`]: TCP, implicit TLS or a STLS/STARTTLS upgrade (rustls), certificate pinning.
+//! - [`net`]: what the POP3 and IMAP clients share: TCP, implicit TLS or a STLS/STARTTLS upgrade
+//!   (rustls) with its trust rules, secrets that never print, SASL encodings, server URLs.
 //! - [`pop3`]: our POP3 client. A sans-IO codec ([`pop3::codec`]) parses replies out of bytes;
 //!   [`pop3::Session`] drives a socket, and only a login turns `Session<Authorization>` into
 //!   `Session<Transaction>`.
@@ -34,12 +35,12 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod import;
+pub mod net;
 pub mod pop3;
 pub mod probe;
 pub mod repair;
 pub mod restore;
 pub mod stop;
-pub mod transport;
 
 /// An error and its causes as one line, "what: cause: cause", leaving out a cause whose text
 /// the line already holds. For reports that carry errors as text (no error type of this crate

@@ -2,10 +2,10 @@
 //! login methods, its LOGIN-DELAY and EXPIRE policies and, with a password, the mailbox size),
 //! without changing anything. Used by `server-info` and `setup`.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::account::Account;
+use crate::net::tls::CertificateInfo;
 use crate::pop3::{self, Capabilities, Expire, Pop3Error, Secret, Session};
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,18 +34,18 @@ pub struct ServerInfo {
     pub login_error: Option<String>,
     /// Where the server's policies contradict the account's, or deserve attention.
     pub warnings: Vec<String>,
+    /// The error behind `login_error`, for the caller to give advice on.
+    #[serde(skip)]
+    pub login_failure: Option<std::sync::Arc<Pop3Error>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsSummary {
     pub version: String,
     pub cipher: String,
-    pub subject: String,
-    pub issuer: String,
-    pub not_before: Option<DateTime<Utc>>,
-    pub not_after: Option<DateTime<Utc>>,
-    /// SHA-256 of the server certificate, the value `--tls-fingerprint` pins.
-    pub sha256: String,
+    /// The server's certificate (its `sha256` is the value `--tls-fingerprint` pins).
+    #[serde(flatten)]
+    pub certificate: CertificateInfo,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,6 +70,7 @@ pub fn probe(account: &Account, secret: Option<&Secret>) -> Result<ServerInfo, P
         Ok(session) => session,
         Err(e) => {
             info.login_error = Some(crate::error_chain(&e));
+            info.login_failure = Some(std::sync::Arc::new(e));
             return Ok(info);
         }
     };
@@ -106,30 +107,13 @@ fn describe(account: &Account, session: &Session<pop3::Authorization>) -> Server
             .into_iter()
             .map(|m| format!("SASL {m}")),
     );
-    let tls = session.tls_info().map(|info| {
-        let leaf = info.peer_certificates.first();
-        let parsed = leaf
-            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
-            .map(|(_, c)| c);
-        TlsSummary {
-            version: info.protocol_version.clone(),
-            cipher: info.cipher_suite.clone(),
-            subject: parsed
-                .as_ref()
-                .map(|c| c.subject().to_string())
-                .unwrap_or_default(),
-            issuer: parsed
-                .as_ref()
-                .map(|c| c.issuer().to_string())
-                .unwrap_or_default(),
-            not_before: parsed
-                .as_ref()
-                .and_then(|c| DateTime::from_timestamp(c.validity().not_before.timestamp(), 0)),
-            not_after: parsed
-                .as_ref()
-                .and_then(|c| DateTime::from_timestamp(c.validity().not_after.timestamp(), 0)),
-            sha256: info.leaf_fingerprint().map(hex::encode).unwrap_or_default(),
-        }
+    let tls = session.tls_info().map(|info| TlsSummary {
+        version: info.protocol_version.clone(),
+        cipher: info.cipher_suite.clone(),
+        certificate: info.peer_certificates.first().map_or_else(
+            || CertificateInfo::from_der(&[]),
+            |der| CertificateInfo::from_der(der),
+        ),
     });
     let mut info = ServerInfo {
         server: account.server_label(),
@@ -145,6 +129,7 @@ fn describe(account: &Account, session: &Session<pop3::Authorization>) -> Server
         mailbox: None,
         login_error: None,
         warnings: Vec::new(),
+        login_failure: None,
     };
     note_policies(&mut info, &caps, account);
     info

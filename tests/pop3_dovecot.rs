@@ -5,10 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::dovecot::{Dovecot, TestPki};
+use popvault::net::tls::TlsProblem;
+use popvault::net::transport::TransportError;
 use popvault::pop3::{
     AuthMethod, ConnectOptions, Pop3Error, Secret, Session, TlsMode, Transaction,
 };
-use popvault::transport::TransportError;
 use sha2::{Digest, Sha256};
 
 fn options(dovecot: &Dovecot, tls: TlsMode) -> ConnectOptions {
@@ -109,10 +110,18 @@ fn a_certificate_from_another_ca_is_refused() {
         let mut opts = options(&dovecot, tls);
         opts.ca_file = Some(other_ca.clone());
         match Session::connect(&opts) {
-            Err(Pop3Error::Transport(TransportError::Tls { source, .. })) => {
-                assert!(
-                    matches!(source, rustls::Error::InvalidCertificate(_)),
-                    "{source:?}"
+            Err(Pop3Error::Transport(TransportError::Certificate {
+                problem,
+                certificate,
+                ..
+            })) => {
+                assert_eq!(
+                    problem.to_string(),
+                    "its issuer (CN=popvault test CA) is not a trusted certificate authority"
+                );
+                assert_eq!(
+                    certificate.unwrap().sha256,
+                    hex::encode(Sha256::digest(dovecot.leaf_der()))
                 );
             }
             Err(e) => panic!("{tls:?}: expected a TLS error, got {e:?}"),
@@ -128,7 +137,7 @@ fn system_roots_do_not_trust_the_test_ca() {
     opts.ca_file = None;
     assert!(matches!(
         Session::connect(&opts),
-        Err(Pop3Error::Transport(TransportError::Tls { .. }))
+        Err(Pop3Error::Transport(TransportError::Certificate { .. }))
     ));
 }
 
@@ -157,7 +166,10 @@ fn fingerprint_pin() {
     bad[0] ^= 0xff;
     opts.fingerprint = Some(bad);
     match Session::connect(&opts) {
-        Err(Pop3Error::Transport(TransportError::CertificatePin { expected, got })) => {
+        Err(Pop3Error::Transport(TransportError::Certificate {
+            problem: TlsProblem::PinMismatch { expected, got },
+            ..
+        })) => {
             assert_eq!(expected, hex::encode(bad));
             assert_eq!(got, hex::encode(good));
         }

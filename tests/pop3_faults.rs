@@ -471,7 +471,7 @@ fn xoauth2_error_challenge_gets_an_empty_reply() {
 #[test]
 fn long_oauth_token_is_sent_after_an_empty_challenge() {
     let token = "t".repeat(300);
-    let ir = popvault::pop3::auth::xoauth2_response("u", &Secret::new(token.clone()));
+    let ir = popvault::net::sasl::xoauth2_response("u", &Secret::new(token.clone()));
     let ir: &'static str = Box::leak(ir.into_boxed_str());
     let fake = Fake::start(vec![
         Send("+OK ready\r\n"),

@@ -128,6 +128,9 @@ pub struct AccountReport {
     /// Of `new_messages + already_archived`, how many a commit has made durable.
     #[serde(skip)]
     pub committed: u64,
+    /// The error behind `error`, for the caller to give advice on.
+    #[serde(skip)]
+    pub cause: Option<std::sync::Arc<BackupError>>,
 }
 
 /// How an account's run ended, for the exit status.
@@ -351,11 +354,12 @@ pub fn backup_account(
         }
     };
     report.retries = attempt;
-    if let Err(e) = &outcome {
-        report.error = Some(error_chain(e));
+    if let Err(e) = outcome {
+        report.error = Some(error_chain(&e));
+        report.cause = Some(std::sync::Arc::new(e));
     }
     // A failed or stopped run is recorded too, so `status` can tell when the last success was.
-    if (outcome.is_err() || report.interrupted)
+    if (report.error.is_some() || report.interrupted)
         && let Target::Write(w) = target
     {
         w.record_account(account_run(account, &report, false));

@@ -292,24 +292,6 @@ fn run_password_command(command: &str, timeout: Duration) -> anyhow::Result<Secr
     Ok(Secret::new(first))
 }
 
-/// What to do about a POP3 failure, from its text, when there is a usual answer.
-pub(super) fn pop3_hint(error: &str) -> Option<&'static str> {
-    if error.contains("laintext authentication disallowed") {
-        return Some(
-            "the server takes a password in clear only over TLS: use --tls starttls or a pop3s:// URL (or --auth cram-md5 / apop, which do not send it)",
-        );
-    }
-    if error.contains("refused the login (wrong user name or password?)") {
-        return Some(
-            "check the user name in the URL and what the password_command or $POPVAULT_PASSWORD gives; `popvault server-info` shows the login methods the server offers",
-        );
-    }
-    if error.contains("popvault does not support") {
-        return Some("ask the provider for one of PLAIN, LOGIN, CRAM-MD5, APOP or USER/PASS");
-    }
-    None
-}
-
 fn print_reports(
     ctx: &Context,
     args: &BackupArgs,
@@ -327,7 +309,7 @@ fn print_reports(
     for r in reports {
         if let Some(e) = &r.error {
             eprintln!("error: {}: {e}", r.account);
-            if let Some(hint) = pop3_hint(e) {
+            if let Some(hint) = r.cause.as_deref().and_then(|c| super::hint_for_error(c)) {
                 eprintln!("hint: {hint}");
             }
         }

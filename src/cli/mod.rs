@@ -330,31 +330,145 @@ fn report_error(err: &anyhow::Error) {
     }
 }
 
-/// What to do about the system error at the root of `err`, when there is a usual answer.
-fn hint_for(err: &anyhow::Error) -> Option<&'static str> {
-    use std::io::ErrorKind;
-    let io = err
-        .chain()
-        .filter_map(|c| c.downcast_ref::<std::io::Error>())
-        .last()?;
-    if io.raw_os_error() == Some(28) {
-        return Some(NO_SPACE_HINT);
+/// What to do about `err`, when one of its causes has a usual answer.
+fn hint_for(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(hint_for_cause)
+}
+
+/// What to do about an error, for the errors that have a usual answer: this is where library
+/// errors, which only say what happened, get the CLI's advice.
+pub(crate) fn hint_for_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(hint) = hint_for_cause(e) {
+            return Some(hint);
+        }
+        cause = e.source();
     }
-    Some(match io.kind() {
-        ErrorKind::StorageFull => NO_SPACE_HINT,
-        ErrorKind::ReadOnlyFilesystem => {
-            "that file system is mounted read-only; remount it read-write or use another path"
+    None
+}
+
+/// The first error of type `T` among `err`, its causes, and what their transparent wrappers
+/// hold.
+pub(crate) fn find_cause<'e, T: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
         }
-        ErrorKind::PermissionDenied => {
-            "popvault may not access that path; check its owner and mode (and those of its directories)"
+        if let Some(found) = transparent_inner(e).and_then(find_cause::<T>) {
+            return Some(found);
         }
-        ErrorKind::NotFound => "check the path: it, or a directory above it, does not exist",
-        ErrorKind::ConnectionRefused => {
-            "nothing accepts connections there; check the host and port (pop3s: 995, pop3 with STLS: 110)"
+        cause = e.source();
+    }
+    None
+}
+
+/// The error an `#[error(transparent)]` wrapper holds: `source()` skips it, so a walk of the
+/// chain would never see it.
+fn transparent_inner<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e (dyn std::error::Error + 'static)> {
+    use crate::backup::BackupError;
+    use crate::pop3::Pop3Error;
+    use crate::restore::RestoreError;
+    use crate::restore::imap::ImapError;
+    if let Some(b) = e.downcast_ref::<BackupError>() {
+        return match b {
+            BackupError::Pop3(p)
+            | BackupError::Message { source: p, .. }
+            | BackupError::GaveUp(p) => Some(p),
+            BackupError::Archive(a) => Some(a),
+            BackupError::LoginDelay { .. } => None,
+        };
+    }
+    if let Some(Pop3Error::Transport(t)) = e.downcast_ref::<Pop3Error>() {
+        return Some(t);
+    }
+    if let Some(ImapError::Transport(t)) = e.downcast_ref::<ImapError>() {
+        return Some(t);
+    }
+    match e.downcast_ref::<RestoreError>() {
+        Some(RestoreError::Imap(i)) => Some(i),
+        Some(RestoreError::Url(u)) => Some(u),
+        _ => None,
+    }
+}
+
+fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(hint) = transparent_inner(cause).and_then(hint_for_cause) {
+        return Some(hint);
+    }
+    use crate::net::tls::TlsProblem;
+    use crate::net::transport::TransportError;
+    use crate::pop3::{Pop3Error, RespCode};
+    use std::io::ErrorKind;
+    if let Some(TransportError::Certificate {
+        problem,
+        certificate,
+        ..
+    }) = cause.downcast_ref::<TransportError>()
+    {
+        let pin = certificate.as_ref().map_or_else(
+            || "--tls-fingerprint SHA256".to_string(),
+            |c| format!("--tls-fingerprint sha256:{}", c.sha256),
+        );
+        return Some(match problem {
+            TlsProblem::SelfSigned | TlsProblem::UnknownIssuer { .. } => format!(
+                "if you trust this server, give its certificate (or its CA) with --ca-file FILE, or pin it with {pin}; `popvault server-info URL` shows the certificate"
+            ),
+            TlsProblem::Expired(_) | TlsProblem::NotYetValid(_) => format!(
+                "the server's certificate must be renewed (or this machine's clock is wrong); meanwhile {pin} trusts this certificate whatever its dates"
+            ),
+            TlsProblem::WrongName { .. } => format!(
+                "connect with a name the certificate is for, or pin this certificate with {pin}"
+            ),
+            TlsProblem::PinMismatch { .. } => "the server's certificate changed: if that is expected (a renewal), check the new one with `popvault server-info URL` and update tls_fingerprint; if not, someone may be intercepting the connection".to_string(),
+            TlsProblem::Other(_) => return None,
+        });
+    }
+    if let Some(crate::net::url::UrlError::PasswordInUrl) = cause.downcast_ref() {
+        return Some(
+            "remove it from the URL and give the password by a password_command in the config file, $POPVAULT_PASSWORD, or the prompt".into(),
+        );
+    }
+    if let Some(Pop3Error::Rejected { reply, code, .. }) = cause.downcast_ref::<Pop3Error>() {
+        if reply.contains("laintext authentication disallowed") {
+            return Some("the server takes a password in clear only over TLS: use --tls starttls or a pop3s:// URL (or --auth cram-md5 / apop, which do not send it)".into());
         }
-        ErrorKind::TimedOut => "no answer in time; check the network, or raise --timeout",
-        _ => return None,
-    })
+        if reply.contains("popvault does not support") {
+            return Some(
+                "ask the provider for one of PLAIN, LOGIN, CRAM-MD5, APOP or USER/PASS".into(),
+            );
+        }
+        if *code == Some(RespCode::Auth) {
+            return Some("check the user name in the URL and what the password_command or $POPVAULT_PASSWORD gives; `popvault server-info URL` shows the login methods the server offers".into());
+        }
+    }
+    let io = cause.downcast_ref::<std::io::Error>()?;
+    if io.raw_os_error() == Some(28) {
+        return Some(NO_SPACE_HINT.into());
+    }
+    Some(
+        match io.kind() {
+            ErrorKind::StorageFull => NO_SPACE_HINT,
+            ErrorKind::ReadOnlyFilesystem => {
+                "that file system is mounted read-only; remount it read-write or use another path"
+            }
+            ErrorKind::PermissionDenied => {
+                "popvault may not access that path; check its owner and mode (and those of its directories)"
+            }
+            ErrorKind::NotFound => "check the path: it, or a directory above it, does not exist",
+            ErrorKind::ConnectionRefused => {
+                "nothing accepts connections there; check the host and port (pop3s: 995, pop3 with STLS: 110)"
+            }
+            ErrorKind::TimedOut => "no answer in time; check the network, or raise --timeout",
+            _ => return None,
+        }
+        .into(),
+    )
 }
 
 const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";

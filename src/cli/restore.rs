@@ -10,12 +10,12 @@ use super::output::{byte_bar, human_bytes, local_time};
 use super::{Context, Exit};
 use crate::account::{parse_fingerprint, parse_tls};
 use crate::archive::Digest;
+use crate::net::transport::{ConnectOptions, TlsMode};
 use crate::pop3::Secret;
 use crate::restore::imap::ImapSink;
 use crate::restore::maildir::MaildirSink;
 use crate::restore::mbox::MboxSink;
 use crate::restore::{self, Destination, Event, RestoreOptions, Sink};
-use crate::transport::{ConnectOptions, TlsMode};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\

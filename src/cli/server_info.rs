@@ -12,6 +12,8 @@ use super::output::{human_bytes, local_time};
 use super::{Context, Exit};
 use crate::account::{Account, Overrides};
 use crate::config::{AccountConfig, Config};
+use crate::net::tls::CertificateInfo;
+use crate::net::transport::TransportError;
 use crate::probe::{ServerInfo, probe};
 
 #[derive(Debug, Args)]
@@ -62,8 +64,30 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
     } else {
         None
     };
-    let info = probe(&account, secret.as_ref())
-        .with_context(|| format!("cannot probe {}", account.server_label()))?;
+    let info = match probe(&account, secret.as_ref()) {
+        Ok(info) => info,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            // What a user runs to learn how to trust a server: show the certificate anyway.
+            if let Some((problem, cert)) = untrusted_certificate(&e) {
+                if args.json {
+                    say!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "server": account.server_label(),
+                            "trusted": false,
+                            "problem": problem,
+                            "certificate": cert,
+                        }))?
+                    );
+                } else {
+                    say!("server        {}", account.server_label());
+                    print_certificate(&problem, &cert)?;
+                }
+            }
+            return Err(e.context(format!("cannot probe {}", account.server_label())));
+        }
+    };
     if args.json {
         say!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -71,7 +95,11 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
     }
     if let Some(e) = &info.login_error {
         eprintln!("error: the login failed: {e}");
-        if let Some(hint) = super::backup::pop3_hint(e) {
+        if let Some(hint) = info
+            .login_failure
+            .as_deref()
+            .and_then(|c| super::hint_for_error(c))
+        {
             eprintln!("hint: {hint}");
         }
         return Ok(Exit::Error);
@@ -79,23 +107,60 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
     Ok(Exit::Ok)
 }
 
+/// The certificate a server presented and why it is not trusted, when that is the error.
+fn untrusted_certificate(e: &anyhow::Error) -> Option<(String, CertificateInfo)> {
+    e.chain()
+        .find_map(|cause| match super::find_cause::<TransportError>(cause) {
+            Some(TransportError::Certificate {
+                problem,
+                certificate: Some(cert),
+                ..
+            }) => Some((problem.to_string(), (**cert).clone())),
+            _ => None,
+        })
+}
+
+fn print_certificate(problem: &str, cert: &CertificateInfo) -> std::io::Result<()> {
+    let when =
+        |d: Option<chrono::DateTime<chrono::Utc>>| d.map(local_time).unwrap_or_else(|| "?".into());
+    say!("certificate   {}", cert.subject);
+    say!("  issuer      {}", cert.issuer);
+    say!(
+        "  valid       {} to {}",
+        when(cert.not_before),
+        when(cert.not_after)
+    );
+    if !cert.names.is_empty() {
+        say!("  for         {}", cert.names.join(", "));
+    }
+    say!("  sha256      {}", cert.sha256);
+    say!("trust         NOT TRUSTED: {problem}");
+    say!(
+        "  to trust it --tls-fingerprint sha256:{}   (or --ca-file with this certificate or its CA)",
+        cert.sha256
+    );
+    Ok(())
+}
+
 fn print_info(info: &ServerInfo) -> std::io::Result<()> {
     say!("server        {}", info.server);
     say!("greeting      {}", info.greeting);
     match &info.tls {
         Some(t) => {
+            let c = &t.certificate;
             say!("tls           {} ({})", t.version, t.cipher);
-            say!("certificate   {}", t.subject);
-            say!("  issuer      {}", t.issuer);
+            say!("certificate   {}", c.subject);
+            say!("  issuer      {}", c.issuer);
             let when = |d: Option<chrono::DateTime<chrono::Utc>>| {
                 d.map(local_time).unwrap_or_else(|| "?".into())
             };
             say!(
                 "  valid       {} to {}",
-                when(t.not_before),
-                when(t.not_after)
+                when(c.not_before),
+                when(c.not_after)
             );
-            say!("  sha256      {}   (for --tls-fingerprint)", t.sha256);
+            say!("  sha256      {}   (for --tls-fingerprint)", c.sha256);
+            say!("trust         trusted");
         }
         None => say!("tls           none: passwords and mail cross the network in clear"),
     }
@@ -204,16 +269,9 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
     };
     let server = value(&args.server, "POP3 server URL (pop3s://user@host)", None)?;
     let url: crate::account::ServerUrl = server.parse()?;
-    let name = value(
-        &args.name,
-        "Account name",
-        Some(
-            url.host
-                .split('.')
-                .find(|p| !["pop", "pop3", "mail"].contains(p))
-                .unwrap_or("mail"),
-        ),
-    )?;
+    // The name an ad hoc backup of the same URL records, so both runs are one account.
+    let default_name = format!("{}@{}", url.user, url.host);
+    let name = value(&args.name, "Account name", Some(&default_name))?;
     let password_command = value(
         &args.password_command,
         "Password command (prints the password)",
@@ -225,7 +283,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
             ctx.config_path.display()
         );
     }
-    let config = AccountConfig {
+    let mut config = AccountConfig {
         name: name.clone(),
         server: server.clone(),
         tls: args.connect.tls.clone(),
@@ -244,15 +302,41 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         },
     )?;
     eprintln!("testing {} ...", account.server_label());
-    let tested = password_for(&account)
-        .and_then(|secret| Ok(probe(&account, Some(&secret))?))
-        .and_then(|info| match &info.login_error {
-            Some(e) => {
-                print_info(&info)?;
-                bail!("the login failed: {e}")
-            }
-            None => Ok(info),
-        });
+    let secret = password_for(&account);
+    let mut tested = secret
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|secret| Ok(probe(&account, Some(secret))?));
+    // Trust on first use, as ssh does: an untrusted certificate is shown, and pinned if the
+    // user says so.
+    if let (Err(e), Ok(secret)) = (&tested, &secret)
+        && let Some(cert) = untrusted_certificate(e)
+        && interactive
+    {
+        print_certificate(&cert.0, &cert.1)?;
+        let answer = ask(
+            "Trust this certificate from now on (its SHA-256 goes into the config as tls_fingerprint)? yes/no",
+            Some("no"),
+        )?;
+        if answer.eq_ignore_ascii_case("yes") || answer.eq_ignore_ascii_case("y") {
+            config.tls_fingerprint = Some(format!("sha256:{}", cert.1.sha256));
+            let pinned = Account::resolve(
+                &config,
+                &Overrides {
+                    timeout: Some(Duration::from_secs(30)),
+                    ..Overrides::default()
+                },
+            )?;
+            tested = Ok(probe(&pinned, Some(secret))?);
+        }
+    }
+    let tested = tested.and_then(|info| match &info.login_error {
+        Some(e) => {
+            print_info(&info)?;
+            bail!("the login failed: {e}")
+        }
+        None => Ok(info),
+    });
     match tested {
         Ok(info) => print_info(&info)?,
         Err(e) if args.force => {

@@ -10,13 +10,13 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::auth;
 use super::codec::{
     self, BodyDecoder, BodyEvent, Capabilities, Command, Reply, STATUS_LINE_LIMIT, Status,
 };
 use super::{Pop3Error, Result};
+use crate::net::sasl;
+use crate::net::transport::{ConnectOptions, POLL_INTERVAL, STALL_BYTES, Stream};
 use crate::stop::Stop;
-use crate::transport::{ConnectOptions, POLL_INTERVAL, STALL_BYTES, Stream};
 
 /// The most lines a multi-line reply (LIST, UIDL, CAPA) may have: far beyond any real
 /// mailbox, and bounded memory against a server that never ends one.
@@ -307,7 +307,7 @@ impl Conn {
                     Some(next) => self.send(Command::AuthResponse(&next))?,
                     None => {
                         if !reply.text.is_empty() {
-                            challenge = Some(auth::decode_challenge(&reply.text));
+                            challenge = Some(sasl::decode_challenge(&reply.text));
                         }
                         self.send(Command::AuthResponse(on_error.unwrap_or("*")))?;
                     }

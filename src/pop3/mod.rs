@@ -5,7 +5,8 @@
 //!   touches a socket, so every parser is unit-tested on byte literals.
 //! - [`auth`] computes APOP digests and SASL responses (PLAIN, CRAM-MD5, LOGIN, XOAUTH2,
 //!   OAUTHBEARER), and the order in which `auto` tries them.
-//! - [`crate::transport`] opens TCP, implicit TLS or STLS connections with rustls (ring provider).
+//! - [`crate::net`] opens TCP, implicit TLS or STLS connections with rustls (ring provider),
+//!   and holds what IMAP shares: secrets, SASL encodings, server URLs.
 //! - [`session`] drives one connection: `Session<Authorization>` becomes
 //!   `Session<Transaction>` only through a successful login; `conn` holds its buffers, the
 //!   pipeline of commands in flight, and the bounds on waiting (timeout, stall, stop).
@@ -15,10 +16,10 @@ pub mod codec;
 mod conn;
 pub mod session;
 
-use std::fmt;
 use std::io;
 
-pub use crate::transport::{ConnectOptions, TlsInfo, TlsMode, TransportError};
+pub use crate::net::Secret;
+pub use crate::net::transport::{ConnectOptions, TlsInfo, TlsMode, TransportError};
 pub use auth::AuthMethod;
 pub use codec::{Capabilities, Expire, Reply, RespCode, Status};
 pub use conn::STOP_GRACE;
@@ -26,40 +27,6 @@ pub use session::{
     Authorization, Refused, RetrieveError, Session, Transaction, UidlListing, UidlWarning,
     connect_and_login,
 };
-
-/// A password or OAuth token. It never shows its content through `Debug` and has no `Display`,
-/// so it cannot leak into an error message or a log line by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself; call only where it is put on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret(value.to_owned())
-    }
-}
 
 /// Everything that can go wrong talking POP3. No variant ever holds a password or a token:
 /// `Rejected::command` is only the verb (`PASS`, `AUTH`), never its arguments.
@@ -204,13 +171,6 @@ pub type Result<T, E = Pop3Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_debug_is_redacted() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
-        assert_eq!(s.expose(), "hunter2");
-    }
 
     #[test]
     fn timeouts_and_resets_are_classified() {

@@ -17,7 +17,8 @@ use super::auth::{self, AuthMethod};
 use super::codec::{self, Capabilities, Command, Reply, RespCode, Status, UidlLineError};
 use super::conn::{BodyReader, Conn, Pipeline, rejected};
 use super::{Pop3Error, Result, Secret};
-use crate::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
+use crate::net::sasl;
+use crate::net::transport::{self, ConnectOptions, Stream, TlsInfo, TlsMode};
 
 /// Marker: before login (RFC 1939 §4).
 #[derive(Debug)]
@@ -258,7 +259,7 @@ impl Session<Authorization> {
             .into_iter()
             .filter(|m| !refused.iter().any(|r| r.method == *m))
             .collect();
-        let forms = auth::secret_forms(user, &self.host, self.port, secret);
+        let forms = sasl::secret_forms(user, &self.host, self.port, secret);
         for (i, &method) in remaining.iter().enumerate() {
             let error = match self.attempt(method, user, secret) {
                 Ok(()) => {
@@ -315,7 +316,7 @@ impl Session<Authorization> {
                 })
             }
             AuthMethod::Plain => {
-                let ir = auth::plain_response(user, secret);
+                let ir = sasl::plain_response(user, secret);
                 self.conn
                     .guard(|c| c.sasl("PLAIN", Some(&ir), no_more, None))
             }
@@ -323,13 +324,13 @@ impl Session<Authorization> {
                 let mut answered = false;
                 let mut respond = |challenge: &str| {
                     (!std::mem::replace(&mut answered, true))
-                        .then(|| auth::cram_md5_response(user, secret, challenge))
+                        .then(|| sasl::cram_md5_response(user, secret, challenge))
                 };
                 self.conn
                     .guard(|c| c.sasl("CRAM-MD5", None, &mut respond, None))
             }
             AuthMethod::Login => {
-                let mut answers = auth::login_responses(user, secret).into_iter();
+                let mut answers = sasl::login_responses(user, secret).into_iter();
                 let mut respond = |_: &str| answers.next();
                 self.conn
                     .guard(|c| c.sasl("LOGIN", None, &mut respond, None))
@@ -337,12 +338,12 @@ impl Session<Authorization> {
             // RFC 7628 §3.2.3 and Google's XOAUTH2: after an error challenge the client sends
             // a dummy response (empty for XOAUTH2, %x01 for OAUTHBEARER) to get the -ERR.
             AuthMethod::XOAuth2 => {
-                let ir = auth::xoauth2_response(user, secret);
+                let ir = sasl::xoauth2_response(user, secret);
                 self.conn
                     .guard(|c| c.sasl("XOAUTH2", Some(&ir), no_more, Some("")))
             }
             AuthMethod::OAuthBearer => {
-                let ir = auth::oauthbearer_response(user, &self.host, self.port, secret);
+                let ir = sasl::oauthbearer_response(user, &self.host, self.port, secret);
                 self.conn
                     .guard(|c| c.sasl("OAUTHBEARER", Some(&ir), no_more, Some("AQ==")))
             }
@@ -430,7 +431,7 @@ fn redact_secret(error: Pop3Error, forms: &[String]) -> Pop3Error {
             code,
         } => Pop3Error::Rejected {
             command,
-            reply: auth::mask_secret(&reply, forms),
+            reply: sasl::mask_secret(&reply, forms),
             code,
         },
         other => other,

@@ -2,7 +2,7 @@
 //!
 //! Why our own: a restore needs six commands (CAPABILITY, STARTTLS, AUTHENTICATE/LOGIN, CREATE,
 //! EXAMINE, APPEND, plus one FETCH to see what is there). Owning them keeps one TLS stack (the
-//! one the POP3 client uses, `crate::transport`) and avoids the pre-1.0 IMAP crates whose APIs
+//! one the POP3 client uses, `crate::net::transport`) and avoids the pre-1.0 IMAP crates whose APIs
 //! change every few weeks. Used when offered: LITERAL+ (RFC 7888) so APPENDs are pipelined
 //! without waiting for continuations.
 //!
@@ -31,8 +31,10 @@ use chrono::{DateTime, Utc};
 
 use super::{Candidate, RestoreError, Sink, Skipped};
 use crate::archive::{Archive, Digest};
-use crate::pop3::Secret;
-use crate::transport::{self, ConnectOptions, Stream, TlsMode, TransportError};
+use crate::net::Secret;
+use crate::net::sasl;
+use crate::net::transport::{self, ConnectOptions, Stream, TlsMode, TransportError};
+use crate::net::url::{ServerUrl, UrlError};
 
 /// `imap://user@host[:port]/Folder` (STARTTLS) or `imaps://...` (implicit TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,41 +49,25 @@ pub struct ImapUrl {
 impl FromStr for ImapUrl {
     type Err = RestoreError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if crate::account::has_password(s) {
-            return Err(RestoreError::PasswordInUrl);
-        }
-        let bad = || RestoreError::BadDestination(s.to_string());
-        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
-        let implicit_tls = match scheme {
+        let url: ServerUrl = s.parse().map_err(|e| match e {
+            UrlError::PasswordInUrl => RestoreError::Url(e),
+            UrlError::Malformed(_) => RestoreError::BadDestination(s.to_string()),
+        })?;
+        let implicit_tls = match url.scheme.as_str() {
             "imaps" => true,
             "imap" => false,
-            _ => return Err(bad()),
-        };
-        let (authority, folder) = rest.split_once('/').unwrap_or((rest, ""));
-        let folder = crate::account::percent_decode(folder).ok_or_else(bad)?;
-        let pop: crate::account::ServerUrl =
-            format!("pop3://{authority}").parse().map_err(|_| bad())?;
-        let port = if authority
-            .rsplit_once('@')
-            .is_some_and(|(_, h)| h.contains("]:") || (!h.starts_with('[') && h.contains(':')))
-        {
-            pop.port
-        } else if implicit_tls {
-            993
-        } else {
-            143
-        };
-        let folder = if folder.is_empty() {
-            "INBOX".to_string()
-        } else {
-            folder
+            _ => return Err(RestoreError::BadDestination(s.to_string())),
         };
         Ok(ImapUrl {
             implicit_tls,
-            user: pop.user,
-            host: pop.host,
-            port,
-            folder,
+            user: url.user,
+            host: url.host,
+            port: url.port.unwrap_or(if implicit_tls { 993 } else { 143 }),
+            folder: if url.path.is_empty() {
+                "INBOX".to_string()
+            } else {
+                url.path
+            },
         })
     }
 }
@@ -632,11 +618,11 @@ impl ImapSink {
     ) -> Result<ImapSink, ImapError> {
         let mut client = Client::connect(connect)?;
         // A server may quote what it was sent in its refusal: never show the secret.
-        let forms = crate::pop3::auth::secret_forms(&url.user, &url.host, url.port, secret);
+        let forms = sasl::secret_forms(&url.user, &url.host, url.port, secret);
         client.login(&url.user, secret).map_err(|e| match e {
             ImapError::Rejected { command, reply } => ImapError::Rejected {
                 command,
-                reply: crate::pop3::auth::mask_secret(&reply, &forms),
+                reply: sasl::mask_secret(&reply, &forms),
             },
             other => other,
         })?;

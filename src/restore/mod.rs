@@ -59,8 +59,8 @@ pub enum RestoreError {
         "{0:?} is not a restore destination: write maildir:DIR, mbox:FILE, imap://USER@HOST[:PORT]/FOLDER or imaps://..."
     )]
     BadDestination(String),
-    #[error("{}", crate::account::PASSWORD_IN_URL)]
-    PasswordInUrl,
+    #[error(transparent)]
+    Url(crate::net::url::UrlError),
     #[error("{path} is not an mbox to append to: {why}; give a new file name or an existing mbox")]
     NotAnMbox { path: PathBuf, why: String },
     #[error(

@@ -18,3 +18,4 @@ mod repair;
 mod restore;
 mod signals;
 mod support;
+mod tls_trust;

@@ -1,28 +1,18 @@
 //! Connections shared by the POP3 client and the IMAP restore: plain TCP, implicit TLS, or an
 //! upgrade after STLS/STARTTLS, with rustls and the ring provider.
 //!
-//! Trust: system roots (rustls-native-certs, or webpki-roots when the system store is empty)
-//! by default; `ca_file` replaces them; `fingerprint` replaces the chain check by a SHA-256 pin
-//! of the leaf certificate. TLS 1.2 is the minimum. Every socket gets read and write timeouts,
-//! so a server that stops talking ends in a timeout error, never a hang.
+//! Trust is [`super::tls`]'s. TLS 1.2 is the minimum. Every socket gets read and write
+//! timeouts, so a server that stops talking ends in a timeout error, never a hang.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, OtherError,
-    ProtocolVersion, RootCertStore, SignatureScheme, StreamOwned,
-};
-use sha2::{Digest as _, Sha256};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConnection, ProtocolVersion, StreamOwned};
 
+use super::tls::{self, CaFileError, CertificateInfo, TlsProblem};
 use crate::stop::Stop;
 
 /// Why a connection could not be made. No variant holds a secret (none reaches this layer).
@@ -40,18 +30,18 @@ pub enum TransportError {
         #[source]
         source: io::Error,
     },
-    #[error("tls handshake with {host} failed")]
-    Tls {
+    /// The server's certificate is not trusted; `certificate` describes it when the server got
+    /// as far as presenting one.
+    #[error("the TLS certificate of {host} is not trusted: {problem}")]
+    Certificate {
         host: String,
-        #[source]
-        source: rustls::Error,
+        problem: TlsProblem,
+        certificate: Option<Box<CertificateInfo>>,
     },
-    #[error("cannot load CA certificates from {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
-    #[error(
-        "server certificate does not match the pinned fingerprint: expected sha256 {expected}, got {got}"
-    )]
-    CertificatePin { expected: String, got: String },
+    #[error("the TLS handshake with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
+    #[error(transparent)]
+    CaFile(#[from] CaFileError),
     #[error("{host:?} is not a valid server name")]
     BadHost { host: String },
     #[error("i/o error while connecting")]
@@ -125,7 +115,7 @@ pub struct TlsInfo {
 impl TlsInfo {
     /// SHA-256 of the leaf certificate, the value `fingerprint` pins.
     pub fn leaf_fingerprint(&self) -> Option<[u8; 32]> {
-        self.peer_certificates.first().map(|c| sha256(c))
+        self.peer_certificates.first().map(|c| tls::fingerprint(c))
     }
 }
 
@@ -225,18 +215,18 @@ pub fn connect_tcp(opts: &ConnectOptions) -> Result<TcpStream> {
 /// Runs the TLS handshake on `tcp` to completion, so certificate errors surface here rather
 /// than at the first read.
 pub fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsInfo)> {
-    let config = client_config(opts)?;
+    let (config, verifier) = tls::client_config(opts.ca_file.as_deref(), opts.fingerprint)?;
     let name = ServerName::try_from(opts.host.clone()).map_err(|_| TransportError::BadHost {
         host: opts.host.clone(),
     })?;
-    let conn = ClientConnection::new(config, name).map_err(|source| TransportError::Tls {
+    let conn = ClientConnection::new(config, name).map_err(|e| TransportError::Tls {
         host: opts.host.clone(),
-        source,
+        reason: e.to_string(),
     })?;
     let mut tls = StreamOwned::new(conn, tcp);
     while tls.conn.is_handshaking() {
         if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-            return Err(handshake_error(e, opts));
+            return Err(handshake_error(e, opts, &verifier));
         }
     }
     let info = TlsInfo {
@@ -259,181 +249,28 @@ pub fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsIn
     Ok((Stream::Tls(Box::new(tls)), info))
 }
 
-/// rustls reports handshake failures as an `io::Error` wrapping a `rustls::Error`; unwrap it,
-/// and turn our pin verifier's verdict into its own variant.
-fn handshake_error(e: io::Error, opts: &ConnectOptions) -> TransportError {
+/// rustls reports handshake failures as an `io::Error` wrapping a `rustls::Error`: a refused
+/// certificate becomes [`TransportError::Certificate`], with the certificate the server showed.
+fn handshake_error(
+    e: io::Error,
+    opts: &ConnectOptions,
+    verifier: &tls::Verifier,
+) -> TransportError {
     let Some(tls_error) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return TransportError::Io(e);
     };
-    if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) = tls_error
-        && let Some(pin) = other.downcast_ref::<PinMismatch>()
-    {
-        return TransportError::CertificatePin {
-            expected: hex::encode(pin.expected),
-            got: hex::encode(pin.got),
-        };
-    }
-    TransportError::Tls {
-        host: opts.host.clone(),
-        source: tls_error.clone(),
-    }
-}
-
-fn client_config(opts: &ConnectOptions) -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| TransportError::Tls {
+    let certificate = verifier
+        .presented()
+        .map(|der| Box::new(CertificateInfo::from_der(&der)));
+    match tls_error {
+        rustls::Error::InvalidCertificate(problem) => TransportError::Certificate {
             host: opts.host.clone(),
-            source,
-        })?;
-    let config = match opts.fingerprint {
-        Some(expected) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(expected, &provider)))
-            .with_no_client_auth(),
-        None => builder
-            .with_root_certificates(roots(opts.ca_file.as_deref())?)
-            .with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
-}
-
-fn roots(ca_file: Option<&Path>) -> Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    if let Some(path) = ca_file {
-        let ca_error = |reason: String| TransportError::CaFile {
-            path: path.to_owned(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| ca_error(e.to_string()))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| ca_error(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_error("no PEM certificate in the file".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-        }
-        return Ok(roots);
-    }
-    // Unreadable entries in the system store are skipped: one bad file must not stop a backup.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if roots.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    Ok(roots)
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Carried inside the rustls error so [`handshake_error`] can name both fingerprints.
-#[derive(Debug)]
-struct PinMismatch {
-    expected: [u8; 32],
-    got: [u8; 32],
-}
-
-impl fmt::Display for PinMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "certificate fingerprint {} is not the pinned {}",
-            hex::encode(self.got),
-            hex::encode(self.expected)
-        )
-    }
-}
-
-impl std::error::Error for PinMismatch {}
-
-/// Trusts exactly one leaf certificate, by SHA-256 of its DER. The chain and the host name are
-/// not checked (the pin is stronger than both), but the handshake signatures still are, so the
-/// server must hold the pinned certificate's private key.
-#[derive(Debug)]
-struct PinVerifier {
-    expected: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinVerifier {
-    fn new(expected: [u8; 32], provider: &CryptoProvider) -> Self {
-        PinVerifier {
-            expected,
-            algorithms: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let got = sha256(end_entity);
-        if got == self.expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(PinMismatch {
-                    expected: self.expected,
-                    got,
-                })),
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn missing_ca_file_names_the_path() {
-        let err = roots(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-    }
-
-    #[test]
-    fn empty_ca_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ca.pem");
-        std::fs::write(&path, "not a certificate\n").unwrap();
-        let err = roots(Some(&path)).unwrap_err();
-        assert!(matches!(err, TransportError::CaFile { .. }), "{err}");
-    }
-
-    #[test]
-    fn system_roots_are_never_empty() {
-        assert!(!roots(None).unwrap().is_empty());
+            problem: TlsProblem::from_rustls(problem, &opts.host, certificate.as_deref()),
+            certificate,
+        },
+        other => TransportError::Tls {
+            host: opts.host.clone(),
+            reason: other.to_string(),
+        },
     }
 }

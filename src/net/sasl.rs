@@ -1,0 +1,125 @@
+//! SASL encodings shared by the POP3 and IMAP clients (RFC 4422 mechanisms): PLAIN, LOGIN,
+//! CRAM-MD5, XOAUTH2 and OAUTHBEARER responses, and the masking of every form in which a secret
+//! crosses the wire, for a server that quotes what it was sent. Pure functions over strings.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{KeyInit as _, Mac as _};
+use md5::Md5;
+
+use super::Secret;
+
+/// SASL PLAIN initial response (RFC 4616 §2): base64 of `authzid NUL authcid NUL passwd`,
+/// with an empty authzid (act as oneself).
+pub fn plain_response(user: &str, secret: &Secret) -> String {
+    BASE64.encode(format!("\0{user}\0{}", secret.expose()))
+}
+
+/// Every form in which a client of ours sends `secret` (itself, and the base64 responses of
+/// PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER): what a server quoting us back must not show.
+pub fn secret_forms(user: &str, host: &str, port: u16, secret: &Secret) -> Vec<String> {
+    let mut forms = vec![
+        secret.expose().to_string(),
+        plain_response(user, secret),
+        BASE64.encode(secret.expose()),
+        xoauth2_response(user, secret),
+        oauthbearer_response(user, host, port, secret),
+    ];
+    forms.retain(|f| !f.is_empty());
+    // Longest first, so that a form containing another is masked whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms
+}
+
+/// `text` with every form of the secret masked.
+pub fn mask_secret(text: &str, forms: &[String]) -> String {
+    forms.iter().fold(text.to_string(), |t, form| {
+        t.replace(form.as_str(), "[password]")
+    })
+}
+
+/// The CRAM-MD5 response (RFC 2195 §2) to a base64 `challenge`: base64 of the user name, a
+/// space, and the lowercase hex HMAC-MD5 of the decoded challenge keyed with the secret.
+pub fn cram_md5_response(user: &str, secret: &Secret, challenge: &str) -> String {
+    let challenge = BASE64.decode(challenge.trim()).unwrap_or_default();
+    let mut mac = hmac::Hmac::<Md5>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(&challenge);
+    let digest = hex::encode(mac.finalize().into_bytes());
+    BASE64.encode(format!("{user} {digest}"))
+}
+
+/// SASL LOGIN responses: base64 of the user name, then of the password, one per challenge.
+pub fn login_responses(user: &str, secret: &Secret) -> [String; 2] {
+    [BASE64.encode(user), BASE64.encode(secret.expose())]
+}
+
+/// XOAUTH2 initial response: base64 of `user=U^Aauth=Bearer T^A^A`.
+pub fn xoauth2_response(user: &str, token: &Secret) -> String {
+    BASE64.encode(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// OAUTHBEARER initial response (RFC 7628 §3.1): a GS2 header naming the user, then
+/// host, port and the bearer token as `^A`-separated key-value pairs.
+pub fn oauthbearer_response(user: &str, host: &str, port: u16, token: &Secret) -> String {
+    // RFC 5801 §4: "," and "=" in a saslname are escaped as =2C and =3D.
+    let user = user.replace('=', "=3D").replace(',', "=2C");
+    BASE64.encode(format!(
+        "n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
+}
+
+/// Decodes a base64 server challenge for an error message; lossy, never fails.
+pub fn decode_challenge(challenge: &str) -> String {
+    match BASE64.decode(challenge.trim()) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => challenge.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_encodings() {
+        let pw = Secret::new("secret");
+        assert_eq!(plain_response("alice", &pw), "AGFsaWNlAHNlY3JldA==");
+        assert_eq!(login_responses("alice", &pw), ["YWxpY2U=", "c2VjcmV0"]);
+        let token = Secret::new("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg");
+        assert_eq!(
+            decode_challenge(&xoauth2_response("someuser@example.com", &token)),
+            "user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
+        );
+        // RFC 7628 §4.1 example, with its user name.
+        assert_eq!(
+            decode_challenge(&oauthbearer_response(
+                "user@example.com",
+                "server.example.com",
+                143,
+                &Secret::new("vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==")
+            )),
+            "n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        assert!(
+            decode_challenge(&oauthbearer_response("a,b=c", "h", 1, &pw))
+                .starts_with("n,a=a=2Cb=3Dc,")
+        );
+    }
+
+    #[test]
+    fn cram_md5_matches_rfc2195_example() {
+        // RFC 2195 §2: challenge <1896.697170952@postoffice.reston.mci.net>, secret
+        // "tanstaaftanstaaf", user "tim".
+        let challenge = BASE64.encode("<1896.697170952@postoffice.reston.mci.net>");
+        let response = cram_md5_response("tim", &Secret::new("tanstaaftanstaaf"), &challenge);
+        assert_eq!(
+            decode_challenge(&response),
+            "tim b913a602c7eda7a495b4e6e7334d3890"
+        );
+    }
+}
