@@ -118,9 +118,41 @@ fn clean(value: &str) -> String {
     unfolded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The header block of a message: up to and including the blank line that ends it (the whole
+/// message when there is none), as POP3 `TOP n 0` and IMAP `BODY[HEADER]` send it.
+pub fn header_block(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &message[..2];
+    }
+    if message.starts_with(b"\n") {
+        return &message[..1];
+    }
+    let crlf = message.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = message.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(c), Some(l)) if l + 1 < c => &message[..l + 2],
+        (Some(c), _) => &message[..c + 4],
+        (None, Some(l)) => &message[..l + 2],
+        (None, None) => message,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_blocks_end_at_the_first_blank_line() {
+        assert_eq!(
+            header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            b"A: 1\r\nB: 2\r\n\r\n"
+        );
+        assert_eq!(header_block(b"A: 1\n\nbody\n\n"), b"A: 1\n\n");
+        assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
+        // A message that starts with a blank line has an empty header block (Dovecot's
+        // BODY[HEADER] of it is the blank line alone).
+        assert_eq!(header_block(b"\r\nFrom: a\r\n\r\nbody"), b"\r\n");
+    }
 
     #[test]
     fn reads_decoded_fields_and_utc_date() {

@@ -122,6 +122,9 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
         for s in &report.skipped {
             eprintln!(
                 "skipped {} ({}): {}",

@@ -6,19 +6,23 @@
 //! change every few weeks. Used when offered: LITERAL+ (RFC 7888) so APPENDs are pipelined
 //! without waiting for continuations.
 //!
-//! NUL bytes: RFC 3501 has no room for them in a literal, and BINARY (RFC 3516) lets the server
-//! re-encode the MIME parts (Dovecot turns them into base64), so messages are always sent as
-//! they are in a plain literal. Dovecot accepts that and shows NUL as 0x80 to FETCH; a server
-//! that refuses a message gets it reported as skipped, and the restore goes on.
+//! Bytes: IMAP requires CRLF line ends, so a bare LF is sent as CRLF; every other byte goes as
+//! it is, a lone CR included (raw binary parts have them). NUL bytes have no room in a plain
+//! literal (RFC 3501): where the server offers BINARY (RFC 3516) a message holding NUL goes as
+//! a `literal8`, which Dovecot stores byte for byte; elsewhere it goes as it is (Dovecot keeps
+//! it, showing NUL as 0x80), and the report says how many messages held NULs.
 //!
 //! Folders: `/` in the URL separates levels and becomes the server's hierarchy delimiter; names
 //! are sent in modified UTF-7 and quoted, so no folder name can inject a command.
 //!
-//! Bytes: IMAP requires CRLF line endings, so a bare LF is sent as CRLF. Presence: a message is
-//! already in the folder when a message there has the same size and the same header block (both
-//! after that normalisation), read with one FETCH of RFC822.SIZE and `BODY.PEEK[HEADER]`. Where
-//! two archived messages share size and header block but differ in their bodies, the server's
-//! messages with that key are fetched whole and compared byte for byte.
+//! Presence: a message is in the folder when a message there has the same size and header
+//! block (after the LF normalisation), read with one FETCH of RFC822.SIZE and
+//! `BODY.PEEK[HEADER]`. A server message whose BINARY.SIZE differs from its RFC822.SIZE was
+//! re-encoded for that FETCH (a literal8 message): it is fetched whole with BINARY.PEEK[].
+//! Where archived messages share the key but differ in their bodies, the server's messages with
+//! that key are compared whole. Archived messages that normalise to the same bytes (the LF copy
+//! of an old client's mbox and the CRLF copy from POP3) are one message to the server: it gets
+//! one of them, once.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -30,6 +34,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 
 use super::{Candidate, RestoreError, Sink, Skipped};
+use crate::archive::envelope::header_block;
 use crate::archive::{Archive, Digest};
 use crate::net::Secret;
 use crate::net::sasl;
@@ -125,6 +130,14 @@ const MAX_LINE: usize = 64 * 1024;
 const MAX_LITERAL: u64 = 256 << 20;
 /// APPENDs in flight with LITERAL+.
 const WINDOW: usize = 128;
+
+/// A folder's messages as presence sees them (see [`Client::folder_view`]): by presence key,
+/// and by [`header_identity`].
+#[derive(Debug, Default)]
+struct FolderView {
+    by_key: HashMap<(u64, Digest), Vec<u64>>,
+    by_header: HashMap<Digest, Vec<u64>>,
+}
 
 /// One server response: its text with each literal replaced by `{n}`, and the literals.
 #[derive(Debug, Default)]
@@ -384,47 +397,51 @@ impl Client {
             .unwrap_or(0))
     }
 
-    /// The sequence numbers of the selected folder's messages by (size, SHA-256 of the header
-    /// block).
-    fn presence_keys(
-        &mut self,
-        exists: u64,
-    ) -> Result<HashMap<(u64, Digest), Vec<u64>>, ImapError> {
-        let mut keys = HashMap::new();
+    /// What the selected folder holds, for presence.
+    fn folder_view(&mut self, exists: u64) -> Result<FolderView, ImapError> {
+        let mut view = FolderView::default();
         if exists == 0 {
-            return Ok(keys);
+            return Ok(view);
         }
         let untagged = self.simple("FETCH", "FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])")?;
         for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
-            let size = r
-                .text
-                .split("RFC822.SIZE ")
-                .nth(1)
-                .and_then(|t| t.split([' ', ')']).next())
-                .and_then(|n| n.parse().ok());
+            let number = |item: &str| {
+                r.text
+                    .split(item)
+                    .nth(1)
+                    .and_then(|t| t.split([' ', ')']).next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            };
+            let (Some(size), Some(seq)) = (number("RFC822.SIZE "), sequence_number(&r.text)) else {
+                continue;
+            };
             let header = match r.literals.first() {
                 Some(h) => h.clone(),
                 None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
             };
-            if let (Some(size), Some(seq)) = (size, sequence_number(&r.text)) {
-                keys.entry((size, digest_as_fetched(&header)))
-                    .or_insert_with(Vec::new)
-                    .push(seq);
-            }
+            view.by_key
+                .entry((size, digest_as_fetched(&header)))
+                .or_default()
+                .push(seq);
+            view.by_header
+                .entry(header_identity(&header))
+                .or_default()
+                .push(seq);
         }
-        Ok(keys)
+        Ok(view)
     }
 
-    /// The digest (NUL read as 0x80, as for headers) of each whole message `seqs` names.
+    /// The digest of each whole message `seqs` names (BODY.PEEK[]), as [`whole_digest`]
+    /// computes it.
     fn full_digests(&mut self, seqs: &[u64]) -> Result<Vec<Digest>, ImapError> {
         let set: Vec<String> = seqs.iter().map(u64::to_string).collect();
         let untagged = self.simple("FETCH", &format!("FETCH {} BODY.PEEK[]", set.join(",")))?;
         Ok(untagged
-            .iter()
+            .into_iter()
             .filter(|r| r.text.contains(" FETCH "))
-            .map(|r| match r.literals.first() {
-                Some(bytes) => digest_as_fetched(bytes),
-                None => digest_as_fetched(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
+            .map(|mut r| match r.literals.pop() {
+                Some(bytes) => whole_digest(&bytes),
+                None => whole_digest(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
             })
             .collect())
     }
@@ -516,36 +533,54 @@ fn fit_reply(text: &str) -> String {
     text.chars().take(200).collect()
 }
 
-/// Bare LF (and a lone CR) become CRLF: the form IMAP requires and servers store.
+/// A bare LF becomes CRLF, the line end IMAP requires; every other byte stays, a lone CR too.
 pub fn crlf_normalise(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 2;
-                continue;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
+    let mut previous = 0u8;
+    for &b in raw {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
         }
-        i += 1;
+        out.push(b);
+        previous = b;
     }
     out
 }
 
-/// The presence key of a message: its normalised size and the SHA-256 of its header block, with
-/// NUL read as 0x80 (a server cannot send NUL in a FETCH without BINARY; Dovecot sends 0x80).
+/// The presence key of a message: the size and the SHA-256 of the header block of its
+/// canonical form (see [`canonical`]), with NUL read as 0x80 (a server cannot send NUL in a
+/// FETCH without BINARY; Dovecot sends 0x80).
 pub fn presence_key(normalised: &[u8]) -> (u64, Digest) {
-    let end = normalised
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(normalised.len(), |p| p + 4);
+    let canonical = canonical(normalised);
     (
-        normalised.len() as u64,
-        digest_as_fetched(&normalised[..end]),
+        canonical.len() as u64,
+        digest_as_fetched(header_block(&canonical)),
     )
+}
+
+/// The bytes as a server may store them: CRs right before a CRLF dropped. Dovecot keeps mail
+/// with LF line ends (its default `mail_save_crlf = no`), so CR CR LF comes back as CR LF.
+/// Presence compares this form on both sides, so such a message is found again, not added on
+/// every run.
+fn canonical(normalised: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !normalised.windows(3).any(|w| w == b"\r\r\n") {
+        return std::borrow::Cow::Borrowed(normalised);
+    }
+    let mut out = Vec::with_capacity(normalised.len());
+    for &b in normalised {
+        if b == b'\n' {
+            while out.len() >= 2 && out[out.len() - 1] == b'\r' && out[out.len() - 2] == b'\r' {
+                out.remove(out.len() - 2);
+            }
+        }
+        out.push(b);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The digest a message is compared whole by: of its canonical form, NUL read as 0x80.
+fn whole_digest(normalised: &[u8]) -> Digest {
+    digest_as_fetched(&canonical(normalised))
 }
 
 /// SHA-256 with NUL read as 0x80, as a server sends it in a FETCH without BINARY.
@@ -578,6 +613,10 @@ pub struct ImapSink {
     retry_singly: Vec<(Candidate, Vec<u8>)>,
     /// Messages the server refused, with its reply.
     refused: Vec<Skipped>,
+    /// BINARY (RFC 3516): a message holding NUL goes as a literal8.
+    binary: bool,
+    /// Messages holding NUL sent to a server without BINARY.
+    nul_messages: usize,
 }
 
 struct InFlight {
@@ -634,7 +673,6 @@ impl ImapSink {
         };
         let multiappend = literal_plus && client.capabilities.contains("MULTIAPPEND");
         Ok(ImapSink {
-            client,
             folder,
             dry_run,
             literal_plus,
@@ -644,6 +682,9 @@ impl ImapSink {
             in_flight: Default::default(),
             retry_singly: Vec::new(),
             refused: Vec::new(),
+            binary: client.capabilities.contains("BINARY"),
+            nul_messages: 0,
+            client,
         })
     }
 
@@ -682,9 +723,20 @@ impl ImapSink {
             .write(format!("{tag} APPEND {name}").as_bytes())?;
         for (c, bytes) in &messages {
             let plus = if self.literal_plus { "+" } else { "" };
+            // RFC 3516 §4.3: a literal8 may carry NUL; a plain literal may not.
+            let eight = if bytes.contains(&0) {
+                if self.binary {
+                    "~"
+                } else {
+                    self.nul_messages += 1;
+                    ""
+                }
+            } else {
+                ""
+            };
             self.client.write(
                 format!(
-                    " ({}) \"{}\" {{{}{plus}}}\r\n",
+                    " ({}) \"{}\" {eight}{{{}{plus}}}\r\n",
                     flag_list(c),
                     internal_date(c.time),
                     bytes.len()
@@ -732,6 +784,74 @@ impl ImapSink {
     }
 }
 
+/// What presence knows of an archived message, after the LF normalisation.
+struct Archived {
+    key: (u64, Digest),
+    /// [`header_identity`] of its header block.
+    header: Digest,
+    whole: Digest,
+    /// It has a part whose transfer encoding is binary, which a server shows re-encoded (to
+    /// base64) in a FETCH without BINARY: size, body and that part's headers differ there.
+    re_encoded_in_view: bool,
+}
+
+impl Archived {
+    fn of(normalised: &[u8]) -> Archived {
+        Archived {
+            key: presence_key(normalised),
+            header: header_identity(header_block(&canonical(normalised))),
+            whole: whole_digest(normalised),
+            re_encoded_in_view: normalised
+                .windows(33)
+                .any(|w| w.eq_ignore_ascii_case(b"content-transfer-encoding: binary")),
+        }
+    }
+}
+
+/// A header block's digest without its Content-Transfer-Encoding lines (NUL read as 0x80):
+/// what a server re-encoding a binary message for display leaves of its identity.
+fn header_identity(header: &[u8]) -> Digest {
+    let kept: Vec<u8> = header
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| {
+            !(line.len() >= 26 && line[..26].eq_ignore_ascii_case(b"content-transfer-encoding:"))
+        })
+        .flatten()
+        .copied()
+        .collect();
+    digest_as_fetched(&kept)
+}
+
+impl ImapSink {
+    /// The whole digests, among `archived`, of the messages the folder holds.
+    fn held<'a>(
+        &mut self,
+        view: &FolderView,
+        archived: impl Iterator<Item = &'a Archived>,
+    ) -> Result<HashSet<Digest>, ImapError> {
+        let mut held = HashSet::new();
+        let mut by_key: HashMap<(u64, Digest), HashSet<Digest>> = HashMap::new();
+        for a in archived {
+            if view.by_key.contains_key(&a.key) {
+                by_key.entry(a.key).or_default().insert(a.whole);
+            } else if a.re_encoded_in_view && view.by_header.contains_key(&a.header) {
+                // Its size and body are the re-encoded ones there: known by its headers.
+                held.insert(a.whole);
+            }
+        }
+        for (key, wholes) in by_key {
+            if wholes.len() == 1 {
+                held.extend(wholes);
+            } else {
+                // Archived messages that share size and headers but differ in their bodies:
+                // the key cannot tell them apart, so the server's copies are compared whole.
+                held.extend(self.client.full_digests(&view.by_key[&key])?);
+            }
+        }
+        Ok(held)
+    }
+}
+
 impl Sink for ImapSink {
     fn present(
         &mut self,
@@ -739,16 +859,24 @@ impl Sink for ImapSink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
         let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
-        let on_server = self.client.presence_keys(exists)?;
-        let mut present = HashSet::new();
-        let Some(largest) = on_server.keys().map(|(size, _)| *size).max() else {
-            return Ok(present);
-        };
-        // Archived messages by presence key, with the digest of their whole normalised bytes.
-        let mut by_key: HashMap<(u64, Digest), Vec<(Digest, Digest)>> = HashMap::new();
+        let view = self.client.folder_view(exists)?;
+        let largest = view.by_key.keys().map(|(size, _)| *size).max().unwrap_or(0);
+        // Archived messages that may be in the folder, or may be one message to the server:
+        // those that may match a server message, and those that share a date, sender and
+        // subject with another candidate (the LF and the CRLF copy of a mail).
+        let mut envelopes: HashMap<(DateTime<Utc>, Option<&str>, Option<&str>), usize> =
+            HashMap::new();
         for c in candidates {
-            // Normalisation only adds bytes: a candidate larger than every server message is new.
-            if c.size > largest {
+            *envelopes
+                .entry((c.time, c.from.as_deref(), c.subject.as_deref()))
+                .or_default() += 1;
+        }
+        let mut archived: HashMap<Digest, Archived> = HashMap::new();
+        for c in candidates {
+            let twin = envelopes[&(c.time, c.from.as_deref(), c.subject.as_deref())] > 1;
+            // Normalisation only adds bytes: one larger than every server message is new (one
+            // the server shows re-encoded is larger there, never smaller).
+            if c.size > largest && !twin {
                 continue;
             }
             let raw = match archive.read_message(&c.id) {
@@ -757,37 +885,31 @@ impl Sink for ImapSink {
                 Err(crate::archive::ArchiveError::DamagedMessage { .. }) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let normalised = crlf_normalise(&raw);
-            let key = presence_key(&normalised);
-            if on_server.contains_key(&key) {
-                by_key
-                    .entry(key)
-                    .or_default()
-                    .push((c.id, digest_as_fetched(&normalised)));
-            }
+            archived.insert(c.id, Archived::of(&crlf_normalise(&raw)));
         }
-        for (key, archived) in by_key {
-            let seqs = &on_server[&key];
-            // Each server copy accounts for one archived message: two can normalise to the
-            // same bytes (the LF and the CRLF copy of one mail).
-            let mut copies: HashMap<Digest, usize> = HashMap::new();
-            if archived.iter().all(|(_, whole)| *whole == archived[0].1) {
-                copies.insert(archived[0].1, seqs.len());
-            } else {
-                // Archived messages that share size and headers but differ in their bodies: the
-                // key cannot tell them apart, so the server's copies are compared whole.
-                for whole in self.client.full_digests(seqs)? {
-                    *copies.entry(whole).or_default() += 1;
-                }
-            }
-            for (id, whole) in archived {
-                if let Some(n) = copies.get_mut(&whole).filter(|n| **n > 0) {
-                    *n -= 1;
-                    present.insert(id);
-                }
+        let held = self.held(&view, archived.values())?;
+        // Present: what the server holds already, and every later twin of a message that will
+        // be restored (the first, oldest, goes; the server then holds it once).
+        let mut present = HashSet::new();
+        let mut going: HashSet<Digest> = HashSet::new();
+        for c in candidates {
+            let Some(a) = archived.get(&c.id) else {
+                continue;
+            };
+            if held.contains(&a.whole) || !going.insert(a.whole) {
+                present.insert(c.id);
             }
         }
         Ok(present)
+    }
+
+    fn warnings(&mut self) -> Vec<String> {
+        match std::mem::take(&mut self.nul_messages) {
+            0 => Vec::new(),
+            n => vec![format!(
+                "{n} messages held NUL bytes, which IMAP without BINARY (RFC 3516) cannot carry: the server may have altered them"
+            )],
+        }
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
@@ -877,8 +999,20 @@ mod tests {
 
     #[test]
     fn bare_line_ends_become_crlf() {
-        assert_eq!(crlf_normalise(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(
+            crlf_normalise(b"a\nb\r\nc\rd\r\r\n"),
+            b"a\r\nb\r\nc\rd\r\r\n"
+        );
+        assert_eq!(crlf_normalise(b"\n\n"), b"\r\n\r\n");
         let (size, _) = presence_key(b"A: b\r\n\r\nbody");
         assert_eq!(size, 12);
+        assert_eq!(
+            &*canonical(b"a\r\r\r\nb\r\r\n\rc\r\n"),
+            b"a\r\nb\r\n\rc\r\n"
+        );
+        assert_eq!(
+            presence_key(b"S: x\r\n\r\nb\r\r\n"),
+            presence_key(b"S: x\r\n\r\nb\r\n")
+        );
     }
 }

@@ -167,6 +167,10 @@ pub trait Sink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
+    /// What the user should know of how messages were put (said once, at the end).
+    fn warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// Puts several messages, one result each, one after the other; stops after the first
     /// error that is not about one message alone (the destination may be out of step), so there
     /// may be fewer results than items.
@@ -227,6 +231,8 @@ pub struct RestoreReport {
     pub seconds: f64,
     /// Stopped by a stop request before every message was put.
     pub interrupted: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// With --dry-run: the messages that would be restored.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedMessage>,
@@ -338,6 +344,7 @@ pub fn restore(
         Ok(())
     })?;
     refused(&mut report, sink.finish()?);
+    report.warnings = sink.warnings();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -231,9 +231,8 @@ fn mutt_reads_every_message_of_a_restored_maildir_and_mbox() {
     assert_eq!(mutt_count(&mbox), Some(archived.len() as u64), "mbox");
 }
 
-/// What an IMAP client reads back: CRLF line endings (popvault sends bare LF as CRLF, as IMAP
-/// requires), and NUL bytes as 0x80 (popvault sends them as BINARY literal8; Dovecot stores
-/// them, but a FETCH without BINARY, all Python's imaplib can do, shows NUL as 0x80).
+/// What an IMAP client reads back with BODY.PEEK[]: each bare LF made CRLF (as IMAP requires),
+/// every other byte as archived, but NUL shown as 0x80 (a FETCH without BINARY cannot carry it).
 fn normalise(raw: &[u8]) -> Vec<u8> {
     popvault::restore::imap::crlf_normalise(raw)
         .into_iter()
@@ -253,27 +252,50 @@ fn imap_restore_over_tls_keeps_bytes_dates_and_flags_and_never_duplicates() {
     let ca = dovecot.ca_pem();
     let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
     let skipped = r["skipped"].as_array().unwrap().len();
+    // Archived messages that differ only in line ends are one message to the server.
+    let distinct: std::collections::HashSet<Vec<u8>> =
+        archived.values().map(|(raw, _)| normalise(raw)).collect();
+    assert!(
+        distinct.len() < archived.len(),
+        "the corpus has LF and CRLF copies"
+    );
     assert_eq!(
         r["restored"].as_u64().unwrap() as usize + skipped,
-        archived.len(),
+        distinct.len(),
         "{r}"
     );
     assert_eq!(skipped, 0, "{r}");
 
     let read = imap_folder(&dovecot, "Restored.Old mail &APw-");
-    assert_eq!(read.len(), archived.len());
+    assert_eq!(read.len(), distinct.len());
     let by_normalised: HashMap<String, &serde_json::Value> = archived
         .values()
         .map(|(raw, meta)| (sha256_hex(&normalise(raw)), meta))
         .collect();
+    // Dovecot shows a part whose transfer encoding is binary re-encoded to base64 in a FETCH
+    // without BINARY (and BINARY undoes every encoding): such a multipart message is known by
+    // its own header block, which the re-encoding leaves alone.
+    let header = |m: &[u8]| sha256_hex(popvault::archive::envelope::header_block(m));
+    let by_header: HashMap<String, &serde_json::Value> = archived
+        .values()
+        .filter(|(raw, _)| {
+            String::from_utf8_lossy(raw)
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: binary")
+        })
+        .map(|(raw, meta)| (header(&normalise(raw)), meta))
+        .collect();
     for m in &read {
         let body = hex::decode(m["body"].as_str().unwrap()).unwrap();
-        let meta = by_normalised.get(&sha256_hex(&body)).unwrap_or_else(|| {
-            panic!(
-                "IMAP message differs from every archived one (after CRLF normalisation): {:?}",
-                String::from_utf8_lossy(&body[..body.len().min(300)])
-            )
-        });
+        let meta = by_normalised
+            .get(&sha256_hex(&body))
+            .or_else(|| by_header.get(&header(&body)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "IMAP message differs from every archived one (after CRLF normalisation): {:?}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                )
+            });
         assert!(m["flags"].as_array().unwrap().iter().any(|f| f == "\\Seen"));
         if let Some(date) = meta["date_utc"].as_str() {
             let expected = chrono::DateTime::parse_from_rfc3339(date)
@@ -609,4 +631,133 @@ fn messages_that_differ_only_in_their_bodies_are_both_restored_once() {
         .collect();
     bodies.sort();
     assert_eq!(bodies, vec![first, second]);
+}
+
+/// Every byte through IMAP: NUL (a literal8, where the server offers BINARY), a lone CR (raw
+/// binary parts have them), 8-bit bytes and a line of megabytes come back as archived, with
+/// only each bare LF made CRLF; a re-run adds nothing.
+#[test]
+fn imap_restore_keeps_every_byte_nul_lone_cr_8bit_and_long_lines() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let mut long = b"From: a@example.org\r\nSubject: long line\r\n\r\n".to_vec();
+    long.extend(std::iter::repeat_n(b'q', 2 << 20));
+    long.extend_from_slice(b"\r\n");
+    let messages: Vec<Vec<u8>> = vec![
+        b"From: a@example.org\r\nSubject: nul\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\nx\x00y\x00\r\n".to_vec(),
+        b"From: a@example.org\r\nSubject: lone cr\r\n\r\nDER \x30\x82\r\x41\x0d end\rof\r\n".to_vec(),
+        b"From: a@example.org\nSubject: lf and 8-bit\n\n\xe9t\xe9 \xff\xfe\n".to_vec(),
+        long,
+    ];
+    for (n, m) in messages.iter().enumerate() {
+        let path = sandbox.path().join(format!("m{n}.eml"));
+        std::fs::write(&path, m).unwrap();
+        sandbox.ok(&["import", &format!("eml:{}", path.display())]);
+    }
+    let url = format!(
+        "imaps://{}@127.0.0.1:{}/Bytes",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    for run in 0..2 {
+        let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
+        assert_eq!(
+            r["restored"],
+            if run == 0 { 4 } else { 0 },
+            "run {run}: {r}"
+        );
+    }
+    let read = imap_folder(&dovecot, "Bytes");
+    assert_eq!(read.len(), 4);
+    // BINARY.PEEK[]: the bytes as stored (these messages have no base64 or QP part to undo).
+    let mut got: Vec<Vec<u8>> = read
+        .iter()
+        .map(|m| hex::decode(m["binary"].as_str().unwrap()).unwrap())
+        .collect();
+    let mut want: Vec<Vec<u8>> = messages
+        .iter()
+        .map(|m| popvault::restore::imap::crlf_normalise(m))
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            g == w,
+            "the server holds other bytes than were archived: {:?} for {:?}",
+            String::from_utf8_lossy(&g[..g.len().min(200)]),
+            String::from_utf8_lossy(&w[..w.len().min(200)])
+        );
+    }
+
+    // Dovecot keeps mail with LF line ends, so it stores CR CR LF as CR LF: such a message
+    // cannot come back byte for byte, but it must not be added again on every run.
+    let crcr = sandbox.path().join("crcr.eml");
+    std::fs::write(
+        &crcr,
+        b"From: a@example.org\r\nSubject: cr cr lf\r\n\r\nx\r\r\ny\r\n",
+    )
+    .unwrap();
+    sandbox.ok(&["import", &format!("eml:{}", crcr.display())]);
+    for run in 0..2 {
+        let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
+        assert_eq!(
+            r["restored"],
+            if run == 0 { 1 } else { 0 },
+            "run {run}: {r}"
+        );
+    }
+}
+
+/// The README's POP-to-IMAP story: the old client's LF mbox and the CRLF copies from POP3 hold
+/// the same mail under other ids. The folder gets each mail once, and a message that starts with
+/// a blank line is not appended again on every run.
+#[test]
+fn imap_restore_sends_each_mail_once_whatever_its_line_ends() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let crlf = sandbox.path().join("crlf");
+    let messages = write_maildir(&crlf, 12, 21);
+    let lf = sandbox.path().join("lf");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(lf.join(sub)).unwrap();
+    }
+    for (n, m) in messages.iter().enumerate() {
+        let text: Vec<u8> = m.iter().copied().filter(|&b| b != b'\r').collect();
+        std::fs::write(lf.join("cur").join(format!("lf{n}:2,S")), text).unwrap();
+    }
+    std::fs::write(
+        sandbox.path().join("blank.eml"),
+        b"\nFrom: a@x\nSubject: leading blank\n\nbody\n",
+    )
+    .unwrap();
+    for source in [
+        format!("maildir:{}", crlf.display()),
+        format!("maildir:{}", lf.display()),
+        format!("eml:{}", sandbox.path().join("blank.eml").display()),
+    ] {
+        sandbox.ok(&["import", &source]);
+    }
+    let url = format!(
+        "imaps://{}@127.0.0.1:{}/Once",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    let r = restore_json(
+        &sandbox,
+        &["--to", &url, "--ca-file", ca.to_str().unwrap(), "--dry-run"],
+    );
+    assert_eq!(r["new"], 13, "{r}");
+    for run in 0..3 {
+        let r = restore_json(&sandbox, &["--to", &url, "--ca-file", ca.to_str().unwrap()]);
+        assert_eq!(
+            r["restored"],
+            if run == 0 { 13 } else { 0 },
+            "run {run}: {r}"
+        );
+        assert_eq!(r["selected"], 25, "{r}");
+    }
+    assert_eq!(imap_folder(&dovecot, "Once").len(), 13);
 }
