@@ -784,6 +784,9 @@ impl ImapSink {
     }
 }
 
+/// When a message was sent, by whom, and its subject: what two copies of one mail share.
+type Envelope = (DateTime<Utc>, Option<String>, Option<String>);
+
 /// What presence knows of an archived message, after the LF normalisation.
 struct Archived {
     key: (u64, Digest),
@@ -864,16 +867,14 @@ impl Sink for ImapSink {
         // Archived messages that may be in the folder, or may be one message to the server:
         // those that may match a server message, and those that share a date, sender and
         // subject with another candidate (the LF and the CRLF copy of a mail).
-        let mut envelopes: HashMap<(DateTime<Utc>, Option<&str>, Option<&str>), usize> =
-            HashMap::new();
+        let envelope = |c: &Candidate| (c.time, c.from.clone(), c.subject.clone());
+        let mut envelopes: HashMap<Envelope, usize> = HashMap::new();
         for c in candidates {
-            *envelopes
-                .entry((c.time, c.from.as_deref(), c.subject.as_deref()))
-                .or_default() += 1;
+            *envelopes.entry(envelope(c)).or_default() += 1;
         }
         let mut archived: HashMap<Digest, Archived> = HashMap::new();
         for c in candidates {
-            let twin = envelopes[&(c.time, c.from.as_deref(), c.subject.as_deref())] > 1;
+            let twin = envelopes[&envelope(c)] > 1;
             // Normalisation only adds bytes: one larger than every server message is new (one
             // the server shows re-encoded is larger there, never smaller).
             if c.size > largest && !twin {
