@@ -50,22 +50,26 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         commits: archive.commits().len() as u64,
         ..Stats::default()
     };
+    // Each message once per source it was seen in, and once as stored bytes: `repair` records
+    // a salvaged message's lines again, and a line whose bytes are lost counts nowhere.
     let mut all_bytes: u64 = 0;
-    for e in archive.entries() {
-        s.messages += 1;
-        all_bytes = all_bytes.saturating_add(e.size);
-        let per = s.sources.entry(e.source.label()).or_default();
-        per.messages += 1;
-        per.bytes = per.bytes.saturating_add(e.size);
-        if e.stored.is_some() {
-            s.unique_messages += 1;
-            s.raw_bytes = s.raw_bytes.saturating_add(e.size);
+    for m in archive.messages() {
+        s.unique_messages += 1;
+        s.raw_bytes = s.raw_bytes.saturating_add(m.size);
+        for source in &m.sources {
+            s.messages += 1;
+            all_bytes = all_bytes.saturating_add(m.size);
+            let per = s.sources.entry(source.label()).or_default();
+            per.messages += 1;
+            per.bytes = per.bytes.saturating_add(m.size);
         }
     }
+    let retired = archive.retired_packs();
     s.stored_bytes = archive
         .commits()
         .iter()
         .flat_map(|c| &c.packs)
+        .filter(|p| !retired.contains(p.name.as_str()))
         .map(|p| p.size)
         .fold(0, u64::saturating_add);
     s.compression_ratio = if s.stored_bytes > 0 {
@@ -73,7 +77,7 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
     } else {
         0.0
     };
-    s.dedup_saved_bytes = all_bytes - s.raw_bytes;
+    s.dedup_saved_bytes = all_bytes.saturating_sub(s.raw_bytes);
     s.last_run = archive.commits().last().map(|c| LastRun {
         command: c.command.clone(),
         finished: c.finished,

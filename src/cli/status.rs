@@ -55,10 +55,17 @@ struct AccountStatus {
 }
 
 pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
-    // No archive yet is not an error here: every account has simply never been backed up.
+    // No archive yet: every account has simply never been backed up, which --max-age alerts on
+    // (a mistyped archive path in a monitoring job must not pass).
     let archive = match crate::archive::Archive::open(&ctx.archive) {
         Ok(a) => Some(a),
-        Err(crate::archive::ArchiveError::NotFound { .. }) => None,
+        Err(crate::archive::ArchiveError::NotFound { .. }) => {
+            eprintln!(
+                "warning: there is no archive at {}: nothing has been backed up there",
+                ctx.archive.display()
+            );
+            None
+        }
         Err(e) => return Err(e.into()),
     };
     let mut accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
@@ -72,7 +79,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
         );
     }
     let commits = archive.as_ref().map(|a| a.commits()).unwrap_or_default();
-    let entries = archive.as_ref().map(|a| a.entries()).unwrap_or_default();
+    let messages = archive.as_ref().map(|a| a.messages()).unwrap_or_default();
     for commit in commits {
         for run in &commit.accounts {
             let s = accounts
@@ -92,8 +99,15 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    for e in entries {
-        if let Some(account) = e.source.pop3_account() {
+    // Each archived message once per account (repair records salvaged lines again; the same
+    // message under two UIDLs is one message).
+    for m in &messages {
+        let mut counted: Vec<&str> = Vec::new();
+        for account in m.sources.iter().filter_map(|s| s.pop3_account()) {
+            if counted.contains(&account) {
+                continue;
+            }
+            counted.push(account);
             let s = accounts
                 .entry(account.to_string())
                 .or_insert_with(|| AccountStatus {
@@ -101,7 +115,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                     ..Default::default()
                 });
             s.messages_archived += 1;
-            s.bytes_archived = s.bytes_archived.saturating_add(e.size);
+            s.bytes_archived = s.bytes_archived.saturating_add(m.size);
         }
     }
     let now = Utc::now();
@@ -111,6 +125,10 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             s.stale = s.last_success.is_none_or(|t| now - t > max);
             stale += usize::from(s.stale);
         }
+    }
+    // With no account at all, nothing was ever backed up: overdue by any measure.
+    if args.max_age.is_some() && accounts.is_empty() {
+        stale += 1;
     }
     let list: Vec<&AccountStatus> = accounts.values().collect();
     if args.json {

@@ -230,3 +230,61 @@ fn lost_commit_records_lose_no_message_to_a_later_import_or_repair() {
         }
     }
 }
+
+/// `stats` and `status` count each message once after a repair (which records the salvaged
+/// messages' lines again), and once more when a later run stores a lost one again.
+#[test]
+fn stats_and_status_count_each_message_once_after_a_repair() {
+    let sandbox = Sandbox::new();
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(61);
+    for n in 0..30 {
+        dovecot.add_message(&format!("m{n}"), &generated_message(n, &mut rng));
+    }
+    let url = format!("pop3s://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3s_port);
+    let ca = dovecot.ca_pem();
+    let backup = || {
+        let out = sandbox.run_with_password(
+            &["backup", &url, "--ca-file", ca.to_str().unwrap(), "-q"],
+            dovecot.password(),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    backup();
+    let pack = pack_of(&sandbox, 1);
+    let mut bytes = fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&pack, &bytes).unwrap();
+    repair(&sandbox, &[]);
+    verifies(&sandbox);
+    let count = |sandbox: &Sandbox| {
+        let stats: serde_json::Value =
+            serde_json::from_str(&sandbox.ok(&["stats", "--json"])).unwrap();
+        let status: serde_json::Value =
+            serde_json::from_str(&sandbox.ok(&["status", "--json"])).unwrap();
+        (
+            stats["messages"].as_u64().unwrap(),
+            stats["unique_messages"].as_u64().unwrap(),
+            status[0]["messages_archived"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(count(&sandbox), (29, 29, 29), "one message was lost");
+    backup();
+    assert_eq!(count(&sandbox), (30, 30, 30), "the next backup fetched it again");
+}
+
+/// A mistyped archive path in a monitoring job must alert, not pass.
+#[test]
+fn status_max_age_alerts_on_an_archive_that_does_not_exist() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .command()
+        .arg("--archive")
+        .arg(sandbox.path().join("typo"))
+        .args(["status", "--max-age", "48h"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no archive at"));
+}
