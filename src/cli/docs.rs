@@ -96,7 +96,10 @@ fn render_arg(out: &mut Vec<u8>, arg: &Arg) {
                 .unwrap_or_else(|| arg.get_id().to_string())
         ),
     };
-    let value = if arg.get_long().is_some() || arg.get_short().is_some() {
+    // A flag that takes no value (--dry-run) is shown without one.
+    let value = if (arg.get_long().is_some() || arg.get_short().is_some())
+        && arg.get_action().takes_values()
+    {
         value
     } else {
         String::new()

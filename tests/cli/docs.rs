@@ -17,6 +17,28 @@ fn the_committed_man_page_is_what_the_code_generates() {
         "man/popvault.1 is stale: regenerate it with `cargo run -- man > man/popvault.1`"
     );
     let text = String::from_utf8(generated).unwrap();
+    // On/off flags take no value: `--dry-run`, never `--dry-run DRY_RUN`.
+    for flag in [
+        "dry\\-run",
+        "json",
+        "full",
+        "wait",
+        "unread",
+        "force",
+        "yes",
+        "login",
+        "refetch",
+    ] {
+        let shown_with_value = format!("\\fB\\-\\-{flag}\\fR \\fI");
+        assert!(
+            !text.contains(&shown_with_value),
+            "--{flag} is shown taking a value"
+        );
+    }
+    assert!(
+        text.contains("\\fB\\-\\-timeout\\fR \\fISECONDS\\fR"),
+        "options still show theirs"
+    );
     for section in [
         ".SH FILES",
         ".SH ENVIRONMENT",

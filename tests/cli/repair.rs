@@ -241,14 +241,22 @@ fn stats_and_status_count_each_message_once_after_a_repair() {
     for n in 0..30 {
         dovecot.add_message(&format!("m{n}"), &generated_message(n, &mut rng));
     }
-    let url = format!("pop3s://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3s_port);
+    let url = format!(
+        "pop3s://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.pop3s_port
+    );
     let ca = dovecot.ca_pem();
     let backup = || {
         let out = sandbox.run_with_password(
             &["backup", &url, "--ca-file", ca.to_str().unwrap(), "-q"],
             dovecot.password(),
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     backup();
     let pack = pack_of(&sandbox, 1);
@@ -271,7 +279,11 @@ fn stats_and_status_count_each_message_once_after_a_repair() {
     };
     assert_eq!(count(&sandbox), (29, 29, 29), "one message was lost");
     backup();
-    assert_eq!(count(&sandbox), (30, 30, 30), "the next backup fetched it again");
+    assert_eq!(
+        count(&sandbox),
+        (30, 30, 30),
+        "the next backup fetched it again"
+    );
 }
 
 /// A mistyped archive path in a monitoring job must alert, not pass.
@@ -285,6 +297,11 @@ fn status_max_age_alerts_on_an_archive_that_does_not_exist() {
         .args(["status", "--max-age", "48h"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no archive at"));
 }
