@@ -117,7 +117,7 @@ proptest! {
                 stored: Some(StoredAt { pack: "p".into(), offset: i as u64, stored_len: 1 }),
             })
             .collect();
-        let (text, problems) = decode_segment(&encode_segment(&entries));
+        let (text, problems) = decode_segment(&encode_segment(&entries).unwrap());
         prop_assert!(problems.is_empty());
         let back: Vec<Entry> = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
         prop_assert_eq!(back, entries);

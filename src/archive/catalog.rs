@@ -180,23 +180,25 @@ const LINES_PER_FRAME: usize = 100;
 const MAX_FRAME_TEXT: u64 = 64 << 20;
 
 /// Encodes catalog lines as a segment: JSON lines, compressed in independent zstd frames of
-/// `LINES_PER_FRAME` lines (`zstd -dc` reads the concatenation as one text).
-pub fn encode_segment(entries: &[Entry]) -> Vec<u8> {
+/// `LINES_PER_FRAME` lines (`zstd -dc` reads the concatenation as one text). A commit without
+/// lines (a backup that found nothing new records only its accounts) gets one empty frame, so
+/// that every segment is a zstd file.
+pub fn encode_segment(entries: &[Entry]) -> std::io::Result<Vec<u8>> {
+    let mut compressor = zstd::bulk::Compressor::new(3)?;
+    compressor.include_checksum(true)?;
     let mut out = Vec::new();
-    for chunk in entries.chunks(LINES_PER_FRAME) {
+    let frames = entries.len().div_ceil(LINES_PER_FRAME).max(1);
+    for k in 0..frames {
+        let chunk = &entries[(k * LINES_PER_FRAME).min(entries.len())
+            ..((k + 1) * LINES_PER_FRAME).min(entries.len())];
         let mut text = Vec::new();
         for entry in chunk {
-            serde_json::to_writer(&mut text, entry).expect("catalog entries serialize");
+            serde_json::to_writer(&mut text, entry).map_err(std::io::Error::other)?;
             text.push(b'\n');
         }
-        let mut c = zstd::bulk::Compressor::new(3).expect("zstd level 3 exists");
-        c.include_checksum(true).expect("valid parameter");
-        out.extend(
-            c.compress(&text)
-                .expect("compressing to memory cannot fail"),
-        );
+        out.extend(compressor.compress(&text)?);
     }
-    out
+    Ok(out)
 }
 
 /// Decodes a segment frame by frame. A damaged frame is skipped (the reader resynchronises on the
@@ -301,7 +303,7 @@ mod tests {
             stored: None,
         };
         let entries: Vec<Entry> = (0..250).map(entry).collect();
-        let mut seg = encode_segment(&entries);
+        let mut seg = encode_segment(&entries).unwrap();
         let (text, problems) = decode_segment(&seg);
         assert!(problems.is_empty());
         assert_eq!(

@@ -446,13 +446,16 @@ impl Writer {
                 sha256: None,
             });
         }
-        let segment = catalog::encode_segment(&batch.entries);
+        let segment_path = root
+            .join("catalog")
+            .join(catalog::segment_file_name(number));
+        let segment =
+            catalog::encode_segment(&batch.entries).map_err(ArchiveError::io(&segment_path))?;
         let segment_ref = FileRef {
             name: catalog::segment_file_name(number),
             size: segment.len() as u64,
             sha256: Some(Digest::of(&segment)),
         };
-        let segment_path = root.join("catalog").join(&segment_ref.name);
         durable::write_once(&tmp, &segment_path, &segment)
             .map_err(ArchiveError::io(&segment_path))?;
         let record = CommitRecord {
