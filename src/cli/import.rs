@@ -11,7 +11,8 @@ use crate::import::{self, ImportSource};
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Sources:
-  maildir:DIR   the files of DIR/cur and DIR/new (flags from the file names are kept)
+  maildir:DIR   the files of DIR/cur and DIR/new, and of every Maildir++ subfolder (DIR/.Sent,
+                DIR/.Archive.2019...); flags from the file names and the folder are kept
   mbox:FILE     an mbox file (mboxrd: one '>' is removed from '>From ' lines; see doc/FORMAT.md)
   eml:FILE      one message
   tar:FILE      a `popvault export` (.tar or .tar.zst), with its metadata
@@ -71,7 +72,19 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Interrupted);
     }
+    let missed: usize = reports.iter().map(|r| r.missed.len()).sum();
     for r in &reports {
+        // A message that was there and was not read is an error even for cron (-q).
+        if !r.missed.is_empty() {
+            eprintln!(
+                "error: {}: {} messages were removed while they were being imported (a mail client at work?); import again to check",
+                r.source,
+                r.missed.len()
+            );
+            for m in &r.missed {
+                eprintln!("  {m}");
+            }
+        }
         if args.json {
             say!("{}", serde_json::to_string(r)?);
         } else {
@@ -88,8 +101,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
                     r.duplicates,
                     r.already_imported
                 );
+                if !r.folders.is_empty() {
+                    say!("  folders: {}", r.folders.join(", "));
+                }
             }
         }
     }
-    Ok(Exit::Ok)
+    Ok(if missed > 0 { Exit::Partial } else { Exit::Ok })
 }

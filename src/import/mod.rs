@@ -1,7 +1,10 @@
 //! Import of local mail: Maildir folders, mbox files, single messages, and popvault export tars.
 
+mod maildir;
 pub mod mbox;
 mod tar;
+
+pub use maildir::split_maildir_name;
 
 use std::fmt;
 use std::fs::{self, File};
@@ -10,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::Utc;
-use rayon::prelude::*;
 
 use crate::archive::{Added, ArchiveError, Incoming, Source, Writer};
 use crate::stop::Stop;
@@ -85,6 +87,13 @@ pub struct ImportReport {
     pub duplicates: u64,
     pub already_imported: u64,
     pub bytes: u64,
+    /// The folders read, for a source that has several (a Maildir with Maildir++ subfolders).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub folders: Vec<String>,
+    /// Messages that were there when the import began and could not be read (a mail client
+    /// deleted them meanwhile): the import is incomplete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missed: Vec<String>,
     pub warnings: Vec<String>,
 }
 
@@ -132,7 +141,7 @@ fn import_reporting(
         ..ImportReport::default()
     };
     match source {
-        ImportSource::Maildir(dir) => import_maildir(writer, dir, &mut report, progress)?,
+        ImportSource::Maildir(dir) => maildir::import(writer, dir, &mut report, progress)?,
         ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
         ImportSource::Tar(path) => tar::import_tar(writer, path, &mut report, progress)?,
         ImportSource::Eml(path) => {
@@ -148,27 +157,16 @@ fn import_reporting(
     Ok(report)
 }
 
-fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
+pub(crate) fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
     move |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn absolute(path: &Path) -> Result<String, ImportError> {
+pub(crate) fn absolute(path: &Path) -> Result<String, ImportError> {
     let abs = fs::canonicalize(path).map_err(read_err(path))?;
     Ok(abs.to_string_lossy().into_owned())
-}
-
-/// A Maildir file name splits into a unique part and the info after `:2,` (or `!2,`, used where
-/// `:` is not allowed in file names); the flags are the info's letters.
-pub fn split_maildir_name(name: &str) -> (&str, Option<&str>) {
-    for sep in [":2,", "!2,"] {
-        if let Some((unique, flags)) = name.split_once(sep) {
-            return (unique, Some(flags));
-        }
-    }
-    (name, None)
 }
 
 /// Hands a batch to the writer (which hashes and compresses it on all cores) and counts each
@@ -193,123 +191,6 @@ pub(crate) fn add_counted(
 /// every core compressing, little enough to bound memory.
 const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_MESSAGES: usize = 256;
-/// Files larger than this stream through the writer one at a time.
-const STREAM_ABOVE: u64 = 8 << 20;
-
-struct MaildirFile {
-    path: PathBuf,
-    unique: String,
-    flags: Option<String>,
-    size: u64,
-}
-
-fn import_maildir(
-    writer: &mut Writer,
-    dir: &Path,
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
-) -> Result<(), ImportError> {
-    let abs = absolute(dir)?;
-    let (cur, new) = (dir.join("cur"), dir.join("new"));
-    if !cur.is_dir() && !new.is_dir() {
-        return Err(ImportError::NotMaildir {
-            path: dir.to_path_buf(),
-        });
-    }
-    let mut files = Vec::new();
-    for sub in [new, cur] {
-        let entries = match fs::read_dir(&sub) {
-            Ok(rd) => rd.collect::<Result<Vec<_>, _>>().map_err(read_err(&sub))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(read_err(&sub)(e)),
-        };
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if name.starts_with('.') {
-                continue;
-            }
-            // Follows symlinks: a Maildir of links (mairix, notmuch) holds real messages.
-            let meta = match fs::metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if fs::symlink_metadata(&path).is_ok() {
-                        report
-                            .warnings
-                            .push(format!("{} is a link to nothing; skipped", path.display()));
-                    }
-                    continue; // else moved away meanwhile (a mail client at work)
-                }
-                Err(e) => return Err(read_err(&path)(e)),
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            let (unique, flags) = split_maildir_name(&name);
-            let flags = flags.filter(|f| !f.is_empty()).map(str::to_string);
-            files.push(MaildirFile {
-                path,
-                unique: unique.to_string(),
-                flags,
-                size: meta.len(),
-            });
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-
-    let source_of = |f: &MaildirFile| Source::Maildir {
-        path: abs.clone(),
-        name: f.unique.clone(),
-    };
-    let mut start = 0;
-    while start < files.len() {
-        if files[start].size > STREAM_ABOVE {
-            let f = &files[start];
-            let mut file = File::open(&f.path).map_err(read_err(&f.path))?;
-            let (_, added) =
-                writer.add_stream(&mut file, source_of(f), f.flags.clone(), Utc::now())?;
-            report.count(added, f.size);
-            progress(f.size)?;
-            start += 1;
-            continue;
-        }
-        let mut end = start;
-        let mut bytes = 0;
-        while end < files.len()
-            && end - start < BATCH_MESSAGES
-            && bytes < BATCH_BYTES
-            && files[end].size <= STREAM_ABOVE
-        {
-            bytes += files[end].size;
-            end += 1;
-        }
-        let chunk = &files[start..end];
-        let read: Vec<Option<Vec<u8>>> = chunk
-            .par_iter()
-            .map(|f| match fs::read(&f.path) {
-                Ok(raw) => Ok(Some(raw)),
-                // Another mail client moved it from new/ to cur/ while we read: not an error.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(read_err(&f.path)(e)),
-            })
-            .collect::<Result<_, _>>()?;
-        let batch: Vec<Incoming> = chunk
-            .iter()
-            .zip(read)
-            .filter_map(|(f, raw)| {
-                Some(Incoming {
-                    raw: raw?,
-                    source: source_of(f),
-                    flags: f.flags.clone(),
-                    first_seen: Utc::now(),
-                })
-            })
-            .collect();
-        add_counted(writer, batch, report, progress)?;
-        start = end;
-    }
-    Ok(())
-}
 
 fn import_mbox(
     writer: &mut Writer,

@@ -325,3 +325,33 @@ fn the_recovery_recipe_in_format_md_recovers_every_message_without_popvault() {
         .count();
     assert!(recovered >= 39, "all but the damaged message: {recovered}");
 }
+
+/// Maildir++ (Dovecot, Courier): `.Sent`, `.Drafts`, `.Archive.2019` are folders of the
+/// Maildir; an import reads them all and records which folder each message was in.
+#[test]
+fn a_maildir_import_reads_every_maildir_plus_plus_folder() {
+    let sandbox = Sandbox::new();
+    let root = sandbox.path().join("Maildir");
+    let inbox = crate::support::write_maildir(&root, 3, 41);
+    let sent = crate::support::write_maildir(&root.join(".Sent"), 2, 45);
+    let archived = crate::support::write_maildir(&root.join(".Archive.2019"), 2, 47);
+    std::fs::create_dir_all(root.join(".not-a-folder")).unwrap();
+    let out = sandbox.ok(&["import", &format!("maildir:{}", root.display())]);
+    assert!(out.contains("7 messages"), "{out}");
+    assert!(
+        out.contains("folders: INBOX, .Archive.2019, .Sent"),
+        "{out}"
+    );
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 7);
+    let folder_of = |m: &[u8]| {
+        let id = sha256_hex(m);
+        let entry = listed.iter().find(|e| e["id"] == id).unwrap();
+        entry["sources"][0]["path"].as_str().unwrap().to_string()
+    };
+    assert!(folder_of(&sent[0]).ends_with("/Maildir/.Sent"));
+    assert!(folder_of(&archived[1]).ends_with("/Maildir/.Archive.2019"));
+    assert!(folder_of(&inbox[2]).ends_with("/Maildir"));
+    let again = sandbox.ok(&["import", &format!("maildir:{}", root.display())]);
+    assert!(again.contains("0 new"), "{again}");
+}
