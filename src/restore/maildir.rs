@@ -3,9 +3,11 @@
 //! Each message is written to `tmp/` with its mtime set to the message's date; then, for up to
 //! `SYNC_EVERY` files at once, the file system is synced and the files are renamed into `cur/` as
 //! `<time>.V<id>.popvault,S=<size>:2,<flags>`; then `cur/` is fsynced. Files are created from one
-//! thread: creates in one directory serialise on its lock, and a second writer only spins there. The id in the name is how a re-run knows
-//! what is there; files of other origins are recognised by hashing their content, so restoring
-//! into a Maildir that already holds the same mail adds nothing either.
+//! thread: creates in one directory serialise on its lock, and a second writer only spins there.
+//! The id in the name is how a re-run knows what is there; files of other origins are recognised
+//! by hashing their content, so restoring into a Maildir that already holds the same mail adds
+//! nothing either. When a write fails (a full disk), what is whole is moved into cur/ first, and
+//! nothing of this run stays in tmp/: a re-run continues where it stopped.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -89,10 +91,13 @@ fn write_tmp(root: &Path, c: &Candidate, raw: &[u8]) -> Result<(PathBuf, PathBuf
         other => other,
     }
     .map_err(write_err)?;
-    file.write_all(raw).map_err(write_err)?;
     let mtime =
         SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(c.time.timestamp().max(0) as u64);
-    file.set_modified(mtime).map_err(write_err)?;
+    if let Err(e) = file.write_all(raw).and_then(|()| file.set_modified(mtime)) {
+        // Half a message is no use to anyone, and holds the space a re-run needs.
+        let _ = fs::remove_file(&tmp);
+        return Err(write_err(e));
+    }
     // Starts writeback now, so the disk works while later messages are decompressed and the
     // sync before the rename has little left to wait for (like git's batched fsync). Only a
     // hint: durability comes from that sync, so a file system that ignores it loses nothing.
@@ -149,9 +154,18 @@ impl Sink for MaildirSink {
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
-        let paths = write_tmp(&self.root, c, raw)?;
-        self.pending.push(paths);
-        Ok(())
+        match write_tmp(&self.root, c, raw) {
+            Ok(paths) => {
+                self.pending.push(paths);
+                Ok(())
+            }
+            Err(e) => {
+                // A full disk: what is whole goes into cur/ now (best effort), so that a re-run
+                // after freeing space continues from here instead of writing it all again.
+                let _ = self.finish();
+                Err(e)
+            }
+        }
     }
 
     /// Makes the written files durable in large groups (one sync of the file system for up to
@@ -175,15 +189,26 @@ impl Sink for MaildirSink {
             path: tmp_dir.clone(),
             source: e.into(),
         })?;
-        for (tmp, dest) in self.pending.drain(..) {
-            fs::rename(&tmp, &dest).map_err(|source| RestoreError::Write {
+        while let Some((tmp, dest)) = self.pending.first() {
+            fs::rename(tmp, dest).map_err(|source| RestoreError::Write {
                 path: dest.clone(),
                 source,
             })?;
+            self.pending.remove(0);
         }
         let cur = self.root.join("cur");
         durable::sync_dir(&cur).map_err(Self::write_err(&cur))?;
         Ok(Vec::new())
+    }
+}
+
+/// Files this restore left in tmp/ (not yet synced and renamed, because it failed or stopped
+/// short) are its own: removed, so they hold no space and no half state.
+impl Drop for MaildirSink {
+    fn drop(&mut self) {
+        for (tmp, _) in self.pending.drain(..) {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 

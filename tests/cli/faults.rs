@@ -173,6 +173,10 @@ fn a_disk_that_fills_up_mid_import_backup_or_restore_loses_nothing_and_a_later_r
     disk.resize(&format!("{}k", used / 1024 + 1500));
     let out = run(&["restore", "--to", &format!("maildir:{}", target.display())]);
     assert_no_space_error(&out);
+    // Progress made, nothing of this run left in tmp/: a re-run continues from here.
+    let done = fs::read_dir(target.join("cur")).unwrap().count();
+    assert!(done > 0, "what fitted was moved into cur/");
+    assert_eq!(fs::read_dir(target.join("tmp")).unwrap().count(), 0);
     disk.resize("64m");
     let out = run(&["restore", "--to", &format!("maildir:{}", target.display())]);
     assert!(
