@@ -26,6 +26,10 @@ pub struct Envelope {
     /// RFC 2047 decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The date of the first (newest) Received header, UTC: the message's date when it has no
+    /// usable Date header. Absent on lines written before popvault 0.2 recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_utc: Option<DateTime<Utc>>,
 }
 
 impl Envelope {
@@ -42,55 +46,108 @@ impl Envelope {
         let text = |name: &str| first(name).map(|h| clean(&h.get_value()));
         let date = first("Date").map(|h| clean(&String::from_utf8_lossy(h.get_value_raw())));
         let date_utc = date.as_deref().and_then(parse_date);
+        // The date after the last `;` of the first Received header (RFC 5321 §4.4).
+        let received_utc = first("Received").and_then(|h| {
+            let value = h.get_value();
+            parse_date(value.rsplit_once(';')?.1.trim())
+        });
         Envelope {
             date,
             date_utc,
             message_id: text("Message-ID"),
             from: text("From"),
             subject: text("Subject"),
+            received_utc,
         }
     }
 
-    /// The time a restore gives the message: its Date, else the date of its first (newest)
-    /// Received header, else `fallback` (when popvault first saw it).
-    pub fn delivery_time(&self, message: &[u8], fallback: DateTime<Utc>) -> DateTime<Utc> {
+    /// The message's date, the one every command uses (list, the --since/--until filters,
+    /// restore's file times and INTERNALDATEs, export): its Date header, else its first
+    /// Received header, else `first_seen` (when popvault first saw it). A date is used only when
+    /// plausible: from 1971 (no earlier mail has a date to trust) to two days after popvault
+    /// first saw the message (a date in the future is a broken clock or a forgery).
+    pub fn message_time(&self, first_seen: DateTime<Utc>) -> DateTime<Utc> {
+        let earliest = DateTime::from_timestamp(31_536_000, 0).expect("1971 is a valid time");
+        let latest = first_seen + chrono::Duration::days(2);
+        let plausible = |t: &DateTime<Utc>| (earliest..=latest).contains(t);
         self.date_utc
-            .or_else(|| received_date(message))
-            .unwrap_or(fallback)
+            .filter(plausible)
+            .or(self.received_utc.filter(plausible))
+            .unwrap_or(first_seen)
     }
 }
 
-/// The date after the last `;` of the first Received header (RFC 5321 §4.4).
-pub fn received_date(message: &[u8]) -> Option<DateTime<Utc>> {
-    let head = &message[..message.len().min(HEADER_SCAN_LIMIT)];
-    let (headers, _) = mailparse::parse_headers(head).ok()?;
-    let received = headers
-        .iter()
-        .find(|h| h.get_key_ref().eq_ignore_ascii_case("Received"))?;
-    let value = received.get_value();
-    parse_date(value.rsplit_once(';')?.1.trim())
-}
-
-/// Parses an RFC 5322 date: strictly first (chrono), then tolerantly (mailparse accepts the usual
-/// real-world damage, but also turns text without a date into the epoch, which is refused).
+/// Parses an RFC 5322 date: strictly first (chrono, with or without the day of the week, which
+/// senders get wrong), then tolerantly (mailparse accepts the usual real-world damage). What the
+/// tolerant parser makes of it must still say the day and year the text says: it also turns text
+/// without a date into the epoch, `0001` into 2001 and 30 February into 1 March.
 pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
-    let without_comments = strip_comments(raw);
+    let without_comments = impossible_zone_as_utc(strip_comments(raw));
     let raw = without_comments.as_str();
-    if let Ok(date) = DateTime::parse_from_rfc2822(raw) {
-        return Some(date.to_utc());
+    let without_weekday = raw.split_once(", ").map_or(raw, |(_, rest)| rest);
+    for text in [raw, without_weekday] {
+        if let Ok(date) = DateTime::parse_from_rfc2822(text) {
+            return Some(date.to_utc());
+        }
     }
     let tolerant = |text: &str| {
         let secs = mailparse::dateparse(text).ok()?;
-        if secs == 0 && !text.contains("1970") {
-            return None;
-        }
-        DateTime::from_timestamp(secs, 0)
+        let date = DateTime::from_timestamp(secs, 0)?;
+        says(text, &date).then_some(date)
     };
     // An unknown zone is read as UTC (RFC 5322 §4.3 says to treat unknown zones as -0000).
-    tolerant(raw).or_else(|| {
-        let (rest, _zone) = raw.trim_end().rsplit_once(' ')?;
+    tolerant(without_weekday).or_else(|| {
+        let (rest, _zone) = without_weekday.trim_end().rsplit_once(' ')?;
         tolerant(&format!("{rest} +0000"))
     })
+}
+
+/// A numeric zone no clock uses (`+2400`, `-0075`: beyond ±14 hours, or 60 minutes and more)
+/// is an unknown zone, read as UTC like any other (RFC 5322 §4.3).
+fn impossible_zone_as_utc(text: String) -> String {
+    let Some((rest, zone)) = text.rsplit_once(' ') else {
+        return text;
+    };
+    let digits = zone
+        .strip_prefix(['+', '-'])
+        .filter(|d| d.len() == 4 && d.bytes().all(|b| b.is_ascii_digit()));
+    match digits {
+        Some(d)
+            if d[..2].parse::<u32>().unwrap_or(99) > 14
+                || d[2..].parse::<u32>().unwrap_or(99) > 59 =>
+        {
+            format!("{rest} +0000")
+        }
+        _ => text,
+    }
+}
+
+/// Whether `date` has the day of the month and the year that `text` (`[Www, ]d Mmm yy[yy] ...`)
+/// writes, give or take a day for the zone. A two-digit year (RFC 822) is checked by its last
+/// two digits.
+fn says(text: &str, date: &DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let number = |i: usize| words.get(i).and_then(|w| w.parse::<i32>().ok());
+    let (day, year_word) = match number(0) {
+        Some(d) if (1..=31).contains(&d) => (Some(d as u32), words.get(2)),
+        _ => (None, words.iter().find(|w| w.len() == 4)),
+    };
+    let Some(year_word) = year_word.filter(|w| w.bytes().all(|b| b.is_ascii_digit())) else {
+        return false;
+    };
+    let year: i32 = year_word.parse().unwrap_or(-1);
+    let near = |d: DateTime<Utc>| {
+        let year_ok = match year_word.len() {
+            2 => d.year() % 100 == year,
+            4 => d.year() == year,
+            _ => false,
+        };
+        year_ok && day.is_none_or(|day| d.day() == day)
+    };
+    near(*date)
+        || near(*date + chrono::Duration::days(1))
+        || near(*date - chrono::Duration::days(1))
 }
 
 /// Removes RFC 5322 comments such as `(EDT)`, which parsers otherwise trip over.
@@ -170,17 +227,53 @@ mod tests {
     }
 
     #[test]
-    fn delivery_time_falls_back_to_received_then_first_seen() {
-        let seen = DateTime::from_timestamp(1_000, 0).unwrap();
+    fn the_message_time_is_date_then_received_then_first_seen_when_plausible() {
+        let seen = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
         let m = b"Received: from a by b; Tue, 1 Jan 2019 10:00:00 +0200\r\nSubject: x\r\n\r\n";
-        let e = Envelope::parse(m);
         assert_eq!(
-            e.delivery_time(m, seen).to_rfc3339(),
+            Envelope::parse(m).message_time(seen).to_rfc3339(),
             "2019-01-01T08:00:00+00:00"
         );
+        assert_eq!(Envelope::parse(b"X: y\r\n\r\n").message_time(seen), seen);
+        // Implausible dates (year 3609, before 1971) give way to the next.
+        let future = Envelope::parse(b"Date: Mon, 2 Jan 3609 00:00:00 +0000\r\n\r\n");
+        assert_eq!(future.message_time(seen), seen);
+        let old = Envelope::parse(
+            b"Date: Mon, 2 Jan 1965 00:00:00 +0000\r\nReceived: x; Tue, 1 Jan 2019 10:00:00 +0000\r\n\r\n",
+        );
         assert_eq!(
-            Envelope::parse(b"X: y\r\n\r\n").delivery_time(b"X: y\r\n\r\n", seen),
-            seen
+            old.message_time(seen).to_rfc3339(),
+            "2019-01-01T10:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn odd_dates_parse_to_what_they_say_or_not_at_all() {
+        let utc = |raw: &str| parse_date(raw).map(|d| d.to_rfc3339());
+        // The wrong day of the week, before 1970: the date is still the date.
+        assert_eq!(
+            utc("Mon, 2 Jan 1969 00:00:00 +0000").as_deref(),
+            Some("1969-01-02T00:00:00+00:00")
+        );
+        // Year 1 is year 1, not 2001 (and no message time: see message_time); 30 February is
+        // no date, not 1 March.
+        assert!(
+            utc("Mon, 2 Jan 0001 00:00:00 +0000")
+                .unwrap()
+                .starts_with("0001-01-02")
+        );
+        assert_eq!(utc("Fri, 30 Feb 2024 10:00:00 +0000"), None);
+        // RFC 822's two-digit year.
+        assert_eq!(
+            utc("18 Feb 01 12:29:13 AM").as_deref(),
+            Some("2001-02-18T12:29:13+00:00")
+        );
+        // An impossible zone is read as an unknown one: UTC.
+        assert_eq!(
+            utc("Fri, 1 Mar 2024 10:00:00 +2400").as_deref(),
+            Some("2024-03-01T10:00:00+00:00")
         );
     }
 

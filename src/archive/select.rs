@@ -1,6 +1,6 @@
 //! `Selection`: the filters `list`, `restore` and `export` share.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 
 use super::digest::Digest;
 use super::store::Message;
@@ -40,17 +40,8 @@ impl Selection {
     }
 }
 
-/// The time a message is sorted and filtered by: its Date, else when it was first seen.
+/// The time a message is sorted, filtered, restored and exported by (see
+/// [`super::envelope::Envelope::message_time`]).
 pub fn message_time(m: &Message<'_>) -> DateTime<Utc> {
-    m.envelope.date_utc.unwrap_or(m.first_seen)
-}
-
-/// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-pub fn parse_day_or_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.to_utc());
-    }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
-        .map_err(|_| format!("{s:?} is not a date: write YYYY-MM-DD or an RFC 3339 time"))
+    m.time
 }

@@ -91,6 +91,8 @@ pub struct Message<'a> {
     pub id: Digest,
     pub size: u64,
     pub first_seen: DateTime<Utc>,
+    /// The message's date as every command uses it ([`Envelope::message_time`]).
+    pub time: DateTime<Utc>,
     #[serde(flatten)]
     pub envelope: &'a Envelope,
     pub sources: Vec<&'a Source>,
@@ -268,12 +270,16 @@ impl Archive {
                         id: entry.id,
                         size: entry.size,
                         first_seen: entry.first_seen,
+                        time: entry.first_seen,
                         envelope: &stored.envelope,
                         sources: vec![&entry.source],
                         flags: entry.flags.as_deref(),
                     });
                 }
             }
+        }
+        for m in &mut out {
+            m.time = m.envelope.message_time(m.first_seen);
         }
         out
     }

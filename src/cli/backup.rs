@@ -59,7 +59,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "N", default_value_t = 64, hide = true)]
     window: usize,
     /// Act as if the time were this (RFC 3339), for tests of --delete-after-days.
-    #[arg(long, value_name = "TIME", hide = true, value_parser = crate::archive::select::parse_day_or_time)]
+    #[arg(long, value_name = "TIME", hide = true, value_parser = super::output::parse_day_or_time)]
     now: Option<chrono::DateTime<chrono::Utc>>,
 }
 

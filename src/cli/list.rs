@@ -4,10 +4,11 @@ use std::io::Write;
 
 use clap::Args;
 
+use super::output::parse_day_or_time;
 use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
 use crate::archive::ArchiveError;
-use crate::archive::select::{Selection, message_time, parse_day_or_time};
+use crate::archive::select::{Selection, message_time};
 
 /// The filters shared by list, restore and export.
 #[derive(Debug, Clone, Default, Args)]
@@ -15,10 +16,12 @@ pub struct SelectArgs {
     /// Only messages from this POP3 account or import source label (repeatable).
     #[arg(long = "account", value_name = "NAME")]
     pub accounts: Vec<String>,
-    /// Only messages dated on or after DATE (YYYY-MM-DD or RFC 3339).
+    /// Only messages dated on or after DATE (YYYY-MM-DD: local midnight; or an RFC 3339 time).
+    /// A message's date is its Date header, else its first Received header, else when popvault
+    /// first saw it (a date before 1971 or in the future does not count).
     #[arg(long, value_name = "DATE", value_parser = parse_day_or_time)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only messages dated before DATE (YYYY-MM-DD or RFC 3339).
+    /// Only messages dated before DATE (YYYY-MM-DD: local midnight; or an RFC 3339 time).
     #[arg(long, value_name = "DATE", value_parser = parse_day_or_time)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// Only messages whose From contains TEXT (any case).
@@ -72,11 +75,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
                 .map_err(std::io::Error::from)
                 .and_then(|_| writeln!(out))
         } else {
-            let date = m
-                .envelope
-                .date_utc
-                .map(local_time)
-                .unwrap_or_else(|| "(no date)       ".into());
+            let date = local_time(m.time);
             writeln!(
                 out,
                 "{}  {}  {:<28}  {}  ({})",

@@ -49,6 +49,27 @@ pub fn local_time(t: DateTime<Utc>) -> String {
     t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string()
 }
 
+/// Parses a `--since`/`--until` value: `YYYY-MM-DD` is local midnight (the days `list` shows
+/// are local days), an RFC 3339 time is that instant.
+pub fn parse_day_or_time(s: &str) -> Result<DateTime<Utc>, String> {
+    use chrono::TimeZone as _;
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.to_utc());
+    }
+    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date: write YYYY-MM-DD or an RFC 3339 time"))?;
+    let midnight = day.and_hms_opt(0, 0, 0).expect("midnight exists");
+    // Where the clocks jump at midnight, the day starts at the first time that exists.
+    (0..4)
+        .find_map(|hour| {
+            Local
+                .from_local_datetime(&(midnight + chrono::Duration::hours(hour)))
+                .earliest()
+        })
+        .map(|t| t.to_utc())
+        .ok_or_else(|| format!("{s:?} does not exist in this time zone"))
+}
+
 /// Cuts `s` to at most `width` characters, marking the cut.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

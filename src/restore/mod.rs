@@ -278,17 +278,7 @@ pub fn restore(
     events: &mut dyn FnMut(Event),
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let mut all = candidates(archive, options);
-    // The Date header is the time; without one, the first Received header (needs the bytes).
-    for c in all.iter_mut().filter(|c| {
-        archive
-            .stored_entry(&c.id)
-            .is_some_and(|e| e.envelope.date_utc.is_none())
-    }) {
-        if let Ok(raw) = archive.read_message(&c.id) {
-            c.time = crate::archive::envelope::received_date(&raw).unwrap_or(c.time);
-        }
-    }
+    let all = candidates(archive, options);
     let present = sink.present(archive, &all)?;
     let new: Vec<&Candidate> = all.iter().filter(|c| !present.contains(&c.id)).collect();
     let mut report = RestoreReport {

@@ -355,3 +355,67 @@ fn a_maildir_import_reads_every_maildir_plus_plus_folder() {
     let again = sandbox.ok(&["import", &format!("maildir:{}", root.display())]);
     assert!(again.contains("0 new"), "{again}");
 }
+
+/// One notion of a message's date everywhere: `list` shows it in local time, `--since` and
+/// `--until` days are local days, and a message without a Date header is dated by its first
+/// Received header by the filters as by the restore.
+#[test]
+fn dates_are_local_days_and_one_date_serves_list_filters_and_restore() {
+    let sandbox = Sandbox::new();
+    let write = |name: &str, text: &[u8]| {
+        let path = sandbox.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        sandbox.ok(&["import", &format!("eml:{}", path.display())]);
+    };
+    write(
+        "s.eml",
+        b"Date: Sun, 01 Jan 2023 00:00:00 +0000\nFrom: a@x\nSubject: new year utc\n\nx\n",
+    );
+    write(
+        "r.eml",
+        b"Received: from a by b; Tue, 15 Jun 2010 10:00:00 +0000\nFrom: x@y\nSubject: undated\n\nhi\n",
+    );
+    let list = |args: &[&str]| {
+        let out = sandbox
+            .command()
+            .env("TZ", "America/New_York")
+            .arg("list")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Shown on 31 December in New York, so it is not "since 1 January" there.
+    assert!(list(&[]).contains("2022-12-31 19:00"), "{}", list(&[]));
+    assert!(!list(&["--since", "2023-01-01"]).contains("new year utc"));
+    assert!(list(&["--until", "2023-01-01"]).contains("new year utc"));
+    // Dated 2010 by its Received header, for the filter as for the restore.
+    assert!(list(&["--until", "2020-01-01"]).contains("undated"));
+    let restored = sandbox.path().join("restored");
+    sandbox.ok(&[
+        "restore",
+        "--to",
+        &format!("maildir:{}", restored.display()),
+        "--until",
+        "2020-01-01",
+    ]);
+    let files: Vec<_> = std::fs::read_dir(restored.join("cur")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let mtime = files[0]
+        .as_ref()
+        .unwrap()
+        .metadata()
+        .unwrap()
+        .modified()
+        .unwrap();
+    let secs = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(secs, 1_276_596_000, "15 June 2010 10:00 UTC");
+}

@@ -107,7 +107,8 @@ fn maildir_and_mbox_restores_read_back_byte_exact_and_never_duplicate() {
             .expect("a restored message is byte-identical to an archived one");
         assert_eq!(&body, original);
         assert_eq!(m["flags"], "S");
-        if let Some(date) = meta["date_utc"].as_str() {
+        // The message's date as `list` shows it (Date, else Received, else first seen).
+        if let Some(date) = meta["time"].as_str() {
             let expected = chrono::DateTime::parse_from_rfc3339(date)
                 .unwrap()
                 .timestamp()
@@ -297,7 +298,7 @@ fn imap_restore_over_tls_keeps_bytes_dates_and_flags_and_never_duplicates() {
                 )
             });
         assert!(m["flags"].as_array().unwrap().iter().any(|f| f == "\\Seen"));
-        if let Some(date) = meta["date_utc"].as_str() {
+        if let Some(date) = meta["time"].as_str() {
             let expected = chrono::DateTime::parse_from_rfc3339(date)
                 .unwrap()
                 .timestamp();
