@@ -26,7 +26,7 @@ fn import(
     root: &Path,
     range: std::ops::Range<usize>,
 ) -> Result<(), popvault::archive::ArchiveError> {
-    let mut writer = Writer::open(root, "crash-test", false)?;
+    let mut writer = Writer::open(root, "crash-test", None)?;
     writer.add_batch(batch(range))?;
     writer.finish().map(drop)
 }
@@ -122,7 +122,7 @@ fn a_commit_failing_at_any_step_and_retried_in_process_leaves_a_clean_archive() 
 
     let probe = dir.path().join("probe");
     copy_dir(&base, &probe);
-    let mut writer = Writer::open(&probe, "crash-test", false).unwrap();
+    let mut writer = Writer::open(&probe, "crash-test", None).unwrap();
     writer.add_batch(batch(50..100)).unwrap();
     inject_fault_at(0);
     let before = steps_taken();
@@ -133,7 +133,7 @@ fn a_commit_failing_at_any_step_and_retried_in_process_leaves_a_clean_archive() 
     for cut in 1..=steps {
         let root = dir.path().join(format!("retry-{cut}"));
         copy_dir(&base, &root);
-        let mut writer = Writer::open(&root, "crash-test", false).unwrap();
+        let mut writer = Writer::open(&root, "crash-test", None).unwrap();
         writer.add_batch(batch(50..100)).unwrap();
         inject_fault_at(cut);
         let failed = writer.commit();

@@ -617,3 +617,52 @@ fn unusable_unique_ids() {
     session.quit().unwrap();
     fake.finish();
 }
+
+/// A slow reply after a slow body is no stall: each reply waits in its own window.
+#[test]
+fn a_slow_reply_after_a_slow_body_is_not_a_stall() {
+    let fake = Fake::start(script(
+        CAPS_NO_PIPELINING,
+        vec![
+            Expect("RETR 1"),
+            Quiet(Duration::from_millis(1600)),
+            Send("+OK\r\nSubject: slow\r\n\r\nbody\r\n.\r\n"),
+            Expect("NOOP"),
+            Quiet(Duration::from_millis(700)),
+            Send("+OK\r\n"),
+            Expect("QUIT"),
+            Send("+OK\r\n"),
+        ],
+    ));
+    let mut opts = fake.options(TlsMode::None);
+    opts.timeout = Duration::from_secs(2);
+    let mut session = Session::connect(&opts)
+        .unwrap()
+        .login("u", &Secret::new("p"), AuthMethod::User)
+        .unwrap();
+    let (got, result) = retrieve_all(&mut session, &[1], 1);
+    assert!(result.unwrap().is_empty());
+    assert_eq!(got.len(), 1);
+    session.noop().unwrap();
+    session.quit().unwrap();
+    fake.finish();
+}
+
+/// A TLS handshake trickled a byte at a time is bounded by the timeout as a whole.
+#[test]
+fn a_trickled_tls_handshake_times_out() {
+    let fake = Fake::start(vec![Trickle(
+        "\x16\x03\x03\x00\x7fsome bytes that never become a handshake",
+        Duration::from_millis(300),
+    )]);
+    let mut opts = fake.options(TlsMode::Implicit);
+    opts.timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    assert!(Session::connect(&opts).is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = fake.thread.join();
+}

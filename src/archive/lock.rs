@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::ArchiveError;
+use crate::stop::Stop;
 
 /// Held while an archive is being written; dropping it releases the lock.
 #[derive(Debug)]
@@ -16,8 +17,13 @@ pub struct WriterLock {
 }
 
 impl WriterLock {
-    /// Takes the lock, failing at once with the holder's description, or waiting when `wait`.
-    pub fn acquire(path: &Path, command: &str, wait: bool) -> Result<WriterLock, ArchiveError> {
+    /// Takes the lock, failing at once with the holder's description, or, with `wait`, waiting
+    /// until the holder is done or a stop is requested.
+    pub fn acquire(
+        path: &Path,
+        command: &str,
+        wait: Option<&Stop>,
+    ) -> Result<WriterLock, ArchiveError> {
         let io = |source| ArchiveError::Io {
             path: path.to_path_buf(),
             source,
@@ -30,12 +36,14 @@ impl WriterLock {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        if wait {
-            file.lock().map_err(io)?;
-        } else {
+        loop {
             match file.try_lock() {
-                Ok(()) => {}
+                Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
+                    if wait.is_some_and(|stop| !stop.requested()) {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        continue;
+                    }
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
                     return Err(ArchiveError::Locked {

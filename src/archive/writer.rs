@@ -23,6 +23,7 @@ use super::index::{self, Index, list_dir};
 use super::lock::WriterLock;
 use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault, RecordSpan};
 use super::store::{self, Archive};
+use crate::stop::Stop;
 
 /// A batch is committed once its pack reaches this size...
 const COMMIT_PACK_BYTES: u64 = 64 << 20;
@@ -109,7 +110,7 @@ impl Batch {
 impl Writer {
     /// Takes the writer lock on the archive at `root` (creating the archive if it does not exist
     /// yet), removes what an interrupted writer left, and loads the committed state.
-    pub fn open(root: &Path, command: &str, wait: bool) -> Result<Writer, ArchiveError> {
+    pub fn open(root: &Path, command: &str, wait: Option<&Stop>) -> Result<Writer, ArchiveError> {
         if !store::is_archive(root) {
             Archive::init(root)?;
         }

@@ -25,6 +25,12 @@ const INLINE_LIMIT: u64 = 8 << 20;
 /// What adding each message did, by message number.
 type Outcomes = Vec<(u32, Added)>;
 
+/// What a fetch did: what adding each message did, and how many bytes RETR gave of each.
+pub(super) struct Fetched {
+    pub added: Outcomes,
+    pub received: HashMap<u32, u64>,
+}
+
 /// RETRs the plan into the writer; what arrived whole is stored even when the connection breaks
 /// afterwards (a retry then starts after it). Returns what adding each message did.
 #[allow(clippy::too_many_arguments)]
@@ -37,8 +43,9 @@ pub(super) fn fetch(
     state: &mut RunState,
     report: &mut AccountReport,
     events: &mut dyn FnMut(Event<'_>),
-) -> Result<Outcomes, BackupError> {
+) -> Result<Fetched, BackupError> {
     let by_msgno: HashMap<u32, &Planned> = plan.fetch.iter().map(|p| (p.msgno, p)).collect();
+    let mut sizes_received = HashMap::new();
     let msgnos: Vec<u32> = plan.fetch.iter().map(|p| p.msgno).collect();
     let writer = Mutex::new(writer);
     let (batches, received) = mpsc::sync_channel::<Batch>(1);
@@ -63,7 +70,14 @@ pub(super) fn fetch(
         let retrieved = session.retrieve(&msgnos, opts.window, |msgno, body| {
             let planned = by_msgno[&msgno];
             let size = receiver.receive(planned, body)?;
-            if size != planned.size {
+            sizes_received.insert(msgno, size);
+            if size < planned.size {
+                report.warnings.push(format!(
+                    "message {msgno} (UIDL {}): LIST said {} bytes, RETR gave only {size}; stored as received, kept on the server and fetched again each run (the server may have cut it off)",
+                    planned.uidl.as_deref().unwrap_or("-"),
+                    planned.size,
+                ));
+            } else if size != planned.size {
                 report.warnings.push(format!(
                     "message {msgno} (UIDL {}): LIST said {} bytes, RETR gave {size}; stored as received, recognised by its LIST size from now on",
                     planned.uidl.as_deref().unwrap_or("-"),
@@ -116,7 +130,10 @@ pub(super) fn fetch(
             reason: format!("the server refused to send it: {}", r.reply),
         });
     }
-    Ok(stored)
+    Ok(Fetched {
+        added: stored,
+        received: sizes_received,
+    })
 }
 
 /// Message numbers and messages, in the same order, for the worker.

@@ -125,7 +125,8 @@ pub struct AccountReport {
     pub would_fetch: Vec<Planned>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub would_delete: Vec<Planned>,
-    /// Of `new_messages + already_archived`, how many a commit has made durable.
+    /// Of `new_messages`, how many a commit has made durable: progress (copies of what is
+    /// archived already are none: a server changing its UIDLs each session gives only those).
     #[serde(skip)]
     pub committed: u64,
     /// The error behind `error`, for the caller to give advice on.
@@ -178,6 +179,12 @@ pub enum BackupError {
     LoginDelay { seconds: u64 },
     #[error("{0}; the next run continues")]
     GaveUp(#[source] Pop3Error),
+    #[error("TOP failed: {0}")]
+    TopFailed(String),
+    #[error(
+        "the server refused QUIT ({reply}): it may have applied some or none of the {pending} deletions (RFC 1939 §6); the next run sees what is left"
+    )]
+    QuitRefused { reply: String, pending: usize },
 }
 
 fn uidl_note(uidl: Option<&str>) -> String {
@@ -185,9 +192,11 @@ fn uidl_note(uidl: Option<&str>) -> String {
 }
 
 impl BackupError {
-    fn pop3(&self) -> Option<&Pop3Error> {
+    /// Whether connecting again can help, and how soon; `None` for a local failure.
+    fn retry(&self) -> Option<Retry> {
         match self {
-            BackupError::Pop3(e) | BackupError::Message { source: e, .. } => Some(e),
+            BackupError::Pop3(e) | BackupError::Message { source: e, .. } => Some(e.retry()),
+            BackupError::TopFailed(_) => Some(Retry::Reconnect),
             _ => None,
         }
     }
@@ -288,6 +297,11 @@ pub fn backup_account(
     let mut state = RunState::default();
     let mut attempt = 0;
     let outcome = loop {
+        // No new login after a stop request (it may have come while a password was read).
+        if opts.stop.requested() {
+            report.interrupted = true;
+            break Ok(());
+        }
         let progress_before = progress(&report);
         let error = match one_pass(
             target,
@@ -318,7 +332,7 @@ pub fn backup_account(
             // One message fewer to fetch is progress: go on with the others.
             attempt = 0;
         }
-        let Some(kind) = error.pop3().map(Pop3Error::retry) else {
+        let Some(kind) = error.retry() else {
             break Err(error);
         };
         if kind == Retry::Never || attempt >= opts.retries {
@@ -393,7 +407,7 @@ fn progress(report: &AccountReport) -> u64 {
 /// Commits the writer's open batch: what was counted as archived so far is now durable.
 fn commit(writer: &mut Writer, report: &mut AccountReport) -> Result<(), ArchiveError> {
     writer.commit()?;
-    report.committed = report.new_messages + report.already_archived;
+    report.committed = report.new_messages;
     Ok(())
 }
 
@@ -416,10 +430,15 @@ fn give_up_on_message(
         return false;
     }
     let key = MessageKey::of(*msgno, uidl.as_deref());
-    let breaks = state.broke.entry(key.clone()).or_default();
-    *breaks += 1;
+    // Counted by UIDL and by message number: a server may change its UIDLs every session.
+    let mut count = |k: MessageKey| {
+        let n = state.broke.entry(k).or_default();
+        *n += 1;
+        *n
+    };
+    let breaks = count(key.clone()).max(count(MessageKey::Msgno(*msgno)));
     let overrun = matches!(source, Pop3Error::Overrun { .. });
-    if !overrun && *breaks < 2 {
+    if !overrun && breaks < 2 {
         return false;
     }
     let reason = if overrun {
@@ -427,7 +446,9 @@ fn give_up_on_message(
     } else {
         format!("the connection failed twice while receiving it ({source})")
     };
+    // By UIDL and by message number: a server may change its UIDLs every session.
     state.given_up.insert(key);
+    state.given_up.insert(MessageKey::Msgno(*msgno));
     report.unfetched.push(Unfetched {
         msgno: *msgno,
         uidl: uidl.clone(),
@@ -503,12 +524,17 @@ fn one_pass(
     match target {
         Target::DryRun(_) => {
             report.would_fetch = plan.fetch.clone();
-            report.would_delete = plan.proven.clone();
-            report.reused_uidls = plan.suspects.len() as u64;
-            quit(session)?;
+            report.would_delete = plan.would_delete(account);
+            let doubted = plan.count_doubted();
+            if doubted > 0 {
+                report.warnings.push(format!(
+                    "the server may have reused {doubted} UIDLs: messages under UIDLs already archived have another size or other headers now; a backup would fetch them and not delete them"
+                ));
+            }
+            quit(session, 0, report)?;
         }
         Target::Write(writer) => {
-            let added = fetch::fetch(
+            let fetched = fetch::fetch(
                 writer,
                 &mut session,
                 account,
@@ -519,34 +545,35 @@ fn one_pass(
                 events,
             )?;
             report.reused_uidls += plan.count_reused(writer.index(), account);
-            let reset = plan.count_reset(writer.index(), account, &added);
+            let reset = plan.count_reset(writer.index(), account, &fetched.added);
             if reset > 0 {
                 report.warnings.push(format!(
                     "{reset} messages under new UIDLs are byte for byte messages archived under UIDLs the server no longer lists: did the server reset its UIDLs? They were not stored twice"
                 ));
             }
-            // The commit point of this run, which also records the account's state for `status`;
-            // deletions below only ever concern messages committed here or earlier.
-            writer.record_account(account_run(account, report, true));
+            // The commit point of this run, which also records the account's state for `status`
+            // (a run stopped short is no success); deletions below only ever concern messages
+            // committed here or earlier.
+            let stopped = opts.stop.requested();
+            writer.record_account(account_run(account, report, !stopped));
             commit(writer, report)?;
-            if opts.stop.requested() {
+            if stopped {
                 report.interrupted = true;
-                return quit(session);
+                return quit(session, 0, report);
             }
-            let delete = plan.deletions(writer.index(), account, opts, report);
+            let mut delete =
+                plan.deletions(writer.index(), account, opts, &fetched.received, report);
             if !delete.is_empty() {
-                session.dele_many(&delete)?;
+                for r in session.dele_many(&delete)? {
+                    report.warnings.push(format!(
+                        "the server refused to delete message {} ({}); it stays on the server",
+                        r.msgno, r.reply
+                    ));
+                    delete.retain(|&n| n != r.msgno);
+                }
             }
             // QUIT makes the server apply the deletions (RFC 1939 §6).
-            quit(session).map_err(|e| match e {
-                BackupError::Pop3(e @ Pop3Error::Rejected { .. }) if !delete.is_empty() => {
-                    BackupError::GaveUp(Pop3Error::protocol(format!(
-                        "{e}; the server applied none of the {} deletions (RFC 1939 §6)",
-                        delete.len()
-                    )))
-                }
-                other => other,
-            })?;
+            quit(session, delete.len(), report)?;
             report.deleted += delete.len() as u64;
         }
     }
@@ -559,8 +586,24 @@ fn one_pass(
     Ok(())
 }
 
-fn quit(session: Session<Transaction>) -> Result<(), BackupError> {
-    Ok(session.quit()?)
+/// QUIT, with `pending` deletions for the server to apply. A refusal with nothing to delete
+/// loses nothing: only a warning.
+fn quit(
+    session: Session<Transaction>,
+    pending: usize,
+    report: &mut AccountReport,
+) -> Result<(), BackupError> {
+    match session.quit() {
+        Ok(()) => Ok(()),
+        Err(Pop3Error::Rejected { reply, .. }) if pending == 0 => {
+            report.warnings.push(format!(
+                "the server refused QUIT ({reply}); nothing was to be deleted, so nothing is lost"
+            ));
+            Ok(())
+        }
+        Err(Pop3Error::Rejected { reply, .. }) => Err(BackupError::QuitRefused { reply, pending }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Warns, once a run, when the server's EXPIRE policy (RFC 2449 §6.7) deletes mail on its own

@@ -4,7 +4,13 @@
 //! index rebuild or a migration, database-backed servers after a restore). So a message is
 //! taken for the archived one only when its LIST size matches what the archive recorded, and
 //! before it is deleted also its header block (`TOP n 0`) matches the archived copy, re-read
-//! and re-hashed. Anything else is fetched, and not deleted in this run.
+//! and re-hashed. A size that differs under a known UIDL is taken as a sign that the server
+//! reuses UIDLs: then every known message is checked by its header block, not only those due
+//! for deletion (a reused UIDL whose new message has the old size is caught there). Anything
+//! in doubt is fetched; it is deleted only when the bytes RETR gave are the archived ones.
+//!
+//! A message that came shorter than its LIST size (a server cutting it off) is never deleted,
+//! and is fetched again on every run until a whole copy arrives.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -13,35 +19,48 @@ use super::{AccountReport, BackupError, BackupOptions, MessageKey, Planned, RunS
 use crate::account::Account;
 use crate::archive::envelope::header_block;
 use crate::archive::{Digest, Index};
-use crate::pop3::{Pop3Error, RetrieveError, Session, Transaction, UidlListing};
+use crate::pop3::{RetrieveError, Session, Transaction, UidlListing};
 
 /// Header blocks longer than this are compared on their first this-many bytes.
 const HEADER_LIMIT: usize = 1 << 20;
 
-/// A message archived in an earlier run whose deletion is due, once proven the same.
+/// A message the server holds under a UIDL the archive knows, with the same LIST size.
 #[derive(Debug, Clone)]
-struct Candidate {
+struct Known {
     msgno: u32,
     uidl: String,
     size: u64,
     id: Digest,
+    /// Archived long enough ago for `delete_after_days`.
+    due: bool,
+}
+
+/// Why a message under a known UIDL is fetched again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Doubt {
+    /// Its LIST size is not the one archived under its UIDL.
+    Size,
+    /// Its header block is not the archived one.
+    Headers { due: bool },
+    /// The archived copy is shorter than the LIST size: the server cut it off.
+    Short,
 }
 
 /// What the server holds, paired with what the archive knows.
 pub(super) struct Plan {
     pub fetch: Vec<Planned>,
-    /// Fetched because the message under a known UIDL is not provably the archived one: the
-    /// message the archive holds under that UIDL, when the only doubt is the size.
-    pub suspects: HashMap<u32, Option<Digest>>,
-    /// Candidates whose LIST size and header block match the archived copy: deleted after
-    /// this run's commit.
+    /// Messages under a known UIDL that are fetched again, why, and the message the archive
+    /// holds under that UIDL.
+    doubts: HashMap<u32, (Doubt, Digest)>,
+    /// Known messages due for deletion whose LIST size and header block match the archived
+    /// copy: deleted after this run's commit.
     pub proven: Vec<Planned>,
     /// Messages with a unique, valid UIDL fetched as new: deletable in this same run when
     /// `delete_after_days` is 0, once committed and re-hashed.
     fresh: HashMap<u32, String>,
-    candidates: Vec<Candidate>,
-    /// Every UIDL the server listed.
-    listed: HashSet<String>,
+    known: Vec<Known>,
+    /// Every UIDL the server listed, with its message number.
+    listed: HashMap<String, u32>,
 }
 
 /// The bytes a LIST size may grow to in RETR before the message counts as a runaway.
@@ -60,14 +79,16 @@ pub(super) fn plan(
 ) -> Plan {
     let mut plan = Plan {
         fetch: Vec::new(),
-        suspects: HashMap::new(),
+        doubts: HashMap::new(),
         proven: Vec::new(),
         fresh: HashMap::new(),
-        candidates: Vec::new(),
-        listed: HashSet::new(),
+        known: Vec::new(),
+        listed: HashMap::new(),
     };
-    let wanted =
-        |msgno: u32, uidl: Option<&str>| !state.given_up.contains(&MessageKey::of(msgno, uidl));
+    let wanted = |msgno: u32, uidl: Option<&str>| {
+        !state.given_up.contains(&MessageKey::of(msgno, uidl))
+            && !state.given_up.contains(&MessageKey::Msgno(msgno))
+    };
     let Some(listing) = uidls else {
         warn_once(
             report,
@@ -106,12 +127,29 @@ pub(super) fn plan(
             ),
         );
     }
-    plan.listed = listing.entries.iter().map(|(_, u)| u.clone()).collect();
+    plan.listed = listing
+        .entries
+        .iter()
+        .map(|(n, u)| (u.clone(), *n))
+        .collect();
     let with_uidl: HashMap<u32, &str> = listing
         .entries
         .iter()
         .map(|(n, u)| (*n, u.as_str()))
         .collect();
+    let skipped: HashSet<u32> = listing.skipped.iter().map(|w| w.msgno).collect();
+    let without = list
+        .iter()
+        .filter(|(n, _)| !with_uidl.contains_key(n) && !skipped.contains(n))
+        .count();
+    if without > 0 {
+        warn_once(
+            report,
+            &format!(
+                "the server's UIDL listing leaves out {without} messages: they are fetched every run and stored only if new, and never deleted"
+            ),
+        );
+    }
     let cutoff = account
         .delete_after_days
         .map(|days| opts.now - chrono::Duration::days(i64::from(days)));
@@ -130,33 +168,49 @@ pub(super) fn plan(
             continue;
         };
         // A UIDL whose bytes are lost (see `repair`) counts as not archived: fetching it heals.
-        let archived = index
+        let Some(seen) = index
             .pop3_seen(&account.name, uidl)
             .filter(|seen| index.has_bytes(&seen.id))
-            .map(|seen| {
-                let stored = index.location(&seen.id).map_or(0, |l| l.size);
-                (seen, seen.list_size.unwrap_or(stored))
-            });
-        match archived {
-            None => {
-                plan.fresh.insert(msgno, uidl.to_owned());
+        else {
+            plan.fresh.insert(msgno, uidl.to_owned());
+            plan.fetch.push(planned);
+            continue;
+        };
+        let stored = index.location(&seen.id).map_or(0, |l| l.size);
+        let listed_then = seen.list_size.unwrap_or(stored);
+        let doubt = if listed_then != size {
+            Some(Doubt::Size)
+        } else if stored < listed_then {
+            Some(Doubt::Short)
+        } else {
+            None
+        };
+        match doubt {
+            Some(doubt) => {
+                plan.doubts.insert(msgno, (doubt, seen.id));
                 plan.fetch.push(planned);
             }
-            Some((seen, expected)) if expected != size => {
-                plan.suspects.insert(msgno, Some(seen.id));
-                plan.fetch.push(planned);
-            }
-            Some((seen, _)) => {
-                if cutoff.is_some_and(|cutoff| seen.first_seen <= cutoff) {
-                    plan.candidates.push(Candidate {
-                        msgno,
-                        uidl: uidl.to_owned(),
-                        size,
-                        id: seen.id,
-                    });
-                }
-            }
+            None => plan.known.push(Known {
+                msgno,
+                uidl: uidl.to_owned(),
+                size,
+                id: seen.id,
+                due: cutoff.is_some_and(|cutoff| seen.first_seen <= cutoff),
+            }),
         }
+    }
+    let short = plan
+        .doubts
+        .values()
+        .filter(|(d, _)| *d == Doubt::Short)
+        .count();
+    if short > 0 {
+        warn_once(
+            report,
+            &format!(
+                "{short} archived messages are shorter than the server's LIST size says (a server that cut them off): they stay on the server and are fetched again each run"
+            ),
+        );
     }
     plan
 }
@@ -169,9 +223,11 @@ fn warn_once(report: &mut AccountReport, warning: &str) {
 }
 
 impl Plan {
-    /// Proves the deletion candidates: the archived copy re-reads and re-hashes, and the
-    /// server's header block (`TOP n 0`, pipelined) is the archived one. A candidate whose
-    /// header differs is another message under a reused UIDL: it is fetched, not deleted.
+    /// Proves the known messages due for deletion (or, when a LIST size already showed that
+    /// the server reuses UIDLs, every known message): the archived copy re-reads and
+    /// re-hashes, and the server's header block (`TOP n 0`, pipelined) is the archived one. A
+    /// message whose header differs is fetched again, and deleted only if RETR gives the
+    /// archived bytes after all.
     pub(super) fn prove(
         &mut self,
         session: &mut Session<Transaction>,
@@ -180,31 +236,32 @@ impl Plan {
         state: &mut RunState,
         report: &mut AccountReport,
     ) -> Result<(), BackupError> {
+        let reuse_seen = self.doubts.values().any(|(d, _)| *d == Doubt::Size);
         let mut archived_heads = HashMap::new();
-        for c in std::mem::take(&mut self.candidates) {
-            match index.verified_head(&c.id, HEADER_LIMIT) {
+        for k in std::mem::take(&mut self.known) {
+            if !k.due && !reuse_seen {
+                continue;
+            }
+            match index.verified_head(&k.id, HEADER_LIMIT) {
                 Ok(head) => {
-                    archived_heads.insert(c.msgno, (c, header_block(&head).to_vec()));
+                    archived_heads.insert(k.msgno, (k, header_block(&head).to_vec()));
                 }
                 Err(fault) => report.warnings.push(format!(
                     "the archived copy of message {} (UIDL {}) is damaged ({fault}): it stays on the server; `popvault repair --refetch` fetches it again",
-                    c.msgno, c.uidl
+                    k.msgno, k.uidl
                 )),
             }
         }
-        if archived_heads.is_empty() {
-            return Ok(());
-        }
-        if state.top_unusable {
+        if archived_heads.is_empty() || state.top_unusable {
             return Ok(());
         }
         let mut msgnos: Vec<u32> = archived_heads.keys().copied().collect();
         msgnos.sort_unstable();
-        let mut server_heads: HashMap<u32, Vec<u8>> = HashMap::new();
         let sizes: HashMap<u32, u64> = archived_heads
             .iter()
-            .map(|(&n, (c, _))| (n, c.size))
+            .map(|(&n, (k, _))| (n, k.size))
             .collect();
+        let mut server_heads: HashMap<u32, Vec<u8>> = HashMap::new();
         let result = session.top(&msgnos, 0, opts.window, |msgno, body| {
             let limit = size_limit(sizes[&msgno]);
             let mut head = Vec::new();
@@ -227,13 +284,11 @@ impl Plan {
                     crate::error_chain(&e)
                 ));
                 // Not a message to give up on (nothing was to be fetched): reconnect, skip TOP.
-                return Err(BackupError::Pop3(match e {
-                    RetrieveError::Callback { msgno, .. } => Pop3Error::Overrun {
-                        msgno,
-                        listed: sizes[&msgno],
-                        limit: size_limit(sizes[&msgno]),
-                    },
-                    RetrieveError::Transfer { source, .. } | RetrieveError::Pop3(source) => source,
+                return Err(BackupError::TopFailed(match e {
+                    RetrieveError::Callback { source, .. } => source.to_string(),
+                    RetrieveError::Transfer { source, .. } | RetrieveError::Pop3(source) => {
+                        source.to_string()
+                    }
                 }));
             }
         };
@@ -245,19 +300,22 @@ impl Plan {
             ));
         }
         for msgno in msgnos {
-            let (candidate, archived) = &archived_heads[&msgno];
+            let (known, archived) = &archived_heads[&msgno];
             let Some(head) = server_heads.get(&msgno) else {
                 continue;
             };
             let planned = Planned {
                 msgno,
-                uidl: Some(candidate.uidl.clone()),
-                size: candidate.size,
+                uidl: Some(known.uidl.clone()),
+                size: known.size,
             };
             if trim_line_ends(header_block(head)) == trim_line_ends(archived) {
-                self.proven.push(planned);
+                if known.due {
+                    self.proven.push(planned);
+                }
             } else {
-                self.suspects.insert(msgno, None);
+                self.doubts
+                    .insert(msgno, (Doubt::Headers { due: known.due }, known.id));
                 self.fetch.push(planned);
             }
         }
@@ -265,31 +323,42 @@ impl Plan {
         Ok(())
     }
 
-    /// Messages fetched as suspects whose archived bytes differ from what the archive held
-    /// under their UIDL: the server reused those UIDLs.
+    /// Messages fetched again whose bytes are not what the archive held under their UIDL:
+    /// the server reused those UIDLs.
     pub(super) fn count_reused(&self, index: &Index, account: &Account) -> u64 {
-        let uidl_of: HashMap<u32, &str> = self
-            .fetch
+        self.doubts
             .iter()
-            .filter_map(|p| Some((p.msgno, p.uidl.as_deref()?)))
-            .collect();
-        self.suspects
-            .iter()
-            .filter(|(msgno, before)| match before {
-                // The header block differed: another message for sure.
-                None => true,
-                // Only the size differed: another message unless the same bytes came back.
-                Some(before) => uidl_of
-                    .get(msgno)
-                    .and_then(|uidl| index.pop3_seen(&account.name, uidl))
-                    .is_some_and(|now| now.id != *before),
+            .filter(|(_, (doubt, _))| *doubt != Doubt::Short)
+            .filter(|(msgno, (_, before))| {
+                self.now_archived(index, account, **msgno)
+                    .is_some_and(|now| now != *before)
             })
             .count() as u64
     }
 
+    /// Reused UIDLs as a dry run can tell them: a LIST size or a header block differs.
+    pub(super) fn count_doubted(&self) -> u64 {
+        self.doubts
+            .values()
+            .filter(|(d, _)| *d != Doubt::Short)
+            .count() as u64
+    }
+
+    /// The message the archive holds now under the UIDL of `msgno`.
+    fn now_archived(&self, index: &Index, account: &Account, msgno: u32) -> Option<Digest> {
+        let uidl = self
+            .fetch
+            .iter()
+            .find(|p| p.msgno == msgno)?
+            .uidl
+            .as_deref()?;
+        index.pop3_seen(&account.name, uidl).map(|seen| seen.id)
+    }
+
     /// Messages fetched under a new UIDL whose bytes the archive already held under another
-    /// UIDL of this account that the server no longer lists: the mark of a UIDL reset (a
-    /// copy of a message that is also still on the server is just a duplicate).
+    /// UIDL of this account that the server no longer lists, and holds under no UIDL it still
+    /// lists: the mark of a UIDL reset (a copy of a message still on the server is just a
+    /// duplicate).
     pub(super) fn count_reset(
         &self,
         index: &Index,
@@ -307,47 +376,83 @@ impl Plan {
         if fresh_duplicates.is_empty() {
             return 0;
         }
-        let gone: HashSet<Digest> = archived
-            .iter()
-            .filter(|(uidl, _)| !self.listed.contains(uidl.as_str()))
-            .map(|(_, seen)| seen.id)
-            .collect();
+        let mut gone: HashSet<Digest> = HashSet::new();
+        let mut still_listed: HashSet<Digest> = HashSet::new();
+        for (uidl, seen) in archived {
+            match self.listed.get(uidl.as_str()) {
+                None => {
+                    gone.insert(seen.id);
+                }
+                Some(msgno) if !self.fresh.contains_key(msgno) => {
+                    still_listed.insert(seen.id);
+                }
+                Some(_) => {}
+            }
+        }
         fresh_duplicates
             .iter()
             .filter(|uidl| {
                 index
                     .pop3_seen(&account.name, uidl)
-                    .is_some_and(|seen| gone.contains(&seen.id))
+                    .is_some_and(|seen| gone.contains(&seen.id) && !still_listed.contains(&seen.id))
             })
             .count() as u64
     }
 
-    /// What to DELE after this run's commit: the proven candidates, and (when
-    /// `delete_after_days` is 0) the messages fetched as new in this run, each only if its
-    /// archived copy re-reads and re-hashes. Suspects never.
+    /// What a dry run would delete: the proven messages, and with `delete_after_days` 0 also
+    /// the new ones it would fetch (deleted once archived).
+    pub(super) fn would_delete(&self, account: &Account) -> Vec<Planned> {
+        let mut would = self.proven.clone();
+        if account.delete_after_days == Some(0) {
+            would.extend(
+                self.fetch
+                    .iter()
+                    .filter(|p| self.fresh.contains_key(&p.msgno))
+                    .cloned(),
+            );
+        }
+        would.sort_by_key(|p| p.msgno);
+        would
+    }
+
+    /// What to DELE after this run's commit: the proven messages; those fetched again over a
+    /// header doubt whose RETR gave the archived bytes after all (RETR is the stronger proof),
+    /// when due; and (when `delete_after_days` is 0) the messages fetched as new in this run,
+    /// each only if its archived copy re-reads and re-hashes and RETR gave it whole.
     pub(super) fn deletions(
         &self,
         index: &Index,
         account: &Account,
         opts: &BackupOptions,
-        report: &mut AccountReport,
+        received: &HashMap<u32, u64>,
+        report: &AccountReport,
     ) -> Vec<u32> {
         let Some(days) = account.delete_after_days else {
             return Vec::new();
         };
         let cutoff = opts.now - chrono::Duration::days(i64::from(days));
-        let fetched: HashSet<u32> = self.fetch.iter().map(|p| p.msgno).collect();
         let unfetched: HashSet<u32> = report.unfetched.iter().map(|u| u.msgno).collect();
+        let whole = |p: &Planned| received.get(&p.msgno).is_some_and(|&got| got >= p.size);
         let mut delete: Vec<u32> = self.proven.iter().map(|p| p.msgno).collect();
-        for (&msgno, uidl) in &self.fresh {
-            if !fetched.contains(&msgno) || unfetched.contains(&msgno) {
+        for p in &self.fetch {
+            if unfetched.contains(&p.msgno) || !whole(p) {
                 continue;
             }
-            let due = index.pop3_seen(&account.name, uidl).is_some_and(|seen| {
-                seen.first_seen <= cutoff && index.check_message(&seen.id).is_ok()
+            let same_after_all = matches!(
+                self.doubts.get(&p.msgno),
+                Some((Doubt::Headers { due: true }, before))
+                    if self.now_archived(index, account, p.msgno) == Some(*before)
+            );
+            let fresh_and_due = self.fresh.get(&p.msgno).is_some_and(|uidl| {
+                index
+                    .pop3_seen(&account.name, uidl)
+                    .is_some_and(|seen| seen.first_seen <= cutoff)
             });
-            if due {
-                delete.push(msgno);
+            let archived = self
+                .now_archived(index, account, p.msgno)
+                .is_some_and(|id| index.check_message(&id).is_ok());
+            if (same_after_all || fresh_and_due) && archived {
+                delete.push(p.msgno);
             }
         }
         delete.sort_unstable();

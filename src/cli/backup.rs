@@ -8,13 +8,14 @@ use clap::Args;
 use serde::Serialize;
 
 use super::connect::ConnectArgs;
-use super::output::{byte_bar, human_bytes};
+use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::account::Account;
 use crate::archive::{Index, Writer};
 use crate::backup::{self, AccountReport, BackupOptions, Event, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::pop3::Secret;
+use crate::stop::Stop;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -150,19 +151,19 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             if opts.stop.requested() {
                 break;
             }
-            reports.push(with_password(account, |secret| {
+            reports.push(with_password(account, &opts.stop, |secret| {
                 backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
             }));
         }
     } else {
-        let mut writer = Writer::open(&ctx.archive, "backup", args.wait)
+        let mut writer = Writer::open(&ctx.archive, "backup", args.wait.then_some(&ctx.stop))
             .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {
             if opts.stop.requested() {
                 break;
             }
-            reports.push(with_password(account, |secret| {
+            reports.push(with_password(account, &opts.stop, |secret| {
                 backup::backup_account(&mut target, account, secret, &opts, &mut on_event)
             }));
         }
@@ -189,8 +190,12 @@ fn exit_status(reports: &[AccountReport], stopped: bool) -> Exit {
 }
 
 /// Gets the account's secret and runs `f`; a failure to get it is that account's failure.
-fn with_password(account: &Account, f: impl FnOnce(&Secret) -> AccountReport) -> AccountReport {
-    match password_for(account) {
+fn with_password(
+    account: &Account,
+    stop: &Stop,
+    f: impl FnOnce(&Secret) -> AccountReport,
+) -> AccountReport {
+    match password_for(account, stop) {
         Ok(secret) => f(&secret),
         Err(e) => AccountReport {
             account: account.name.clone(),
@@ -218,9 +223,9 @@ pub fn password_from_env_or_prompt(label: &str) -> anyhow::Result<Option<Secret>
 }
 
 /// The password or token: `password_command`, else `$POPVAULT_PASSWORD`, else a prompt.
-pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
+pub fn password_for(account: &Account, stop: &Stop) -> anyhow::Result<Secret> {
     if let Some(command) = &account.password_command {
-        return run_password_command(command, account.password_timeout).with_context(|| {
+        return run_password_command(command, account.password_timeout, stop).with_context(|| {
             format!(
                 "the password command of account {} failed (its output is not shown)",
                 account.name
@@ -235,11 +240,17 @@ pub fn password_for(account: &Account) -> anyhow::Result<Secret> {
     )
 }
 
-/// Runs `sh -c command` and takes the first line it prints. A command still running after
-/// `timeout` (a keyring waiting for an unlock nobody will type) is killed with everything it
-/// started, instead of holding the backup forever.
-fn run_password_command(command: &str, timeout: Duration) -> anyhow::Result<Secret> {
+/// The most a password command may print: a password or a token is far shorter.
+const MAX_PASSWORD_OUTPUT: usize = 64 * 1024;
+
+/// Runs `sh -c command` and takes the first line it prints, as soon as the command has ended
+/// and the line is complete (a background child it left may hold its output open). A command
+/// still running after `timeout` (a keyring waiting for an unlock nobody will type) is killed
+/// with everything it started, instead of holding the backup for ever; so is one running when
+/// a stop is requested.
+fn run_password_command(command: &str, timeout: Duration, stop: &Stop) -> anyhow::Result<Secret> {
     use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -253,39 +264,72 @@ fn run_password_command(command: &str, timeout: Duration) -> anyhow::Result<Secr
         .stdout
         .take()
         .context("no pipe from the password command")?;
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut out).map(|_| out)
+    let (chunks, arriving) = mpsc::channel::<Vec<u8>>();
+    // Reads until the end of the output or the bound; detached, as a background child of the
+    // command may keep the pipe open long after the line we need.
+    std::thread::spawn(move || {
+        let mut read = 0;
+        let mut buf = vec![0u8; 4096];
+        while read < MAX_PASSWORD_OUTPUT {
+            match std::io::Read::read(&mut stdout, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    read += n;
+                    if chunks.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
     });
+    let kill = |child: &mut std::process::Child| {
+        if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = child.wait();
+    };
     let started = std::time::Instant::now();
-    let status = loop {
+    let mut output = Vec::new();
+    let mut ended = false;
+    loop {
+        loop {
+            match arriving.try_recv() {
+                Ok(chunk) => output.extend(chunk),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if stop.requested() {
+            kill(&mut child);
+            bail!("stopped by a signal while it ran");
+        }
         if let Some(status) = child
             .try_wait()
             .context("cannot wait for the password command")?
         {
-            break status;
+            if !status.success() {
+                bail!("it exited with {status}");
+            }
+            if ended || output.contains(&b'\n') {
+                break;
+            }
         }
         if started.elapsed() >= timeout {
-            if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-            }
-            let _ = child.wait();
+            kill(&mut child);
             bail!(
                 "it did not finish in {} s and was stopped (raise password_command_timeout if it waits for you)",
                 timeout.as_secs()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    if !status.success() {
-        bail!("it exited with {status}");
     }
-    let out = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading its output failed"))?
-        .context("reading its output failed")?;
-    let text = String::from_utf8(out).context("it printed something that is not UTF-8")?;
-    let first = text.lines().next().unwrap_or("");
+    let first = output.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = std::str::from_utf8(first)
+        .context("it printed something that is not UTF-8")?
+        .trim_end_matches('\r');
     if first.is_empty() {
         bail!("it printed nothing");
     }
@@ -316,9 +360,9 @@ fn print_reports(
         // Mail left behind is an error even for cron (-q): the backup is incomplete.
         if !r.unfetched.is_empty() {
             eprintln!(
-                "error: {}: {} messages could not be fetched; the next run tries again:",
+                "error: {}: {} could not be fetched; the next run tries again:",
                 r.account,
-                r.unfetched.len()
+                count(r.unfetched.len(), "message")
             );
             for u in &r.unfetched {
                 eprintln!(

@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             })
         })
         .collect::<Result<Vec<_>, import::ImportError>>()?;
-    let mut writer = Writer::open(&ctx.archive, "import", args.wait)
+    let mut writer = Writer::open(&ctx.archive, "import", args.wait.then_some(&ctx.stop))
         .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
     let stop = ctx.stop.clone();

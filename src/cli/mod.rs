@@ -267,9 +267,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
             };
         }
     };
-    let result = context(&cli).and_then(|ctx| dispatch(&ctx, cli.command));
-    match result {
+    let ctx = match context(&cli) {
+        Ok(ctx) => ctx,
+        Err(err) => {
+            report_error(&err);
+            return exit_for(&err);
+        }
+    };
+    match dispatch(&ctx, cli.command) {
         Ok(exit) => exit,
+        // What a stop request cut short (a wait for the writer lock, say) is no failure.
+        Err(err) if ctx.stop.requested() => {
+            eprintln!("stopped by a signal ({err}); nothing half-done was left");
+            Exit::Interrupted
+        }
         Err(err) => {
             report_error(&err);
             exit_for(&err)
@@ -381,7 +392,9 @@ fn transparent_inner<'e>(
             | BackupError::Message { source: p, .. }
             | BackupError::GaveUp(p) => Some(p),
             BackupError::Archive(a) => Some(a),
-            BackupError::LoginDelay { .. } => None,
+            BackupError::LoginDelay { .. }
+            | BackupError::TopFailed(_)
+            | BackupError::QuitRefused { .. } => None,
         };
     }
     if let Some(Pop3Error::Transport(t)) = e.downcast_ref::<Pop3Error>() {

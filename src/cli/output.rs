@@ -70,6 +70,15 @@ pub fn parse_day_or_time(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{s:?} does not exist in this time zone"))
 }
 
+/// "1 message", "2 messages".
+pub fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// Cuts `s` to at most `width` characters, marking the cut.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {

@@ -33,7 +33,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
         let archive = ctx.open_archive()?;
         repair::repair(&archive, None, &|_| bar.inc(1))?
     } else {
-        let mut writer = Writer::open(&ctx.archive, "repair", false)
+        let mut writer = Writer::open(&ctx.archive, "repair", None)
             .context("cannot lock the archive for repair")?;
         let archive = Archive::open(&ctx.archive)?;
         let report = repair::repair(&archive, Some(&mut writer), &|_| bar.inc(1))

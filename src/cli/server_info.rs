@@ -60,7 +60,7 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
         || std::env::var_os("POPVAULT_PASSWORD").is_some()
         || args.login;
     let secret = if have_password {
-        Some(password_for(&account)?)
+        Some(password_for(&account, &ctx.stop)?)
     } else {
         None
     };
@@ -302,7 +302,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         },
     )?;
     eprintln!("testing {} ...", account.server_label());
-    let secret = password_for(&account);
+    let secret = password_for(&account, &ctx.stop);
     let mut tested = secret
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e:#}"))

@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use clap::Args;
 use serde::Serialize;
 
-use super::output::{human_bytes, local_time};
+use super::output::{count, human_bytes, local_time};
 use super::{Context, Exit};
 
 #[derive(Debug, Args)]
@@ -91,7 +91,11 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             s.server = Some(run.server.clone());
             s.last_attempt = Some(commit.finished);
             s.last_attempt_ok = Some(run.ok);
-            s.unfetched = run.unfetched;
+            // A run that failed before it listed the server (a wrong password) says nothing of
+            // what is still to fetch: the count of the last run that did stands.
+            if run.ok || run.on_server > 0 {
+                s.unfetched = run.unfetched;
+            }
             if run.ok {
                 s.last_success = Some(commit.finished);
                 s.messages_on_server = Some(run.on_server);
@@ -160,7 +164,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 .map_or(String::new(), |n| format!(", {n} on the server"));
             let unfetched = match s.unfetched {
                 0 => String::new(),
-                n => format!("; {n} messages could not be fetched"),
+                n => format!("; {} could not be fetched", count(n as usize, "message")),
             };
             say!(
                 "{}: last success {success}{failed}; {} messages archived ({}){on_server}{unfetched}",

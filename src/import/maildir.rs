@@ -300,7 +300,7 @@ mod tests {
         .unwrap();
         fs::remove_file(folder.join("new/2.M2.host")).unwrap();
 
-        let mut writer = Writer::open(&dir.path().join("archive"), "test", false).unwrap();
+        let mut writer = Writer::open(&dir.path().join("archive"), "test", None).unwrap();
         import_listed(&mut writer, &folder, &files, &mut report, &mut |_| Ok(())).unwrap();
         writer.finish().unwrap();
         assert_eq!(report.messages, 1);

@@ -18,14 +18,35 @@ pub fn plain_response(user: &str, secret: &Secret) -> String {
 /// Every form in which a client of ours sends `secret` (itself, and the base64 responses of
 /// PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER): what a server quoting us back must not show.
 pub fn secret_forms(user: &str, host: &str, port: u16, secret: &Secret) -> Vec<String> {
-    let mut forms = vec![
-        secret.expose().to_string(),
+    let encoded = [
         plain_response(user, secret),
         BASE64.encode(secret.expose()),
         xoauth2_response(user, secret),
         oauthbearer_response(user, host, port, secret),
     ];
+    let mut forms = vec![secret.expose().to_string()];
+    for e in encoded {
+        // A server may quote base64 without its padding.
+        forms.push(e.trim_end_matches('=').to_string());
+        forms.push(e);
+    }
+    // ...or the secret URL-encoded, or as hex.
+    forms.push(
+        secret
+            .expose()
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect(),
+    );
+    forms.push(hex::encode(secret.expose()));
+    forms.push(hex::encode_upper(secret.expose()));
     forms.retain(|f| !f.is_empty());
+    forms.dedup();
     // Longest first, so that a form containing another is masked whole.
     forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
     forms
@@ -33,6 +54,9 @@ pub fn secret_forms(user: &str, host: &str, port: u16, secret: &Secret) -> Vec<S
 
 /// `text` with every form of the secret masked.
 pub fn mask_secret(text: &str, forms: &[String]) -> String {
+    if forms.iter().all(|f| !text.contains(f.as_str())) {
+        return text.to_string();
+    }
     forms.iter().fold(text.to_string(), |t, form| {
         t.replace(form.as_str(), "[password]")
     })

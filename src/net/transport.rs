@@ -44,6 +44,8 @@ pub enum TransportError {
     CaFile(#[from] CaFileError),
     #[error("{host:?} is not a valid server name")]
     BadHost { host: String },
+    #[error("stopped by a signal while connecting")]
+    Cancelled,
     #[error("i/o error while connecting")]
     Io(#[from] io::Error),
 }
@@ -223,12 +225,49 @@ pub fn handshake(tcp: TcpStream, opts: &ConnectOptions) -> Result<(Stream, TlsIn
         host: opts.host.clone(),
         reason: e.to_string(),
     })?;
+    // The whole handshake gets `timeout`: a server trickling its certificate a byte at a time
+    // must not hold a run for hours, and a stop request is looked at while waiting. Driven one
+    // read at a time (rustls' complete_io would go on reading as long as bytes trickle in).
+    tcp.set_read_timeout(Some(opts.timeout.min(POLL_INTERVAL)))?;
+    let deadline = std::time::Instant::now() + opts.timeout;
     let mut tls = StreamOwned::new(conn, tcp);
+    let rustls_error = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
     while tls.conn.is_handshaking() {
-        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-            return Err(handshake_error(e, opts, &verifier));
+        while tls.conn.wants_write() {
+            tls.conn.write_tls(&mut tls.sock)?;
+        }
+        if tls.conn.wants_read() {
+            match tls.conn.read_tls(&mut tls.sock) {
+                Ok(0) => return Err(TransportError::Io(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {
+                    if let Err(e) = tls.conn.process_new_packets() {
+                        // The alert telling the server why goes out first.
+                        let _ = tls.conn.write_tls(&mut tls.sock);
+                        return Err(handshake_error(rustls_error(e), opts, &verifier));
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(TransportError::Io(e)),
+            }
+        }
+        if opts.stop.requested() {
+            return Err(TransportError::Cancelled);
+        }
+        if tls.conn.is_handshaking() && std::time::Instant::now() >= deadline {
+            return Err(TransportError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the TLS handshake took longer than the timeout",
+            )));
         }
     }
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut tls.sock)?;
+    }
+    tls.sock.set_read_timeout(Some(opts.timeout))?;
     let info = TlsInfo {
         protocol_version: match tls.conn.protocol_version() {
             Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),

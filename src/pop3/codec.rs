@@ -536,6 +536,9 @@ pub enum UidlLineError {
     BadUid { msgno: u32, reason: String },
 }
 
+/// The longest unique-id kept: RFC 1939 says 70 characters; real servers stay far below this.
+pub const MAX_UNIQUE_ID: usize = 256;
+
 /// One line of a UIDL listing, or the text of a single UIDL reply (RFC 1939 §7):
 /// `msgno unique-id`.
 ///
@@ -557,6 +560,9 @@ pub fn parse_uidl_line(line: &[u8]) -> Result<(u32, String), UidlLineError> {
     let bad = |reason: String| UidlLineError::BadUid { msgno, reason };
     if uid.is_empty() {
         return Err(bad("empty unique-id".into()));
+    }
+    if uid.len() > MAX_UNIQUE_ID {
+        return Err(bad(format!("unique-id of {} bytes", uid.len())));
     }
     if let Some(&b) = uid.iter().find(|&&b| b < 0x21 || b == 0x7f) {
         return Err(bad(format!(
@@ -914,6 +920,11 @@ mod tests {
         // Tolerated: long ids, trailing blanks, non-ASCII UTF-8.
         let long = format!("3 {}", "a".repeat(200));
         assert_eq!(parse_uidl_line(long.as_bytes()).unwrap().1.len(), 200);
+        let too_long = format!("3 {}", "a".repeat(MAX_UNIQUE_ID + 1));
+        assert!(matches!(
+            parse_uidl_line(too_long.as_bytes()),
+            Err(UidlLineError::BadUid { .. })
+        ));
         assert_eq!(parse_uidl_line(b"2 abc  ").unwrap(), (2, "abc".into()));
         assert_eq!(
             parse_uidl_line("4 caf\u{e9}".as_bytes()).unwrap().1,

@@ -22,6 +22,13 @@ use crate::stop::Stop;
 /// mailbox, and bounded memory against a server that never ends one.
 const MAX_LISTING_LINES: u64 = 4_000_000;
 
+/// The most bytes of a multi-line listing: a UIDL listing of 4 million messages is about
+/// 160 MiB.
+const MAX_LISTING_BYTES: u64 = 256 << 20;
+
+/// The most CAPA lines kept.
+const MAX_CAPABILITIES: usize = 1000;
+
 /// Read buffer size. It must exceed [`STATUS_LINE_LIMIT`] so a whole status line always fits.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -54,6 +61,9 @@ pub(super) struct Conn {
     waited: Duration,
     received: usize,
     stop_seen: Option<Instant>,
+    /// Every form of the secret once one was sent: a server may quote it back in any reply,
+    /// so every text from the server is masked with these before anyone sees it.
+    secret_forms: Vec<String>,
 }
 
 impl Conn {
@@ -71,7 +81,47 @@ impl Conn {
             waited: Duration::ZERO,
             received: 0,
             stop_seen: None,
+            secret_forms: Vec::new(),
         })
+    }
+
+    /// From now on, every form of the secret is masked in what the server says.
+    pub(super) fn mask_from_now_on(&mut self, forms: Vec<String>) {
+        self.secret_forms = forms;
+    }
+
+    /// `text` from the server with the secret masked.
+    pub(super) fn mask(&self, text: &str) -> String {
+        sasl::mask_secret(text, &self.secret_forms)
+    }
+
+    fn mask_error(&self, e: Pop3Error) -> Pop3Error {
+        if self.secret_forms.is_empty() {
+            return e;
+        }
+        match e {
+            Pop3Error::Rejected {
+                command,
+                reply,
+                code,
+            } => Pop3Error::Rejected {
+                command,
+                reply: self.mask(&reply),
+                code,
+            },
+            Pop3Error::Protocol { what } => Pop3Error::Protocol {
+                what: self.mask(&what),
+            },
+            Pop3Error::InvalidUid { msgno, reason } => Pop3Error::InvalidUid {
+                msgno,
+                reason: self.mask(&reason),
+            },
+            Pop3Error::MethodUnavailable { method, reason } => Pop3Error::MethodUnavailable {
+                method,
+                reason: self.mask(&reason),
+            },
+            other => other,
+        }
     }
 
     pub(super) fn timeout(&self) -> Duration {
@@ -98,6 +148,13 @@ impl Conn {
     }
 
     pub(super) fn fail(&mut self, e: Pop3Error) -> Pop3Error {
+        let e = self.mask_error(e);
+        if matches!(e, Pop3Error::Cancelled) {
+            // Stopped with a reply still coming: QUIT goes out anyway (the server reads it after
+            // the RETR it is sending; with no DELE it changes nothing), then the socket shuts.
+            let _ = self.stream.write_all(b"QUIT\r\n");
+            let _ = self.stream.flush();
+        }
         let in_step = matches!(
             e,
             Pop3Error::Rejected { .. }
@@ -200,11 +257,16 @@ impl Conn {
         self.received = 0;
     }
 
+    /// Reads the next status line. Each reply gets its own window of waiting (see
+    /// [`Conn::check_progress`]), starting here, so a slow reply never counts against the next.
     pub(super) fn read_reply(&mut self) -> Result<Reply> {
+        self.reply_began();
         loop {
-            if let Some((reply, used)) = codec::parse_reply(&self.buf[self.start..self.end])? {
+            if let Some((mut reply, used)) = codec::parse_reply(&self.buf[self.start..self.end])? {
                 self.start += used;
-                self.reply_began();
+                if !self.secret_forms.is_empty() {
+                    reply.text = self.mask(&reply.text);
+                }
                 return Ok(reply);
             }
             self.fill()?;
@@ -228,11 +290,13 @@ impl Conn {
     /// Reads the lines of a multi-line listing up to its terminator (RFC 1939 §3).
     pub(super) fn read_listing(&mut self, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let mut lines = 0u64;
+        let mut bytes = 0u64;
         loop {
             // A listing that never ends would otherwise grow until memory runs out.
-            if lines > MAX_LISTING_LINES {
+            if lines > MAX_LISTING_LINES || bytes > MAX_LISTING_BYTES {
                 return Err(Pop3Error::protocol(format!(
-                    "the server sent a listing of more than {MAX_LISTING_LINES} lines"
+                    "the server sent a listing of more than {MAX_LISTING_LINES} lines or {} MiB",
+                    MAX_LISTING_BYTES >> 20
                 )));
             }
             lines += 1;
@@ -244,6 +308,7 @@ impl Conn {
             };
             let item = codec::listing_item(line).map(<[u8]>::to_vec);
             self.start += used;
+            bytes += used as u64;
             match item {
                 Some(item) => each(&item)?,
                 None => return Ok(()),
@@ -259,9 +324,13 @@ impl Conn {
         }
         let mut lines = Vec::new();
         self.read_listing(|line| {
-            lines.push(String::from_utf8_lossy(line).into_owned());
+            // Hundreds of capabilities would be absurd; thousands, hostile.
+            if lines.len() < MAX_CAPABILITIES {
+                lines.push(String::from_utf8_lossy(line).into_owned());
+            }
             Ok(())
         })?;
+        let lines: Vec<String> = lines.iter().map(|l| self.mask(l)).collect();
         Ok(Some(Capabilities::parse(lines.iter().map(String::as_str))))
     }
 

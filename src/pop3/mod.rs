@@ -53,7 +53,7 @@ pub enum Pop3Error {
     Protocol { what: String },
     #[error("server sent a line longer than {limit} bytes")]
     LineTooLong { limit: usize },
-    #[error("message {msgno} runs past {limit} bytes although LIST said {listed}: a broken server")]
+    #[error("it runs past {limit} bytes although LIST said {listed} (a broken server)")]
     Overrun { msgno: u32, listed: u64, limit: u64 },
     #[error("message {msgno} has an unusable unique-id: {reason}")]
     InvalidUid { msgno: u32, reason: String },

@@ -260,6 +260,7 @@ impl Session<Authorization> {
             .filter(|m| !refused.iter().any(|r| r.method == *m))
             .collect();
         let forms = sasl::secret_forms(user, &self.host, self.port, secret);
+        self.conn.mask_from_now_on(forms.clone());
         for (i, &method) in remaining.iter().enumerate() {
             let error = match self.attempt(method, user, secret) {
                 Ok(()) => {
@@ -496,6 +497,9 @@ impl Session<Transaction> {
                 }
                 Ok(())
             })?;
+            for w in &mut listing.skipped {
+                w.reason = c.mask(&w.reason);
+            }
             Ok(Some(listing))
         })
     }
@@ -604,27 +608,27 @@ impl Session<Transaction> {
             .guard(|c| c.simple(Command::Dele(msgno)).map(drop))
     }
 
-    /// DELE of many messages, pipelined when the server allows. All replies are read before
-    /// the first refusal is returned, so the session stays in step.
-    pub fn dele_many(&mut self, msgnos: &[u32]) -> Result<()> {
+    /// DELE of many messages, pipelined when the server allows. Returns the ones the server
+    /// refused (`-ERR`); the others are marked, and the session stays in step.
+    pub fn dele_many(&mut self, msgnos: &[u32]) -> Result<Vec<Refused>> {
         let window = if self.pipelining() { usize::MAX } else { 1 };
         self.conn.guard(|c| {
             let mut queue = Pipeline::new(msgnos.iter().map(|&n| Command::Dele(n)), window);
-            let mut first_refusal = None;
+            let mut refused = Vec::new();
+            let mut next = msgnos.iter();
             while queue.fill(c)? {
                 let reply = c.read_reply()?;
+                let msgno = *next.next().expect("one reply per DELE sent");
                 match reply.status {
                     Status::Ok => {}
-                    Status::Err => {
-                        first_refusal.get_or_insert(rejected("DELE", reply));
-                    }
+                    Status::Err => refused.push(Refused { msgno, reply }),
                     Status::Continue => {
                         return Err(Pop3Error::protocol("unexpected '+' reply to DELE"));
                     }
                 }
                 queue.answered();
             }
-            first_refusal.map_or(Ok(()), Err)
+            Ok(refused)
         })
     }
 

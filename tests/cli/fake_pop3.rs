@@ -33,6 +33,12 @@ pub enum Fault {
     QuitErr,
     /// Wait this many milliseconds before each RETR reply (a slow server, to stop mid-run).
     SlowRetr(u64),
+    /// Send only the first third of message `n` (0-based), properly terminated.
+    ShortRetr(usize),
+    /// Refuse DELE of message `n` (0-based).
+    DeleErr(usize),
+    /// After login, quote the password (in clear and base64) in every reply it can.
+    QuoteSecret,
 }
 
 #[derive(Clone)]
@@ -54,6 +60,10 @@ pub struct Mailbox {
     pub login_delay: Option<std::time::Duration>,
     /// A greeting with an APOP timestamp (as qpopper sends for every user), APOP refused.
     pub apop_timestamp: bool,
+    /// UIDLs change with every connection (`<uidl>-s<connection>`).
+    pub vary_uidls: bool,
+    /// TOP shows the header block with a trailing space on its first line (RETR does not).
+    pub top_differs: bool,
 }
 
 impl Mailbox {
@@ -68,6 +78,8 @@ impl Mailbox {
             no_pipelining: false,
             login_delay: None,
             apop_timestamp: false,
+            vary_uidls: false,
+            top_differs: false,
         }
     }
 }
@@ -88,12 +100,18 @@ impl FakeServer {
         let log2 = log.clone();
         let thread = std::thread::spawn(move || {
             let mut last_login = None;
-            for fault in faults {
+            for (session, fault) in faults.into_iter().enumerate() {
                 let Ok((stream, _)) = listener.accept() else {
                     return;
                 };
                 log2.lock().unwrap().push(Vec::new());
-                let _ = serve(stream, &mailbox, &fault, &log2, &mut last_login);
+                let mut mb = mailbox.clone();
+                if mb.vary_uidls {
+                    mb.uidls = mb
+                        .uidls
+                        .map(|u| u.iter().map(|u| format!("{u}-s{session}")).collect());
+                }
+                let _ = serve(stream, &mb, &fault, &log2, &mut last_login);
             }
         });
         FakeServer {
@@ -159,6 +177,7 @@ fn serve(
         out.write_all(b"+OK fake POP3 ready\r\n")?;
     }
     let mut logged_in = false;
+    let mut password = String::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -167,6 +186,16 @@ fn serve(
         }
         let cmd = line.trim_end().to_string();
         log.lock().unwrap().last_mut().unwrap().push(cmd.clone());
+        if let Some(p) = cmd.strip_prefix("PASS ") {
+            password = p.to_string();
+        }
+        let quoted = if *fault == Fault::QuoteSecret && logged_in {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&password);
+            format!(" (you said {password}, or {})", b64.trim_end_matches('='))
+        } else {
+            String::new()
+        };
         let mut words = cmd.split(' ');
         let verb = words.next().unwrap_or("").to_ascii_uppercase();
         let arg: Option<usize> = words.next().and_then(|a| a.parse().ok());
@@ -194,6 +223,9 @@ fn serve(
                 for c in extra {
                     caps.push_str(c);
                     caps.push_str("\r\n");
+                }
+                if !quoted.is_empty() {
+                    caps.push_str(&format!("IMPLEMENTATION fake{quoted}\r\n"));
                 }
                 caps.push_str(".\r\n");
                 out.write_all(caps.as_bytes())?;
@@ -278,7 +310,13 @@ fn serve(
                     .windows(4)
                     .position(|w| w == b"\r\n\r\n")
                     .map_or(message.len(), |i| i + 4);
-                reply(&mut out, mb, b"+OK\r\n", &stuffed(&message[..end]))?;
+                let mut head = message[..end].to_vec();
+                if mb.top_differs {
+                    let eol = head.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+                    head.insert(eol, b' ');
+                }
+                let status = format!("+OK{quoted}\r\n");
+                reply(&mut out, mb, status.as_bytes(), &stuffed(&head))?;
             }
             "RETR" => {
                 let n = arg.unwrap_or(0).wrapping_sub(1);
@@ -292,6 +330,14 @@ fn serve(
                 match fault {
                     Fault::ErrOnRetr(bad) if *bad == n => {
                         out.write_all(b"-ERR [SYS/TEMP] cannot read that one\r\n")?
+                    }
+                    Fault::QuoteSecret if n == 0 => {
+                        out.write_all(format!("-ERR no{quoted}\r\n").as_bytes())?
+                    }
+                    Fault::ShortRetr(bad) if *bad == n => {
+                        let status = format!("+OK {} octets\r\n", message.len());
+                        let cut = &message[..message.len() / 3];
+                        reply(&mut out, mb, status.as_bytes(), &stuffed(cut))?;
                     }
                     Fault::DropMidRetr(bad) if *bad == n => {
                         let body = stuffed(message);
@@ -340,9 +386,13 @@ fn serve(
                     }
                 }
             }
-            "DELE" => out.write_all(b"+OK\r\n")?,
-            "QUIT" if *fault == Fault::QuitErr => {
-                out.write_all(b"-ERR [SYS/TEMP] cannot apply the changes\r\n")?;
+            "DELE" if matches!(fault, Fault::DeleErr(bad) if Some(*bad + 1) == arg) => {
+                out.write_all(b"-ERR message is locked\r\n")?
+            }
+            "DELE" => out.write_all(format!("+OK{quoted}\r\n").as_bytes())?,
+            "QUIT" if *fault == Fault::QuitErr || *fault == Fault::QuoteSecret => {
+                let refusal = format!("-ERR [SYS/TEMP] cannot apply the changes{quoted}\r\n");
+                out.write_all(refusal.as_bytes())?;
                 return Ok(());
             }
             "QUIT" => {

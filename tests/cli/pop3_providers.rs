@@ -346,3 +346,32 @@ fn a_login_held_up_by_another_session_is_explained_and_retried() {
     assert!(r["retries"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["new_messages"], 3);
 }
+
+/// Without --delete-after-days a reused UIDL of the same size is still found: one LIST size
+/// that differs shows the server reuses UIDLs, and then every known message is checked by its
+/// header block.
+#[test]
+fn one_reused_uidl_of_another_size_gets_every_known_message_checked() {
+    let dovecot = Dovecot::start_with(&[("pop3_uidl_format", "%u")]);
+    let sandbox = Sandbox::new();
+    let message = |n: usize, word: &str| {
+        format!("Subject: {word} {n:03}\r\nMessage-ID: <{word}{n:03}@example>\r\n\r\nsame body {n:03}\r\n")
+            .into_bytes()
+    };
+    let originals: Vec<Vec<u8>> = (0..4).map(|n| message(n, "original")).collect();
+    deliver(&dovecot, &originals, "a");
+    assert_eq!(
+        account_report(&backup(&sandbox, &dovecot, &[]))["new_messages"],
+        4
+    );
+    dovecot.reset_mailbox();
+    let mut replaced: Vec<Vec<u8>> = (0..4).map(|n| message(n, "replaced")).collect();
+    replaced[0].extend_from_slice(b"a longer body\r\n");
+    deliver(&dovecot, &replaced, "b");
+    let r = account_report(&backup(&sandbox, &dovecot, &[]));
+    assert_eq!(r["new_messages"], 4, "{r}");
+    assert_eq!(r["reused_uidls"], 4, "{r}");
+    for m in &replaced {
+        assert_eq!(&sandbox.cat(&sha256_hex(m)), m);
+    }
+}

@@ -146,3 +146,52 @@ fn a_restore_and_an_export_stopped_by_sigterm_leave_valid_destinations() {
         .collect();
     assert!(left.is_empty(), "no export and no temp file: {left:?}");
 }
+
+/// A backup stopped by a signal is no success for `status`; a second writer waiting for the
+/// lock (`--wait`) stops when told to.
+#[test]
+fn a_stopped_backup_is_no_success_and_a_waiting_one_stops_too() {
+    let mut rng = Rng(6);
+    let messages: Vec<Vec<u8>> = (0..40).map(|n| generated_message(n, &mut rng)).collect();
+    let uidls = Some((0..40).map(|n| format!("u{n}")).collect());
+    let mut mb = Mailbox::new(messages, uidls);
+    mb.no_pipelining = true;
+    let server = FakeServer::start(mb, vec![Fault::SlowRetr(100), Fault::SlowRetr(100)]);
+    let sandbox = Sandbox::new();
+    let url = format!("pop3://tester@127.0.0.1:{}", server.port);
+    let mut first = sandbox.command();
+    first
+        .args(["backup", &url, "--tls", "none"])
+        .env("POPVAULT_PASSWORD", "x")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut holder = first.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut waiting = sandbox.command();
+    waiting
+        .args(["backup", &url, "--tls", "none", "--wait"])
+        .env("POPVAULT_PASSWORD", "x");
+    let (out, took) = signal_after(&mut waiting, "-TERM", 700);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} to stop while waiting"
+    );
+    Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(holder.wait().unwrap().code(), Some(7));
+    let status = sandbox.run(&["status", "--max-age", "1d"]);
+    assert_eq!(
+        status.status.code(),
+        Some(6),
+        "a stopped run is no success: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
