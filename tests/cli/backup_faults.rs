@@ -763,7 +763,7 @@ fn a_message_shorter_than_its_list_size_is_never_deleted() {
     for run in 0..2 {
         let (code, r, _) = run_json(&sandbox, &server, &["--delete-after-days", "0"]);
         assert_eq!(code, 0, "{r}");
-        assert_eq!(r["accounts"][0]["deleted"], 2, "{r}");
+        assert_eq!(r["accounts"][0]["deleted"], 2, "run {run}: {r}");
         assert!(
             warnings(&r).contains("RETR gave only") || warnings(&r).contains("shorter"),
             "{r}"
