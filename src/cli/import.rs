@@ -73,7 +73,14 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Interrupted);
     }
     let missed: usize = reports.iter().map(|r| r.missed.len()).sum();
+    let damaged: usize = reports.iter().map(|r| r.damaged.len()).sum();
     for r in &reports {
+        for member in &r.damaged {
+            eprintln!(
+                "{}: member {member} does not hash to its name (the export is damaged there); it was left out, the rest imported",
+                r.source
+            );
+        }
         // A message that was there and was not read is an error even for cron (-q).
         if !r.missed.is_empty() {
             eprintln!(
@@ -107,5 +114,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             }
         }
     }
-    Ok(if missed > 0 { Exit::Partial } else { Exit::Ok })
+    Ok(if damaged > 0 {
+        Exit::Damaged
+    } else if missed > 0 {
+        Exit::Partial
+    } else {
+        Exit::Ok
+    })
 }

@@ -68,8 +68,10 @@ pub enum ImportError {
     NotMaildir { path: PathBuf },
     #[error("{path} is refused: {what}; nothing from it was written")]
     HostileTar { path: PathBuf, what: String },
-    #[error("{path}: member {member} does not hash to its name (the export is damaged)")]
-    TarDamaged { path: PathBuf, member: String },
+    #[error(
+        "{path} is {kind}-compressed: popvault reads .tar and .tar.zst exports; decompress it first (e.g. `{kind} -d`)"
+    )]
+    Compressed { path: PathBuf, kind: &'static str },
     #[error("{path}: {what} (the export is damaged or not popvault's)")]
     TarInconsistent { path: PathBuf, what: String },
     #[error("stopped by a signal; what was imported before is committed")]
@@ -94,6 +96,9 @@ pub struct ImportReport {
     /// deleted them meanwhile): the import is incomplete.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missed: Vec<String>,
+    /// Members of an export whose bytes do not hash to their name: left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
     pub warnings: Vec<String>,
 }
 

@@ -1,7 +1,10 @@
 //! Import of a `popvault export` tar (plain or zstd): every message with the metadata the
-//! exporting archive had. The tar is read as untrusted input: only the three kinds of member an
-//! export has are accepted, never a link, device, absolute path or `..`, and every member's size
-//! is bounded; nothing from it is ever written to disk except into the archive.
+//! exporting archive had. The tar is read as untrusted input: only the three kinds of file an
+//! export has are accepted (and directories, which GNU tar adds when it packs an extracted
+//! export again, with `./` before every name), never a link, device, absolute path or `..`, and
+//! every member's size is bounded; nothing from it is ever written to disk except into the
+//! archive. A message whose bytes do not hash to its name is damaged: it is left out and named,
+//! and the rest is imported.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -37,17 +40,30 @@ fn hostile(path: &Path, what: &str) -> ImportError {
     }
 }
 
-/// The tar as read: plain or zstd-compressed (by its magic number).
+/// The tar as read: plain or zstd-compressed (by its magic number); other compressions are
+/// named and refused.
 fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     };
     let mut file = BufReader::new(File::open(path).map_err(read_err)?);
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 6];
     let n = file.read(&mut magic).map_err(read_err)?;
+    let compressed = match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [b'B', b'Z', b'h', ..] => Some("bzip2"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
+        _ => None,
+    };
+    if let Some(kind) = compressed {
+        return Err(ImportError::Compressed {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
     let file = BufReader::new(File::open(path).map_err(read_err)?);
-    let input: Box<dyn Read> = if n == 4 && magic == [0x28, 0xB5, 0x2F, 0xFD] {
+    let input: Box<dyn Read> = if magic.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(read_err)?)
     } else {
         Box::new(file)
@@ -60,15 +76,16 @@ enum Member {
     Manifest,
     Sums,
     Message(Digest),
+    /// A directory (`messages/`, `./`): nothing to read.
+    Directory,
 }
 
-/// Judges a member by its header alone: a regular file with a relative path and no `..`, one of
-/// the names an export has (`MANIFEST.jsonl` first), of a bounded size. Returns its name and
-/// the most bytes it may hold.
+/// Judges a member by its header alone: a directory, or a regular file with a relative path
+/// and no `..`, one of the names an export has, of a bounded size. Returns what it is, its name
+/// and the most bytes it may hold.
 fn check_member<R: Read>(
     path: &Path,
     entry: &tar::Entry<'_, R>,
-    first: bool,
 ) -> Result<(Member, String, u64), ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),
@@ -77,6 +94,18 @@ fn check_member<R: Read>(
     let header = entry.header();
     let member = entry.path().map_err(read_err)?.into_owned();
     let shown = member.display().to_string();
+    if member
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(hostile(
+            path,
+            &format!("member {shown:?} has an absolute path or '..'"),
+        ));
+    }
+    if header.entry_type() == tar::EntryType::Directory {
+        return Ok((Member::Directory, shown, 0));
+    }
     if !matches!(
         header.entry_type(),
         tar::EntryType::Regular | tar::EntryType::Continuous
@@ -89,16 +118,12 @@ fn check_member<R: Read>(
             ),
         ));
     }
-    if member
+    // `./MANIFEST.jsonl`, as `tar -C dir .` writes it, is `MANIFEST.jsonl`.
+    let name: std::path::PathBuf = member
         .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(hostile(
-            path,
-            &format!("member {shown:?} has an absolute path or '..'"),
-        ));
-    }
-    let name = member.to_string_lossy().into_owned();
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let name = name.to_string_lossy().into_owned();
     let limit = if name.starts_with("messages/") {
         MAX_MESSAGE
     } else {
@@ -109,12 +134,6 @@ fn check_member<R: Read>(
         return Err(hostile(
             path,
             &format!("member {shown:?} claims {size} bytes, more than {limit}"),
-        ));
-    }
-    if first != (name == "MANIFEST.jsonl") {
-        return Err(hostile(
-            path,
-            "MANIFEST.jsonl is not the first member: not a popvault export",
         ));
     }
     let message = name
@@ -135,9 +154,10 @@ fn check_member<R: Read>(
     Ok((kind, shown, limit))
 }
 
-/// Imports an export in two passes: every member header is checked first, so that a hostile
-/// tar is refused before anything from it is added; then the messages are read, each checked
-/// against its name (SHA-256) and found in the manifest.
+/// Imports an export in two passes. The first checks every member header, so that a hostile
+/// tar is refused before anything from it is added, and reads MANIFEST.jsonl (popvault writes
+/// it first, a re-packing tar may not). The second reads the messages, each checked against its
+/// name (SHA-256) and found in the manifest.
 pub fn import_tar(
     writer: &mut Writer,
     path: &Path,
@@ -148,85 +168,101 @@ pub fn import_tar(
         path: path.to_path_buf(),
         source,
     };
-    let mut members = 0;
+    let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
     for entry in open(path)?.entries().map_err(read_err)? {
-        check_member(path, &entry.map_err(read_err)?, members == 0)?;
-        members += 1;
+        let mut entry = entry.map_err(read_err)?;
+        let (kind, shown, limit) = check_member(path, &entry)?;
+        if let Member::Manifest = kind {
+            let bytes = read_member(path, &mut entry, &shown, limit)?;
+            manifest = Some(parse_manifest(path, &bytes)?);
+        }
     }
-    if members == 0 {
+    let Some(manifest) = manifest else {
         return Err(hostile(path, "no MANIFEST.jsonl: not a popvault export"));
-    }
+    };
 
-    // Pass two sees the same checks (the file could have changed in between); the first
-    // member is the manifest, so every message can be looked up in it.
-    let mut tar = open(path)?;
-    let mut manifest: HashMap<Digest, ManifestLine> = HashMap::new();
+    // Pass two makes the same checks (the file could have changed in between).
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
-    for (index, entry) in tar.entries().map_err(read_err)?.enumerate() {
+    for entry in open(path)?.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let (kind, shown, limit) = check_member(path, &entry, index == 0)?;
-        let size = entry.header().size().map_err(read_err)?;
-        let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
-        (&mut entry)
-            .take(limit + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        if bytes.len() as u64 > limit {
-            return Err(hostile(
-                path,
-                &format!("member {shown:?} is larger than {limit} bytes"),
-            ));
+        let (kind, shown, limit) = check_member(path, &entry)?;
+        let Member::Message(id) = kind else {
+            continue;
+        };
+        let bytes = read_member(path, &mut entry, &shown, limit)?;
+        if Digest::of(&bytes) != id {
+            // Damaged in the export: left out, named; the rest goes in (as restore and export
+            // skip a damaged message).
+            report.damaged.push(shown);
+            continue;
         }
-        match kind {
-            Member::Manifest => {
-                for (n, line) in bytes
-                    .split(|&b| b == b'\n')
-                    .enumerate()
-                    .filter(|(_, l)| !l.is_empty())
-                {
-                    let record: ManifestLine = serde_json::from_slice(line).map_err(|e| {
-                        hostile(
-                            path,
-                            &format!(
-                                "MANIFEST.jsonl line {} is not a manifest record: {e}",
-                                n + 1
-                            ),
-                        )
-                    })?;
-                    manifest.insert(record.id, record);
-                }
-            }
-            Member::Sums => {} // the same checks are made on every message below
-            Member::Message(id) => {
-                if Digest::of(&bytes) != id {
-                    return Err(ImportError::TarDamaged {
-                        path: path.to_path_buf(),
-                        member: shown,
-                    });
-                }
-                let record = manifest
-                    .get(&id)
-                    .ok_or_else(|| ImportError::TarInconsistent {
-                        path: path.to_path_buf(),
-                        what: format!("member {shown:?} is not in MANIFEST.jsonl"),
-                    })?;
-                batch_bytes += bytes.len() as u64;
-                for source in &record.sources {
-                    batch.push(Incoming {
-                        raw: bytes.clone(),
-                        source: source.clone(),
-                        flags: record.flags.clone(),
-                        first_seen: record.first_seen,
-                    });
-                }
-                if batch_bytes >= BATCH_BYTES {
-                    super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
-                    batch_bytes = 0;
-                }
-            }
+        let record = manifest
+            .get(&id)
+            .ok_or_else(|| ImportError::TarInconsistent {
+                path: path.to_path_buf(),
+                what: format!("member {shown:?} is not in MANIFEST.jsonl"),
+            })?;
+        batch_bytes += bytes.len() as u64;
+        for source in &record.sources {
+            batch.push(Incoming {
+                raw: bytes.clone(),
+                source: source.clone(),
+                flags: record.flags.clone(),
+                first_seen: record.first_seen,
+            });
+        }
+        if batch_bytes >= BATCH_BYTES {
+            super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
+            batch_bytes = 0;
         }
     }
     super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
     Ok(())
+}
+
+/// A member's bytes, at most `limit` of them.
+fn read_member<R: Read>(
+    path: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    shown: &str,
+    limit: u64,
+) -> Result<Vec<u8>, ImportError> {
+    let size = entry.header().size().unwrap_or(0);
+    let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
+    entry
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ImportError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(hostile(
+            path,
+            &format!("member {shown:?} is larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<HashMap<Digest, ManifestLine>, ImportError> {
+    let mut manifest = HashMap::new();
+    for (n, line) in bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+    {
+        let record: ManifestLine = serde_json::from_slice(line).map_err(|e| {
+            hostile(
+                path,
+                &format!(
+                    "MANIFEST.jsonl line {} is not a manifest record: {e}",
+                    n + 1
+                ),
+            )
+        })?;
+        manifest.insert(record.id, record);
+    }
+    Ok(manifest)
 }

@@ -87,12 +87,65 @@ fn export_import_round_trip_is_identical_deterministic_and_checkable_with_standa
     let at = bytes.len() - 3000;
     bytes[at] ^= 0x20;
     fs::write(&file, bytes).unwrap();
-    let out = Sandbox::new().run(&["import", &format!("tar:{}", file.display())]);
-    assert_eq!(out.status.code(), Some(1));
+    // ...and named, and the rest imported (exit 3, as restore and export skip damage).
+    let damaged = Sandbox::new();
+    let out = damaged.run(&["import", &format!("tar:{}", file.display())]);
+    assert_eq!(out.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("does not hash to its name"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(damaged.list().len(), sandbox.list().len() - 1);
+}
+
+/// An export extracted and packed again by GNU tar (directory members, `./` names, any order)
+/// imports the same; compressions popvault does not read are named.
+#[test]
+fn an_export_repacked_by_gnu_tar_imports_and_gzip_is_named() {
+    let sandbox = Sandbox::new();
+    crate::support::write_maildir(&sandbox.path().join("mail"), 8, 12);
+    sandbox.ok(&[
+        "import",
+        &format!("maildir:{}", sandbox.path().join("mail").display()),
+    ]);
+    let export = sandbox.path().join("e.tar");
+    sandbox.ok(&["export", export.to_str().unwrap()]);
+    let x = sandbox.path().join("x");
+    fs::create_dir(&x).unwrap();
+    let tar = |args: &[&str]| {
+        let out = Command::new("tar").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tar {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tar(&["-xf", export.to_str().unwrap(), "-C", x.to_str().unwrap()]);
+    let repacked = sandbox.path().join("g.tar");
+    tar(&[
+        "-cf",
+        repacked.to_str().unwrap(),
+        "-C",
+        x.to_str().unwrap(),
+        ".",
+    ]);
+    let other = Sandbox::new();
+    other.ok(&["import", &format!("tar:{}", repacked.display())]);
+    assert_eq!(
+        other.ok(&["list", "--json"]),
+        sandbox.ok(&["list", "--json"])
+    );
+
+    let gz = sandbox.path().join("g.tar.gz");
+    tar(&["-czf", gz.to_str().unwrap(), "-C", x.to_str().unwrap(), "."]);
+    let out = other.run(&["import", &format!("tar:{}", gz.display())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is gzip-compressed"), "{stderr}");
+    assert!(
+        stderr.is_ascii(),
+        "no binary bytes on the terminal: {stderr}"
     );
 }
 
@@ -189,7 +242,7 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
         (
             "no manifest",
             tar_of(&[raw_member(b"messages/x.eml", b'0', b"x", None, b"")]),
-            "MANIFEST.jsonl is not the first member",
+            "not a popvault export",
         ),
         (
             "stranger",
