@@ -380,10 +380,14 @@ impl Writer {
         self.index.last_commit().saturating_add(1)
     }
 
+    /// Where this writer may keep files it needs for a while: uncommitted, removed by the next
+    /// writer if this one dies.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.index.root().join("tmp")
+    }
+
     fn tmp_pack_path(&self) -> PathBuf {
-        self.index
-            .root()
-            .join("tmp")
+        self.scratch_dir()
             .join(format!("{:08}.pack", self.next_commit()))
     }
 

@@ -1,5 +1,7 @@
 //! `popvault export`.
 
+use std::io::IsTerminal;
+
 use clap::Args;
 
 use super::list::SelectArgs;
@@ -13,9 +15,12 @@ The export holds MANIFEST.jsonl (every message's catalog record), SHA256SUMS, an
 messages/<sha256>.eml. Check it without popvault:
   mkdir x && tar -xf FILE.tar -C x && (cd x && sha256sum -c SHA256SUMS)
   (for .tar.zst: tar --zstd -xf FILE.tar.zst -C x)
+FILE `-` writes a plain tar to standard output (`popvault export - | ssh host 'cat > m.tar'`);
+names ending in .gz, .bz2, .xz and the like are refused rather than given a plain tar.
 Bring it back with `popvault import tar:FILE`. The same archive gives the same bytes.")]
 pub struct ExportArgs {
-    /// The file to write: NAME.tar, or NAME.tar.zst to compress it with zstd.
+    /// The file to write: NAME.tar, or NAME.tar.zst to compress it with zstd; - for standard
+    /// output.
     #[arg(value_name = "FILE")]
     file: std::path::PathBuf,
     #[command(flatten)]
@@ -35,16 +40,44 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         .fold(0, u64::saturating_add);
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "export");
     let stop = ctx.stop.clone();
-    let report = match export::export(&archive, &args.select.selection(), &file, &stop, &|n| {
-        bar.inc(n)
-    }) {
+    let to_stdout = file.as_os_str() == "-";
+    if to_stdout {
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!(
+                "export - writes a tar to standard output, which is a terminal here: redirect it (`> mail.tar`) or pipe it"
+            );
+        }
+        if args.json {
+            anyhow::bail!(
+                "--json prints to standard output, which carries the tar with export -: leave one out"
+            );
+        }
+    }
+    let selection = args.select.selection();
+    let exported = if to_stdout {
+        export::export_to(
+            &archive,
+            &selection,
+            std::io::stdout().lock(),
+            export::Compression::None,
+            &stop,
+            &|n| bar.inc(n),
+        )
+    } else {
+        export::export(&archive, &selection, &file, &stop, &|n| bar.inc(n))
+    };
+    let report = match exported {
         Ok(report) => report,
         Err(export::ExportError::Stopped) => {
             bar.finish_and_clear();
-            eprintln!(
-                "stopped by a signal: no export was written to {}; run the export again",
-                file.display()
-            );
+            if to_stdout {
+                eprintln!("stopped by a signal: the tar on standard output is incomplete");
+            } else {
+                eprintln!(
+                    "stopped by a signal: no export was written to {}; run the export again",
+                    file.display()
+                );
+            }
             return Ok(Exit::Interrupted);
         }
         Err(e) => {
@@ -60,13 +93,23 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else if !ctx.quiet {
-        say!(
+        let summary = format!(
             "{}: {} messages ({}), {} damaged left out",
-            file.display(),
+            if to_stdout {
+                "standard output".to_string()
+            } else {
+                file.display().to_string()
+            },
             report.messages,
             human_bytes(report.bytes),
             report.skipped.len()
         );
+        // With `-`, standard output is the tar.
+        if to_stdout {
+            eprintln!("{summary}");
+        } else {
+            say!("{summary}");
+        }
     }
     Ok(if report.skipped.is_empty() {
         Exit::Ok

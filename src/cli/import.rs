@@ -16,6 +16,8 @@ Sources:
   mbox:FILE     an mbox file (mboxrd: one '>' is removed from '>From ' lines; see doc/FORMAT.md)
   eml:FILE      one message
   tar:FILE      a `popvault export` (.tar or .tar.zst), with its metadata
+FILE may be `-` (standard input), /dev/stdin or a FIFO: `procmail`/`.forward` can deliver with
+`popvault import eml:-`.
 
 Re-importing the same source adds nothing.")]
 pub struct ImportArgs {
@@ -44,6 +46,12 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             })
         })
         .collect::<Result<Vec<_>, import::ImportError>>()?;
+    let from_stdin = sources.iter().filter(|s| s.reads_stdin()).count();
+    if from_stdin > 1 {
+        anyhow::bail!(
+            "standard input (`-`) is given as {from_stdin} sources; it can be read once: give it once"
+        );
+    }
     let mut writer = Writer::open(&ctx.archive, "import", args.wait.then_some(&ctx.stop))
         .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");

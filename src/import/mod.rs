@@ -8,7 +8,7 @@ pub use maildir::split_maildir_name;
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -38,11 +38,22 @@ impl FromStr for ImportSource {
             return Err(ImportError::BadSpec(s.to_string()));
         }
         match kind {
+            "maildir" if is_stdin(&path) => Err(ImportError::BadSpec(s.to_string())),
             "maildir" => Ok(ImportSource::Maildir(path)),
             "mbox" => Ok(ImportSource::Mbox(path)),
             "eml" => Ok(ImportSource::Eml(path)),
             "tar" => Ok(ImportSource::Tar(path)),
             _ => Err(ImportError::BadSpec(s.to_string())),
+        }
+    }
+}
+
+impl ImportSource {
+    /// Whether this source is standard input (`-`), which can be read only once.
+    pub fn reads_stdin(&self) -> bool {
+        match self {
+            ImportSource::Maildir(_) => false,
+            ImportSource::Mbox(p) | ImportSource::Eml(p) | ImportSource::Tar(p) => is_stdin(p),
         }
     }
 }
@@ -60,7 +71,9 @@ impl fmt::Display for ImportSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{0:?} is not an import source: write maildir:DIR, mbox:FILE, eml:FILE or tar:FILE")]
+    #[error(
+        "{0:?} is not an import source: write maildir:DIR, mbox:FILE, eml:FILE or tar:FILE (FILE may be - for standard input)"
+    )]
     BadSpec(String),
     #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
@@ -74,6 +87,8 @@ pub enum ImportError {
     Compressed { path: PathBuf, kind: &'static str },
     #[error("{path}: {what} (the export is damaged or not popvault's)")]
     TarInconsistent { path: PathBuf, what: String },
+    #[error("cannot keep a copy of {path} to read it twice (in the archive's tmp/)")]
+    Spool { path: PathBuf, source: io::Error },
     #[error("stopped by a signal; what was imported before is committed")]
     Stopped,
     #[error(transparent)]
@@ -151,12 +166,14 @@ fn import_reporting(
         ImportSource::Tar(path) => tar::import_tar(writer, path, &mut report, progress)?,
         ImportSource::Eml(path) => {
             let abs = absolute(path)?;
-            let mut file = File::open(path).map_err(read_err(path))?;
+            let mut input = Counted {
+                inner: open_stream(path)?,
+                bytes: 0,
+            };
             let source = Source::Eml { path: abs };
-            let (_, added) = writer.add_stream(&mut file, source, None, Utc::now())?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            report.count(added, size);
-            progress(size)?;
+            let (_, added) = writer.add_stream(&mut input, source, None, Utc::now())?;
+            report.count(added, input.bytes);
+            progress(input.bytes)?;
         }
     }
     Ok(report)
@@ -164,14 +181,62 @@ fn import_reporting(
 
 pub(crate) fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
     move |source| ImportError::Read {
-        path: path.to_path_buf(),
+        path: shown(path).to_path_buf(),
         source,
     }
 }
 
+/// A source's path as errors name it.
+pub(crate) fn shown(path: &Path) -> &Path {
+    if is_stdin(path) {
+        Path::new("standard input")
+    } else {
+        path
+    }
+}
+
+/// `-` names standard input as a source.
+pub(crate) fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// The path recorded as a message's source: canonical for a file or directory; for a FIFO or
+/// `/dev/stdin` the path as given, made absolute (the canonical name of a pipe is `pipe:[…]`,
+/// which is no path); `-` for standard input.
 pub(crate) fn absolute(path: &Path) -> Result<String, ImportError> {
-    let abs = fs::canonicalize(path).map_err(read_err(path))?;
+    if is_stdin(path) {
+        return Ok("-".to_string());
+    }
+    let kind = fs::metadata(path).map_err(read_err(path))?.file_type();
+    let abs = if kind.is_file() || kind.is_dir() {
+        fs::canonicalize(path)
+    } else {
+        std::path::absolute(path)
+    }
+    .map_err(read_err(path))?;
     Ok(abs.to_string_lossy().into_owned())
+}
+
+/// A source read once from start to end: a file, a FIFO, `/dev/stdin`, or `-`.
+pub(crate) fn open_stream(path: &Path) -> Result<Box<dyn Read>, ImportError> {
+    if is_stdin(path) {
+        return Ok(Box::new(io::stdin()));
+    }
+    Ok(Box::new(File::open(path).map_err(read_err(path))?))
+}
+
+/// Counts the bytes read through it: the size of a source that has none to ask (a pipe).
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// Hands a batch to the writer (which hashes and compresses it on all cores) and counts each
@@ -204,8 +269,8 @@ fn import_mbox(
     progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let abs = absolute(path)?;
-    let file = File::open(path).map_err(read_err(path))?;
-    let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, file), true);
+    let input = open_stream(path)?;
+    let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, input), true);
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0u64;
     while let Some(message) = reader.next_message().map_err(read_err(path))? {

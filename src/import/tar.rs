@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path};
 
 use chrono::{DateTime, Utc};
@@ -40,16 +40,23 @@ fn hostile(path: &Path, what: &str) -> ImportError {
     }
 }
 
-/// The tar as read: plain or zstd-compressed (by its magic number); other compressions are
-/// named and refused.
-fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImportError> {
+/// The tar as read from its start: plain or zstd-compressed (by its magic number); other
+/// compressions are named and refused.
+fn open<'f>(file: &'f File, path: &Path) -> Result<tar::Archive<Box<dyn Read + 'f>>, ImportError> {
     let read_err = |source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = BufReader::new(File::open(path).map_err(read_err)?);
+    let mut file = BufReader::new(file);
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
     let mut magic = [0u8; 6];
-    let n = file.read(&mut magic).map_err(read_err)?;
+    let mut n = 0;
+    while n < magic.len() {
+        match file.read(&mut magic[n..]).map_err(read_err)? {
+            0 => break,
+            got => n += got,
+        }
+    }
     let compressed = match &magic[..n] {
         [0x1f, 0x8b, ..] => Some("gzip"),
         [b'B', b'Z', b'h', ..] => Some("bzip2"),
@@ -62,13 +69,33 @@ fn open(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, ImportError> {
             kind,
         });
     }
-    let file = BufReader::new(File::open(path).map_err(read_err)?);
+    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
     let input: Box<dyn Read> = if magic.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
         Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(read_err)?)
     } else {
         Box::new(file)
     };
     Ok(tar::Archive::new(input))
+}
+
+/// The export as a file read twice: the file itself, or, for standard input, a FIFO or
+/// `/dev/stdin`, a copy spooled into the archive's `tmp/` (removed when it is closed, and by
+/// the next writer if this one is killed).
+fn open_seekable(writer: &Writer, path: &Path) -> Result<File, ImportError> {
+    if !super::is_stdin(path) {
+        let file = File::open(path).map_err(super::read_err(path))?;
+        if file.metadata().map_err(super::read_err(path))?.is_file() {
+            return Ok(file);
+        }
+    }
+    let spool_err = |source| ImportError::Spool {
+        path: super::shown(path).to_path_buf(),
+        source,
+    };
+    let mut input = super::open_stream(path)?;
+    let mut spool = tempfile::tempfile_in(writer.scratch_dir()).map_err(spool_err)?;
+    io::copy(&mut input, &mut spool).map_err(spool_err)?;
+    Ok(spool)
 }
 
 /// What a member of an export is, by its name.
@@ -168,8 +195,10 @@ pub fn import_tar(
         path: path.to_path_buf(),
         source,
     };
+    let file = open_seekable(writer, path)?;
+    let path = super::shown(path);
     let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
-    for entry in open(path)?.entries().map_err(read_err)? {
+    for entry in open(&file, path)?.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let (kind, shown, limit) = check_member(path, &entry)?;
         if let Member::Manifest = kind {
@@ -184,7 +213,7 @@ pub fn import_tar(
     // Pass two makes the same checks (the file could have changed in between).
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
-    for entry in open(path)?.entries().map_err(read_err)? {
+    for entry in open(&file, path)?.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
         let (kind, shown, limit) = check_member(path, &entry)?;
         let Member::Message(id) = kind else {

@@ -372,3 +372,166 @@ fn export_to_a_bare_file_name_works_and_to_a_directory_is_refused_cleanly() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Export names say what the file is: `.TAR.ZST` is zstd whatever its case, gzip, bzip2 and
+/// xz names are refused with nothing written, and `-` is standard output, which `import tar:-`
+/// reads back from standard input.
+#[test]
+fn export_names_are_honoured_and_dash_is_standard_output_and_input() {
+    let sandbox = archive_with_mail();
+    let upper = sandbox.path().join("MAIL.TAR.ZST");
+    sandbox.ok(&["export", upper.to_str().unwrap()]);
+    let bytes = fs::read(&upper).unwrap();
+    assert_eq!(&bytes[..4], &[0x28, 0xB5, 0x2F, 0xFD], "not a zstd file");
+
+    for name in ["mail.tar.gz", "mail.tgz", "mail.tar.bz2", "mail.tar.XZ"] {
+        let file = sandbox.path().join(name);
+        let out = sandbox.run(&["export", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains("NAME.tar.zst"), "{name}: {stderr}");
+        assert!(!file.exists(), "{name} was written");
+    }
+
+    let out = sandbox
+        .command()
+        .args(["export", "-"])
+        .current_dir(sandbox.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !sandbox.path().join("-").exists(),
+        "export - wrote a file named -"
+    );
+    let plain = sandbox.path().join("plain.tar");
+    sandbox.ok(&["export", plain.to_str().unwrap()]);
+    assert_eq!(
+        out.stdout,
+        fs::read(&plain).unwrap(),
+        "export - must write the same tar as export FILE.tar"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standard output"),
+        "the summary goes to standard error"
+    );
+
+    let other = Sandbox::new();
+    let mut import = other
+        .command()
+        .args(["import", "tar:-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &out.stdout).unwrap();
+    let done = import.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let ids = |s: &Sandbox| {
+        let mut ids: Vec<String> = s.list().iter().map(|m| m["id"].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&other), ids(&sandbox));
+    assert!(
+        fs::read_dir(other.archive().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the spooled copy of standard input was left in tmp/"
+    );
+}
+
+/// A message piped in (`eml:-`, `eml:/dev/stdin`, `mbox:/dev/stdin`, a FIFO) imports with its
+/// real size, as an MDA would deliver it.
+#[test]
+fn standard_input_and_fifos_import_with_their_sizes() {
+    let sandbox = Sandbox::new();
+    let pipe_in = |spec: &str, bytes: &[u8]| {
+        let mut child = sandbox
+            .command()
+            .args(["import", "--json", spec])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let one = b"From: a@example.org\nSubject: one\n\nbody one\n";
+    let report = pipe_in("eml:-", one);
+    assert_eq!(
+        (report["new"].as_u64(), report["bytes"].as_u64()),
+        (Some(1), Some(one.len() as u64))
+    );
+    let two = b"From: b@example.org\nSubject: two\n\nbody two\n";
+    let report = pipe_in("eml:/dev/stdin", two);
+    assert_eq!(
+        (report["new"].as_u64(), report["bytes"].as_u64()),
+        (Some(1), Some(two.len() as u64))
+    );
+    let mbox = b"From x@y Mon Jan  1 00:00:00 2024\nFrom: c@example.org\n\nthree\n\nFrom x@y Tue Jan  2 00:00:00 2024\nFrom: d@example.org\n\nfour\n";
+    let report = pipe_in("mbox:/dev/stdin", mbox);
+    assert_eq!(report["new"].as_u64(), Some(2), "{report}");
+
+    let fifo = sandbox.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let three = b"From: e@example.org\nSubject: fifo\n\nthrough a fifo\n".to_vec();
+    let writer = {
+        let fifo = fifo.clone();
+        let three = three.clone();
+        std::thread::spawn(move || fs::write(fifo, three).unwrap())
+    };
+    let out = sandbox.run(&["import", "--json", &format!("eml:{}", fifo.display())]);
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["bytes"].as_u64(),
+        Some(three.len() as u64),
+        "{report}"
+    );
+
+    let bodies: Vec<Vec<u8>> = sandbox
+        .list()
+        .iter()
+        .map(|m| sandbox.cat(m["id"].as_str().unwrap()))
+        .collect();
+    for expected in [&one[..], &two[..], &three[..]] {
+        assert!(
+            bodies.iter().any(|b| b == expected),
+            "a piped message is not archived byte for byte"
+        );
+    }
+    assert_eq!(bodies.len(), 5);
+
+    let out = sandbox.run(&["import", "eml:-", "mbox:-"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read once"));
+}
