@@ -52,8 +52,8 @@ pub struct ExportReport {
     pub file: String,
     pub messages: usize,
     pub bytes: u64,
-    /// Damaged messages left out (named in `skipped`).
-    pub skipped: Vec<(Digest, String)>,
+    /// Damaged messages left out, with why.
+    pub skipped: Damaged,
 }
 
 /// How the tar is written.
@@ -198,19 +198,22 @@ pub fn export_to<W: Write>(
     Ok(report)
 }
 
+/// Damaged messages, with why each is.
+type Damaged = Vec<(Digest, String)>;
+
 /// The messages to export, sorted, and the damaged ones left out. Damaged messages are found
 /// first, so that the manifest written first names only what follows.
 fn select<'a>(
     archive: &'a Archive,
     selection: &Selection,
-) -> Result<(Vec<Message<'a>>, Vec<(Digest, String)>), ExportError> {
+) -> Result<(Vec<Message<'a>>, Damaged), ExportError> {
     let mut messages: Vec<Message<'_>> = archive
         .messages()
         .into_iter()
         .filter(|m| selection.matches(m))
         .collect();
     messages.sort_by_key(|m| (message_time(m), m.id));
-    let damaged: Vec<(Digest, String)> = messages
+    let damaged: Damaged = messages
         .par_iter()
         .filter_map(|m| {
             let location = archive.location(&m.id)?;
