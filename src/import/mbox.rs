@@ -2,11 +2,15 @@
 //! Content-Length (mboxcl) variants.
 //!
 //! Rules (doc/FORMAT.md repeats them for users):
-//! - A message starts at a `From ` line that looks like a postmark: `From SENDER` followed by nothing
-//!   or by text with a digit in it (a date); the first postmark of the file may follow a UTF-8 BOM
-//!   and blank lines; a later one must follow a blank line or be followed by a header-like line
-//!   (`Name:`), a quoted `>From ` line or a blank line, so an unquoted body line such as
-//!   `From Russia with love` does not split a message.
+//! - A postmark is `From SENDER DATE`, the date holding a time (`hh:mm`) and a four-digit year
+//!   (asctime as mbox writers write it, or an RFC 5322 date), or a bare `From SENDER` (what
+//!   Thunderbird and trimmed Takeout files have). The first postmark of the file starts the first
+//!   message; it may follow a UTF-8 BOM and blank lines.
+//! - A later dated postmark starts a message after a blank line, or when the next line is
+//!   header-like (`Name:`), a quoted `>From ` line or blank; a later bare one only before a
+//!   header-like line. So body lines such as `From Russia with love` or
+//!   `From what I heard, 3 people came.` do not split a message. A split without the blank line
+//!   every mbox writer puts before a postmark is doubtful: it is reported.
 //! - Inside a message whose `Content-Length` header is present, no split happens before that many
 //!   body bytes have been read (mboxcl: unquoted `From ` lines in bodies), unless the length turns
 //!   out wrong (no message starts where it ends): then the first postmark it hid is used.
@@ -43,6 +47,9 @@ pub struct MboxReader<R> {
     started: bool,
     /// Bytes before the first `From ` line that were not blank (reported as a warning).
     pub skipped_bytes: u64,
+    /// Offsets of the postmarks that started a message without a blank line before them, or
+    /// after a `Content-Length` that proved wrong: splits a user may want to check.
+    pub doubtful_splits: Vec<u64>,
 }
 
 impl<R: BufRead> MboxReader<R> {
@@ -55,6 +62,7 @@ impl<R: BufRead> MboxReader<R> {
             unquote,
             started: false,
             skipped_bytes: 0,
+            doubtful_splits: Vec::new(),
         }
     }
 
@@ -81,19 +89,17 @@ impl<R: BufRead> MboxReader<R> {
         Ok(self.pending.front().map(|(_, l)| l.as_slice()))
     }
 
-    /// Whether `line` (just read, not the first of the file) starts a new message: a postmark
-    /// after a blank line, or one followed by what starts a message.
+    /// Whether `line` (just read, not the first of the file) starts a new message (the rules
+    /// above).
     fn is_separator(&mut self, line: &[u8], after_blank: bool) -> io::Result<bool> {
-        if !is_postmark(line) {
-            return Ok(false);
-        }
-        if after_blank {
-            return Ok(true);
-        }
-        Ok(match self.peek_line()? {
+        Ok(match postmark(line) {
             None => false,
+            Some(Postmark::Dated) if after_blank => true,
             // A message may itself start with a quoted `From ` line (a copied postmark).
-            Some(next) => is_blank(next) || is_header_like(next) || is_quoted_from(next),
+            Some(Postmark::Dated) => self
+                .peek_line()?
+                .is_some_and(|next| is_blank(next) || is_header_like(next) || is_quoted_from(next)),
+            Some(Postmark::Bare) => self.peek_line()?.is_some_and(is_header_like),
         })
     }
 
@@ -112,7 +118,7 @@ impl<R: BufRead> MboxReader<R> {
                 if at == 0 && line.starts_with(b"\xEF\xBB\xBF") {
                     line.drain(..3);
                 }
-                if is_postmark(&line) {
+                if postmark(&line).is_some() {
                     break (at, line);
                 }
                 if !is_blank(&line) {
@@ -130,9 +136,15 @@ impl<R: BufRead> MboxReader<R> {
         let mut held: Option<(usize, Vec<Line>)> = None;
         while let Some((at, line)) = self.read_line()? {
             let inside_by_length = !in_headers && content_length.is_some_and(|cl| body_len < cl);
+            // Where a Content-Length ends exactly, no blank line is expected (Netscape wrote
+            // none).
+            let at_length_end = !in_headers && content_length == Some(body_len);
             let postmark = line.starts_with(b"From ") && self.is_separator(&line, prev_blank)?;
             if postmark && !inside_by_length {
                 held = None; // Content-Length (if any) was right: what it hid were body lines
+                if !prev_blank && !at_length_end {
+                    self.doubtful_splits.push(at);
+                }
                 self.pending.push_front((at, line));
                 break;
             }
@@ -141,6 +153,8 @@ impl<R: BufRead> MboxReader<R> {
                 // the first postmark it hid starts the next message after all.
                 let (cut, lines) = held.take().expect("checked");
                 bytes.truncate(cut);
+                self.doubtful_splits
+                    .extend(lines.first().map(|(at, _)| *at));
                 self.pending.push_front((at, line));
                 for l in lines.into_iter().rev() {
                     self.pending.push_front(l);
@@ -176,6 +190,8 @@ impl<R: BufRead> MboxReader<R> {
         {
             // The file ended before Content-Length did: the header lied (see above).
             bytes.truncate(cut);
+            self.doubtful_splits
+                .extend(lines.first().map(|(at, _)| *at));
             for l in lines.into_iter().rev() {
                 self.pending.push_front(l);
             }
@@ -207,21 +223,51 @@ fn is_blank(line: &[u8]) -> bool {
     trim_eol(line).is_empty()
 }
 
-/// `From SENDER` alone, or followed by text containing a digit (a date).
-pub fn is_postmark(line: &[u8]) -> bool {
-    let Some(rest) = line.strip_prefix(b"From ") else {
-        return false;
-    };
-    let rest = trim_eol(rest);
+/// What kind of postmark a `From ` line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Postmark {
+    /// `From SENDER DATE`, the date with a time (`hh:mm`) and a four-digit year.
+    Dated,
+    /// `From SENDER` and nothing else.
+    Bare,
+}
+
+/// Whether `line` is a postmark, and which kind.
+pub fn postmark(line: &[u8]) -> Option<Postmark> {
+    let rest = trim_eol(line.strip_prefix(b"From ")?);
     let sender_len = rest
         .iter()
         .position(|&b| b == b' ' || b == b'\t')
         .unwrap_or(rest.len());
-    if sender_len == 0 && !rest.is_empty() {
-        return rest.iter().any(u8::is_ascii_digit);
+    let date = &rest[sender_len..];
+    if date.iter().all(u8::is_ascii_whitespace) {
+        return (sender_len > 0).then_some(Postmark::Bare);
     }
-    let after = &rest[sender_len..];
-    after.iter().all(|b| b.is_ascii_whitespace()) || after.iter().any(u8::is_ascii_digit)
+    has_time_and_year(date).then_some(Postmark::Dated)
+}
+
+/// Whether `text` holds a time (one or two digits, `:`, two digits) and a year (a run of
+/// exactly four digits).
+fn has_time_and_year(text: &[u8]) -> bool {
+    // Runs of digits: (start, length).
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let len = text[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if len > 0 {
+            runs.push((i, len));
+        }
+        i += len.max(1);
+    }
+    let year = runs.iter().any(|&(_, len)| len == 4);
+    let time = runs.windows(2).any(|w| {
+        let ((hour, hour_len), (minute, minute_len)) = (w[0], w[1]);
+        (1..=2).contains(&hour_len)
+            && text[hour + hour_len] == b':'
+            && minute == hour + hour_len + 1
+            && minute_len == 2
+    });
+    year && time
 }
 
 fn is_header_like(line: &[u8]) -> bool {
@@ -244,6 +290,10 @@ fn is_quoted_from(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const D1: &str = "Mon Jan  1 00:00:00 2024";
+    const D2: &str = "Tue Jan  2 10:11:12 2024";
+    const D3: &str = "Wed, 3 Jan 2024 23:59 +0100";
 
     fn split(input: &[u8]) -> Vec<Vec<u8>> {
         let mut r = MboxReader::new(input, true);
@@ -277,9 +327,9 @@ mod tests {
     #[test]
     fn content_length_protects_postmark_like_body_lines() {
         let body = b"From x@y Mon Jan  1 00:00:00 2001\nSubject: fake\n";
-        let mut mbox = format!("From a@b 1 2\nContent-Length: {}\n\n", body.len()).into_bytes();
+        let mut mbox = format!("From a@b {D1}\nContent-Length: {}\n\n", body.len()).into_bytes();
         mbox.extend_from_slice(body);
-        mbox.extend_from_slice(b"\nFrom c@d 3 4\nSubject: 2\n\nz\n");
+        mbox.extend_from_slice(format!("\nFrom c@d {D2}\nSubject: 2\n\nz\n").as_bytes());
         let msgs = split(&mbox);
         assert_eq!(msgs.len(), 2);
         assert!(msgs[0].ends_with(b"Subject: fake\n"));
@@ -287,8 +337,10 @@ mod tests {
 
     #[test]
     fn a_lying_content_length_does_not_merge_messages() {
-        let mbox = b"From a 1\nContent-Length: 5000\n\nshort\n\nFrom b 2\nA: c\n\ny\n\nFrom c 3\nA: d\n\nz\n";
-        let msgs = split(mbox);
+        let mbox = format!(
+            "From a {D1}\nContent-Length: 5000\n\nshort\n\nFrom b {D2}\nA: c\n\ny\n\nFrom c {D3}\nA: d\n\nz\n"
+        );
+        let msgs = split(mbox.as_bytes());
         assert_eq!(msgs.len(), 3, "{msgs:?}");
         assert_eq!(msgs[0], b"Content-Length: 5000\n\nshort\n");
         assert_eq!(msgs[2], b"A: d\n\nz\n");
@@ -296,7 +348,8 @@ mod tests {
 
     #[test]
     fn a_postmark_after_a_blank_line_starts_a_message_whatever_follows() {
-        let msgs = split(b"From a 1\nA: b\n\nx\n\nFrom b 2\nno header at all\n");
+        let msgs =
+            split(format!("From a {D1}\nA: b\n\nx\n\nFrom b {D2}\nno header at all\n").as_bytes());
         assert_eq!(
             msgs,
             vec![b"A: b\n\nx\n".to_vec(), b"no header at all\n".to_vec()]
@@ -305,10 +358,9 @@ mod tests {
 
     #[test]
     fn crlf_separator_blank_line_is_dropped_and_garbage_before_first_is_skipped() {
-        let mut r = MboxReader::new(
-            &b"junk\r\n\r\nFrom a 1\r\nA: b\r\n\r\nx\r\n\r\nFrom b 2\r\nA: c\r\n"[..],
-            true,
-        );
+        let mbox =
+            format!("junk\r\n\r\nFrom a {D1}\r\nA: b\r\n\r\nx\r\n\r\nFrom b {D2}\r\nA: c\r\n");
+        let mut r = MboxReader::new(mbox.as_bytes(), true);
         assert_eq!(
             r.next_message().unwrap().unwrap().bytes,
             b"A: b\r\n\r\nx\r\n"
@@ -316,7 +368,7 @@ mod tests {
         let second = r.next_message().unwrap().unwrap();
         assert_eq!(
             (second.index, second.offset, second.bytes.as_slice()),
-            (1, 31, &b"A: c\r\n"[..])
+            (1, mbox.find("From b").unwrap() as u64, &b"A: c\r\n"[..])
         );
         assert!(r.next_message().unwrap().is_none());
         assert_eq!(r.skipped_bytes, 6);
@@ -324,11 +376,56 @@ mod tests {
 
     #[test]
     fn a_message_starting_with_a_quoted_from_line_is_split_off() {
-        let mbox =
-            b"From a 1\nA: b\n\nx\n\nFrom b 2\n>From b Wed May 16 00:40:34 2001\nA: c\n\ny\n";
-        let msgs = split(mbox);
+        let mbox = format!(
+            "From a {D1}\nA: b\n\nx\n\nFrom b {D2}\n>From b Wed May 16 00:40:34 2001\nA: c\n\ny\n"
+        );
+        let msgs = split(mbox.as_bytes());
         assert_eq!(msgs.len(), 2, "{msgs:?}");
         assert!(msgs[1].starts_with(b"From b Wed"));
+    }
+
+    #[test]
+    fn prose_starting_with_from_is_no_postmark() {
+        for line in [
+            "From what I heard, 3 people came.",
+            "From 9 to 5 every day",
+            "From Russia with love",
+            "From 2019 on, we met at 10 am.",
+            "From  ",
+        ] {
+            assert_eq!(postmark(line.as_bytes()), None, "{line}");
+        }
+        for (line, kind) in [
+            (
+                "From MAILER-DAEMON Fri Jul  8 12:08:34 2011",
+                Postmark::Dated,
+            ),
+            ("From nobody Mon Sep 17 00:00:00 2001", Postmark::Dated),
+            ("From a@b Wed Feb  9 22:02 MET 2000", Postmark::Dated),
+            ("From a@b Sat, 27 Aug 2005 23:07:49 +0200", Postmark::Dated),
+            ("From - \n", Postmark::Bare),
+            ("From 1844347792267117879@xxx", Postmark::Bare),
+        ] {
+            assert_eq!(postmark(line.as_bytes()), Some(kind), "{line}");
+        }
+        let mbox = format!(
+            "From a {D1}\nA: b\n\nhello\n\nFrom what I heard, 3 people came.\nA: c\n\nFrom Russia\nwith love\n"
+        );
+        assert_eq!(split(mbox.as_bytes()).len(), 1);
+    }
+
+    #[test]
+    fn a_split_without_a_blank_line_is_reported_as_doubtful() {
+        let mbox =
+            format!("From a {D1}\nA: b\n\nx\nFrom b {D2}\nA: c\n\ny\n\nFrom c {D3}\nA: d\n\nz\n");
+        let mut r = MboxReader::new(mbox.as_bytes(), true);
+        let mut n = 0;
+        while r.next_message().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        let second = mbox.find("From b").unwrap() as u64;
+        assert_eq!(r.doubtful_splits, vec![second]);
     }
 
     #[test]

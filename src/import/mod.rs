@@ -299,6 +299,13 @@ fn import_mbox(
             reader.skipped_bytes
         ));
     }
+    if let Some(first) = reader.doubtful_splits.first() {
+        report.warnings.push(format!(
+            "{}: {} of its messages begin at a `From ` line with no blank line before it or after a wrong Content-Length (the first at byte {first}); if such a line was a body line, the message before it was cut there: check with `popvault list`",
+            shown(path).display(),
+            reader.doubtful_splits.len()
+        ));
+    }
     if report.messages == 0 {
         report.warnings.push(format!(
             "{}: no messages found (is it an mbox file?)",

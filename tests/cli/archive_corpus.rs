@@ -419,3 +419,34 @@ fn dates_are_local_days_and_one_date_serves_list_filters_and_restore() {
         .as_secs();
     assert_eq!(secs, 1_276_596_000, "15 June 2010 10:00 UTC");
 }
+
+/// Prose such as "From what I heard, 3 people came." after a blank line stays in its message
+/// (#13); a postmark without the blank line before it still splits, with a warning naming it.
+#[test]
+fn mbox_prose_from_lines_stay_in_their_message_and_doubtful_splits_are_named() {
+    let sandbox = Sandbox::new();
+    let first = "From: x@example.org\nSubject: party\n\nHello,\n\nFrom what I heard, 3 people came.\nFrom 9 to 5, they danced.\n";
+    let mbox = format!(
+        "From a@b Mon Jan  1 00:00:00 2024\n{first}\nFrom c@d Tue Jan  2 00:00:00 2024\nFrom: z@example.org\n\nbye\nFrom e@f Tue Jan  2 10:00:00 2024\nFrom: w@example.org\n\nend\n"
+    );
+    let path = sandbox.path().join("o2.mbox");
+    std::fs::write(&path, &mbox).unwrap();
+    let out = sandbox.run(&["import", &format!("mbox:{}", path.display())]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doubtful = mbox.find("From e@f").unwrap();
+    assert!(
+        stderr.contains("1 of its messages begin") && stderr.contains(&format!("byte {doubtful}")),
+        "{stderr}"
+    );
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let whole = listed
+        .iter()
+        .map(|m| sandbox.cat(m["id"].as_str().unwrap()))
+        .any(|b| b == first.as_bytes());
+    assert!(
+        whole,
+        "the first message lost its tail at a prose From line"
+    );
+}
