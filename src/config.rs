@@ -67,10 +67,28 @@ impl Config {
                 });
             }
         };
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        // Relative paths in the file mean the same wherever popvault is run from (cron and a
+        // shell would otherwise use different archives): they are relative to the file.
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let anchored = |p: PathBuf| {
+            if p.is_relative() && !p.starts_with("~") && !p.as_os_str().is_empty() {
+                base.join(p)
+            } else {
+                p
+            }
+        };
+        config.archive = config.archive.map(anchored);
+        for account in &mut config.accounts {
+            account.ca_file = account.ca_file.take().map(anchored);
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {

@@ -23,14 +23,12 @@ pub enum ExportError {
     Write { path: PathBuf, source: io::Error },
     #[error(
         "no message to export: the selection matches none{}; nothing was written",
-        if *damaged > 0 { format!(" but {damaged} damaged ones (run `popvault verify --full`)") } else { String::new() }
+        if *damaged > 0 { format!(" but {damaged} damaged ones") } else { String::new() }
     )]
     Nothing { damaged: usize },
     #[error("{path} is a directory: give the export a file name (e.g. {path}/mail.tar.zst)")]
     IsDirectory { path: PathBuf },
-    #[error(
-        "{path}: popvault writes a plain tar or a zstd one, not {kind}: name it NAME.tar or NAME.tar.zst (or export to - and pipe it through {kind})"
-    )]
+    #[error("{path}: popvault writes a plain tar or a zstd one, not {kind}")]
     UnsupportedCompression { path: PathBuf, kind: &'static str },
     #[error("stopped by a signal; no file was left")]
     Stopped,

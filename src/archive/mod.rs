@@ -34,9 +34,7 @@ pub use writer::{Added, Incoming, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error(
-        "no archive at {path} (run `popvault init`, `popvault import` or `popvault backup` first)"
-    )]
+    #[error("no archive at {path}")]
     NotFound { path: PathBuf },
     #[error(
         "{path} is not a popvault archive: it is a non-empty directory without popvault-archive.json"
@@ -47,7 +45,7 @@ pub enum ArchiveError {
     #[error("{path} is already a popvault archive")]
     AlreadyAnArchive { path: PathBuf },
     #[error(
-        "the archive at {path} has format version {version}; this popvault reads version {supported} and older: upgrade popvault"
+        "the archive at {path} has format version {version}; this popvault reads version {supported} and older"
     )]
     TooNew {
         path: PathBuf,
@@ -56,9 +54,7 @@ pub enum ArchiveError {
     },
     #[error("the archive header {path} is damaged: {reason}")]
     BadHeader { path: PathBuf, reason: String },
-    #[error(
-        "another popvault is writing to this archive ({holder}); try again later or pass --wait (lock file {path})"
-    )]
+    #[error("another popvault is writing to this archive ({holder}; lock file {path})")]
     Locked { path: PathBuf, holder: String },
     #[error("{path}")]
     Io {

@@ -121,10 +121,11 @@ pub struct AccountReport {
     /// Stopped by a stop request (a signal): what was received is committed, nothing deleted.
     pub interrupted: bool,
     pub warnings: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub would_fetch: Vec<Planned>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub would_delete: Vec<Planned>,
+    /// With `--dry-run` only (then present even when empty): what a run would fetch and delete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_fetch: Option<Vec<Planned>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete: Option<Vec<Planned>>,
     /// Of `new_messages`, how many a commit has made durable: progress (copies of what is
     /// archived already are none: a server changing its UIDLs each session gives only those).
     #[serde(skip)]
@@ -523,8 +524,8 @@ fn one_pass(
 
     match target {
         Target::DryRun(_) => {
-            report.would_fetch = plan.fetch.clone();
-            report.would_delete = plan.would_delete(account);
+            report.would_fetch = Some(plan.fetch.clone());
+            report.would_delete = Some(plan.would_delete(account));
             let doubted = plan.count_doubted();
             if doubted > 0 {
                 report.warnings.push(format!(

@@ -386,20 +386,22 @@ fn print_reports(
             eprintln!("warning: {}: {w}", r.account);
         }
         if args.dry_run {
+            let would_fetch = r.would_fetch.as_deref().unwrap_or_default();
+            let would_delete = r.would_delete.as_deref().unwrap_or_default();
             say!(
                 "{}: would fetch {} messages ({}), would delete {}; {} on the server",
                 r.account,
-                r.would_fetch.len(),
+                would_fetch.len(),
                 human_bytes(
-                    r.would_fetch
+                    would_fetch
                         .iter()
                         .map(|p| p.size)
                         .fold(0, u64::saturating_add)
                 ),
-                r.would_delete.len(),
+                would_delete.len(),
                 r.on_server
             );
-            for p in &r.would_fetch {
+            for p in would_fetch {
                 say!(
                     "  fetch  #{} UIDL {} ({})",
                     p.msgno,
@@ -407,7 +409,7 @@ fn print_reports(
                     human_bytes(p.size)
                 );
             }
-            for p in &r.would_delete {
+            for p in would_delete {
                 say!(
                     "  delete #{} UIDL {} ({})",
                     p.msgno,

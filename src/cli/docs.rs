@@ -155,9 +155,10 @@ The command line was wrong.
 Damage was found: \fBverify\fR named damaged messages, or \fBrestore\fR/\fBexport\fR skipped some.
 .TP
 \fB4\fR
-Partly failed: some accounts failed while others succeeded, or a backup left messages on the
-server that it could not fetch (refused by the server, or broken in transit); the next run
-tries them again.
+Partly failed: some accounts failed while others succeeded, a backup left messages on the
+server that it could not fetch (refused by the server, or broken in transit; the next run
+tries them again), an import missed a message a mail client removed meanwhile, or the IMAP
+server of a \fBrestore\fR refused some messages.
 .TP
 \fB5\fR
 Another popvault holds the archive's writer lock (see \fB\-\-wait\fR).

@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    let selection = args.select.selection();
+    let selection = args.select.selection(&archive)?;
     let exported = if to_stdout {
         export::export_to(
             &archive,

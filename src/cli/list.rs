@@ -1,5 +1,6 @@
 //! `popvault list` and `popvault cat`.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 
 use clap::Args;
@@ -7,8 +8,8 @@ use clap::Args;
 use super::output::parse_day_or_time;
 use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
-use crate::archive::ArchiveError;
 use crate::archive::select::{Selection, message_time};
+use crate::archive::{Archive, ArchiveError};
 
 /// The filters shared by list, restore and export.
 #[derive(Debug, Clone, Default, Args)]
@@ -33,16 +34,70 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    pub fn selection(&self) -> Selection {
-        Selection {
-            accounts: self.accounts.clone(),
+    /// The selection, its `--account` names checked against `archive`: a name no message
+    /// comes from (a typo) is an error, not an empty answer; an import label with a relative
+    /// path (`maildir:md`) means the path as `import` records it, absolute.
+    pub fn selection(&self, archive: &Archive) -> anyhow::Result<Selection> {
+        let accounts = if self.accounts.is_empty() {
+            Vec::new()
+        } else {
+            let known: BTreeSet<String> = archive
+                .messages()
+                .iter()
+                .flat_map(|m| m.sources.iter().map(|s| s.label()))
+                .collect();
+            self.accounts
+                .iter()
+                .map(|name| {
+                    [name.clone(), absolute_label(name)]
+                        .into_iter()
+                        .find(|label| known.contains(label))
+                        .ok_or_else(|| unknown_account(name, &known))
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        Ok(Selection {
+            accounts,
             since: self.since,
             until: self.until,
             from: self.from.clone(),
             subject: self.subject.clone(),
             ids: Vec::new(),
-        }
+        })
     }
+}
+
+/// `maildir:md` as `import` records it: `maildir:/abs/md`.
+fn absolute_label(name: &str) -> String {
+    match name.split_once(':') {
+        Some((kind @ ("maildir" | "mbox" | "eml"), path)) if !path.is_empty() => {
+            let path = super::expand_tilde(std::path::Path::new(path));
+            let path = std::fs::canonicalize(&path)
+                .or_else(|_| std::path::absolute(&path))
+                .unwrap_or(path);
+            format!("{kind}:{}", path.display())
+        }
+        _ => name.to_string(),
+    }
+}
+
+fn unknown_account(name: &str, known: &BTreeSet<String>) -> anyhow::Error {
+    if known.is_empty() {
+        return anyhow::anyhow!("no message comes from {name:?}: the archive is empty");
+    }
+    let shown: Vec<&str> = known.iter().take(8).map(String::as_str).collect();
+    let more = if known.len() > shown.len() {
+        format!(
+            " and {} more (`popvault stats` lists them)",
+            known.len() - shown.len()
+        )
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!(
+        "no message in the archive comes from {name:?}; its accounts and sources are: {}{more}",
+        shown.join(", ")
+    )
 }
 
 #[derive(Debug, Args)]
@@ -60,7 +115,7 @@ pub struct ListArgs {
 
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let archive = ctx.open_archive()?;
-    let selection = args.select.selection();
+    let selection = args.select.selection(&archive)?;
     let mut messages: Vec<_> = archive
         .messages()
         .into_iter()

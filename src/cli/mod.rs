@@ -291,11 +291,26 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
 fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Init => {
-            Archive::init(&ctx.archive).with_context(|| {
-                format!("cannot create an archive at {}", ctx.archive.display())
-            })?;
+            let created = match Archive::init(&ctx.archive) {
+                Ok(()) => true,
+                // `init` makes sure an archive is there: one that is, is no failure.
+                Err(ArchiveError::AlreadyAnArchive { .. }) => false,
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot create an archive at {}",
+                        ctx.archive.display()
+                    )));
+                }
+            };
             if !ctx.quiet {
-                say!("created an empty archive at {}", ctx.archive.display());
+                if created {
+                    say!("created an empty archive at {}", ctx.archive.display());
+                } else {
+                    say!(
+                        "{} is an archive already; nothing changed",
+                        ctx.archive.display()
+                    );
+                }
             }
             Ok(Exit::Ok)
         }
@@ -442,6 +457,9 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             TlsProblem::Other(_) => return None,
         });
     }
+    if let Some(hint) = hint_for_library_error(cause) {
+        return Some(hint);
+    }
     if let Some(crate::net::url::UrlError::PasswordInUrl) = cause.downcast_ref() {
         return Some(
             "remove it from the URL and give the password by a password_command in the config file, $POPVAULT_PASSWORD, or the prompt".into(),
@@ -482,6 +500,36 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         }
         .into(),
     )
+}
+
+/// What to do about what the archive, export and restore report: advice names commands and
+/// flags, which only the CLI knows.
+fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use crate::export::ExportError;
+    use crate::restore::imap::ImapError;
+    if let Some(e) = cause.downcast_ref::<ArchiveError>() {
+        return match e {
+            ArchiveError::NotFound { .. } => Some("check --archive (or $POPVAULT_ARCHIVE, or `archive` in the config); a new archive is made by `popvault init`, or by the first `import` or `backup`".into()),
+            ArchiveError::TooNew { .. } => Some("upgrade popvault to read it (the archive was not changed)".into()),
+            ArchiveError::Locked { .. } => Some("try again when it is done, or pass --wait to wait for it".into()),
+            _ => None,
+        };
+    }
+    match cause.downcast_ref::<ExportError>() {
+        Some(ExportError::Nothing { damaged }) if *damaged > 0 => {
+            return Some("`popvault verify --full` names the damaged messages and `popvault repair` salvages what it can".into());
+        }
+        Some(ExportError::UnsupportedCompression { kind, .. }) => {
+            return Some(format!(
+                "name it NAME.tar or NAME.tar.zst, or export to - and pipe it through {kind}"
+            ));
+        }
+        _ => {}
+    }
+    if let Some(ImapError::NoStartTls) = cause.downcast_ref::<ImapError>() {
+        return Some("use an imaps:// URL, or --tls none only on a network you trust".into());
+    }
+    None
 }
 
 const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";

@@ -45,7 +45,9 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else if report.nothing_to_do() {
-        say!("nothing to repair: the archive verifies");
+        if !ctx.quiet {
+            say!("nothing to repair: the archive verifies");
+        }
     } else {
         let would = if args.dry_run { "would " } else { "" };
         for p in &report.retired_packs {

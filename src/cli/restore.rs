@@ -71,12 +71,16 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         Destination::Mbox(p) => Destination::Mbox(super::expand_tilde(&p)),
         other => other,
     };
-    let mut selection = args.select.selection();
+    let mut selection = args.select.selection(&archive)?;
     selection.ids = args
         .ids
         .iter()
         .map(|p| archive.resolve(p))
         .collect::<Result<Vec<Digest>, _>>()?;
+    // Before the destination is made or logged in to: an empty selection writes nothing.
+    if !archive.messages().iter().any(|m| selection.matches(m)) {
+        return Err(restore::RestoreError::NothingSelected.into());
+    }
     let options = RestoreOptions {
         selection,
         unread: args.unread,
@@ -127,7 +131,15 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         }
         for s in &report.skipped {
             eprintln!(
-                "skipped {} ({}): {}",
+                "skipped damaged message {} ({}): {}",
+                s.id,
+                s.subject.as_deref().unwrap_or(""),
+                s.reason
+            );
+        }
+        for s in &report.refused {
+            eprintln!(
+                "error: {destination} refused {} ({}): {}",
                 s.id,
                 s.subject.as_deref().unwrap_or(""),
                 s.reason
@@ -156,7 +168,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
                     report.restored,
                     human_bytes(report.bytes),
                     report.already_present,
-                    report.skipped.len(),
+                    report.skipped.len() + report.refused.len(),
                     report.seconds
                 );
             }
@@ -169,10 +181,12 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Interrupted);
     }
-    Ok(if report.skipped.is_empty() {
-        Exit::Ok
-    } else {
+    Ok(if !report.skipped.is_empty() {
         Exit::Damaged
+    } else if !report.refused.is_empty() {
+        Exit::Partial
+    } else {
+        Exit::Ok
     })
 }
 

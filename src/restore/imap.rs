@@ -98,7 +98,7 @@ pub enum ImapError {
         reply: String,
     },
     #[error(
-        "the IMAP server does not offer STARTTLS; refusing to send the password in clear (use imaps:// or --tls none)"
+        "the IMAP server does not offer STARTTLS; the password was not sent, as it would have gone in clear"
     )]
     NoStartTls,
     #[error("IMAP protocol error: {0}")]

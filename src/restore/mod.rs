@@ -77,6 +77,8 @@ pub enum RestoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no message to restore: the selection matches none; nothing was written")]
+    NothingSelected,
     #[error(transparent)]
     Imap(#[from] imap::ImapError),
     #[error(transparent)]
@@ -227,7 +229,11 @@ pub struct RestoreReport {
     pub new: usize,
     pub restored: usize,
     pub bytes: u64,
+    /// Damaged in the archive: left out.
     pub skipped: Vec<Skipped>,
+    /// Refused by the destination (an IMAP server that will not take a message): left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Skipped>,
     pub seconds: f64,
     /// Stopped by a stop request before every message was put.
     pub interrupted: bool,
@@ -279,6 +285,9 @@ pub fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let all = candidates(archive, options);
+    if all.is_empty() {
+        return Err(RestoreError::NothingSelected);
+    }
     let present = sink.present(archive, &all)?;
     let new: Vec<&Candidate> = all.iter().filter(|c| !present.contains(&c.id)).collect();
     let mut report = RestoreReport {
@@ -390,7 +399,7 @@ fn put_chunk(
                 });
             }
             // This message cannot go to this destination; the others still can.
-            Err(e) if e.concerns_one_message() => report.skipped.push(Skipped {
+            Err(e) if e.concerns_one_message() => report.refused.push(Skipped {
                 id: candidate.id,
                 reason: e.to_string(),
                 subject: candidate.subject.clone(),
@@ -404,7 +413,7 @@ fn put_chunk(
 
 fn refused(report: &mut RestoreReport, refused: Vec<Skipped>) {
     report.restored = report.restored.saturating_sub(refused.len());
-    report.skipped.extend(refused);
+    report.refused.extend(refused);
 }
 
 #[cfg(test)]

@@ -238,6 +238,8 @@ fn bad_paths_get_one_clear_line_and_no_panic() {
 fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
     let sandbox = Sandbox::new();
     sandbox.ok(&["init"]);
+    // `init` on an archive is no failure (its help promises only to refuse a non-archive).
+    assert!(sandbox.ok(&["init"]).contains("an archive already"));
     let lock = fs::OpenOptions::new()
         .write(true)
         .open(sandbox.archive().join("lock"))

@@ -199,6 +199,16 @@ fn delete_after_days_deletes_exactly_the_old_verified_messages() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(report(&out)["accounts"][0]["deleted"], 5);
+    // With nothing new and nothing due, the dry run's lists are there, empty (doc/JSON.md).
+    let idle = backup(
+        &sandbox,
+        &dovecot,
+        &stls_url(&dovecot),
+        &["--now", "2026-01-10T00:00:00Z", "--dry-run"],
+    );
+    let r = &report(&idle)["accounts"][0];
+    assert_eq!(r["would_fetch"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(r["would_delete"].as_array().map(Vec::len), Some(0), "{r}");
     let left: Vec<String> = server_files(&dovecot).into_keys().collect();
     let mut expected: Vec<String> = new.iter().chain([&old[2]]).map(|m| sha256_hex(m)).collect();
     expected.sort();

@@ -8,6 +8,7 @@ mod archive_crash;
 mod archive_damage;
 mod backup_dovecot;
 mod backup_faults;
+mod consistency;
 mod docs;
 mod export;
 mod fake_imap;
