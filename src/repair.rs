@@ -97,16 +97,19 @@ pub fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
 fn read_record(root: &Path, found: &Found) -> Result<Vec<u8>, ArchiveError> {
     let path = root.join("packs").join(&found.pack);
     let bytes = fs::read(&path).map_err(ArchiveError::io(&path))?;
-    let start = found.offset as usize + RECORD_HEADER_LEN as usize;
-    let mut stored = &bytes[start..start + found.header.stored_len as usize];
+    let damaged = |fault| ArchiveError::DamagedMessage {
+        id: found.header.id,
+        pack: found.pack.clone(),
+        fault,
+    };
+    // The pack is read again: what `salvage` found may have changed since (shorter now).
+    let start = (found.offset as usize).saturating_add(RECORD_HEADER_LEN as usize);
+    let end = start.saturating_add(usize::try_from(found.header.stored_len).unwrap_or(usize::MAX));
+    let mut stored = bytes
+        .get(start..end)
+        .ok_or_else(|| damaged(pack::RecordFault::Header))?;
     let mut raw = Vec::new();
-    pack::copy_decompressed(found.header.raw_len, &mut stored, &mut raw).map_err(|fault| {
-        ArchiveError::DamagedMessage {
-            id: found.header.id,
-            pack: found.pack.clone(),
-            fault,
-        }
-    })?;
+    pack::copy_decompressed(found.header.raw_len, &mut stored, &mut raw).map_err(damaged)?;
     Ok(raw)
 }
 

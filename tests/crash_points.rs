@@ -3,6 +3,7 @@
 //! archive must open, verify clean, keep everything committed before, and a re-run must end with
 //! every message exactly once; and a commit failing at every step is retried by the same writer.
 //! (Its own test binary: the seam is process-wide.)
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
 //! The command line: the only module that prints, reads the environment or picks exit codes.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the one module that prints
 
 /// `println!` for command output: a reader that went away (`popvault stats | head -1`) ends
 /// nothing and is no error; other write errors are returned with `?`.

@@ -26,7 +26,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::str::FromStr;
 
 use base64::Engine as _;
@@ -206,79 +206,13 @@ impl Client {
         Ok(())
     }
 
-    fn read_line(&mut self) -> Result<Vec<u8>, ImapError> {
-        let mut line = Vec::new();
-        let n =
-            io::Read::take(&mut self.reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Err(ImapError::Closed);
-        }
-        if !line.ends_with(b"\n") {
-            return Err(ImapError::Protocol(format!(
-                "a response line longer than {MAX_LINE} bytes"
-            )));
-        }
-        line.pop();
-        if line.ends_with(b"\r") {
-            line.pop();
-        }
-        Ok(line)
-    }
-
-    /// Reads one response, with its literals.
     fn read_response(&mut self) -> Result<Response, ImapError> {
-        let mut response = Response::default();
-        loop {
-            let line = self.read_line()?;
-            let text = String::from_utf8_lossy(&line).into_owned();
-            let literal = text
-                .strip_suffix('}')
-                .and_then(|t| t.rsplit_once('{'))
-                .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
-            response.text.push_str(&text);
-            let Some(len) = literal else {
-                return Ok(response);
-            };
-            if len > MAX_LITERAL {
-                return Err(ImapError::Protocol(format!("a literal of {len} bytes")));
-            }
-            let mut bytes = vec![0u8; len as usize];
-            io::Read::read_exact(&mut self.reader, &mut bytes)?;
-            response.literals.push(bytes);
-        }
+        read_response(&mut self.reader)
     }
 
     /// Reads responses until the one tagged `tag`; returns it and the untagged ones before it.
     fn complete(&mut self, tag: &str, command: &'static str) -> Result<Vec<Response>, ImapError> {
-        let mut untagged = Vec::new();
-        let mut held = 0usize;
-        loop {
-            let r = self.read_response()?;
-            // Bounded memory against a server that never ends its answer.
-            held += r.text.len() + r.literals.iter().map(Vec::len).sum::<usize>();
-            if held > MAX_UNTAGGED_BYTES {
-                return Err(ImapError::Protocol(format!(
-                    "the answer to {command} is larger than {} MiB",
-                    MAX_UNTAGGED_BYTES >> 20
-                )));
-            }
-            if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
-                if rest.starts_with("OK") {
-                    return Ok(untagged);
-                }
-                return Err(ImapError::Rejected {
-                    command,
-                    reply: rest.to_string(),
-                });
-            }
-            if r.text.starts_with("* BYE") {
-                return Err(ImapError::Rejected {
-                    command,
-                    reply: r.text,
-                });
-            }
-            untagged.push(r);
-        }
+        complete(&mut self.reader, tag, command)
     }
 
     /// Waits for the go-ahead (`+`) to send a literal of the command tagged `tag`, skipping
@@ -317,11 +251,7 @@ impl Client {
 
     fn capability(&mut self) -> Result<(), ImapError> {
         let untagged = self.simple("CAPABILITY", "CAPABILITY")?;
-        self.capabilities = untagged
-            .iter()
-            .filter_map(|r| r.text.strip_prefix("* CAPABILITY "))
-            .flat_map(|caps| caps.split(' ').map(|c| c.to_ascii_uppercase()))
-            .collect();
+        self.capabilities = capabilities(&untagged);
         Ok(())
     }
 
@@ -399,36 +329,11 @@ impl Client {
 
     /// What the selected folder holds, for presence.
     fn folder_view(&mut self, exists: u64) -> Result<FolderView, ImapError> {
-        let mut view = FolderView::default();
         if exists == 0 {
-            return Ok(view);
+            return Ok(FolderView::default());
         }
         let untagged = self.simple("FETCH", "FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])")?;
-        for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
-            let number = |item: &str| {
-                r.text
-                    .split(item)
-                    .nth(1)
-                    .and_then(|t| t.split([' ', ')']).next())
-                    .and_then(|n| n.parse::<u64>().ok())
-            };
-            let (Some(size), Some(seq)) = (number("RFC822.SIZE "), sequence_number(&r.text)) else {
-                continue;
-            };
-            let header = match r.literals.first() {
-                Some(h) => h.clone(),
-                None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
-            };
-            view.by_key
-                .entry((size, digest_as_fetched(&header)))
-                .or_default()
-                .push(seq);
-            view.by_header
-                .entry(header_identity(&header))
-                .or_default()
-                .push(seq);
-        }
-        Ok(view)
+        Ok(folder_view(&untagged))
     }
 
     /// The digest of each whole message `seqs` names (BODY.PEEK[]), as [`whole_digest`]
@@ -436,19 +341,160 @@ impl Client {
     fn full_digests(&mut self, seqs: &[u64]) -> Result<Vec<Digest>, ImapError> {
         let set: Vec<String> = seqs.iter().map(u64::to_string).collect();
         let untagged = self.simple("FETCH", &format!("FETCH {} BODY.PEEK[]", set.join(",")))?;
-        Ok(untagged
-            .into_iter()
-            .filter(|r| r.text.contains(" FETCH "))
-            .map(|mut r| match r.literals.pop() {
-                Some(bytes) => whole_digest(&bytes),
-                None => whole_digest(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
-            })
-            .collect())
+        Ok(full_digests(untagged))
     }
 
     fn logout(&mut self) {
         let _ = self.simple("LOGOUT", "LOGOUT");
     }
+}
+
+fn read_line(reader: &mut impl BufRead) -> Result<Vec<u8>, ImapError> {
+    let mut line = Vec::new();
+    let n = io::Read::take(&mut *reader, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Err(ImapError::Closed);
+    }
+    if !line.ends_with(b"\n") {
+        return Err(ImapError::Protocol(format!(
+            "a response line longer than {MAX_LINE} bytes"
+        )));
+    }
+    line.pop();
+    if line.ends_with(b"\r") {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// Reads one response, with its literals (each at most `MAX_LITERAL` bytes, memory growing only
+/// as the bytes arrive).
+fn read_response(reader: &mut impl BufRead) -> Result<Response, ImapError> {
+    let mut response = Response::default();
+    loop {
+        let line = read_line(reader)?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let literal = text
+            .strip_suffix('}')
+            .and_then(|t| t.rsplit_once('{'))
+            .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
+        response.text.push_str(&text);
+        let Some(len) = literal else {
+            return Ok(response);
+        };
+        if len > MAX_LITERAL {
+            return Err(ImapError::Protocol(format!("a literal of {len} bytes")));
+        }
+        let mut bytes = Vec::new();
+        io::Read::take(&mut *reader, len).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len {
+            return Err(ImapError::Closed);
+        }
+        response.literals.push(bytes);
+    }
+}
+
+/// Reads responses until the one tagged `tag`; returns the untagged ones before it.
+fn complete(
+    reader: &mut impl BufRead,
+    tag: &str,
+    command: &'static str,
+) -> Result<Vec<Response>, ImapError> {
+    let mut untagged = Vec::new();
+    let mut held = 0usize;
+    loop {
+        let r = read_response(reader)?;
+        // Bounded memory against a server that never ends its answer.
+        held += r.text.len() + r.literals.iter().map(Vec::len).sum::<usize>();
+        if held > MAX_UNTAGGED_BYTES {
+            return Err(ImapError::Protocol(format!(
+                "the answer to {command} is larger than {} MiB",
+                MAX_UNTAGGED_BYTES >> 20
+            )));
+        }
+        if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
+            if rest.starts_with("OK") {
+                return Ok(untagged);
+            }
+            return Err(ImapError::Rejected {
+                command,
+                reply: rest.to_string(),
+            });
+        }
+        if r.text.starts_with("* BYE") {
+            return Err(ImapError::Rejected {
+                command,
+                reply: r.text,
+            });
+        }
+        untagged.push(r);
+    }
+}
+
+fn capabilities(untagged: &[Response]) -> HashSet<String> {
+    untagged
+        .iter()
+        .filter_map(|r| r.text.strip_prefix("* CAPABILITY "))
+        .flat_map(|caps| caps.split(' ').map(|c| c.to_ascii_uppercase()))
+        .collect()
+}
+
+/// The folder as the answer to `FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])` shows it.
+fn folder_view(untagged: &[Response]) -> FolderView {
+    let mut view = FolderView::default();
+    for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
+        let number = |item: &str| {
+            r.text
+                .split(item)
+                .nth(1)
+                .and_then(|t| t.split([' ', ')']).next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        let (Some(size), Some(seq)) = (number("RFC822.SIZE "), sequence_number(&r.text)) else {
+            continue;
+        };
+        let header = match r.literals.first() {
+            Some(h) => h.clone(),
+            None => quoted_after(&r.text, "BODY[HEADER] ").unwrap_or_default(),
+        };
+        view.by_key
+            .entry((size, digest_as_fetched(&header)))
+            .or_default()
+            .push(seq);
+        view.by_header
+            .entry(header_identity(&header))
+            .or_default()
+            .push(seq);
+    }
+    view
+}
+
+/// The digest of each message in the answer to `FETCH … BODY.PEEK[]`.
+fn full_digests(untagged: Vec<Response>) -> Vec<Digest> {
+    untagged
+        .into_iter()
+        .filter(|r| r.text.contains(" FETCH "))
+        .map(|mut r| match r.literals.pop() {
+            Some(bytes) => whole_digest(&bytes),
+            None => whole_digest(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
+        })
+        .collect()
+}
+
+/// Runs what a restore reads from a server over `input`, as if it were the answer to a command
+/// tagged `p1`: the response reader and every parser of what it returns. For the fuzz target
+/// (`fuzz/fuzz_targets/imap_responses.rs`); nothing may panic, loop or take unbounded memory.
+#[doc(hidden)]
+pub fn fuzz_responses(mut input: &[u8]) {
+    if let Ok(untagged) = complete(&mut input, "p1", "FETCH") {
+        let _ = capabilities(&untagged);
+        let _ = folder_view(&untagged);
+        for r in &untagged {
+            let _ = sequence_number(&r.text);
+        }
+        let _ = full_digests(untagged);
+    }
+    while read_response(&mut input).is_ok() {}
 }
 
 /// The message sequence number of an untagged `* N FETCH` response.

@@ -244,7 +244,13 @@ fn the_readme_quick_start_runs_as_written() {
         readme.contains("```sh\nbash samples/quickstart.sh\n```"),
         "the README's first command changed: update this test"
     );
-    assert!(readme.contains("```sh\ncargo test\n```"));
+    assert!(readme.contains("```sh\nbash tests/run\n```"));
+    let ci = fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run"))
+        .unwrap();
+    assert!(
+        ci.contains("bash tests/run"),
+        ".ci/run must run the README's test command"
+    );
     let sandbox = Sandbox::new();
     let out = std::process::Command::new("bash")
         .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -1,4 +1,5 @@
 //! CLI integration tests: the real binary on real files, asserting on output, exit codes and bytes.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 #[path = "../common/mod.rs"]
 mod common;
