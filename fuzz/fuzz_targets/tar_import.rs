@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 use popvault::archive::Writer;
 use popvault::import::{import, ImportSource};
+use popvault::stop::Stop;
 
 thread_local! {
     static STATE: RefCell<Option<(tempfile::TempDir, Writer)>> = const { RefCell::new(None) };
@@ -16,12 +17,12 @@ fuzz_target!(|data: &[u8]| {
         let mut state = state.borrow_mut();
         let (dir, writer) = state.get_or_insert_with(|| {
             let dir = tempfile::tempdir().unwrap();
-            let writer = Writer::open(&dir.path().join("archive"), "fuzz", false).unwrap();
+            let writer = Writer::open(&dir.path().join("archive"), "fuzz", None).unwrap();
             (dir, writer)
         });
         let input = dir.path().join("input.tar");
         std::fs::write(&input, data).unwrap();
-        let _ = import(writer, &ImportSource::Tar(input), &mut |_| {});
+        let _ = import(writer, &ImportSource::Tar(input), &Stop::new(), &mut |_| {});
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let name = entry.unwrap().file_name();
             assert!(name == "archive" || name == "input.tar", "a file appeared outside the archive: {name:?}");
