@@ -2,12 +2,12 @@
 //! Content-Length (mboxcl) variants.
 //!
 //! Rules (doc/FORMAT.md repeats them for users):
-//! - A postmark is `From SENDER DATE`, the date holding a time (`hh:mm`) and a four-digit year
-//!   (asctime as mbox writers write it, or an RFC 5322 date), or a bare `From SENDER` (what
+//! - A postmark is `From SENDER DATE`, the date holding a month name, a time (`hh:mm`) and a
+//!   four-digit year (asctime as mbox writers write it, or an RFC 5322 date), or a bare `From SENDER` (what
 //!   Thunderbird and trimmed Takeout files have). The first postmark of the file starts the first
 //!   message; it may follow a UTF-8 BOM and blank lines.
 //! - A later dated postmark starts a message after a blank line, or when the next line is
-//!   header-like (`Name:`), a quoted `>From ` line or blank; a later bare one only before a
+//!   header-like (`Name:`) or a quoted `>From ` line; a later bare one only before a
 //!   header-like line. So body lines such as `From Russia with love` or
 //!   `From what I heard, 3 people came.` do not split a message. A split without the blank line
 //!   every mbox writer puts before a postmark is doubtful: it is reported.
@@ -95,10 +95,11 @@ impl<R: BufRead> MboxReader<R> {
         Ok(match postmark(line) {
             None => false,
             Some(Postmark::Dated) if after_blank => true,
-            // A message may itself start with a quoted `From ` line (a copied postmark).
+            // Without the blank line before it, only a header (or a quoted `From ` line: a
+            // copied postmark) after it makes a message; a blank line would make an empty one.
             Some(Postmark::Dated) => self
                 .peek_line()?
-                .is_some_and(|next| is_blank(next) || is_header_like(next) || is_quoted_from(next)),
+                .is_some_and(|next| is_header_like(next) || is_quoted_from(next)),
             Some(Postmark::Bare) => self.peek_line()?.is_some_and(is_header_like),
         })
     }
@@ -134,6 +135,12 @@ impl<R: BufRead> MboxReader<R> {
         // Postmarks skipped because Content-Length said they were body lines: where `bytes` was
         // at the first one, and the raw lines read since, to give back if the header lied.
         let mut held: Option<(usize, Vec<Line>)> = None;
+        // Where a `>` was removed from a `>From ` line, and whether the body holds a `From `
+        // line its writer left unquoted: a writer that relies on Content-Length (mutt) quotes
+        // nothing, so its `>From ` lines are the message's own.
+        let mut unquoted_at: Vec<usize> = Vec::new();
+        let mut unquoted_from_in_body = false;
+        let mut length_lied = false;
         while let Some((at, line)) = self.read_line()? {
             let inside_by_length = !in_headers && content_length.is_some_and(|cl| body_len < cl);
             // Where a Content-Length ends exactly, no blank line is expected (Netscape wrote
@@ -153,6 +160,7 @@ impl<R: BufRead> MboxReader<R> {
                 // the first postmark it hid starts the next message after all.
                 let (cut, lines) = held.take().expect("checked");
                 bytes.truncate(cut);
+                length_lied = true;
                 self.doubtful_splits
                     .extend(lines.first().map(|(at, _)| *at));
                 self.pending.push_front((at, line));
@@ -179,10 +187,24 @@ impl<R: BufRead> MboxReader<R> {
                 body_len += line.len() as u64;
             }
             prev_blank = is_blank(&line);
+            if !in_headers && line.starts_with(b"From ") {
+                unquoted_from_in_body = true;
+            }
             if self.unquote && is_quoted_from(&line) {
+                unquoted_at.push(bytes.len());
                 bytes.extend_from_slice(&line[1..]);
             } else {
                 bytes.extend_from_slice(&line);
+            }
+        }
+        // Content-Length right (the body ends there, or one blank separator line later), and
+        // the writer quoted nothing: the `>` removed were the message's own.
+        let length_right = content_length.is_some_and(|cl| {
+            body_len == cl || (prev_blank && body_len > cl && body_len - cl <= 2)
+        });
+        if unquoted_from_in_body && length_right && !length_lied {
+            for &at in unquoted_at.iter().rev() {
+                bytes.insert(at, b'>');
             }
         }
         if let Some((cut, lines)) =
@@ -246,9 +268,20 @@ pub fn postmark(line: &[u8]) -> Option<Postmark> {
     has_time_and_year(date).then_some(Postmark::Dated)
 }
 
-/// Whether `text` holds a time (one or two digits, `:`, two digits) and a year (a run of
-/// exactly four digits).
+/// Whether `text` reads as a date: an English month name (`Jan`...`Dec`, a word of its own),
+/// a time (one or two digits, `:`, two digits) and a year (a run of exactly four digits), as
+/// asctime and RFC 5322 dates have.
 fn has_time_and_year(text: &[u8]) -> bool {
+    const MONTHS: [&[u8]; 12] = [
+        b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov",
+        b"dec",
+    ];
+    let month = text
+        .split(|b| !b.is_ascii_alphabetic())
+        .any(|word| MONTHS.iter().any(|m| word.eq_ignore_ascii_case(m)));
+    if !month {
+        return false;
+    }
     // Runs of digits: (start, length).
     let mut runs = Vec::new();
     let mut i = 0;
@@ -391,6 +424,8 @@ mod tests {
             "From 9 to 5 every day",
             "From Russia with love",
             "From 2019 on, we met at 10 am.",
+            "From here on we meet at 10:30 in 2024.",
+            "From now on, 12:00 in 2024 is lunch.",
             "From  ",
         ] {
             assert_eq!(postmark(line.as_bytes()), None, "{line}");
@@ -412,6 +447,25 @@ mod tests {
             "From a {D1}\nA: b\n\nhello\n\nFrom what I heard, 3 people came.\nA: c\n\nFrom Russia\nwith love\n"
         );
         assert_eq!(split(mbox.as_bytes()).len(), 1);
+    }
+
+    #[test]
+    fn a_writer_relying_on_content_length_keeps_its_quoted_from_lines() {
+        // As mutt writes: Content-Length, and body lines left as they were.
+        let body = "From Mon Jan  1 10:00:00 2024 a line\n>From quoted already\n";
+        let mbox = format!(
+            "From a@b {D1}\nContent-Length: {}\n\n{body}\nFrom c@d {D2}\nA: b\n\n>From x\n",
+            body.len()
+        );
+        let msgs = split(mbox.as_bytes());
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].ends_with(body.as_bytes()),
+            "{:?}",
+            String::from_utf8_lossy(&msgs[0])
+        );
+        // Without Content-Length, mboxrd as before.
+        assert_eq!(msgs[1], b"A: b\n\nFrom x\n");
     }
 
     #[test]

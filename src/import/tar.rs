@@ -82,17 +82,21 @@ fn open<'f>(file: &'f File, path: &Path) -> Result<tar::Archive<Box<dyn Read + '
 /// `/dev/stdin`, a copy spooled into the archive's `tmp/` (removed when it is closed, and by
 /// the next writer if this one is killed).
 fn open_seekable(writer: &Writer, path: &Path) -> Result<File, ImportError> {
-    if !super::is_stdin(path) {
+    // Opened once: a FIFO opened a second time would wait for a second writer for ever, and
+    // the first one's bytes would be lost.
+    let mut input: Box<dyn Read> = if super::is_stdin(path) {
+        Box::new(io::stdin())
+    } else {
         let file = File::open(path).map_err(super::read_err(path))?;
         if file.metadata().map_err(super::read_err(path))?.is_file() {
             return Ok(file);
         }
-    }
+        Box::new(file)
+    };
     let spool_err = |source| ImportError::Spool {
         path: super::shown(path).to_path_buf(),
         source,
     };
-    let mut input = super::open_stream(path)?;
     let mut spool = tempfile::tempfile_in(writer.scratch_dir()).map_err(spool_err)?;
     io::copy(&mut input, &mut spool).map_err(spool_err)?;
     Ok(spool)

@@ -450,3 +450,41 @@ fn mbox_prose_from_lines_stay_in_their_message_and_doubtful_splits_are_named() {
         "the first message lost its tail at a prose From line"
     );
 }
+
+/// An mbox as mutt writes it (`record`, `copy=yes`): Content-Length, and body lines left
+/// unquoted. A body line shaped like a postmark stays in its message and `>From ` keeps its `>`.
+#[test]
+fn an_mbox_written_by_mutt_imports_byte_for_byte() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let mbox = dir.join("sent.mbox");
+    std::fs::write(
+        dir.join("muttrc"),
+        format!(
+            "set mbox_type=mbox\nset record={}\nset copy=yes\nset sendmail=/bin/true\nset from=alice@example.org\nset use_from=yes\n",
+            mbox.display()
+        ),
+    )
+    .unwrap();
+    let body = "Hello,\nFrom Mon Jan  1 10:00:00 2024 this line looks like a postmark\n>From quoted already\n\nFrom what I heard, 3 people came.\n";
+    for subject in ["first", "second"] {
+        let mut mutt = Command::new("mutt")
+            .args(["-n", "-F"])
+            .arg(dir.join("muttrc"))
+            .args(["-s", subject, "bob@example.org"])
+            .env("HOME", dir)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mutt is needed (bash tests/run installs it)");
+        std::io::Write::write_all(&mut mutt.stdin.take().unwrap(), body.as_bytes()).unwrap();
+        assert!(mutt.wait().unwrap().success());
+    }
+    sandbox.ok(&["import", &format!("mbox:{}", mbox.display())]);
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for m in &listed {
+        let raw = sandbox.cat(m["id"].as_str().unwrap());
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.ends_with(&format!("\n\n{body}")), "{text}");
+    }
+}

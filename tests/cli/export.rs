@@ -449,6 +449,45 @@ fn export_names_are_honoured_and_dash_is_standard_output_and_input() {
             .is_none(),
         "the spooled copy of standard input was left in tmp/"
     );
+
+    // From a FIFO: opened once (a second open would wait for ever, the bytes written lost).
+    let third = Sandbox::new();
+    let fifo = third.path().join("export.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut import = third
+        .command()
+        .args(["import", &format!("tar:{}", fifo.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tar = out.stdout.clone();
+    let writer = std::thread::spawn(move || fs::write(fifo, tar));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while import.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            import.kill().unwrap();
+            panic!("import tar:FIFO hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let done = import.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        writer.join().unwrap().is_ok(),
+        "the writer of the FIFO lost its bytes"
+    );
+    assert_eq!(ids(&third), ids(&sandbox));
 }
 
 /// A message piped in (`eml:-`, `eml:/dev/stdin`, `mbox:/dev/stdin`, a FIFO) imports with its
