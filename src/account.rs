@@ -108,11 +108,12 @@ pub fn parse_tls(value: &str) -> Result<TlsMode, String> {
 
 /// A SHA-256 fingerprint as 64 hex digits, with or without `:` separators or a `sha256:` prefix.
 pub fn parse_fingerprint(value: &str) -> Result<[u8; 32], String> {
-    let hex: String = value
-        .trim_start_matches("sha256:")
-        .chars()
-        .filter(|c| *c != ':')
-        .collect();
+    let value = value.trim();
+    let hex = match value.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &value[7..],
+        _ => value,
+    };
+    let hex: String = hex.chars().filter(|c| *c != ':').collect();
     let mut out = [0u8; 32];
     hex::decode_to_slice(&hex, &mut out)
         .map_err(|_| format!("{value:?} is not a SHA-256 fingerprint (64 hex digits)"))?;

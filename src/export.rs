@@ -62,8 +62,8 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The compression a file name asks for, its ending compared without case: `.zst` and
-    /// `.tzst` are zstd; the endings of other compressors are refused rather than given a plain
+    /// The compression a file name asks for, its ending compared without case: `.zst`, `.zstd`
+    /// and `.tzst` are zstd; the endings of other compressors are refused rather than given a plain
     /// tar their name would lie about; anything else is a plain tar.
     pub fn for_path(path: &Path) -> Result<Compression, ExportError> {
         let name = path
@@ -91,11 +91,13 @@ impl Compression {
                 kind,
             });
         }
-        Ok(if name.ends_with(".zst") || name.ends_with(".tzst") {
-            Compression::Zstd
-        } else {
-            Compression::None
-        })
+        Ok(
+            if name.ends_with(".zst") || name.ends_with(".zstd") || name.ends_with(".tzst") {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
+        )
     }
 }
 

@@ -58,6 +58,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     let stop = ctx.stop.clone();
     let mut reports = Vec::new();
     let mut stopped = false;
+    // Sources that are not what their prefix says: each is one error, the others still import.
+    let mut not_of_their_kind = Vec::new();
     for source in &sources {
         match import::import(&mut writer, source, &stop, &mut |_size| bar.inc(1)) {
             Ok(report) => reports.push(report),
@@ -65,6 +67,9 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
                 stopped = true;
                 break;
             }
+            Err(
+                e @ (import::ImportError::NotMbox { .. } | import::ImportError::NotMaildir { .. }),
+            ) => not_of_their_kind.push((source.to_string(), e)),
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "import of {source} failed; messages committed before this stay in the archive"
@@ -122,9 +127,20 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             }
         }
     }
+    for (source, e) in &not_of_their_kind {
+        if args.json {
+            say!(
+                "{}",
+                serde_json::json!({"source": source, "error": e.to_string()})
+            );
+        }
+        eprintln!("error: {e}; nothing was imported from it");
+    }
     Ok(if damaged > 0 {
         Exit::Damaged
-    } else if missed > 0 {
+    } else if !not_of_their_kind.is_empty() && reports.is_empty() {
+        Exit::Error
+    } else if missed > 0 || !not_of_their_kind.is_empty() {
         Exit::Partial
     } else {
         Exit::Ok

@@ -46,15 +46,20 @@ impl SelectArgs {
                 .iter()
                 .flat_map(|m| m.sources.iter().map(|s| s.label()))
                 .collect();
-            self.accounts
-                .iter()
-                .map(|name| {
-                    [name.clone(), absolute_label(name)]
-                        .into_iter()
-                        .find(|label| known.contains(label))
-                        .ok_or_else(|| unknown_account(name, &known))
-                })
-                .collect::<anyhow::Result<_>>()?
+            let mut accounts = Vec::new();
+            for name in &self.accounts {
+                let label = [name.clone(), absolute_label(name)]
+                    .into_iter()
+                    .find(|label| known.contains(label))
+                    .ok_or_else(|| unknown_account(name, &known))?;
+                // A Maildir means its Maildir++ folders too, as `import maildir:` read them.
+                if label.starts_with("maildir:") {
+                    let folders = format!("{label}/.");
+                    accounts.extend(known.iter().filter(|k| k.starts_with(&folders)).cloned());
+                }
+                accounts.push(label);
+            }
+            accounts
         };
         Ok(Selection {
             accounts,

@@ -521,9 +521,12 @@ fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<S
             return Some("`popvault verify --full` names the damaged messages and `popvault repair` salvages what it can".into());
         }
         Some(ExportError::UnsupportedCompression { kind, .. }) => {
-            return Some(format!(
-                "name it NAME.tar or NAME.tar.zst, or export to - and pipe it through {kind}"
-            ));
+            return Some(match *kind {
+                "zip" | "7-Zip" => "name it NAME.tar or NAME.tar.zst".to_string(),
+                _ => format!(
+                    "name it NAME.tar or NAME.tar.zst, or export to - and pipe it through {kind}"
+                ),
+            });
         }
         _ => {}
     }

@@ -79,6 +79,8 @@ pub enum ImportError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is not a Maildir (it has no cur/ or new/ directory)")]
     NotMaildir { path: PathBuf },
+    #[error("{path} is not an mbox file: no line of it starts a message (`From ` and a date)")]
+    NotMbox { path: PathBuf },
     #[error("{path} is refused: {what}; nothing from it was written")]
     HostileTar { path: PathBuf, what: String },
     #[error(
@@ -305,6 +307,12 @@ fn import_mbox(
             shown(path).display(),
             reader.doubtful_splits.len()
         ));
+    }
+    // An empty file is an empty mbox; bytes without a message in them are something else.
+    if report.messages == 0 && reader.skipped_bytes > 0 {
+        return Err(ImportError::NotMbox {
+            path: shown(path).to_path_buf(),
+        });
     }
     if report.messages == 0 {
         report.warnings.push(format!(

@@ -181,6 +181,25 @@ fn every_corpus_mbox_splits_like_an_independent_reader() {
     assert!(mboxes.len() >= 10);
     for e in &mboxes {
         let path = std::fs::canonicalize(corpus_dir().join(&e.file)).unwrap();
+        if e.file == "neomutt-cherry.mbox" {
+            // Plain prose named .mbox: no line of it starts a message, so it is refused.
+            let out = sandbox.run(&["import", &format!("mbox:{}", path.display())]);
+            assert_eq!(out.status.code(), Some(1));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("is not an mbox file"), "{stderr}");
+            assert_eq!(python_split(&path).len(), 0);
+            // Given beside a good source, it is one error and the other still imports.
+            let good = corpus_dir().join("git-sample.mbox");
+            let other = Sandbox::new();
+            let out = other.run(&[
+                "import",
+                &format!("mbox:{}", path.display()),
+                &format!("mbox:{}", good.display()),
+            ]);
+            assert_eq!(out.status.code(), Some(4), "{out:?}");
+            assert_eq!(other.list().len(), 18);
+            continue;
+        }
         sandbox.ok(&["import", &format!("mbox:{}", path.display())]);
         let listed = sandbox.list();
         let mut ours: Vec<(u64, String)> = Vec::new();
@@ -354,6 +373,14 @@ fn a_maildir_import_reads_every_maildir_plus_plus_folder() {
     assert!(folder_of(&inbox[2]).ends_with("/Maildir"));
     let again = sandbox.ok(&["import", &format!("maildir:{}", root.display())]);
     assert!(again.contains("0 new"), "{again}");
+    // `--account maildir:DIR` means the folders that `import maildir:DIR` read too.
+    let selected = sandbox.ok(&[
+        "list",
+        "--json",
+        "--account",
+        &format!("maildir:{}", root.display()),
+    ]);
+    assert_eq!(selected.lines().count(), 7, "{selected}");
 }
 
 /// One notion of a message's date everywhere: `list` shows it in local time, `--since` and
