@@ -87,13 +87,17 @@ pub fn parse_date(raw: &str) -> Option<DateTime<Utc>> {
     let without_weekday = raw.split_once(", ").map_or(raw, |(_, rest)| rest);
     for text in [raw, without_weekday] {
         if let Ok(date) = DateTime::parse_from_rfc2822(text) {
-            return Some(date.to_utc());
+            // A leap second (`23:59:60`, which chrono keeps) is recorded as :59, so that every
+            // output (JSON, postmarks, file times) says the same and ISO 8601 readers take it.
+            use chrono::Timelike;
+            let date = date.to_utc();
+            return date.with_nanosecond(date.nanosecond() % 1_000_000_000);
         }
     }
     let tolerant = |text: &str| {
         let secs = mailparse::dateparse(text).ok()?;
         let date = DateTime::from_timestamp(secs, 0)?;
-        says(text, &date).then_some(date)
+        (says(text, &date) && clock_is_valid(text)).then_some(date)
     };
     // An unknown zone is read as UTC (RFC 5322 §4.3 says to treat unknown zones as -0000).
     tolerant(without_weekday).or_else(|| {
@@ -148,6 +152,22 @@ fn says(text: &str, date: &DateTime<Utc>) -> bool {
     near(*date)
         || near(*date + chrono::Duration::days(1))
         || near(*date - chrono::Duration::days(1))
+}
+
+/// Whether the time of day in `text` (its word with a `:`) is one a clock shows: hours to 23,
+/// minutes to 59, seconds to 60. The tolerant parser rolls `25:00` over into the next day.
+fn clock_is_valid(text: &str) -> bool {
+    let Some(clock) = text.split_whitespace().find(|w| w.contains(':')) else {
+        return true;
+    };
+    let limits = [23, 59, 60];
+    let fields: Vec<&str> = clock.split(':').collect();
+    fields.len() <= 3
+        && fields.iter().zip(limits).all(|(f, max)| {
+            !f.is_empty()
+                && f.bytes().all(|b| b.is_ascii_digit())
+                && f.parse::<u32>().is_ok_and(|v| v <= max)
+        })
 }
 
 /// Removes RFC 5322 comments such as `(EDT)`, which parsers otherwise trip over.
@@ -275,6 +295,13 @@ mod tests {
             utc("Fri, 1 Mar 2024 10:00:00 +2400").as_deref(),
             Some("2024-03-01T10:00:00+00:00")
         );
+        // A leap second is :59, so that ISO 8601 readers take it; hour 25 is no time.
+        assert_eq!(
+            utc("Sun, 31 Dec 2023 23:59:60 +0000").as_deref(),
+            Some("2023-12-31T23:59:59+00:00")
+        );
+        assert_eq!(utc("Tue, 2 Jan 2024 25:00:00 +0000"), None);
+        assert_eq!(utc("Tue, 2 Jan 2024 10:61 +0000"), None);
     }
 
     #[test]

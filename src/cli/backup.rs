@@ -362,7 +362,7 @@ fn print_reports(
             eprintln!(
                 "error: {}: {} could not be fetched; the next run tries again:",
                 r.account,
-                count(r.unfetched.len(), "message")
+                count(r.unfetched.len() as u64, "message")
             );
             for u in &r.unfetched {
                 eprintln!(
@@ -389,9 +389,9 @@ fn print_reports(
             let would_fetch = r.would_fetch.as_deref().unwrap_or_default();
             let would_delete = r.would_delete.as_deref().unwrap_or_default();
             say!(
-                "{}: would fetch {} messages ({}), would delete {}; {} on the server",
+                "{}: would fetch {} ({}), would delete {}; {} on the server",
                 r.account,
-                would_fetch.len(),
+                count(would_fetch.len() as u64, "message"),
                 human_bytes(
                     would_fetch
                         .iter()
@@ -423,9 +423,9 @@ fn print_reports(
                 n => format!(", {n} fetched but already archived"),
             };
             say!(
-                "{}: {} new messages ({}){already} in {:.1} s, {} deleted, {} on the server",
+                "{}: {} ({}){already} in {:.1} s, {} deleted, {} on the server",
                 r.account,
-                r.new_messages,
+                count(r.new_messages, "new message"),
                 human_bytes(r.fetched_bytes),
                 r.seconds,
                 r.deleted,

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use clap::Args;
 
 use super::list::SelectArgs;
-use super::output::{byte_bar, human_bytes};
+use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::export;
 
@@ -94,13 +94,13 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else if !ctx.quiet {
         let summary = format!(
-            "{}: {} messages ({}), {} damaged left out",
+            "{}: {} ({}), {} damaged left out",
             if to_stdout {
                 "standard output".to_string()
             } else {
                 file.display().to_string()
             },
-            report.messages,
+            count(report.messages as u64, "message"),
             human_bytes(report.bytes),
             report.skipped.len()
         );

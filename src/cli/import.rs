@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use super::output::{byte_bar, human_bytes};
+use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::archive::Writer;
 use crate::import::{self, ImportSource};
@@ -97,9 +97,9 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         // A message that was there and was not read is an error even for cron (-q).
         if !r.missed.is_empty() {
             eprintln!(
-                "error: {}: {} messages were removed while they were being imported (a mail client at work?); import again to check",
+                "error: {}: {} removed while they were being imported (a mail client at work?); import again to check",
                 r.source,
-                r.missed.len()
+                count(r.missed.len() as u64, "message")
             );
             for m in &r.missed {
                 eprintln!("  {m}");
@@ -113,9 +113,9 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             }
             if !ctx.quiet {
                 say!(
-                    "{}: {} messages ({}), {} new, {} already archived from elsewhere, {} already imported",
+                    "{}: {} ({}), {} new, {} already archived from elsewhere, {} already imported",
                     r.source,
-                    r.messages,
+                    count(r.messages, "message"),
                     human_bytes(r.bytes),
                     r.new,
                     r.duplicates,

@@ -162,7 +162,16 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
 Example: popvault cat 3f2a9c > message.eml   (the id prefixes `popvault list` shows are enough)")]
 pub struct CatArgs {
     /// The message id (64 hex digits) or a unique prefix of it.
+    #[arg(value_parser = id_prefix)]
     id: String,
+}
+
+/// A message id or a prefix of one, as a command line gives it: hex digits, at least one.
+pub fn id_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_hexdigit()) || text.len() > 64 {
+        return Err("a message id is up to 64 hex digits (a unique prefix will do), as `popvault list` shows".into());
+    }
+    Ok(text.to_string())
 }
 
 pub fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<Exit> {

@@ -139,6 +139,8 @@ pub struct Context {
     /// default), so that a scheduled job must name it too.
     pub archive_named: bool,
     pub config_path: PathBuf,
+    /// Whether the config file came from --config (so that a suggested command names it too).
+    pub config_named: bool,
     pub config: Config,
     pub quiet: bool,
     /// Set by SIGTERM or SIGINT, for the commands that stop at a message boundary (backup,
@@ -231,6 +233,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         archive_named: archive_given.is_some(),
         archive: expand_tilde(&archive),
         config_path,
+        config_named: cli.config.is_some(),
         config,
         quiet: cli.quiet,
         stop,
@@ -446,7 +449,7 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         );
         return Some(match problem {
             TlsProblem::SelfSigned | TlsProblem::UnknownIssuer { .. } => format!(
-                "if you trust this server, give its certificate (or its CA) with --ca-file FILE, or pin it with {pin}; `popvault server-info URL` shows the certificate"
+                "if you trust this server, give its certificate (or its CA) with --ca-file FILE, or pin it with {pin}; for a POP3 server, `popvault server-info URL` shows the certificate"
             ),
             TlsProblem::Expired(_) | TlsProblem::NotYetValid(_) => format!(
                 "the server's certificate must be renewed (or this machine's clock is wrong); meanwhile {pin} trusts this certificate whatever its dates"
@@ -454,9 +457,12 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             TlsProblem::WrongName { .. } => format!(
                 "connect with a name the certificate is for, or pin this certificate with {pin}"
             ),
-            TlsProblem::PinMismatch { .. } => "the server's certificate changed: if that is expected (a renewal), check the new one with `popvault server-info URL` and update tls_fingerprint; if not, someone may be intercepting the connection".to_string(),
+            TlsProblem::PinMismatch { .. } => "the server's certificate changed: if that is expected (a renewal), check the new one (`popvault server-info URL` shows a POP3 server's) and update tls_fingerprint; if not, someone may be intercepting the connection".to_string(),
             TlsProblem::Other(_) => return None,
         });
+    }
+    if let Some(TransportError::NotTls { .. }) = cause.downcast_ref::<TransportError>() {
+        return Some("a port that starts in plain text takes a pop3:// URL (STLS) or imap:// (STARTTLS); TLS from the first byte is usually port 995 (pop3s) or 993 (imaps)".into());
     }
     if let Some(hint) = hint_for_library_error(cause) {
         return Some(hint);

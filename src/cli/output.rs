@@ -71,7 +71,7 @@ pub fn parse_day_or_time(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// "1 message", "2 messages".
-pub fn count(n: usize, thing: &str) -> String {
+pub fn count(n: u64, thing: &str) -> String {
     if n == 1 {
         format!("1 {thing}")
     } else {

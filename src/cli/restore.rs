@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::list::SelectArgs;
-use super::output::{byte_bar, human_bytes, local_time};
+use super::output::{byte_bar, count, human_bytes, local_time};
 use super::{Context, Exit};
 use crate::account::{parse_fingerprint, parse_tls};
 use crate::archive::Digest;
@@ -22,7 +22,8 @@ use crate::restore::{self, Destination, Event, RestoreOptions, Sink};
 Destinations:
   maildir:DIR                       created if missing; files in cur/ with the seen flag
   mbox:FILE                         mboxrd, appended to
-  imaps://USER@HOST[:PORT]/FOLDER   IMAP over TLS; the folder is created if missing
+  imaps://USER@HOST[:PORT]/FOLDER   IMAP over TLS; the folder is created if missing (no
+                                    folder: INBOX)
   imap://USER@HOST[:PORT]/FOLDER    IMAP with STARTTLS (required unless --tls none)
 
 Every message is re-hashed before it is written; damaged ones are reported and skipped (exit 3).
@@ -38,7 +39,7 @@ pub struct RestoreArgs {
     #[command(flatten)]
     select: SelectArgs,
     /// Only these messages (ids or unique prefixes).
-    #[arg(value_name = "ID")]
+    #[arg(value_name = "ID", value_parser = super::list::id_prefix)]
     ids: Vec<String>,
     /// Leave messages unread (no \Seen flag, no S in Maildir names).
     #[arg(long)]
@@ -176,8 +177,8 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
     }
     if report.interrupted {
         eprintln!(
-            "stopped by a signal: {} messages were restored and are complete; run the same restore again to put the rest (nothing is duplicated)",
-            report.restored
+            "stopped by a signal: {} restored, complete; run the same restore again to put the rest (nothing is duplicated)",
+            count(report.restored as u64, "message")
         );
         return Ok(Exit::Interrupted);
     }

@@ -8,11 +8,11 @@ use clap::Args;
 
 use super::backup::password_for;
 use super::connect::ConnectArgs;
-use super::output::{human_bytes, local_time};
+use super::output::{count, human_bytes, local_time};
 use super::{Context, Exit};
 use crate::account::{Account, Overrides};
 use crate::config::{AccountConfig, Config};
-use crate::net::tls::CertificateInfo;
+use crate::net::tls::{CertificateInfo, TlsProblem};
 use crate::net::transport::TransportError;
 use crate::probe::{ServerInfo, probe};
 
@@ -76,13 +76,13 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
                         serde_json::to_string_pretty(&serde_json::json!({
                             "server": account.server_label(),
                             "trusted": false,
-                            "problem": problem,
+                            "problem": problem.to_string(),
                             "certificate": cert,
                         }))?
                     );
                 } else {
                     say!("server        {}", account.server_label());
-                    print_certificate(&problem, &cert)?;
+                    print_certificate(&problem, &cert, &account.connect.host)?;
                 }
             }
             return Err(e.context(format!("cannot probe {}", account.server_label())));
@@ -108,19 +108,23 @@ pub fn server_info(ctx: &Context, args: ServerInfoArgs) -> anyhow::Result<Exit> 
 }
 
 /// The certificate a server presented and why it is not trusted, when that is the error.
-fn untrusted_certificate(e: &anyhow::Error) -> Option<(String, CertificateInfo)> {
+fn untrusted_certificate(e: &anyhow::Error) -> Option<(TlsProblem, CertificateInfo)> {
     e.chain()
         .find_map(|cause| match super::find_cause::<TransportError>(cause) {
             Some(TransportError::Certificate {
                 problem,
                 certificate: Some(cert),
                 ..
-            }) => Some((problem.to_string(), (**cert).clone())),
+            }) => Some((problem.clone(), (**cert).clone())),
             _ => None,
         })
 }
 
-fn print_certificate(problem: &str, cert: &CertificateInfo) -> std::io::Result<()> {
+fn print_certificate(
+    problem: &TlsProblem,
+    cert: &CertificateInfo,
+    host: &str,
+) -> std::io::Result<()> {
     let when =
         |d: Option<chrono::DateTime<chrono::Utc>>| d.map(local_time).unwrap_or_else(|| "?".into());
     say!("certificate   {}", cert.subject);
@@ -135,11 +139,44 @@ fn print_certificate(problem: &str, cert: &CertificateInfo) -> std::io::Result<(
     }
     say!("  sha256      {}", cert.sha256);
     say!("trust         NOT TRUSTED: {problem}");
+    // rustls names the first problem only: a certificate for other names is said too, since
+    // trusting its issuer would not be enough.
+    let for_host = cert.names.iter().any(|n| name_matches(n, host));
+    if !for_host && !matches!(problem, TlsProblem::WrongName { .. }) && !cert.names.is_empty() {
+        say!(
+            "              and it is for {}, not for {host}",
+            cert.names.join(", ")
+        );
+    }
+    // Only a pin trusts a certificate whatever its dates and names; --ca-file helps when the
+    // sole problem is who issued it.
+    let issuer_only = for_host
+        && matches!(
+            problem,
+            TlsProblem::SelfSigned | TlsProblem::UnknownIssuer { .. }
+        );
     say!(
-        "  to trust it --tls-fingerprint sha256:{}   (or --ca-file with this certificate or its CA)",
-        cert.sha256
+        "  to trust it --tls-fingerprint sha256:{}{}",
+        cert.sha256,
+        if issuer_only {
+            "   (or --ca-file with this certificate or its CA)"
+        } else {
+            ""
+        }
     );
     Ok(())
+}
+
+/// Whether a certificate name (`host`, `*.example.org`, an IP address) covers `host`.
+fn name_matches(name: &str, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if name.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (name.strip_prefix("*."), host.split_once('.')) {
+        (Some(domain), Some((_, rest))) => domain.eq_ignore_ascii_case(rest),
+        _ => false,
+    }
 }
 
 fn print_info(info: &ServerInfo) -> std::io::Result<()> {
@@ -199,8 +236,8 @@ fn print_info(info: &ServerInfo) -> std::io::Result<()> {
     }
     match &info.mailbox {
         Some(m) => say!(
-            "mailbox       {} messages, {}{}",
-            m.messages,
+            "mailbox       {}, {}{}",
+            count(m.messages.into(), "message"),
             human_bytes(m.bytes),
             if m.uidl_supported {
                 ""
@@ -313,7 +350,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         && let Some(cert) = untrusted_certificate(e)
         && interactive
     {
-        print_certificate(&cert.0, &cert.1)?;
+        print_certificate(&cert.0, &cert.1, &account.connect.host)?;
         let answer = ask(
             "Trust this certificate from now on (its SHA-256 goes into the config as tls_fingerprint)? yes/no",
             Some("no"),
@@ -350,8 +387,18 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
     }
     write_account(ctx, &config)?;
     say!("added account {name:?} to {}", ctx.config_path.display());
+    let config = if ctx.config_named {
+        let path = ctx.config_path.display().to_string();
+        let safe = |c: char| c.is_ascii_alphanumeric() || "/._-~+=".contains(c);
+        match path.chars().all(safe) {
+            true => format!("--config {path} "),
+            false => format!("--config '{}' ", path.replace('\'', "'\\''")),
+        }
+    } else {
+        String::new()
+    };
     say!(
-        "next: `popvault backup --account {name}`, then schedule it nightly: `popvault schedule --print systemd` (or cron)"
+        "next: `popvault {config}backup --account {name}`, then schedule it nightly: `popvault {config}schedule --print systemd` (or cron)"
     );
     Ok(Exit::Ok)
 }
@@ -381,7 +428,10 @@ fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
         text.push_str(&format!("archive = {archive}\n"));
     }
     text.push_str(&existing);
-    text.push_str(&format!("\n{block}"));
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&block);
     Config::parse(&text).map_err(anyhow::Error::msg)?; // what we write must read back
     // A config that is a link (dotfiles managers) is replaced where it points, link kept.
     let path = std::fs::canonicalize(&ctx.config_path).unwrap_or_else(|_| ctx.config_path.clone());

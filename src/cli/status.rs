@@ -74,6 +74,8 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             a.name.clone(),
             AccountStatus {
                 account: a.name.clone(),
+                // What the config names until a run records the server it reached.
+                server: Some(a.server.clone()),
                 ..Default::default()
             },
         );
@@ -164,12 +166,12 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 .map_or(String::new(), |n| format!(", {n} on the server"));
             let unfetched = match s.unfetched {
                 0 => String::new(),
-                n => format!("; {} could not be fetched", count(n as usize, "message")),
+                n => format!("; {} could not be fetched", count(n, "message")),
             };
             say!(
-                "{}: last success {success}{failed}; {} messages archived ({}){on_server}{unfetched}",
+                "{}: last success {success}{failed}; {} archived ({}){on_server}{unfetched}",
                 s.account,
-                s.messages_archived,
+                count(s.messages_archived, "message"),
                 human_bytes(s.bytes_archived)
             );
         }

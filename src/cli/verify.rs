@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::output::{byte_bar, human_bytes};
+use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::archive::verify::{self, DamagedMessage};
 
@@ -67,8 +67,8 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
                 )
             };
             say!(
-                "verify ({level}): {} messages in {} packs, {} commits{checked}: {verdict}",
-                report.messages,
+                "verify ({level}): {} in {} packs, {} commits{checked}: {verdict}",
+                count(report.messages as u64, "message"),
                 report.packs,
                 report.commits
             );

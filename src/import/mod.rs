@@ -81,6 +81,8 @@ pub enum ImportError {
     NotMaildir { path: PathBuf },
     #[error("{path} is not an mbox file: no line of it starts a message (`From ` and a date)")]
     NotMbox { path: PathBuf },
+    #[error("{path} is not a tar archive, or it is damaged (cut off, or a header does not check)")]
+    NotTar { path: PathBuf },
     #[error("{path} is refused: {what}; nothing from it was written")]
     HostileTar { path: PathBuf, what: String },
     #[error(

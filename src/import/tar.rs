@@ -78,6 +78,25 @@ fn open<'f>(file: &'f File, path: &Path) -> Result<tar::Archive<Box<dyn Read + '
     Ok(tar::Archive::new(input))
 }
 
+/// An error reading the tar stream: the system's (a read error), or the bytes' own (a bad header
+/// checksum, a field that is not a number, a member cut off, broken zstd), which says the file
+/// is not a tar or a damaged one. The tar crate's words for the latter quote the file's bytes,
+/// so they are not shown.
+fn stream_err(path: &Path) -> impl Fn(io::Error) -> ImportError + '_ {
+    move |source| {
+        if source.raw_os_error().is_some() {
+            ImportError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            ImportError::NotTar {
+                path: path.to_path_buf(),
+            }
+        }
+    }
+}
+
 /// The export as a file read twice: the file itself, or, for standard input, a FIFO or
 /// `/dev/stdin`, a copy spooled into the archive's `tmp/` (removed when it is closed, and by
 /// the next writer if this one is killed).
@@ -111,6 +130,21 @@ enum Member {
     Directory,
 }
 
+/// A member type in words, for the refusal of anything but files and directories.
+fn entry_kind(kind: tar::EntryType) -> &'static str {
+    use tar::EntryType::*;
+    match kind {
+        Symlink => "a symbolic link",
+        Link => "a hard link",
+        Char => "a character device",
+        Block => "a block device",
+        Fifo => "a FIFO",
+        GNULongName | GNULongLink | XHeader | XGlobalHeader => "an extension header out of place",
+        GNUSparse => "a sparse file",
+        _ => "of an unknown type",
+    }
+}
+
 /// Judges a member by its header alone: a directory, or a regular file with a relative path
 /// and no `..`, one of the names an export has, of a bounded size. Returns what it is, its name
 /// and the most bytes it may hold.
@@ -118,12 +152,9 @@ fn check_member<R: Read>(
     path: &Path,
     entry: &tar::Entry<'_, R>,
 ) -> Result<(Member, String, u64), ImportError> {
-    let read_err = |source| ImportError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let read_err = stream_err(path);
     let header = entry.header();
-    let member = entry.path().map_err(read_err)?.into_owned();
+    let member = entry.path().map_err(&read_err)?.into_owned();
     let shown = member.display().to_string();
     if member
         .components()
@@ -144,8 +175,8 @@ fn check_member<R: Read>(
         return Err(hostile(
             path,
             &format!(
-                "member {shown:?} is a {:?}, not a file (links and devices are refused)",
-                header.entry_type()
+                "member {shown:?} is {}, not a file (links and devices are refused)",
+                entry_kind(header.entry_type())
             ),
         ));
     }
@@ -160,7 +191,7 @@ fn check_member<R: Read>(
     } else {
         MAX_INDEX
     };
-    let size = header.size().map_err(read_err)?;
+    let size = header.size().map_err(&read_err)?;
     if size > limit {
         return Err(hostile(
             path,
@@ -195,15 +226,12 @@ pub fn import_tar(
     report: &mut ImportReport,
     progress: &mut super::Progress<'_>,
 ) -> Result<(), ImportError> {
-    let read_err = |source| ImportError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
     let file = open_seekable(writer, path)?;
     let path = super::shown(path);
+    let read_err = stream_err(path);
     let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
-    for entry in open(&file, path)?.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
+    for entry in open(&file, path)?.entries().map_err(&read_err)? {
+        let mut entry = entry.map_err(&read_err)?;
         let (kind, shown, limit) = check_member(path, &entry)?;
         if let Member::Manifest = kind {
             let bytes = read_member(path, &mut entry, &shown, limit)?;
@@ -217,8 +245,8 @@ pub fn import_tar(
     // Pass two makes the same checks (the file could have changed in between).
     let mut batch: Vec<Incoming> = Vec::new();
     let mut batch_bytes = 0;
-    for entry in open(&file, path)?.entries().map_err(read_err)? {
-        let mut entry = entry.map_err(read_err)?;
+    for entry in open(&file, path)?.entries().map_err(&read_err)? {
+        let mut entry = entry.map_err(&read_err)?;
         let (kind, shown, limit) = check_member(path, &entry)?;
         let Member::Message(id) = kind else {
             continue;
@@ -266,10 +294,7 @@ fn read_member<R: Read>(
     entry
         .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| ImportError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(stream_err(path))?;
     if bytes.len() as u64 > limit {
         return Err(hostile(
             path,

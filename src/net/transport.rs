@@ -40,6 +40,9 @@ pub enum TransportError {
     },
     #[error("the TLS handshake with {host} failed: {reason}")]
     Tls { host: String, reason: String },
+    /// The first bytes back were no TLS record: a port that starts in plain text, most likely.
+    #[error("{host} port {port} answered in plain text, not TLS")]
+    NotTls { host: String, port: u16 },
     #[error(transparent)]
     CaFile(#[from] CaFileError),
     #[error("{host:?} is not a valid server name")]
@@ -307,6 +310,12 @@ fn handshake_error(
             problem: TlsProblem::from_rustls(problem, &opts.host, certificate.as_deref()),
             certificate,
         },
+        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+            TransportError::NotTls {
+                host: opts.host.clone(),
+                port: opts.port,
+            }
+        }
         other => TransportError::Tls {
             host: opts.host.clone(),
             reason: other.to_string(),

@@ -172,6 +172,37 @@ fn setup_server_info_backup_and_status_work_together() {
         "--yes",
     ]);
     assert!(out.contains("added account \"home\""), "{out}");
+    // With --config, the commands it suggests name that file too.
+    let other = sandbox.path().join("other.toml");
+    let out = sandbox.ok(&[
+        "--config",
+        other.to_str().unwrap(),
+        "setup",
+        "--name",
+        "work",
+        "--server",
+        &url,
+        "--password-command",
+        &format!("echo {}", dovecot.password()),
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(
+        out.contains(&format!(
+            "next: `popvault --config {} backup --account work`",
+            other.display()
+        )),
+        "{out}"
+    );
+    let status: serde_json::Value = serde_json::from_str(&sandbox.ok(&[
+        "--config",
+        other.to_str().unwrap(),
+        "status",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(status[0]["server"], url.as_str(), "{status}");
     // The archive named in the environment is written down, so that later runs use it too.
     let written = fs::read_to_string(&config).unwrap();
     assert!(

@@ -213,7 +213,7 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
                 manifest.clone(),
                 raw_member(b"messages/link.eml", b'2', b"", None, b"/etc/passwd"),
             ]),
-            "not a file",
+            "is a symbolic link, not a file",
         ),
         (
             "hardlink",
@@ -221,7 +221,7 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
                 manifest.clone(),
                 raw_member(b"messages/hard.eml", b'1', b"", None, b"MANIFEST.jsonl"),
             ]),
-            "not a file",
+            "is a hard link, not a file",
         ),
         (
             "device",
@@ -229,7 +229,7 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
                 manifest.clone(),
                 raw_member(b"messages/dev.eml", b'3', b"", None, b""),
             ]),
-            "not a file",
+            "is a character device, not a file",
         ),
         (
             "huge",
@@ -252,6 +252,32 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
             ]),
             "not a popvault export",
         ),
+        (
+            // Prose is no tar: said so, without the tar crate's quoting of the bytes.
+            "prose",
+            "Dear Sir, this is a letter, not a tar.\n"
+                .repeat(40)
+                .into_bytes(),
+            "is not a tar archive, or it is damaged",
+        ),
+        (
+            "cut off",
+            {
+                let mut t = tar_of(&[
+                    manifest.clone(),
+                    raw_member(
+                        format!("messages/{}.eml", "ab".repeat(32)).as_bytes(),
+                        b'0',
+                        &[b'x'; 4000],
+                        None,
+                        b"",
+                    ),
+                ]);
+                t.truncate(512 * 4);
+                t
+            },
+            "is not a tar archive, or it is damaged",
+        ),
     ];
     for (what, bytes, needle) in cases {
         let file = sandbox
@@ -262,9 +288,12 @@ fn hostile_tars_are_refused_and_nothing_is_written_outside_the_archive() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
         assert!(
-            stderr.contains("is refused") || stderr.contains("not a popvault export"),
+            stderr.contains("is refused")
+                || stderr.contains("not a popvault export")
+                || stderr.contains("not a tar archive"),
             "{what}: {stderr}"
         );
+        assert!(!stderr.contains("Dear Sir"), "{what}: {stderr}");
         assert!(
             stderr.contains(needle),
             "{what}: expected {needle:?} in {stderr}"

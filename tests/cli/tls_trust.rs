@@ -275,6 +275,16 @@ fn a_wrong_name_or_an_expired_certificate_is_said_so_even_when_given_as_trusted(
         stderr.contains("is not trusted: it is for mail.example.org, not for 127.0.0.1"),
         "{stderr}"
     );
+    // server-info without the CA: self-signed is the first problem, the name is said too, and
+    // --ca-file, which could not help, is not offered.
+    let out = sandbox.run(&["server-info", &url]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("and it is for mail.example.org, not for 127.0.0.1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("--ca-file"), "{stdout}");
     drop(dovecot);
 
     // Expired: made with rcgen, since openssl 3.0 cannot backdate a certificate.
@@ -333,6 +343,10 @@ fn server_info_shows_an_untrusted_certificate_and_how_to_trust_it() {
     );
     assert!(
         stdout.contains(&format!("--tls-fingerprint sha256:{sha}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(or --ca-file with this certificate or its CA)"),
         "{stdout}"
     );
     let out = sandbox.run(&[
@@ -409,5 +423,39 @@ fn setup_offers_to_pin_an_untrusted_certificate() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// pop3s:// or imaps:// pointed at a port that starts in plain text is said in words, with the
+/// URL that fits, not as a TLS record-layer error.
+#[test]
+fn tls_to_a_plain_text_port_is_said_in_plain_words() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let url = format!("pop3s://alice@127.0.0.1:{}", dovecot.pop3_port);
+    let out = backup(&sandbox, &url, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "127.0.0.1 port {} answered in plain text, not TLS",
+            dovecot.pop3_port
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: a port that starts in plain text takes a pop3:// URL"));
+    assert!(!stderr.contains("InvalidContentType"), "{stderr}");
+
+    // The same for a restore to imaps:// at the plain IMAP port.
+    let eml = sandbox.path().join("one.eml");
+    std::fs::write(&eml, generated_message(1, &mut Rng(7))).unwrap();
+    sandbox.ok(&["import", &format!("eml:{}", eml.display())]);
+    let to = format!("imaps://alice@127.0.0.1:{}/INBOX", dovecot.imap_port);
+    let out = sandbox.run_with_password(&["restore", "--to", &to], "secret");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("answered in plain text, not TLS"),
+        "{stderr}"
     );
 }
