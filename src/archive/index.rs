@@ -66,17 +66,40 @@ pub struct CatalogRead {
     pub uncommitted: std::collections::BTreeSet<u64>,
     /// Packs retired by `repair`: catalog locations in them are void.
     pub retired: std::collections::HashSet<String>,
+    /// Segments retired by `repair` (their readable lines were recorded again): not read.
+    pub retired_segments: std::collections::HashSet<String>,
 }
 
 /// Calls `visit` with every readable catalog line of every commit, in commit order.
-///
-/// Two passes: the commit records first, so that what `repair` retired (segments whose readable
-/// lines it re-recorded, commit records it found unreadable, packs it salvaged) is known before
-/// any segment is read.
 pub fn read_catalog(
     root: &Path,
     visit: &mut dyn FnMut(Entry),
 ) -> Result<CatalogRead, ArchiveError> {
+    let mut read = read_records(root)?;
+    visit_segments(root, &mut read, &|_| true, visit)?;
+    Ok(read)
+}
+
+/// Calls `visit` with every readable line of the segments of the commits `wanted` picks, in
+/// commit order (retired segments are never read).
+pub fn visit_segments(
+    root: &Path,
+    read: &mut CatalogRead,
+    wanted: &dyn Fn(&CommitRecord) -> bool,
+    visit: &mut dyn FnMut(Entry),
+) -> Result<(), ArchiveError> {
+    for record in &read.commits {
+        if !read.retired_segments.contains(&record.segment.name) && wanted(record) {
+            read_segment(root, record, &mut read.issues, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the commit records, and what `repair` retired (segments whose readable lines it
+/// re-recorded, commit records it found unreadable, packs it salvaged), before any segment is
+/// read ([`visit_segments`]).
+pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
     // Files first, then records: a writer makes its intent marker durable before any file of
     // its commit appears, and removes it only after the record, so a reader listing in this
     // order sees a marker or a record for every file it saw (no false "missing record").
@@ -117,6 +140,7 @@ pub fn read_catalog(
         last_commit: last_record.max(highest_file),
         uncommitted,
         retired: Default::default(),
+        retired_segments: Default::default(),
     };
     let mut unreadable = Vec::new();
     for (number, name) in &numbers {
@@ -139,10 +163,10 @@ pub fn read_catalog(
         .iter()
         .flat_map(|c| c.retired_commits.iter().copied())
         .collect();
-    let retired_segments: std::collections::HashSet<&str> = read
+    read.retired_segments = read
         .commits
         .iter()
-        .flat_map(|c| c.retired_segments.iter().map(String::as_str))
+        .flat_map(|c| c.retired_segments.iter().cloned())
         .collect();
     read.issues.extend(
         unreadable
@@ -167,11 +191,6 @@ pub fn read_catalog(
         read.issues.push(format!(
             "{missing} commit records between {first:08} and {last:08} are missing"
         ));
-    }
-    for record in &read.commits {
-        if !retired_segments.contains(record.segment.name.as_str()) {
-            read_segment(root, record, &mut read.issues, visit)?;
-        }
     }
     read.retired = read
         .commits

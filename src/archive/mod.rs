@@ -16,10 +16,12 @@ pub mod digest;
 pub mod durable;
 pub mod envelope;
 pub mod index;
+pub mod local_index;
 pub mod lock;
 pub mod pack;
 pub mod select;
 mod store;
+pub mod text;
 pub mod verify;
 mod writer;
 
@@ -29,7 +31,8 @@ pub use catalog::{Entry, Source};
 pub use digest::Digest;
 pub use envelope::Envelope;
 pub use index::{Index, Location, Pop3Seen};
-pub use store::{Archive, Message, check_header, is_archive};
+pub use local_index::{Freshness, IndexError, LocalIndex};
+pub use store::{Archive, Message, PackReader, check_header, is_archive};
 pub use writer::{Added, Incoming, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]

@@ -100,6 +100,126 @@ pub struct Message<'a> {
     pub flags: Option<&'a str>,
 }
 
+impl<'a> Message<'a> {
+    /// The message as its first catalog line shows it, with the envelope of the line that
+    /// stored its bytes; [`Message::merge`] adds the other lines.
+    fn first(line: &'a Entry, stored: &'a Entry) -> Message<'a> {
+        Message {
+            id: line.id,
+            size: line.size,
+            first_seen: line.first_seen,
+            time: stored.envelope.message_time(line.first_seen),
+            envelope: &stored.envelope,
+            sources: vec![&line.source],
+            flags: line.flags.as_deref(),
+        }
+    }
+
+    /// Adds a later catalog line of the same message: the earliest first_seen, every source
+    /// once, the first flags recorded.
+    fn merge(&mut self, line: &'a Entry) {
+        self.first_seen = self.first_seen.min(line.first_seen);
+        if !self.sources.contains(&&line.source) {
+            self.sources.push(&line.source);
+        }
+        if self.flags.is_none() {
+            self.flags = line.flags.as_deref();
+        }
+        self.time = self.envelope.message_time(self.first_seen);
+    }
+
+    /// The message from the line that stored its bytes and all its lines, in catalog order.
+    pub fn from_lines(stored: &'a Entry, lines: &'a [Entry]) -> Message<'a> {
+        let mut lines = lines.iter();
+        let mut m = Message::first(lines.next().unwrap_or(stored), stored);
+        lines.for_each(|line| m.merge(line));
+        m
+    }
+}
+
+/// Reads messages out of an archive's packs, given where they are (from the catalog or the
+/// local index). Packs stay open between calls (sealed packs never change).
+pub struct PackReader {
+    root: PathBuf,
+    open_packs: std::sync::Mutex<HashMap<String, (std::sync::Arc<File>, u64)>>,
+}
+
+impl PackReader {
+    pub fn new(root: &Path) -> PackReader {
+        PackReader {
+            root: root.to_path_buf(),
+            open_packs: Default::default(),
+        }
+    }
+
+    /// Streams message `id` to `out`, after first checking that it decompresses to exactly its
+    /// id: nothing is written for a damaged message. Memory stays bounded whatever its size.
+    pub fn copy(
+        &self,
+        id: &Digest,
+        loc: &Location,
+        out: &mut dyn Write,
+    ) -> Result<(), ArchiveError> {
+        let damaged = damaged(id, loc);
+        let path = self.root.join("packs").join(&*loc.pack);
+        let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
+        loc.check(id, &mut file).map_err(&damaged)?;
+        file.seek(SeekFrom::Start(
+            loc.offset.saturating_add(RECORD_HEADER_LEN),
+        ))
+        .map_err(ArchiveError::io(&path))?;
+        let mut stored = BufReader::new(file).take(loc.stored_len);
+        pack::copy_decompressed(loc.size, &mut stored, out).map_err(|fault| match fault {
+            RecordFault::Output(source) => ArchiveError::Output { id: *id, source },
+            fault => damaged(fault),
+        })
+    }
+
+    /// Reads a whole message into memory, decompressing it once and checking its SHA-256 before
+    /// handing the bytes out. Packs stay open between calls (positioned reads, so threads share
+    /// them).
+    pub fn read(&self, id: &Digest, loc: &Location) -> Result<Vec<u8>, ArchiveError> {
+        use std::os::unix::fs::FileExt;
+        let damaged = damaged(id, loc);
+        let (file, pack_len) = self
+            .open_pack(&loc.pack)
+            .map_err(|e| damaged(RecordFault::Io(e)))?;
+        // The catalog line is checked against the pack before its length sizes a buffer.
+        let record_len = RECORD_HEADER_LEN.saturating_add(loc.stored_len);
+        if loc.offset.saturating_add(record_len) > pack_len {
+            return Err(damaged(RecordFault::Mismatch));
+        }
+        let mut record = vec![0u8; record_len as usize];
+        file.read_exact_at(&mut record, loc.offset)
+            .map_err(|e| damaged(RecordFault::Io(e)))?;
+        let (head, stored) = record.split_at(RECORD_HEADER_LEN as usize);
+        let header =
+            pack::RecordHeader::decode(head.try_into().expect("split at the header length"))
+                .ok_or_else(|| damaged(RecordFault::Header))?;
+        if !loc.describes(id, &header) {
+            return Err(damaged(RecordFault::Mismatch));
+        }
+        let out = pack::decompress_bounded(stored, loc.size).map_err(&damaged)?;
+        let got = Digest::of(&out);
+        if got != *id {
+            return Err(damaged(RecordFault::Hash { got }));
+        }
+        Ok(out)
+    }
+
+    fn open_pack(&self, name: &str) -> std::io::Result<(std::sync::Arc<File>, u64)> {
+        let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((file, len)) = open.get(name) {
+            return Ok((file.clone(), *len));
+        }
+        let file = File::open(self.root.join("packs").join(name))?;
+        let len = file.metadata()?.len();
+        let file = std::sync::Arc::new(file);
+        open.insert(name.to_string(), (file.clone(), len));
+        Ok((file, len))
+    }
+}
+
 /// The committed state of an archive. Opening never writes and never waits for a writer.
 pub struct Archive {
     root: PathBuf,
@@ -111,9 +231,7 @@ pub struct Archive {
     load_issues: Vec<String>,
     last_commit: u64,
     uncommitted: std::collections::BTreeSet<u64>,
-    /// Packs opened by `read_message`, with their lengths (sealed packs never change), kept
-    /// for the next call.
-    open_packs: std::sync::Mutex<HashMap<String, (std::sync::Arc<File>, u64)>>,
+    packs: PackReader,
 }
 
 impl Archive {
@@ -170,7 +288,7 @@ impl Archive {
             load_issues: read.issues,
             last_commit: read.last_commit,
             uncommitted: read.uncommitted,
-            open_packs: Default::default(),
+            packs: PackReader::new(root),
         };
         for entry in entries {
             archive.push_entry(entry, &read.retired);
@@ -249,37 +367,16 @@ impl Archive {
         let mut by_id: HashMap<Digest, usize> = HashMap::new();
         let mut out: Vec<Message<'_>> = Vec::new();
         for entry in &self.entries {
-            if !self.stored.contains_key(&entry.id) {
+            let Some(stored) = self.stored_entry(&entry.id) else {
                 continue; // its storing line was lost; verify reports it
-            }
+            };
             match by_id.get(&entry.id) {
-                Some(&i) => {
-                    let m = &mut out[i];
-                    m.first_seen = m.first_seen.min(entry.first_seen);
-                    if !m.sources.contains(&&entry.source) {
-                        m.sources.push(&entry.source);
-                    }
-                    if m.flags.is_none() {
-                        m.flags = entry.flags.as_deref();
-                    }
-                }
+                Some(&i) => out[i].merge(entry),
                 None => {
-                    let stored = self.stored_entry(&entry.id).expect("checked above");
                     by_id.insert(entry.id, out.len());
-                    out.push(Message {
-                        id: entry.id,
-                        size: entry.size,
-                        first_seen: entry.first_seen,
-                        time: entry.first_seen,
-                        envelope: &stored.envelope,
-                        sources: vec![&entry.source],
-                        flags: entry.flags.as_deref(),
-                    });
+                    out.push(Message::first(entry, stored));
                 }
             }
-        }
-        for m in &mut out {
-            m.time = m.envelope.message_time(m.first_seen);
         }
         out
     }
@@ -317,65 +414,12 @@ impl Archive {
     /// Streams message `id` to `out`, after first checking that it decompresses to exactly its
     /// id: nothing is written for a damaged message. Memory stays bounded whatever its size.
     pub fn copy_message(&self, id: &Digest, out: &mut dyn Write) -> Result<(), ArchiveError> {
-        let loc = self.located(id)?;
-        let damaged = damaged(id, &loc);
-        let path = self.pack_path(&loc.pack);
-        let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
-        loc.check(id, &mut file).map_err(&damaged)?;
-        file.seek(SeekFrom::Start(
-            loc.offset.saturating_add(RECORD_HEADER_LEN),
-        ))
-        .map_err(ArchiveError::io(&path))?;
-        let mut stored = BufReader::new(file).take(loc.stored_len);
-        pack::copy_decompressed(loc.size, &mut stored, out).map_err(|fault| match fault {
-            RecordFault::Output(source) => ArchiveError::Output { id: *id, source },
-            fault => damaged(fault),
-        })
+        self.packs.copy(id, &self.located(id)?, out)
     }
 
-    /// Reads a whole message into memory, decompressing it once and checking its SHA-256 before
-    /// handing the bytes out. Packs stay open between calls (positioned reads, so threads share
-    /// them).
+    /// Reads a whole message into memory, checked (see [`PackReader::read`]).
     pub fn read_message(&self, id: &Digest) -> Result<Vec<u8>, ArchiveError> {
-        use std::os::unix::fs::FileExt;
-        let loc = self.located(id)?;
-        let damaged = damaged(id, &loc);
-        let (file, pack_len) = self
-            .open_pack(&loc.pack)
-            .map_err(|e| damaged(RecordFault::Io(e)))?;
-        // The catalog line is checked against the pack before its length sizes a buffer.
-        let record_len = RECORD_HEADER_LEN.saturating_add(loc.stored_len);
-        if loc.offset.saturating_add(record_len) > pack_len {
-            return Err(damaged(RecordFault::Mismatch));
-        }
-        let mut record = vec![0u8; record_len as usize];
-        file.read_exact_at(&mut record, loc.offset)
-            .map_err(|e| damaged(RecordFault::Io(e)))?;
-        let (head, stored) = record.split_at(RECORD_HEADER_LEN as usize);
-        let header =
-            pack::RecordHeader::decode(head.try_into().expect("split at the header length"))
-                .ok_or_else(|| damaged(RecordFault::Header))?;
-        if !loc.describes(id, &header) {
-            return Err(damaged(RecordFault::Mismatch));
-        }
-        let out = pack::decompress_bounded(stored, loc.size).map_err(&damaged)?;
-        let got = Digest::of(&out);
-        if got != *id {
-            return Err(damaged(RecordFault::Hash { got }));
-        }
-        Ok(out)
-    }
-
-    fn open_pack(&self, name: &str) -> std::io::Result<(std::sync::Arc<File>, u64)> {
-        let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((file, len)) = open.get(name) {
-            return Ok((file.clone(), *len));
-        }
-        let file = File::open(self.pack_path(name))?;
-        let len = file.metadata()?.len();
-        let file = std::sync::Arc::new(file);
-        open.insert(name.to_string(), (file.clone(), len));
-        Ok((file, len))
+        self.packs.read(id, &self.located(id)?)
     }
 
     /// Files in `packs/` and `catalog/` that no commit record names.

@@ -168,6 +168,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             }));
         }
         writer.finish().context("cannot commit the backup")?;
+        super::index::refresh_after_write(ctx);
     }
     bar.finish_and_clear();
     print_reports(ctx, &args, &reports)?;

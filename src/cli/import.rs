@@ -78,6 +78,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         }
     }
     writer.finish().context("cannot commit the import")?;
+    super::index::refresh_after_write(ctx);
     bar.finish_and_clear();
     if stopped {
         eprintln!(

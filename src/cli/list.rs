@@ -8,8 +8,9 @@ use clap::Args;
 use super::output::parse_day_or_time;
 use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
-use crate::archive::select::{Selection, message_time};
-use crate::archive::{Archive, ArchiveError};
+use crate::archive::local_index::Query;
+use crate::archive::select::Selection;
+use crate::archive::{Archive, ArchiveError, Message, PackReader};
 
 /// The filters shared by list, restore and export.
 #[derive(Debug, Clone, Default, Args)]
@@ -38,14 +39,24 @@ impl SelectArgs {
     /// comes from (a typo) is an error, not an empty answer; an import label with a relative
     /// path (`maildir:md`) means the path as `import` records it, absolute.
     pub fn selection(&self, archive: &Archive) -> anyhow::Result<Selection> {
-        let accounts = if self.accounts.is_empty() {
+        let known: Vec<String> = if self.accounts.is_empty() {
             Vec::new()
         } else {
-            let known: BTreeSet<String> = archive
+            archive
                 .messages()
                 .iter()
                 .flat_map(|m| m.sources.iter().map(|s| s.label()))
-                .collect();
+                .collect()
+        };
+        self.selection_in(&known)
+    }
+
+    /// The selection, its `--account` names checked against `known`, the labels there are.
+    pub fn selection_in(&self, known: &[String]) -> anyhow::Result<Selection> {
+        let accounts = if self.accounts.is_empty() {
+            Vec::new()
+        } else {
+            let known: BTreeSet<String> = known.iter().cloned().collect();
             let mut accounts = Vec::new();
             for name in &self.accounts {
                 let label = [name.clone(), absolute_label(name)]
@@ -119,42 +130,58 @@ pub struct ListArgs {
 }
 
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
-    let selection = args.select.selection(&archive)?;
-    let mut messages: Vec<_> = archive
-        .messages()
-        .into_iter()
-        .filter(|m| selection.matches(m))
-        .collect();
-    messages.sort_by_key(|m| (message_time(m), m.id));
+    let index = super::index::open_index(ctx)?;
+    let selection = args.select.selection_in(&index.labels()?)?;
+    // The index narrows by source and date; the selection decides (From and Subject too).
+    let query = Query {
+        labels: selection.accounts.clone(),
+        since: selection.since,
+        until: selection.until,
+        text: None,
+        newest_first: false,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for m in &messages {
-        let written = if args.json {
-            serde_json::to_writer(&mut out, m)
-                .map_err(std::io::Error::from)
-                .and_then(|_| writeln!(out))
-        } else {
-            let date = local_time(m.time);
-            writeln!(
-                out,
-                "{}  {}  {:<28}  {}  ({})",
-                m.id.short(),
-                date,
-                fit(m.envelope.from.as_deref().unwrap_or("(no sender)"), 28),
-                m.envelope.subject.as_deref().unwrap_or("(no subject)"),
-                human_bytes(m.size)
-            )
-        };
-        if let Err(e) = written {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(Exit::Ok); // `popvault list | head`
-            }
-            return Err(e.into());
+    let mut failed = None;
+    index.for_each(&query, &mut |found| {
+        let m = found.message();
+        if !selection.matches(&m) {
+            return Ok(true);
         }
+        match print_message(&mut out, &m, args.json) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
+        }
+    })?;
+    match failed {
+        // `popvault list | head`
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Exit::Ok),
+        Some(e) => return Err(e.into()),
+        None => {}
     }
     ignore_closed_pipe(out.flush())?;
     Ok(Exit::Ok)
+}
+
+/// One message as `list` and `search` show it: a line (id, date, sender, subject, size), or
+/// its JSON object.
+pub fn print_message(out: &mut dyn Write, m: &Message<'_>, json: bool) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, m).map_err(std::io::Error::from)?;
+        return writeln!(out);
+    }
+    writeln!(
+        out,
+        "{}  {}  {:<28}  {}  ({})",
+        m.id.short(),
+        local_time(m.time),
+        fit(m.envelope.from.as_deref().unwrap_or("(no sender)"), 28),
+        m.envelope.subject.as_deref().unwrap_or("(no subject)"),
+        human_bytes(m.size)
+    )
 }
 
 #[derive(Debug, Args)]
@@ -175,10 +202,10 @@ pub fn id_prefix(text: &str) -> Result<String, String> {
 }
 
 pub fn cat(ctx: &Context, args: CatArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
-    let id = archive.resolve(&args.id)?;
+    let index = super::index::open_index(ctx)?;
+    let (id, location) = index.resolve(&args.id)?;
     let mut out = std::io::stdout().lock();
-    match archive.copy_message(&id, &mut out) {
+    match PackReader::new(&ctx.archive).copy(&id, &location, &mut out) {
         Err(ArchiveError::Output { source, .. }) => ignore_closed_pipe(Err(source))?,
         other => other?,
     }

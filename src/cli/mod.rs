@@ -22,6 +22,7 @@ pub mod docs;
 mod exit;
 mod export;
 mod import;
+mod index;
 mod list;
 mod output;
 mod repair;
@@ -93,6 +94,12 @@ pub enum Command {
     ///
     /// A unique prefix of the id is enough. The message is re-hashed before anything is written.
     Cat(list::CatArgs),
+    /// Find messages by the words of their subject, addresses and text, newest first.
+    ///
+    /// Words must all appear (any case, accents ignored); "quoted words" as a phrase. The body
+    /// is read decoded (MIME parts, charsets, HTML as text; attachments by file name). The
+    /// first search indexes the text of every message not indexed yet.
+    Search(index::SearchArgs),
     /// After damage: keep every readable message, rebuild what can be rebuilt, list what is lost.
     Repair(repair::RepairArgs),
     /// Put archived messages back into a Maildir, an mbox file or an IMAP folder.
@@ -139,6 +146,8 @@ pub struct Context {
     /// default), so that a scheduled job must name it too.
     pub archive_named: bool,
     pub config_path: PathBuf,
+    /// Where the local index of each archive is kept ($XDG_CACHE_HOME/popvault).
+    pub cache_dir: PathBuf,
     /// Whether the config file came from --config (so that a suggested command names it too).
     pub config_named: bool,
     pub config: Config,
@@ -234,6 +243,9 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         archive: expand_tilde(&archive),
         config_path,
         config_named: cli.config.is_some(),
+        cache_dir: env_path("XDG_CACHE_HOME")
+            .unwrap_or_else(|| home().join(".cache"))
+            .join("popvault"),
         config,
         quiet: cli.quiet,
         stop,
@@ -322,6 +334,7 @@ fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Import(args) => import::run(ctx, args),
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),
+        Command::Search(args) => index::search(ctx, args),
         Command::Repair(args) => repair::run(ctx, args),
         Command::Restore(args) => restore::run(ctx, args),
         Command::Export(args) => export::run(ctx, args),
@@ -418,6 +431,9 @@ fn transparent_inner<'e>(
     }
     if let Some(Pop3Error::Transport(t)) = e.downcast_ref::<Pop3Error>() {
         return Some(t);
+    }
+    if let Some(crate::archive::IndexError::Archive(a)) = e.downcast_ref() {
+        return Some(a);
     }
     if let Some(ImapError::Transport(t)) = e.downcast_ref::<ImapError>() {
         return Some(t);
@@ -545,7 +561,7 @@ fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<S
 const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";
 
 fn exit_for(err: &anyhow::Error) -> Exit {
-    for cause in err.chain() {
+    for cause in err.chain().flat_map(|c| [Some(c), transparent_inner(c)]).flatten() {
         if let Some(ArchiveError::Locked { .. }) = cause.downcast_ref::<ArchiveError>() {
             return Exit::Locked;
         }

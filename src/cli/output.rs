@@ -111,6 +111,20 @@ pub fn byte_bar(total: Option<u64>, quiet: bool, what: &str) -> ProgressBar {
     bar
 }
 
+/// A bar counting messages toward `total`, for long index updates.
+pub fn count_bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({per_sec}) eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

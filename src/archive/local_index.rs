@@ -1,0 +1,832 @@
+//! The local index: a SQLite database derived from the catalog, so that reading one message,
+//! listing a month or searching the text costs what the answer costs, not what the archive
+//! holds.
+//!
+//! It is a cache. The catalog segments stay the truth; the index is built from them, brought
+//! up to date from the commits it has not seen each time it is opened, and rebuilt whenever it
+//! cannot be trusted (another schema, a repair that retired packs or segments, a commit it had
+//! that is gone, a file SQLite cannot read). Deleting it loses nothing. Every update is one
+//! SQLite transaction, so a crash leaves the index as it was before that update.
+//!
+//! Why SQLite: one file that a user can open with `sqlite3`, transactions that survive a
+//! kill -9, B-tree indexes for ids, dates and sources, and FTS5 for the text, in one
+//! well-kept library that is compiled in (`rusqlite`, bundled). Measured in BENCHMARKS.md.
+//!
+//! It lives outside the archive (the CLI puts it in the user's cache directory): an archive
+//! may be read-only, or remote, and a cache does not belong in a backup.
+//!
+//! The full text is indexed apart from the rest ([`LocalIndex::index_text`]): it needs every
+//! message's bytes, which a listing does not.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest as _, Sha256};
+
+use super::catalog::{CommitRecord, Entry, Source};
+use super::digest::Digest;
+use super::envelope::Envelope;
+use super::index::{CatalogRead, Location, read_records, visit_segments};
+use super::store::{Message, PackReader};
+use super::{ArchiveError, check_header};
+
+/// The layout of the database; another value means a rebuild.
+const SCHEMA: i64 = 1;
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The commits whose segments are in the index.
+CREATE TABLE IF NOT EXISTS applied(commit_no INTEGER PRIMARY KEY, segment TEXT NOT NULL);
+-- One row per message id. `pack` is NULL until a line that stored its bytes is read: such a
+-- message is not shown (its storing line was lost; verify reports it). `time` is the date every
+-- command uses (Envelope::message_time), in nanoseconds since 1970.
+CREATE TABLE IF NOT EXISTS messages(
+    n INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    pack TEXT,
+    offset INTEGER,
+    stored_len INTEGER,
+    envelope TEXT,
+    texted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages(time, id);
+-- Every catalog line, in catalog order: where a message was seen.
+CREATE TABLE IF NOT EXISTS lines(
+    seq INTEGER PRIMARY KEY,
+    msg INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    flags TEXT
+);
+CREATE INDEX IF NOT EXISTS lines_by_msg ON lines(msg);
+CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
+-- The words of each message (rowid = messages.n); contentless: the text is in the packs.
+CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(
+    subject, people, body, content='', contentless_delete=1,
+    tokenize='unicode61 remove_diacritics 2'
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("the local index {path} cannot be used")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot make the directory of the local index {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// What opening did to bring the index up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// It knew every commit.
+    Current,
+    /// It read the lines of commits it had not seen.
+    Updated { commits: usize, lines: u64 },
+    /// It was built from the whole catalog, for `reason` ("new" for a first build).
+    Rebuilt { reason: String, lines: u64 },
+}
+
+/// Filters the index answers by itself; the rest of a [`super::select::Selection`] is checked
+/// on each message it gives.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Source labels: a message seen in any of them.
+    pub labels: Vec<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// An FTS5 expression (see [`fts_query`]).
+    pub text: Option<String>,
+    pub newest_first: bool,
+}
+
+/// A message read out of the index: its catalog lines, from which a [`Message`] is made.
+pub struct IndexedMessage {
+    pub id: Digest,
+    pub location: Location,
+    stored: Entry,
+    lines: Vec<Entry>,
+}
+
+impl IndexedMessage {
+    pub fn message(&self) -> Message<'_> {
+        Message::from_lines(&self.stored, &self.lines)
+    }
+}
+
+pub struct LocalIndex {
+    db: Connection,
+    path: PathBuf,
+}
+
+impl LocalIndex {
+    /// Opens the index of the archive at `root` kept at `path` (made if missing), and brings it
+    /// up to date with the committed catalog. `progress` gets the count of lines read so far
+    /// when there are many to read. An index SQLite cannot read is deleted and rebuilt.
+    pub fn open(
+        root: &Path,
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(LocalIndex, Freshness), IndexError> {
+        check_header(root)?;
+        match Self::open_once(root, path, progress) {
+            Err(IndexError::Sqlite { source, .. }) if is_corruption(&source) => {
+                remove_database(path);
+                let (index, freshness) = Self::open_once(root, path, progress)?;
+                let lines = match freshness {
+                    Freshness::Rebuilt { lines, .. } => lines,
+                    _ => 0,
+                };
+                let reason = format!("it was unreadable ({source})");
+                Ok((index, Freshness::Rebuilt { reason, lines }))
+            }
+            other => other,
+        }
+    }
+
+    /// An index in memory, for when the cache directory cannot be written.
+    pub fn in_memory(
+        root: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(LocalIndex, Freshness), IndexError> {
+        check_header(root)?;
+        let path = PathBuf::from(":memory:");
+        let db = Connection::open_in_memory().map_err(sqlite(&path))?;
+        let mut index = LocalIndex { db, path };
+        let freshness = index.catch_up(root, progress)?;
+        Ok((index, freshness))
+    }
+
+    fn open_once(
+        root: &Path,
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(LocalIndex, Freshness), IndexError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| IndexError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = Connection::open(path).map_err(sqlite(path))?;
+        let mut index = LocalIndex {
+            db,
+            path: path.to_path_buf(),
+        };
+        index
+            .db
+            .busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(sqlite(path))?;
+        // WAL: readers go on while another process updates; a crash rolls back to the last
+        // transaction.
+        index
+            .db
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite(path))?;
+        index
+            .db
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite(path))?;
+        let freshness = index.catch_up(root, progress)?;
+        Ok((index, freshness))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the commits the index has not seen, or rebuilds it, in one transaction (taken
+    /// before looking, so that two processes do not both apply the same commits).
+    fn catch_up(
+        &mut self,
+        root: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Freshness, IndexError> {
+        let path = self.path.clone();
+        let mut read = read_records(root)?;
+        let identity = archive_identity(&read);
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
+        tx.execute_batch(CREATE).map_err(sqlite(&path))?;
+        let schema: Option<i64> = meta(&tx, "schema")
+            .map_err(sqlite(&path))?
+            .and_then(|s| s.parse().ok());
+        let known_identity = meta(&tx, "retired").map_err(sqlite(&path))?;
+        let applied: Vec<(u64, String)> = {
+            let mut stmt = tx
+                .prepare("SELECT commit_no, segment FROM applied ORDER BY commit_no")
+                .map_err(sqlite(&path))?;
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .and_then(|rows| rows.collect::<Result<_, _>>())
+                .map_err(sqlite(&path))?
+        };
+        let on_disk: HashSet<(u64, &str)> = read
+            .commits
+            .iter()
+            .filter(|c| !read.retired_segments.contains(&c.segment.name))
+            .map(|c| (c.commit, c.segment.name.as_str()))
+            .collect();
+        let newest_applied = applied.last().map_or(0, |(n, _)| *n);
+        let rebuild = if schema.is_none() && applied.is_empty() {
+            Some("new".to_string())
+        } else if schema != Some(SCHEMA) {
+            Some("it was made by another version of popvault".to_string())
+        } else if known_identity.as_deref() != Some(identity.as_str()) {
+            Some("a repair changed the archive".to_string())
+        } else if applied
+            .iter()
+            .any(|(n, s)| !on_disk.contains(&(*n, s.as_str())))
+        {
+            Some("commits it had are no longer in the archive".to_string())
+        } else if read.commits.iter().any(|c| {
+            c.commit < newest_applied
+                && !applied.iter().any(|(n, _)| *n == c.commit)
+                && on_disk.contains(&(c.commit, c.segment.name.as_str()))
+        }) {
+            Some("the archive has commits older than ones it had".to_string())
+        } else {
+            None
+        };
+        if rebuild.is_some() {
+            tx.execute_batch(
+                "DELETE FROM applied; DELETE FROM messages; DELETE FROM lines; DELETE FROM text;",
+            )
+            .map_err(sqlite(&path))?;
+        }
+        let done: HashSet<u64> = match rebuild {
+            Some(_) => HashSet::new(),
+            None => applied.iter().map(|(n, _)| *n).collect(),
+        };
+        let to_read: Vec<&CommitRecord> = read
+            .commits
+            .iter()
+            .filter(|c| !done.contains(&c.commit))
+            .filter(|c| on_disk.contains(&(c.commit, c.segment.name.as_str())))
+            .collect();
+        let total: u64 = to_read.iter().map(|c| c.entries).sum();
+        let wanted: HashSet<u64> = to_read.iter().map(|c| c.commit).collect();
+        let commits = to_read.len();
+        for c in &to_read {
+            tx.execute(
+                "INSERT INTO applied(commit_no, segment) VALUES (?1, ?2)",
+                params![c.commit as i64, c.segment.name],
+            )
+            .map_err(sqlite(&path))?;
+        }
+        let lines = apply_lines(&tx, root, &mut read, &wanted, total, progress)
+            .map_err(|e| e.with_path(&path))?;
+        set_meta(&tx, "schema", &SCHEMA.to_string()).map_err(sqlite(&path))?;
+        set_meta(&tx, "retired", &identity).map_err(sqlite(&path))?;
+        tx.commit().map_err(sqlite(&path))?;
+        Ok(match rebuild {
+            Some(reason) => Freshness::Rebuilt { reason, lines },
+            None if commits == 0 => Freshness::Current,
+            None => Freshness::Updated { commits, lines },
+        })
+    }
+
+    /// The one message whose id starts with `prefix` (hex, any case), and where it is.
+    pub fn resolve(&self, prefix: &str) -> Result<(Digest, Location), IndexError> {
+        let unknown = || {
+            IndexError::Archive(ArchiveError::UnknownId {
+                prefix: prefix.into(),
+            })
+        };
+        let p = prefix.to_ascii_lowercase();
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(unknown());
+        }
+        let low = hex::decode(format!("{p:0<64}")).expect("64 hex digits");
+        let high = hex::decode(format!("{p:f<64}")).expect("64 hex digits");
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT id, pack, offset, stored_len, size FROM messages
+                 WHERE id >= ?1 AND id <= ?2 AND pack IS NOT NULL LIMIT 2",
+            )
+            .map_err(self.err())?;
+        let found: Vec<(Digest, Location)> = stmt
+            .query_map(params![low, high], |r| {
+                Ok((digest_of(r.get_ref(0)?.as_blob()?), location_of(r, 1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())?;
+        match found.len() {
+            0 => Err(unknown()),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => {
+                let count: i64 = self
+                    .db
+                    .query_row(
+                        "SELECT count(*) FROM messages WHERE id >= ?1 AND id <= ?2 AND pack IS NOT NULL",
+                        params![low, high],
+                        |r| r.get(0),
+                    )
+                    .map_err(self.err())?;
+                Err(IndexError::Archive(ArchiveError::AmbiguousId {
+                    prefix: prefix.into(),
+                    count: count as usize,
+                }))
+            }
+        }
+    }
+
+    /// Calls `visit` with each message the query matches, by date (then id), until it returns
+    /// false. Memory stays that of one message whatever the archive holds.
+    pub fn for_each(
+        &self,
+        query: &Query,
+        visit: &mut dyn FnMut(IndexedMessage) -> Result<bool, IndexError>,
+    ) -> Result<(), IndexError> {
+        let mut sql = String::from(
+            "SELECT n, id, pack, offset, stored_len, size, envelope FROM messages WHERE pack IS NOT NULL",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(t) = query.since {
+            sql.push_str(" AND time >= ?");
+            args.push(nanos(t).into());
+        }
+        if let Some(t) = query.until {
+            sql.push_str(" AND time < ?");
+            args.push(nanos(t).into());
+        }
+        if !query.labels.is_empty() {
+            sql.push_str(" AND n IN (SELECT msg FROM lines WHERE label IN (");
+            sql.push_str(&vec!["?"; query.labels.len()].join(","));
+            sql.push_str("))");
+            args.extend(query.labels.iter().map(|l| l.clone().into()));
+        }
+        if let Some(text) = &query.text {
+            sql.push_str(" AND n IN (SELECT rowid FROM text WHERE text MATCH ?)");
+            args.push(text.clone().into());
+        }
+        sql.push_str(match query.newest_first {
+            true => " ORDER BY time DESC, id DESC",
+            false => " ORDER BY time, id",
+        });
+        let mut stmt = self.db.prepare(&sql).map_err(self.err())?;
+        let mut lines = self
+            .db
+            .prepare_cached(
+                "SELECT source, first_seen, flags FROM lines WHERE msg = ?1 ORDER BY seq",
+            )
+            .map_err(self.err())?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args))
+            .map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let n: i64 = row.get(0).map_err(self.err())?;
+            let id = digest_of(
+                row.get_ref(1)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(self.err())?,
+            );
+            let location = location_of(row, 2).map_err(self.err())?;
+            let size = location.size;
+            let envelope: Envelope = row
+                .get::<_, Option<String>>(6)
+                .map_err(self.err())?
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .unwrap_or_default();
+            let lines: Vec<Entry> = lines
+                .query_map([n], |r| {
+                    let source: String = r.get(0)?;
+                    let first_seen: String = r.get(1)?;
+                    Ok((source, first_seen, r.get::<_, Option<String>>(2)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(self.err())?
+                .into_iter()
+                .filter_map(|(source, first_seen, flags)| {
+                    Some(Entry {
+                        id,
+                        size,
+                        source: serde_json::from_str::<Source>(&source).ok()?,
+                        first_seen: first_seen.parse().ok()?,
+                        flags,
+                        envelope: Envelope::default(),
+                        stored: None,
+                    })
+                })
+                .collect();
+            let Some(first) = lines.first() else {
+                continue;
+            };
+            let stored = Entry {
+                envelope,
+                ..first.clone()
+            };
+            let keep_going = visit(IndexedMessage {
+                id,
+                location,
+                stored,
+                lines,
+            })?;
+            if !keep_going {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every source label the index knows (for `--account`).
+    pub fn labels(&self) -> Result<Vec<String>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT DISTINCT label FROM lines ORDER BY label")
+            .map_err(self.err())?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())
+    }
+
+    /// How many messages are shown (those whose bytes are stored).
+    pub fn message_count(&self) -> Result<u64, IndexError> {
+        self.db
+            .query_row(
+                "SELECT count(*) FROM messages WHERE pack IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    /// Every message id and where the index says it is, by id (for `verify`).
+    pub fn locations(&self, visit: &mut dyn FnMut(Digest, Location)) -> Result<(), IndexError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT id, pack, offset, stored_len, size FROM messages WHERE pack IS NOT NULL ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let id = digest_of(
+                r.get_ref(0)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(self.err())?,
+            );
+            visit(id, location_of(r, 1).map_err(self.err())?);
+        }
+        Ok(())
+    }
+
+    /// Messages whose text is not indexed yet.
+    pub fn text_pending(&self) -> Result<u64, IndexError> {
+        self.db
+            .query_row(
+                "SELECT count(*) FROM messages WHERE pack IS NOT NULL AND texted = 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
+    /// Indexes the text of every message not indexed yet, reading them from `packs` on all
+    /// cores, a batch per transaction (a stop or a crash keeps the batches done). Returns how
+    /// many were indexed and the ids of those that could not be read (damaged: `verify` names
+    /// them; they are searched by subject and sender only).
+    pub fn index_text(
+        &mut self,
+        packs: &PackReader,
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(u64, Vec<Digest>), IndexError> {
+        use rayon::prelude::*;
+        const BATCH: i64 = 2_000;
+        let path = self.path.clone();
+        let mut done = 0;
+        let mut damaged = Vec::new();
+        while !stop() {
+            let batch: Vec<(i64, Digest, Location, Option<String>)> = {
+                let mut stmt = self
+                    .db
+                    .prepare_cached(
+                        "SELECT n, id, pack, offset, stored_len, size, envelope FROM messages
+                         WHERE pack IS NOT NULL AND texted = 0 LIMIT ?1",
+                    )
+                    .map_err(sqlite(&path))?;
+                stmt.query_map([BATCH], |r| {
+                    Ok((
+                        r.get(0)?,
+                        digest_of(r.get_ref(1)?.as_blob()?),
+                        location_of(r, 2)?,
+                        r.get(6)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(sqlite(&path))?
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let texts: Vec<(i64, Result<super::text::SearchText, Digest>, Option<String>)> = batch
+                .into_par_iter()
+                .map(|(n, id, location, envelope)| {
+                    let text = packs
+                        .read(&id, &location)
+                        .map(|raw| super::text::search_text(&raw))
+                        .map_err(|_| id);
+                    (n, text, envelope)
+                })
+                .collect();
+            let tx = self.db.transaction().map_err(sqlite(&path))?;
+            for (n, text, envelope) in texts {
+                let text = text.unwrap_or_else(|id| {
+                    damaged.push(id);
+                    let envelope: Envelope = envelope
+                        .and_then(|e| serde_json::from_str(&e).ok())
+                        .unwrap_or_default();
+                    super::text::SearchText {
+                        subject: envelope.subject.unwrap_or_default(),
+                        people: envelope.from.unwrap_or_default(),
+                        body: String::new(),
+                    }
+                });
+                tx.execute(
+                    "INSERT INTO text(rowid, subject, people, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![n, text.subject, text.people, text.body],
+                )
+                .map_err(sqlite(&path))?;
+                tx.execute("UPDATE messages SET texted = 1 WHERE n = ?1", [n])
+                    .map_err(sqlite(&path))?;
+                done += 1;
+            }
+            tx.commit().map_err(sqlite(&path))?;
+            progress(done);
+        }
+        Ok((done, damaged))
+    }
+
+    /// The bytes the index takes on disk (with its write-ahead log).
+    pub fn size_on_disk(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [self.path.clone(), PathBuf::from(wal)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
+        sqlite(&self.path)
+    }
+}
+
+/// Reads the lines of the commits in `wanted` into the index.
+fn apply_lines(
+    tx: &Transaction<'_>,
+    root: &Path,
+    read: &mut CatalogRead,
+    wanted: &HashSet<u64>,
+    total: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, ApplyError> {
+    let retired = read.retired.clone();
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO messages(id, size, time, first_seen) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT(id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
+         RETURNING n, first_seen, envelope",
+    )?;
+    let mut store = tx.prepare_cached(
+        "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6, time = ?7 WHERE n = ?1",
+    )?;
+    let mut retime = tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?;
+    let mut line = tx.prepare_cached(
+        "INSERT INTO lines(msg, label, source, first_seen, flags) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut count = 0u64;
+    let mut failure: Option<ApplyError> = None;
+    visit_segments(
+        root,
+        read,
+        &|c: &CommitRecord| wanted.contains(&c.commit),
+        &mut |entry: Entry| {
+            if failure.is_some() {
+                return;
+            }
+            let mut apply = || -> Result<(), ApplyError> {
+                let first_seen = nanos(entry.first_seen);
+                let (n, earliest, envelope): (i64, i64, Option<String>) = upsert.query_row(
+                    params![entry.id.0.as_slice(), entry.size as i64, first_seen],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                let earliest = DateTime::from_timestamp_nanos(earliest);
+                match &entry.stored {
+                    // The last line that stored an id, outside retired packs, says where it is.
+                    Some(at) if !retired.contains(&at.pack) => {
+                        let envelope = serde_json::to_string(&entry.envelope)?;
+                        store.execute(params![
+                            n,
+                            at.pack,
+                            at.offset as i64,
+                            at.stored_len as i64,
+                            entry.size as i64,
+                            envelope,
+                            nanos(entry.envelope.message_time(earliest)),
+                        ])?;
+                    }
+                    // An earlier sighting moves the fallback date of a message with no date.
+                    _ if earliest == entry.first_seen => {
+                        if let Some(e) =
+                            envelope.and_then(|e| serde_json::from_str::<Envelope>(&e).ok())
+                        {
+                            retime.execute(params![n, nanos(e.message_time(earliest))])?;
+                        }
+                    }
+                    _ => {}
+                }
+                line.execute(params![
+                    n,
+                    entry.source.label(),
+                    serde_json::to_string(&entry.source)?,
+                    entry
+                        .first_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    entry.flags,
+                ])?;
+                Ok(())
+            };
+            if let Err(e) = apply() {
+                failure = Some(e);
+                return;
+            }
+            count += 1;
+            if total > 10_000 && count.is_multiple_of(5_000) {
+                progress(count, total);
+            }
+        },
+    )?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(count),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+impl ApplyError {
+    fn with_path(self, path: &Path) -> IndexError {
+        match self {
+            ApplyError::Sqlite(source) => IndexError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            },
+            ApplyError::Json(e) => IndexError::Sqlite {
+                path: path.to_path_buf(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            },
+            ApplyError::Archive(e) => IndexError::Archive(e),
+        }
+    }
+}
+
+/// What the index must be rebuilt for when it changes: the packs and segments `repair`
+/// retired (they void lines already applied).
+fn archive_identity(read: &CatalogRead) -> String {
+    let mut retired: Vec<&str> = read
+        .retired
+        .iter()
+        .chain(read.retired_segments.iter())
+        .map(String::as_str)
+        .collect();
+    retired.sort_unstable();
+    let mut h = Sha256::new();
+    for r in retired {
+        h.update(r.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Turns the words a user types into an FTS5 query that means just that: every word and every
+/// "quoted phrase" must appear (in any field), nothing else is syntax. None when there is no
+/// word at all.
+pub fn fts_query(text: &str) -> Option<String> {
+    let mut terms = Vec::new();
+    for (i, part) in text.split('"').enumerate() {
+        let quoted = i % 2 == 1;
+        if quoted {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if !words.is_empty() {
+                terms.push(format!("\"{}\"", words.join(" ").replace('"', "")));
+            }
+        } else {
+            terms.extend(
+                part.split_whitespace()
+                    .map(|w| format!("\"{}\"", w.replace('"', ""))),
+            );
+        }
+    }
+    // A term of punctuation alone has no token: FTS5 would match nothing, so it is left out.
+    terms.retain(|t| t.chars().any(char::is_alphanumeric));
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+fn meta(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(drop)
+}
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn digest_of(blob: &[u8]) -> Digest {
+    Digest(blob.try_into().unwrap_or([0; 32]))
+}
+
+fn location_of(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Location> {
+    let pack: String = r.get(first)?;
+    Ok(Location {
+        pack: pack.into(),
+        offset: r.get::<_, i64>(first + 1)? as u64,
+        stored_len: r.get::<_, i64>(first + 2)? as u64,
+        size: r.get::<_, i64>(first + 3)? as u64,
+    })
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
+    move |source| IndexError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_words_become_a_query_without_syntax() {
+        assert_eq!(
+            fts_query("invoice plumber").as_deref(),
+            Some("\"invoice\" \"plumber\"")
+        );
+        assert_eq!(
+            fts_query("\"the invoice\" 2015").as_deref(),
+            Some("\"the invoice\" \"2015\"")
+        );
+        // FTS5 operators and column filters are words like any other.
+        assert_eq!(
+            fts_query("NOT subject:x OR *").as_deref(),
+            Some("\"NOT\" \"subject:x\" \"OR\"")
+        );
+        assert_eq!(fts_query("  \"\" - "), None);
+    }
+}

@@ -1,0 +1,153 @@
+//! The local index as the commands use it: where it is kept, bringing it up to date with a
+//! progress bar, and `popvault search`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use sha2::{Digest as _, Sha256};
+
+use super::list::{SelectArgs, print_message};
+use super::output::{count, count_bar, ignore_closed_pipe};
+use super::{Context, Exit};
+use crate::archive::local_index::{Query, fts_query};
+use crate::archive::{Freshness, LocalIndex, PackReader};
+
+/// `$XDG_CACHE_HOME/popvault/index/<key>.sqlite`, the key naming the archive by its absolute
+/// path: one index per archive, outside it (an archive may be read-only or remote).
+pub fn index_path(ctx: &Context) -> PathBuf {
+    let root = std::fs::canonicalize(&ctx.archive)
+        .or_else(|_| std::path::absolute(&ctx.archive))
+        .unwrap_or_else(|_| ctx.archive.clone());
+    let key = hex::encode(&Sha256::digest(root.as_os_str().as_encoded_bytes())[..12]);
+    ctx.cache_dir.join("index").join(format!("{key}.sqlite"))
+}
+
+/// The archive's local index, up to date with its catalog. A rebuild for any reason but a
+/// first build is said in one line; a cache directory that cannot be written gives an index
+/// in memory, with a warning.
+pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
+    // Opening an archive that does not exist says so as every reader does.
+    crate::archive::check_header(&ctx.archive)?;
+    let path = index_path(ctx);
+    let bar = std::cell::OnceCell::new();
+    let mut progress = |done: u64, total: u64| {
+        bar.get_or_init(|| count_bar(total, ctx.quiet, "indexing"))
+            .set_position(done);
+    };
+    let opened = match LocalIndex::open(&ctx.archive, &path, &mut progress) {
+        Ok(opened) => opened,
+        Err(crate::archive::IndexError::Archive(e)) => return Err(e.into()),
+        Err(e) => {
+            eprintln!(
+                "warning: {}; using an index in memory for this run",
+                crate::error_chain(&e)
+            );
+            LocalIndex::in_memory(&ctx.archive, &mut progress)?
+        }
+    };
+    if let Some(bar) = bar.get() {
+        bar.finish_and_clear();
+    }
+    let (index, freshness) = opened;
+    if let Freshness::Rebuilt { reason, lines } = &freshness
+        && reason != "new"
+    {
+        eprintln!(
+            "note: rebuilt the local index {} from the catalog ({} read) because {reason}; it is a cache, nothing was lost",
+            index.path().display(),
+            count(*lines, "catalog line"),
+        );
+    }
+    Ok(index)
+}
+
+/// After a writer committed: brings the index up to date while the catalog it just wrote is
+/// in the page cache. A failure is a warning: the archive is what counts.
+pub fn refresh_after_write(ctx: &Context) {
+    if let Err(e) = open_index(ctx) {
+        eprintln!("warning: the local index was not updated ({e:#}); the next command updates it");
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  popvault search invoice plumber --since 2015-01-01 --until 2016-01-01
+  popvault search '\"annual report\"' --account home --json | jq -r .id")]
+pub struct SearchArgs {
+    /// Words to find (all of them); put a phrase in double quotes.
+    #[arg(required = true, value_name = "WORDS")]
+    words: Vec<String>,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Show at most N messages (the newest).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: u64,
+    /// One JSON object per line, as `list --json`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
+    let Some(text) = fts_query(&args.words.join(" ")) else {
+        anyhow::bail!("give at least one word to search for (letters or digits)");
+    };
+    let mut index = open_index(ctx)?;
+    let selection = args.select.selection_in(&index.labels()?)?;
+    let pending = index.text_pending()?;
+    if pending > 0 {
+        let bar = count_bar(pending, ctx.quiet || pending < 1_000, "indexing text");
+        let packs = PackReader::new(&ctx.archive);
+        let stop = || ctx.stop.requested();
+        let (_, damaged) = index.index_text(&packs, &stop, &mut |n| bar.set_position(n))?;
+        bar.finish_and_clear();
+        if ctx.stop.requested() {
+            eprintln!(
+                "stopped by a signal: the text indexed so far is kept; search again to index the rest"
+            );
+            return Ok(Exit::Interrupted);
+        }
+        if !damaged.is_empty() {
+            eprintln!(
+                "warning: {} could not be read and are searched by subject and sender only; `popvault verify --full` names them",
+                count(damaged.len() as u64, "message")
+            );
+        }
+    }
+    let query = Query {
+        labels: selection.accounts.clone(),
+        since: selection.since,
+        until: selection.until,
+        text: Some(text),
+        newest_first: true,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut shown = 0;
+    let mut closed = false;
+    index.for_each(&query, &mut |found| {
+        let m = found.message();
+        if !selection.matches(&m) {
+            return Ok(true);
+        }
+        if let Err(e) = print_message(&mut out, &m, args.json) {
+            closed = e.kind() == std::io::ErrorKind::BrokenPipe;
+            if !closed {
+                return Err(crate::archive::IndexError::Archive(
+                    crate::archive::ArchiveError::Io {
+                        path: "standard output".into(),
+                        source: e,
+                    },
+                ));
+            }
+            return Ok(false);
+        }
+        shown += 1;
+        Ok(shown < args.limit)
+    })?;
+    if !closed {
+        ignore_closed_pipe(out.flush())?;
+    }
+    Ok(Exit::Ok)
+}
