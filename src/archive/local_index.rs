@@ -81,7 +81,7 @@ pub enum IndexError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot make the directory of the local index {path}")]
+    #[error("cannot make the local index {path}")]
     Dir {
         path: PathBuf,
         #[source]
@@ -159,6 +159,31 @@ impl LocalIndex {
         }
     }
 
+    /// Builds the index again from the whole catalog (`verify --full` re-derives it).
+    pub fn rebuild(
+        root: &Path,
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<LocalIndex, IndexError> {
+        check_header(root)?;
+        remove_database(path);
+        Ok(Self::open_once(root, path, progress)?.0)
+    }
+
+    /// Where this index disagrees with `archive`'s catalog: messages it places elsewhere or
+    /// does not know, and messages it shows that the catalog does not store. (0, 0) when it
+    /// agrees.
+    pub fn disagreements(&self, archive: &super::Archive) -> Result<(u64, u64), IndexError> {
+        let mut wrong = 0u64;
+        let mut agreed = 0u64;
+        self.locations(&mut |id, location| match archive.location(&id) {
+            Some(l) if l == location => agreed += 1,
+            _ => wrong += 1,
+        })?;
+        let stored = archive.messages().len() as u64;
+        Ok((wrong, stored.saturating_sub(agreed)))
+    }
+
     /// An index in memory, for when the cache directory cannot be written.
     pub fn in_memory(
         root: &Path,
@@ -177,12 +202,27 @@ impl LocalIndex {
         path: &Path,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(LocalIndex, Freshness), IndexError> {
+        // The index holds senders, subjects and words of private mail: owner only, as the
+        // archive (SQLite gives its -wal and -shm files the database's mode).
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir_err = |dir: &Path| {
+            let dir = dir.to_path_buf();
+            move |source| IndexError::Dir { path: dir, source }
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| IndexError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(dir_err(dir))?;
         }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(dir_err(path))?;
         let db = Connection::open(path).map_err(sqlite(path))?;
         let mut index = LocalIndex {
             db,
@@ -539,17 +579,23 @@ impl LocalIndex {
             if batch.is_empty() {
                 break;
             }
-            let texts: Vec<(i64, Result<super::text::SearchText, Digest>, Option<String>)> = batch
-                .into_par_iter()
-                .map(|(n, id, location, envelope)| {
-                    let text = packs
-                        .read(&id, &location)
-                        .map(|raw| super::text::search_text(&raw))
-                        .map_err(|_| id);
-                    (n, text, envelope)
-                })
-                .collect();
             let tx = self.db.transaction().map_err(sqlite(&path))?;
+            // A few messages at a time on all cores: memory holds at most CHUNK texts (each
+            // within MAX_BODY_TEXT) and CHUNK messages' bytes.
+            const CHUNK: usize = 8;
+            let texts = batch.chunks(CHUNK).flat_map(|chunk| {
+                let read: Vec<_> = chunk
+                    .par_iter()
+                    .map(|(n, id, location, envelope)| {
+                        let text = packs
+                            .read(id, location)
+                            .map(|raw| super::text::search_text(&raw))
+                            .map_err(|_| *id);
+                        (*n, text, envelope.clone())
+                    })
+                    .collect();
+                read
+            });
             for (n, text, envelope) in texts {
                 let text = text.unwrap_or_else(|id| {
                     damaged.push(id);

@@ -4,9 +4,10 @@
 
 use mailparse::{DispositionType, MailHeaderMap, ParsedMail};
 
-/// The most body text kept for one message: a search finds words in the first megabyte of a
-/// message's text (a log file pasted a hundred times over adds nothing to find it by).
-const MAX_BODY_TEXT: usize = 1 << 20;
+/// The most body text kept for one message: a search finds words in the first 4 MiB of a
+/// message's text (a log file pasted a hundred times over adds nothing to find it by), and
+/// indexing holds a few such texts at a time.
+pub const MAX_BODY_TEXT: usize = 4 << 20;
 
 /// The searchable fields of one message.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -62,17 +63,20 @@ fn add_part(part: &ParsedMail<'_>, body: &mut String, depth: usize) {
         }
         return;
     }
-    if disposition.disposition == DispositionType::Attachment {
+    let mimetype = part.ctype.mimetype.to_ascii_lowercase();
+    // A forwarded message is text to find even when attached; other attachments count by
+    // their names only.
+    let forwarded = matches!(mimetype.as_str(), "message/rfc822" | "message/global");
+    if disposition.disposition == DispositionType::Attachment && !forwarded {
         return;
     }
-    let mimetype = part.ctype.mimetype.to_ascii_lowercase();
     match mimetype.as_str() {
         "text/html" => {
             if let Ok(html) = part.get_body() {
                 push(body, &html_to_text(&html));
             }
         }
-        // A forwarded message is read as the message it is.
+        // Read as the message it is.
         "message/rfc822" | "message/global" => {
             if let Ok(inner) = part.get_body_raw()
                 && let Ok(mail) = mailparse::parse_mail(&inner)

@@ -62,6 +62,20 @@ pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
     Ok(index)
 }
 
+/// The index built again from the catalog, for `verify --full`.
+pub fn rebuild_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
+    let bar = std::cell::OnceCell::new();
+    let mut progress = |done: u64, total: u64| {
+        bar.get_or_init(|| count_bar(total, ctx.quiet, "indexing"))
+            .set_position(done);
+    };
+    let index = LocalIndex::rebuild(&ctx.archive, &index_path(ctx), &mut progress)?;
+    if let Some(bar) = bar.get() {
+        bar.finish_and_clear();
+    }
+    Ok(index)
+}
+
 /// After a writer committed: brings the index up to date while the catalog it just wrote is
 /// in the page cache. A failure is a warning: the archive is what counts.
 pub fn refresh_after_write(ctx: &Context) {

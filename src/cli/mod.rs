@@ -561,7 +561,11 @@ fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<S
 const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";
 
 fn exit_for(err: &anyhow::Error) -> Exit {
-    for cause in err.chain().flat_map(|c| [Some(c), transparent_inner(c)]).flatten() {
+    for cause in err
+        .chain()
+        .flat_map(|c| [Some(c), transparent_inner(c)])
+        .flatten()
+    {
         if let Some(ArchiveError::Locked { .. }) = cause.downcast_ref::<ArchiveError>() {
             return Exit::Locked;
         }

@@ -29,8 +29,28 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         .map(|c| c.raw_bytes)
         .fold(0, u64::saturating_add);
     let bar = byte_bar(args.full.then_some(total), ctx.quiet || args.json, "verify");
-    let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
+    let mut report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
+    // The local index is a cache of the catalog: checked against it, and with --full built
+    // again from it.
+    let index = match args.full {
+        true => super::index::rebuild_index(ctx),
+        false => super::index::open_index(ctx),
+    };
+    match index.map(|index| index.disagreements(&archive).map(|d| (d, index))) {
+        Ok(Ok(((0, 0), _))) => {}
+        Ok(Ok(((wrong, unknown), index))) => report.problems.push(format!(
+            "the local index {} disagrees with the catalog: {wrong} messages placed wrongly or not stored, {unknown} stored but not placed (it is a cache: `popvault verify --full` builds it again)",
+            index.path().display()
+        )),
+        Ok(Err(e)) => report.problems.push(format!(
+            "the local index cannot be read: {}",
+            crate::error_chain(&e)
+        )),
+        Err(e) => report
+            .problems
+            .push(format!("the local index cannot be opened: {e:#}")),
+    }
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
     } else {

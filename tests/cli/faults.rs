@@ -286,6 +286,30 @@ fn archive_files_are_private_whatever_the_umask() {
         checked += 1;
     }
     assert!(checked > 8);
+    // The local index holds senders, subjects and words: private too, -wal and -shm included.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec {} search message",
+            env!("CARGO_BIN_EXE_popvault"),
+        ))
+        .env("HOME", sandbox.path())
+        .env("POPVAULT_ARCHIVE", sandbox.archive())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let index = sandbox.path().join(".cache/popvault/index");
+    let files = walk(&index);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "sqlite"))
+    );
+    for entry in files {
+        let mode = fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
+        let expected = if entry.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, expected, "{} is {mode:o}", entry.display());
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -1,0 +1,316 @@
+//! The local index and `popvault search`: it answers as the catalog does however it came to
+//! be (kept up to date, rebuilt, killed midway, corrupt, from another version), and search
+//! finds what an independent reader of the decoded corpus finds.
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+
+use crate::support::{Sandbox, corpus_dir, kill_9_after, write_maildir};
+
+fn index_dir(sandbox: &Sandbox) -> std::path::PathBuf {
+    sandbox.path().join(".cache/popvault/index")
+}
+
+fn index_file(sandbox: &Sandbox) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(index_dir(sandbox))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqlite"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().unwrap()
+}
+
+fn search_ids(sandbox: &Sandbox, words: &[&str]) -> BTreeSet<String> {
+    let mut args = vec!["search", "--json", "--limit", "1000000"];
+    args.extend_from_slice(words);
+    sandbox
+        .ok(&args)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Every corpus message (with its odd charsets and broken MIME), imported one file each.
+fn corpus_sandbox() -> (Sandbox, Vec<std::path::PathBuf>) {
+    let sandbox = Sandbox::new();
+    let mut files: Vec<_> = std::fs::read_dir(corpus_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    files.sort();
+    let mut args = vec!["import".to_string()];
+    args.extend(files.iter().map(|f| format!("eml:{}", f.display())));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sandbox.ok(&args);
+    (sandbox, files)
+}
+
+/// Files whose text Python's email package does not reach and popvault does, on purpose.
+const READ_ONLY_BY_POPVAULT: &[&str] = &[
+    // Python takes its multipart/alternative for a single part (its boundary parameter is
+    // unquoted and holds `=`) and so never decodes the base64 UTF-16 text parts that popvault reads.
+    "spamassassin-spam-utf16.eml",
+];
+
+#[test]
+fn search_finds_what_an_independent_reader_of_the_decoded_corpus_finds() {
+    let (sandbox, files) = corpus_sandbox();
+    let mut id_of_file: HashMap<String, String> = HashMap::new();
+    for m in sandbox.list() {
+        for s in m["sources"].as_array().unwrap() {
+            if let Some(path) = s["path"].as_str() {
+                id_of_file.insert(path.to_string(), m["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let helper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/mail_words.py");
+    let out = Command::new("python3")
+        .arg(&helper)
+        .args(&files)
+        .output()
+        .expect("python3 is needed for the independent reader");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per message: the words any reader must find it by, and those it may be found by.
+    let mut must: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut may: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let file = std::fs::canonicalize(v["file"].as_str().unwrap()).unwrap();
+        let id = id_of_file[file.to_str().unwrap()].clone();
+        let set = |key: &str| -> BTreeSet<String> {
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .collect()
+        };
+        must.entry(id.clone()).or_default().extend(set("plain"));
+        may.entry(id).or_default().extend(set("all"));
+    }
+    // Words of five letters or more found in 1 to 25 messages: the distinctive ones a user
+    // searches by. Every seventh, for a test of a few seconds.
+    let mut frequency: HashMap<&str, usize> = HashMap::new();
+    for words in must.values() {
+        for w in words {
+            if w.len() >= 5 && w.bytes().all(|b| b.is_ascii_lowercase()) {
+                *frequency.entry(w).or_default() += 1;
+            }
+        }
+    }
+    let mut candidates: Vec<&str> = frequency
+        .iter()
+        .filter(|(_, n)| (1..=25).contains(*n))
+        .map(|(w, _)| *w)
+        .collect();
+    candidates.sort_unstable();
+    let chosen: Vec<&str> = candidates.iter().step_by(7).copied().collect();
+    assert!(chosen.len() >= 30, "{} words", chosen.len());
+    let file_of: HashMap<&String, &str> = id_of_file
+        .iter()
+        .map(|(f, id)| (id, f.rsplit('/').next().unwrap()))
+        .collect();
+    let mut wrong = Vec::new();
+    for word in &chosen {
+        let found = search_ids(&sandbox, &[word]);
+        let expected: BTreeSet<String> = must
+            .iter()
+            .filter(|(_, w)| w.contains(*word))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expected.difference(&found) {
+            wrong.push(format!("{word:?} not found in {}", file_of[id]));
+        }
+        for id in &found {
+            if !may[id].contains(*word) && !READ_ONLY_BY_POPVAULT.contains(&file_of[id]) {
+                wrong.push(format!(
+                    "{word:?} found in {}, which has no such word",
+                    file_of[id]
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Case and accents do not matter; all words must appear; a phrase is a phrase.
+    let mail = sandbox.path().join("plumber.eml");
+    std::fs::write(
+        &mail,
+        "From: Jürgen Klempner <j@example.org>\r\nSubject: Rechnung\r\nDate: Tue, 3 Mar 2015 10:00:00 +0100\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>The <b>invoice</b> from the plumber: caf\u{e9} bill</p>\r\n",
+    )
+    .unwrap();
+    sandbox.ok(&["import", &format!("eml:{}", mail.display())]);
+    let one = search_ids(&sandbox, &["INVOICE", "plumber"]);
+    assert_eq!(one.len(), 1);
+    assert_eq!(search_ids(&sandbox, &["klempner", "rechnung"]), one);
+    assert_eq!(search_ids(&sandbox, &["jurgen", "cafe"]), one);
+    assert_eq!(search_ids(&sandbox, &["\"invoice from the plumber\""]), one);
+    assert!(search_ids(&sandbox, &["\"plumber from the invoice\""]).is_empty());
+    assert!(search_ids(&sandbox, &["invoice", "nosuchwordanywhere"]).is_empty());
+    // Filters: dates and --limit.
+    assert_eq!(
+        search_ids(
+            &sandbox,
+            &["plumber", "--since", "2015-03-01", "--until", "2015-03-04"]
+        ),
+        one
+    );
+    assert!(search_ids(&sandbox, &["plumber", "--since", "2016-01-01"]).is_empty());
+    let text = sandbox.ok(&["search", "plumber"]);
+    assert!(text.contains("Rechnung"), "{text}");
+}
+
+/// `list --json` and `search --json` of an index kept up to date commit by commit, of one
+/// built at once, and of one rebuilt after a kill -9, a corruption or a schema change agree.
+#[test]
+fn the_index_answers_alike_however_it_was_made() {
+    let sandbox = Sandbox::new();
+    let answers = |cache: Option<&std::path::Path>| {
+        let run = |args: &[&str]| {
+            let mut c = sandbox.command();
+            if let Some(cache) = cache {
+                c.env("XDG_CACHE_HOME", cache);
+            }
+            let out = c.args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                String::from_utf8(out.stdout).unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        };
+        let list = run(&["list", "--json"]);
+        let search = run(&["search", "--json", "--limit", "100000", "message"]);
+        (list.0, search.0, list.1 + &search.1)
+    };
+    // Three imports, the index updated after each (kept up to date).
+    for (n, seed) in [(3_000u64, 1u64), (2_000, 2), (1_500, 4)] {
+        let dir = sandbox.path().join(format!("mail{seed}"));
+        write_maildir(&dir, n, seed);
+        sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
+        answers(None);
+    }
+    let (list, search, _) = answers(None);
+    assert_eq!(list.lines().count(), 6_500);
+    assert!(
+        search.lines().count() > 100,
+        "the generator's mail says message"
+    );
+    // Built at once, from nothing.
+    let fresh = sandbox.path().join("other-cache");
+    assert_eq!(
+        answers(Some(&fresh)),
+        (list.clone(), search.clone(), String::new())
+    );
+
+    // Killed midway through a build from nothing, then used: the same answers.
+    std::fs::remove_dir_all(index_dir(&sandbox)).unwrap();
+    let mut killed = 0;
+    for millis in [50, 150, 400] {
+        let mut c = sandbox.command();
+        c.args(["search", "message"]);
+        killed += kill_9_after(&mut c, millis) as u32;
+    }
+    assert!(killed > 0, "no kill landed while the index was being built");
+    let (l, s, _) = answers(None);
+    assert_eq!((l, s), (list.clone(), search.clone()));
+
+    // A corrupt index is rebuilt, and said so in a line.
+    let file = index_file(&sandbox);
+    let len = std::fs::metadata(&file).unwrap().len() as usize;
+    std::fs::write(&file, vec![0x5a; len.min(1 << 20)]).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    let (l, s, notes) = answers(None);
+    assert_eq!((l, s), (list.clone(), search.clone()));
+    assert!(
+        notes.contains("note: rebuilt the local index") && notes.contains("unreadable"),
+        "{notes}"
+    );
+    assert_eq!(notes.lines().count(), 1, "{notes}");
+
+    // One of another schema (an older popvault's) is rebuilt too.
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); db.execute(\"UPDATE meta SET value='0' WHERE key='schema'\"); db.commit()",
+        ])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (l, s, notes) = answers(None);
+    assert_eq!((l, s), (list.clone(), search.clone()));
+    assert!(notes.contains("another version of popvault"), "{notes}");
+
+    // A deleted one is built again without a word.
+    std::fs::remove_dir_all(index_dir(&sandbox)).unwrap();
+    assert_eq!(answers(None), (list, search, String::new()));
+}
+
+/// `cat` and `list` read the index, `verify` checks it against the catalog, and an archive
+/// the index has never seen (made before it existed) is indexed on first use.
+#[test]
+fn cat_list_and_verify_use_the_index_and_a_repair_rebuilds_it() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path().join("mail");
+    let written = write_maildir(&dir, 20, 9);
+    sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
+    // As an archive from before the index: no index at all.
+    std::fs::remove_dir_all(sandbox.path().join(".cache")).unwrap();
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 20);
+    let id = listed[0]["id"].as_str().unwrap();
+    let bytes = sandbox.cat(&id[..10]);
+    assert!(written.contains(&bytes));
+    let out = sandbox.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An index that says a message is elsewhere than the catalog does is caught by verify.
+    let file = index_file(&sandbox);
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); db.execute('UPDATE messages SET offset = offset + 1 WHERE n = 1'); db.commit()",
+        ])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = sandbox.run(&["verify"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the local index") && stderr.contains("disagrees with the catalog"),
+        "{stderr}"
+    );
+    // verify --full re-derives it from the catalog.
+    let out = sandbox.run(&["verify", "--full"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = sandbox.run(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
