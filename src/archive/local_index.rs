@@ -497,6 +497,48 @@ impl LocalIndex {
             .map_err(self.err())
     }
 
+    /// The messages shown (those whose bytes are stored) and their raw bytes.
+    pub fn totals(&self) -> Result<(u64, u64), IndexError> {
+        self.db
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE pack IS NOT NULL",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(self.err())
+    }
+
+    /// Per source label: the messages seen there (each (message, source) once) and their
+    /// bytes. With `pop3_only`, POP3 accounts only, each message once per account (the same
+    /// message under two UIDLs is one message).
+    pub fn label_totals(&self, pop3_only: bool) -> Result<Vec<(String, u64, u64)>, IndexError> {
+        let sql = match pop3_only {
+            false => {
+                "SELECT l.label, count(*), coalesce(sum(m.size), 0)
+                 FROM (SELECT DISTINCT msg, label, source FROM lines) l
+                 JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
+                 GROUP BY l.label ORDER BY l.label"
+            }
+            true => {
+                "SELECT l.label, count(*), coalesce(sum(m.size), 0)
+                 FROM (SELECT DISTINCT msg, label FROM lines
+                       WHERE json_extract(source, '$.kind') = 'pop3') l
+                 JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
+                 GROUP BY l.label ORDER BY l.label"
+            }
+        };
+        let mut stmt = self.db.prepare(sql).map_err(self.err())?;
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(self.err())
+    }
+
     /// How many messages are shown (those whose bytes are stored).
     pub fn message_count(&self) -> Result<u64, IndexError> {
         self.db

@@ -29,6 +29,9 @@ struct Stats {
     commits: u64,
     sources: BTreeMap<String, SourceStats>,
     last_run: Option<LastRun>,
+    /// The local index (a cache of the catalog, see doc/FORMAT.md) and its size on disk.
+    index_path: std::path::PathBuf,
+    index_bytes: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -45,31 +48,28 @@ struct LastRun {
 }
 
 pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
+    let index = super::index::open_index(ctx)?;
+    let records = crate::archive::index::read_records(&ctx.archive)?;
     let mut s = Stats {
-        commits: archive.commits().len() as u64,
+        commits: records.commits.len() as u64,
+        index_bytes: index.size_on_disk(),
+        index_path: index.path().to_path_buf(),
         ..Stats::default()
     };
     // Each message once per source it was seen in, and once as stored bytes: `repair` records
     // a salvaged message's lines again, and a line whose bytes are lost counts nowhere.
+    (s.unique_messages, s.raw_bytes) = index.totals()?;
     let mut all_bytes: u64 = 0;
-    for m in archive.messages() {
-        s.unique_messages += 1;
-        s.raw_bytes = s.raw_bytes.saturating_add(m.size);
-        for source in &m.sources {
-            s.messages += 1;
-            all_bytes = all_bytes.saturating_add(m.size);
-            let per = s.sources.entry(source.label()).or_default();
-            per.messages += 1;
-            per.bytes = per.bytes.saturating_add(m.size);
-        }
+    for (label, messages, bytes) in index.label_totals(false)? {
+        s.messages += messages;
+        all_bytes = all_bytes.saturating_add(bytes);
+        s.sources.insert(label, SourceStats { messages, bytes });
     }
-    let retired = archive.retired_packs();
-    s.stored_bytes = archive
-        .commits()
+    s.stored_bytes = records
+        .commits
         .iter()
         .flat_map(|c| &c.packs)
-        .filter(|p| !retired.contains(p.name.as_str()))
+        .filter(|p| !records.retired.contains(&p.name))
         .map(|p| p.size)
         .fold(0, u64::saturating_add);
     s.compression_ratio = if s.stored_bytes > 0 {
@@ -78,7 +78,7 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         0.0
     };
     s.dedup_saved_bytes = all_bytes.saturating_sub(s.raw_bytes);
-    s.last_run = archive.commits().last().map(|c| LastRun {
+    s.last_run = records.commits.last().map(|c| LastRun {
         command: c.command.clone(),
         finished: c.finished,
         commit: c.commit,
@@ -87,7 +87,7 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         say!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(Exit::Ok);
     }
-    say!("archive          {}", archive.root().display());
+    say!("archive          {}", ctx.archive.display());
     say!(
         "messages         {} ({} unique)",
         s.messages,
@@ -100,6 +100,11 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
         s.compression_ratio
     );
     say!("dedup saved      {}", human_bytes(s.dedup_saved_bytes));
+    say!(
+        "local index      {} ({})",
+        human_bytes(s.index_bytes),
+        s.index_path.display()
+    );
     match &s.last_run {
         Some(r) => say!(
             "last run         {} at {} (commit {})",

@@ -57,16 +57,23 @@ struct AccountStatus {
 pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     // No archive yet: every account has simply never been backed up, which --max-age alerts on
     // (a mistyped archive path in a monitoring job must not pass).
-    let archive = match crate::archive::Archive::open(&ctx.archive) {
-        Ok(a) => Some(a),
+    let found = match crate::archive::check_header(&ctx.archive) {
+        Ok(()) => true,
         Err(crate::archive::ArchiveError::NotFound { .. }) => {
             eprintln!(
                 "warning: there is no archive at {}: nothing has been backed up there",
                 ctx.archive.display()
             );
-            None
+            false
         }
         Err(e) => return Err(e.into()),
+    };
+    let (commits, per_account) = match found {
+        true => (
+            crate::archive::index::read_records(&ctx.archive)?.commits,
+            super::index::open_index(ctx)?.label_totals(true)?,
+        ),
+        false => Default::default(),
     };
     let mut accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
     for a in &ctx.config.accounts {
@@ -80,9 +87,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             },
         );
     }
-    let commits = archive.as_ref().map(|a| a.commits()).unwrap_or_default();
-    let messages = archive.as_ref().map(|a| a.messages()).unwrap_or_default();
-    for commit in commits {
+    for commit in &commits {
         for run in &commit.accounts {
             let s = accounts
                 .entry(run.account.clone())
@@ -107,22 +112,15 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     // Each archived message once per account (repair records salvaged lines again; the same
     // message under two UIDLs is one message).
-    for m in &messages {
-        let mut counted: Vec<&str> = Vec::new();
-        for account in m.sources.iter().filter_map(|s| s.pop3_account()) {
-            if counted.contains(&account) {
-                continue;
-            }
-            counted.push(account);
-            let s = accounts
-                .entry(account.to_string())
-                .or_insert_with(|| AccountStatus {
-                    account: account.to_string(),
-                    ..Default::default()
-                });
-            s.messages_archived += 1;
-            s.bytes_archived = s.bytes_archived.saturating_add(m.size);
-        }
+    for (account, messages, bytes) in per_account {
+        let s = accounts
+            .entry(account.clone())
+            .or_insert_with(|| AccountStatus {
+                account,
+                ..Default::default()
+            });
+        s.messages_archived = messages;
+        s.bytes_archived = bytes;
     }
     let now = Utc::now();
     let mut stale = 0;
