@@ -33,7 +33,7 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 1;
+const SCHEMA: i64 = 2;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,19 +52,22 @@ CREATE TABLE IF NOT EXISTS messages(
     offset INTEGER,
     stored_len INTEGER,
     envelope TEXT,
+    -- From and Subject lower-cased as Selection compares them, for --from and --subject.
+    sender_lc TEXT,
+    subject_lc TEXT,
     texted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages(time, id);
--- Every catalog line, in catalog order: where a message was seen.
+-- Every catalog line, kept by message and in catalog order (`seq`): where it was seen.
 CREATE TABLE IF NOT EXISTS lines(
-    seq INTEGER PRIMARY KEY,
     msg INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     label TEXT NOT NULL,
     source TEXT NOT NULL,
     first_seen TEXT NOT NULL,
-    flags TEXT
-);
-CREATE INDEX IF NOT EXISTS lines_by_msg ON lines(msg);
+    flags TEXT,
+    PRIMARY KEY (msg, seq)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
 -- The words of each message (rowid = messages.n); contentless: the text is in the packs.
 CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(
@@ -112,6 +115,9 @@ pub struct Query {
     pub until: Option<DateTime<Utc>>,
     /// An FTS5 expression (see [`fts_query`]).
     pub text: Option<String>,
+    /// Text the From / Subject field must contain, any case.
+    pub from: Option<String>,
+    pub subject: Option<String>,
     pub newest_first: bool,
 }
 
@@ -242,6 +248,12 @@ impl LocalIndex {
             .db
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite(path))?;
+        // 32 MiB of page cache: an update touches the id, date and source B-trees at random
+        // places, and the default 2 MiB re-reads them from the file for every line.
+        index
+            .db
+            .pragma_update(None, "cache_size", -32_768)
+            .map_err(sqlite(path))?;
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
     }
@@ -304,10 +316,13 @@ impl LocalIndex {
         } else {
             None
         };
+        // Dropped, not emptied: another schema's tables are not this one's.
         if rebuild.is_some() {
             tx.execute_batch(
-                "DELETE FROM applied; DELETE FROM messages; DELETE FROM lines; DELETE FROM text;",
+                "DROP TABLE IF EXISTS applied; DROP TABLE IF EXISTS messages;
+                 DROP TABLE IF EXISTS lines; DROP TABLE IF EXISTS text;",
             )
+            .and_then(|()| tx.execute_batch(CREATE))
             .map_err(sqlite(&path))?;
         }
         let done: HashSet<u64> = match rebuild {
@@ -412,6 +427,12 @@ impl LocalIndex {
             sql.push_str(&vec!["?"; query.labels.len()].join(","));
             sql.push_str("))");
             args.extend(query.labels.iter().map(|l| l.clone().into()));
+        }
+        for (column, needle) in [("sender_lc", &query.from), ("subject_lc", &query.subject)] {
+            if let Some(needle) = needle {
+                sql.push_str(&format!(" AND instr({column}, ?) > 0"));
+                args.push(needle.to_lowercase().into());
+            }
         }
         if let Some(text) = &query.text {
             sql.push_str(" AND n IN (SELECT rowid FROM text WHERE text MATCH ?)");
@@ -697,12 +718,14 @@ fn apply_lines(
          RETURNING n, first_seen, envelope",
     )?;
     let mut store = tx.prepare_cached(
-        "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6, time = ?7 WHERE n = ?1",
+        "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6,
+         time = ?7, sender_lc = ?8, subject_lc = ?9 WHERE n = ?1",
     )?;
     let mut retime = tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?;
     let mut line = tx.prepare_cached(
-        "INSERT INTO lines(msg, label, source, first_seen, flags) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO lines(msg, seq, label, source, first_seen, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
+    let mut seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM lines", [], |r| r.get(0))?;
     let mut count = 0u64;
     let mut failure: Option<ApplyError> = None;
     visit_segments(
@@ -732,6 +755,8 @@ fn apply_lines(
                             entry.size as i64,
                             envelope,
                             nanos(entry.envelope.message_time(earliest)),
+                            entry.envelope.from.as_deref().map(str::to_lowercase),
+                            entry.envelope.subject.as_deref().map(str::to_lowercase),
                         ])?;
                     }
                     // An earlier sighting moves the fallback date of a message with no date.
@@ -744,8 +769,10 @@ fn apply_lines(
                     }
                     _ => {}
                 }
+                seq += 1;
                 line.execute(params![
                     n,
+                    seq,
                     entry.source.label(),
                     serde_json::to_string(&entry.source)?,
                     entry

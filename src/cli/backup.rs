@@ -168,7 +168,11 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             }));
         }
         writer.finish().context("cannot commit the backup")?;
-        super::index::refresh_after_write(ctx);
+        let lines = reports
+            .iter()
+            .map(|r| r.new_messages + r.already_archived)
+            .sum();
+        super::index::refresh_after_write(ctx, lines);
     }
     bar.finish_and_clear();
     print_reports(ctx, &args, &reports)?;

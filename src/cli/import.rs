@@ -78,7 +78,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         }
     }
     writer.finish().context("cannot commit the import")?;
-    super::index::refresh_after_write(ctx);
+    let lines = reports.iter().map(|r| r.new + r.duplicates).sum();
+    super::index::refresh_after_write(ctx, lines);
     bar.finish_and_clear();
     if stopped {
         eprintln!(

@@ -76,9 +76,18 @@ pub fn rebuild_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
     Ok(index)
 }
 
-/// After a writer committed: brings the index up to date while the catalog it just wrote is
-/// in the page cache. A failure is a warning: the archive is what counts.
-pub fn refresh_after_write(ctx: &Context) {
+/// The most catalog lines a writer adds to the index itself; past that (a first import of a
+/// whole mailbox), the next command that reads does it, with a progress bar, so that the
+/// import's throughput is the archive's.
+const WRITER_INDEX_LIMIT: u64 = 50_000;
+
+/// After a writer committed `lines` catalog lines: brings the index up to date while they are
+/// in the page cache (a nightly backup keeps it current). A failure is a warning: the archive
+/// is what counts.
+pub fn refresh_after_write(ctx: &Context, lines: u64) {
+    if lines == 0 || lines > WRITER_INDEX_LIMIT {
+        return;
+    }
     if let Err(e) = open_index(ctx) {
         eprintln!("warning: the local index was not updated ({e:#}); the next command updates it");
     }
@@ -133,6 +142,8 @@ pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
         labels: selection.accounts.clone(),
         since: selection.since,
         until: selection.until,
+        from: selection.from.clone(),
+        subject: selection.subject.clone(),
         text: Some(text),
         newest_first: true,
     };

@@ -137,6 +137,8 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
         labels: selection.accounts.clone(),
         since: selection.since,
         until: selection.until,
+        from: selection.from.clone(),
+        subject: selection.subject.clone(),
         text: None,
         newest_first: false,
     };
