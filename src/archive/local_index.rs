@@ -33,11 +33,12 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 2;
+const SCHEMA: i64 = 3;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- The commits whose segments are in the index.
+-- The commits whose segments are in the index, each with its segment's name, size and SHA-256
+-- (an archive made again at the same place has other segments under the same names).
 CREATE TABLE IF NOT EXISTS applied(commit_no INTEGER PRIMARY KEY, segment TEXT NOT NULL);
 -- One row per message id. `pack` is NULL until a line that stored its bytes is read: such a
 -- message is not shown (its storing line was lost; verify reports it). `time` is the date every
@@ -289,11 +290,11 @@ impl LocalIndex {
                 .and_then(|rows| rows.collect::<Result<_, _>>())
                 .map_err(sqlite(&path))?
         };
-        let on_disk: HashSet<(u64, &str)> = read
+        let on_disk: HashSet<(u64, String)> = read
             .commits
             .iter()
             .filter(|c| !read.retired_segments.contains(&c.segment.name))
-            .map(|c| (c.commit, c.segment.name.as_str()))
+            .map(|c| (c.commit, segment_key(c)))
             .collect();
         let newest_applied = applied.last().map_or(0, |(n, _)| *n);
         let rebuild = if schema.is_none() && applied.is_empty() {
@@ -304,13 +305,13 @@ impl LocalIndex {
             Some("a repair changed the archive".to_string())
         } else if applied
             .iter()
-            .any(|(n, s)| !on_disk.contains(&(*n, s.as_str())))
+            .any(|(n, s)| !on_disk.contains(&(*n, s.clone())))
         {
             Some("commits it had are no longer in the archive".to_string())
         } else if read.commits.iter().any(|c| {
             c.commit < newest_applied
                 && !applied.iter().any(|(n, _)| *n == c.commit)
-                && on_disk.contains(&(c.commit, c.segment.name.as_str()))
+                && on_disk.contains(&(c.commit, segment_key(c)))
         }) {
             Some("the archive has commits older than ones it had".to_string())
         } else {
@@ -333,7 +334,7 @@ impl LocalIndex {
             .commits
             .iter()
             .filter(|c| !done.contains(&c.commit))
-            .filter(|c| on_disk.contains(&(c.commit, c.segment.name.as_str())))
+            .filter(|c| on_disk.contains(&(c.commit, segment_key(c))))
             .collect();
         let total: u64 = to_read.iter().map(|c| c.entries).sum();
         let wanted: HashSet<u64> = to_read.iter().map(|c| c.commit).collect();
@@ -341,7 +342,7 @@ impl LocalIndex {
         for c in &to_read {
             tx.execute(
                 "INSERT INTO applied(commit_no, segment) VALUES (?1, ?2)",
-                params![c.commit as i64, c.segment.name],
+                params![c.commit as i64, segment_key(c)],
             )
             .map_err(sqlite(&path))?;
         }
@@ -822,6 +823,12 @@ impl ApplyError {
             ApplyError::Archive(e) => IndexError::Archive(e),
         }
     }
+}
+
+/// A commit's segment as the index knows it: name, size and SHA-256.
+fn segment_key(c: &CommitRecord) -> String {
+    let sha = c.segment.sha256.map(|d| d.hex()).unwrap_or_default();
+    format!("{} {} {sha}", c.segment.name, c.segment.size)
 }
 
 /// What the index must be rebuilt for when it changes: the packs and segments `repair`

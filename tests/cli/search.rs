@@ -313,4 +313,16 @@ fn cat_list_and_verify_use_the_index_and_a_repair_rebuilds_it() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // An archive made again at the same place, with other mail under the same commit numbers
+    // and segment names, is not taken for the old one.
+    std::fs::remove_dir_all(sandbox.archive()).unwrap();
+    let other = sandbox.path().join("other");
+    let others = write_maildir(&other, 5, 77);
+    sandbox.ok(&["import", &format!("maildir:{}", other.display())]);
+    let listed = sandbox.list();
+    assert_eq!(listed.len(), 5);
+    for m in &listed {
+        assert!(others.contains(&sandbox.cat(m["id"].as_str().unwrap())));
+    }
 }
