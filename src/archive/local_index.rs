@@ -597,7 +597,7 @@ impl LocalIndex {
     pub fn text_pending(&self) -> Result<u64, IndexError> {
         self.db
             .query_row(
-                "SELECT count(*) FROM messages WHERE pack IS NOT NULL AND texted = 0",
+                "SELECT count(*) FROM messages WHERE pack IS NOT NULL AND texted IN (0, -1)",
                 [],
                 |r| r.get::<_, i64>(0),
             )
@@ -620,13 +620,18 @@ impl LocalIndex {
         let path = self.path.clone();
         let mut done = 0;
         let mut damaged = Vec::new();
+        // `texted`: 0 to index, 1 indexed, -1 unreadable the last time (indexed by subject and
+        // sender only), -2 such a message being tried again in this run.
+        self.db
+            .execute("UPDATE messages SET texted = -2 WHERE texted = -1", [])
+            .map_err(sqlite(&path))?;
         while !stop() {
-            let batch: Vec<(i64, Digest, Location, Option<String>)> = {
+            let batch: Vec<(i64, Digest, Location, Option<String>, i64)> = {
                 let mut stmt = self
                     .db
                     .prepare_cached(
-                        "SELECT n, id, pack, offset, stored_len, size, envelope FROM messages
-                         WHERE pack IS NOT NULL AND texted = 0 LIMIT ?1",
+                        "SELECT n, id, pack, offset, stored_len, size, envelope, texted FROM messages
+                         WHERE pack IS NOT NULL AND texted IN (0, -2) LIMIT ?1",
                     )
                     .map_err(sqlite(&path))?;
                 stmt.query_map([BATCH], |r| {
@@ -635,6 +640,7 @@ impl LocalIndex {
                         digest_of(r.get_ref(1)?.as_blob()?),
                         location_of(r, 2)?,
                         r.get(6)?,
+                        r.get(7)?,
                     ))
                 })
                 .and_then(|rows| rows.collect())
@@ -650,17 +656,23 @@ impl LocalIndex {
             let texts = batch.chunks(CHUNK).flat_map(|chunk| {
                 let read: Vec<_> = chunk
                     .par_iter()
-                    .map(|(n, id, location, envelope)| {
-                        let text = packs
-                            .read(id, location)
-                            .map(|raw| super::text::search_text(&raw))
-                            .map_err(|_| *id);
-                        (*n, text, envelope.clone())
+                    .map(|(n, id, location, envelope, texted)| {
+                        // A reader of hostile MIME that panicked would stop every later search
+                        // at the same message: it counts as unreadable instead.
+                        let text = packs.read(id, location).ok().and_then(|raw| {
+                            std::panic::catch_unwind(|| super::text::search_text(&raw)).ok()
+                        });
+                        (*n, text.ok_or(*id), envelope.clone(), *texted)
                     })
                     .collect();
                 read
             });
-            for (n, text, envelope) in texts {
+            for (n, text, envelope, texted) in texts {
+                if texted == -2 {
+                    tx.execute("DELETE FROM text WHERE rowid = ?1", [n])
+                        .map_err(sqlite(&path))?;
+                }
+                let state = if text.is_ok() { 1 } else { -1 };
                 let text = text.unwrap_or_else(|id| {
                     damaged.push(id);
                     let envelope: Envelope = envelope
@@ -677,7 +689,7 @@ impl LocalIndex {
                     params![n, text.subject, text.people, text.body],
                 )
                 .map_err(sqlite(&path))?;
-                tx.execute("UPDATE messages SET texted = 1 WHERE n = ?1", [n])
+                tx.execute("UPDATE messages SET texted = ?2 WHERE n = ?1", [n, state])
                     .map_err(sqlite(&path))?;
                 done += 1;
             }
@@ -913,6 +925,18 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+impl IndexError {
+    /// Whether SQLite found the file damaged (the index is then deleted and built again).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, IndexError::Sqlite { source, .. } if is_corruption(source))
+    }
+}
+
+/// Deletes the index at `path` (with its -wal and -shm): the next open builds it again.
+pub fn discard(path: &Path) {
+    remove_database(path);
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {

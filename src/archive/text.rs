@@ -23,10 +23,12 @@ pub struct SearchText {
 /// they read, and its bytes as text.
 pub fn search_text(raw: &[u8]) -> SearchText {
     let Ok(mail) = mailparse::parse_mail(raw) else {
-        return SearchText {
-            body: String::from_utf8_lossy(&raw[..raw.len().min(MAX_BODY_TEXT)]).into_owned(),
-            ..SearchText::default()
-        };
+        let mut text = SearchText::default();
+        push(
+            &mut text.body,
+            &String::from_utf8_lossy(&raw[..raw.len().min(MAX_BODY_TEXT)]),
+        );
+        return text;
     };
     let headers = mail.get_headers();
     let people = ["From", "To", "Cc", "Reply-To", "Sender"]
@@ -72,7 +74,7 @@ fn add_part(part: &ParsedMail<'_>, body: &mut String, depth: usize) {
     }
     match mimetype.as_str() {
         "text/html" => {
-            if let Ok(html) = part.get_body() {
+            if let Some(html) = part_text(part) {
                 push(body, &html_to_text(&html));
             }
         }
@@ -91,12 +93,33 @@ fn add_part(part: &ParsedMail<'_>, body: &mut String, depth: usize) {
             }
         }
         m if m.starts_with("text/") => {
-            if let Ok(text) = part.get_body() {
+            if let Some(text) = part_text(part) {
                 push(body, &text);
             }
         }
         _ => {}
     }
+}
+
+/// A text part's text. A part that names no real charset (none, `us-ascii` or
+/// `unknown-8bit`) yet holds valid UTF-8 is UTF-8, as every mail client reads it.
+fn part_text(part: &ParsedMail<'_>) -> Option<String> {
+    let declared = part
+        .ctype
+        .params
+        .get("charset")
+        .map(|c| c.to_ascii_lowercase());
+    let unnamed = matches!(
+        declared.as_deref(),
+        None | Some("us-ascii" | "unknown-8bit" | "x-unknown" | "")
+    );
+    if unnamed
+        && let Ok(raw) = part.get_body_raw()
+        && let Ok(text) = String::from_utf8(raw)
+    {
+        return Some(text);
+    }
+    part.get_body().ok()
 }
 
 fn push(body: &mut String, text: &str) {
@@ -151,7 +174,8 @@ pub fn html_to_text(html: &str) -> String {
 /// The character an entity at the start of `s` stands for, and its length; an unknown one is
 /// kept as it is.
 fn entity(s: &str) -> (String, usize) {
-    let Some(end) = s[..s.len().min(12)].find(';') else {
+    // Looked for in bytes: the 12th byte may fall inside a character.
+    let Some(end) = s.bytes().take(12).position(|b| b == b';') else {
         return ("&".into(), 1);
     };
     let name = &s[1..end];
@@ -188,6 +212,19 @@ mod tests {
             words,
             ["Invoice", "from", "the", "plumber!", "done", "&", "paid"]
         );
+    }
+
+    #[test]
+    fn entities_next_to_multibyte_text_and_undeclared_utf8_read() {
+        assert_eq!(html_to_text("Q&amp;Привет мир").trim(), "Q&Привет мир");
+        assert_eq!(
+            html_to_text("Tom & Jérôme ééééé").trim(),
+            "Tom & Jérôme ééééé"
+        );
+        let raw = "Subject: x\r\n\r\nsmørrebrød og naïve résumé\r\n".as_bytes();
+        assert!(search_text(raw).body.contains("smørrebrød"));
+        let raw = "Subject: x\r\nContent-Type: text/plain; charset=unknown-8bit\r\n\r\nnaïve\r\n";
+        assert!(search_text(raw.as_bytes()).body.contains("naïve"));
     }
 
     #[test]

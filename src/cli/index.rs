@@ -52,6 +52,7 @@ pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
     let (index, freshness) = opened;
     if let Freshness::Rebuilt { reason, lines } = &freshness
         && reason != "new"
+        && !ctx.quiet
     {
         eprintln!(
             "note: rebuilt the local index {} from the catalog ({} read) because {reason}; it is a cache, nothing was lost",
@@ -69,7 +70,17 @@ pub fn rebuild_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
         bar.get_or_init(|| count_bar(total, ctx.quiet, "indexing"))
             .set_position(done);
     };
-    let index = LocalIndex::rebuild(&ctx.archive, &index_path(ctx), &mut progress)?;
+    let index = match LocalIndex::rebuild(&ctx.archive, &index_path(ctx), &mut progress) {
+        Ok(index) => index,
+        Err(crate::archive::IndexError::Archive(e)) => return Err(e.into()),
+        Err(e) => {
+            eprintln!(
+                "warning: {}; using an index in memory for this run",
+                crate::error_chain(&e)
+            );
+            LocalIndex::in_memory(&ctx.archive, &mut progress)?.0
+        }
+    };
     if let Some(bar) = bar.get() {
         bar.finish_and_clear();
     }
@@ -105,7 +116,8 @@ pub struct SearchArgs {
     #[command(flatten)]
     select: SelectArgs,
     /// Show at most N messages (the newest).
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
     limit: u64,
     /// One JSON object per line, as `list --json`.
     #[arg(long)]

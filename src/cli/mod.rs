@@ -188,6 +188,12 @@ fn env_path(name: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// An XDG base directory from the environment; a relative one is ignored, as the XDG spec
+/// says (it would mean another directory from every working directory).
+fn xdg_dir(name: &str) -> Option<PathBuf> {
+    env_path(name).filter(|p| p.is_absolute())
+}
+
 fn home() -> PathBuf {
     env_path("HOME").unwrap_or_else(|| PathBuf::from("/"))
 }
@@ -217,7 +223,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         (Some(p), _) => (p.clone(), creates_config),
         (None, Some(p)) => (p, creates_config),
         (None, None) => {
-            let base = env_path("XDG_CONFIG_HOME").unwrap_or_else(|| home().join(".config"));
+            let base = xdg_dir("XDG_CONFIG_HOME").unwrap_or_else(|| home().join(".config"));
             (base.join("popvault").join("config.toml"), true)
         }
     };
@@ -228,7 +234,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         .clone()
         .or_else(|| config.archive.clone())
         .unwrap_or_else(|| {
-            env_path("XDG_DATA_HOME")
+            xdg_dir("XDG_DATA_HOME")
                 .unwrap_or_else(|| home().join(".local/share"))
                 .join("popvault")
         });
@@ -243,7 +249,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         archive: expand_tilde(&archive),
         config_path,
         config_named: cli.config.is_some(),
-        cache_dir: env_path("XDG_CACHE_HOME")
+        cache_dir: xdg_dir("XDG_CACHE_HOME")
             .unwrap_or_else(|| home().join(".cache"))
             .join("popvault"),
         config,
@@ -299,6 +305,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
         }
         Err(err) => {
             report_error(&err);
+            // A local index SQLite finds damaged only while answering: deleted, so that the
+            // next command builds it again (it is a cache).
+            if let Some(e) = err
+                .chain()
+                .find_map(|c| c.downcast_ref::<crate::archive::IndexError>())
+                .filter(|e| e.is_corruption())
+                && let crate::archive::IndexError::Sqlite { path, .. } = e
+            {
+                crate::archive::local_index::discard(path);
+                eprintln!(
+                    "note: the local index {} was damaged and is deleted (a cache: nothing is lost); run the command again to build it anew",
+                    path.display()
+                );
+            }
             exit_for(&err)
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use clap::Args;
 use serde::Serialize;
 
-use super::output::{human_bytes, local_time};
+use super::output::{count, human_bytes, local_time};
 use super::{Context, Exit};
 
 #[derive(Debug, Args)]
@@ -116,8 +116,8 @@ pub fn run(ctx: &Context, args: StatsArgs) -> anyhow::Result<Exit> {
     }
     for (label, per) in &s.sources {
         say!(
-            "  {label}: {} messages, {}",
-            per.messages,
+            "  {label}: {}, {}",
+            count(per.messages, "message"),
             human_bytes(per.bytes)
         );
     }

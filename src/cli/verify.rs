@@ -29,7 +29,7 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         .map(|c| c.raw_bytes)
         .fold(0, u64::saturating_add);
     let bar = byte_bar(args.full.then_some(total), ctx.quiet || args.json, "verify");
-    let mut report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
+    let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
     // The local index is a cache of the catalog: checked against it, and with --full built
     // again from it.
@@ -37,19 +37,27 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         true => super::index::rebuild_index(ctx),
         false => super::index::open_index(ctx),
     };
-    match index.map(|index| index.disagreements(&archive).map(|d| (d, index))) {
-        Ok(Ok(((0, 0), _))) => {}
-        Ok(Ok(((wrong, unknown), index))) => report.problems.push(format!(
-            "the local index {} disagrees with the catalog: {wrong} messages placed wrongly or not stored, {unknown} stored but not placed (it is a cache: `popvault verify --full` builds it again)",
-            index.path().display()
-        )),
-        Ok(Err(e)) => report.problems.push(format!(
-            "the local index cannot be read: {}",
-            crate::error_chain(&e)
-        )),
-        Err(e) => report
-            .problems
-            .push(format!("the local index cannot be opened: {e:#}")),
+    // It is no part of the archive: what is wrong with it is said and set right, and says
+    // nothing of the archive's health (the exit status).
+    let checked = index.and_then(|index| Ok((index.disagreements(&archive)?, index)));
+    match checked {
+        Ok(((0, 0), _)) => {}
+        Ok(((wrong, unknown), index)) => {
+            let path = index.path().to_path_buf();
+            drop(index);
+            crate::archive::local_index::discard(&path);
+            super::index::rebuild_index(ctx)?;
+            eprintln!(
+                "note: the local index {} disagreed with the catalog ({wrong} messages placed wrongly or not stored, {unknown} stored but not placed); built it again (a cache: the archive is not affected)",
+                path.display()
+            );
+        }
+        Err(e) => {
+            crate::archive::local_index::discard(&super::index::index_path(ctx));
+            eprintln!(
+                "warning: the local index could not be checked ({e:#}); deleted it, the next command builds it again (a cache: the archive is not affected)"
+            );
+        }
     }
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
