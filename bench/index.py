@@ -130,6 +130,7 @@ def notmuch(count):
     mbox = gen_mbox(os.path.join(OUT, f"index-{count}.mbox"), count)
     mail = maildir_of(mbox, os.path.join(OUT, f"index-maildir-{count}"))
     home = fresh(os.path.join(OUT, "notmuch-home"))
+    os.makedirs(home)
     shutil.rmtree(os.path.join(mail, ".notmuch"), ignore_errors=True)
     config = os.path.join(home, "notmuch-config")
     with open(config, "w") as f:
@@ -150,6 +151,8 @@ def main():
         notmuch_count = int(args[i + 1])
         del args[i:i + 2]
     sizes = [int(a) for a in args] or [10000, 100000, 1000000]
+    if sizes == [0]:  # notmuch alone, beside a popvault run on the same size
+        sizes = [notmuch_count]
     build()
     os.makedirs(OUT, exist_ok=True)
     results = [bench_size(n) for n in sizes]

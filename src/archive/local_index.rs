@@ -33,7 +33,7 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 3;
+const SCHEMA: i64 = 4;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -345,6 +345,11 @@ impl LocalIndex {
                 params![c.commit as i64, segment_key(c)],
             )
             .map_err(sqlite(&path))?;
+        }
+        if rebuild.is_none() && commits == 0 {
+            // Nothing to write: the transaction only held off other writers while looking.
+            tx.rollback().map_err(sqlite(&path))?;
+            return Ok(Freshness::Current);
         }
         let lines = apply_lines(&tx, root, &mut read, &wanted, total, progress)
             .map_err(|e| e.with_path(&path))?;
@@ -738,7 +743,11 @@ fn apply_lines(
     let mut line = tx.prepare_cached(
         "INSERT INTO lines(msg, seq, label, source, first_seen, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    let mut seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM lines", [], |r| r.get(0))?;
+    // The next line's place in catalog order, kept in `meta` (a max() over `lines` would read
+    // the whole table: it is ordered by message).
+    let mut seq: i64 = meta(tx, "last_seq")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut count = 0u64;
     let mut failure: Option<ApplyError> = None;
     visit_segments(
@@ -805,10 +814,11 @@ fn apply_lines(
             }
         },
     )?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(count),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    set_meta(tx, "last_seq", &seq.to_string())?;
+    Ok(count)
 }
 
 #[derive(Debug, thiserror::Error)]
