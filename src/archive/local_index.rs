@@ -33,7 +33,7 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 4;
+const SCHEMA: i64 = 6;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS messages(
     texted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages(time, id);
+-- The messages whose text is still to index: empty once search has caught up.
+CREATE INDEX IF NOT EXISTS messages_untexted ON messages(n) WHERE texted != 1;
 -- Every catalog line, kept by message and in catalog order (`seq`): where it was seen.
 CREATE TABLE IF NOT EXISTS lines(
     msg INTEGER NOT NULL,
@@ -71,8 +73,10 @@ CREATE TABLE IF NOT EXISTS lines(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
 -- The words of each message (rowid = messages.n); contentless: the text is in the packs.
+-- (No contentless_delete: SQLite before 3.43, Debian 12's sqlite3 among them, could not open
+-- the file. A row is taken out with FTS5's 'delete' command and the values it was given.)
 CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(
-    subject, people, body, content='', contentless_delete=1,
+    subject, people, body, content='',
     tokenize='unicode61 remove_diacritics 2'
 );
 ";
@@ -602,7 +606,7 @@ impl LocalIndex {
     pub fn text_pending(&self) -> Result<u64, IndexError> {
         self.db
             .query_row(
-                "SELECT count(*) FROM messages WHERE pack IS NOT NULL AND texted IN (0, -1)",
+                "SELECT count(*) FROM messages WHERE texted != 1 AND texted IN (0, -1) AND pack IS NOT NULL",
                 [],
                 |r| r.get::<_, i64>(0),
             )
@@ -628,7 +632,7 @@ impl LocalIndex {
         // `texted`: 0 to index, 1 indexed, -1 unreadable the last time (indexed by subject and
         // sender only), -2 such a message being tried again in this run.
         self.db
-            .execute("UPDATE messages SET texted = -2 WHERE texted = -1", [])
+            .execute("UPDATE messages SET texted = -2 WHERE texted != 1 AND texted = -1", [])
             .map_err(sqlite(&path))?;
         while !stop() {
             let batch: Vec<(i64, Digest, Location, Option<String>, i64)> = {
@@ -636,7 +640,7 @@ impl LocalIndex {
                     .db
                     .prepare_cached(
                         "SELECT n, id, pack, offset, stored_len, size, envelope, texted FROM messages
-                         WHERE pack IS NOT NULL AND texted IN (0, -2) LIMIT ?1",
+                         WHERE texted != 1 AND texted IN (0, -2) AND pack IS NOT NULL LIMIT ?1",
                     )
                     .map_err(sqlite(&path))?;
                 stmt.query_map([BATCH], |r| {
@@ -673,21 +677,30 @@ impl LocalIndex {
                 read
             });
             for (n, text, envelope, texted) in texts {
-                if texted == -2 {
-                    tx.execute("DELETE FROM text WHERE rowid = ?1", [n])
-                        .map_err(sqlite(&path))?;
-                }
-                let state = if text.is_ok() { 1 } else { -1 };
-                let text = text.unwrap_or_else(|id| {
-                    damaged.push(id);
+                // What an unreadable message is searched by: its subject and sender.
+                let fallback = || {
                     let envelope: Envelope = envelope
-                        .and_then(|e| serde_json::from_str(&e).ok())
+                        .as_deref()
+                        .and_then(|e| serde_json::from_str(e).ok())
                         .unwrap_or_default();
                     super::text::SearchText {
                         subject: envelope.subject.unwrap_or_default(),
                         people: envelope.from.unwrap_or_default(),
                         body: String::new(),
                     }
+                };
+                if texted == -2 {
+                    let old = fallback();
+                    tx.execute(
+                        "INSERT INTO text(text, rowid, subject, people, body) VALUES ('delete', ?1, ?2, ?3, ?4)",
+                        params![n, old.subject, old.people, old.body],
+                    )
+                    .map_err(sqlite(&path))?;
+                }
+                let state = if text.is_ok() { 1 } else { -1 };
+                let text = text.unwrap_or_else(|id| {
+                    damaged.push(id);
+                    fallback()
                 });
                 tx.execute(
                     "INSERT INTO text(rowid, subject, people, body) VALUES (?1, ?2, ?3, ?4)",

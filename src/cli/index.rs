@@ -129,7 +129,12 @@ pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
         anyhow::bail!("give at least one word to search for (letters or digits)");
     };
     let mut index = open_index(ctx)?;
-    let selection = args.select.selection_in(&index.labels()?)?;
+    // The labels there are, to check --account against (read only when it is given).
+    let known = match args.select.accounts.is_empty() {
+        true => Vec::new(),
+        false => index.labels()?,
+    };
+    let selection = args.select.selection_in(&known)?;
     let pending = index.text_pending()?;
     if pending > 0 {
         let bar = count_bar(pending, ctx.quiet || pending < 1_000, "indexing text");

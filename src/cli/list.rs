@@ -131,7 +131,12 @@ pub struct ListArgs {
 
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let index = super::index::open_index(ctx)?;
-    let selection = args.select.selection_in(&index.labels()?)?;
+    // The labels there are, to check --account against (read only when it is given).
+    let known = match args.select.accounts.is_empty() {
+        true => Vec::new(),
+        false => index.labels()?,
+    };
+    let selection = args.select.selection_in(&known)?;
     // The index narrows by source and date; the selection decides (From and Subject too).
     let query = Query {
         labels: selection.accounts.clone(),
