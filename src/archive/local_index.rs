@@ -632,7 +632,10 @@ impl LocalIndex {
         // `texted`: 0 to index, 1 indexed, -1 unreadable the last time (indexed by subject and
         // sender only), -2 such a message being tried again in this run.
         self.db
-            .execute("UPDATE messages SET texted = -2 WHERE texted != 1 AND texted = -1", [])
+            .execute(
+                "UPDATE messages SET texted = -2 WHERE texted != 1 AND texted = -1",
+                [],
+            )
             .map_err(sqlite(&path))?;
         while !stop() {
             let batch: Vec<(i64, Digest, Location, Option<String>, i64)> = {

@@ -167,6 +167,16 @@ fn search_finds_what_an_independent_reader_of_the_decoded_corpus_finds() {
     assert!(search_ids(&sandbox, &["plumber", "--since", "2016-01-01"]).is_empty());
     let text = sandbox.ok(&["search", "plumber"]);
     assert!(text.contains("Rechnung"), "{text}");
+    // A user can read the index with an older SQLite (Python's here; Debian 12 has 3.40).
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); print(db.execute(\"SELECT count(*) FROM text WHERE text MATCH 'klempner'\").fetchone()[0])",
+        ])
+        .arg(index_file(&sandbox))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{out:?}");
     assert_eq!(
         sandbox
             .run(&["search", "--limit", "0", "plumber"])
