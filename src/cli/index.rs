@@ -11,6 +11,7 @@ use super::list::{SelectArgs, print_message};
 use super::output::{count, count_bar, ignore_closed_pipe};
 use super::{Context, Exit};
 use crate::archive::local_index::{Query, fts_query};
+use crate::archive::select::Selection;
 use crate::archive::{Freshness, LocalIndex, PackReader};
 
 /// `$XDG_CACHE_HOME/popvault/index/<key>.sqlite`, the key naming the archive by its absolute
@@ -27,29 +28,7 @@ pub fn index_path(ctx: &Context) -> PathBuf {
 /// first build is said in one line; a cache directory that cannot be written gives an index
 /// in memory, with a warning.
 pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
-    // Opening an archive that does not exist says so as every reader does.
-    crate::archive::check_header(&ctx.archive)?;
-    let path = index_path(ctx);
-    let bar = std::cell::OnceCell::new();
-    let mut progress = |done: u64, total: u64| {
-        bar.get_or_init(|| count_bar(total, ctx.quiet, "indexing"))
-            .set_position(done);
-    };
-    let opened = match LocalIndex::open(&ctx.archive, &path, &mut progress) {
-        Ok(opened) => opened,
-        Err(crate::archive::IndexError::Archive(e)) => return Err(e.into()),
-        Err(e) => {
-            eprintln!(
-                "warning: {}; using an index in memory for this run",
-                crate::error_chain(&e)
-            );
-            LocalIndex::in_memory(&ctx.archive, &mut progress)?
-        }
-    };
-    if let Some(bar) = bar.get() {
-        bar.finish_and_clear();
-    }
-    let (index, freshness) = opened;
+    let (index, freshness) = with_progress(ctx, false)?;
     if let Freshness::Rebuilt { reason, lines } = &freshness
         && reason != "new"
         && !ctx.quiet
@@ -65,26 +44,70 @@ pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
 
 /// The index built again from the catalog, for `verify --full`.
 pub fn rebuild_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
+    Ok(with_progress(ctx, true)?.0)
+}
+
+/// Opens (or, with `rebuild`, builds again) the index with a progress bar for long updates,
+/// falling back to one in memory when the cache cannot be used.
+fn with_progress(ctx: &Context, rebuild: bool) -> anyhow::Result<(LocalIndex, Freshness)> {
+    // Opening an archive that does not exist says so as every reader does.
+    crate::archive::check_header(&ctx.archive)?;
+    let path = index_path(ctx);
     let bar = std::cell::OnceCell::new();
     let mut progress = |done: u64, total: u64| {
         bar.get_or_init(|| count_bar(total, ctx.quiet, "indexing"))
             .set_position(done);
     };
-    let index = match LocalIndex::rebuild(&ctx.archive, &index_path(ctx), &mut progress) {
-        Ok(index) => index,
+    let opened = match rebuild {
+        false => LocalIndex::open(&ctx.archive, &path, &mut progress),
+        true => LocalIndex::rebuild(&ctx.archive, &path, &mut progress).map(|index| {
+            let freshness = Freshness::Rebuilt {
+                reason: "asked".into(),
+                lines: 0,
+            };
+            (index, freshness)
+        }),
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
         Err(crate::archive::IndexError::Archive(e)) => return Err(e.into()),
         Err(e) => {
             eprintln!(
                 "warning: {}; using an index in memory for this run",
                 crate::error_chain(&e)
             );
-            LocalIndex::in_memory(&ctx.archive, &mut progress)?.0
+            LocalIndex::in_memory(&ctx.archive, &mut progress)?
         }
     };
     if let Some(bar) = bar.get() {
         bar.finish_and_clear();
     }
-    Ok(index)
+    Ok(opened)
+}
+
+/// What `list` and `search` select, `--account` checked against the labels the index knows
+/// (read only when it is given), and the query that narrows it in the index.
+pub fn selection(
+    index: &LocalIndex,
+    select: &SelectArgs,
+    text: Option<String>,
+    newest_first: bool,
+) -> anyhow::Result<(Selection, Query)> {
+    let known = match select.accounts.is_empty() {
+        true => Vec::new(),
+        false => index.labels()?,
+    };
+    let selection = select.selection_in(&known)?;
+    let query = Query {
+        labels: selection.accounts.clone(),
+        since: selection.since,
+        until: selection.until,
+        from: selection.from.clone(),
+        subject: selection.subject.clone(),
+        text,
+        newest_first,
+    };
+    Ok((selection, query))
 }
 
 /// The most catalog lines a writer adds to the index itself; past that (a first import of a
@@ -129,12 +152,7 @@ pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
         anyhow::bail!("give at least one word to search for (letters or digits)");
     };
     let mut index = open_index(ctx)?;
-    // The labels there are, to check --account against (read only when it is given).
-    let known = match args.select.accounts.is_empty() {
-        true => Vec::new(),
-        false => index.labels()?,
-    };
-    let selection = args.select.selection_in(&known)?;
+    let (selection, query) = selection(&index, &args.select, Some(text), true)?;
     let pending = index.text_pending()?;
     if pending > 0 {
         let bar = count_bar(pending, ctx.quiet || pending < 1_000, "indexing text");
@@ -155,41 +173,28 @@ pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    let query = Query {
-        labels: selection.accounts.clone(),
-        since: selection.since,
-        until: selection.until,
-        from: selection.from.clone(),
-        subject: selection.subject.clone(),
-        text: Some(text),
-        newest_first: true,
-    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut shown = 0;
-    let mut closed = false;
+    let mut failed = None;
     index.for_each(&query, &mut |found| {
         let m = found.message();
         if !selection.matches(&m) {
             return Ok(true);
         }
         if let Err(e) = print_message(&mut out, &m, args.json) {
-            closed = e.kind() == std::io::ErrorKind::BrokenPipe;
-            if !closed {
-                return Err(crate::archive::IndexError::Archive(
-                    crate::archive::ArchiveError::Io {
-                        path: "standard output".into(),
-                        source: e,
-                    },
-                ));
-            }
+            failed = Some(e);
             return Ok(false);
         }
         shown += 1;
         Ok(shown < args.limit)
     })?;
-    if !closed {
-        ignore_closed_pipe(out.flush())?;
+    match failed {
+        // `popvault search x | head`
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Exit::Ok),
+        Some(e) => return Err(e.into()),
+        None => {}
     }
+    ignore_closed_pipe(out.flush())?;
     Ok(Exit::Ok)
 }

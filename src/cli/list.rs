@@ -8,7 +8,6 @@ use clap::Args;
 use super::output::parse_day_or_time;
 use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
-use crate::archive::local_index::Query;
 use crate::archive::select::Selection;
 use crate::archive::{Archive, ArchiveError, Message, PackReader};
 
@@ -131,22 +130,8 @@ pub struct ListArgs {
 
 pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let index = super::index::open_index(ctx)?;
-    // The labels there are, to check --account against (read only when it is given).
-    let known = match args.select.accounts.is_empty() {
-        true => Vec::new(),
-        false => index.labels()?,
-    };
-    let selection = args.select.selection_in(&known)?;
-    // The index narrows by source and date; the selection decides (From and Subject too).
-    let query = Query {
-        labels: selection.accounts.clone(),
-        since: selection.since,
-        until: selection.until,
-        from: selection.from.clone(),
-        subject: selection.subject.clone(),
-        text: None,
-        newest_first: false,
-    };
+    // The index narrows by source, date, From and Subject; the selection decides.
+    let (selection, query) = super::index::selection(&index, &args.select, None, false)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = None;
