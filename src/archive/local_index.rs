@@ -175,10 +175,10 @@ impl LocalIndex {
         root: &Path,
         path: &Path,
         progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<LocalIndex, IndexError> {
+    ) -> Result<(LocalIndex, Freshness), IndexError> {
         check_header(root)?;
         remove_database(path);
-        Ok(Self::open_once(root, path, progress)?.0)
+        Self::open_once(root, path, progress)
     }
 
     /// Where this index disagrees with `archive`'s catalog: messages it places elsewhere or
@@ -568,18 +568,6 @@ impl LocalIndex {
         })
         .and_then(|rows| rows.collect())
         .map_err(self.err())
-    }
-
-    /// How many messages are shown (those whose bytes are stored).
-    pub fn message_count(&self) -> Result<u64, IndexError> {
-        self.db
-            .query_row(
-                "SELECT count(*) FROM messages WHERE pack IS NOT NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(self.err())
     }
 
     /// Every message id and where the index says it is, by id (for `verify`).

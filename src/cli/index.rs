@@ -60,13 +60,7 @@ fn with_progress(ctx: &Context, rebuild: bool) -> anyhow::Result<(LocalIndex, Fr
     };
     let opened = match rebuild {
         false => LocalIndex::open(&ctx.archive, &path, &mut progress),
-        true => LocalIndex::rebuild(&ctx.archive, &path, &mut progress).map(|index| {
-            let freshness = Freshness::Rebuilt {
-                reason: "asked".into(),
-                lines: 0,
-            };
-            (index, freshness)
-        }),
+        true => LocalIndex::rebuild(&ctx.archive, &path, &mut progress),
     };
     let opened = match opened {
         Ok(opened) => opened,
@@ -173,24 +167,35 @@ pub fn search(ctx: &Context, args: SearchArgs) -> anyhow::Result<Exit> {
             );
         }
     }
+    print_selected(&index, &query, &selection, args.json, Some(args.limit))
+}
+
+/// Prints the messages `query` narrows to and `selection` keeps, as `list` and `search` show
+/// them, at most `limit`; a reader that went away (`| head`) ends it without an error.
+pub fn print_selected(
+    index: &LocalIndex,
+    query: &Query,
+    selection: &Selection,
+    json: bool,
+    limit: Option<u64>,
+) -> anyhow::Result<Exit> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut shown = 0;
     let mut failed = None;
-    index.for_each(&query, &mut |found| {
+    index.for_each(query, &mut |found| {
         let m = found.message();
         if !selection.matches(&m) {
             return Ok(true);
         }
-        if let Err(e) = print_message(&mut out, &m, args.json) {
+        if let Err(e) = print_message(&mut out, &m, json) {
             failed = Some(e);
             return Ok(false);
         }
         shown += 1;
-        Ok(shown < args.limit)
+        Ok(limit.is_none_or(|limit| shown < limit))
     })?;
     match failed {
-        // `popvault search x | head`
         Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Exit::Ok),
         Some(e) => return Err(e.into()),
         None => {}

@@ -132,30 +132,7 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let index = super::index::open_index(ctx)?;
     // The index narrows by source, date, From and Subject; the selection decides.
     let (selection, query) = super::index::selection(&index, &args.select, None, false)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut failed = None;
-    index.for_each(&query, &mut |found| {
-        let m = found.message();
-        if !selection.matches(&m) {
-            return Ok(true);
-        }
-        match print_message(&mut out, &m, args.json) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                failed = Some(e);
-                Ok(false)
-            }
-        }
-    })?;
-    match failed {
-        // `popvault list | head`
-        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(Exit::Ok),
-        Some(e) => return Err(e.into()),
-        None => {}
-    }
-    ignore_closed_pipe(out.flush())?;
-    Ok(Exit::Ok)
+    super::index::print_selected(&index, &query, &selection, args.json, None)
 }
 
 /// One message as `list` and `search` show it: a line (id, date, sender, subject, size), or

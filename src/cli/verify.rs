@@ -45,7 +45,6 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         Ok(((wrong, unknown), index)) => {
             let path = index.path().to_path_buf();
             drop(index);
-            crate::archive::local_index::discard(&path);
             super::index::rebuild_index(ctx)?;
             eprintln!(
                 "note: the local index {} disagreed with the catalog ({wrong} messages placed wrongly or not stored, {unknown} stored but not placed); built it again (a cache: the archive is not affected)",
