@@ -33,7 +33,7 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 6;
+const SCHEMA: i64 = 7;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,9 +69,13 @@ CREATE TABLE IF NOT EXISTS lines(
     source TEXT NOT NULL,
     first_seen TEXT NOT NULL,
     flags TEXT,
+    -- A POP3 line's UIDL (its label is the account) and the LIST size it recorded.
+    uidl TEXT,
+    list_size INTEGER,
     PRIMARY KEY (msg, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
+CREATE INDEX IF NOT EXISTS lines_by_uidl ON lines(label, uidl, seq) WHERE uidl IS NOT NULL;
 -- The words of each message (rowid = messages.n); contentless: the text is in the packs.
 -- (No contentless_delete: SQLite before 3.43, Debian 12's sqlite3 among them, could not open
 -- the file. A row is taken out with FTS5's 'delete' command and the values it was given.)
@@ -143,6 +147,9 @@ impl IndexedMessage {
 pub struct LocalIndex {
     db: Connection,
     path: PathBuf,
+    /// The archive's highest commit number when the index last caught up (see
+    /// [`CatalogRead::last_commit`]), or the last one a writer applied.
+    last_commit: u64,
 }
 
 impl LocalIndex {
@@ -203,7 +210,11 @@ impl LocalIndex {
         check_header(root)?;
         let path = PathBuf::from(":memory:");
         let db = Connection::open_in_memory().map_err(sqlite(&path))?;
-        let mut index = LocalIndex { db, path };
+        let mut index = LocalIndex {
+            db,
+            path,
+            last_commit: 0,
+        };
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
     }
@@ -238,6 +249,7 @@ impl LocalIndex {
         let mut index = LocalIndex {
             db,
             path: path.to_path_buf(),
+            last_commit: 0,
         };
         index
             .db
@@ -253,11 +265,11 @@ impl LocalIndex {
             .db
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite(path))?;
-        // 32 MiB of page cache: an update touches the id, date and source B-trees at random
+        // 16 MiB of page cache: an update touches the id, date and source B-trees at random
         // places, and the default 2 MiB re-reads them from the file for every line.
         index
             .db
-            .pragma_update(None, "cache_size", -32_768)
+            .pragma_update(None, "cache_size", -16_384)
             .map_err(sqlite(path))?;
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
@@ -265,6 +277,125 @@ impl LocalIndex {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The archive's highest commit number, as of the last catch-up or applied commit.
+    pub fn last_commit(&self) -> u64 {
+        self.last_commit
+    }
+
+    /// Puts the lines of a commit the caller just made into the index, in one transaction:
+    /// what a catch-up would do, without reading the catalog again. A commit already applied
+    /// (another process caught up first) is left as it is; one that retires packs or segments
+    /// changes what earlier lines mean, so the index is brought up to date from the catalog.
+    pub fn apply_commit(
+        &mut self,
+        root: &Path,
+        record: &CommitRecord,
+        entries: &[Entry],
+    ) -> Result<(), IndexError> {
+        if !record.retired_packs.is_empty() || !record.retired_segments.is_empty() {
+            return self.catch_up(root, &mut |_, _| {}).map(drop);
+        }
+        let path = self.path.clone();
+        let tx = self
+            .db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite(&path))?;
+        let done: bool = tx
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM applied WHERE commit_no = ?1)",
+                [record.commit as i64],
+                |r| r.get(0),
+            )
+            .map_err(sqlite(&path))?;
+        if !done {
+            tx.execute(
+                "INSERT INTO applied(commit_no, segment) VALUES (?1, ?2)",
+                params![record.commit as i64, segment_key(record)],
+            )
+            .map_err(sqlite(&path))?;
+            let none = HashSet::new();
+            let mut applier = Applier::new(&tx, &none).map_err(|e| e.with_path(&path))?;
+            for entry in entries {
+                applier.apply(entry).map_err(|e| e.with_path(&path))?;
+            }
+            applier.finish().map_err(|e| e.with_path(&path))?;
+        }
+        tx.commit().map_err(sqlite(&path))?;
+        self.last_commit = self.last_commit.max(record.commit);
+        Ok(())
+    }
+
+    /// Where the bytes of `id` are, when they are stored.
+    pub fn location(&self, id: &Digest) -> Result<Option<Location>, IndexError> {
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT pack, offset, stored_len, size FROM messages WHERE id = ?1 AND pack IS NOT NULL",
+            )
+            .map_err(self.err())?;
+        stmt.query_row([id.0.as_slice()], |r| location_of(r, 0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Whether a catalog line records `id` seen at `source`.
+    pub fn knows(&self, id: &Digest, source: &Source) -> Result<bool, IndexError> {
+        let source = serde_json::to_string(source).expect("sources serialize");
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM lines
+                 WHERE msg = (SELECT n FROM messages WHERE id = ?1) AND source = ?2)",
+            )
+            .map_err(self.err())?;
+        stmt.query_row(params![id.0.as_slice(), source], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// Every POP3 line of `account` with a UIDL, by UIDL and then in catalog order: the UIDL,
+    /// the message, when it was seen, the LIST size it recorded, and the message's size when
+    /// its bytes are stored.
+    pub fn pop3_lines(
+        &self,
+        account: &str,
+        visit: &mut dyn FnMut(&str, Digest, DateTime<Utc>, Option<u64>, Option<u64>),
+    ) -> Result<(), IndexError> {
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT l.uidl, m.id, l.first_seen, l.list_size, CASE WHEN m.pack IS NULL THEN NULL ELSE m.size END
+                 FROM lines l JOIN messages m ON m.n = l.msg
+                 WHERE l.label = ?1 AND l.uidl IS NOT NULL ORDER BY l.label, l.uidl, l.seq",
+            )
+            .map_err(self.err())?;
+        let mut rows = stmt.query([account]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let uidl = r
+                .get_ref(0)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(self.err())?;
+            let id = digest_of(
+                r.get_ref(1)
+                    .and_then(|v| Ok(v.as_blob()?))
+                    .map_err(self.err())?,
+            );
+            let first_seen: String = r.get(2).map_err(self.err())?;
+            let Ok(first_seen) = first_seen.parse() else {
+                continue;
+            };
+            let list_size: Option<i64> = r.get(3).map_err(self.err())?;
+            let stored: Option<i64> = r.get(4).map_err(self.err())?;
+            visit(
+                uidl,
+                id,
+                first_seen,
+                list_size.map(|s| s as u64),
+                stored.map(|s| s as u64),
+            );
+        }
+        Ok(())
     }
 
     /// Reads the commits the index has not seen, or rebuilds it, in one transaction (taken
@@ -276,6 +407,7 @@ impl LocalIndex {
     ) -> Result<Freshness, IndexError> {
         let path = self.path.clone();
         let mut read = read_records(root)?;
+        self.last_commit = read.last_commit;
         let identity = archive_identity(&read);
         let tx = self
             .db
@@ -734,25 +866,7 @@ fn apply_lines(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, ApplyError> {
     let retired = read.retired.clone();
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO messages(id, size, time, first_seen) VALUES (?1, ?2, ?3, ?3)
-         ON CONFLICT(id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
-         RETURNING n, first_seen, envelope",
-    )?;
-    let mut store = tx.prepare_cached(
-        "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6,
-         time = ?7, sender_lc = ?8, subject_lc = ?9 WHERE n = ?1",
-    )?;
-    let mut retime = tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?;
-    let mut line = tx.prepare_cached(
-        "INSERT INTO lines(msg, seq, label, source, first_seen, flags) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    // The next line's place in catalog order, kept in `meta` (a max() over `lines` would read
-    // the whole table: it is ordered by message).
-    let mut seq: i64 = meta(tx, "last_seq")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut count = 0u64;
+    let mut applier = Applier::new(tx, &retired)?;
     let mut failure: Option<ApplyError> = None;
     visit_segments(
         root,
@@ -762,67 +876,122 @@ fn apply_lines(
             if failure.is_some() {
                 return;
             }
-            let mut apply = || -> Result<(), ApplyError> {
-                let first_seen = nanos(entry.first_seen);
-                let (n, earliest, envelope): (i64, i64, Option<String>) = upsert.query_row(
-                    params![entry.id.0.as_slice(), entry.size as i64, first_seen],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?;
-                let earliest = DateTime::from_timestamp_nanos(earliest);
-                match &entry.stored {
-                    // The last line that stored an id, outside retired packs, says where it is.
-                    Some(at) if !retired.contains(&at.pack) => {
-                        let envelope = serde_json::to_string(&entry.envelope)?;
-                        store.execute(params![
-                            n,
-                            at.pack,
-                            at.offset as i64,
-                            at.stored_len as i64,
-                            entry.size as i64,
-                            envelope,
-                            nanos(entry.envelope.message_time(earliest)),
-                            entry.envelope.from.as_deref().map(str::to_lowercase),
-                            entry.envelope.subject.as_deref().map(str::to_lowercase),
-                        ])?;
-                    }
-                    // An earlier sighting moves the fallback date of a message with no date.
-                    _ if earliest == entry.first_seen => {
-                        if let Some(e) =
-                            envelope.and_then(|e| serde_json::from_str::<Envelope>(&e).ok())
-                        {
-                            retime.execute(params![n, nanos(e.message_time(earliest))])?;
-                        }
-                    }
-                    _ => {}
-                }
-                seq += 1;
-                line.execute(params![
-                    n,
-                    seq,
-                    entry.source.label(),
-                    serde_json::to_string(&entry.source)?,
-                    entry
-                        .first_seen
-                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                    entry.flags,
-                ])?;
-                Ok(())
-            };
-            if let Err(e) = apply() {
+            if let Err(e) = applier.apply(&entry) {
                 failure = Some(e);
                 return;
             }
-            count += 1;
-            if total > 10_000 && count.is_multiple_of(5_000) {
-                progress(count, total);
+            if total > 10_000 && applier.count.is_multiple_of(5_000) {
+                progress(applier.count, total);
             }
         },
     )?;
     if let Some(e) = failure {
         return Err(e);
     }
-    set_meta(tx, "last_seq", &seq.to_string())?;
-    Ok(count)
+    applier.finish()
+}
+
+/// Puts catalog lines into the index, in catalog order, within one transaction.
+struct Applier<'t> {
+    tx: &'t Transaction<'t>,
+    retired: &'t HashSet<String>,
+    upsert: rusqlite::CachedStatement<'t>,
+    store: rusqlite::CachedStatement<'t>,
+    retime: rusqlite::CachedStatement<'t>,
+    line: rusqlite::CachedStatement<'t>,
+    /// The last line's place in catalog order.
+    seq: i64,
+    count: u64,
+}
+
+impl<'t> Applier<'t> {
+    fn new(tx: &'t Transaction<'t>, retired: &'t HashSet<String>) -> Result<Self, ApplyError> {
+        Ok(Applier {
+            tx,
+            retired,
+            upsert: tx.prepare_cached(
+                "INSERT INTO messages(id, size, time, first_seen) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
+                 RETURNING n, first_seen, envelope",
+            )?,
+            store: tx.prepare_cached(
+                "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6,
+                 time = ?7, sender_lc = ?8, subject_lc = ?9 WHERE n = ?1",
+            )?,
+            retime: tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?,
+            line: tx.prepare_cached(
+                "INSERT INTO lines(msg, seq, label, source, first_seen, flags, uidl, list_size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?,
+            // Kept in `meta`: a max() over `lines` would read the whole table (it is ordered
+            // by message).
+            seq: meta(tx, "last_seq")?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            count: 0,
+        })
+    }
+
+    fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {
+        let first_seen = nanos(entry.first_seen);
+        let (n, earliest, envelope): (i64, i64, Option<String>) = self.upsert.query_row(
+            params![entry.id.0.as_slice(), entry.size as i64, first_seen],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let earliest = DateTime::from_timestamp_nanos(earliest);
+        match &entry.stored {
+            // The last line that stored an id, outside retired packs, says where it is.
+            Some(at) if !self.retired.contains(&at.pack) => {
+                let envelope = serde_json::to_string(&entry.envelope)?;
+                self.store.execute(params![
+                    n,
+                    at.pack,
+                    at.offset as i64,
+                    at.stored_len as i64,
+                    entry.size as i64,
+                    envelope,
+                    nanos(entry.envelope.message_time(earliest)),
+                    entry.envelope.from.as_deref().map(str::to_lowercase),
+                    entry.envelope.subject.as_deref().map(str::to_lowercase),
+                ])?;
+            }
+            // An earlier sighting moves the fallback date of a message with no date.
+            _ if earliest == entry.first_seen => {
+                if let Some(e) = envelope.and_then(|e| serde_json::from_str::<Envelope>(&e).ok()) {
+                    self.retime
+                        .execute(params![n, nanos(e.message_time(earliest))])?;
+                }
+            }
+            _ => {}
+        }
+        let (uidl, list_size) = match &entry.source {
+            Source::Pop3 {
+                uidl, list_size, ..
+            } => (uidl.as_deref(), list_size.map(|s| s as i64)),
+            _ => (None, None),
+        };
+        self.seq += 1;
+        self.line.execute(params![
+            n,
+            self.seq,
+            entry.source.label(),
+            serde_json::to_string(&entry.source)?,
+            entry
+                .first_seen
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            entry.flags,
+            uidl,
+            list_size,
+        ])?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Records where catalog order stands; returns the lines applied.
+    fn finish(self) -> Result<u64, ApplyError> {
+        set_meta(self.tx, "last_seq", &self.seq.to_string())?;
+        Ok(self.count)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -942,9 +1111,14 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
 }
 
 impl IndexError {
-    /// Whether SQLite found the file damaged (the index is then deleted and built again).
-    pub fn is_corruption(&self) -> bool {
-        matches!(self, IndexError::Sqlite { source, .. } if is_corruption(source))
+    /// The index file SQLite found damaged, if that is what this is (it is then deleted and
+    /// built again).
+    pub fn damaged_index(&self) -> Option<&Path> {
+        match self {
+            IndexError::Sqlite { path, source } if is_corruption(source) => Some(path),
+            IndexError::Archive(a) => a.damaged_index(),
+            _ => None,
+        }
     }
 }
 
@@ -953,7 +1127,7 @@ pub fn discard(path: &Path) {
     remove_database(path);
 }
 
-fn is_corruption(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)

@@ -20,6 +20,7 @@ use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
 use super::index::{self, Index, list_dir};
+use super::local_index::{IndexError, LocalIndex};
 use super::lock::WriterLock;
 use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault, RecordSpan};
 use super::store::{self, Archive};
@@ -109,15 +110,21 @@ impl Batch {
 
 impl Writer {
     /// Takes the writer lock on the archive at `root` (creating the archive if it does not exist
-    /// yet), removes what an interrupted writer left, and loads the committed state.
-    pub fn open(root: &Path, command: &str, wait: Option<&Stop>) -> Result<Writer, ArchiveError> {
+    /// yet), removes what an interrupted writer left, and opens its local index with
+    /// `local_index` (once the lock is held, so that the index is current).
+    pub fn open(
+        root: &Path,
+        command: &str,
+        wait: Option<&Stop>,
+        local_index: &mut dyn FnMut() -> Result<LocalIndex, IndexError>,
+    ) -> Result<Writer, ArchiveError> {
         if !store::is_archive(root) {
             Archive::init(root)?;
         }
         let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
         store::check_header(root)?;
         remove_uncommitted(root)?;
-        let index = Index::load(root)?;
+        let index = Index::new(root, local_index().map_err(ArchiveError::index)?);
         Ok(Writer {
             index,
             _lock: lock,
@@ -138,13 +145,17 @@ impl Writer {
         &self.index
     }
 
+    pub fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
     pub fn totals(&self) -> &WriterTotals {
         &self.totals
     }
 
     /// Whether bytes with this id are stored (committed or in the open batch).
-    pub fn has_bytes(&self, id: &Digest) -> bool {
-        self.index.has_bytes(id) || self.batch.stored.contains(id)
+    pub fn has_bytes(&self, id: &Digest) -> Result<bool, ArchiveError> {
+        Ok(self.batch.stored.contains(id) || self.index.has_bytes(id)?)
     }
 
     /// Retires a pack (for `repair`): from now on no location in it counts, so its readable
@@ -204,10 +215,10 @@ impl Writer {
         let mut claimed = HashSet::new();
         // Bytes that are not stored are stored, even for a source already recorded: that is how
         // a message `repair` declared lost heals when it is seen again.
-        let compress: Vec<bool> = ids
-            .iter()
-            .map(|id| !self.has_bytes(id) && claimed.insert(*id))
-            .collect();
+        let mut compress = Vec::with_capacity(ids.len());
+        for id in &ids {
+            compress.push(!self.has_bytes(id)? && claimed.insert(*id));
+        }
         let level = self.level;
         let frames: Vec<Option<Vec<u8>>> = batch
             .par_iter()
@@ -222,7 +233,7 @@ impl Writer {
             .map_err(|fault| ArchiveError::SelfCheck { fault })?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
-            if frame.is_none() && self.index.knows(&id, &m.source) {
+            if frame.is_none() && self.index.knows(&id, &m.source)? {
                 self.totals.known += 1;
                 outcomes.push(Added::Known);
                 continue;
@@ -300,10 +311,10 @@ impl Writer {
                 });
             }
         };
-        if self.has_bytes(&id) {
+        if self.has_bytes(&id)? {
             let pack = self.batch.pack.as_mut().expect("opened above");
             pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
-            if self.index.knows(&id, &source) {
+            if self.index.knows(&id, &source)? {
                 self.totals.known += 1;
                 return Ok((id, Added::Known));
             }
@@ -494,10 +505,8 @@ impl Writer {
         self.totals.entries += record.entries;
         self.totals.raw_bytes = self.totals.raw_bytes.saturating_add(record.raw_bytes);
         self.totals.stored_bytes = self.totals.stored_bytes.saturating_add(record.stored_bytes);
-        self.index.set_last_commit(number);
-        for entry in &batch.entries {
-            self.index.add(entry);
-        }
+        // Committed: an index that fails now is behind, and the next open catches it up.
+        self.index.committed(&record, &batch.entries)?;
         Ok(Some(number))
     }
 
