@@ -72,10 +72,28 @@ CREATE TABLE IF NOT EXISTS lines(
     -- A POP3 line's UIDL (its label is the account) and the LIST size it recorded.
     uidl TEXT,
     list_size INTEGER,
+    pop3 INTEGER NOT NULL,
     PRIMARY KEY (msg, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
 CREATE INDEX IF NOT EXISTS lines_by_uidl ON lines(label, uidl, seq) WHERE uidl IS NOT NULL;
+-- Running totals, kept as lines are applied, so that `stats` and `status` read a few rows
+-- whatever the archive holds. Only messages whose bytes are stored count. Per label:
+-- `sightings` each (message, source) once; `pop3_messages` each message once per POP3
+-- account. `verify` counts them again from `lines` ([`LocalIndex::disagreements`]).
+CREATE TABLE IF NOT EXISTS label_totals(
+    label TEXT PRIMARY KEY,
+    sightings INTEGER NOT NULL DEFAULT 0,
+    sighting_bytes INTEGER NOT NULL DEFAULT 0,
+    pop3_messages INTEGER NOT NULL DEFAULT 0,
+    pop3_bytes INTEGER NOT NULL DEFAULT 0
+);
+-- The stored messages and their raw bytes: one row.
+CREATE TABLE IF NOT EXISTS stored_totals(
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    messages INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
 -- The words of each message (rowid = messages.n); contentless: the text is in the packs.
 -- (No contentless_delete: SQLite before 3.43, Debian 12's sqlite3 among them, could not open
 -- the file. A row is taken out with FTS5's 'delete' command and the values it was given.)
@@ -189,9 +207,9 @@ impl LocalIndex {
     }
 
     /// Where this index disagrees with `archive`'s catalog: messages it places elsewhere or
-    /// does not know, and messages it shows that the catalog does not store. (0, 0) when it
-    /// agrees.
-    pub fn disagreements(&self, archive: &super::Archive) -> Result<(u64, u64), IndexError> {
+    /// does not know, messages it shows that the catalog does not store, and whether its
+    /// running totals are off. (0, 0, false) when it agrees.
+    pub fn disagreements(&self, archive: &super::Archive) -> Result<(u64, u64, bool), IndexError> {
         let mut wrong = 0u64;
         let mut agreed = 0u64;
         self.locations(&mut |id, location| match archive.location(&id) {
@@ -199,7 +217,7 @@ impl LocalIndex {
             _ => wrong += 1,
         })?;
         let stored = archive.messages().len() as u64;
-        Ok((wrong, stored.saturating_sub(agreed)))
+        Ok((wrong, stored.saturating_sub(agreed), !self.totals_agree()?))
     }
 
     /// An index in memory, for when the cache directory cannot be written.
@@ -457,7 +475,8 @@ impl LocalIndex {
         if rebuild.is_some() {
             tx.execute_batch(
                 "DROP TABLE IF EXISTS applied; DROP TABLE IF EXISTS messages;
-                 DROP TABLE IF EXISTS lines; DROP TABLE IF EXISTS text;",
+                 DROP TABLE IF EXISTS lines; DROP TABLE IF EXISTS text;
+                 DROP TABLE IF EXISTS label_totals; DROP TABLE IF EXISTS stored_totals;",
             )
             .and_then(|()| tx.execute_batch(CREATE))
             .map_err(sqlite(&path))?;
@@ -664,7 +683,7 @@ impl LocalIndex {
     pub fn totals(&self) -> Result<(u64, u64), IndexError> {
         self.db
             .query_row(
-                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE pack IS NOT NULL",
+                "SELECT coalesce(sum(messages), 0), coalesce(sum(bytes), 0) FROM stored_totals",
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
@@ -677,19 +696,47 @@ impl LocalIndex {
     pub fn label_totals(&self, pop3_only: bool) -> Result<Vec<(String, u64, u64)>, IndexError> {
         let sql = match pop3_only {
             false => {
-                "SELECT l.label, count(*), coalesce(sum(m.size), 0)
-                 FROM (SELECT DISTINCT msg, label, source FROM lines) l
-                 JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
-                 GROUP BY l.label ORDER BY l.label"
+                "SELECT label, sightings, sighting_bytes FROM label_totals
+                 WHERE sightings > 0 ORDER BY label"
             }
             true => {
-                "SELECT l.label, count(*), coalesce(sum(m.size), 0)
-                 FROM (SELECT DISTINCT msg, label FROM lines
-                       WHERE json_extract(source, '$.kind') = 'pop3') l
-                 JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
-                 GROUP BY l.label ORDER BY l.label"
+                "SELECT label, pop3_messages, pop3_bytes FROM label_totals
+                 WHERE pop3_messages > 0 ORDER BY label"
             }
         };
+        self.rows_of_totals(sql)
+    }
+
+    /// [`LocalIndex::totals`] and both [`LocalIndex::label_totals`] counted again from the
+    /// lines, as they are defined: whether the running totals agree.
+    fn totals_agree(&self) -> Result<bool, IndexError> {
+        let (messages, bytes): (i64, i64) = self
+            .db
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE pack IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.err())?;
+        let by_source = self.rows_of_totals(
+            "SELECT l.label, count(*), coalesce(sum(m.size), 0)
+             FROM (SELECT DISTINCT msg, label, source FROM lines) l
+             JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
+             GROUP BY l.label ORDER BY l.label",
+        )?;
+        let by_account = self.rows_of_totals(
+            "SELECT l.label, count(*), coalesce(sum(m.size), 0)
+             FROM (SELECT DISTINCT msg, label FROM lines
+                   WHERE json_extract(source, '$.kind') = 'pop3') l
+             JOIN messages m ON m.n = l.msg WHERE m.pack IS NOT NULL
+             GROUP BY l.label ORDER BY l.label",
+        )?;
+        Ok(self.totals()? == (messages as u64, bytes as u64)
+            && self.label_totals(false)? == by_source
+            && self.label_totals(true)? == by_account)
+    }
+
+    fn rows_of_totals(&self, sql: &str) -> Result<Vec<(String, u64, u64)>, IndexError> {
         let mut stmt = self.db.prepare(sql).map_err(self.err())?;
         stmt.query_map([], |r| {
             Ok((
@@ -899,6 +946,9 @@ struct Applier<'t> {
     store: rusqlite::CachedStatement<'t>,
     retime: rusqlite::CachedStatement<'t>,
     line: rusqlite::CachedStatement<'t>,
+    earlier: rusqlite::CachedStatement<'t>,
+    count_label: rusqlite::CachedStatement<'t>,
+    count_stored: rusqlite::CachedStatement<'t>,
     /// The last line's place in catalog order.
     seq: i64,
     count: u64,
@@ -912,7 +962,7 @@ impl<'t> Applier<'t> {
             upsert: tx.prepare_cached(
                 "INSERT INTO messages(id, size, time, first_seen) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT(id) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
-                 RETURNING n, first_seen, envelope",
+                 RETURNING n, first_seen, envelope, pack IS NOT NULL",
             )?,
             store: tx.prepare_cached(
                 "UPDATE messages SET pack = ?2, offset = ?3, stored_len = ?4, size = ?5, envelope = ?6,
@@ -920,8 +970,22 @@ impl<'t> Applier<'t> {
             )?,
             retime: tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?,
             line: tx.prepare_cached(
-                "INSERT INTO lines(msg, seq, label, source, first_seen, flags, uidl, list_size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO lines(msg, seq, label, source, first_seen, flags, uidl, list_size, pop3)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            earlier: tx.prepare_cached("SELECT label, source, pop3 FROM lines WHERE msg = ?1")?,
+            count_label: tx.prepare_cached(
+                "INSERT INTO label_totals(label, sightings, sighting_bytes, pop3_messages, pop3_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(label) DO UPDATE SET
+                   sightings = sightings + excluded.sightings,
+                   sighting_bytes = sighting_bytes + excluded.sighting_bytes,
+                   pop3_messages = pop3_messages + excluded.pop3_messages,
+                   pop3_bytes = pop3_bytes + excluded.pop3_bytes",
+            )?,
+            count_stored: tx.prepare_cached(
+                "INSERT INTO stored_totals(one, messages, bytes) VALUES (1, 1, ?1)
+                 ON CONFLICT(one) DO UPDATE SET messages = messages + 1, bytes = bytes + ?1",
             )?,
             // Kept in `meta`: a max() over `lines` would read the whole table (it is ordered
             // by message).
@@ -934,14 +998,17 @@ impl<'t> Applier<'t> {
 
     fn apply(&mut self, entry: &Entry) -> Result<(), ApplyError> {
         let first_seen = nanos(entry.first_seen);
-        let (n, earliest, envelope): (i64, i64, Option<String>) = self.upsert.query_row(
-            params![entry.id.0.as_slice(), entry.size as i64, first_seen],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (n, earliest, envelope, was_stored): (i64, i64, Option<String>, bool) =
+            self.upsert.query_row(
+                params![entry.id.0.as_slice(), entry.size as i64, first_seen],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
         let earliest = DateTime::from_timestamp_nanos(earliest);
+        let mut stored_now = was_stored;
         match &entry.stored {
             // The last line that stored an id, outside retired packs, says where it is.
             Some(at) if !self.retired.contains(&at.pack) => {
+                stored_now = true;
                 let envelope = serde_json::to_string(&entry.envelope)?;
                 self.store.execute(params![
                     n,
@@ -964,26 +1031,78 @@ impl<'t> Applier<'t> {
             }
             _ => {}
         }
-        let (uidl, list_size) = match &entry.source {
+        let (uidl, list_size, pop3) = match &entry.source {
             Source::Pop3 {
                 uidl, list_size, ..
-            } => (uidl.as_deref(), list_size.map(|s| s as i64)),
-            _ => (None, None),
+            } => (uidl.as_deref(), list_size.map(|s| s as i64), true),
+            _ => (None, None, false),
         };
+        let label = entry.source.label();
+        let source = serde_json::to_string(&entry.source)?;
+        if stored_now {
+            self.count(n, entry.size, !was_stored, (&label, &source, pop3))?;
+        }
         self.seq += 1;
         self.line.execute(params![
             n,
             self.seq,
-            entry.source.label(),
-            serde_json::to_string(&entry.source)?,
+            label,
+            source,
             entry
                 .first_seen
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             entry.flags,
             uidl,
             list_size,
+            pop3,
         ])?;
         self.count += 1;
+        Ok(())
+    }
+
+    /// Adds to the running totals what a line of stored message `n` brings: itself, and when
+    /// its message has just become stored (`newly_stored`), the message and its earlier lines.
+    fn count(
+        &mut self,
+        n: i64,
+        size: u64,
+        newly_stored: bool,
+        line: (&str, &str, bool),
+    ) -> Result<(), ApplyError> {
+        let earlier: Vec<(String, String, bool)> = self
+            .earlier
+            .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let size = size as i64;
+        // (label, source) pairs and POP3 labels counted for this message so far.
+        let mut sightings: HashSet<(&str, &str)> = HashSet::new();
+        let mut accounts: HashSet<&str> = HashSet::new();
+        let mut adds: Vec<(&str, i64, i64)> = Vec::new();
+        let lines = earlier.iter().map(|(l, s, p)| (l.as_str(), s.as_str(), *p));
+        let counted_before = !newly_stored;
+        for (i, (label, source, pop3)) in lines.chain([line]).enumerate() {
+            let new_sighting = sightings.insert((label, source));
+            let new_account = pop3 && accounts.insert(label);
+            // Lines before this one were counted when they came, if the message was stored.
+            if counted_before && i < earlier.len() {
+                continue;
+            }
+            if new_sighting || new_account {
+                adds.push((label, new_sighting as i64, new_account as i64));
+            }
+        }
+        for (label, sighting, account) in adds {
+            self.count_label.execute(params![
+                label,
+                sighting,
+                sighting * size,
+                account,
+                account * size
+            ])?;
+        }
+        if newly_stored {
+            self.count_stored.execute([size])?;
+        }
         Ok(())
     }
 

@@ -41,13 +41,17 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
     // nothing of the archive's health (the exit status).
     let checked = index.and_then(|index| Ok((index.disagreements(&archive)?, index)));
     match checked {
-        Ok(((0, 0), _)) => {}
-        Ok(((wrong, unknown), index)) => {
+        Ok(((0, 0, false), _)) => {}
+        Ok(((wrong, unknown, totals_off), index)) => {
             let path = index.path().to_path_buf();
             drop(index);
             super::index::rebuild_index(ctx)?;
+            let totals = match totals_off {
+                true => ", its running totals off",
+                false => "",
+            };
             eprintln!(
-                "note: the local index {} disagreed with the catalog ({wrong} messages placed wrongly or not stored, {unknown} stored but not placed); built it again (a cache: the archive is not affected)",
+                "note: the local index {} disagreed with the catalog ({wrong} messages placed wrongly or not stored, {unknown} stored but not placed{totals}); built it again (a cache: the archive is not affected)",
                 path.display()
             );
         }
