@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::Utc;
 use popvault::archive::durable::{inject_fault_at, steps_taken};
 use popvault::archive::verify::verify;
-use popvault::archive::{Archive, Digest, Incoming, IndexError, LocalIndex, Source, Writer};
+use popvault::archive::{Archive, Digest, Incoming, Source, Writer};
 
 /// The seam is process-wide: the tests here take turns.
 static SEAM: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -23,16 +23,11 @@ fn message(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A fresh local index in memory for the archive at `root`.
-fn in_memory(root: &Path) -> impl FnMut() -> Result<LocalIndex, IndexError> + '_ {
-    move || LocalIndex::in_memory(root, &mut |_, _| {}).map(|(index, _)| index)
-}
-
 fn import(
     root: &Path,
     range: std::ops::Range<usize>,
 ) -> Result<(), popvault::archive::ArchiveError> {
-    let mut writer = Writer::open(root, "crash-test", None, &mut in_memory(root))?;
+    let mut writer = Writer::open(root, "crash-test", None)?;
     writer.add_batch(batch(range))?;
     writer.finish().map(drop)
 }
@@ -128,7 +123,7 @@ fn a_commit_failing_at_any_step_and_retried_in_process_leaves_a_clean_archive() 
 
     let probe = dir.path().join("probe");
     copy_dir(&base, &probe);
-    let mut writer = Writer::open(&probe, "crash-test", None, &mut in_memory(&probe)).unwrap();
+    let mut writer = Writer::open(&probe, "crash-test", None).unwrap();
     writer.add_batch(batch(50..100)).unwrap();
     inject_fault_at(0);
     let before = steps_taken();
@@ -139,7 +134,7 @@ fn a_commit_failing_at_any_step_and_retried_in_process_leaves_a_clean_archive() 
     for cut in 1..=steps {
         let root = dir.path().join(format!("retry-{cut}"));
         copy_dir(&base, &root);
-        let mut writer = Writer::open(&root, "crash-test", None, &mut in_memory(&root)).unwrap();
+        let mut writer = Writer::open(&root, "crash-test", None).unwrap();
         writer.add_batch(batch(50..100)).unwrap();
         inject_fault_at(cut);
         let failed = writer.commit();

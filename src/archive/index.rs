@@ -1,10 +1,8 @@
-//! Reading the committed catalog, and `Index`: what a writer must know of it.
+//! Reading the committed catalog, and `Index`: the little a writer must know of it.
 //!
 //! `read_catalog` visits every catalog line of every commit in order; `Archive` keeps them all
-//! (for `verify`, `restore`...). `Index` asks the local index which ids are stored and where,
-//! and which (id, source) pairs are recorded, so a writer's memory does not grow with the
-//! archive; it keeps in memory only the open batch and the UIDLs of the accounts a backup
-//! reads.
+//! (for `list`, `verify`...), `Index` keeps about 100 bytes a message: which ids are stored and
+//! where, which (id, source) pairs are recorded, and per POP3 account which UIDLs are archived.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -18,7 +16,6 @@ use sha2::{Digest as _, Sha256};
 use super::ArchiveError;
 use super::catalog::{self, CommitRecord, Entry, Source};
 use super::digest::Digest;
-use super::local_index::LocalIndex;
 use super::pack::{self, RecordFault};
 
 /// Where a message's bytes are.
@@ -301,12 +298,10 @@ pub struct Pop3Seen {
     pub id: Digest,
     /// What LIST said of it, when that differs from its size (see [`Source::Pop3`]).
     pub list_size: Option<u64>,
-    /// Its size, when its bytes are stored (they may have been lost, see `repair`).
-    pub stored_size: Option<u64>,
 }
 
 /// A fixed-size key for an (id, source) pair: 128 bits of SHA-256 over the id and the source's
-/// JSON. A false match would need a 2^64-work collision among one batch's own lines.
+/// JSON. A false match would need a 2^64-work collision among one archive's own lines.
 type SightingKey = [u8; 16];
 
 fn sighting_key(id: &Digest, source: &Source) -> SightingKey {
@@ -316,18 +311,14 @@ fn sighting_key(id: &Digest, source: &Source) -> SightingKey {
     h.finalize()[..16].try_into().expect("16 of 32 bytes")
 }
 
-/// The writer's view of the committed archive: the local index (a SQLite file, so that memory
-/// does not grow with the archive), the sightings of the open batch, and the UIDLs of the
-/// POP3 accounts a backup asked for.
+/// The writer's compact view of the committed archive.
 pub struct Index {
     root: PathBuf,
-    /// `None` for an archive that does not exist yet (a dry run before the first backup).
-    db: Option<LocalIndex>,
-    /// (id, source) pairs of the open batch, until its commit puts them in `db`.
-    pending: HashSet<SightingKey>,
+    last_commit: u64,
+    stored: HashMap<Digest, Location>,
+    sightings: HashSet<SightingKey>,
     pop3: HashMap<String, HashMap<String, Pop3Seen>>,
-    /// Packs retired by `repair` in this run: locations in them no longer count.
-    voided: HashSet<String>,
+    packs: HashSet<Arc<str>>,
 }
 
 impl Index {
@@ -335,97 +326,80 @@ impl Index {
     pub fn empty(root: &Path) -> Index {
         Index {
             root: root.to_path_buf(),
-            db: None,
-            pending: HashSet::new(),
+            last_commit: 0,
+            stored: HashMap::new(),
+            sightings: HashSet::new(),
             pop3: HashMap::new(),
-            voided: HashSet::new(),
+            packs: HashSet::new(),
         }
     }
 
-    /// The view of the archive at `root` that `db`, its local index, gives.
-    pub fn new(root: &Path, db: LocalIndex) -> Index {
-        Index {
-            db: Some(db),
-            ..Index::empty(root)
-        }
+    /// Reads the catalog of the archive at `root` (its header must have been checked).
+    pub fn load(root: &Path) -> Result<Index, ArchiveError> {
+        let mut index = Index::empty(root);
+        let read = read_catalog(root, &mut |entry| index.add(&entry))?;
+        index.last_commit = read.last_commit;
+        index
+            .stored
+            .retain(|_, location| !read.retired.contains(&*location.pack));
+        Ok(index)
     }
 
-    /// Reads what the archive holds under each UIDL of POP3 account `account` (a backup does
-    /// before it plans; later commits keep it current).
-    pub fn load_uidls(&mut self, account: &str) -> Result<(), ArchiveError> {
-        if self.pop3.contains_key(account) {
-            return Ok(());
+    /// Records a committed catalog line.
+    pub(crate) fn add(&mut self, entry: &Entry) {
+        self.note_sighting(entry);
+        if let Some(at) = &entry.stored {
+            let pack = match self.packs.get(at.pack.as_str()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<str> = at.pack.as_str().into();
+                    self.packs.insert(p.clone());
+                    p
+                }
+            };
+            let location = Location {
+                pack,
+                offset: at.offset,
+                stored_len: at.stored_len,
+                size: entry.size,
+            };
+            // The last line that stored an id wins: `repair` stores salvaged bytes again.
+            self.stored.insert(entry.id, location);
         }
-        let mut by_uidl: HashMap<String, Pop3Seen> = HashMap::new();
-        if let Some(db) = &self.db {
-            db.pop3_lines(
-                account,
-                &mut |uidl, id, first_seen, list_size, stored_size| {
-                    let seen = Pop3Seen {
-                        first_seen,
-                        id,
-                        list_size,
-                        stored_size,
-                    };
-                    match by_uidl.get_mut(uidl) {
-                        Some(slot) => merge_sighting(slot, seen),
-                        None => {
-                            by_uidl.insert(uidl.to_owned(), seen);
-                        }
-                    }
-                },
-            )
-            .map_err(ArchiveError::index)?;
-        }
-        self.pop3.insert(account.to_owned(), by_uidl);
-        Ok(())
     }
 
     /// Records that `entry`'s source was seen (for the writer's open batch, before its bytes
     /// have a pack). Recording a line twice changes nothing.
     pub(crate) fn note_sighting(&mut self, entry: &Entry) {
-        self.pending.insert(sighting_key(&entry.id, &entry.source));
+        self.sightings
+            .insert(sighting_key(&entry.id, &entry.source));
         if let Source::Pop3 {
             account,
             uidl: Some(uidl),
             list_size,
         } = &entry.source
-            && let Some(by_uidl) = self.pop3.get_mut(account)
         {
-            // A writer records a line only for bytes that are stored (or that it stores).
             let seen = Pop3Seen {
                 first_seen: entry.first_seen,
                 id: entry.id,
                 list_size: *list_size,
-                stored_size: Some(entry.size),
             };
-            match by_uidl.get_mut(uidl) {
-                Some(slot) => merge_sighting(slot, seen),
-                None => {
-                    by_uidl.insert(uidl.clone(), seen);
-                }
+            let by_uidl = self.pop3.entry(account.clone()).or_default();
+            let slot = by_uidl.entry(uidl.clone()).or_insert(seen);
+            if slot.id == entry.id {
+                slot.first_seen = slot.first_seen.min(entry.first_seen);
+                slot.list_size = *list_size;
+            } else if entry.first_seen > slot.first_seen {
+                // A reused UIDL: the message archived later is the one it names now. Decided by
+                // date, not by reading order, which `repair` changes.
+                *slot = seen;
             }
         }
     }
 
-    /// Puts a commit this writer made into the local index; its batch's sightings are then
-    /// the index's.
-    pub(crate) fn committed(
-        &mut self,
-        record: &CommitRecord,
-        entries: &[Entry],
-    ) -> Result<(), ArchiveError> {
-        if let Some(db) = &mut self.db {
-            db.apply_commit(&self.root, record, entries)
-                .map_err(ArchiveError::index)?;
-        }
-        self.pending.clear();
-        Ok(())
-    }
-
     /// Forgets every location in `pack` (retired by `repair`).
     pub(crate) fn void_pack(&mut self, pack: &str) {
-        self.voided.insert(pack.to_string());
+        self.stored.retain(|_, location| &*location.pack != pack);
     }
 
     pub fn root(&self) -> &Path {
@@ -433,39 +407,31 @@ impl Index {
     }
 
     pub fn last_commit(&self) -> u64 {
-        self.db.as_ref().map_or(0, LocalIndex::last_commit)
+        self.last_commit
     }
 
-    pub fn has_bytes(&self, id: &Digest) -> Result<bool, ArchiveError> {
-        Ok(self.location(id)?.is_some())
+    pub(crate) fn set_last_commit(&mut self, commit: u64) {
+        self.last_commit = commit;
     }
 
-    pub fn knows(&self, id: &Digest, source: &Source) -> Result<bool, ArchiveError> {
-        if self.pending.contains(&sighting_key(id, source)) {
-            return Ok(true);
-        }
-        match &self.db {
-            Some(db) => db.knows(id, source).map_err(ArchiveError::index),
-            None => Ok(false),
-        }
+    pub fn has_bytes(&self, id: &Digest) -> bool {
+        self.stored.contains_key(id)
     }
 
-    /// The archived UIDLs of a POP3 account (once [`Index::load_uidls`] read them).
+    pub fn knows(&self, id: &Digest, source: &Source) -> bool {
+        self.sightings.contains(&sighting_key(id, source))
+    }
+
+    /// The archived UIDLs of a POP3 account.
     pub fn uidls(&self, account: &str) -> Option<&HashMap<String, Pop3Seen>> {
         self.pop3.get(account)
     }
 
-    /// Where the committed bytes of `id` are.
-    pub fn location(&self, id: &Digest) -> Result<Option<Location>, ArchiveError> {
-        let Some(db) = &self.db else {
-            return Ok(None);
-        };
-        let found = db.location(id).map_err(ArchiveError::index)?;
-        Ok(found.filter(|l| !self.voided.contains(&*l.pack)))
+    pub fn location(&self, id: &Digest) -> Option<&Location> {
+        self.stored.get(id)
     }
 
-    /// What the archive holds under `uidl` of POP3 account `account` (once
-    /// [`Index::load_uidls`] read them).
+    /// What the archive holds under `uidl` of POP3 account `account`.
     pub fn pop3_seen(&self, account: &str, uidl: &str) -> Option<&Pop3Seen> {
         self.pop3.get(account)?.get(uidl)
     }
@@ -477,24 +443,8 @@ impl Index {
 
     /// Re-reads and re-hashes the archived copy of `id`, and returns its first `limit` bytes.
     pub fn verified_head(&self, id: &Digest, limit: usize) -> Result<Vec<u8>, RecordFault> {
-        let location = self
-            .location(id)
-            .map_err(|e| RecordFault::Io(io::Error::other(crate::error_chain(&e))))?
-            .ok_or(RecordFault::Mismatch)?;
+        let location = self.stored.get(id).ok_or(RecordFault::Mismatch)?;
         let mut file = File::open(self.root.join("packs").join(&*location.pack))?;
         location.check_keeping_head(id, &mut file, limit)
-    }
-}
-
-/// Folds another sighting of a UIDL into what it stands for.
-fn merge_sighting(slot: &mut Pop3Seen, seen: Pop3Seen) {
-    if slot.id == seen.id {
-        slot.first_seen = slot.first_seen.min(seen.first_seen);
-        slot.list_size = seen.list_size;
-        slot.stored_size = slot.stored_size.or(seen.stored_size);
-    } else if seen.first_seen > slot.first_seen {
-        // A reused UIDL: the message archived later is the one it names now. Decided by date,
-        // not by reading order, which `repair` changes.
-        *slot = seen;
     }
 }

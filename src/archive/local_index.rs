@@ -33,7 +33,7 @@ use super::store::{Message, PackReader};
 use super::{ArchiveError, check_header};
 
 /// The layout of the database; another value means a rebuild.
-const SCHEMA: i64 = 7;
+const SCHEMA: i64 = 8;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,14 +69,11 @@ CREATE TABLE IF NOT EXISTS lines(
     source TEXT NOT NULL,
     first_seen TEXT NOT NULL,
     flags TEXT,
-    -- A POP3 line's UIDL (its label is the account) and the LIST size it recorded.
-    uidl TEXT,
-    list_size INTEGER,
+    -- 1 for a POP3 line (its label is the account), for the running totals.
     pop3 INTEGER NOT NULL,
     PRIMARY KEY (msg, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS lines_by_label ON lines(label, msg);
-CREATE INDEX IF NOT EXISTS lines_by_uidl ON lines(label, uidl, seq) WHERE uidl IS NOT NULL;
 -- Running totals, kept as lines are applied, so that `stats` and `status` read a few rows
 -- whatever the archive holds. Only messages whose bytes are stored count. Per label:
 -- `sightings` each (message, source) once; `pop3_messages` each message once per POP3
@@ -165,9 +162,6 @@ impl IndexedMessage {
 pub struct LocalIndex {
     db: Connection,
     path: PathBuf,
-    /// The archive's highest commit number when the index last caught up (see
-    /// [`CatalogRead::last_commit`]), or the last one a writer applied.
-    last_commit: u64,
 }
 
 impl LocalIndex {
@@ -228,11 +222,7 @@ impl LocalIndex {
         check_header(root)?;
         let path = PathBuf::from(":memory:");
         let db = Connection::open_in_memory().map_err(sqlite(&path))?;
-        let mut index = LocalIndex {
-            db,
-            path,
-            last_commit: 0,
-        };
+        let mut index = LocalIndex { db, path };
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
     }
@@ -267,7 +257,6 @@ impl LocalIndex {
         let mut index = LocalIndex {
             db,
             path: path.to_path_buf(),
-            last_commit: 0,
         };
         index
             .db
@@ -297,125 +286,6 @@ impl LocalIndex {
         &self.path
     }
 
-    /// The archive's highest commit number, as of the last catch-up or applied commit.
-    pub fn last_commit(&self) -> u64 {
-        self.last_commit
-    }
-
-    /// Puts the lines of a commit the caller just made into the index, in one transaction:
-    /// what a catch-up would do, without reading the catalog again. A commit already applied
-    /// (another process caught up first) is left as it is; one that retires packs or segments
-    /// changes what earlier lines mean, so the index is brought up to date from the catalog.
-    pub fn apply_commit(
-        &mut self,
-        root: &Path,
-        record: &CommitRecord,
-        entries: &[Entry],
-    ) -> Result<(), IndexError> {
-        if !record.retired_packs.is_empty() || !record.retired_segments.is_empty() {
-            return self.catch_up(root, &mut |_, _| {}).map(drop);
-        }
-        let path = self.path.clone();
-        let tx = self
-            .db
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sqlite(&path))?;
-        let done: bool = tx
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM applied WHERE commit_no = ?1)",
-                [record.commit as i64],
-                |r| r.get(0),
-            )
-            .map_err(sqlite(&path))?;
-        if !done {
-            tx.execute(
-                "INSERT INTO applied(commit_no, segment) VALUES (?1, ?2)",
-                params![record.commit as i64, segment_key(record)],
-            )
-            .map_err(sqlite(&path))?;
-            let none = HashSet::new();
-            let mut applier = Applier::new(&tx, &none).map_err(|e| e.with_path(&path))?;
-            for entry in entries {
-                applier.apply(entry).map_err(|e| e.with_path(&path))?;
-            }
-            applier.finish().map_err(|e| e.with_path(&path))?;
-        }
-        tx.commit().map_err(sqlite(&path))?;
-        self.last_commit = self.last_commit.max(record.commit);
-        Ok(())
-    }
-
-    /// Where the bytes of `id` are, when they are stored.
-    pub fn location(&self, id: &Digest) -> Result<Option<Location>, IndexError> {
-        let mut stmt = self
-            .db
-            .prepare_cached(
-                "SELECT pack, offset, stored_len, size FROM messages WHERE id = ?1 AND pack IS NOT NULL",
-            )
-            .map_err(self.err())?;
-        stmt.query_row([id.0.as_slice()], |r| location_of(r, 0))
-            .optional()
-            .map_err(self.err())
-    }
-
-    /// Whether a catalog line records `id` seen at `source`.
-    pub fn knows(&self, id: &Digest, source: &Source) -> Result<bool, IndexError> {
-        let source = serde_json::to_string(source).expect("sources serialize");
-        let mut stmt = self
-            .db
-            .prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM lines
-                 WHERE msg = (SELECT n FROM messages WHERE id = ?1) AND source = ?2)",
-            )
-            .map_err(self.err())?;
-        stmt.query_row(params![id.0.as_slice(), source], |r| r.get(0))
-            .map_err(self.err())
-    }
-
-    /// Every POP3 line of `account` with a UIDL, by UIDL and then in catalog order: the UIDL,
-    /// the message, when it was seen, the LIST size it recorded, and the message's size when
-    /// its bytes are stored.
-    pub fn pop3_lines(
-        &self,
-        account: &str,
-        visit: &mut dyn FnMut(&str, Digest, DateTime<Utc>, Option<u64>, Option<u64>),
-    ) -> Result<(), IndexError> {
-        let mut stmt = self
-            .db
-            .prepare_cached(
-                "SELECT l.uidl, m.id, l.first_seen, l.list_size, CASE WHEN m.pack IS NULL THEN NULL ELSE m.size END
-                 FROM lines l JOIN messages m ON m.n = l.msg
-                 WHERE l.label = ?1 AND l.uidl IS NOT NULL ORDER BY l.label, l.uidl, l.seq",
-            )
-            .map_err(self.err())?;
-        let mut rows = stmt.query([account]).map_err(self.err())?;
-        while let Some(r) = rows.next().map_err(self.err())? {
-            let uidl = r
-                .get_ref(0)
-                .and_then(|v| Ok(v.as_str()?))
-                .map_err(self.err())?;
-            let id = digest_of(
-                r.get_ref(1)
-                    .and_then(|v| Ok(v.as_blob()?))
-                    .map_err(self.err())?,
-            );
-            let first_seen: String = r.get(2).map_err(self.err())?;
-            let Ok(first_seen) = first_seen.parse() else {
-                continue;
-            };
-            let list_size: Option<i64> = r.get(3).map_err(self.err())?;
-            let stored: Option<i64> = r.get(4).map_err(self.err())?;
-            visit(
-                uidl,
-                id,
-                first_seen,
-                list_size.map(|s| s as u64),
-                stored.map(|s| s as u64),
-            );
-        }
-        Ok(())
-    }
-
     /// Reads the commits the index has not seen, or rebuilds it, in one transaction (taken
     /// before looking, so that two processes do not both apply the same commits).
     fn catch_up(
@@ -425,7 +295,6 @@ impl LocalIndex {
     ) -> Result<Freshness, IndexError> {
         let path = self.path.clone();
         let mut read = read_records(root)?;
-        self.last_commit = read.last_commit;
         let identity = archive_identity(&read);
         let tx = self
             .db
@@ -970,8 +839,8 @@ impl<'t> Applier<'t> {
             )?,
             retime: tx.prepare_cached("UPDATE messages SET time = ?2 WHERE n = ?1")?,
             line: tx.prepare_cached(
-                "INSERT INTO lines(msg, seq, label, source, first_seen, flags, uidl, list_size, pop3)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO lines(msg, seq, label, source, first_seen, flags, pop3)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
             earlier: tx.prepare_cached("SELECT label, source, pop3 FROM lines WHERE msg = ?1")?,
             count_label: tx.prepare_cached(
@@ -1031,12 +900,7 @@ impl<'t> Applier<'t> {
             }
             _ => {}
         }
-        let (uidl, list_size, pop3) = match &entry.source {
-            Source::Pop3 {
-                uidl, list_size, ..
-            } => (uidl.as_deref(), list_size.map(|s| s as i64), true),
-            _ => (None, None, false),
-        };
+        let pop3 = matches!(entry.source, Source::Pop3 { .. });
         let label = entry.source.label();
         let source = serde_json::to_string(&entry.source)?;
         if stored_now {
@@ -1052,8 +916,6 @@ impl<'t> Applier<'t> {
                 .first_seen
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             entry.flags,
-            uidl,
-            list_size,
             pop3,
         ])?;
         self.count += 1;
@@ -1230,14 +1092,9 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
 }
 
 impl IndexError {
-    /// The index file SQLite found damaged, if that is what this is (it is then deleted and
-    /// built again).
-    pub fn damaged_index(&self) -> Option<&Path> {
-        match self {
-            IndexError::Sqlite { path, source } if is_corruption(source) => Some(path),
-            IndexError::Archive(a) => a.damaged_index(),
-            _ => None,
-        }
+    /// Whether SQLite found the file damaged (the index is then deleted and built again).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, IndexError::Sqlite { source, .. } if is_corruption(source))
     }
 }
 
@@ -1246,7 +1103,7 @@ pub fn discard(path: &Path) {
     remove_database(path);
 }
 
-pub(crate) fn is_corruption(e: &rusqlite::Error) -> bool {
+fn is_corruption(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)

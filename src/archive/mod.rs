@@ -89,13 +89,6 @@ pub enum ArchiveError {
     },
     #[error(transparent)]
     Seal(#[from] pack::SealError),
-    /// The local index a writer asks (see [`Index`]) failed.
-    #[error("the local index {path} cannot be used")]
-    Index {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error(
         "a message did not decompress to its own bytes right after compression ({fault}); nothing was written: check memory"
     )]
@@ -103,24 +96,6 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
-    pub(crate) fn index(e: IndexError) -> ArchiveError {
-        match e {
-            IndexError::Sqlite { path, source } => ArchiveError::Index { path, source },
-            IndexError::Dir { path, source } => ArchiveError::Io { path, source },
-            IndexError::Archive(a) => a,
-        }
-    }
-
-    /// The local index SQLite found damaged, if that is what this is.
-    pub fn damaged_index(&self) -> Option<&std::path::Path> {
-        match self {
-            ArchiveError::Index { path, source } if local_index::is_corruption(source) => {
-                Some(path)
-            }
-            _ => None,
-        }
-    }
-
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ArchiveError {
         let path = path.into();
         move |source| ArchiveError::Io { path, source }

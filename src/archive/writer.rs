@@ -20,7 +20,6 @@ use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
 use super::index::{self, Index, list_dir};
-use super::local_index::{IndexError, LocalIndex};
 use super::lock::WriterLock;
 use super::pack::{self, PackWriter, RECORD_HEADER_LEN, RecordFault, RecordSpan};
 use super::store::{self, Archive};
@@ -110,21 +109,15 @@ impl Batch {
 
 impl Writer {
     /// Takes the writer lock on the archive at `root` (creating the archive if it does not exist
-    /// yet), removes what an interrupted writer left, and opens its local index with
-    /// `local_index` (once the lock is held, so that the index is current).
-    pub fn open(
-        root: &Path,
-        command: &str,
-        wait: Option<&Stop>,
-        local_index: &mut dyn FnMut() -> Result<LocalIndex, IndexError>,
-    ) -> Result<Writer, ArchiveError> {
+    /// yet), removes what an interrupted writer left, and loads the committed state.
+    pub fn open(root: &Path, command: &str, wait: Option<&Stop>) -> Result<Writer, ArchiveError> {
         if !store::is_archive(root) {
             Archive::init(root)?;
         }
         let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
         store::check_header(root)?;
         remove_uncommitted(root)?;
-        let index = Index::new(root, local_index().map_err(ArchiveError::index)?);
+        let index = Index::load(root)?;
         Ok(Writer {
             index,
             _lock: lock,
@@ -145,17 +138,13 @@ impl Writer {
         &self.index
     }
 
-    pub fn index_mut(&mut self) -> &mut Index {
-        &mut self.index
-    }
-
     pub fn totals(&self) -> &WriterTotals {
         &self.totals
     }
 
     /// Whether bytes with this id are stored (committed or in the open batch).
-    pub fn has_bytes(&self, id: &Digest) -> Result<bool, ArchiveError> {
-        Ok(self.batch.stored.contains(id) || self.index.has_bytes(id)?)
+    pub fn has_bytes(&self, id: &Digest) -> bool {
+        self.index.has_bytes(id) || self.batch.stored.contains(id)
     }
 
     /// Retires a pack (for `repair`): from now on no location in it counts, so its readable
@@ -215,10 +204,10 @@ impl Writer {
         let mut claimed = HashSet::new();
         // Bytes that are not stored are stored, even for a source already recorded: that is how
         // a message `repair` declared lost heals when it is seen again.
-        let mut compress = Vec::with_capacity(ids.len());
-        for id in &ids {
-            compress.push(!self.has_bytes(id)? && claimed.insert(*id));
-        }
+        let compress: Vec<bool> = ids
+            .iter()
+            .map(|id| !self.has_bytes(id) && claimed.insert(*id))
+            .collect();
         let level = self.level;
         let frames: Vec<Option<Vec<u8>>> = batch
             .par_iter()
@@ -233,7 +222,7 @@ impl Writer {
             .map_err(|fault| ArchiveError::SelfCheck { fault })?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
-            if frame.is_none() && self.index.knows(&id, &m.source)? {
+            if frame.is_none() && self.index.knows(&id, &m.source) {
                 self.totals.known += 1;
                 outcomes.push(Added::Known);
                 continue;
@@ -311,10 +300,10 @@ impl Writer {
                 });
             }
         };
-        if self.has_bytes(&id)? {
+        if self.has_bytes(&id) {
             let pack = self.batch.pack.as_mut().expect("opened above");
             pack.truncate(before).map_err(ArchiveError::io(&tmp))?;
-            if self.index.knows(&id, &source)? {
+            if self.index.knows(&id, &source) {
                 self.totals.known += 1;
                 return Ok((id, Added::Known));
             }
@@ -505,8 +494,10 @@ impl Writer {
         self.totals.entries += record.entries;
         self.totals.raw_bytes = self.totals.raw_bytes.saturating_add(record.raw_bytes);
         self.totals.stored_bytes = self.totals.stored_bytes.saturating_add(record.stored_bytes);
-        // Committed: an index that fails now is behind, and the next open catches it up.
-        self.index.committed(&record, &batch.entries)?;
+        self.index.set_last_commit(number);
+        for entry in &batch.entries {
+            self.index.add(entry);
+        }
         Ok(Some(number))
     }
 

@@ -220,20 +220,13 @@ impl<E: Into<BackupError>> From<RetrieveError<E>> for BackupError {
 /// Where a backup goes: the writer, or, for a dry run, only a look at the archive.
 pub enum Target<'w> {
     Write(&'w mut Writer),
-    DryRun(&'w mut Index),
+    DryRun(&'w Index),
 }
 
 impl Target<'_> {
     fn index(&self) -> &Index {
         match self {
             Target::Write(w) => w.index(),
-            Target::DryRun(index) => index,
-        }
-    }
-
-    fn index_mut(&mut self) -> &mut Index {
-        match self {
-            Target::Write(w) => w.index_mut(),
             Target::DryRun(index) => index,
         }
     }
@@ -497,7 +490,6 @@ fn one_pass(
     state: &mut RunState,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<(), BackupError> {
-    target.index_mut().load_uidls(&account.name)?;
     let mut connect = account.connect.clone();
     connect.stop = opts.stop.clone();
     let login = pop3::connect_and_login(

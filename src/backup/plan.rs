@@ -168,14 +168,15 @@ pub(super) fn plan(
             continue;
         };
         // A UIDL whose bytes are lost (see `repair`) counts as not archived: fetching it heals.
-        let Some((seen, stored)) = index
+        let Some(seen) = index
             .pop3_seen(&account.name, uidl)
-            .and_then(|seen| Some((seen, seen.stored_size?)))
+            .filter(|seen| index.has_bytes(&seen.id))
         else {
             plan.fresh.insert(msgno, uidl.to_owned());
             plan.fetch.push(planned);
             continue;
         };
+        let stored = index.location(&seen.id).map_or(0, |l| l.size);
         let listed_then = seen.list_size.unwrap_or(stored);
         let doubt = if listed_then != size {
             Some(Doubt::Size)

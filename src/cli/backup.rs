@@ -11,7 +11,7 @@ use super::connect::ConnectArgs;
 use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::account::Account;
-use crate::archive::Index;
+use crate::archive::{Index, Writer};
 use crate::backup::{self, AccountReport, BackupOptions, Event, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::pop3::Secret;
@@ -140,12 +140,13 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
 
     let mut reports = Vec::new();
     if args.dry_run {
-        let mut index = if crate::archive::is_archive(&ctx.archive) {
-            Index::new(&ctx.archive, super::index::open_index(ctx)?)
+        let index = if crate::archive::is_archive(&ctx.archive) {
+            crate::archive::check_header(&ctx.archive)?;
+            Index::load(&ctx.archive)?
         } else {
             Index::empty(&ctx.archive)
         };
-        let mut target = Target::DryRun(&mut index);
+        let mut target = Target::DryRun(&index);
         for account in &accounts {
             if opts.stop.requested() {
                 break;
@@ -155,7 +156,8 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             }));
         }
     } else {
-        let mut writer = super::index::open_writer(ctx, "backup", args.wait)?;
+        let mut writer = Writer::open(&ctx.archive, "backup", args.wait.then_some(&ctx.stop))
+            .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {
             if opts.stop.requested() {
@@ -166,6 +168,11 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             }));
         }
         writer.finish().context("cannot commit the backup")?;
+        let lines = reports
+            .iter()
+            .map(|r| r.new_messages + r.already_archived)
+            .sum();
+        super::index::refresh_after_write(ctx, lines);
     }
     bar.finish_and_clear();
     print_reports(ctx, &args, &reports)?;

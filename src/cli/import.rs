@@ -5,6 +5,7 @@ use clap::Args;
 
 use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
+use crate::archive::Writer;
 use crate::import::{self, ImportSource};
 
 #[derive(Debug, Args)]
@@ -51,7 +52,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             "standard input (`-`) is given as {from_stdin} sources; it can be read once: give it once"
         );
     }
-    let mut writer = super::index::open_writer(ctx, "import", args.wait)?;
+    let mut writer = Writer::open(&ctx.archive, "import", args.wait.then_some(&ctx.stop))
+        .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
     let stop = ctx.stop.clone();
     let mut reports = Vec::new();
@@ -76,6 +78,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         }
     }
     writer.finish().context("cannot commit the import")?;
+    let lines = reports.iter().map(|r| r.new + r.duplicates).sum();
+    super::index::refresh_after_write(ctx, lines);
     bar.finish_and_clear();
     if stopped {
         eprintln!(

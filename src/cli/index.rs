@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 use sha2::{Digest as _, Sha256};
 
@@ -13,7 +12,7 @@ use super::output::{count, count_bar, ignore_closed_pipe};
 use super::{Context, Exit};
 use crate::archive::local_index::{Query, fts_query};
 use crate::archive::select::Selection;
-use crate::archive::{Freshness, LocalIndex, PackReader, Writer};
+use crate::archive::{Freshness, LocalIndex, PackReader};
 
 /// `$XDG_CACHE_HOME/popvault/index/<key>.sqlite`, the key naming the archive by its absolute
 /// path: one index per archive, outside it (an archive may be read-only or remote).
@@ -30,12 +29,7 @@ pub fn index_path(ctx: &Context) -> PathBuf {
 /// in memory, with a warning.
 pub fn open_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
     let (index, freshness) = with_progress(ctx, false)?;
-    note_rebuild(ctx, &index, &freshness);
-    Ok(index)
-}
-
-fn note_rebuild(ctx: &Context, index: &LocalIndex, freshness: &Freshness) {
-    if let Freshness::Rebuilt { reason, lines } = freshness
+    if let Freshness::Rebuilt { reason, lines } = &freshness
         && reason != "new"
         && !ctx.quiet
     {
@@ -45,6 +39,7 @@ fn note_rebuild(ctx: &Context, index: &LocalIndex, freshness: &Freshness) {
             count(*lines, "catalog line"),
         );
     }
+    Ok(index)
 }
 
 /// The index built again from the catalog, for `verify --full`.
@@ -54,10 +49,7 @@ pub fn rebuild_index(ctx: &Context) -> anyhow::Result<LocalIndex> {
 
 /// Opens (or, with `rebuild`, builds again) the index with a progress bar for long updates,
 /// falling back to one in memory when the cache cannot be used.
-fn with_progress(
-    ctx: &Context,
-    rebuild: bool,
-) -> Result<(LocalIndex, Freshness), crate::archive::IndexError> {
+fn with_progress(ctx: &Context, rebuild: bool) -> anyhow::Result<(LocalIndex, Freshness)> {
     // Opening an archive that does not exist says so as every reader does.
     crate::archive::check_header(&ctx.archive)?;
     let path = index_path(ctx);
@@ -72,7 +64,7 @@ fn with_progress(
     };
     let opened = match opened {
         Ok(opened) => opened,
-        Err(e @ crate::archive::IndexError::Archive(_)) => return Err(e),
+        Err(crate::archive::IndexError::Archive(e)) => return Err(e.into()),
         Err(e) => {
             eprintln!(
                 "warning: {}; using an index in memory for this run",
@@ -85,25 +77,6 @@ fn with_progress(
         bar.finish_and_clear();
     }
     Ok(opened)
-}
-
-/// Takes the archive's writer lock for `command` (waiting for another writer with `wait`),
-/// with its local index, which the writer keeps up to date as it commits. `repair` has it
-/// built again: the catalog it mends may have lost lines the index still holds.
-pub fn open_writer(ctx: &Context, command: &str, wait: bool) -> anyhow::Result<Writer> {
-    let rebuild = command == "repair";
-    let mut local_index = || {
-        let (index, freshness) = with_progress(ctx, rebuild)?;
-        note_rebuild(ctx, &index, &freshness);
-        Ok(index)
-    };
-    Writer::open(
-        &ctx.archive,
-        command,
-        wait.then_some(&ctx.stop),
-        &mut local_index,
-    )
-    .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))
 }
 
 /// What `list` and `search` select, `--account` checked against the labels the index knows
@@ -129,6 +102,23 @@ pub fn selection(
         newest_first,
     };
     Ok((selection, query))
+}
+
+/// The most catalog lines a writer adds to the index itself; past that (a first import of a
+/// whole mailbox), the next command that reads does it, with a progress bar, so that the
+/// import's throughput is the archive's.
+const WRITER_INDEX_LIMIT: u64 = 50_000;
+
+/// After a writer committed `lines` catalog lines: brings the index up to date while they are
+/// in the page cache (a nightly backup keeps it current). A failure is a warning: the archive
+/// is what counts.
+pub fn refresh_after_write(ctx: &Context, lines: u64) {
+    if lines == 0 || lines > WRITER_INDEX_LIMIT {
+        return;
+    }
+    if let Err(e) = open_index(ctx) {
+        eprintln!("warning: the local index was not updated ({e:#}); the next command updates it");
+    }
 }
 
 #[derive(Debug, Args)]

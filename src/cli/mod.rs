@@ -307,11 +307,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
             report_error(&err);
             // A local index SQLite finds damaged only while answering: deleted, so that the
             // next command builds it again (it is a cache).
-            if let Some(path) = err.chain().find_map(|c| {
-                c.downcast_ref::<crate::archive::IndexError>()
-                    .and_then(|e| e.damaged_index())
-                    .or_else(|| c.downcast_ref::<ArchiveError>()?.damaged_index())
-            }) {
+            if let Some(e) = err
+                .chain()
+                .find_map(|c| c.downcast_ref::<crate::archive::IndexError>())
+                .filter(|e| e.is_corruption())
+                && let crate::archive::IndexError::Sqlite { path, .. } = e
+            {
                 crate::archive::local_index::discard(path);
                 eprintln!(
                     "note: the local index {} was damaged and is deleted (a cache: nothing is lost); run the command again to build it anew",

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::output::byte_bar;
 use super::{Context, Exit};
-use crate::archive::{Archive, Source};
+use crate::archive::{Archive, Source, Writer};
 use crate::repair;
 
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
         let archive = ctx.open_archive()?;
         repair::repair(&archive, None, &|_| bar.inc(1))?
     } else {
-        let mut writer = super::index::open_writer(ctx, "repair", false)
+        let mut writer = Writer::open(&ctx.archive, "repair", None)
             .context("cannot lock the archive for repair")?;
         let archive = Archive::open(&ctx.archive)?;
         let report = repair::repair(&archive, Some(&mut writer), &|_| bar.inc(1))

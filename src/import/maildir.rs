@@ -300,11 +300,7 @@ mod tests {
         .unwrap();
         fs::remove_file(folder.join("new/2.M2.host")).unwrap();
 
-        let root = dir.path().join("archive");
-        let mut writer = Writer::open(&root, "test", None, &mut || {
-            crate::archive::LocalIndex::in_memory(&root, &mut |_, _| {}).map(|(index, _)| index)
-        })
-        .unwrap();
+        let mut writer = Writer::open(&dir.path().join("archive"), "test", None).unwrap();
         import_listed(&mut writer, &folder, &files, &mut report, &mut |_| Ok(())).unwrap();
         writer.finish().unwrap();
         assert_eq!(report.messages, 1);
