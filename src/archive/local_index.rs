@@ -18,7 +18,7 @@
 //! The full text is indexed apart from the rest ([`LocalIndex::index_text`]): it needs every
 //! message's bytes, which a listing does not.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -272,11 +272,11 @@ impl LocalIndex {
             .db
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite(path))?;
-        // 16 MiB of page cache: an update touches the id, date and source B-trees at random
+        // 32 MiB of page cache: an update touches the id, date and source B-trees at random
         // places, and the default 2 MiB re-reads them from the file for every line.
         index
             .db
-            .pragma_update(None, "cache_size", -16_384)
+            .pragma_update(None, "cache_size", -32_768)
             .map_err(sqlite(path))?;
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
@@ -816,8 +816,13 @@ struct Applier<'t> {
     retime: rusqlite::CachedStatement<'t>,
     line: rusqlite::CachedStatement<'t>,
     earlier: rusqlite::CachedStatement<'t>,
-    count_label: rusqlite::CachedStatement<'t>,
-    count_stored: rusqlite::CachedStatement<'t>,
+    /// The highest message row so far: a row above it was just inserted, so it has no lines
+    /// yet (the common case, which then needs no look at `lines`).
+    newest: i64,
+    /// What this batch adds to `label_totals` (sightings, their bytes, POP3 messages, their
+    /// bytes) and to `stored_totals` (messages, bytes), written by `finish`.
+    label_adds: HashMap<String, [i64; 4]>,
+    stored_adds: (i64, i64),
     /// The last line's place in catalog order.
     seq: i64,
     count: u64,
@@ -843,19 +848,9 @@ impl<'t> Applier<'t> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
             earlier: tx.prepare_cached("SELECT label, source, pop3 FROM lines WHERE msg = ?1")?,
-            count_label: tx.prepare_cached(
-                "INSERT INTO label_totals(label, sightings, sighting_bytes, pop3_messages, pop3_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(label) DO UPDATE SET
-                   sightings = sightings + excluded.sightings,
-                   sighting_bytes = sighting_bytes + excluded.sighting_bytes,
-                   pop3_messages = pop3_messages + excluded.pop3_messages,
-                   pop3_bytes = pop3_bytes + excluded.pop3_bytes",
-            )?,
-            count_stored: tx.prepare_cached(
-                "INSERT INTO stored_totals(one, messages, bytes) VALUES (1, 1, ?1)
-                 ON CONFLICT(one) DO UPDATE SET messages = messages + 1, bytes = bytes + ?1",
-            )?,
+            newest: tx.query_row("SELECT coalesce(max(n), 0) FROM messages", [], |r| r.get(0))?,
+            label_adds: HashMap::new(),
+            stored_adds: (0, 0),
             // Kept in `meta`: a max() over `lines` would read the whole table (it is ordered
             // by message).
             seq: meta(tx, "last_seq")?
@@ -906,6 +901,7 @@ impl<'t> Applier<'t> {
         if stored_now {
             self.count(n, entry.size, !was_stored, (&label, &source, pop3))?;
         }
+        self.newest = self.newest.max(n);
         self.seq += 1;
         self.line.execute(params![
             n,
@@ -931,10 +927,13 @@ impl<'t> Applier<'t> {
         newly_stored: bool,
         line: (&str, &str, bool),
     ) -> Result<(), ApplyError> {
-        let earlier: Vec<(String, String, bool)> = self
-            .earlier
-            .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
+        let earlier: Vec<(String, String, bool)> = match n > self.newest {
+            true => Vec::new(),
+            false => self
+                .earlier
+                .query_map([n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?,
+        };
         let size = size as i64;
         // (label, source) pairs and POP3 labels counted for this message so far.
         let mut sightings: HashSet<(&str, &str)> = HashSet::new();
@@ -954,22 +953,43 @@ impl<'t> Applier<'t> {
             }
         }
         for (label, sighting, account) in adds {
-            self.count_label.execute(params![
-                label,
-                sighting,
-                sighting * size,
-                account,
-                account * size
-            ])?;
+            let totals = match self.label_adds.get_mut(label) {
+                Some(totals) => totals,
+                None => self.label_adds.entry(label.to_owned()).or_default(),
+            };
+            let add = [sighting, sighting * size, account, account * size];
+            for (total, add) in totals.iter_mut().zip(add) {
+                *total += add;
+            }
         }
         if newly_stored {
-            self.count_stored.execute([size])?;
+            self.stored_adds.0 += 1;
+            self.stored_adds.1 += size;
         }
         Ok(())
     }
 
-    /// Records where catalog order stands; returns the lines applied.
+    /// Writes the running totals and where catalog order stands; returns the lines applied.
     fn finish(self) -> Result<u64, ApplyError> {
+        let mut add_label = self.tx.prepare_cached(
+            "INSERT INTO label_totals(label, sightings, sighting_bytes, pop3_messages, pop3_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(label) DO UPDATE SET
+               sightings = sightings + excluded.sightings,
+               sighting_bytes = sighting_bytes + excluded.sighting_bytes,
+               pop3_messages = pop3_messages + excluded.pop3_messages,
+               pop3_bytes = pop3_bytes + excluded.pop3_bytes",
+        )?;
+        for (label, [sightings, sighting_bytes, messages, bytes]) in &self.label_adds {
+            add_label.execute(params![label, sightings, sighting_bytes, messages, bytes])?;
+        }
+        if self.stored_adds.0 > 0 {
+            self.tx.execute(
+                "INSERT INTO stored_totals(one, messages, bytes) VALUES (1, ?1, ?2)
+                 ON CONFLICT(one) DO UPDATE SET messages = messages + ?1, bytes = bytes + ?2",
+                [self.stored_adds.0, self.stored_adds.1],
+            )?;
+        }
         set_meta(self.tx, "last_seq", &self.seq.to_string())?;
         Ok(self.count)
     }
