@@ -1,10 +1,10 @@
 //! Reading the committed catalog, and `Index`: the little a writer must know of it.
 //!
 //! `read_catalog` visits every catalog line of every commit in order; `Archive` keeps them all
-//! (for `list`, `verify`...), `Index` keeps about 100 bytes a message: which ids are stored and
+//! (for `list`, `verify`...), `Index` keeps about 64 bytes a message: which ids are stored and
 //! where, which (id, source) pairs are recorded, and per POP3 account which UIDLs are archived.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::ArchiveError;
 use super::catalog::{self, CommitRecord, Entry, Source};
+use super::compact_map::CompactMap;
 use super::digest::Digest;
 use super::pack::{self, RecordFault};
 
@@ -302,23 +303,48 @@ pub struct Pop3Seen {
 
 /// A fixed-size key for an (id, source) pair: 128 bits of SHA-256 over the id and the source's
 /// JSON. A false match would need a 2^64-work collision among one archive's own lines.
-type SightingKey = [u8; 16];
+/// (An integer: compared without a call to `memcmp`.)
+type SightingKey = u128;
 
 fn sighting_key(id: &Digest, source: &Source) -> SightingKey {
     let mut h = Sha256::new();
     h.update(id.0);
     h.update(serde_json::to_vec(source).expect("sources serialize"));
-    h.finalize()[..16].try_into().expect("16 of 32 bytes")
+    u128::from_ne_bytes(h.finalize()[..16].try_into().expect("16 of 32 bytes"))
 }
 
-/// The writer's compact view of the committed archive.
+/// An id as integers, the key of [`Index::stored`] (compared without a call to `memcmp`).
+type IdKey = [u128; 2];
+
+fn id_key(id: &Digest) -> IdKey {
+    let (high, low) = id.0.split_at(16);
+    let half = |b: &[u8]| u128::from_ne_bytes(b.try_into().expect("16 bytes"));
+    [half(high), half(low)]
+}
+
+/// A [`Location`] in 16 bytes: the pack by its number in [`Index::packs`]. One whose numbers do
+/// not fit (a pack or message past 4 GiB) is kept whole in [`Index::wide`], marked by [`WIDE`].
+#[derive(Clone, Copy)]
+struct PackedLocation {
+    pack: u32,
+    offset: u32,
+    stored_len: u32,
+    size: u32,
+}
+
+const WIDE: u32 = u32::MAX;
+
+/// The writer's compact view of the committed archive: at a million messages, about 64 bytes
+/// each (a 48-byte location and a 16-byte sighting key).
 pub struct Index {
     root: PathBuf,
     last_commit: u64,
-    stored: HashMap<Digest, Location>,
-    sightings: HashSet<SightingKey>,
+    stored: CompactMap<IdKey, PackedLocation>,
+    wide: HashMap<IdKey, Location>,
+    sightings: CompactMap<SightingKey, ()>,
     pop3: HashMap<String, HashMap<String, Pop3Seen>>,
-    packs: HashSet<Arc<str>>,
+    packs: Vec<Arc<str>>,
+    pack_numbers: HashMap<Arc<str>, u32>,
 }
 
 impl Index {
@@ -327,10 +353,12 @@ impl Index {
         Index {
             root: root.to_path_buf(),
             last_commit: 0,
-            stored: HashMap::new(),
-            sightings: HashSet::new(),
+            stored: CompactMap::default(),
+            wide: HashMap::new(),
+            sightings: CompactMap::default(),
             pop3: HashMap::new(),
-            packs: HashSet::new(),
+            packs: Vec::new(),
+            pack_numbers: HashMap::new(),
         }
     }
 
@@ -339,9 +367,9 @@ impl Index {
         let mut index = Index::empty(root);
         let read = read_catalog(root, &mut |entry| index.add(&entry))?;
         index.last_commit = read.last_commit;
-        index
-            .stored
-            .retain(|_, location| !read.retired.contains(&*location.pack));
+        if !read.retired.is_empty() {
+            index.void_packs(&|pack| read.retired.contains(pack));
+        }
         Ok(index)
     }
 
@@ -349,22 +377,36 @@ impl Index {
     pub(crate) fn add(&mut self, entry: &Entry) {
         self.note_sighting(entry);
         if let Some(at) = &entry.stored {
-            let pack = match self.packs.get(at.pack.as_str()) {
-                Some(p) => p.clone(),
-                None => {
-                    let p: Arc<str> = at.pack.as_str().into();
-                    self.packs.insert(p.clone());
-                    p
+            let pack = self.pack_number(&at.pack);
+            let narrow = |n: u64| u32::try_from(n).ok().filter(|&n| n != WIDE);
+            let packed = match (narrow(at.offset), narrow(at.stored_len), narrow(entry.size)) {
+                (Some(offset), Some(stored_len), Some(size)) if pack != WIDE => {
+                    self.wide.remove(&id_key(&entry.id));
+                    PackedLocation {
+                        pack,
+                        offset,
+                        stored_len,
+                        size,
+                    }
+                }
+                _ => {
+                    let location = Location {
+                        pack: at.pack.as_str().into(),
+                        offset: at.offset,
+                        stored_len: at.stored_len,
+                        size: entry.size,
+                    };
+                    self.wide.insert(id_key(&entry.id), location);
+                    PackedLocation {
+                        pack: WIDE,
+                        offset: 0,
+                        stored_len: 0,
+                        size: 0,
+                    }
                 }
             };
-            let location = Location {
-                pack,
-                offset: at.offset,
-                stored_len: at.stored_len,
-                size: entry.size,
-            };
             // The last line that stored an id wins: `repair` stores salvaged bytes again.
-            self.stored.insert(entry.id, location);
+            self.stored.insert(id_key(&entry.id), packed);
         }
     }
 
@@ -372,7 +414,7 @@ impl Index {
     /// have a pack). Recording a line twice changes nothing.
     pub(crate) fn note_sighting(&mut self, entry: &Entry) {
         self.sightings
-            .insert(sighting_key(&entry.id, &entry.source));
+            .insert(sighting_key(&entry.id, &entry.source), ());
         if let Source::Pop3 {
             account,
             uidl: Some(uidl),
@@ -397,9 +439,31 @@ impl Index {
         }
     }
 
+    fn pack_number(&mut self, pack: &str) -> u32 {
+        if let Some(&n) = self.pack_numbers.get(pack) {
+            return n;
+        }
+        let n = u32::try_from(self.packs.len()).unwrap_or(WIDE);
+        if n != WIDE {
+            let name: Arc<str> = pack.into();
+            self.packs.push(name.clone());
+            self.pack_numbers.insert(name, n);
+        }
+        n
+    }
+
     /// Forgets every location in `pack` (retired by `repair`).
     pub(crate) fn void_pack(&mut self, pack: &str) {
-        self.stored.retain(|_, location| &*location.pack != pack);
+        self.void_packs(&|name| name == pack);
+    }
+
+    fn void_packs(&mut self, retired: &dyn Fn(&str) -> bool) {
+        self.wide.retain(|_, location| !retired(&location.pack));
+        let (packs, wide) = (&self.packs, &self.wide);
+        self.stored.retain(|id, location| match location.pack {
+            WIDE => wide.contains_key(id),
+            n => !retired(&packs[n as usize]),
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -415,11 +479,11 @@ impl Index {
     }
 
     pub fn has_bytes(&self, id: &Digest) -> bool {
-        self.stored.contains_key(id)
+        self.stored.contains_key(&id_key(id))
     }
 
     pub fn knows(&self, id: &Digest, source: &Source) -> bool {
-        self.sightings.contains(&sighting_key(id, source))
+        self.sightings.contains_key(&sighting_key(id, source))
     }
 
     /// The archived UIDLs of a POP3 account.
@@ -427,8 +491,17 @@ impl Index {
         self.pop3.get(account)
     }
 
-    pub fn location(&self, id: &Digest) -> Option<&Location> {
-        self.stored.get(id)
+    pub fn location(&self, id: &Digest) -> Option<Location> {
+        let packed = self.stored.get(&id_key(id))?;
+        if packed.pack == WIDE {
+            return self.wide.get(&id_key(id)).cloned();
+        }
+        Some(Location {
+            pack: self.packs[packed.pack as usize].clone(),
+            offset: packed.offset.into(),
+            stored_len: packed.stored_len.into(),
+            size: packed.size.into(),
+        })
     }
 
     /// What the archive holds under `uidl` of POP3 account `account`.
@@ -443,8 +516,62 @@ impl Index {
 
     /// Re-reads and re-hashes the archived copy of `id`, and returns its first `limit` bytes.
     pub fn verified_head(&self, id: &Digest, limit: usize) -> Result<Vec<u8>, RecordFault> {
-        let location = self.stored.get(id).ok_or(RecordFault::Mismatch)?;
+        let location = self.location(id).ok_or(RecordFault::Mismatch)?;
         let mut file = File::open(self.root.join("packs").join(&*location.pack))?;
         location.check_keeping_head(id, &mut file, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::catalog::StoredAt;
+    use crate::archive::envelope::Envelope;
+
+    fn stored_line(id: u8, pack: &str, offset: u64, size: u64) -> Entry {
+        Entry {
+            id: Digest([id; 32]),
+            size,
+            source: Source::Eml {
+                path: format!("/m/{id}"),
+            },
+            first_seen: Utc::now(),
+            flags: None,
+            envelope: Envelope::default(),
+            stored: Some(StoredAt {
+                pack: pack.into(),
+                offset,
+                stored_len: size / 2,
+            }),
+        }
+    }
+
+    #[test]
+    fn locations_past_4_gib_are_kept_whole_and_the_last_line_wins() {
+        let mut index = Index::empty(Path::new("/nowhere"));
+        let big = 5 << 30;
+        index.add(&stored_line(1, "a.pack", big, 10));
+        index.add(&stored_line(2, "a.pack", 7, big));
+        index.add(&stored_line(3, "b.pack", 9, 20));
+        let at = |index: &Index, id| index.location(&Digest([id; 32]));
+        assert_eq!(at(&index, 1).map(|l| l.offset), Some(big));
+        assert_eq!(
+            at(&index, 2).map(|l| (l.size, l.stored_len)),
+            Some((big, big / 2))
+        );
+        assert_eq!(
+            at(&index, 3).map(|l| (l.pack.to_string(), l.offset)),
+            Some(("b.pack".into(), 9))
+        );
+        // Stored again (as `repair` does), now in 32 bits: the wide copy is gone.
+        index.add(&stored_line(1, "b.pack", 11, 10));
+        assert_eq!(at(&index, 1).map(|l| l.offset), Some(11));
+        assert!(index.wide.len() == 1);
+        index.void_pack("a.pack");
+        assert!(at(&index, 2).is_none());
+        assert!(index.wide.is_empty());
+        assert!(at(&index, 1).is_some() && at(&index, 3).is_some());
+        index.void_pack("b.pack");
+        assert!(at(&index, 1).is_none() && at(&index, 3).is_none());
     }
 }

@@ -12,6 +12,7 @@
 //! doc/FORMAT.md describes every byte.
 
 pub mod catalog;
+mod compact_map;
 pub mod digest;
 pub mod durable;
 pub mod envelope;
