@@ -124,7 +124,7 @@ pub fn repair(
         dry_run: writer.is_none(),
         ..RepairReport::default()
     };
-    let check = verify::verify(archive, true, progress)?;
+    let (check, _) = verify::verify(archive.root(), true, progress)?;
 
     // Commit numbers without a readable record: their files are read as orphans.
     let readable: HashSet<u64> = archive.commits().iter().map(|c| c.commit).collect();

@@ -34,7 +34,7 @@ fn import(
 
 fn assert_intact(root: &Path, committed: std::ops::Range<usize>) -> Archive {
     let archive = Archive::open(root).expect("the archive opens after a crash");
-    let report = verify(&archive, true, &|_| {}).unwrap();
+    let (report, _) = verify(archive.root(), true, &|_| {}).unwrap();
     assert!(
         report.is_ok(),
         "verify after a crash: {:?} {:?}",

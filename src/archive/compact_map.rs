@@ -81,6 +81,28 @@ impl<K: Key, V: Copy> CompactMap<K, V> {
         self.index_starts();
     }
 
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.recent.len()
+    }
+
+    /// Every key and value, in any order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.sorted.iter().map(|(k, v)| (k, v)).chain(&self.recent)
+    }
+
+    /// Moves every entry into the sorted vector, for [`CompactMap::settled`].
+    pub fn settle(&mut self) {
+        if !self.recent.is_empty() {
+            self.merge();
+        }
+    }
+
+    /// The entries sorted by key: all of them after [`CompactMap::settle`], until the next
+    /// insertion.
+    pub fn settled(&self) -> &[(K, V)] {
+        &self.sorted
+    }
+
     /// Where `key` is in `sorted` (`Ok`), or is not.
     fn position(&self, key: &K) -> Result<usize, ()> {
         let Some(range) = self
@@ -159,11 +181,20 @@ mod tests {
                 model.retain(|k: &u128, _| !k.is_multiple_of(97));
             }
         }
-        assert_eq!(compact.sorted.len() + compact.recent.len(), model.len());
+        assert_eq!(compact.len(), model.len());
+        assert_eq!(compact.iter().count(), model.len());
         assert!(compact.sorted.windows(2).all(|w| w[0].0 < w[1].0));
         for k in 0..150_000 {
             let key = key_of(k);
             assert_eq!(compact.get(&key), model.get(&key), "key {key}");
         }
+        compact.settle();
+        assert!(
+            compact
+                .settled()
+                .iter()
+                .map(|(k, v)| (k, v))
+                .eq(model.iter())
+        );
     }
 }

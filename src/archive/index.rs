@@ -314,12 +314,19 @@ fn sighting_key(id: &Digest, source: &Source) -> SightingKey {
 }
 
 /// An id as integers, the key of [`Index::stored`] (compared without a call to `memcmp`).
-type IdKey = [u128; 2];
+pub(crate) type IdKey = [u128; 2];
 
-fn id_key(id: &Digest) -> IdKey {
+pub(crate) fn id_key(id: &Digest) -> IdKey {
     let (high, low) = id.0.split_at(16);
     let half = |b: &[u8]| u128::from_ne_bytes(b.try_into().expect("16 bytes"));
     [half(high), half(low)]
+}
+
+pub(crate) fn digest_of(key: &IdKey) -> Digest {
+    let mut id = [0; 32];
+    id[..16].copy_from_slice(&key[0].to_ne_bytes());
+    id[16..].copy_from_slice(&key[1].to_ne_bytes());
+    Digest(id)
 }
 
 /// A [`Location`] in 16 bytes: the pack by its number in [`Index::packs`]. One whose numbers do
@@ -364,18 +371,52 @@ impl Index {
 
     /// Reads the catalog of the archive at `root` (its header must have been checked).
     pub fn load(root: &Path) -> Result<Index, ArchiveError> {
+        Ok(Self::read(root, true, &mut |_, _| {})?.0)
+    }
+
+    /// Reads only where each message is stored (not the sightings and UIDLs a writer needs),
+    /// and calls `visit` with each catalog line and whether it is the one that stores the
+    /// message's bytes; returns what reading the records found too.
+    pub fn load_locations(
+        root: &Path,
+        visit: &mut dyn FnMut(&Entry, bool),
+    ) -> Result<(Index, CatalogRead), ArchiveError> {
+        Self::read(root, false, visit)
+    }
+
+    fn read(
+        root: &Path,
+        sightings: bool,
+        visit: &mut dyn FnMut(&Entry, bool),
+    ) -> Result<(Index, CatalogRead), ArchiveError> {
         let mut index = Index::empty(root);
-        let read = read_catalog(root, &mut |entry| index.add(&entry))?;
+        let mut read = read_records(root)?;
+        let retired = read.retired.clone();
+        visit_segments(root, &mut read, &|_| true, &mut |entry| {
+            // A location in a pack `repair` retired is void; the line still counts as seen.
+            let stores = entry
+                .stored
+                .as_ref()
+                .is_some_and(|at| !retired.contains(&at.pack));
+            if sightings {
+                index.note_sighting(&entry);
+            }
+            if stores {
+                index.note_location(&entry);
+            }
+            visit(&entry, stores);
+        })?;
         index.last_commit = read.last_commit;
-        if !read.retired.is_empty() {
-            index.void_packs(&|pack| read.retired.contains(pack));
-        }
-        Ok(index)
+        Ok((index, read))
     }
 
     /// Records a committed catalog line.
     pub(crate) fn add(&mut self, entry: &Entry) {
         self.note_sighting(entry);
+        self.note_location(entry);
+    }
+
+    fn note_location(&mut self, entry: &Entry) {
         if let Some(at) = &entry.stored {
             let pack = self.pack_number(&at.pack);
             let narrow = |n: u64| u32::try_from(n).ok().filter(|&n| n != WIDE);
@@ -476,6 +517,36 @@ impl Index {
 
     pub(crate) fn set_last_commit(&mut self, commit: u64) {
         self.last_commit = commit;
+    }
+
+    /// How many messages have their bytes stored.
+    pub fn stored_count(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// Every stored message, by pack and in offset order within each, as positions for
+    /// [`Index::stored_at`]: 8 bytes a message. Good until the index next changes.
+    pub fn stored_by_pack(&mut self) -> Vec<(Arc<str>, Vec<usize>)> {
+        self.stored.settle();
+        let mut by_pack: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for position in 0..self.stored.settled().len() {
+            let (_, location) = self.stored_at(position);
+            by_pack.entry(location.pack).or_default().push(position);
+        }
+        let mut packs: Vec<(Arc<str>, Vec<usize>)> = by_pack.into_iter().collect();
+        for (_, positions) in &mut packs {
+            positions.sort_unstable_by_key(|&p| self.stored_at(p).1.offset);
+        }
+        packs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        packs
+    }
+
+    /// The message at `position` of [`Index::stored_by_pack`].
+    pub fn stored_at(&self, position: usize) -> (Digest, Location) {
+        let (key, _) = self.stored.settled()[position];
+        let id = digest_of(&key);
+        let location = self.location(&id).expect("a settled position is stored");
+        (id, location)
     }
 
     pub fn has_bytes(&self, id: &Digest) -> bool {

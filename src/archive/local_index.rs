@@ -35,6 +35,12 @@ use super::{ArchiveError, check_header};
 /// The layout of the database; another value means a rebuild.
 const SCHEMA: i64 = 8;
 
+/// Page cache while the index is updated: an update touches the id, date and source B-trees
+/// at random places, and SQLite's default 2 MiB re-reads them from the file for every line.
+const PAGE_CACHE_KIB: i64 = 32 * 1024;
+/// Page cache for a pass over a whole table.
+const SCAN_CACHE_KIB: i64 = 2 * 1024;
+
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- The commits whose segments are in the index, each with its segment's name, size and SHA-256
@@ -200,17 +206,30 @@ impl LocalIndex {
         Self::open_once(root, path, progress)
     }
 
-    /// Where this index disagrees with `archive`'s catalog: messages it places elsewhere or
+    /// Where this index disagrees with the catalog (read into `catalog`): messages it places elsewhere or
     /// does not know, messages it shows that the catalog does not store, and whether its
     /// running totals are off. (0, 0, false) when it agrees.
-    pub fn disagreements(&self, archive: &super::Archive) -> Result<(u64, u64, bool), IndexError> {
+    pub fn disagreements(&self, catalog: &super::Index) -> Result<(u64, u64, bool), IndexError> {
+        // Passes over whole tables read each page once (and sort little): a large cache would
+        // only fill up.
+        self.db
+            .pragma_update(None, "cache_size", -SCAN_CACHE_KIB)
+            .map_err(self.err())?;
+        let found = self.count_disagreements(catalog);
+        self.db
+            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .map_err(self.err())?;
+        found
+    }
+
+    fn count_disagreements(&self, catalog: &super::Index) -> Result<(u64, u64, bool), IndexError> {
         let mut wrong = 0u64;
         let mut agreed = 0u64;
-        self.locations(&mut |id, location| match archive.location(&id) {
+        self.locations(&mut |id, location| match catalog.location(&id) {
             Some(l) if l == location => agreed += 1,
             _ => wrong += 1,
         })?;
-        let stored = archive.messages().len() as u64;
+        let stored = catalog.stored_count() as u64;
         Ok((wrong, stored.saturating_sub(agreed), !self.totals_agree()?))
     }
 
@@ -272,11 +291,9 @@ impl LocalIndex {
             .db
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(sqlite(path))?;
-        // 32 MiB of page cache: an update touches the id, date and source B-trees at random
-        // places, and the default 2 MiB re-reads them from the file for every line.
         index
             .db
-            .pragma_update(None, "cache_size", -32_768)
+            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
             .map_err(sqlite(path))?;
         let freshness = index.catch_up(root, progress)?;
         Ok((index, freshness))
@@ -619,11 +636,12 @@ impl LocalIndex {
     }
 
     /// Every message id and where the index says it is, by id (for `verify`).
+    /// Every stored message's location, in no particular order.
     pub fn locations(&self, visit: &mut dyn FnMut(Digest, Location)) -> Result<(), IndexError> {
         let mut stmt = self
             .db
             .prepare(
-                "SELECT id, pack, offset, stored_len, size FROM messages WHERE pack IS NOT NULL ORDER BY id",
+                "SELECT id, pack, offset, stored_len, size FROM messages WHERE pack IS NOT NULL",
             )
             .map_err(self.err())?;
         let mut rows = stmt.query([]).map_err(self.err())?;

@@ -14,7 +14,7 @@ use super::catalog::{CommitRecord, Entry, FORMAT_VERSION, Source};
 use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
-use super::index::{Location, list_dir, read_catalog};
+use super::index::{Location, read_catalog};
 use super::pack::{self, RECORD_HEADER_LEN, RecordFault};
 
 const HEADER_FILE: &str = "popvault-archive.json";
@@ -420,25 +420,6 @@ impl Archive {
     /// Reads a whole message into memory, checked (see [`PackReader::read`]).
     pub fn read_message(&self, id: &Digest) -> Result<Vec<u8>, ArchiveError> {
         self.packs.read(id, &self.located(id)?)
-    }
-
-    /// Files in `packs/` and `catalog/` that no commit record names.
-    pub fn unreferenced_files(&self) -> Result<Vec<String>, ArchiveError> {
-        let mut named: HashSet<String> = HashSet::new();
-        for c in &self.commits {
-            named.insert(format!("catalog/{}", c.segment.name));
-            named.extend(c.packs.iter().map(|p| format!("packs/{}", p.name)));
-        }
-        let mut out = Vec::new();
-        for sub in ["catalog", "packs"] {
-            for name in list_dir(&self.root.join(sub))? {
-                let rel = format!("{sub}/{name}");
-                if !named.contains(&rel) {
-                    out.push(rel);
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The highest commit number on disk, of a record or of the files of one (see `read_catalog`).

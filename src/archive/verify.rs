@@ -9,17 +9,18 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::ArchiveError;
-use super::catalog::{Source, commit_of_file_name};
+use super::catalog::{CommitRecord, Source, commit_of_file_name};
+use super::compact_map::CompactMap;
 use super::digest::{Digest, Hasher};
 use super::envelope::Envelope;
-use super::index::Location;
+use super::index::{Index, list_dir, read_records, visit_segments};
 use super::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RecordHeader};
-use super::store::Archive;
 
 #[derive(Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -58,30 +59,40 @@ pub struct DamagedMessage {
     pub from: Option<String>,
 }
 
+/// Verifies the archive at `root` (its header checked), reading the catalog once into the
+/// compact [`Index`] of locations (about 48 bytes a message) and once more only to describe what is
+/// damaged. Returns the report, and the index for checking the local index against.
 pub fn verify(
-    archive: &Archive,
+    root: &Path,
     full: bool,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<VerifyReport, ArchiveError> {
+) -> Result<(VerifyReport, Index), ArchiveError> {
+    // Ids seen on a line that does not store them (another source, or bytes in a retired pack):
+    // each needs a storing line somewhere.
+    let mut unstored: CompactMap<[u128; 2], ()> = CompactMap::default();
+    let (mut index, read) = Index::load_locations(root, &mut |entry, stores| {
+        if !stores {
+            unstored.insert(super::index::id_key(&entry.id), ());
+        }
+    })?;
+    let packs_dir = root.join("packs");
     let mut report = VerifyReport {
         full,
-        commits: archive.commits().len(),
+        commits: read.commits.len(),
         ..VerifyReport::default()
     };
-    report
-        .problems
-        .extend(archive.load_issues().iter().cloned());
+    report.problems.extend(read.issues.iter().cloned());
 
-    let retired = archive.retired_packs();
     let mut pack_sizes: HashMap<&str, u64> = HashMap::new();
-    for commit in archive.commits() {
+    for commit in &read.commits {
         for p in commit
             .packs
             .iter()
-            .filter(|p| !retired.contains(p.name.as_str()))
+            .filter(|p| !read.retired.contains(&p.name))
         {
             pack_sizes.insert(&p.name, p.size);
-            match std::fs::metadata(archive.pack_path(&p.name)) {
+            let path = packs_dir.join(&p.name);
+            match std::fs::metadata(&path) {
                 Ok(m) if m.len() == p.size => {}
                 Ok(m) => report.problems.push(format!(
                     "pack {} is {} bytes, commit {:08} says {}",
@@ -93,14 +104,14 @@ pub fn verify(
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     report.problems.push(format!("pack {} is missing", p.name))
                 }
-                Err(e) => return Err(ArchiveError::io(archive.pack_path(&p.name))(e)),
+                Err(e) => return Err(ArchiveError::io(path)(e)),
             }
         }
     }
     report.packs = pack_sizes.len();
-    for rel in archive.unreferenced_files()? {
+    for rel in unreferenced_files(root, &read.commits)? {
         let name = rel.rsplit('/').next().unwrap_or(&rel);
-        if commit_of_file_name(name).is_some_and(|n| archive.uncommitted().contains(&n)) {
+        if commit_of_file_name(name).is_some_and(|n| read.uncommitted.contains(&n)) {
             report.leftovers.push(rel);
         } else {
             report
@@ -109,77 +120,69 @@ pub fn verify(
         }
     }
 
-    // Every stored message, grouped by pack.
-    let mut by_pack: HashMap<String, Vec<(Digest, Location)>> = HashMap::new();
-    let mut ids: HashSet<Digest> = HashSet::new();
-    for entry in archive.entries() {
-        ids.insert(entry.id);
-        if let Some(loc) = archive.location(&entry.id)
-            && archive.stored_entry(&entry.id).map(|e| e as *const _) == Some(entry as *const _)
-        {
-            by_pack
-                .entry(loc.pack.to_string())
-                .or_default()
-                .push((entry.id, loc));
-        }
-    }
-    let known_lost: HashMap<Digest, &str> = archive
-        .lost()
-        .into_iter()
+    // Messages `repair` declared lost and that were not stored again since.
+    let known_lost: HashMap<Digest, &str> = read
+        .commits
+        .iter()
+        .flat_map(|c| &c.lost)
+        .filter(|l| !index.has_bytes(&l.id))
         .map(|l| (l.id, l.reason.as_str()))
         .collect();
-    let lost_lines: Vec<Digest> = ids
+    let mut lost_lines: Vec<Digest> = unstored
         .iter()
-        .filter(|id| !archive.contains(id))
-        .copied()
+        .map(|(key, _)| super::index::digest_of(key))
+        .filter(|id| !index.has_bytes(id))
         .collect();
+    drop(unstored);
+    lost_lines.sort();
     for id in lost_lines {
-        if let Some(reason) = known_lost.get(&id) {
-            report.quarantined.push(describe(
-                archive,
+        match known_lost.get(&id) {
+            Some(reason) => report.quarantined.push(damaged(
                 id,
                 "",
                 format!("lost (found by repair: {reason})"),
                 None,
-            ));
-            continue;
+            )),
+            None => report.damaged.push(damaged(
+                id,
+                "",
+                "the catalog line that stored it is lost".into(),
+                None,
+            )),
         }
-        report.damaged.push(describe(
-            archive,
-            id,
-            "",
-            "the catalog line that stored it is lost".into(),
-            None,
-        ));
     }
-    report.messages = by_pack.values().map(Vec::len).sum();
 
-    // Every pack a commit names is checked, even one whose catalog lines were all lost.
-    for name in pack_sizes.keys() {
-        by_pack.entry(name.to_string()).or_default();
-    }
-    let mut packs: Vec<(String, Vec<(Digest, Location)>)> = by_pack.into_iter().collect();
-    packs.sort_by(|a, b| a.0.cmp(&b.0));
+    // Every stored message, grouped by pack; every pack a commit names is checked, even one
+    // whose catalog lines were all lost.
+    let mut packs = index.stored_by_pack();
+    report.messages = packs.iter().map(|(_, positions)| positions.len()).sum();
     for (name, _) in &packs {
-        if !pack_sizes.contains_key(name.as_str()) {
+        if !pack_sizes.contains_key(&**name) {
             report.problems.push(format!(
                 "catalog lines point into pack {name}, which no commit record names"
             ));
         }
     }
+    for name in pack_sizes.keys() {
+        if packs.binary_search_by(|(p, _)| (**p).cmp(name)).is_err() {
+            packs.push(((*name).into(), Vec::new()));
+        }
+    }
     let outcomes: Vec<PackOutcome> = packs
         .par_iter()
-        .map(|(name, messages)| {
+        .map(|(name, positions)| {
             check_pack(
-                archive,
+                &index,
+                &packs_dir,
                 name,
-                messages,
-                pack_sizes.get(name.as_str()).copied(),
+                positions,
+                pack_sizes.get(&**name).copied(),
                 full,
                 progress,
             )
         })
         .collect::<Result<_, _>>()?;
+    drop(packs);
     for outcome in outcomes {
         report.bytes_checked = report.bytes_checked.saturating_add(outcome.bytes_checked);
         report.problems.extend(outcome.problems);
@@ -187,7 +190,90 @@ pub fn verify(
         report.uncatalogued.extend(outcome.uncatalogued);
     }
     report.damaged.sort_by_key(|a| a.id);
-    Ok(report)
+    describe_all(root, &mut report)?;
+    Ok((report, index))
+}
+
+/// Files in `packs/` and `catalog/` that no commit record names.
+fn unreferenced_files(root: &Path, commits: &[CommitRecord]) -> Result<Vec<String>, ArchiveError> {
+    let mut named: HashSet<String> = HashSet::new();
+    for c in commits {
+        named.insert(format!("catalog/{}", c.segment.name));
+        named.extend(c.packs.iter().map(|p| format!("packs/{}", p.name)));
+    }
+    let mut out = Vec::new();
+    for sub in ["catalog", "packs"] {
+        for name in list_dir(&root.join(sub))? {
+            let rel = format!("{sub}/{name}");
+            if !named.contains(&rel) {
+                out.push(rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A damaged message, its sources and envelope filled in later by [`describe_all`].
+fn damaged(id: Digest, pack: &str, reason: String, envelope: Option<Envelope>) -> DamagedMessage {
+    let envelope = envelope.unwrap_or_default();
+    DamagedMessage {
+        id,
+        pack: pack.to_string(),
+        reason,
+        sources: Vec::new(),
+        subject: envelope.subject,
+        from: envelope.from,
+    }
+}
+
+/// Reads the catalog again for the few damaged messages: every source each was seen in, and
+/// the envelope of the line that stored it (for one whose envelope was not read from its pack).
+fn describe_all(root: &Path, report: &mut VerifyReport) -> Result<(), ArchiveError> {
+    let mut wanted: HashMap<Digest, (Vec<Source>, Option<Envelope>)> = HashMap::new();
+    for m in report
+        .damaged
+        .iter()
+        .chain(&report.uncatalogued)
+        .chain(&report.quarantined)
+    {
+        wanted.insert(m.id, Default::default());
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut read = read_records(root)?;
+    let retired = read.retired.clone();
+    visit_segments(root, &mut read, &|_| true, &mut |entry| {
+        if let Some((sources, envelope)) = wanted.get_mut(&entry.id) {
+            if !sources.contains(&entry.source) {
+                sources.push(entry.source.clone());
+            }
+            if entry
+                .stored
+                .as_ref()
+                .is_some_and(|at| !retired.contains(&at.pack))
+            {
+                *envelope = Some(entry.envelope);
+            }
+        }
+    })?;
+    for m in report
+        .damaged
+        .iter_mut()
+        .chain(&mut report.uncatalogued)
+        .chain(&mut report.quarantined)
+    {
+        let (sources, envelope) = &wanted[&m.id];
+        m.sources = sources.clone();
+        if m.subject.is_none()
+            && m.from.is_none()
+            && let Some(envelope) = envelope
+        {
+            m.subject = envelope.subject.clone();
+            m.from = envelope.from.clone();
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -199,15 +285,17 @@ struct PackOutcome {
 }
 
 fn check_pack(
-    archive: &Archive,
+    index: &Index,
+    packs_dir: &Path,
     name: &str,
-    messages: &[(Digest, Location)],
+    positions: &[usize],
     size: Option<u64>,
     full: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PackOutcome, ArchiveError> {
     let mut out = PackOutcome::default();
-    let path = archive.pack_path(name);
+    let path = packs_dir.join(name);
+    let messages = positions.iter().map(|&p| index.stored_at(p));
     // A pack that cannot be read at all damages each of its messages; verify goes on.
     let opened = File::open(&path).and_then(|file| {
         let meta = file.metadata()?;
@@ -221,9 +309,8 @@ fn check_pack(
         Ok(opened) => opened,
         Err(e) => {
             for (id, _) in messages {
-                out.damaged.push(describe(
-                    archive,
-                    *id,
+                out.damaged.push(damaged(
+                    id,
                     name,
                     format!("its pack cannot be read: {e}"),
                     None,
@@ -240,9 +327,8 @@ fn check_pack(
                 .saturating_add(loc.stored_len)
                 > actual_size
             {
-                out.damaged.push(describe(
-                    archive,
-                    *id,
+                out.damaged.push(damaged(
+                    id,
                     name,
                     "its record lies beyond the end of the pack".into(),
                     None,
@@ -264,19 +350,16 @@ fn check_pack(
     let mut referenced: HashSet<u64> = HashSet::new();
     for (id, loc) in messages {
         referenced.insert(loc.offset);
-        match loc.check(id, &mut file) {
+        match loc.check(&id, &mut file) {
             Ok(()) => out.bytes_checked = out.bytes_checked.saturating_add(loc.size),
-            Err(fault) => out
-                .damaged
-                .push(describe(archive, *id, name, fault.to_string(), None)),
+            Err(fault) => out.damaged.push(damaged(id, name, fault.to_string(), None)),
         }
         progress(loc.size);
     }
     for (offset, header) in walk_headers(&mut file, actual_size).map_err(ArchiveError::io(&path))? {
-        if !referenced.contains(&offset) && !archive.contains(&header.id) {
-            let envelope = read_head(archive, &mut file, offset, &header);
-            out.uncatalogued.push(describe(
-                archive,
+        if !referenced.contains(&offset) && !index.has_bytes(&header.id) {
+            let envelope = read_head(&mut file, offset, &header);
+            out.uncatalogued.push(damaged(
                 header.id,
                 name,
                 format!("record at offset {offset} has no catalog line"),
@@ -321,42 +404,11 @@ fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader
 }
 
 /// The envelope of a record no catalog line names, so the report can say what it is.
-fn read_head(
-    _archive: &Archive,
-    file: &mut File,
-    offset: u64,
-    header: &RecordHeader,
-) -> Option<Envelope> {
+fn read_head(file: &mut File, offset: u64, header: &RecordHeader) -> Option<Envelope> {
     file.seek(SeekFrom::Start(offset + RECORD_HEADER_LEN))
         .ok()?;
     let mut stored = BufReader::new(&mut *file).take(header.stored_len);
     let mut raw = Vec::new();
     pack::copy_decompressed(header.raw_len, &mut stored, &mut raw).ok()?;
     Some(Envelope::parse(&raw))
-}
-
-fn describe(
-    archive: &Archive,
-    id: Digest,
-    pack: &str,
-    reason: String,
-    envelope: Option<Envelope>,
-) -> DamagedMessage {
-    let envelope = envelope
-        .or_else(|| archive.stored_entry(&id).map(|e| e.envelope.clone()))
-        .unwrap_or_default();
-    let mut sources: Vec<Source> = Vec::new();
-    for e in archive.entries().iter().filter(|e| e.id == id) {
-        if !sources.contains(&e.source) {
-            sources.push(e.source.clone());
-        }
-    }
-    DamagedMessage {
-        id,
-        pack: pack.to_string(),
-        reason,
-        sources,
-        subject: envelope.subject,
-        from: envelope.from,
-    }
 }

@@ -22,14 +22,19 @@ pub struct VerifyArgs {
 }
 
 pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
-    let total = archive
-        .commits()
-        .iter()
-        .map(|c| c.raw_bytes)
-        .fold(0, u64::saturating_add);
-    let bar = byte_bar(args.full.then_some(total), ctx.quiet || args.json, "verify");
-    let report = verify::verify(&archive, args.full, &|bytes| bar.inc(bytes))?;
+    crate::archive::check_header(&ctx.archive)?;
+    let total = match args.full {
+        true => Some(
+            crate::archive::index::read_records(&ctx.archive)?
+                .commits
+                .iter()
+                .map(|c| c.raw_bytes)
+                .fold(0, u64::saturating_add),
+        ),
+        false => None,
+    };
+    let bar = byte_bar(total, ctx.quiet || args.json, "verify");
+    let (report, catalog) = verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
     // The local index is a cache of the catalog: checked against it, and with --full built
     // again from it.
@@ -39,7 +44,7 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
     };
     // It is no part of the archive: what is wrong with it is said and set right, and says
     // nothing of the archive's health (the exit status).
-    let checked = index.and_then(|index| Ok((index.disagreements(&archive)?, index)));
+    let checked = index.and_then(|index| Ok((index.disagreements(&catalog)?, index)));
     match checked {
         Ok(((0, 0, false), _)) => {}
         Ok(((wrong, unknown, totals_off), index)) => {
