@@ -24,6 +24,12 @@ impl Key for u128 {
     }
 }
 
+impl Key for [u64; 2] {
+    fn top16(&self) -> u16 {
+        (self[0] >> 48) as u16
+    }
+}
+
 impl Key for [u128; 2] {
     fn top16(&self) -> u16 {
         self[0].top16()

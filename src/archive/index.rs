@@ -301,6 +301,44 @@ pub struct Pop3Seen {
     pub list_size: Option<u64>,
 }
 
+/// A POP3 [`Pop3Seen`] in 56 bytes: `list_size` absent is `u64::MAX`.
+#[derive(Clone, Copy)]
+struct PackedSeen {
+    id: Digest,
+    first_seen: DateTime<Utc>,
+    list_size: u64,
+}
+
+impl PackedSeen {
+    fn pack(seen: Pop3Seen) -> PackedSeen {
+        PackedSeen {
+            id: seen.id,
+            first_seen: seen.first_seen,
+            // A LIST size of u64::MAX cannot be a message's (it would not fit on a disk).
+            list_size: seen.list_size.unwrap_or(u64::MAX),
+        }
+    }
+
+    fn unpack(self) -> Pop3Seen {
+        Pop3Seen {
+            first_seen: self.first_seen,
+            id: self.id,
+            list_size: (self.list_size != u64::MAX).then_some(self.list_size),
+        }
+    }
+}
+
+/// A fixed-size key for a UIDL of one account: 128 bits of its SHA-256. Two UIDLs of one
+/// account would need a 2^64-work collision to share one (and a message wrongly taken for
+/// archived is still never deleted unproven: deletion compares the server's header first).
+pub type UidlKey = [u64; 2];
+
+pub fn uidl_key(uidl: &str) -> UidlKey {
+    let h = Sha256::digest(uidl.as_bytes());
+    let half = |b: &[u8]| u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+    [half(&h[..8]), half(&h[8..16])]
+}
+
 /// A fixed-size key for an (id, source) pair: 128 bits of SHA-256 over the id and the source's
 /// JSON. A false match would need a 2^64-work collision among one archive's own lines.
 /// (An integer: compared without a call to `memcmp`.)
@@ -342,14 +380,14 @@ struct PackedLocation {
 const WIDE: u32 = u32::MAX;
 
 /// The writer's compact view of the committed archive: at a million messages, about 64 bytes
-/// each (a 48-byte location and a 16-byte sighting key).
+/// each (a 48-byte location and a 16-byte sighting key), and 72 for each archived UIDL.
 pub struct Index {
     root: PathBuf,
     last_commit: u64,
     stored: CompactMap<IdKey, PackedLocation>,
     wide: HashMap<IdKey, Location>,
     sightings: CompactMap<SightingKey, ()>,
-    pop3: HashMap<String, HashMap<String, Pop3Seen>>,
+    pop3: HashMap<String, CompactMap<UidlKey, PackedSeen>>,
     packs: Vec<Arc<str>>,
     pack_numbers: HashMap<Arc<str>, u32>,
 }
@@ -467,16 +505,24 @@ impl Index {
                 id: entry.id,
                 list_size: *list_size,
             };
-            let by_uidl = self.pop3.entry(account.clone()).or_default();
-            let slot = by_uidl.entry(uidl.clone()).or_insert(seen);
-            if slot.id == entry.id {
-                slot.first_seen = slot.first_seen.min(entry.first_seen);
-                slot.list_size = *list_size;
-            } else if entry.first_seen > slot.first_seen {
-                // A reused UIDL: the message archived later is the one it names now. Decided by
-                // date, not by reading order, which `repair` changes.
-                *slot = seen;
-            }
+            let by_uidl = match self.pop3.get_mut(account.as_str()) {
+                Some(by_uidl) => by_uidl,
+                None => self.pop3.entry(account.clone()).or_default(),
+            };
+            let key = uidl_key(uidl);
+            let now = match by_uidl.get(&key).map(|packed| packed.unpack()) {
+                None => seen,
+                Some(mut slot) if slot.id == entry.id => {
+                    slot.first_seen = slot.first_seen.min(entry.first_seen);
+                    slot.list_size = *list_size;
+                    slot
+                }
+                // A reused UIDL: the message archived later is the one it names now. Decided
+                // by date, not by reading order, which `repair` changes.
+                Some(slot) if entry.first_seen > slot.first_seen => seen,
+                Some(slot) => slot,
+            };
+            by_uidl.insert(key, PackedSeen::pack(now));
         }
     }
 
@@ -557,9 +603,12 @@ impl Index {
         self.sightings.contains_key(&sighting_key(id, source))
     }
 
-    /// The archived UIDLs of a POP3 account.
-    pub fn uidls(&self, account: &str) -> Option<&HashMap<String, Pop3Seen>> {
-        self.pop3.get(account)
+    /// The archived UIDLs of a POP3 account, by [`uidl_key`].
+    pub fn uidls(&self, account: &str) -> impl Iterator<Item = (UidlKey, Pop3Seen)> + '_ {
+        self.pop3
+            .get(account)
+            .into_iter()
+            .flat_map(|by_uidl| by_uidl.iter().map(|(k, v)| (*k, v.unpack())))
     }
 
     pub fn location(&self, id: &Digest) -> Option<Location> {
@@ -576,8 +625,9 @@ impl Index {
     }
 
     /// What the archive holds under `uidl` of POP3 account `account`.
-    pub fn pop3_seen(&self, account: &str, uidl: &str) -> Option<&Pop3Seen> {
-        self.pop3.get(account)?.get(uidl)
+    pub fn pop3_seen(&self, account: &str, uidl: &str) -> Option<Pop3Seen> {
+        let packed = self.pop3.get(account)?.get(&uidl_key(uidl))?;
+        Some(packed.unpack())
     }
 
     /// Re-reads and re-hashes the archived copy of `id`.

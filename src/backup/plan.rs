@@ -18,6 +18,7 @@ use std::io::Read;
 use super::{AccountReport, BackupError, BackupOptions, MessageKey, Planned, RunState};
 use crate::account::Account;
 use crate::archive::envelope::header_block;
+use crate::archive::index::{UidlKey, uidl_key};
 use crate::archive::{Digest, Index};
 use crate::pop3::{RetrieveError, Session, Transaction, UidlListing};
 
@@ -370,16 +371,18 @@ impl Plan {
             .filter(|(_, a)| *a == crate::archive::Added::Duplicate)
             .filter_map(|(msgno, _)| self.fresh.get(msgno).map(String::as_str))
             .collect();
-        let Some(archived) = index.uidls(&account.name) else {
-            return 0;
-        };
         if fresh_duplicates.is_empty() {
             return 0;
         }
+        let listed: HashMap<UidlKey, u32> = self
+            .listed
+            .iter()
+            .map(|(uidl, msgno)| (uidl_key(uidl), *msgno))
+            .collect();
         let mut gone: HashSet<Digest> = HashSet::new();
         let mut still_listed: HashSet<Digest> = HashSet::new();
-        for (uidl, seen) in archived {
-            match self.listed.get(uidl.as_str()) {
+        for (uidl, seen) in index.uidls(&account.name) {
+            match listed.get(&uidl) {
                 None => {
                     gone.insert(seen.id);
                 }
