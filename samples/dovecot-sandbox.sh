@@ -6,11 +6,12 @@
 #
 # User `alice`, password `secret`. Ports: $POP3_PORT (11110, STLS), $POP3S_PORT (11995),
 # $IMAP_PORT (11143, STARTTLS), $IMAPS_PORT (11993). The self-signed CA is DIR/ca.pem.
+# $DOVECOT_EXTRA, if set, is appended to its configuration (e.g. "default_vsz_limit = 2G").
 # Installs Dovecot with apt-get when it is missing and you are root.
 set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,9p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,10p' "$0" >&2; exit 2; }
 POP3_PORT=${POP3_PORT:-11110}; POP3S_PORT=${POP3S_PORT:-11995}
 IMAP_PORT=${IMAP_PORT:-11143}; IMAPS_PORT=${IMAPS_PORT:-11993}
 
@@ -99,6 +100,7 @@ service imap-login {
     ssl = yes
   }
 }
+${DOVECOT_EXTRA:-}
 CONF
 setsid /usr/sbin/dovecot -F -c "$dir/dovecot.conf" >"$dir/stderr.log" 2>&1 &
 echo $! > "$dir/dovecot.pid"

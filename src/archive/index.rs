@@ -301,12 +301,13 @@ pub struct Pop3Seen {
     pub list_size: Option<u64>,
 }
 
-/// A POP3 [`Pop3Seen`] in 56 bytes: `list_size` absent is `u64::MAX`.
+/// A POP3 [`Pop3Seen`] in 56 bytes (an `Option<u64>` would make it 64).
 #[derive(Clone, Copy)]
 struct PackedSeen {
     id: Digest,
     first_seen: DateTime<Utc>,
     list_size: u64,
+    has_list_size: bool,
 }
 
 impl PackedSeen {
@@ -314,8 +315,8 @@ impl PackedSeen {
         PackedSeen {
             id: seen.id,
             first_seen: seen.first_seen,
-            // A LIST size of u64::MAX cannot be a message's (it would not fit on a disk).
-            list_size: seen.list_size.unwrap_or(u64::MAX),
+            list_size: seen.list_size.unwrap_or(0),
+            has_list_size: seen.list_size.is_some(),
         }
     }
 
@@ -323,7 +324,7 @@ impl PackedSeen {
         Pop3Seen {
             first_seen: self.first_seen,
             id: self.id,
-            list_size: (self.list_size != u64::MAX).then_some(self.list_size),
+            list_size: self.has_list_size.then_some(self.list_size),
         }
     }
 }
@@ -642,6 +643,10 @@ impl Index {
         location.check_keeping_head(id, &mut file, limit)
     }
 }
+
+// The sizes the memory figures in the comments above count on.
+const _: () = assert!(std::mem::size_of::<(UidlKey, PackedSeen)>() == 72);
+const _: () = assert!(std::mem::size_of::<(IdKey, PackedLocation)>() == 48);
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -163,11 +164,14 @@ pub fn verify(
             ));
         }
     }
-    for name in pack_sizes.keys() {
-        if packs.binary_search_by(|(p, _)| (**p).cmp(name)).is_err() {
-            packs.push(((*name).into(), Vec::new()));
-        }
-    }
+    let with_messages: HashSet<Arc<str>> = packs.iter().map(|(name, _)| name.clone()).collect();
+    packs.extend(
+        pack_sizes
+            .keys()
+            .filter(|name| !with_messages.contains(**name))
+            .map(|name| (Arc::<str>::from(*name), Vec::new())),
+    );
+    packs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let outcomes: Vec<PackOutcome> = packs
         .par_iter()
         .map(|(name, positions)| {
@@ -398,7 +402,11 @@ fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader
             break;
         };
         out.push((pos, header));
-        pos += RECORD_HEADER_LEN + header.stored_len;
+        // A damaged header can claim any length: past the end (or past u64) ends the walk.
+        match pos.checked_add(RECORD_HEADER_LEN + header.stored_len.min(size)) {
+            Some(next) => pos = next,
+            None => break,
+        }
     }
     Ok(out)
 }

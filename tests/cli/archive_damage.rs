@@ -170,6 +170,48 @@ fn a_torn_catalog_segment_names_the_uncatalogued_messages() {
 }
 
 #[test]
+fn a_pack_whose_catalog_lines_are_all_lost_is_checked_once_among_many() {
+    // Six imports, a pack each (that holds new mail); the first segment's lines are torn off, so pack 1 is named by
+    // its commit but by no catalog line. Each of its records is uncatalogued once, and no
+    // other pack is reported (once checked twice, in an order that changed from run to run).
+    let sandbox = Sandbox::new();
+    let mut first = Vec::new();
+    for n in 1..=6u64 {
+        let dir = sandbox.path().join(format!("m{n}"));
+        let messages = write_maildir(&dir, 5, n);
+        if n == 1 {
+            first = messages;
+        }
+        sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
+    }
+    let segment = sandbox.archive().join("catalog/00000001.jsonl.zst");
+    let bytes = fs::read(&segment).unwrap();
+    fs::write(&segment, &bytes[..bytes.len() - 30]).unwrap();
+    let out = sandbox.run(&["verify", "--full", "--json"]);
+    assert_eq!(out.status.code(), Some(DAMAGED));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut uncatalogued: Vec<&str> = report["uncatalogued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    uncatalogued.sort();
+    let mut expected: Vec<String> = first.iter().map(|m| sha256_hex(m)).collect();
+    expected.sort();
+    assert_eq!(uncatalogued, expected);
+    let packs = fs::read_dir(sandbox.archive().join("packs"))
+        .unwrap()
+        .count();
+    assert!(packs > 2, "{packs} packs");
+    assert_eq!(report["packs"], packs);
+    assert!(report["problems"].as_array().unwrap().iter().all(|p| {
+        let p = p.as_str().unwrap();
+        p.contains("00000001.jsonl.zst") && !p.contains(".pack")
+    }));
+}
+
+#[test]
 fn an_archive_from_a_newer_popvault_is_refused() {
     let sandbox = Sandbox::new();
     sandbox.ok(&["init"]);
