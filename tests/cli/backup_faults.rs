@@ -415,7 +415,9 @@ fn a_slow_loris_server_is_a_stall_and_the_run_ends() {
     let started = std::time::Instant::now();
     let (code, stderr, _) =
         run_backup(&sandbox, &server, &["--tls", "none", "--timeout", "1"], "x");
-    assert_eq!(code, Some(1), "{stderr}");
+    // The run ends either on its retry budget (1) or, when reconnections got far enough, with
+    // both messages given up for the run (4): which one depends on timing on a loaded machine.
+    assert!(matches!(code, Some(1) | Some(4)), "{code:?}: {stderr}");
     assert!(stderr.contains("the server stalled"), "{stderr}");
     // Bounded by the stall windows and the backoff, not by the message's length.
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
