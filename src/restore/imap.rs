@@ -23,6 +23,12 @@
 //! that key are compared whole. Archived messages that normalise to the same bytes (the LF copy
 //! of an old client's mbox and the CRLF copy from POP3) are one message to the server: it gets
 //! one of them, once.
+//!
+//! Another connection may add the same messages after presence looked: a restore killed with
+//! APPENDs in the server's buffer (the server finishes them after the client is gone), or two
+//! restores at once. With UIDPLUS (RFC 4315) the restore knows the UIDs it appended, and at the
+//! end it expunges those of its copies that have an identical copy of lower UID, so the folder
+//! holds each message once (see `ImapSink::take_back_twins`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -131,12 +137,64 @@ const MAX_LITERAL: u64 = 256 << 20;
 /// APPENDs in flight with LITERAL+.
 const WINDOW: usize = 128;
 
-/// A folder's messages as presence sees them (see [`Client::folder_view`]): by presence key,
-/// and by [`header_identity`].
+/// A folder's messages as presence sees them (see [`Client::folder_view`]): their UIDs by
+/// presence key, and by [`header_identity`].
 #[derive(Debug, Default)]
 struct FolderView {
     by_key: HashMap<(u64, Digest), Vec<u64>>,
     by_header: HashMap<Digest, Vec<u64>>,
+}
+
+impl FolderView {
+    fn retain_from(&mut self, from: u64) {
+        fn retain<K>(map: &mut HashMap<K, Vec<u64>>, from: u64) {
+            map.retain(|_, uids| {
+                uids.retain(|&uid| uid >= from);
+                !uids.is_empty()
+            });
+        }
+        retain(&mut self.by_key, from);
+        retain(&mut self.by_header, from);
+    }
+}
+
+/// What EXAMINE told of a folder.
+#[derive(Debug, Default, Clone, Copy)]
+struct Opened {
+    exists: u64,
+    uid_validity: Option<u64>,
+    /// The UID the next message will get: every message added later has one at least this.
+    uid_next: Option<u64>,
+}
+
+fn opened(untagged: &[Response]) -> Opened {
+    let code = |name: &str| {
+        untagged.iter().rev().find_map(|r| {
+            r.text
+                .strip_prefix("* OK [")?
+                .strip_prefix(name)?
+                .strip_prefix(' ')?
+                .split(']')
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Opened {
+        exists: untagged
+            .iter()
+            .filter_map(|r| {
+                r.text
+                    .strip_prefix("* ")?
+                    .strip_suffix(" EXISTS")?
+                    .parse()
+                    .ok()
+            })
+            .next_back()
+            .unwrap_or(0),
+        uid_validity: code("UIDVALIDITY"),
+        uid_next: code("UIDNEXT"),
+    }
 }
 
 /// One server response: its text with each literal replaced by `{n}`, and the literals.
@@ -210,9 +268,17 @@ impl Client {
         read_response(&mut self.reader)
     }
 
-    /// Reads responses until the one tagged `tag`; returns it and the untagged ones before it.
+    /// Reads responses until the one tagged `tag`; returns the untagged ones before it.
     fn complete(&mut self, tag: &str, command: &'static str) -> Result<Vec<Response>, ImapError> {
         complete(&mut self.reader, tag, command)
+    }
+
+    fn complete_with_status(
+        &mut self,
+        tag: &str,
+        command: &'static str,
+    ) -> Result<(Vec<Response>, String), ImapError> {
+        complete_with_status(&mut self.reader, tag, command)
     }
 
     /// Waits for the go-ahead (`+`) to send a literal of the command tagged `tag`, skipping
@@ -302,45 +368,43 @@ impl Client {
     }
 
     /// Opens `folder` read-only, creating it first if it does not exist (unless `create` is
-    /// false: then a missing folder counts as empty); returns its message count.
-    fn examine_or_create(&mut self, folder: &str, create: bool) -> Result<u64, ImapError> {
+    /// false: then a missing folder counts as empty).
+    fn examine_or_create(&mut self, folder: &str, create: bool) -> Result<Opened, ImapError> {
         let name = mailbox_name(folder)?;
         let untagged = match self.simple("EXAMINE", &format!("EXAMINE {name}")) {
             Ok(u) => u,
-            Err(ImapError::Rejected { .. }) if !create => return Ok(0),
+            Err(ImapError::Rejected { .. }) if !create => return Ok(Opened::default()),
             Err(ImapError::Rejected { .. }) => {
-                self.simple("CREATE", &format!("CREATE {name}"))?;
-                self.simple("EXAMINE", &format!("EXAMINE {name}"))?
+                // Another connection may create it first ([ALREADYEXISTS]): what counts is
+                // that it exists now.
+                let created = self.simple("CREATE", &format!("CREATE {name}"));
+                match self.simple("EXAMINE", &format!("EXAMINE {name}")) {
+                    Ok(u) => u,
+                    Err(e) => return Err(created.err().unwrap_or(e)),
+                }
             }
             Err(e) => return Err(e),
         };
-        Ok(untagged
-            .iter()
-            .filter_map(|r| {
-                r.text
-                    .strip_prefix("* ")?
-                    .strip_suffix(" EXISTS")?
-                    .parse()
-                    .ok()
-            })
-            .next_back()
-            .unwrap_or(0))
+        Ok(opened(&untagged))
     }
 
-    /// What the selected folder holds, for presence.
-    fn folder_view(&mut self, exists: u64) -> Result<FolderView, ImapError> {
-        if exists == 0 {
-            return Ok(FolderView::default());
-        }
-        let untagged = self.simple("FETCH", "FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])")?;
-        Ok(folder_view(&untagged))
+    /// What the selected folder holds from UID `from` on, for presence.
+    fn folder_view(&mut self, from: u64) -> Result<FolderView, ImapError> {
+        let untagged = self.simple(
+            "FETCH",
+            &format!("UID FETCH {from}:* (RFC822.SIZE BODY.PEEK[HEADER])"),
+        )?;
+        let mut view = folder_view(&untagged);
+        // `n:*` names the last message even when its UID is below n (RFC 3501 §6.4.8).
+        view.retain_from(from);
+        Ok(view)
     }
 
-    /// The digest of each whole message `seqs` names (BODY.PEEK[]), as [`whole_digest`]
-    /// computes it.
-    fn full_digests(&mut self, seqs: &[u64]) -> Result<Vec<Digest>, ImapError> {
-        let set: Vec<String> = seqs.iter().map(u64::to_string).collect();
-        let untagged = self.simple("FETCH", &format!("FETCH {} BODY.PEEK[]", set.join(",")))?;
+    /// The UID and digest of each whole message `uids` names (BODY.PEEK[]), as
+    /// [`whole_digest`] computes it.
+    fn full_digests(&mut self, uids: &[u64]) -> Result<Vec<(u64, Digest)>, ImapError> {
+        let set: Vec<String> = uids.iter().map(u64::to_string).collect();
+        let untagged = self.simple("FETCH", &format!("UID FETCH {} BODY.PEEK[]", set.join(",")))?;
         Ok(full_digests(untagged))
     }
 
@@ -400,6 +464,15 @@ fn complete(
     tag: &str,
     command: &'static str,
 ) -> Result<Vec<Response>, ImapError> {
+    Ok(complete_with_status(reader, tag, command)?.0)
+}
+
+/// [`complete`], with the text of the tagged OK (`OK [APPENDUID 7 12:14] done`).
+fn complete_with_status(
+    reader: &mut impl BufRead,
+    tag: &str,
+    command: &'static str,
+) -> Result<(Vec<Response>, String), ImapError> {
     let mut untagged = Vec::new();
     let mut held = 0usize;
     loop {
@@ -414,7 +487,7 @@ fn complete(
         }
         if let Some(rest) = r.text.strip_prefix(tag).and_then(|t| t.strip_prefix(' ')) {
             if rest.starts_with("OK") {
-                return Ok(untagged);
+                return Ok((untagged, rest.to_string()));
             }
             return Err(ImapError::Rejected {
                 command,
@@ -439,18 +512,24 @@ fn capabilities(untagged: &[Response]) -> HashSet<String> {
         .collect()
 }
 
-/// The folder as the answer to `FETCH 1:* (RFC822.SIZE BODY.PEEK[HEADER])` shows it.
+/// The number that follows `item` (`"UID "`) in a FETCH response.
+fn fetch_item(text: &str, item: &str) -> Option<u64> {
+    text.split(item)
+        .nth(1)?
+        .split([' ', ')'])
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The folder as the answer to `UID FETCH n:* (RFC822.SIZE BODY.PEEK[HEADER])` shows it.
 fn folder_view(untagged: &[Response]) -> FolderView {
     let mut view = FolderView::default();
-    for r in untagged.iter().filter(|r| r.text.contains(" FETCH ")) {
-        let number = |item: &str| {
-            r.text
-                .split(item)
-                .nth(1)
-                .and_then(|t| t.split([' ', ')']).next())
-                .and_then(|n| n.parse::<u64>().ok())
-        };
-        let (Some(size), Some(seq)) = (number("RFC822.SIZE "), sequence_number(&r.text)) else {
+    for r in untagged.iter().filter(|r| r.text.contains(" FETCH (")) {
+        let (Some(size), Some(uid)) = (
+            fetch_item(&r.text, "RFC822.SIZE "),
+            fetch_item(&r.text, "UID "),
+        ) else {
             continue;
         };
         let header = match r.literals.first() {
@@ -460,23 +539,27 @@ fn folder_view(untagged: &[Response]) -> FolderView {
         view.by_key
             .entry((size, digest_as_fetched(&header)))
             .or_default()
-            .push(seq);
+            .push(uid);
         view.by_header
             .entry(header_identity(&header))
             .or_default()
-            .push(seq);
+            .push(uid);
     }
     view
 }
 
-/// The digest of each message in the answer to `FETCH … BODY.PEEK[]`.
-fn full_digests(untagged: Vec<Response>) -> Vec<Digest> {
+/// The UID and digest of each message in the answer to `UID FETCH … BODY.PEEK[]`.
+fn full_digests(untagged: Vec<Response>) -> Vec<(u64, Digest)> {
     untagged
         .into_iter()
-        .filter(|r| r.text.contains(" FETCH "))
-        .map(|mut r| match r.literals.pop() {
-            Some(bytes) => whole_digest(&bytes),
-            None => whole_digest(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
+        .filter(|r| r.text.contains(" FETCH ("))
+        .filter_map(|mut r| {
+            let uid = fetch_item(&r.text, "UID ")?;
+            let digest = match r.literals.pop() {
+                Some(bytes) => whole_digest(&bytes),
+                None => whole_digest(&quoted_after(&r.text, "BODY[] ").unwrap_or_default()),
+            };
+            Some((uid, digest))
         })
         .collect()
 }
@@ -486,20 +569,14 @@ fn full_digests(untagged: Vec<Response>) -> Vec<Digest> {
 /// (`fuzz/fuzz_targets/imap_responses.rs`); nothing may panic, loop or take unbounded memory.
 #[doc(hidden)]
 pub fn fuzz_responses(mut input: &[u8]) {
-    if let Ok(untagged) = complete(&mut input, "p1", "FETCH") {
+    if let Ok((untagged, status)) = complete_with_status(&mut input, "p1", "FETCH") {
         let _ = capabilities(&untagged);
         let _ = folder_view(&untagged);
-        for r in &untagged {
-            let _ = sequence_number(&r.text);
-        }
+        let _ = opened(&untagged);
+        let _ = appended_uids(&status, 100);
         let _ = full_digests(untagged);
     }
     while read_response(&mut input).is_ok() {}
-}
-
-/// The message sequence number of an untagged `* N FETCH` response.
-fn sequence_number(text: &str) -> Option<u64> {
-    text.strip_prefix("* ")?.split(' ').next()?.parse().ok()
 }
 
 /// The bytes of a quoted string that follows `prefix` in `text`.
@@ -663,6 +740,15 @@ pub struct ImapSink {
     binary: bool,
     /// Messages holding NUL sent to a server without BINARY.
     nul_messages: usize,
+    /// UIDPLUS (RFC 4315): the server names the UIDs of what it appended.
+    uid_plus: bool,
+    /// The folder as `present` opened it.
+    opened: Opened,
+    /// UIDs of the messages this restore appended (with UIDPLUS), in the UIDVALIDITY of
+    /// `opened`.
+    appended: Vec<u64>,
+    /// Messages appended that another connection had added too, then expunged.
+    taken_back: usize,
 }
 
 struct InFlight {
@@ -730,6 +816,10 @@ impl ImapSink {
             refused: Vec::new(),
             binary: client.capabilities.contains("BINARY"),
             nul_messages: 0,
+            uid_plus: client.capabilities.contains("UIDPLUS"),
+            opened: Opened::default(),
+            appended: Vec::new(),
+            taken_back: 0,
             client,
         })
     }
@@ -739,8 +829,17 @@ impl ImapSink {
         let Some(sent) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        match self.client.complete(&sent.tag, "APPEND") {
-            Ok(_) => Ok(()),
+        match self.client.complete_with_status(&sent.tag, "APPEND") {
+            Ok((_, status)) => {
+                match appended_uids(&status, sent.messages.len()) {
+                    Some((validity, uids)) if Some(validity) == self.opened.uid_validity => {
+                        self.appended.extend(uids)
+                    }
+                    // Without UIDs, twins cannot be taken back (see `take_back_twins`).
+                    _ => self.uid_plus = false,
+                }
+                Ok(())
+            }
             // A refused group stored none of its messages (RFC 3502 §6.3.11): each goes again alone.
             Err(ImapError::Rejected { .. }) if sent.messages.len() > 1 => {
                 self.retry_singly
@@ -894,11 +993,96 @@ impl ImapSink {
             } else {
                 // Archived messages that share size and headers but differ in their bodies:
                 // the key cannot tell them apart, so the server's copies are compared whole.
-                held.extend(self.client.full_digests(&view.by_key[&key])?);
+                held.extend(
+                    self.client
+                        .full_digests(&view.by_key[&key])?
+                        .into_iter()
+                        .map(|(_, digest)| digest),
+                );
             }
         }
         Ok(held)
     }
+}
+
+impl ImapSink {
+    /// Another connection may have added a message this restore added too, after `present`
+    /// looked: a restore killed with APPENDs in the server's buffer, which the server finished
+    /// after the re-run looked, or two restores at once. Of the copies that are one message
+    /// whole, the one of lowest UID stays and this restore's others are expunged. Each
+    /// connection keeps the same copy, so two restores at once never remove both; a copy of
+    /// lower UID is always in the range looked at, as a copy older than `present`'s look would
+    /// have been seen there and not appended.
+    fn take_back_twins(&mut self) -> Result<(), ImapError> {
+        let (Some(from), Some(validity)) = (self.opened.uid_next, self.opened.uid_validity) else {
+            return Ok(());
+        };
+        if !self.uid_plus || self.appended.is_empty() {
+            return Ok(());
+        }
+        let name = mailbox_name(&self.folder)?;
+        let selected = opened(&self.client.simple("SELECT", &format!("SELECT {name}"))?);
+        if selected.uid_validity != Some(validity) {
+            // The folder was made anew meanwhile: the UIDs name other messages.
+            return Ok(());
+        }
+        let view = self.client.folder_view(from)?;
+        let ours: HashSet<u64> = self.appended.iter().copied().collect();
+        let mut doubtful: Vec<u64> = view
+            .by_key
+            .into_values()
+            .filter(|uids| uids.len() > 1 && uids.iter().any(|u| ours.contains(u)))
+            .flatten()
+            .collect();
+        if doubtful.is_empty() {
+            return Ok(());
+        }
+        doubtful.sort_unstable();
+        let mut whole = self.client.full_digests(&doubtful)?;
+        whole.sort_unstable();
+        let mut kept = HashSet::new();
+        let twins: Vec<u64> = whole
+            .into_iter()
+            .filter(|(uid, digest)| !kept.insert(*digest) && ours.contains(uid))
+            .map(|(uid, _)| uid)
+            .collect();
+        for set in twins.chunks(500) {
+            let set: Vec<String> = set.iter().map(u64::to_string).collect();
+            let set = set.join(",");
+            self.client.simple(
+                "STORE",
+                &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+            )?;
+            self.client
+                .simple("EXPUNGE", &format!("UID EXPUNGE {set}"))?;
+        }
+        self.taken_back += twins.len();
+        Ok(())
+    }
+}
+
+/// The UIDVALIDITY and UIDs of an `OK [APPENDUID v uid-set]` (RFC 4315) for `count` messages;
+/// none unless it names exactly `count`.
+fn appended_uids(status: &str, count: usize) -> Option<(u64, Vec<u64>)> {
+    let code = status.split("[APPENDUID ").nth(1)?.split(']').next()?;
+    let (validity, set) = code.split_once(' ')?;
+    let mut uids = Vec::new();
+    for part in set.split(',') {
+        let (low, high) = match part.split_once(':') {
+            Some((a, b)) => (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?),
+            None => (part.parse().ok()?, part.parse().ok()?),
+        };
+        let (low, high) = (low.min(high), low.max(high));
+        // A hostile range cannot make this take memory: no part may name more than `count`.
+        if high - low >= count as u64 {
+            return None;
+        }
+        uids.extend(low..=high);
+        if uids.len() > count {
+            return None;
+        }
+    }
+    (uids.len() == count).then_some((validity.parse().ok()?, uids))
 }
 
 impl Sink for ImapSink {
@@ -907,8 +1091,11 @@ impl Sink for ImapSink {
         archive: &Archive,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
-        let view = self.client.folder_view(exists)?;
+        self.opened = self.client.examine_or_create(&self.folder, !self.dry_run)?;
+        let view = match self.opened.exists {
+            0 => FolderView::default(),
+            _ => self.client.folder_view(1)?,
+        };
         let largest = view.by_key.keys().map(|(size, _)| *size).max().unwrap_or(0);
         // Archived messages that may be in the folder, or may be one message to the server:
         // those that may match a server message, and those that share a date, sender and
@@ -950,6 +1137,10 @@ impl Sink for ImapSink {
         Ok(present)
     }
 
+    fn taken_back(&mut self) -> usize {
+        std::mem::take(&mut self.taken_back)
+    }
+
     fn warnings(&mut self) -> Vec<String> {
         match std::mem::take(&mut self.nul_messages) {
             0 => Vec::new(),
@@ -989,6 +1180,7 @@ impl Sink for ImapSink {
         while !self.in_flight.is_empty() {
             self.wait_for_one()?;
         }
+        self.take_back_twins()?;
         self.client
             .reader
             .get_mut()
@@ -1042,6 +1234,32 @@ mod tests {
             "\"x&AA0ACg-A1 DELETE INBOX\""
         );
         assert_eq!(mailbox_name("R&D").unwrap(), "\"R&-D\"");
+    }
+
+    #[test]
+    fn appended_uids_name_exactly_the_messages_sent() {
+        assert_eq!(
+            appended_uids("OK [APPENDUID 7 12:14,20] Append completed.", 4),
+            Some((7, vec![12, 13, 14, 20]))
+        );
+        assert_eq!(
+            appended_uids("OK [APPENDUID 7 14:12] done", 3),
+            Some((7, vec![12, 13, 14]))
+        );
+        assert_eq!(
+            appended_uids("OK [APPENDUID 7 12] done", 1),
+            Some((7, vec![12]))
+        );
+        for hostile in [
+            "OK [APPENDUID 7 1:4294967295] done",
+            "OK [APPENDUID 7 1:3,1:3] done",
+            "OK [APPENDUID 7 12:13] done",
+            "OK [APPENDUID 7 x] done",
+            "OK [APPENDUID 7] done",
+            "OK done",
+        ] {
+            assert_eq!(appended_uids(hostile, 3), None, "{hostile}");
+        }
     }
 
     #[test]
