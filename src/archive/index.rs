@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
 
 use super::ArchiveError;
-use super::catalog::{self, CommitRecord, Entry, Source};
+use super::catalog::{self, CommitRecord, Entry, Source, StoredAt};
 use super::compact_map::CompactMap;
 use super::digest::Digest;
 use super::pack::{self, RecordFault};
@@ -55,6 +55,37 @@ impl Location {
     }
 }
 
+/// The fields of a catalog line that say where a message is and where it was seen: what the
+/// writers' [`Index`] and `verify`'s first pass read. Reading only these skips the envelope,
+/// which [`Entry`] takes through `#[serde(flatten)]`, for which serde buffers every field of
+/// the line first (several times slower, at a million lines seconds).
+#[derive(Debug, serde::Deserialize)]
+pub struct Sighting {
+    pub id: Digest,
+    pub size: u64,
+    pub source: Source,
+    pub first_seen: DateTime<Utc>,
+    #[serde(default)]
+    pub stored: Option<StoredAt>,
+}
+
+/// A catalog line as one reader wants it: the whole [`Entry`] or its [`Sighting`].
+pub trait Line: serde::de::DeserializeOwned {
+    fn stored(&self) -> Option<&StoredAt>;
+}
+
+impl Line for Entry {
+    fn stored(&self) -> Option<&StoredAt> {
+        self.stored.as_ref()
+    }
+}
+
+impl Line for Sighting {
+    fn stored(&self) -> Option<&StoredAt> {
+        self.stored.as_ref()
+    }
+}
+
 /// What reading the commit records found, besides the lines themselves.
 pub struct CatalogRead {
     pub commits: Vec<CommitRecord>,
@@ -71,6 +102,13 @@ pub struct CatalogRead {
     pub retired_segments: std::collections::HashSet<String>,
 }
 
+/// Whether `line` is where its message's bytes are: it names a location outside the packs
+/// `repair` retired (`retired`, from [`CatalogRead`]). Of several such lines for one id, the
+/// last read wins; a line in a retired pack still counts as a sighting.
+pub fn stores_bytes(line: &impl Line, retired: &std::collections::HashSet<String>) -> bool {
+    line.stored().is_some_and(|at| !retired.contains(&at.pack))
+}
+
 /// Calls `visit` with every readable catalog line of every commit, in commit order.
 pub fn read_catalog(
     root: &Path,
@@ -83,11 +121,11 @@ pub fn read_catalog(
 
 /// Calls `visit` with every readable line of the segments of the commits `wanted` picks, in
 /// commit order (retired segments are never read).
-pub fn visit_segments(
+pub fn visit_segments<L: Line>(
     root: &Path,
     read: &mut CatalogRead,
     wanted: &dyn Fn(&CommitRecord) -> bool,
-    visit: &mut dyn FnMut(Entry),
+    visit: &mut dyn FnMut(L),
 ) -> Result<(), ArchiveError> {
     for record in &read.commits {
         if !read.retired_segments.contains(&record.segment.name) && wanted(record) {
@@ -201,11 +239,11 @@ pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
     Ok(read)
 }
 
-fn read_segment(
+fn read_segment<L: Line>(
     root: &Path,
     record: &CommitRecord,
     issues: &mut Vec<String>,
-    visit: &mut dyn FnMut(Entry),
+    visit: &mut dyn FnMut(L),
 ) -> Result<(), ArchiveError> {
     let name = &record.segment.name;
     let path = root.join("catalog").join(name);
@@ -235,7 +273,7 @@ fn read_segment(
         if line.is_empty() {
             continue;
         }
-        match serde_json::from_slice::<Entry>(line) {
+        match serde_json::from_slice::<L>(line) {
             Ok(entry) => visit(entry),
             Err(e) => issues.push(format!(
                 "catalog segment {name} line {} is unreadable: {e}",
@@ -418,7 +456,7 @@ impl Index {
     /// message's bytes; returns what reading the records found too.
     pub fn load_locations(
         root: &Path,
-        visit: &mut dyn FnMut(&Entry, bool),
+        visit: &mut dyn FnMut(&Sighting, bool),
     ) -> Result<(Index, CatalogRead), ArchiveError> {
         Self::read(root, false, visit)
     }
@@ -426,24 +464,20 @@ impl Index {
     fn read(
         root: &Path,
         sightings: bool,
-        visit: &mut dyn FnMut(&Entry, bool),
+        visit: &mut dyn FnMut(&Sighting, bool),
     ) -> Result<(Index, CatalogRead), ArchiveError> {
         let mut index = Index::empty(root);
         let mut read = read_records(root)?;
         let retired = read.retired.clone();
-        visit_segments(root, &mut read, &|_| true, &mut |entry| {
-            // A location in a pack `repair` retired is void; the line still counts as seen.
-            let stores = entry
-                .stored
-                .as_ref()
-                .is_some_and(|at| !retired.contains(&at.pack));
+        visit_segments(root, &mut read, &|_| true, &mut |line: Sighting| {
+            let stores = stores_bytes(&line, &retired);
             if sightings {
-                index.note_sighting(&entry);
+                index.note_sighting(&line.id, &line.source, line.first_seen);
             }
-            if stores {
-                index.note_location(&entry);
+            if let Some(at) = line.stored.as_ref().filter(|_| stores) {
+                index.note_location(&line.id, line.size, at);
             }
-            visit(&entry, stores);
+            visit(&line, stores);
         })?;
         index.last_commit = read.last_commit;
         Ok((index, read))
@@ -451,17 +485,19 @@ impl Index {
 
     /// Records a committed catalog line.
     pub(crate) fn add(&mut self, entry: &Entry) {
-        self.note_sighting(entry);
-        self.note_location(entry);
+        self.note_sighting(&entry.id, &entry.source, entry.first_seen);
+        if let Some(at) = &entry.stored {
+            self.note_location(&entry.id, entry.size, at);
+        }
     }
 
-    fn note_location(&mut self, entry: &Entry) {
-        if let Some(at) = &entry.stored {
+    fn note_location(&mut self, id: &Digest, size: u64, at: &StoredAt) {
+        {
             let pack = self.pack_number(&at.pack);
             let narrow = |n: u64| u32::try_from(n).ok().filter(|&n| n != WIDE);
-            let packed = match (narrow(at.offset), narrow(at.stored_len), narrow(entry.size)) {
+            let packed = match (narrow(at.offset), narrow(at.stored_len), narrow(size)) {
                 (Some(offset), Some(stored_len), Some(size)) if pack != WIDE => {
-                    self.wide.remove(&id_key(&entry.id));
+                    self.wide.remove(&id_key(id));
                     PackedLocation {
                         pack,
                         offset,
@@ -474,9 +510,9 @@ impl Index {
                         pack: at.pack.as_str().into(),
                         offset: at.offset,
                         stored_len: at.stored_len,
-                        size: entry.size,
+                        size,
                     };
-                    self.wide.insert(id_key(&entry.id), location);
+                    self.wide.insert(id_key(id), location);
                     PackedLocation {
                         pack: WIDE,
                         offset: 0,
@@ -486,24 +522,28 @@ impl Index {
                 }
             };
             // The last line that stored an id wins: `repair` stores salvaged bytes again.
-            self.stored.insert(id_key(&entry.id), packed);
+            self.stored.insert(id_key(id), packed);
         }
     }
 
     /// Records that `entry`'s source was seen (for the writer's open batch, before its bytes
     /// have a pack). Recording a line twice changes nothing.
-    pub(crate) fn note_sighting(&mut self, entry: &Entry) {
-        self.sightings
-            .insert(sighting_key(&entry.id, &entry.source), ());
+    pub(crate) fn note_sighting(
+        &mut self,
+        id: &Digest,
+        source: &Source,
+        first_seen: DateTime<Utc>,
+    ) {
+        self.sightings.insert(sighting_key(id, source), ());
         if let Source::Pop3 {
             account,
             uidl: Some(uidl),
             list_size,
-        } = &entry.source
+        } = source
         {
             let seen = Pop3Seen {
-                first_seen: entry.first_seen,
-                id: entry.id,
+                first_seen,
+                id: *id,
                 list_size: *list_size,
             };
             let by_uidl = match self.pop3.get_mut(account.as_str()) {
@@ -513,14 +553,14 @@ impl Index {
             let key = uidl_key(uidl);
             let now = match by_uidl.get(&key).map(|packed| packed.unpack()) {
                 None => seen,
-                Some(mut slot) if slot.id == entry.id => {
-                    slot.first_seen = slot.first_seen.min(entry.first_seen);
+                Some(mut slot) if slot.id == *id => {
+                    slot.first_seen = slot.first_seen.min(first_seen);
                     slot.list_size = *list_size;
                     slot
                 }
                 // A reused UIDL: the message archived later is the one it names now. Decided
                 // by date, not by reading order, which `repair` changes.
-                Some(slot) if entry.first_seen > slot.first_seen => seen,
+                Some(slot) if first_seen > slot.first_seen => seen,
                 Some(slot) => slot,
             };
             by_uidl.insert(key, PackedSeen::pack(now));

@@ -889,7 +889,7 @@ impl<'t> Applier<'t> {
         let mut stored_now = was_stored;
         match &entry.stored {
             // The last line that stored an id, outside retired packs, says where it is.
-            Some(at) if !self.retired.contains(&at.pack) => {
+            Some(at) if super::index::stores_bytes(entry, self.retired) => {
                 stored_now = true;
                 let envelope = serde_json::to_string(&entry.envelope)?;
                 self.store.execute(params![

@@ -298,11 +298,7 @@ impl Archive {
 
     /// Records a catalog line; the last line that stored an id, outside retired packs, wins.
     fn push_entry(&mut self, entry: Entry, retired: &HashSet<String>) {
-        if entry
-            .stored
-            .as_ref()
-            .is_some_and(|at| !retired.contains(&at.pack))
-        {
+        if super::index::stores_bytes(&entry, retired) {
             self.stored.insert(entry.id, self.entries.len());
         }
         self.entries.push(entry);

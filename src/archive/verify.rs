@@ -16,11 +16,11 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::ArchiveError;
-use super::catalog::{CommitRecord, Source, commit_of_file_name};
+use super::catalog::{CommitRecord, Entry, Source, commit_of_file_name};
 use super::compact_map::CompactMap;
 use super::digest::{Digest, Hasher};
 use super::envelope::Envelope;
-use super::index::{Index, list_dir, read_records, visit_segments};
+use super::index::{IdKey, Index, list_dir, read_records, stores_bytes, visit_segments};
 use super::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RecordHeader};
 
 #[derive(Debug, Default, Serialize)]
@@ -70,7 +70,7 @@ pub fn verify(
 ) -> Result<(VerifyReport, Index), ArchiveError> {
     // Ids seen on a line that does not store them (another source, or bytes in a retired pack):
     // each needs a storing line somewhere.
-    let mut unstored: CompactMap<[u128; 2], ()> = CompactMap::default();
+    let mut unstored: CompactMap<IdKey, ()> = CompactMap::default();
     let (mut index, read) = Index::load_locations(root, &mut |entry, stores| {
         if !stores {
             unstored.insert(super::index::id_key(&entry.id), ());
@@ -247,16 +247,12 @@ fn describe_all(root: &Path, report: &mut VerifyReport) -> Result<(), ArchiveErr
     }
     let mut read = read_records(root)?;
     let retired = read.retired.clone();
-    visit_segments(root, &mut read, &|_| true, &mut |entry| {
+    visit_segments(root, &mut read, &|_| true, &mut |entry: Entry| {
         if let Some((sources, envelope)) = wanted.get_mut(&entry.id) {
             if !sources.contains(&entry.source) {
                 sources.push(entry.source.clone());
             }
-            if entry
-                .stored
-                .as_ref()
-                .is_some_and(|at| !retired.contains(&at.pack))
-            {
+            if stores_bytes(&entry, &retired) {
                 *envelope = Some(entry.envelope);
             }
         }

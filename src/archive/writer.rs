@@ -158,7 +158,8 @@ impl Writer {
     /// read; they go into the next commit's segment and the old one stops counting.
     pub fn retire_segment(&mut self, name: &str, readable: Vec<Entry>) {
         for entry in readable {
-            self.index.note_sighting(&entry);
+            self.index
+                .note_sighting(&entry.id, &entry.source, entry.first_seen);
             self.batch.entries.push(entry);
         }
         self.retired_segments.push(name.to_string());
@@ -355,7 +356,8 @@ impl Writer {
             envelope,
             stored,
         };
-        self.index.note_sighting(&entry);
+        self.index
+            .note_sighting(&entry.id, &entry.source, entry.first_seen);
         self.batch.entries.push(entry);
         match added {
             Added::New => self.totals.new_messages += 1,
