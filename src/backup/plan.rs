@@ -25,11 +25,11 @@ use crate::pop3::{RetrieveError, Session, Transaction, UidlListing};
 /// Header blocks longer than this are compared on their first this-many bytes.
 const HEADER_LIMIT: usize = 1 << 20;
 
-/// A message the server holds under a UIDL the archive knows, with the same LIST size.
+/// A message the server holds under a UIDL the archive knows, with the same LIST size (its
+/// UIDL is in [`Plan::uidls`]).
 #[derive(Debug, Clone)]
 struct Known {
     msgno: u32,
-    uidl: String,
     size: u64,
     id: Digest,
     /// Archived long enough ago for `delete_after_days`.
@@ -60,8 +60,9 @@ pub(super) struct Plan {
     /// `delete_after_days` is 0, once committed and re-hashed.
     fresh: HashMap<u32, String>,
     known: Vec<Known>,
-    /// Every UIDL the server listed, with its message number.
-    listed: HashMap<String, u32>,
+    /// Every UIDL the server listed with its message number, by message number (stable: of
+    /// one number listed twice, the later line counts).
+    uidls: Vec<(u32, String)>,
 }
 
 /// The bytes a LIST size may grow to in RETR before the message counts as a runaway.
@@ -84,7 +85,7 @@ pub(super) fn plan(
         proven: Vec::new(),
         fresh: HashMap::new(),
         known: Vec::new(),
-        listed: HashMap::new(),
+        uidls: Vec::new(),
     };
     let wanted = |msgno: u32, uidl: Option<&str>| {
         !state.given_up.contains(&MessageKey::of(msgno, uidl))
@@ -115,12 +116,13 @@ pub(super) fn plan(
             ),
         );
     }
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for (_, uidl) in &listing.entries {
-        *count.entry(uidl.as_str()).or_default() += 1;
-    }
-    let duplicated = count.values().filter(|&&n| n > 1).count();
-    if duplicated > 0 {
+    // Per message, the plan keeps little more than the listing it owns: at a million messages
+    // every map by UIDL or number costs tens of megabytes.
+    let mut uidls = listing.entries;
+    uidls.sort_by_key(|(msgno, _)| *msgno);
+    let duplicated = duplicated_uidls(&uidls);
+    if !duplicated.is_empty() {
+        let duplicated = duplicated.len();
         warn_once(
             report,
             &format!(
@@ -128,20 +130,10 @@ pub(super) fn plan(
             ),
         );
     }
-    plan.listed = listing
-        .entries
-        .iter()
-        .map(|(n, u)| (u.clone(), *n))
-        .collect();
-    let with_uidl: HashMap<u32, &str> = listing
-        .entries
-        .iter()
-        .map(|(n, u)| (*n, u.as_str()))
-        .collect();
     let skipped: HashSet<u32> = listing.skipped.iter().map(|w| w.msgno).collect();
     let without = list
         .iter()
-        .filter(|(n, _)| !with_uidl.contains_key(n) && !skipped.contains(n))
+        .filter(|(n, _)| uidl_of(&uidls, *n).is_none() && !skipped.contains(n))
         .count();
     if without > 0 {
         warn_once(
@@ -154,8 +146,9 @@ pub(super) fn plan(
     let cutoff = account
         .delete_after_days
         .map(|days| opts.now - chrono::Duration::days(i64::from(days)));
+    plan.known.reserve(list.len());
     for &(msgno, size) in list {
-        let uidl = with_uidl.get(&msgno).copied();
+        let uidl = uidl_of(&uidls, msgno);
         if !wanted(msgno, uidl) {
             continue;
         }
@@ -164,7 +157,7 @@ pub(super) fn plan(
             uidl: uidl.map(str::to_owned),
             size,
         };
-        let Some(uidl) = uidl.filter(|u| count[u] == 1) else {
+        let Some(uidl) = uidl.filter(|u| !duplicated.contains(u)) else {
             plan.fetch.push(planned);
             continue;
         };
@@ -193,7 +186,6 @@ pub(super) fn plan(
             }
             None => plan.known.push(Known {
                 msgno,
-                uidl: uidl.to_owned(),
                 size,
                 id: seen.id,
                 due: cutoff.is_some_and(|cutoff| seen.first_seen <= cutoff),
@@ -213,7 +205,31 @@ pub(super) fn plan(
             ),
         );
     }
+    drop(duplicated);
+    plan.known.shrink_to_fit();
+    plan.uidls = uidls;
     plan
+}
+
+/// The UIDL of `msgno` in `uidls` (sorted by message number, stably): of several lines for one
+/// number, the last.
+fn uidl_of(uidls: &[(u32, String)], msgno: u32) -> Option<&str> {
+    let end = uidls.partition_point(|(n, _)| *n <= msgno);
+    match end.checked_sub(1).map(|i| &uidls[i]) {
+        Some((n, uidl)) if *n == msgno => Some(uidl),
+        _ => None,
+    }
+}
+
+/// UIDLs the listing gives more than once (to several messages, or one message twice).
+fn duplicated_uidls(uidls: &[(u32, String)]) -> HashSet<&str> {
+    let mut sorted: Vec<&str> = uidls.iter().map(|(_, u)| u.as_str()).collect();
+    sorted.sort_unstable();
+    sorted
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect()
 }
 
 /// Passes may repeat within a run: each warning is said once.
@@ -249,7 +265,8 @@ impl Plan {
                 }
                 Err(fault) => report.warnings.push(format!(
                     "the archived copy of message {} (UIDL {}) is damaged ({fault}): it stays on the server; `popvault repair --refetch` fetches it again",
-                    k.msgno, k.uidl
+                    k.msgno,
+                    uidl_of(&self.uidls, k.msgno).unwrap_or_default()
                 )),
             }
         }
@@ -307,7 +324,7 @@ impl Plan {
             };
             let planned = Planned {
                 msgno,
-                uidl: Some(known.uidl.clone()),
+                uidl: uidl_of(&self.uidls, msgno).map(str::to_owned),
                 size: known.size,
             };
             if trim_line_ends(header_block(head)) == trim_line_ends(archived) {
@@ -375,9 +392,9 @@ impl Plan {
             return 0;
         }
         let listed: HashMap<UidlKey, u32> = self
-            .listed
+            .uidls
             .iter()
-            .map(|(uidl, msgno)| (uidl_key(uidl), *msgno))
+            .map(|(msgno, uidl)| (uidl_key(uidl), *msgno))
             .collect();
         let mut gone: HashSet<Digest> = HashSet::new();
         let mut still_listed: HashSet<Digest> = HashSet::new();
@@ -475,6 +492,20 @@ fn trim_line_ends(block: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_listed_twice_takes_its_later_uidl_and_repeats_are_found() {
+        let mut uidls: Vec<(u32, String)> = [(3, "c"), (1, "a"), (2, "x"), (2, "b"), (5, "a")]
+            .map(|(n, u)| (n, u.to_string()))
+            .into();
+        uidls.sort_by_key(|(n, _)| *n);
+        assert_eq!(uidl_of(&uidls, 1), Some("a"));
+        assert_eq!(uidl_of(&uidls, 2), Some("b"));
+        assert_eq!(uidl_of(&uidls, 4), None);
+        assert_eq!(uidl_of(&uidls, 6), None);
+        assert_eq!(uidl_of(&[], 1), None);
+        assert_eq!(duplicated_uidls(&uidls), HashSet::from(["a"]));
+    }
 
     #[test]
     fn header_blocks_compare_whatever_the_line_ends_after_them() {
