@@ -568,6 +568,10 @@ impl Index {
     }
 
     fn pack_number(&mut self, pack: &str) -> u32 {
+        // Lines come in runs of one pack: no hashing of its name for most.
+        if self.packs.last().is_some_and(|last| **last == *pack) {
+            return (self.packs.len() - 1) as u32;
+        }
         if let Some(&n) = self.pack_numbers.get(pack) {
             return n;
         }
