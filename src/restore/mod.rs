@@ -189,11 +189,6 @@ pub trait Sink {
         results
     }
     fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError>;
-    /// How many messages put the destination turned out to hold already (another connection
-    /// added them meanwhile) and took back in `finish`.
-    fn taken_back(&mut self) -> usize {
-        0
-    }
     /// The last flush of a restore: everything put is durable or acknowledged after it.
     fn finish(&mut self) -> Result<Vec<Skipped>, RestoreError> {
         self.flush()
@@ -348,9 +343,6 @@ pub fn restore(
         Ok(())
     })?;
     refused(&mut report, sink.finish()?);
-    let taken_back = sink.taken_back().min(report.restored);
-    report.restored -= taken_back;
-    report.already_present += taken_back;
     report.warnings = sink.warnings();
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -416,64 +416,6 @@ fn an_imap_restore_killed_midway_and_rerun_ends_with_each_message_once() {
     }
 }
 
-#[test]
-fn two_imap_restores_at_once_into_one_folder_leave_each_message_once() {
-    let dovecot = Dovecot::start();
-    let sandbox = Sandbox::new();
-    let messages = write_maildir(&sandbox.path().join("gen"), 2000, 23);
-    sandbox.ok(&[
-        "import",
-        &format!("maildir:{}", sandbox.path().join("gen").display()),
-    ]);
-    let url = format!(
-        "imaps://{}@127.0.0.1:{}/Twice",
-        dovecot.user(),
-        dovecot.imaps_port
-    );
-    let ca = dovecot.ca_pem();
-    // Both look before either appends much, so both send most messages: each must take back
-    // the copies the other added first, and never both copies of one message.
-    let runs: Vec<_> = (0..2)
-        .map(|_| {
-            sandbox
-                .command()
-                .args(["restore", "--json", "--to", &url, "--ca-file"])
-                .arg(&ca)
-                .env("POPVAULT_PASSWORD", dovecot.password())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut restored = 0;
-    for run in runs {
-        let out = run.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(
-            report["restored"].as_u64().unwrap() + report["already_present"].as_u64().unwrap(),
-            2000
-        );
-        restored += report["restored"].as_u64().unwrap();
-    }
-    assert_eq!(restored, 2000, "each message counted restored by one run");
-    let read = imap_folder(&dovecot, "Twice");
-    let bodies: std::collections::HashSet<String> = read
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(read.len(), 2000, "each message exactly once");
-    assert_eq!(bodies.len(), 2000);
-    for m in &messages {
-        assert!(bodies.contains(&hex::encode(normalise(m))));
-    }
-}
-
 /// Three messages, the second of which holds a line that is an IMAP command.
 fn archive_with_a_command_in_a_message() -> (Sandbox, Vec<Vec<u8>>) {
     let sandbox = Sandbox::new();
