@@ -56,9 +56,11 @@ impl Location {
 }
 
 /// The fields of a catalog line that say where a message is and where it was seen: what the
-/// writers' [`Index`] and `verify`'s first pass read. Reading only these skips the envelope,
+/// writers' [`Index`] reads. Reading only these skips the envelope,
 /// which [`Entry`] takes through `#[serde(flatten)]`, for which serde buffers every field of
-/// the line first (several times slower, at a million lines seconds).
+/// the line first (several times slower, at a million lines seconds). A line whose other fields
+/// are unreadable still counts here (its message is not stored again); `verify` reads lines
+/// whole and reports it.
 #[derive(Debug, serde::Deserialize)]
 pub struct Sighting {
     pub id: Digest,
@@ -67,6 +69,18 @@ pub struct Sighting {
     pub first_seen: DateTime<Utc>,
     #[serde(default)]
     pub stored: Option<StoredAt>,
+}
+
+impl From<Entry> for Sighting {
+    fn from(entry: Entry) -> Sighting {
+        Sighting {
+            id: entry.id,
+            size: entry.size,
+            source: entry.source,
+            first_seen: entry.first_seen,
+            stored: entry.stored,
+        }
+    }
 }
 
 /// A catalog line as one reader wants it: the whole [`Entry`] or its [`Sighting`].
@@ -469,7 +483,7 @@ impl Index {
         let mut index = Index::empty(root);
         let mut read = read_records(root)?;
         let retired = read.retired.clone();
-        visit_segments(root, &mut read, &|_| true, &mut |line: Sighting| {
+        let mut on_line = |line: Sighting| {
             let stores = stores_bytes(&line, &retired);
             if sightings {
                 index.note_sighting(&line.id, &line.source, line.first_seen);
@@ -478,7 +492,16 @@ impl Index {
                 index.note_location(&line.id, line.size, at);
             }
             visit(&line, stores);
-        })?;
+        };
+        if sightings {
+            visit_segments(root, &mut read, &|_| true, &mut on_line)?;
+        } else {
+            // `verify` reads each line whole, so that a line `Archive` cannot read (and
+            // `restore` would leave out) is reported, not taken for a good location.
+            visit_segments(root, &mut read, &|_| true, &mut |entry: Entry| {
+                on_line(entry.into())
+            })?;
+        }
         index.last_commit = read.last_commit;
         Ok((index, read))
     }
