@@ -25,8 +25,8 @@
 //! one of them, once.
 //!
 //! A server finishes the APPENDs it had received from a client that is gone: after a restore
-//! killed mid-way, messages may still land for a moment. Before presence looks at a folder that
-//! holds messages, its count must hold still for a second, or a re-run would add those again.
+//! killed mid-way, messages may still land for a moment. Before presence looks at a folder, its
+//! message count must hold still for a second, or a re-run would add those again.
 //! Two restores into one folder at the same time can still both add a message (each looks
 //! before the other appends): run one at a time.
 
@@ -942,10 +942,9 @@ impl Sink for ImapSink {
         archive: &Archive,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        let mut exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
-        if exists > 0 {
-            exists = self.client.settle(exists)?;
-        }
+        // Even an empty folder: a killed run's first APPENDs may not have landed yet.
+        let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
+        let exists = self.client.settle(exists)?;
         let view = self.client.folder_view(exists)?;
         let largest = view.by_key.keys().map(|(size, _)| *size).max().unwrap_or(0);
         // Archived messages that may be in the folder, or may be one message to the server:
