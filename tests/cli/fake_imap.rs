@@ -1,6 +1,8 @@
-//! A scripted IMAP server for faults a real one (Dovecot) does not produce: untagged data
-//! before a literal's go-ahead, APPEND refused before the literal, a refusal that quotes the
-//! credentials. No LITERAL+, so every literal waits for the server. Plain TCP on 127.0.0.1.
+//! A scripted IMAP server for faults a real one (Dovecot) does not produce, or not on cue:
+//! untagged data before a literal's go-ahead, APPEND refused before the literal, a refusal that
+//! quotes the credentials, a message landing just after the folder was opened (a killed
+//! client's APPEND the server finishes late). No LITERAL+, so every literal waits for the
+//! server. Plain TCP on 127.0.0.1.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,6 +16,8 @@ pub enum ImapFault {
     RefuseSecondAppend,
     /// AUTHENTICATE is refused, quoting the client's response.
     EchoCredentials,
+    /// The messages in `late` land in the folder 300 ms after the first EXAMINE.
+    LateAppends,
 }
 
 pub struct FakeImap {
@@ -22,6 +26,8 @@ pub struct FakeImap {
     pub stored: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Every command line received (literals left out).
     pub commands: Arc<Mutex<Vec<String>>>,
+    /// With [`ImapFault::LateAppends`]: messages that land on their own.
+    pub late: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl FakeImap {
@@ -31,17 +37,19 @@ impl FakeImap {
         let port = listener.local_addr().unwrap().port();
         let stored = Arc::new(Mutex::new(Vec::new()));
         let commands = Arc::new(Mutex::new(Vec::new()));
-        let (s, c) = (stored.clone(), commands.clone());
+        let late = Arc::new(Mutex::new(Vec::new()));
+        let (s, c, l) = (stored.clone(), commands.clone(), late.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let _ = serve(stream, fault, &s, &c);
+                let _ = serve(stream, fault, &s, &c, &l);
             }
         });
         FakeImap {
             port,
             stored,
             commands,
+            late,
         }
     }
 }
@@ -49,8 +57,9 @@ impl FakeImap {
 fn serve(
     stream: TcpStream,
     fault: ImapFault,
-    stored: &Mutex<Vec<Vec<u8>>>,
+    stored: &Arc<Mutex<Vec<Vec<u8>>>>,
     commands: &Mutex<Vec<String>>,
+    late: &Arc<Mutex<Vec<Vec<u8>>>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -74,10 +83,45 @@ fn serve(
             }
             "AUTHENTICATE" => format!("{tag} OK logged in\r\n"),
             "LIST" => format!("* LIST (\\Noselect) \"/\" \"\"\r\n{tag} OK\r\n"),
-            "EXAMINE" | "SELECT" => format!(
-                "* {} EXISTS\r\n{tag} OK [READ-ONLY]\r\n",
-                stored.lock().unwrap().len()
-            ),
+            "EXAMINE" | "SELECT" => {
+                if fault == ImapFault::LateAppends {
+                    let (stored, late) = (stored.clone(), late.clone());
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        let landed = std::mem::take(&mut *late.lock().unwrap());
+                        stored.lock().unwrap().extend(landed);
+                    });
+                }
+                format!(
+                    "* {} EXISTS\r\n{tag} OK [READ-ONLY]\r\n",
+                    stored.lock().unwrap().len()
+                )
+            }
+            "NOOP" => format!("* {} EXISTS\r\n{tag} OK\r\n", stored.lock().unwrap().len()),
+            // Only the presence FETCH: each message's size and header block.
+            "FETCH" => {
+                let mut reply = String::new();
+                let mut bytes = Vec::new();
+                for (n, m) in stored.lock().unwrap().iter().enumerate() {
+                    let end = m
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(m.len(), |i| i + 4);
+                    bytes.extend(
+                        format!(
+                            "* {} FETCH (RFC822.SIZE {} BODY[HEADER] {{{end}}}\r\n",
+                            n + 1,
+                            m.len()
+                        )
+                        .as_bytes(),
+                    );
+                    bytes.extend(&m[..end]);
+                    bytes.extend(b")\r\n");
+                }
+                out.write_all(&bytes)?;
+                reply.push_str(&format!("{tag} OK\r\n"));
+                reply
+            }
             "APPEND" => {
                 appends += 1;
                 if fault == ImapFault::RefuseSecondAppend && appends == 2 {

@@ -480,6 +480,42 @@ fn untagged_data_before_the_go_ahead_keeps_every_message_whole() {
     );
 }
 
+/// A message that lands just after the folder was opened (the server finishing a killed run's
+/// APPEND) is seen before presence looks, not added a second time.
+#[test]
+fn a_message_landing_after_the_folder_was_opened_is_not_added_twice() {
+    let server = crate::fake_imap::FakeImap::start(crate::fake_imap::ImapFault::LateAppends);
+    let (sandbox, messages) = archive_with_a_command_in_a_message();
+    server.late.lock().unwrap().push(messages[1].clone());
+    let out = restore_to_fake(&sandbox, server.port, "pw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // A restore that did not wait is over before the message lands: let it land, then count.
+    for _ in 0..50 {
+        if server.late.lock().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        server.late.lock().unwrap().is_empty(),
+        "the message never landed"
+    );
+    let text = |ms: &[Vec<u8>]| {
+        let mut t: Vec<String> = ms
+            .iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        text(&server.stored.lock().unwrap()),
+        text(&messages),
+        "each message once"
+    );
+}
+
 /// An APPEND refused before its literal (no LITERAL+) skips that message only.
 #[test]
 fn an_append_refused_before_its_literal_skips_that_message_only() {
