@@ -56,11 +56,10 @@ impl Location {
 }
 
 /// The fields of a catalog line that say where a message is and where it was seen: what the
-/// writers' [`Index`] reads. Reading only these skips the envelope,
-/// which [`Entry`] takes through `#[serde(flatten)]`, for which serde buffers every field of
-/// the line first (several times slower, at a million lines seconds). A line whose other fields
-/// are unreadable still counts here (its message is not stored again); `verify` reads lines
-/// whole and reports it.
+/// writers' [`Index`] reads. Reading only these skips the envelope, which [`Entry`] takes
+/// through `#[serde(flatten)]`, for which serde buffers every field of the line first (several
+/// times slower, at a million lines seconds). A line whose other fields are unreadable still
+/// counts here (its message is not stored again); `verify` reads lines whole and reports it.
 #[derive(Debug, serde::Deserialize)]
 pub struct Sighting {
     pub id: Digest,
@@ -515,38 +514,36 @@ impl Index {
     }
 
     fn note_location(&mut self, id: &Digest, size: u64, at: &StoredAt) {
-        {
-            let pack = self.pack_number(&at.pack);
-            let narrow = |n: u64| u32::try_from(n).ok().filter(|&n| n != WIDE);
-            let packed = match (narrow(at.offset), narrow(at.stored_len), narrow(size)) {
-                (Some(offset), Some(stored_len), Some(size)) if pack != WIDE => {
-                    self.wide.remove(&id_key(id));
-                    PackedLocation {
-                        pack,
-                        offset,
-                        stored_len,
-                        size,
-                    }
+        let pack = self.pack_number(&at.pack);
+        let narrow = |n: u64| u32::try_from(n).ok().filter(|&n| n != WIDE);
+        let packed = match (narrow(at.offset), narrow(at.stored_len), narrow(size)) {
+            (Some(offset), Some(stored_len), Some(size)) if pack != WIDE => {
+                self.wide.remove(&id_key(id));
+                PackedLocation {
+                    pack,
+                    offset,
+                    stored_len,
+                    size,
                 }
-                _ => {
-                    let location = Location {
-                        pack: at.pack.as_str().into(),
-                        offset: at.offset,
-                        stored_len: at.stored_len,
-                        size,
-                    };
-                    self.wide.insert(id_key(id), location);
-                    PackedLocation {
-                        pack: WIDE,
-                        offset: 0,
-                        stored_len: 0,
-                        size: 0,
-                    }
+            }
+            _ => {
+                let location = Location {
+                    pack: at.pack.as_str().into(),
+                    offset: at.offset,
+                    stored_len: at.stored_len,
+                    size,
+                };
+                self.wide.insert(id_key(id), location);
+                PackedLocation {
+                    pack: WIDE,
+                    offset: 0,
+                    stored_len: 0,
+                    size: 0,
                 }
-            };
-            // The last line that stored an id wins: `repair` stores salvaged bytes again.
-            self.stored.insert(id_key(id), packed);
-        }
+            }
+        };
+        // The last line that stored an id wins: `repair` stores salvaged bytes again.
+        self.stored.insert(id_key(id), packed);
     }
 
     /// Records that `entry`'s source was seen (for the writer's open batch, before its bytes

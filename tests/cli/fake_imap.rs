@@ -100,7 +100,6 @@ fn serve(
             "NOOP" => format!("* {} EXISTS\r\n{tag} OK\r\n", stored.lock().unwrap().len()),
             // Only the presence FETCH: each message's size and header block.
             "FETCH" => {
-                let mut reply = String::new();
                 let mut bytes = Vec::new();
                 for (n, m) in stored.lock().unwrap().iter().enumerate() {
                     let end = m
@@ -119,8 +118,7 @@ fn serve(
                     bytes.extend(b")\r\n");
                 }
                 out.write_all(&bytes)?;
-                reply.push_str(&format!("{tag} OK\r\n"));
-                reply
+                format!("{tag} OK\r\n")
             }
             "APPEND" => {
                 appends += 1;
