@@ -124,7 +124,10 @@ fn a_certificate_from_another_ca_is_refused() {
                     hex::encode(Sha256::digest(dovecot.leaf_der()))
                 );
             }
-            Err(e) => panic!("{tls:?}: expected a TLS error, got {e:?}"),
+            Err(e) => panic!(
+                "{tls:?}: expected a TLS error, got {e:?}; Dovecot's log:\n{}",
+                dovecot.logs()
+            ),
             Ok(_) => panic!("{tls:?}: a certificate from another CA was accepted"),
         }
     }

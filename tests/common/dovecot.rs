@@ -260,23 +260,31 @@ service imap-login {{
         dovecot
     }
 
+    /// Ready means every port accepts and both plain ports have sent their greeting: a login
+    /// process greets only once the auth service answers it, and a client arriving before
+    /// that may be dropped, which a test would misread as the behaviour it looks for.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [
-            self.pop3_port,
-            self.pop3s_port,
-            self.imap_port,
-            self.imaps_port,
+        for (port, greeting) in [
+            (self.pop3_port, Some("+OK")),
+            (self.pop3s_port, None),
+            (self.imap_port, Some("* OK")),
+            (self.imaps_port, None),
         ] {
             loop {
                 if let Ok(Some(status)) = self.child.try_wait() {
                     panic!("dovecot exited with {status}:\n{}", self.logs());
                 }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break;
+                if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+                    if greeting.is_none_or(|g| greets_with(stream, g)) {
+                        break;
+                    }
                 }
                 if Instant::now() > deadline {
-                    panic!("dovecot did not open port {port} in 20 s:\n{}", self.logs());
+                    panic!(
+                        "dovecot was not ready on port {port} in 20 s:\n{}",
+                        self.logs()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
@@ -376,6 +384,13 @@ service imap-login {{
         let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("{}{}", read("dovecot.log"), read("stderr.log"))
     }
+}
+
+fn greets_with(mut stream: TcpStream, greeting: &str) -> bool {
+    use std::io::Read;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut first = vec![0; greeting.len()];
+    stream.read_exact(&mut first).is_ok() && first == greeting.as_bytes()
 }
 
 impl Drop for Dovecot {
