@@ -10,8 +10,31 @@ use serde::Deserialize;
 pub struct Config {
     /// The archive directory.
     pub archive: Option<PathBuf>,
+    /// How to reach an `s3://` archive, beyond what the AWS environment says.
+    #[serde(default)]
+    pub s3: S3Settings,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
+}
+
+/// The `[s3]` table. Each key, when set, wins over the AWS environment and `~/.aws`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// `https://s3.example.net` (else $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, AWS by region).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `path` or `virtual`; by default path-style for an IP address or localhost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_style: Option<String>,
+    /// PEM certificates to trust for a self-hosted endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The profile of ~/.aws/credentials and ~/.aws/config (else $AWS_PROFILE, else `default`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// One `[[account]]` table.

@@ -20,6 +20,7 @@ pub mod index;
 pub mod local_index;
 pub mod lock;
 pub mod pack;
+pub mod remote;
 pub mod select;
 mod store;
 pub mod text;
@@ -34,7 +35,7 @@ pub use envelope::Envelope;
 pub use index::{Index, Location, Pop3Seen};
 pub use local_index::{Freshness, IndexError, LocalIndex};
 pub use store::{Archive, Message, PackReader, check_header, is_archive};
-pub use writer::{Added, Incoming, Writer, WriterTotals};
+pub use writer::{Added, Incoming, Publisher, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -58,6 +59,14 @@ pub enum ArchiveError {
     },
     #[error("the archive header {path} is damaged: {reason}")]
     BadHeader { path: PathBuf, reason: String },
+    #[error(
+        "commit {commit} is saved in the local copy of the archive but not uploaded: {source}; the next run uploads it"
+    )]
+    NotUploaded {
+        commit: u64,
+        #[source]
+        source: Box<remote::RemoteError>,
+    },
     #[error("another popvault is writing to this archive ({holder}; lock file {path})")]
     Locked { path: PathBuf, holder: String },
     #[error("{path}")]

@@ -258,17 +258,23 @@ impl Archive {
                 path: root.to_path_buf(),
             });
         }
-        for sub in ["", "packs", "catalog", "commits", "tmp"] {
-            durable::create_dir(&root.join(sub)).map_err(ArchiveError::io(root.join(sub)))?;
-        }
-        durable::create_new(&root.join("lock")).map_err(ArchiveError::io(root.join("lock")))?;
         let header = Header {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             created: Utc::now(),
         };
         let text = serde_json::to_string_pretty(&header).expect("header serializes") + "\n";
-        durable::write_once(&root.join("tmp"), &root.join(HEADER_FILE), text.as_bytes())
+        Archive::init_with_header(root, text.as_bytes())
+    }
+
+    /// Lays out an empty archive at `root` (missing) with `header` as its header file: a new
+    /// archive's, or a remote one's for its local mirror.
+    pub(crate) fn init_with_header(root: &Path, header: &[u8]) -> Result<(), ArchiveError> {
+        for sub in ["", "packs", "catalog", "commits", "tmp"] {
+            durable::create_dir(&root.join(sub)).map_err(ArchiveError::io(root.join(sub)))?;
+        }
+        durable::create_new(&root.join("lock")).map_err(ArchiveError::io(root.join("lock")))?;
+        durable::write_once(&root.join("tmp"), &root.join(HEADER_FILE), header)
             .map_err(ArchiveError::io(root.join(HEADER_FILE)))?;
         if let Some(parent) = root.parent() {
             let _ = durable::sync_dir(parent);

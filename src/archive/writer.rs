@@ -80,6 +80,16 @@ pub struct Writer {
     retired_commits: Vec<u64>,
     lost: Vec<Lost>,
     totals: WriterTotals,
+    /// For an archive kept on an object store: uploads each commit once it is durable here.
+    publisher: Option<Publisher>,
+}
+
+/// Uploads a mirror's commits while holding the remote archive's lock. A commit that fails to
+/// go up fails `commit` for the caller (backup then deletes nothing from the server) but
+/// stays in the mirror, which uploads it first on the next run.
+pub struct Publisher {
+    pub(crate) mirror: std::sync::Arc<super::remote::Mirror>,
+    pub(crate) lock: super::remote::RemoteLock,
 }
 
 struct Batch {
@@ -130,7 +140,12 @@ impl Writer {
             retired_commits: Vec::new(),
             lost: Vec::new(),
             totals: WriterTotals::default(),
+            publisher: None,
         })
+    }
+
+    pub(crate) fn publish_to(&mut self, publisher: Publisher) {
+        self.publisher = Some(publisher);
     }
 
     /// The committed archive plus the sightings of the open batch.
@@ -500,6 +515,16 @@ impl Writer {
         for entry in &batch.entries {
             self.index.add(entry);
         }
+        if let Some(publisher) = &mut self.publisher {
+            publisher
+                .lock
+                .refresh()
+                .and_then(|()| publisher.mirror.push_unpublished())
+                .map_err(|e| ArchiveError::NotUploaded {
+                    commit: number,
+                    source: Box::new(e),
+                })?;
+        }
         Ok(Some(number))
     }
 
@@ -514,7 +539,7 @@ impl Writer {
 /// a commit number whose intent marker has no record (see `catalog::intent_file_name`). Nothing
 /// else: files of a number without a record or a marker are committed data whose record was
 /// lost, and `verify` reports them.
-fn remove_uncommitted(root: &Path) -> Result<(), ArchiveError> {
+pub(crate) fn remove_uncommitted(root: &Path) -> Result<(), ArchiveError> {
     let tmp = root.join("tmp");
     for name in list_dir(&tmp)? {
         fs::remove_file(tmp.join(&name)).map_err(ArchiveError::io(tmp.join(&name)))?;

@@ -11,7 +11,7 @@ use super::connect::ConnectArgs;
 use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
 use crate::account::Account;
-use crate::archive::{Index, Writer};
+use crate::archive::Index;
 use crate::backup::{self, AccountReport, BackupOptions, Event, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::pop3::Secret;
@@ -140,6 +140,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
 
     let mut reports = Vec::new();
     if args.dry_run {
+        ctx.sync_remote()?;
         let index = if crate::archive::is_archive(&ctx.archive) {
             crate::archive::check_header(&ctx.archive)?;
             Index::load(&ctx.archive)?
@@ -156,8 +157,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
             }));
         }
     } else {
-        let mut writer = Writer::open(&ctx.archive, "backup", args.wait.then_some(&ctx.stop))
-            .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
+        let mut writer = ctx.open_writer("backup", args.wait.then_some(&ctx.stop))?;
         let mut target = Target::Write(&mut writer);
         for account in &accounts {
             if opts.stop.requested() {

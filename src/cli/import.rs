@@ -5,7 +5,6 @@ use clap::Args;
 
 use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
-use crate::archive::Writer;
 use crate::import::{self, ImportSource};
 
 #[derive(Debug, Args)]
@@ -52,8 +51,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
             "standard input (`-`) is given as {from_stdin} sources; it can be read once: give it once"
         );
     }
-    let mut writer = Writer::open(&ctx.archive, "import", args.wait.then_some(&ctx.stop))
-        .with_context(|| format!("cannot write to the archive at {}", ctx.archive.display()))?;
+    let mut writer = ctx.open_writer("import", args.wait.then_some(&ctx.stop))?;
     let bar = byte_bar(None, ctx.quiet || args.json, "import");
     let stop = ctx.stop.clone();
     let mut reports = Vec::new();

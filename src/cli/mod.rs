@@ -25,6 +25,7 @@ mod import;
 mod index;
 mod list;
 mod output;
+mod remote;
 mod repair;
 mod restore;
 mod schedule;
@@ -141,7 +142,12 @@ pub enum Command {
 
 /// What `cli` knows about where it runs; read from the environment once, here.
 pub struct Context {
+    /// The archive's directory: for an `s3://` archive, its local mirror.
     pub archive: PathBuf,
+    /// The archive as the user named it: a path, or `s3://bucket/prefix`.
+    pub archive_label: String,
+    /// For an `s3://` archive: the object store and its mirror at `archive`.
+    pub remote: Option<std::sync::Arc<crate::archive::remote::Mirror>>,
     /// Whether the archive came from --archive or $POPVAULT_ARCHIVE (not the config or the
     /// default), so that a scheduled job must name it too.
     pub archive_named: bool,
@@ -160,6 +166,39 @@ pub struct Context {
 impl Context {
     pub fn open_archive(&self) -> anyhow::Result<Archive> {
         Ok(Archive::open(&self.archive)?)
+    }
+
+    /// The writer of the archive: for an `s3://` one, under its remote lock, each commit
+    /// uploaded as it is made.
+    pub fn open_writer(
+        &self,
+        command: &str,
+        wait: Option<&crate::stop::Stop>,
+    ) -> anyhow::Result<crate::archive::Writer> {
+        let opened = match &self.remote {
+            Some(mirror) => mirror.writer(command, wait).map_err(anyhow::Error::new),
+            None => crate::archive::Writer::open(&self.archive, command, wait)
+                .map_err(anyhow::Error::new),
+        };
+        opened.with_context(|| format!("cannot write to the archive at {}", self.archive_label))
+    }
+
+    /// For an `s3://` archive, brings its local mirror up to date; a local one needs nothing.
+    pub fn sync_remote(&self) -> anyhow::Result<()> {
+        if let Some(mirror) = &self.remote {
+            mirror
+                .sync(false)
+                .with_context(|| format!("cannot read the archive at {}", self.archive_label))?;
+        }
+        Ok(())
+    }
+
+    /// The archive as a later command (a timer, a config file) should name it.
+    pub fn archive_for_later(&self) -> anyhow::Result<String> {
+        Ok(match &self.remote {
+            Some(_) => self.archive_label.clone(),
+            None => std::path::absolute(&self.archive)?.display().to_string(),
+        })
     }
 }
 
@@ -244,14 +283,26 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
             config_path.display()
         );
     }
+    let cache_dir = xdg_dir("XDG_CACHE_HOME")
+        .unwrap_or_else(|| home().join(".cache"))
+        .join("popvault");
+    let archive = expand_tilde(&archive);
+    let archive_label = archive.display().to_string();
+    let remote = match remote::is_remote(&archive) {
+        true => Some(remote::mirror(&archive_label, &config.s3, &cache_dir)?),
+        false => None,
+    };
     Ok(Context {
         archive_named: archive_given.is_some(),
-        archive: expand_tilde(&archive),
+        archive: remote
+            .as_ref()
+            .map(|m| m.root().to_path_buf())
+            .unwrap_or(archive),
+        archive_label,
+        remote,
         config_path,
         config_named: cli.config.is_some(),
-        cache_dir: xdg_dir("XDG_CACHE_HOME")
-            .unwrap_or_else(|| home().join(".cache"))
-            .join("popvault"),
+        cache_dir,
         config,
         quiet: cli.quiet,
         stop,
@@ -325,7 +376,57 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
 }
 
 fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
+    let exit = dispatch_command(ctx, command);
+    if let Some(mirror) = &ctx.remote
+        && std::env::var_os("POPVAULT_REPORT_REQUESTS").is_some()
+    {
+        eprintln!("{}: {} requests", mirror.url(), mirror.store().requests());
+    }
+    exit
+}
+
+fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
+    if ctx.remote.is_some() {
+        match &command {
+            Command::List(_)
+            | Command::Cat(_)
+            | Command::Search(_)
+            | Command::Stats(_)
+            | Command::Status(_)
+            | Command::Verify(_)
+            | Command::Restore(_)
+            | Command::Export(_) => ctx.sync_remote()?,
+            Command::Repair(_) => anyhow::bail!(
+                "repair works on a local archive only: `popvault copy` the archive at {} to a directory and repair that",
+                ctx.archive_label
+            ),
+            _ => {}
+        }
+    }
     match command {
+        Command::Init if ctx.remote.is_some() => {
+            let mirror = ctx.remote.as_ref().expect("just matched");
+            let created = match mirror.init() {
+                Ok(()) => true,
+                Err(crate::archive::remote::RemoteError::Local(
+                    ArchiveError::AlreadyAnArchive { .. },
+                )) => false,
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("cannot create an archive at {}", ctx.archive_label)));
+                }
+            };
+            if !ctx.quiet {
+                match created {
+                    true => say!("created an empty archive at {}", ctx.archive_label),
+                    false => say!(
+                        "{} is an archive already; nothing changed",
+                        ctx.archive_label
+                    ),
+                }
+            }
+            Ok(Exit::Ok)
+        }
         Command::Init => {
             let created = match Archive::init(&ctx.archive) {
                 Ok(()) => true,

@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
     // The archive goes in only when it was named on this command line or in the environment:
     // otherwise the config file (or the default) already says which it is.
     let archive = match ctx.archive_named {
-        true => Some(std::path::absolute(&ctx.archive)?.display().to_string()),
+        true => Some(ctx.archive_for_later()?),
         false => None,
     };
     // The binary, then the config path plus `--archive PATH` when one goes in, quoted.

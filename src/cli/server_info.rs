@@ -423,8 +423,7 @@ fn write_account(ctx: &Context, account: &AccountConfig) -> anyhow::Result<()> {
     let mut text = String::new();
     if ctx.archive_named && ctx.config.archive.is_none() {
         // Absolute: later runs, and scheduled ones, start in other directories.
-        let archive = std::path::absolute(&ctx.archive)?;
-        let archive = toml::Value::String(archive.display().to_string());
+        let archive = toml::Value::String(ctx.archive_for_later()?);
         text.push_str(&format!("archive = {archive}\n"));
     }
     text.push_str(&existing);

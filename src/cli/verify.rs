@@ -1,5 +1,6 @@
 //! `popvault verify`.
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::output::{byte_bar, count, human_bytes};
@@ -34,8 +35,19 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         false => None,
     };
     let bar = byte_bar(total, ctx.quiet || args.json, "verify");
-    let (report, catalog) = verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
+    let (mut report, catalog) = verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
+    // The local copy is checked above; the remote's objects are re-read and compared with it.
+    if let Some(mirror) = ctx.remote.as_ref().filter(|_| args.full) {
+        let problems = mirror
+            .check_remote()
+            .with_context(|| format!("cannot read the archive at {}", ctx.archive_label))?;
+        report.problems.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", mirror.url())),
+        );
+    }
     // The local index is a cache of the catalog: checked against it, and with --full built
     // again from it.
     let index = match args.full {

@@ -275,10 +275,10 @@ service imap-login {{
                 if let Ok(Some(status)) = self.child.try_wait() {
                     panic!("dovecot exited with {status}:\n{}", self.logs());
                 }
-                if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
-                    if greeting.is_none_or(|g| greets_with(stream, g)) {
-                        break;
-                    }
+                if let Ok(stream) = TcpStream::connect(("127.0.0.1", port))
+                    && greeting.is_none_or(|g| greets_with(stream, g))
+                {
+                    break;
                 }
                 if Instant::now() > deadline {
                     panic!(

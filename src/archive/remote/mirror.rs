@@ -1,0 +1,590 @@
+//! A remote archive worked on through a local copy of it (the mirror, in the user's cache
+//! directory), which every command reads and the ordinary [`Writer`](crate::archive::Writer)
+//! writes, crash-safe as any local archive.
+//!
+//! Invariants:
+//! - The remote is a set of create-only objects named as the files of a local archive. A commit
+//!   is there once its record `commits/<n>.json` is: a pull copies a commit's segment and packs
+//!   before its record, and a publish uploads them before it, so a record never names an object
+//!   that is not there (on a store with read-after-write consistency).
+//! - `published` (beside the mirror) is the highest commit number known to be on the remote
+//!   and in the mirror alike; mirror commits above it are this machine's, not yet uploaded.
+//!   They are uploaded before anything else is done, and a remote commit above `published`
+//!   that the mirror lacks is pulled before anything is written.
+//! - Every download is checked against what names it (a pack's name holds its SHA-256, a
+//!   record holds its segment's) before it enters the mirror.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ObjectStore, RemoteError};
+use crate::archive::catalog::{self, CommitRecord};
+use crate::archive::digest::Hasher;
+use crate::archive::lock::WriterLock;
+use crate::archive::{ArchiveError, Digest, Publisher, Writer, durable, store};
+
+const HEADER: &str = "popvault-archive.json";
+
+pub struct Mirror {
+    store: Box<dyn ObjectStore>,
+    root: PathBuf,
+}
+
+/// What a pull brought.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pulled {
+    pub commits: u64,
+    pub bytes: u64,
+}
+
+impl Mirror {
+    /// The mirror of `store` kept at `root` (created on first use).
+    pub fn new(store: Box<dyn ObjectStore>, root: PathBuf) -> Mirror {
+        Mirror { store, root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn url(&self) -> String {
+        self.store.url()
+    }
+
+    pub fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
+    fn state_path(&self) -> PathBuf {
+        let mut name = self.root.file_name().unwrap_or_default().to_os_string();
+        name.push(".published");
+        self.root.with_file_name(name)
+    }
+
+    fn published(&self) -> u64 {
+        fs::read_to_string(self.state_path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn set_published(&self, commit: u64) -> Result<(), RemoteError> {
+        let path = self.state_path();
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, format!("{commit}\n"))
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| RemoteError::Local(ArchiveError::io(&path)(e)))
+    }
+
+    fn local_err(path: &Path) -> impl Fn(std::io::Error) -> RemoteError + '_ {
+        move |e| RemoteError::Local(ArchiveError::io(path)(e))
+    }
+
+    /// Creates the archive on the remote (and the bucket, when it is missing and the
+    /// credentials allow). Fails when the remote already holds one.
+    pub fn init(&self) -> Result<(), RemoteError> {
+        self.store.create_bucket()?;
+        if self.store.get(HEADER)?.is_some() {
+            return Err(RemoteError::Local(ArchiveError::AlreadyAnArchive {
+                path: PathBuf::from(self.url()),
+            }));
+        }
+        if store::is_archive(&self.root) && self.local_last()? > 0 {
+            return Err(RemoteError::Conflict {
+                object: self.url(),
+                reason: format!(
+                    "the local copy at {} holds commits the remote does not: remove that directory, then run init again",
+                    self.root.display()
+                ),
+            });
+        }
+        let _ = fs::remove_dir_all(&self.root);
+        let _ = fs::remove_file(self.state_path());
+        self.ensure_root_parent()?;
+        crate::archive::Archive::init(&self.root)?;
+        self.publish_header()
+    }
+
+    fn ensure_root_parent(&self) -> Result<(), RemoteError> {
+        let parent = durable::parent_dir(&self.root);
+        fs::create_dir_all(parent).map_err(Self::local_err(parent))
+    }
+
+    fn publish_header(&self) -> Result<(), RemoteError> {
+        let path = self.root.join(HEADER);
+        let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
+        if !self.store.create(HEADER, &bytes)? {
+            let theirs = self.store.get(HEADER)?.unwrap_or_default();
+            if theirs != bytes {
+                return Err(self.conflict(HEADER, "another archive was created there"));
+            }
+        }
+        Ok(())
+    }
+
+    fn conflict(&self, key: &str, reason: &str) -> RemoteError {
+        RemoteError::Conflict {
+            object: format!("{}/{key}", self.url()),
+            reason: format!(
+                "{reason}; the local copy at {} keeps this machine's commits",
+                self.root.display()
+            ),
+        }
+    }
+
+    /// The highest commit record in the mirror.
+    fn local_last(&self) -> Result<u64, RemoteError> {
+        let dir = self.root.join("commits");
+        let names = crate::archive::index::list_dir(&dir)?;
+        Ok(names
+            .iter()
+            .filter(|n| n.ends_with(".json"))
+            .filter_map(|n| catalog::commit_of_file_name(n))
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// Brings the mirror up to date: uploads this machine's commits that the remote lacks (an
+    /// earlier run that died or lost the network after committing), then copies every remote
+    /// commit the mirror lacks. `create` makes the archive when the remote has none.
+    /// Costs one LIST when nothing is new.
+    pub fn sync(&self, create: bool) -> Result<Pulled, RemoteError> {
+        if !store::is_archive(&self.root) {
+            self.ensure_root_parent()?;
+            match self.store.get(HEADER)? {
+                Some(bytes) => {
+                    let _ = fs::remove_file(self.state_path());
+                    crate::archive::Archive::init_with_header(&self.root, &bytes)?;
+                    if let Err(e) = store::check_header(&self.root) {
+                        let _ = fs::remove_dir_all(&self.root);
+                        return Err(RemoteError::NotAnArchive {
+                            url: self.url(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                None if create => {
+                    self.store.create_bucket()?;
+                    let _ = fs::remove_file(self.state_path());
+                    crate::archive::Archive::init(&self.root)?;
+                    self.publish_header()?;
+                }
+                None => return Err(RemoteError::NotFound { url: self.url() }),
+            }
+        }
+        let _lock = WriterLock::acquire(&self.root.join("lock"), "sync", None)?;
+        crate::archive::writer::remove_uncommitted(&self.root)?;
+        self.push_unpublished()?;
+        self.pull()
+    }
+
+    pub(crate) fn push_unpublished(&self) -> Result<(), RemoteError> {
+        let published = self.published();
+        let last = self.local_last()?;
+        if last > published && published == 0 {
+            // A mirror whose header may never have gone up (a first backup that lost the
+            // network): the header goes first, as on disk.
+            self.publish_header()?;
+        }
+        for number in published + 1..=last {
+            self.publish_commit(number)?;
+            self.set_published(number)?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the mirror's commit `number`: packs, segment, then the record, each
+    /// create-only. An object already there with the same content (an earlier attempt) is
+    /// fine; with other content it is another writer's commit, and nothing is replaced.
+    pub fn publish_commit(&self, number: u64) -> Result<(), RemoteError> {
+        let record_name = catalog::commit_file_name(number);
+        let record_path = self.root.join("commits").join(&record_name);
+        let record_bytes = fs::read(&record_path).map_err(Self::local_err(&record_path))?;
+        let record: CommitRecord =
+            serde_json::from_slice(&record_bytes).map_err(|e| RemoteError::Damaged {
+                object: record_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        for pack in &record.packs {
+            let key = format!("packs/{}", pack.name);
+            let path = self.root.join(&key);
+            if !path.exists() {
+                // Retired by a later repair here, or never here: nothing to send.
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
+            // A pack's name holds the SHA-256 of its bytes: a key already taken holds them.
+            self.store.create(&key, &bytes)?;
+        }
+        let key = format!("catalog/{}", record.segment.name);
+        let path = self.root.join(&key);
+        let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
+        self.create_or_same(&key, &bytes)?;
+        self.create_or_same(&format!("commits/{record_name}"), &record_bytes)
+    }
+
+    fn create_or_same(&self, key: &str, bytes: &[u8]) -> Result<(), RemoteError> {
+        if self.store.create(key, bytes)? {
+            return Ok(());
+        }
+        match self.store.get(key)? {
+            Some(theirs) if theirs == bytes => Ok(()),
+            _ => Err(self.conflict(
+                key,
+                "another writer made a commit of the same number (two popvaults wrote at once?)",
+            )),
+        }
+    }
+
+    /// Copies every remote commit above `published`, in order, stopping at a gap (a listing
+    /// that lags behind a writer shows it on the next run).
+    fn pull(&self) -> Result<Pulled, RemoteError> {
+        let mut published = self.published();
+        let start_after =
+            (published > 0).then(|| format!("commits/{}", catalog::commit_file_name(published)));
+        let listed = self.store.list("commits/", start_after.as_deref())?;
+        let mut pulled = Pulled::default();
+        for item in listed {
+            let Some(name) = item.key.strip_prefix("commits/") else {
+                continue;
+            };
+            let Some(number) = catalog::commit_of_file_name(name) else {
+                continue;
+            };
+            if !name.ends_with(".json") || number <= published {
+                continue;
+            }
+            if number != published + 1 {
+                break;
+            }
+            pulled.bytes += self.pull_commit(number, name)?;
+            pulled.commits += 1;
+            published = number;
+            self.set_published(published)?;
+        }
+        Ok(pulled)
+    }
+
+    fn pull_commit(&self, number: u64, name: &str) -> Result<u64, RemoteError> {
+        let key = format!("commits/{name}");
+        let record_bytes = self.store.get(&key)?.ok_or_else(|| RemoteError::Damaged {
+            object: format!("{}/{key}", self.url()),
+            reason: "listed but not there".into(),
+        })?;
+        let damaged = |key: &str, reason: String| RemoteError::Damaged {
+            object: format!("{}/{key}", self.url()),
+            reason,
+        };
+        let record: CommitRecord = serde_json::from_slice(&record_bytes)
+            .map_err(|e| damaged(&key, format!("not a commit record: {e}")))?;
+        if record.commit != number {
+            return Err(damaged(
+                &key,
+                format!("it says it is commit {}", record.commit),
+            ));
+        }
+        let local_record = self.root.join(&key);
+        if local_record.exists() {
+            // This machine's own commit (the state file lagged behind a crash).
+            let ours = fs::read(&local_record).map_err(Self::local_err(&local_record))?;
+            if ours == record_bytes {
+                return Ok(0);
+            }
+            return Err(self.conflict(&key, "the remote and this machine's copy differ"));
+        }
+        let tmp = self.root.join("tmp");
+        let marker = self
+            .root
+            .join("commits")
+            .join(catalog::intent_file_name(number));
+        durable::write_once(&tmp, &marker, b"").map_err(Self::local_err(&marker))?;
+        let mut bytes = 0;
+        let segment_ok = record.segment.sha256.is_some()
+            && catalog::commit_of_file_name(&record.segment.name) == Some(number)
+            && safe_name(&record.segment.name);
+        if !segment_ok {
+            return Err(damaged(
+                &key,
+                "it names a segment this archive cannot hold".into(),
+            ));
+        }
+        let segment_key = format!("catalog/{}", record.segment.name);
+        let segment = self
+            .store
+            .get(&segment_key)?
+            .ok_or_else(|| damaged(&segment_key, "named by a commit record but missing".into()))?;
+        if segment.len() as u64 != record.segment.size
+            || Some(Digest::of(&segment)) != record.segment.sha256
+        {
+            return Err(damaged(
+                &segment_key,
+                "its size or SHA-256 is not the one its commit record gives".into(),
+            ));
+        }
+        let path = self.root.join(&segment_key);
+        durable::write_once(&tmp, &path, &segment).map_err(Self::local_err(&path))?;
+        bytes += segment.len() as u64;
+        for pack in &record.packs {
+            let pack_key = format!("packs/{}", pack.name);
+            let expected = pack_digest(&pack.name)
+                .filter(|_| safe_name(&pack.name))
+                .ok_or_else(|| {
+                    damaged(
+                        &key,
+                        format!("it names a pack {:?} this archive cannot hold", pack.name),
+                    )
+                })?;
+            let path = self.root.join(&pack_key);
+            if path.exists() {
+                continue;
+            }
+            let body = self
+                .store
+                .get(&pack_key)?
+                .ok_or_else(|| damaged(&pack_key, "named by a commit record but missing".into()))?;
+            if body.len() as u64 != pack.size || Digest::of(&body) != expected {
+                return Err(damaged(
+                    &pack_key,
+                    "its size or SHA-256 is not the one its name and commit record give".into(),
+                ));
+            }
+            durable::write_once(&tmp, &path, &body).map_err(Self::local_err(&path))?;
+            bytes += body.len() as u64;
+        }
+        durable::write_once(&tmp, &local_record, &record_bytes)
+            .map_err(Self::local_err(&local_record))?;
+        fs::remove_file(&marker).map_err(Self::local_err(&marker))?;
+        Ok(bytes)
+    }
+
+    /// A writer on the remote archive: takes its lock, brings the mirror up to date (creating
+    /// the archive when there is none), and opens the mirror's writer, which uploads each
+    /// commit as it makes it.
+    pub fn writer(
+        self: &Arc<Mirror>,
+        command: &str,
+        wait: Option<&crate::stop::Stop>,
+    ) -> Result<Writer, RemoteError> {
+        let lock = RemoteLock::acquire(self.clone(), command)?;
+        self.sync(true)?;
+        let mut writer = Writer::open(&self.root, command, wait)?;
+        writer.publish_to(Publisher {
+            mirror: self.clone(),
+            lock,
+        });
+        Ok(writer)
+    }
+
+    /// Re-reads every committed object on the remote and compares it with what its record
+    /// says (sizes, SHA-256), streaming one object at a time. Returns the problems found.
+    pub fn check_remote(&self) -> Result<Vec<String>, RemoteError> {
+        let mut problems = Vec::new();
+        let listed = self.store.list("commits/", None)?;
+        for item in listed.iter().filter(|i| i.key.ends_with(".json")) {
+            let Some(record_bytes) = self.store.get(&item.key)? else {
+                problems.push(format!("{}: listed but missing", item.key));
+                continue;
+            };
+            let local = self.root.join(&item.key);
+            if fs::read(&local).ok().as_deref() != Some(&record_bytes[..]) {
+                problems.push(format!("{}: differs from the local copy", item.key));
+            }
+            let Ok(record) = serde_json::from_slice::<CommitRecord>(&record_bytes) else {
+                problems.push(format!("{}: not a commit record", item.key));
+                continue;
+            };
+            let mut wanted = vec![(
+                format!("catalog/{}", record.segment.name),
+                record.segment.size,
+                record.segment.sha256,
+            )];
+            for pack in &record.packs {
+                wanted.push((
+                    format!("packs/{}", pack.name),
+                    pack.size,
+                    pack_digest(&pack.name),
+                ));
+            }
+            for (key, size, digest) in wanted {
+                let mut hasher = HashingSink::default();
+                if !self.store.get_into(&key, &mut hasher)? {
+                    problems.push(format!("{key}: missing"));
+                } else if hasher.len != size || Some(hasher.finish()) != digest {
+                    problems.push(format!("{key}: its size or SHA-256 is wrong"));
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+/// The SHA-256 a pack's name gives (`<commit>-<sha256>.pack`).
+fn pack_digest(name: &str) -> Option<Digest> {
+    let hex = name.strip_suffix(".pack")?.split_once('-')?.1;
+    hex.parse().ok()
+}
+
+/// A name from a remote record becomes a file name in the mirror: nothing but a plain name.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+#[derive(Default)]
+struct HashingSink {
+    hasher: Hasher,
+    len: u64,
+}
+
+impl HashingSink {
+    fn finish(self) -> Digest {
+        self.hasher.finish()
+    }
+}
+
+impl std::io::Write for HashingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer's claim on a remote archive: an object `locks/<host>-<pid>-<time>.json`. Another
+/// writer's lock younger than [`STALE_AFTER`] refuses the run (one on this host whose process
+/// is gone is stale at once). Dropping the lock deletes its object.
+pub struct RemoteLock {
+    mirror: Arc<Mirror>,
+    key: String,
+    taken: DateTime<Utc>,
+    command: String,
+    host: String,
+}
+
+/// A lock not refreshed for this long is taken for a dead writer's.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// A lock is renewed (a new object, the old one deleted) when older than this.
+const REFRESH_AFTER: Duration = Duration::from_secs(5 * 60);
+/// Between writing a lock and looking for others: another writer's lock written at the same
+/// moment shows by then, so that at most one of two racing writers goes on.
+const RECHECK_DELAY: Duration = Duration::from_millis(200);
+
+#[derive(Serialize, Deserialize)]
+struct LockText {
+    host: String,
+    pid: u32,
+    command: String,
+    taken: DateTime<Utc>,
+}
+
+impl RemoteLock {
+    pub fn acquire(mirror: Arc<Mirror>, command: &str) -> Result<RemoteLock, RemoteError> {
+        let host = host_name();
+        let host = host.as_str();
+        let mut lock = RemoteLock {
+            mirror: mirror.clone(),
+            key: String::new(),
+            taken: Utc::now(),
+            command: command.to_string(),
+            host: host.to_string(),
+        };
+        lock.write()?;
+        std::thread::sleep(RECHECK_DELAY);
+        for other in mirror.store.list("locks/", None)? {
+            if other.key == lock.key {
+                continue;
+            }
+            let Some(text) = mirror.store.get(&other.key)? else {
+                continue;
+            };
+            let Ok(holder) = serde_json::from_slice::<LockText>(&text) else {
+                continue;
+            };
+            let age = (Utc::now() - holder.taken).to_std().unwrap_or_default();
+            let dead_here = holder.host == host && !process_alive(holder.pid);
+            if age < STALE_AFTER && !dead_here {
+                let err = RemoteError::Locked {
+                    url: mirror.url(),
+                    holder: format!(
+                        "popvault {} on {} (pid {}) since {}",
+                        holder.command,
+                        holder.host,
+                        holder.pid,
+                        holder.taken.format("%Y-%m-%d %H:%M:%SZ")
+                    ),
+                    key: other.key.clone(),
+                    stale_after: (holder.taken
+                        + chrono::Duration::from_std(STALE_AFTER).unwrap_or_default())
+                    .format("%Y-%m-%d %H:%M:%SZ")
+                    .to_string(),
+                };
+                drop(lock);
+                return Err(err);
+            }
+        }
+        Ok(lock)
+    }
+
+    fn write(&mut self) -> Result<(), RemoteError> {
+        let (command, host) = (self.command.as_str(), self.host.as_str());
+        let taken = Utc::now();
+        let key = format!(
+            "locks/{}-{}-{}.json",
+            host.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+            std::process::id(),
+            taken.timestamp_nanos_opt().unwrap_or_default()
+        );
+        let text = serde_json::to_vec(&LockText {
+            host: host.to_string(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            taken,
+        })
+        .unwrap_or_default();
+        self.mirror.store.create(&key, &text)?;
+        let old = std::mem::replace(&mut self.key, key);
+        self.taken = taken;
+        if !old.is_empty() {
+            self.mirror.store.delete(&old)?;
+        }
+        Ok(())
+    }
+
+    /// Renews the lock when it is getting old, so that a long run is not taken for dead.
+    pub fn refresh(&mut self) -> Result<(), RemoteError> {
+        if (Utc::now() - self.taken).to_std().unwrap_or_default() >= REFRESH_AFTER {
+            self.write()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RemoteLock {
+    fn drop(&mut self) {
+        // A lock left behind (the network is gone) is stale after STALE_AFTER.
+        let _ = self.mirror.store.delete(&self.key);
+    }
+}
+
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn process_alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
+}

@@ -1,0 +1,452 @@
+//! An S3-compatible object store (AWS S3, Backblaze B2, Wasabi, Cloudflare R2, MinIO, Garage,
+//! Ceph), spoken synchronously: rusty-s3 signs each request (a presigned URL, so the secret key
+//! never travels and never reaches an error message) and ureq sends it over rustls with ring,
+//! the TLS stack POP3 uses.
+//!
+//! Transient failures (5xx, 429, timeouts, dropped connections) are retried with exponential
+//! backoff, honouring `Retry-After`, then reported. A retried create-only write may find the
+//! key taken by its own first attempt; the caller tells that apart by comparing content.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rusty_s3::{Bucket, Credentials, S3Action};
+use ureq::Agent;
+use ureq::http::Response;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use super::{Listed, ObjectStore, RemoteError};
+
+/// How a request names the bucket: in the path (`http://host/bucket/key`) or in the host name
+/// (`https://bucket.host/key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlStyle {
+    Path,
+    VirtualHost,
+}
+
+/// Everything needed to reach one archive in a bucket; built by the CLI from the environment
+/// and `~/.aws`, the way the AWS tools read them.
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    pub endpoint: url::Url,
+    pub region: String,
+    pub style: UrlStyle,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// DER certificates to trust instead of the built-in roots (`--ca-file`).
+    pub roots: Option<Vec<Vec<u8>>>,
+    pub timeout: Duration,
+    /// Attempts for a request failing transiently (1 = no retry).
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint.as_str())
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// The style a demanding user expects when they did not choose: path-style for an IP
+    /// address or `localhost` (MinIO, moto, a NAS), virtual-hosted otherwise (AWS and most
+    /// providers).
+    pub fn default_style(endpoint: &url::Url) -> UrlStyle {
+        match endpoint.host() {
+            Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => UrlStyle::Path,
+            Some(url::Host::Domain(d)) if d == "localhost" || d.ends_with(".localhost") => {
+                UrlStyle::Path
+            }
+            _ => UrlStyle::VirtualHost,
+        }
+    }
+}
+
+pub struct S3Store {
+    bucket: Bucket,
+    credentials: Credentials,
+    prefix: String,
+    agent: Agent,
+    endpoint: String,
+    attempts: u32,
+    requests: AtomicU64,
+    /// Lets tests shorten the backoff.
+    backoff: Duration,
+}
+
+/// How long a signed URL stays valid: long enough for a slow upload of one pack.
+const SIGNED_FOR: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl S3Store {
+    pub fn new(config: S3Config) -> Result<S3Store, RemoteError> {
+        let style = match config.style {
+            UrlStyle::Path => rusty_s3::UrlStyle::Path,
+            UrlStyle::VirtualHost => rusty_s3::UrlStyle::VirtualHost,
+        };
+        let endpoint = config.endpoint.to_string();
+        let bucket = Bucket::new(
+            config.endpoint.clone(),
+            style,
+            config.bucket.clone(),
+            config.region.clone(),
+        )
+        .map_err(|e| RemoteError::Unreachable {
+            endpoint: endpoint.clone(),
+            reason: format!("cannot address bucket {:?} there: {e}", config.bucket),
+        })?;
+        let credentials = match &config.session_token {
+            Some(token) => {
+                Credentials::new_with_token(&config.access_key_id, &config.secret_access_key, token)
+            }
+            None => Credentials::new(&config.access_key_id, &config.secret_access_key),
+        };
+        let mut tls = TlsConfig::builder();
+        if let Some(roots) = &config.roots {
+            let certs = roots
+                .iter()
+                .map(|der| Certificate::from_der(der).to_owned())
+                .collect();
+            tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
+        }
+        let agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.timeout))
+            // Proxies from the environment are not picked up behind the user's back, and an
+            // object store does not redirect where popvault should follow.
+            .proxy(None)
+            .max_redirects(0)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(S3Store {
+            bucket,
+            credentials,
+            prefix: config.prefix,
+            agent,
+            endpoint,
+            attempts: config.attempts.max(1),
+            requests: AtomicU64::new(0),
+            backoff: Duration::from_millis(200),
+        })
+    }
+
+    /// For tests of the retries: the first backoff (it doubles each time).
+    pub fn with_backoff(mut self, first: Duration) -> S3Store {
+        self.backoff = first;
+        self
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn object_name(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket.name(), self.full_key(key))
+    }
+
+    /// Sends a request until it gets an answer that is not transient, or attempts run out.
+    /// `send` gets a freshly signed URL each time.
+    fn send(
+        &self,
+        object: &str,
+        operation: &'static str,
+        send: &dyn Fn(&Agent) -> Result<Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Response<ureq::Body>, RemoteError> {
+        let mut wait = self.backoff;
+        let mut attempt = 1;
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let outcome = send(&self.agent);
+            let last = attempt >= self.attempts;
+            match outcome {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let transient = status == 429 || status == 408 || (500..=599).contains(&status);
+                    if !transient || last {
+                        return Ok(response);
+                    }
+                    let asked = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    std::thread::sleep(asked.unwrap_or(wait).min(MAX_RETRY_AFTER));
+                }
+                Err(e) => {
+                    if last {
+                        return Err(RemoteError::Unreachable {
+                            endpoint: self.endpoint.clone(),
+                            reason: format!(
+                                "{operation} {object}: {} (tried {attempt} times)",
+                                transport_reason(&e)
+                            ),
+                        });
+                    }
+                    std::thread::sleep(wait);
+                }
+            }
+            wait *= 2;
+            attempt += 1;
+        }
+    }
+
+    fn refused(
+        &self,
+        object: String,
+        operation: &'static str,
+        response: Response<ureq::Body>,
+    ) -> RemoteError {
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
+        RemoteError::Refused {
+            object,
+            operation,
+            status,
+            code: xml_field(&body, "Code"),
+        }
+    }
+}
+
+/// A transport failure in words, without the request's URL: a signed URL carries a signature
+/// that works for an hour and the access key's id.
+fn transport_reason(e: &ureq::Error) -> String {
+    let text = match e {
+        ureq::Error::Io(io) => io.to_string(),
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::ConnectionFailed => "connection refused or failed".to_string(),
+        other => other.to_string(),
+    };
+    match text.find("X-Amz-") {
+        Some(at) => text[..at].to_string() + "(request hidden)",
+        None => text,
+    }
+}
+
+/// The text of the first `<name>` element of an S3 error document.
+fn xml_field(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find('<')?;
+    Some(body[start..end].trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn read_error(object: &str, e: impl std::fmt::Display) -> RemoteError {
+    RemoteError::Damaged {
+        object: object.to_string(),
+        reason: format!("reading the reply failed: {e}"),
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket.name())
+        } else {
+            format!("s3://{}/{}", self.bucket.name(), self.prefix)
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+        let mut body = Vec::new();
+        Ok(self.get_into(key, &mut body)?.then_some(body))
+    }
+
+    fn get_into(&self, key: &str, out: &mut dyn Write) -> Result<bool, RemoteError> {
+        let full = self.full_key(key);
+        let object = self.object_name(key);
+        let response = self.send(&object, "GET", &|agent| {
+            let url = self
+                .bucket
+                .get_object(Some(&self.credentials), &full)
+                .sign(SIGNED_FOR);
+            agent.get(url.as_str()).call()
+        })?;
+        match response.status().as_u16() {
+            200 => {
+                let mut reader = response.into_body().into_reader();
+                io::copy(&mut reader, out).map_err(|e| read_error(&object, e))?;
+                Ok(true)
+            }
+            404 => {
+                let err = self.refused(object, "GET", response);
+                match &err {
+                    RemoteError::Refused { code: Some(c), .. } if c == "NoSuchBucket" => Err(err),
+                    _ => Ok(false),
+                }
+            }
+            _ => Err(self.refused(object, "GET", response)),
+        }
+    }
+
+    fn create(&self, key: &str, body: &[u8]) -> Result<bool, RemoteError> {
+        let full = self.full_key(key);
+        let object = self.object_name(key);
+        let response = self.send(&object, "PUT", &|agent| {
+            let url = self
+                .bucket
+                .put_object(Some(&self.credentials), &full)
+                .sign(SIGNED_FOR);
+            agent
+                .put(url.as_str())
+                .header("If-None-Match", "*")
+                .send(body)
+        })?;
+        match response.status().as_u16() {
+            200 | 201 | 204 => Ok(true),
+            // 412: the key exists. 409: a concurrent conditional write to it is in flight,
+            // which for an immutable object means it exists as far as this writer cares.
+            412 | 409 => Ok(false),
+            _ => Err(self.refused(object, "PUT", response)),
+        }
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<Listed>, RemoteError> {
+        let full_prefix = self.full_key(prefix);
+        let strip = self.full_key("").len();
+        let object = self.object_name(prefix);
+        let start_after = start_after.map(|s| self.full_key(s));
+        let mut listed = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let response = self.send(&object, "LIST", &|agent| {
+                let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+                action.with_prefix(full_prefix.as_str());
+                if let Some(after) = &start_after {
+                    action.with_start_after(after.as_str());
+                }
+                if let Some(t) = &token {
+                    action.with_continuation_token(t.as_str());
+                }
+                agent.get(action.sign(SIGNED_FOR).as_str()).call()
+            })?;
+            if response.status().as_u16() != 200 {
+                return Err(self.refused(object, "LIST", response));
+            }
+            let text = response
+                .into_body()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_string()
+                .map_err(|e| read_error(&object, e))?;
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|e| {
+                RemoteError::Damaged {
+                    object: object.clone(),
+                    reason: format!("the listing is not valid XML: {e}"),
+                }
+            })?;
+            for item in page.contents {
+                if let Some(key) = item.key.get(strip..) {
+                    listed.push(Listed {
+                        key: key.to_string(),
+                        size: item.size.unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => break,
+            }
+        }
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        let full = self.full_key(key);
+        let object = self.object_name(key);
+        let response = self.send(&object, "DELETE", &|agent| {
+            let url = self
+                .bucket
+                .delete_object(Some(&self.credentials), &full)
+                .sign(SIGNED_FOR);
+            agent.delete(url.as_str()).call()
+        })?;
+        match response.status().as_u16() {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.refused(object, "DELETE", response)),
+        }
+    }
+
+    fn create_bucket(&self) -> Result<bool, RemoteError> {
+        let object = format!("s3://{}", self.bucket.name());
+        let response = self.send(&object, "HEAD", &|agent| {
+            let url = self
+                .bucket
+                .head_bucket(Some(&self.credentials))
+                .sign(SIGNED_FOR);
+            agent.head(url.as_str()).call()
+        })?;
+        match response.status().as_u16() {
+            200 => return Ok(false),
+            404 => {}
+            _ => return Err(self.refused(object, "HEAD", response)),
+        }
+        let action = self.bucket.create_bucket(&self.credentials);
+        let body = action.body();
+        let response = self.send(&object, "CREATE BUCKET", &|agent| {
+            let url = self
+                .bucket
+                .create_bucket(&self.credentials)
+                .sign(SIGNED_FOR);
+            agent.put(url.as_str()).send(body.as_bytes())
+        })?;
+        match response.status().as_u16() {
+            200 | 204 => Ok(true),
+            409 => Ok(false),
+            _ => Err(self.refused(object, "CREATE BUCKET", response)),
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_style_follows_the_endpoint() {
+        let style = |u: &str| S3Config::default_style(&u.parse().unwrap());
+        assert_eq!(style("http://127.0.0.1:9000"), UrlStyle::Path);
+        assert_eq!(style("http://[::1]:9000"), UrlStyle::Path);
+        assert_eq!(style("http://localhost:9000"), UrlStyle::Path);
+        assert_eq!(
+            style("https://s3.eu-west-1.amazonaws.com"),
+            UrlStyle::VirtualHost
+        );
+    }
+
+    #[test]
+    fn error_codes_are_read_from_the_reply() {
+        let body =
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>x</Message></Error>";
+        assert_eq!(xml_field(body, "Code").as_deref(), Some("NoSuchBucket"));
+        assert_eq!(xml_field("<Error/>", "Code"), None);
+    }
+}
