@@ -12,7 +12,9 @@
 //!   [`archive::durable`]), read-only [`archive::Archive`] views, and [`archive::verify`].
 //! - [`import`] (Maildir, mbox, eml, export tars), [`backup`] (POP3 → archive) and [`restore`]
 //!   (archive → Maildir, mbox, IMAP) join them; [`export`] writes portable tars; [`repair`] salvages
-//!   damage; [`probe`] asks a server what it offers.
+//!   damage; [`copy`] brings one archive's messages into another; [`probe`] asks a server what
+//!   it offers. [`archive::remote`] keeps an archive on S3-compatible storage through a local
+//!   mirror.
 //! - [`cli`]: the only module that prints, reads the environment or picks exit codes.
 //!   [`config`] and [`account`] turn the config file and URLs into accounts.
 //!
@@ -33,6 +35,7 @@ pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod export;
 pub mod import;
 pub mod net;

@@ -18,6 +18,7 @@ macro_rules! say_raw {
 
 mod backup;
 mod connect;
+mod copy;
 pub mod docs;
 mod exit;
 mod export;
@@ -89,6 +90,9 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// Import local mail: Maildir folders, mbox files, single messages.
     Import(import::ImportArgs),
+    /// Copy into another archive (a directory or s3://) every message it lacks, with its
+    /// catalog lines; each is re-hashed on the way. A re-run copies nothing.
+    Copy(copy::CopyArgs),
     /// List archived messages, oldest first.
     List(list::ListArgs),
     /// Write one archived message to stdout, byte for byte.
@@ -248,7 +252,11 @@ pub fn expand_tilde(path: &std::path::Path) -> PathBuf {
 fn context(cli: &Cli) -> anyhow::Result<Context> {
     let stops_cleanly = matches!(
         cli.command,
-        Command::Backup(_) | Command::Import(_) | Command::Restore(_) | Command::Export(_)
+        Command::Backup(_)
+            | Command::Import(_)
+            | Command::Restore(_)
+            | Command::Export(_)
+            | Command::Copy(_)
     );
     // First of all, so a signal during the loading of config and archive is already caught.
     let stop = if stops_cleanly {
@@ -395,6 +403,7 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             | Command::Status(_)
             | Command::Verify(_)
             | Command::Restore(_)
+            | Command::Copy(_)
             | Command::Export(_) => ctx.sync_remote()?,
             Command::Repair(_) => anyhow::bail!(
                 "repair works on a local archive only: `popvault copy` the archive at {} to a directory and repair that",
@@ -453,6 +462,7 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         }
         Command::Backup(args) => backup::run(ctx, args),
         Command::Import(args) => import::run(ctx, args),
+        Command::Copy(args) => copy::run(ctx, args),
         Command::List(args) => list::list(ctx, args),
         Command::Cat(args) => list::cat(ctx, args),
         Command::Search(args) => index::search(ctx, args),

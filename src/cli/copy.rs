@@ -1,0 +1,103 @@
+//! `popvault copy --to ARCHIVE`: every message the other archive lacks, with its catalog lines.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::Context;
+use super::exit::Exit;
+use super::list::SelectArgs;
+use super::output::{byte_bar, count, human_bytes};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  popvault copy --to /media/usb/popvault
+  popvault copy --to s3://my-bucket/popvault
+  popvault --archive s3://my-bucket/popvault copy --to ~/restored-archive")]
+pub struct CopyArgs {
+    /// The archive to copy into: a directory (created when missing) or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "ARCHIVE")]
+    to: PathBuf,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// When another popvault is writing the destination, wait for it instead of failing.
+    #[arg(long)]
+    wait: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
+    let source = ctx.open_archive()?;
+    let selection = args.select.selection(&source)?;
+    let to = super::expand_tilde(&args.to);
+    let to_label = to.display().to_string();
+    let remote = match super::remote::is_remote(&to) {
+        true => Some(super::remote::mirror(
+            &to_label,
+            &ctx.config.s3,
+            &ctx.cache_dir,
+        )?),
+        false => None,
+    };
+    let dest_root = remote
+        .as_ref()
+        .map(|m| m.root().to_path_buf())
+        .unwrap_or(to);
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        std::fs::canonicalize(a)
+            .ok()
+            .is_some_and(|a| Some(a) == std::fs::canonicalize(b).ok())
+    };
+    if to_label == ctx.archive_label || same(&dest_root, &ctx.archive) {
+        anyhow::bail!("--to names the archive being copied ({to_label}): give another archive");
+    }
+    let wait = args.wait.then_some(&ctx.stop);
+    let mut writer = match &remote {
+        Some(mirror) => mirror.writer("copy", wait).map_err(anyhow::Error::new),
+        None => crate::archive::Writer::open(&dest_root, "copy", wait).map_err(anyhow::Error::new),
+    }
+    .with_context(|| format!("cannot write to the archive at {to_label}"))?;
+    let total = source
+        .commits()
+        .iter()
+        .map(|c| c.raw_bytes)
+        .fold(0, u64::saturating_add);
+    let bar = byte_bar(Some(total), ctx.quiet || args.json, "copy");
+    let copied = crate::copy::copy(&source, &selection, &mut writer, &ctx.stop, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = copied.with_context(|| format!("cannot copy into {to_label}"))?;
+    writer
+        .finish()
+        .with_context(|| format!("cannot commit the copy into {to_label}"))?;
+    if let Some(mirror) = &remote
+        && std::env::var_os("POPVAULT_REPORT_REQUESTS").is_some()
+    {
+        eprintln!("{}: {} requests", mirror.url(), mirror.store().requests());
+    }
+    for (id, reason) in &report.damaged {
+        eprintln!("skipped damaged message {id}: {reason}");
+    }
+    if args.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !ctx.quiet {
+        say!(
+            "{to_label}: {} new ({}), {} catalog lines added, {} already there, {} damaged left out",
+            count(report.new_messages, "message"),
+            human_bytes(report.bytes),
+            report.lines_added,
+            report.lines_present,
+            report.damaged.len()
+        );
+    }
+    if report.stopped {
+        eprintln!("stopped by a signal: what was copied is committed; run the copy again to go on");
+        return Ok(Exit::Interrupted);
+    }
+    Ok(match report.damaged.is_empty() {
+        true => Exit::Ok,
+        false => Exit::Damaged,
+    })
+}
