@@ -18,6 +18,7 @@ mod faults;
 mod pop3_providers;
 mod repair;
 mod restore;
+mod s3;
 mod search;
 mod signals;
 mod support;

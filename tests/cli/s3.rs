@@ -1,0 +1,602 @@
+//! `s3://` archives against a real S3 API (moto on 127.0.0.1), with versioning on so that any
+//! overwrite would show: backup, import, restore, verify and copy; kill -9 and a re-run;
+//! faults of the store; secrets kept out of everything.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::dovecot::Dovecot;
+use crate::common::moto::{ACCESS_KEY_ID, Fault, FaultProxy, Moto, SECRET_ACCESS_KEY};
+use crate::support::{Rng, Sandbox, generated_message, sha256_hex, write_maildir};
+
+const BUCKET: &str = "pv-test";
+const ARCHIVE: &str = "s3://pv-test/mail/home";
+
+/// popvault with the archive on `endpoint` (moto, or the fault proxy in front of it), its
+/// mirror in `cache` (one per "machine").
+fn s3_command(sandbox: &Sandbox, moto: &Moto, endpoint: &str, cache: &Path) -> Command {
+    let mut c = sandbox.command();
+    moto.env(&mut c, endpoint);
+    c.env("POPVAULT_ARCHIVE", ARCHIVE)
+        .env("XDG_CACHE_HOME", cache)
+        .env("POPVAULT_REPORT_REQUESTS", "1");
+    c
+}
+
+fn run(command: &mut Command, args: &[&str]) -> Output {
+    let out = command.args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains(SECRET_ACCESS_KEY),
+        "the secret key was printed: {text}"
+    );
+    assert!(
+        !text.contains("X-Amz-Signature"),
+        "a signed URL was printed: {text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    out
+}
+
+fn ok(command: &mut Command, args: &[&str]) -> String {
+    let out = run(command, args);
+    assert!(
+        out.status.success(),
+        "popvault {args:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The request count popvault reports for the archive.
+fn requests(out: &Output) -> u64 {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{ARCHIVE}: "))?
+                .strip_suffix(" requests")
+        })
+        .unwrap_or_else(|| panic!("no request count in: {stderr}"))
+        .parse()
+        .unwrap()
+}
+
+/// Nothing was ever overwritten: no key has two versions (lock objects come and go, each once).
+fn assert_nothing_overwritten(moto: &Moto) {
+    for (key, versions) in moto.versions(BUCKET) {
+        let expected = if key.contains("/locks/") { 2 } else { 1 };
+        assert!(versions <= expected, "{key} has {versions} versions");
+    }
+    // And no secret in any object.
+    for key in moto.objects(BUCKET) {
+        if let Some(body) = moto.get(BUCKET, &key) {
+            assert!(
+                !body
+                    .windows(SECRET_ACCESS_KEY.len())
+                    .any(|w| w == SECRET_ACCESS_KEY.as_bytes()),
+                "{key} holds the secret key"
+            );
+        }
+    }
+}
+
+fn archive_keys(moto: &Moto) -> Vec<String> {
+    moto.objects(BUCKET)
+        .into_iter()
+        .filter(|k| !k.contains("/locks/"))
+        .collect()
+}
+
+#[test]
+fn a_create_only_write_never_replaces_an_object() {
+    use popvault::archive::remote::{ObjectStore, S3Config, S3Store, UrlStyle};
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let store = S3Store::new(S3Config {
+        bucket: BUCKET.into(),
+        prefix: "p".into(),
+        endpoint: moto.endpoint().parse().unwrap(),
+        region: "us-east-1".into(),
+        style: UrlStyle::Path,
+        access_key_id: ACCESS_KEY_ID.into(),
+        secret_access_key: SECRET_ACCESS_KEY.into(),
+        session_token: None,
+        roots: None,
+        timeout: std::time::Duration::from_secs(30),
+        attempts: 1,
+    })
+    .unwrap();
+    assert!(
+        store.create("k", b"one").unwrap(),
+        "the first write creates"
+    );
+    assert!(
+        !store.create("k", b"two").unwrap(),
+        "the second finds the key taken (412)"
+    );
+    assert_eq!(store.get("k").unwrap().unwrap(), b"one");
+    assert_eq!(moto.versions(BUCKET), vec![("p/k".to_string(), 1)]);
+    assert_eq!(store.get("missing").unwrap(), None);
+    let listed = store.list("", None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].key.as_str(), listed[0].size), ("k", 3));
+}
+
+#[test]
+fn backup_to_s3_then_restore_on_a_fresh_machine_holds_every_server_byte() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(77);
+    let messages: Vec<Vec<u8>> = (0..300)
+        .map(|n| {
+            let m = generated_message(n, &mut rng);
+            dovecot.add_message(&format!("{n:06}.gen"), &m);
+            m
+        })
+        .collect();
+    let sandbox = Sandbox::new();
+    let laptop = sandbox.path().join("laptop-cache");
+    let url = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
+    let ca = dovecot.ca_pem();
+    let backup = |extra: &[&str]| {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &laptop);
+        c.env("POPVAULT_PASSWORD", dovecot.password());
+        let mut args = vec!["backup", url.as_str(), "--ca-file", ca.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&mut c, &args)
+    };
+    let out = backup(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("300 new messages"));
+
+    // A nothing-new night costs a handful of requests, whatever the archive holds.
+    let keys_before = archive_keys(&moto);
+    let out = backup(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nothing_new = requests(&out);
+    assert!(
+        nothing_new < 10,
+        "a nothing-new backup made {nothing_new} requests"
+    );
+    // It records the run (a commit of account lines only): a segment and a record.
+    assert_eq!(archive_keys(&moto).len(), keys_before.len() + 2);
+
+    // Another machine, another cache: everything comes from the bucket.
+    let fresh = sandbox.path().join("new-laptop-cache");
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
+    let verified = ok(&mut c, &["verify", "--full"]);
+    assert!(
+        verified.contains("300 messages") && verified.contains("OK"),
+        "{verified}"
+    );
+    let maildir = sandbox.path().join("restored");
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
+    ok(
+        &mut c,
+        &["restore", "--to", &format!("maildir:{}", maildir.display())],
+    );
+    let mut restored: Vec<String> = Vec::new();
+    for sub in ["cur", "new"] {
+        for e in std::fs::read_dir(maildir.join(sub)).unwrap() {
+            restored.push(sha256_hex(&std::fs::read(e.unwrap().path()).unwrap()));
+        }
+    }
+    restored.sort();
+    let mut expected: Vec<String> = messages.iter().map(|m| sha256_hex(m)).collect();
+    expected.sort();
+    assert_eq!(restored, expected, "every server byte came back from S3");
+    assert_nothing_overwritten(&moto);
+}
+
+#[test]
+fn copy_local_to_s3_and_back_is_complete_and_a_rerun_makes_nothing() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    let messages = write_maildir(&maildir, 200, 5);
+    sandbox.ok(&["import", &format!("maildir:{}", maildir.display())]);
+    let cache = sandbox.path().join("cache");
+
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    c.env("POPVAULT_ARCHIVE", sandbox.archive());
+    let said = ok(&mut c, &["copy", "--to", ARCHIVE]);
+    assert!(said.contains("200 messages new"), "{said}");
+    let keys = archive_keys(&moto);
+
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    c.env("POPVAULT_ARCHIVE", sandbox.archive());
+    let out = run(&mut c, &["copy", "--to", ARCHIVE]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("0 messages new") && said.contains("200 already there"),
+        "{said}"
+    );
+    assert_eq!(archive_keys(&moto), keys, "a re-run made new objects");
+
+    // From S3 into a new directory on another machine: the same messages and catalog lines.
+    let back = sandbox.path().join("back");
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache2"),
+    );
+    ok(&mut c, &["copy", "--to", back.to_str().unwrap()]);
+    let out = sandbox
+        .command()
+        .env("POPVAULT_ARCHIVE", &back)
+        .args(["verify", "--full"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = sandbox
+        .command()
+        .env("POPVAULT_ARCHIVE", &back)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = messages.iter().map(|m| sha256_hex(m)).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_nothing_overwritten(&moto);
+}
+
+#[test]
+fn kill_9_mid_import_and_mid_copy_to_s3_then_rerun_holds_each_message_once() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    write_maildir(&maildir, 4000, 9);
+    let cache = sandbox.path().join("cache");
+    let mut rng = Rng(0x5eed_0001);
+    let mut interrupted = 0;
+    for _ in 0..4 {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        c.args(["import", &format!("maildir:{}", maildir.display())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        interrupted += usize::from(crate::support::kill_9_after(
+            &mut c,
+            300 + rng.next() % 1500,
+        ));
+    }
+    assert!(
+        interrupted > 0,
+        "no run was interrupted: the test proved nothing"
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    ok(
+        &mut c,
+        &["import", &format!("maildir:{}", maildir.display())],
+    );
+
+    // Every message once, as another machine sees it.
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["messages"], 4000, "{stats}");
+    assert_eq!(stats["unique_messages"], 4000, "{stats}");
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    ok(&mut c, &["verify", "--full"]);
+
+    // The same for a copy out of S3 into a local directory, killed midway.
+    let dest = sandbox.path().join("copy");
+    let mut interrupted = 0;
+    for _ in 0..3 {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        c.args(["copy", "--to", dest.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        interrupted += usize::from(crate::support::kill_9_after(&mut c, 200 + rng.next() % 800));
+    }
+    assert!(
+        interrupted > 0,
+        "no copy was interrupted: the test proved nothing"
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    ok(&mut c, &["copy", "--to", dest.to_str().unwrap()]);
+    let out = sandbox
+        .command()
+        .env("POPVAULT_ARCHIVE", &dest)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["messages"], 4000, "{stats}");
+    assert_eq!(stats["unique_messages"], 4000, "{stats}");
+    assert_nothing_overwritten(&moto);
+}
+
+#[test]
+fn store_faults_are_retried_or_reported_in_one_line_and_nothing_is_lost() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    let messages = write_maildir(&maildir, 50, 3);
+    let cache = sandbox.path().join("cache");
+    let import = || {
+        let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+        run(
+            &mut c,
+            &["import", &format!("maildir:{}", maildir.display())],
+        )
+    };
+
+    // 500s on a commit record and a connection reset in the middle of a pack's upload:
+    // retried, and it works.
+    proxy.fail("PUT", "/commits/", Fault::Status500, Some(2));
+    proxy.fail("PUT", "/packs/", Fault::ResetMidUpload, Some(1));
+    let out = import();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The store refusing commit records for good: one line naming it, a failing exit, no
+    // commit on the store (its pack and segment are there, named by no record: not part of
+    // the archive), the commit kept in the local copy.
+    let more = sandbox.path().join("More");
+    write_maildir(&more, 20, 99);
+    let records = |moto: &Moto| {
+        archive_keys(moto)
+            .iter()
+            .filter(|k| k.contains("/commits/"))
+            .count()
+    };
+    let before = records(&moto);
+    proxy.fail("PUT", "/commits/", Fault::Status500, None);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+    let out = run(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    proxy.heal();
+    assert!(!out.status.success());
+    assert_eq!(
+        records(&moto),
+        before,
+        "nothing half-committed on the store"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error:") && stderr.contains("500") && stderr.contains("not uploaded"),
+        "{stderr}"
+    );
+    // Another machine sees the archive as it was.
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], messages.len() as u64, "{stats}");
+    // The next run uploads what the failed one could not, and adds nothing twice.
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+    ok(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(
+        stats["unique_messages"],
+        messages.len() as u64 + 20,
+        "{stats}"
+    );
+    assert_eq!(stats["messages"], messages.len() as u64 + 20, "{stats}");
+
+    // The endpoint down: one line, no panic.
+    drop(proxy);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        "http://127.0.0.1:9",
+        &sandbox.path().join("c3"),
+    );
+    let out = run(&mut c, &["list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the object store at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+    assert_nothing_overwritten(&moto);
+}
+
+#[test]
+fn a_missing_bucket_no_credentials_and_a_held_lock_are_clear_errors() {
+    let moto = Moto::start();
+    let sandbox = Sandbox::new();
+    let cache = sandbox.path().join("cache");
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    let out = run(&mut c, &["list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("NoSuchBucket") && stderr.contains("popvault init"),
+        "{stderr}"
+    );
+
+    let mut c = sandbox.command();
+    c.env("POPVAULT_ARCHIVE", ARCHIVE)
+        .env("AWS_ENDPOINT_URL", moto.endpoint());
+    let out = run(&mut c, &["list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no credentials for s3://pv-test/mail/home"),
+        "{stderr}"
+    );
+
+    // init creates the bucket; an archive there is not made twice.
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    assert!(ok(&mut c, &["init"]).contains("created an empty archive at s3://pv-test/mail/home"));
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("c2"),
+    );
+    assert!(ok(&mut c, &["init"]).contains("is an archive already"));
+
+    // Another machine's live lock: a writer refuses, naming it; readers go on.
+    let lock = serde_json::json!({
+        "host": "other-machine", "pid": 4242, "command": "backup",
+        "taken": chrono::Utc::now().to_rfc3339(),
+    });
+    assert_eq!(
+        moto.put(
+            BUCKET,
+            "mail/home/locks/other-machine-4242-1.json",
+            lock.to_string().as_bytes()
+        ),
+        200
+    );
+    let maildir = sandbox.path().join("Maildir");
+    write_maildir(&maildir, 3, 1);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    let out = run(
+        &mut c,
+        &["import", &format!("maildir:{}", maildir.display())],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("being written by popvault backup on other-machine (pid 4242)"),
+        "{stderr}"
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    ok(&mut c, &["list"]);
+    let _ = ACCESS_KEY_ID;
+}
+
+#[test]
+fn a_hostile_or_damaged_store_is_refused_and_named() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    write_maildir(&maildir, 10, 4);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache"),
+    );
+    ok(
+        &mut c,
+        &["import", &format!("maildir:{}", maildir.display())],
+    );
+    let pack = moto
+        .objects(BUCKET)
+        .into_iter()
+        .find(|k| k.ends_with(".pack"))
+        .unwrap();
+
+    // A pack altered on the store: verify --full names it.
+    let mut bytes = moto.get(BUCKET, &pack).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    moto.put(BUCKET, &pack, &bytes);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache"),
+    );
+    let out = run(&mut c, &["verify", "--full"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&pack[pack.find("packs/").unwrap()..]));
+    // A new machine refuses to take the damaged pack into its copy.
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("fresh"),
+    );
+    let out = run(&mut c, &["list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SHA-256"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A commit record naming a file outside the archive is refused, and nothing is written there.
+    let record = serde_json::json!({
+        "commit": 2, "format": 1, "tool": "evil", "command": "backup",
+        "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:00Z",
+        "segment": {"name": "00000002.jsonl.zst", "size": 0, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        "packs": [{"name": "../../../escaped.pack", "size": 1}],
+        "entries": 0, "new_objects": 0, "raw_bytes": 0, "stored_bytes": 0
+    });
+    moto.put(BUCKET, "mail/home/catalog/00000002.jsonl.zst", b"");
+    moto.put(
+        BUCKET,
+        "mail/home/commits/00000002.json",
+        record.to_string().as_bytes(),
+    );
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache"),
+    );
+    let out = run(&mut c, &["list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot hold"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sandbox.path().join("escaped.pack").exists());
+}
