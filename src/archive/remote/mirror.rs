@@ -131,8 +131,9 @@ impl Mirror {
         RemoteError::Conflict {
             object: format!("{}/{key}", self.url()),
             reason: format!(
-                "{reason}; the local copy at {} keeps this machine's commits",
-                self.root.display()
+                "{reason}; nothing there was replaced, and the local copy at {root} keeps this machine's commits: move that directory elsewhere, then `popvault --archive MOVED copy --to {url}` brings its messages in",
+                root = self.root.display(),
+                url = self.url()
             ),
         }
     }
@@ -370,7 +371,14 @@ impl Mirror {
         command: &str,
         wait: Option<&crate::stop::Stop>,
     ) -> Result<Writer, RemoteError> {
-        let lock = RemoteLock::acquire(self.clone(), command)?;
+        let lock = match RemoteLock::acquire(self.clone(), command) {
+            // A first backup into a bucket not made yet: made, as `init` would.
+            Err(RemoteError::Refused { code: Some(code), .. }) if code == "NoSuchBucket" => {
+                self.store.create_bucket()?;
+                RemoteLock::acquire(self.clone(), command)?
+            }
+            other => other?,
+        };
         self.sync(true)?;
         let mut writer = Writer::open(&self.root, command, wait)?;
         writer.publish_to(Publisher {
