@@ -135,8 +135,18 @@ The configuration file, unless \fB\-\-config\fR is given.
 \fBPOPVAULT_PASSWORD\fR
 The POP3 or IMAP password (or OAuth token) when an account has no \fBpassword_command\fR.
 .TP
-\fBXDG_CONFIG_HOME\fR, \fBXDG_DATA_HOME\fR, \fBHOME\fR
-Where the default configuration file and archive are.
+\fBAWS_ACCESS_KEY_ID\fR, \fBAWS_SECRET_ACCESS_KEY\fR, \fBAWS_SESSION_TOKEN\fR, \fBAWS_PROFILE\fR
+Credentials for an \fBs3://\fR archive (else the profile's, from \fI~/.aws/credentials\fR and \fI~/.aws/config\fR,
+or \fBAWS_SHARED_CREDENTIALS_FILE\fR and \fBAWS_CONFIG_FILE\fR).
+.TP
+\fBAWS_REGION\fR, \fBAWS_DEFAULT_REGION\fR, \fBAWS_ENDPOINT_URL_S3\fR, \fBAWS_ENDPOINT_URL\fR
+The region and endpoint of an \fBs3://\fR archive (the config's \fB[s3]\fR table wins).
+.TP
+\fBPOPVAULT_REPORT_REQUESTS\fR
+When set, a command on an \fBs3://\fR archive prints how many requests it sent.
+.TP
+\fBXDG_CONFIG_HOME\fR, \fBXDG_DATA_HOME\fR, \fBXDG_CACHE_HOME\fR, \fBHOME\fR
+Where the default configuration file and archive are, and the caches (local index, local copies of s3:// archives).
 .TP
 \fBNO_COLOR\fR
 Respected: popvault prints no colours.

@@ -373,7 +373,9 @@ impl Mirror {
     ) -> Result<Writer, RemoteError> {
         let lock = match RemoteLock::acquire(self.clone(), command) {
             // A first backup into a bucket not made yet: made, as `init` would.
-            Err(RemoteError::Refused { code: Some(code), .. }) if code == "NoSuchBucket" => {
+            Err(RemoteError::Refused {
+                code: Some(code), ..
+            }) if code == "NoSuchBucket" => {
                 self.store.create_bucket()?;
                 RemoteLock::acquire(self.clone(), command)?
             }
