@@ -150,10 +150,10 @@ impl Mirror {
             .unwrap_or(0))
     }
 
-    /// Brings the mirror up to date: uploads this machine's commits that the remote lacks (an
-    /// earlier run that died or lost the network after committing), then copies every remote
-    /// commit the mirror lacks. `create` makes the archive when the remote has none.
-    /// Costs one LIST when nothing is new.
+    /// Brings the mirror up to date: a writer (`create`, holding the remote lock) first
+    /// uploads this machine's commits that the remote lacks (an earlier run that died or lost
+    /// the network after committing), and makes the archive when the remote has none; then
+    /// every remote commit the mirror lacks is copied. Costs one LIST when nothing is new.
     pub fn sync(&self, create: bool) -> Result<Pulled, RemoteError> {
         if !store::is_archive(&self.root) {
             self.ensure_root_parent()?;
@@ -178,9 +178,20 @@ impl Mirror {
                 None => return Err(RemoteError::NotFound { url: self.url() }),
             }
         }
-        let _lock = WriterLock::acquire(&self.root.join("lock"), "sync", None)?;
+        // A reader finding the mirror's lock held (a writer of this machine is running, and
+        // keeps the mirror up to date) reads the mirror as it is; a writer, holding the remote
+        // lock, only ever waits for a reader's short pull.
+        let waiting = crate::stop::Stop::new();
+        let lock = WriterLock::acquire(&self.root.join("lock"), "sync", create.then_some(&waiting));
+        let _lock = match lock {
+            Err(ArchiveError::Locked { .. }) if !create => return Ok(Pulled::default()),
+            other => other?,
+        };
         crate::archive::writer::remove_uncommitted(&self.root)?;
-        self.push_unpublished()?;
+        // Uploads happen under the remote lock only: a reader leaves them to the next writer.
+        if create {
+            self.push_unpublished()?;
+        }
         self.pull()
     }
 
@@ -382,7 +393,8 @@ impl Mirror {
             other => other?,
         };
         self.sync(true)?;
-        let mut writer = Writer::open(&self.root, command, wait)?;
+        let waiting = crate::stop::Stop::new();
+        let mut writer = Writer::open(&self.root, command, Some(wait.unwrap_or(&waiting)))?;
         writer.publish_to(Publisher {
             mirror: self.clone(),
             lock,
