@@ -95,6 +95,7 @@ def main():
     build()
     pv = common.POPVAULT
     work = tempfile.mkdtemp(prefix="pv-s3-bench-", dir=OUT)
+    os.chmod(work, 0o755)  # the sandbox's Dovecot runs as nobody when we are root
     moto = Moto(work)
     base_env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
                     AWS_REGION="us-east-1", AWS_ENDPOINT_URL=moto.endpoint(), HOME=work,

@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub struct Config {
     /// The archive directory.
     pub archive: Option<PathBuf>,
+    /// Other archives `copy` keeps in step (an off-site one): `status` says how far behind
+    /// each is.
+    #[serde(default)]
+    pub copies: Vec<PathBuf>,
     /// How to reach an `s3://` archive, beyond what the AWS environment says.
     #[serde(default)]
     pub s3: S3Settings,

@@ -100,6 +100,29 @@ pub fn copy(
     Ok(report)
 }
 
+/// What another archive lacks of `source`: catalog lines, and when the oldest of them was
+/// first seen here (how far behind a copy is, for `status`).
+#[derive(Debug, Default, Serialize)]
+pub struct Behind {
+    pub lines: u64,
+    pub oldest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub fn behind(source: &Archive, copy: &crate::archive::Index) -> Behind {
+    let mut behind = Behind::default();
+    for entry in source.entries() {
+        if !copy.knows(&entry.id, &entry.source) {
+            behind.lines += 1;
+            behind.oldest = Some(
+                behind
+                    .oldest
+                    .map_or(entry.first_seen, |t| t.min(entry.first_seen)),
+            );
+        }
+    }
+    behind
+}
+
 fn is_everything(selection: &Selection) -> bool {
     selection.accounts.is_empty()
         && selection.since.is_none()

@@ -32,20 +32,8 @@ pub struct CopyArgs {
 pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     let source = ctx.open_archive()?;
     let selection = args.select.selection(&source)?;
-    let to = super::expand_tilde(&args.to);
-    let to_label = to.display().to_string();
-    let remote = match super::remote::is_remote(&to) {
-        true => Some(super::remote::mirror(
-            &to_label,
-            &ctx.config.s3,
-            &ctx.cache_dir,
-        )?),
-        false => None,
-    };
-    let dest_root = remote
-        .as_ref()
-        .map(|m| m.root().to_path_buf())
-        .unwrap_or(to);
+    let to_label = super::expand_tilde(&args.to).display().to_string();
+    let (dest_root, remote) = super::remote::other_archive(ctx, &args.to)?;
     let same = |a: &std::path::Path, b: &std::path::Path| {
         std::fs::canonicalize(a)
             .ok()

@@ -40,6 +40,24 @@ pub fn mirror(url: &str, settings: &S3Settings, cache_dir: &Path) -> anyhow::Res
     Ok(Arc::new(Mirror::new(Box::new(store), dir.join("archive"))))
 }
 
+/// Another archive than the command's own (`copy --to`, `status --copy`): its directory, and
+/// its mirror when it is remote.
+pub fn other_archive(
+    ctx: &super::Context,
+    archive: &Path,
+) -> anyhow::Result<(PathBuf, Option<Arc<Mirror>>)> {
+    let archive = super::expand_tilde(archive);
+    if !is_remote(&archive) {
+        return Ok((archive, None));
+    }
+    let mirror = mirror(
+        &archive.display().to_string(),
+        &ctx.config.s3,
+        &ctx.cache_dir,
+    )?;
+    Ok((mirror.root().to_path_buf(), Some(mirror)))
+}
+
 fn s3_config(
     url: &str,
     settings: &S3Settings,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Duration, Utc};
 use clap::Args;
 use serde::Serialize;
@@ -22,6 +23,20 @@ pub struct StatusArgs {
     /// Print a JSON array, one object per account.
     #[arg(long)]
     json: bool,
+    /// Also say how far behind this archive (a directory or s3://) is, as `copy --to` keeps
+    /// it: with --max-age, exit 6 when it lacks mail archived here longer ago (repeatable;
+    /// adds to `copies` in the config).
+    #[arg(long = "copy", value_name = "ARCHIVE")]
+    copies: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct CopyStatus {
+    copy: String,
+    /// Catalog lines the copy lacks, and when the oldest of them was first seen here.
+    lines_behind: u64,
+    oldest_behind: Option<DateTime<Utc>>,
+    stale: bool,
 }
 
 fn parse_age(s: &str) -> Result<Duration, String> {
@@ -124,6 +139,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     let now = Utc::now();
     let mut stale = 0;
+    let mut stale_copies = 0;
     for s in accounts.values_mut() {
         if let Some(max) = args.max_age {
             s.stale = s.last_success.is_none_or(|t| now - t > max);
@@ -134,10 +150,49 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     if args.max_age.is_some() && accounts.is_empty() {
         stale += 1;
     }
+    let mut copies = Vec::new();
+    for copy in ctx.config.copies.iter().chain(&args.copies) {
+        let label = super::expand_tilde(copy).display().to_string();
+        let behind = copy_behind(ctx, copy, found)
+            .with_context(|| format!("cannot tell how far behind {label} is"))?;
+        let stale = args
+            .max_age
+            .is_some_and(|max| behind.oldest.is_some_and(|t| now - t > max));
+        stale_copies += usize::from(stale);
+        copies.push(CopyStatus {
+            copy: label,
+            lines_behind: behind.lines,
+            oldest_behind: behind.oldest,
+            stale,
+        });
+    }
     let list: Vec<&AccountStatus> = accounts.values().collect();
     if args.json {
-        say!("{}", serde_json::to_string_pretty(&list)?);
+        match copies.is_empty() {
+            true => say!("{}", serde_json::to_string_pretty(&list)?),
+            false => say!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"accounts": list, "copies": copies})
+                )?
+            ),
+        }
     } else {
+        for c in &copies {
+            let text = match c.oldest_behind {
+                None => "up to date".to_string(),
+                Some(t) => format!(
+                    "lacks {} catalog lines, the oldest archived here {} ago",
+                    c.lines_behind,
+                    age(now - t)
+                ),
+            };
+            if c.stale {
+                eprintln!("warning: copy {}: {text}", c.copy);
+            } else if !ctx.quiet {
+                say!("copy {}: {text}", c.copy);
+            }
+        }
         if list.is_empty() && !ctx.quiet {
             say!("no POP3 accounts yet: add one to the config file and run `popvault backup`");
         }
@@ -174,7 +229,44 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    Ok(if stale > 0 { Exit::Stale } else { Exit::Ok })
+    Ok(if stale + stale_copies > 0 {
+        Exit::Stale
+    } else {
+        Exit::Ok
+    })
+}
+
+/// What `copy` (a directory or s3://) lacks of this archive: nothing when there is no archive
+/// here; everything when the copy is not there yet.
+fn copy_behind(
+    ctx: &Context,
+    copy: &std::path::Path,
+    found: bool,
+) -> anyhow::Result<crate::copy::Behind> {
+    if !found {
+        return Ok(Default::default());
+    }
+    let source = ctx.open_archive()?;
+    let (root, mirror) = super::remote::other_archive(ctx, copy)?;
+    let copy_exists = match &mirror {
+        Some(mirror) => match mirror.sync(false) {
+            Ok(_) => true,
+            Err(crate::archive::remote::RemoteError::NotFound { .. }) => false,
+            Err(crate::archive::remote::RemoteError::Refused {
+                code: Some(code), ..
+            }) if code == "NoSuchBucket" => false,
+            Err(e) => return Err(e.into()),
+        },
+        None => crate::archive::is_archive(&root),
+    };
+    let index = match copy_exists {
+        true => {
+            crate::archive::check_header(&root)?;
+            crate::archive::Index::load(&root)?
+        }
+        false => crate::archive::Index::empty(&root),
+    };
+    Ok(crate::copy::behind(&source, &index))
 }
 
 fn age(d: Duration) -> String {

@@ -214,10 +214,21 @@ fn copy_local_to_s3_and_back_is_complete_and_a_rerun_makes_nothing() {
     sandbox.ok(&["import", &format!("maildir:{}", maildir.display())]);
     let cache = sandbox.path().join("cache");
 
+    // status says how far behind the off-site copy is (not there yet: all of it).
+    let behind = |sandbox: &Sandbox| {
+        let mut c = s3_command(sandbox, &moto, &moto.endpoint(), &cache);
+        c.env("POPVAULT_ARCHIVE", sandbox.archive());
+        let status: serde_json::Value =
+            serde_json::from_str(&ok(&mut c, &["status", "--copy", ARCHIVE, "--json"])).unwrap();
+        status["copies"][0]["lines_behind"].as_u64().unwrap()
+    };
+    assert_eq!(behind(&sandbox), 200);
+
     let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
     c.env("POPVAULT_ARCHIVE", sandbox.archive());
     let said = ok(&mut c, &["copy", "--to", ARCHIVE]);
     assert!(said.contains("200 messages new"), "{said}");
+    assert_eq!(behind(&sandbox), 0);
     let keys = archive_keys(&moto);
 
     let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
