@@ -610,3 +610,177 @@ fn process_alive(pid: u32) -> bool {
     rustix::process::Pid::from_raw(pid as i32)
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::archive::remote::Listed;
+    use crate::archive::{Archive, Source};
+
+    /// An object store in memory whose listing can lag: `hidden` keys are not listed yet.
+    #[derive(Default)]
+    struct MemoryStore {
+        objects: Mutex<BTreeMap<String, Vec<u8>>>,
+        hidden: Mutex<Vec<String>>,
+    }
+
+    impl ObjectStore for Arc<MemoryStore> {
+        fn url(&self) -> String {
+            "s3://memory".into()
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RemoteError> {
+            Ok(self.objects.lock().unwrap().get(key).cloned())
+        }
+        fn get_into(&self, key: &str, out: &mut dyn std::io::Write) -> Result<bool, RemoteError> {
+            match self.get(key)? {
+                Some(b) => Ok(out.write_all(&b).is_ok()),
+                None => Ok(false),
+            }
+        }
+        fn create(&self, key: &str, body: &[u8]) -> Result<bool, RemoteError> {
+            let mut objects = self.objects.lock().unwrap();
+            if objects.contains_key(key) {
+                return Ok(false);
+            }
+            objects.insert(key.to_string(), body.to_vec());
+            Ok(true)
+        }
+        fn list(&self, prefix: &str, after: Option<&str>) -> Result<Vec<Listed>, RemoteError> {
+            let hidden = self.hidden.lock().unwrap();
+            Ok(self
+                .objects
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+                .filter(|(k, _)| !hidden.contains(k))
+                .map(|(k, v)| Listed {
+                    key: k.clone(),
+                    size: v.len() as u64,
+                })
+                .collect())
+        }
+        fn delete(&self, key: &str) -> Result<(), RemoteError> {
+            self.objects.lock().unwrap().remove(key);
+            Ok(())
+        }
+        fn create_bucket(&self) -> Result<bool, RemoteError> {
+            Ok(false)
+        }
+        fn requests(&self) -> u64 {
+            0
+        }
+    }
+
+    fn machine(store: &Arc<MemoryStore>, dir: &Path) -> Arc<Mirror> {
+        Arc::new(Mirror::new(Box::new(store.clone()), dir.join("archive")))
+    }
+
+    fn add(mirror: &Arc<Mirror>, bodies: &[&str]) -> Result<(), ArchiveError> {
+        let mut writer = mirror.writer("test", None).expect("writer");
+        for (i, body) in bodies.iter().enumerate() {
+            let source = Source::Eml {
+                path: format!("/m/{body}/{i}").into(),
+            };
+            writer.add_bytes(body.as_bytes(), source, None, Utc::now())?;
+        }
+        writer.finish().map(|_| ())
+    }
+
+    fn ids(mirror: &Mirror) -> Vec<String> {
+        let mut ids: Vec<String> = Archive::open(mirror.root())
+            .unwrap()
+            .messages()
+            .iter()
+            .map(|m| m.id.hex())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn what_one_machine_uploads_another_pulls_whole() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one", "two"]).unwrap();
+        add(&laptop, &["three"]).unwrap();
+        let other = machine(&store, b.path());
+        let pulled = other.sync(false).unwrap();
+        assert_eq!(pulled.commits, 2);
+        assert_eq!(ids(&other), ids(&laptop));
+        assert_eq!(
+            other.sync(false).unwrap().commits,
+            0,
+            "nothing new the second time"
+        );
+        // No lock object is left behind.
+        assert!(store.list("locks/", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lagging_listing_is_caught_up_on_the_next_pull() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one"]).unwrap();
+        add(&laptop, &["two"]).unwrap();
+        add(&laptop, &["three"]).unwrap();
+        // Commit 2 is not listed yet: the reader stops before it, and does not skip to 3.
+        store
+            .hidden
+            .lock()
+            .unwrap()
+            .push(format!("commits/{}", catalog::commit_file_name(2)));
+        let other = machine(&store, b.path());
+        assert_eq!(other.sync(false).unwrap().commits, 1);
+        assert_eq!(other.published(), 1);
+        store.hidden.lock().unwrap().clear();
+        assert_eq!(other.sync(false).unwrap().commits, 2);
+        assert_eq!(ids(&other), ids(&laptop));
+    }
+
+    #[test]
+    fn two_machines_committing_the_same_number_replace_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one"]).unwrap();
+        let desktop = machine(&store, b.path());
+        desktop.sync(false).unwrap();
+        // The desktop commits 2 but cannot upload it (offline: a writer without publisher)...
+        let mut offline = Writer::open(desktop.root(), "test", None).unwrap();
+        offline
+            .add_bytes(
+                b"desktop",
+                Source::Eml { path: "/d".into() },
+                None,
+                Utc::now(),
+            )
+            .unwrap();
+        offline.finish().unwrap();
+        // ...and meanwhile the laptop commits its own 2.
+        add(&laptop, &["laptop"]).unwrap();
+        let key = format!("commits/{}", catalog::commit_file_name(2));
+        let laptops = store.get(&key).unwrap().unwrap();
+        // The desktop's next writer refuses: nothing on the store is replaced, and its commit
+        // stays in its mirror (to be brought in with `copy`).
+        let err = desktop.writer("test", None).err().expect("a conflict");
+        assert!(matches!(err, RemoteError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("copy --to"), "{err}");
+        assert_eq!(store.get(&key).unwrap().unwrap(), laptops);
+        assert_eq!(desktop.local_last().unwrap(), 2);
+        assert!(
+            store.list("locks/", None).unwrap().is_empty(),
+            "its lock went"
+        );
+        // A reader there is refused the same way, rather than showing a mix.
+        assert!(matches!(
+            desktop.sync(false),
+            Err(RemoteError::Conflict { .. })
+        ));
+    }
+}
