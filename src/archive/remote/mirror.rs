@@ -683,7 +683,7 @@ mod tests {
         let mut writer = mirror.writer("test", None).expect("writer");
         for (i, body) in bodies.iter().enumerate() {
             let source = Source::Eml {
-                path: format!("/m/{body}/{i}").into(),
+                path: format!("/m/{body}/{i}"),
             };
             writer.add_bytes(body.as_bytes(), source, None, Utc::now())?;
         }
