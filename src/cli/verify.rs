@@ -37,11 +37,14 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
     let bar = byte_bar(total, ctx.quiet || args.json, "verify");
     let (mut report, catalog) = verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
-    // The local copy is checked above; the remote's objects are re-read and compared with it.
-    if let Some(mirror) = ctx.remote.as_ref().filter(|_| args.full) {
-        let problems = mirror
-            .check_remote()
-            .with_context(|| format!("cannot read the archive at {}", ctx.archive_label))?;
+    // The local copy is checked above; the remote's objects are listed (with --full, re-read)
+    // and compared with it.
+    if let Some(mirror) = &ctx.remote {
+        let problems = match args.full {
+            true => mirror.check_remote(),
+            false => mirror.check_listing(),
+        }
+        .with_context(|| format!("cannot read the archive at {}", ctx.archive_label))?;
         report.problems.extend(
             problems
                 .into_iter()

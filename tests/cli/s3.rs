@@ -567,6 +567,26 @@ fn a_hostile_or_damaged_store_is_refused_and_named() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&pack[pack.find("packs/").unwrap()..]));
+    // A pack cut short: the quick verify's listing shows it.
+    moto.put(BUCKET, &pack, &bytes[..bytes.len() / 2]);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache"),
+    );
+    let out = run(&mut c, &["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("its commit record says"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A new machine refuses to take the damaged pack into its copy.
     let mut c = s3_command(
         &sandbox,

@@ -402,6 +402,42 @@ impl Mirror {
         Ok(writer)
     }
 
+    /// The quick check of the remote: one listing of the archive's objects, against what the
+    /// mirror's commit records (those uploaded) say should be there and how large.
+    pub fn check_listing(&self) -> Result<Vec<String>, RemoteError> {
+        let listed: std::collections::HashMap<String, u64> = self
+            .store
+            .list("", None)?
+            .into_iter()
+            .map(|l| (l.key, l.size))
+            .collect();
+        let mut problems = Vec::new();
+        let mut expect = |key: String, size: Option<u64>| match (listed.get(&key), size) {
+            (None, _) => problems.push(format!("{key}: missing")),
+            (Some(&found), Some(size)) if found != size => problems.push(format!(
+                "{key}: {found} bytes, its commit record says {size}"
+            )),
+            _ => {}
+        };
+        expect(HEADER.to_string(), None);
+        let published = self.published();
+        for record in crate::archive::index::read_records(&self.root)?.commits {
+            if record.commit > published {
+                continue;
+            }
+            let name = catalog::commit_file_name(record.commit);
+            expect(format!("commits/{name}"), None);
+            expect(
+                format!("catalog/{}", record.segment.name),
+                Some(record.segment.size),
+            );
+            for pack in &record.packs {
+                expect(format!("packs/{}", pack.name), Some(pack.size));
+            }
+        }
+        Ok(problems)
+    }
+
     /// Re-reads every committed object on the remote and compares it with what its record
     /// says (sizes, SHA-256), streaming one object at a time. Returns the problems found.
     pub fn check_remote(&self) -> Result<Vec<String>, RemoteError> {
