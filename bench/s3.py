@@ -102,9 +102,11 @@ def main():
                     POPVAULT_PASSWORD="secret", POPVAULT_REPORT_REQUESTS="1")
     rows = []
     nothing_new = {}
+    servers = []
     try:
         for count in (args.small, args.count):
             server = backup.Server(count, args.port_base + (0 if count == args.small else 200), work)
+            servers.append(server)
             url = f"pop3://alice@127.0.0.1:{server.pop3}"
             s3_archive = f"s3://bench-{count}/popvault"
             env = dict(base_env, XDG_CACHE_HOME=os.path.join(work, f"cache-{count}"))
@@ -115,13 +117,11 @@ def main():
             t_nn, m_nn, err = run_timed([pv, "--archive", s3_archive, "-q", "backup", url, "--ca-file", server.ca], env)
             nothing_new[count] = (t_nn, m_nn, requests(err, s3_archive))
             if count != args.count:
-                server.stop()
                 continue
             local = os.path.join(work, "local-archive")
             log(f"{count}: popvault backup into a local archive")
             t_local, m_local, _ = run_timed([pv, "--archive", local, "-q", "backup", url, "--ca-file", server.ca],
                                             dict(base_env, XDG_CACHE_HOME=os.path.join(work, "cache-local")))
-            server.stop()
             log(f"{count}: restic backup of the same Maildir into the same moto")
             restic_env = dict(base_env, RESTIC_PASSWORD="bench", RESTIC_CACHE_DIR=os.path.join(work, "restic-cache"))
             repo = f"s3:{moto.endpoint()}/bench-restic/restic"
@@ -157,6 +157,8 @@ def main():
             print(f"\nbackup to S3 / restic to S3: {t_s3 / t_restic:.2f}x the time; "
                   f"backup to S3 / backup to local: {t_s3 / t_local:.2f}x.")
     finally:
+        for server in servers:
+            server.stop()
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -257,9 +257,23 @@ impl Mirror {
     /// that lags behind a writer shows it on the next run).
     fn pull(&self) -> Result<Pulled, RemoteError> {
         let mut published = self.published();
-        let start_after =
-            (published > 0).then(|| format!("commits/{}", catalog::commit_file_name(published)));
+        // Listed from the last commit known to be there, which must still be: a store that
+        // lost it (objects deleted, another bucket or endpoint answering) is no place to go on
+        // writing, and this machine's copy may be the only whole one left.
+        let start_after = (published > 1)
+            .then(|| format!("commits/{}", catalog::commit_file_name(published - 1)));
         let listed = self.store.list("commits/", start_after.as_deref())?;
+        let last_known = format!("commits/{}", catalog::commit_file_name(published));
+        if published > 0 && !listed.iter().any(|item| item.key == last_known) {
+            return Err(RemoteError::Damaged {
+                object: format!("{}/{last_known}", self.url()),
+                reason: format!(
+                    "it was there and is gone: objects were deleted, or another bucket or endpoint answers; the local copy at {root} still holds the archive: check the store, or move that directory elsewhere and `popvault --archive MOVED copy --to {url}`",
+                    root = self.root.display(),
+                    url = self.url()
+                ),
+            });
+        }
         let mut pulled = Pulled::default();
         for item in listed {
             let Some(name) = item.key.strip_prefix("commits/") else {
@@ -818,5 +832,23 @@ mod tests {
             desktop.sync(false),
             Err(RemoteError::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn a_store_that_lost_its_objects_is_not_written_over() {
+        let store = Arc::new(MemoryStore::default());
+        let a = tempfile::tempdir().unwrap();
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one"]).unwrap();
+        add(&laptop, &["two"]).unwrap();
+        store.objects.lock().unwrap().clear();
+        let err = laptop.writer("test", None).err().expect("refused");
+        assert!(
+            err.to_string().contains("it was there and is gone"),
+            "{err}"
+        );
+        assert!(laptop.sync(false).is_err());
+        assert!(store.objects.lock().unwrap().is_empty(), "nothing written");
+        assert_eq!(ids(&laptop).len(), 2, "the local copy keeps everything");
     }
 }
