@@ -35,7 +35,7 @@ pub use envelope::Envelope;
 pub use index::{Index, Location, Pop3Seen};
 pub use local_index::{Freshness, IndexError, LocalIndex};
 pub use store::{Archive, Message, PackReader, check_header, is_archive};
-pub use writer::{Added, Incoming, Publisher, Writer, WriterTotals};
+pub use writer::{Added, Incoming, Writer, WriterTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -60,13 +60,9 @@ pub enum ArchiveError {
     #[error("the archive header {path} is damaged: {reason}")]
     BadHeader { path: PathBuf, reason: String },
     #[error(
-        "commit {commit} is saved in the local copy of the archive but not uploaded: {source}; the next run uploads it"
+        "commit {commit} is saved in the local copy of the archive but not uploaded: {reason}; the next run uploads it"
     )]
-    NotUploaded {
-        commit: u64,
-        #[source]
-        source: Box<remote::RemoteError>,
-    },
+    NotUploaded { commit: u64, reason: String },
     #[error("another popvault is writing to this archive ({holder}; lock file {path})")]
     Locked { path: PathBuf, holder: String },
     #[error("{path}")]

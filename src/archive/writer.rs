@@ -81,15 +81,7 @@ pub struct Writer {
     lost: Vec<Lost>,
     totals: WriterTotals,
     /// For an archive kept on an object store: uploads each commit once it is durable here.
-    publisher: Option<Publisher>,
-}
-
-/// Uploads a mirror's commits while holding the remote archive's lock. A commit that fails to
-/// go up fails `commit` for the caller (backup then deletes nothing from the server) but
-/// stays in the mirror, which uploads it first on the next run.
-pub struct Publisher {
-    pub(crate) mirror: std::sync::Arc<super::remote::Mirror>,
-    pub(crate) lock: super::remote::RemoteLock,
+    publisher: Option<super::remote::Publisher>,
 }
 
 struct Batch {
@@ -144,8 +136,17 @@ impl Writer {
         })
     }
 
-    pub(crate) fn publish_to(&mut self, publisher: Publisher) {
+    pub(crate) fn publish_to(&mut self, publisher: super::remote::Publisher) {
         self.publisher = Some(publisher);
+    }
+
+    /// Waits until every commit so far is uploaded, for an archive kept on an object store
+    /// (at once for a local one): only then may a backup delete what they hold from a server.
+    pub fn wait_uploaded(&mut self) -> Result<(), ArchiveError> {
+        match &mut self.publisher {
+            Some(publisher) => publisher.wait(),
+            None => Ok(()),
+        }
     }
 
     /// The committed archive plus the sightings of the open batch.
@@ -516,14 +517,7 @@ impl Writer {
             self.index.add(entry);
         }
         if let Some(publisher) = &mut self.publisher {
-            publisher
-                .lock
-                .refresh()
-                .and_then(|()| publisher.mirror.push_unpublished())
-                .map_err(|e| ArchiveError::NotUploaded {
-                    commit: number,
-                    source: Box::new(e),
-                })?;
+            publisher.enqueue(number)?;
         }
         Ok(Some(number))
     }
@@ -531,6 +525,7 @@ impl Writer {
     /// Commits what is left and releases the lock.
     pub fn finish(mut self) -> Result<WriterTotals, ArchiveError> {
         self.commit()?;
+        self.wait_uploaded()?;
         Ok(self.totals)
     }
 }

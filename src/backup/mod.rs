@@ -558,6 +558,8 @@ fn one_pass(
             let stopped = opts.stop.requested();
             writer.record_account(account_run(account, report, !stopped));
             commit(writer, report)?;
+            // Nothing is deleted from the server before it is up on a remote archive too.
+            writer.wait_uploaded()?;
             if stopped {
                 report.interrupted = true;
                 return quit(session, 0, report);

@@ -631,3 +631,77 @@ fn a_hostile_or_damaged_store_is_refused_and_named() {
     );
     assert!(!sandbox.path().join("escaped.pack").exists());
 }
+
+#[test]
+fn a_backup_deletes_from_the_server_only_what_is_up_on_the_store() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(5);
+    for n in 0..20 {
+        dovecot.add_message(&format!("{n:06}.gen"), &generated_message(n, &mut rng));
+    }
+    let on_server = || {
+        ["new", "cur"]
+            .iter()
+            .map(|sub| {
+                std::fs::read_dir(dovecot.maildir().join(sub))
+                    .unwrap()
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let sandbox = Sandbox::new();
+    let cache = sandbox.path().join("cache");
+    let url = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
+    let ca = dovecot.ca_pem();
+    let backup = || {
+        let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+        c.env("POPVAULT_PASSWORD", dovecot.password());
+        run(
+            &mut c,
+            &[
+                "backup",
+                &url,
+                "--ca-file",
+                ca.to_str().unwrap(),
+                "--delete-after-days",
+                "0",
+            ],
+        )
+    };
+    // The store takes packs and segments but no commit record: nothing is up, nothing deleted.
+    proxy.fail("PUT", "/commits/", Fault::Status500, None);
+    let out = backup();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        on_server(),
+        20,
+        "a message was deleted before its commit was up"
+    );
+    proxy.heal();
+    let out = backup();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        on_server(),
+        0,
+        "once up (and re-verified), they are deleted"
+    );
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], 20, "{stats}");
+}

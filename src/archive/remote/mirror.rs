@@ -26,7 +26,7 @@ use super::{ObjectStore, RemoteError};
 use crate::archive::catalog::{self, CommitRecord};
 use crate::archive::digest::Hasher;
 use crate::archive::lock::WriterLock;
-use crate::archive::{ArchiveError, Digest, Publisher, Writer, durable, store};
+use crate::archive::{ArchiveError, Digest, Writer, durable, store};
 
 const HEADER: &str = "popvault-archive.json";
 
@@ -409,10 +409,7 @@ impl Mirror {
         self.sync(true)?;
         let waiting = crate::stop::Stop::new();
         let mut writer = Writer::open(&self.root, command, Some(wait.unwrap_or(&waiting)))?;
-        writer.publish_to(Publisher {
-            mirror: self.clone(),
-            lock,
-        });
+        writer.publish_to(Publisher::start(self.clone(), lock));
         Ok(writer)
     }
 
@@ -530,6 +527,94 @@ impl std::io::Write for HashingSink {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Uploads a mirror's commits on a thread of its own, while the writer goes on, holding the
+/// remote archive's lock. A commit that fails to go up fails the writer's next `commit` or
+/// `wait` (backup then deletes nothing from the server) but stays in the mirror, which
+/// uploads it first on the next run.
+pub struct Publisher {
+    queue: Option<std::sync::mpsc::Sender<u64>>,
+    done: Arc<(std::sync::Mutex<UploadState>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct UploadState {
+    enqueued: u64,
+    uploaded: u64,
+    failure: Option<(u64, String)>,
+}
+
+impl Publisher {
+    pub(crate) fn start(mirror: Arc<Mirror>, mut lock: RemoteLock) -> Publisher {
+        let (queue, commits) = std::sync::mpsc::channel::<u64>();
+        let done: Arc<(std::sync::Mutex<UploadState>, std::sync::Condvar)> = Default::default();
+        let state = done.clone();
+        let thread = std::thread::spawn(move || {
+            for commit in commits {
+                let failed = state.0.lock().expect("upload state").failure.is_some();
+                // After a failure nothing more goes up: the next run uploads in order.
+                let outcome = match failed {
+                    true => Ok(()),
+                    false => lock.refresh().and_then(|()| mirror.push_unpublished()),
+                };
+                let mut s = state.0.lock().expect("upload state");
+                if let Err(e) = outcome {
+                    s.failure.get_or_insert((commit, crate::error_chain(&e)));
+                }
+                s.uploaded += 1;
+                state.1.notify_all();
+            }
+            // The lock is dropped (its object deleted) once the queue is closed.
+            drop(lock);
+        });
+        Publisher {
+            queue: Some(queue),
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn failure(&self) -> Result<(), ArchiveError> {
+        let state = self.done.0.lock().expect("upload state");
+        match &state.failure {
+            Some((commit, reason)) => Err(ArchiveError::NotUploaded {
+                commit: *commit,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn enqueue(&mut self, commit: u64) -> Result<(), ArchiveError> {
+        self.failure()?;
+        self.done.0.lock().expect("upload state").enqueued += 1;
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(commit);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wait(&mut self) -> Result<(), ArchiveError> {
+        let (lock, changed) = &*self.done;
+        let mut state = lock.lock().expect("upload state");
+        while state.uploaded < state.enqueued {
+            state = changed.wait(state).expect("upload state");
+        }
+        drop(state);
+        self.failure()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Uploads under way finish (a commit half up is harmless, but the lock should go).
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod s3;
 
 use std::io::Write;
 
-pub use mirror::{Mirror, RemoteLock};
+pub use mirror::{Mirror, Publisher, RemoteLock};
 pub use s3::{S3Config, S3Store, UrlStyle};
 
 #[derive(Debug, thiserror::Error)]
