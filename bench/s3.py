@@ -4,6 +4,7 @@
 On the generated COUNT-message mailbox (a Dovecot sandbox serves it over POP3 with STLS):
   popvault backup -> s3://          (its mirror in a fresh cache directory)
   popvault backup -> local archive  (the same backup, for the cost of the upload)
+  popvault import of the served Maildir -> s3://  (restic's very input, no POP3)
   restic backup of the same Maildir -> the same moto (restic speaks S3)
 then the nothing-new backup into s3:// (time and requests, after a small archive and after the
 large one: the count must not grow with the archive), a nothing-new backup on a machine whose
@@ -128,6 +129,11 @@ def main():
             subprocess.run(["restic", "-q", "-r", repo, "init"], env=restic_env, check=True,
                            stdout=subprocess.DEVNULL)
             t_restic, m_restic, _ = run_timed(["restic", "-q", "-r", repo, "backup", maildir(count)], restic_env)
+            log(f"{count}: popvault import of the same Maildir into s3:// (restic's input)")
+            import_target = f"s3://bench-import-{count}/popvault"
+            t_import, m_import, err = run_timed([pv, "--archive", import_target, "-q", "import", f"maildir:{maildir(count)}"],
+                                                dict(base_env, XDG_CACHE_HOME=os.path.join(work, "cache-import")))
+            import_requests = requests(err, import_target)
             log(f"{count}: a new machine's first command (copies the archive down), then nothing new")
             fresh_env = dict(base_env, XDG_CACHE_HOME=os.path.join(work, "cache-fresh"))
             t_pull, m_pull, err = run_timed([pv, "--archive", s3_archive, "-q", "verify"], fresh_env)
@@ -143,7 +149,8 @@ def main():
             rows = [
                 ["popvault backup (POP3) -> s3://", f"{t_s3:.1f} s", f"{m_s3:.0f} MB", full_requests],
                 ["popvault backup (POP3) -> local archive", f"{t_local:.1f} s", f"{m_local:.0f} MB", "-"],
-                ["restic backup (Maildir) -> same moto", f"{t_restic:.1f} s", f"{m_restic:.0f} MB", "-"],
+                ["popvault import (the same Maildir) -> s3://", f"{t_import:.1f} s", f"{m_import:.0f} MB", import_requests],
+                ["restic backup (the same Maildir) -> same moto", f"{t_restic:.1f} s", f"{m_restic:.0f} MB", "-"],
                 [f"popvault nothing-new backup, {args.small}-message archive",
                  f"{nothing_new[args.small][0]:.2f} s", f"{nothing_new[args.small][1]:.0f} MB", nothing_new[args.small][2]],
                 [f"popvault nothing-new backup, {count}-message archive",
@@ -154,7 +161,8 @@ def main():
             ]
             print(f"S3 (moto {moto.endpoint()}), {count} messages; one run each.\n")
             print(table(["run", "wall", "peak RSS", "requests"], rows))
-            print(f"\nbackup to S3 / restic to S3: {t_s3 / t_restic:.2f}x the time; "
+            print(f"\nimport of the Maildir to S3 / restic of it to S3: {t_import / t_restic:.2f}x the time; "
+                  f"backup (POP3) to S3 / restic to S3: {t_s3 / t_restic:.2f}x; "
                   f"backup to S3 / backup to local: {t_s3 / t_local:.2f}x.")
     finally:
         for server in servers:
