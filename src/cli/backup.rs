@@ -140,7 +140,7 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
 
     let mut reports = Vec::new();
     if args.dry_run {
-        ctx.sync_remote()?;
+        ctx.sync_remote(false)?;
         let index = if crate::archive::is_archive(&ctx.archive) {
             crate::archive::check_header(&ctx.archive)?;
             Index::load(&ctx.archive)?

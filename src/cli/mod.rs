@@ -187,12 +187,36 @@ impl Context {
         opened.with_context(|| format!("cannot write to the archive at {}", self.archive_label))
     }
 
-    /// For an `s3://` archive, brings its local mirror up to date; a local one needs nothing.
-    pub fn sync_remote(&self) -> anyhow::Result<()> {
-        if let Some(mirror) = &self.remote {
-            mirror
-                .sync(false)
-                .with_context(|| format!("cannot read the archive at {}", self.archive_label))?;
+    /// For an `s3://` archive, brings its local mirror up to date, saying what on the store
+    /// is damaged or not listed. With `offline_ok`, a store out of reach leaves the command to
+    /// the local copy as it is, with a warning. A local archive needs nothing.
+    pub fn sync_remote(&self, offline_ok: bool) -> anyhow::Result<()> {
+        let Some(mirror) = &self.remote else {
+            return Ok(());
+        };
+        let pulled = match mirror.sync(false) {
+            Ok(pulled) => pulled,
+            Err(e @ crate::archive::remote::RemoteError::Unreachable { .. })
+                if offline_ok && crate::archive::is_archive(mirror.root()) =>
+            {
+                eprintln!(
+                    "warning: {e}; showing this machine's copy of the archive, which may lack the latest commits"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("cannot read the archive at {}", self.archive_label));
+            }
+        };
+        for damage in &pulled.damaged {
+            eprintln!("warning: damaged on the store, left out of this machine's copy: {damage}");
+        }
+        if let Some(commit) = pulled.gap {
+            eprintln!(
+                "warning: {}: commit {commit} is not listed while later ones are (a listing that lags, or a deleted record): the commits from it on are not read; run again later, and `verify` if it stays",
+                mirror.url()
+            );
         }
         Ok(())
     }
@@ -296,7 +320,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         .join("popvault");
     let archive = expand_tilde(&archive);
     let archive_label = archive.display().to_string();
-    let remote = match remote::is_remote(&archive) {
+    let remote = match remote::is_remote(&archive)? {
         true => Some(remote::mirror(&archive_label, &config.s3, &cache_dir)?),
         false => None,
     };
@@ -401,10 +425,10 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             | Command::Search(_)
             | Command::Stats(_)
             | Command::Status(_)
-            | Command::Verify(_)
             | Command::Restore(_)
             | Command::Copy(_)
-            | Command::Export(_) => ctx.sync_remote()?,
+            | Command::Export(_) => ctx.sync_remote(true)?,
+            Command::Verify(_) => ctx.sync_remote(false)?,
             Command::Repair(_) => anyhow::bail!(
                 "repair works on a local archive only: `popvault copy` the archive at {} to a directory and repair that",
                 ctx.archive_label
@@ -698,6 +722,11 @@ fn exit_for(err: &anyhow::Error) -> Exit {
         .flatten()
     {
         if let Some(ArchiveError::Locked { .. }) = cause.downcast_ref::<ArchiveError>() {
+            return Exit::Locked;
+        }
+        if let Some(crate::archive::remote::RemoteError::Locked { .. }) =
+            cause.downcast_ref::<crate::archive::remote::RemoteError>()
+        {
             return Exit::Locked;
         }
     }

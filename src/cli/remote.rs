@@ -13,9 +13,36 @@ use sha2::Digest as _;
 use crate::archive::remote::{Mirror, S3Config, S3Store, UrlStyle};
 use crate::config::S3Settings;
 
-/// Whether an archive argument names an object store rather than a directory.
-pub fn is_remote(archive: &Path) -> bool {
-    archive.to_str().is_some_and(|s| s.starts_with("s3://"))
+/// Whether an archive argument names an object store rather than a directory. Something
+/// that looks like another URL, or a mistyped `s3://` (`S3://`, `s3:/`), is refused: taken
+/// for a directory, it would quietly keep the mail on this machine.
+pub fn is_remote(archive: &Path) -> anyhow::Result<bool> {
+    let Some(text) = archive.to_str() else {
+        return Ok(false);
+    };
+    if text.starts_with("s3://") {
+        return Ok(true);
+    }
+    let scheme = text
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-'))
+        });
+    match scheme {
+        Some(scheme) if scheme.eq_ignore_ascii_case("s3") => {
+            bail!(
+                "{text:?} is no archive location: write s3://BUCKET/PREFIX (lower-case, two slashes)"
+            )
+        }
+        Some(_) if text.contains("://") => bail!(
+            "{text:?}: archives live in a directory or at s3://BUCKET/PREFIX; other URLs are not supported"
+        ),
+        _ => Ok(false),
+    }
 }
 
 /// The mirror of the archive at `url` (`s3://bucket[/prefix]`), with its store configured.
@@ -47,7 +74,7 @@ pub fn other_archive(
     archive: &Path,
 ) -> anyhow::Result<(PathBuf, Option<Arc<Mirror>>)> {
     let archive = super::expand_tilde(archive);
-    if !is_remote(&archive) {
+    if !is_remote(&archive)? {
         return Ok((archive, None));
     }
     let mirror = mirror(
@@ -132,6 +159,12 @@ fn s3_config(
     let endpoint: url::Url = endpoint_text.parse().with_context(|| {
         format!("the S3 endpoint {endpoint_text:?} is not a URL (http://host:port or https://host)")
     })?;
+    if !endpoint.username().is_empty() || endpoint.password().is_some() {
+        // The URL itself is not repeated: it holds a secret.
+        bail!(
+            "the S3 endpoint has a user name or password in it: give the credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile), and the endpoint as http(s)://host[:port]"
+        );
+    }
     if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host().is_none() {
         bail!("the S3 endpoint {endpoint_text:?} must be an http:// or https:// URL with a host");
     }
@@ -258,9 +291,26 @@ mod tests {
         );
         assert_eq!(c.endpoint.as_str(), "https://s3.ap-south-1.amazonaws.com/");
         assert_eq!(c.style, UrlStyle::VirtualHost);
+        let secret_in_url = env_of(&[
+            ("AWS_ACCESS_KEY_ID", "A"),
+            ("AWS_SECRET_ACCESS_KEY", "S"),
+            ("AWS_ENDPOINT_URL", "http://user:hunter2@127.0.0.1:9000"),
+        ]);
+        let err = s3_config("s3://bucket", &S3Settings::default(), &secret_in_url).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         let none = env_of(&[("HOME", "/nonexistent")]);
         let err = s3_config("s3://bucket", &S3Settings::default(), &none).unwrap_err();
         assert!(err.to_string().contains("no credentials"), "{err}");
+    }
+
+    #[test]
+    fn a_mistyped_location_is_not_taken_for_a_directory() {
+        assert!(is_remote(Path::new("s3://b/p")).unwrap());
+        assert!(!is_remote(Path::new("/srv/mail")).unwrap());
+        assert!(!is_remote(Path::new("mail:2024")).unwrap());
+        for typo in ["S3://b/p", "s3:/b/p", "s3:b", "https://b.example/p"] {
+            assert!(is_remote(Path::new(typo)).is_err(), "{typo}");
+        }
     }
 
     #[test]

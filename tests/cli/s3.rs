@@ -587,33 +587,77 @@ fn a_hostile_or_damaged_store_is_refused_and_named() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A new machine refuses to take the damaged pack into its copy.
+    // A new machine leaves the damaged pack out of its copy, says so, and reads the rest;
+    // its verify names the damage.
+    let more = sandbox.path().join("More");
+    write_maildir(&more, 5, 77);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("cache"),
+    );
+    ok(&mut c, &["import", &format!("maildir:{}", more.display())]);
     let mut c = s3_command(
         &sandbox,
         &moto,
         &moto.endpoint(),
         &sandbox.path().join("fresh"),
     );
-    let out = run(&mut c, &["list"]);
-    assert!(!out.status.success());
+    let out = run(&mut c, &["list", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("SHA-256"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("damaged on the store") && stderr.contains("SHA-256"),
+        "{stderr}"
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        15,
+        "every message listed"
+    );
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("fresh"),
+    );
+    let restored_dir = sandbox.path().join("r");
+    let out = run(
+        &mut c,
+        &[
+            "restore",
+            "--to",
+            &format!("maildir:{}", restored_dir.display()),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the 10 damaged are skipped and said"
+    );
+    let restored = std::fs::read_dir(restored_dir.join("cur")).unwrap().count();
+    assert_eq!(restored, 5, "the intact commit is restored");
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("fresh"),
+    );
+    assert_eq!(run(&mut c, &["verify"]).status.code(), Some(3));
 
     // A commit record naming a file outside the archive is refused, and nothing is written there.
     let record = serde_json::json!({
-        "commit": 2, "format": 1, "tool": "evil", "command": "backup",
+        "commit": 3, "format": 1, "tool": "evil", "command": "backup",
         "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:00Z",
-        "segment": {"name": "00000002.jsonl.zst", "size": 0, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        "segment": {"name": "00000003.jsonl.zst", "size": 0, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
         "packs": [{"name": "../../../escaped.pack", "size": 1}],
         "entries": 0, "new_objects": 0, "raw_bytes": 0, "stored_bytes": 0
     });
-    moto.put(BUCKET, "mail/home/catalog/00000002.jsonl.zst", b"");
+    moto.put(BUCKET, "mail/home/catalog/00000003.jsonl.zst", b"");
     moto.put(
         BUCKET,
-        "mail/home/commits/00000002.json",
+        "mail/home/commits/00000003.json",
         record.to_string().as_bytes(),
     );
     let mut c = s3_command(
@@ -704,4 +748,105 @@ fn a_backup_deletes_from_the_server_only_what_is_up_on_the_store() {
     );
     let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
     assert_eq!(stats["unique_messages"], 20, "{stats}");
+}
+
+#[test]
+fn a_dead_writers_leftovers_and_its_lock_do_not_block_the_others() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let sandbox = Sandbox::new();
+    let maildir = sandbox.path().join("Maildir");
+    write_maildir(&maildir, 10, 6);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("a"));
+    ok(
+        &mut c,
+        &["import", &format!("maildir:{}", maildir.display())],
+    );
+    // A writer on another machine died after its segment went up, before its record, and
+    // long ago: its lock is stale.
+    moto.put(
+        BUCKET,
+        "mail/home/catalog/00000002.jsonl.zst",
+        b"a dead writer's segment",
+    );
+    let lock = serde_json::json!({
+        "host": "dead-machine", "pid": 1, "command": "backup",
+        "taken": (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339(),
+    });
+    moto.put(
+        BUCKET,
+        "mail/home/locks/dead-machine-1-1.json",
+        lock.to_string().as_bytes(),
+    );
+    let more = sandbox.path().join("More");
+    write_maildir(&more, 4, 60);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("b"));
+    ok(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("c"));
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], 14, "{stats}");
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("c"));
+    ok(&mut c, &["verify", "--full"]);
+    let live_locks = |moto: &Moto| {
+        moto.objects(BUCKET)
+            .into_iter()
+            .filter(|k| k.contains("/locks/") && moto.get(BUCKET, k).is_some())
+            .count()
+    };
+    assert_eq!(
+        live_locks(&moto),
+        0,
+        "the stale lock was cleared, and the writer's own"
+    );
+
+    // A live lock: a writer fails with exit 5, or with --wait waits for it to go.
+    let live = serde_json::json!({
+        "host": "busy-machine", "pid": 7, "command": "backup",
+        "taken": chrono::Utc::now().to_rfc3339(),
+    });
+    moto.put(
+        BUCKET,
+        "mail/home/locks/busy-machine-7-1.json",
+        live.to_string().as_bytes(),
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("b"));
+    let out = run(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &sandbox.path().join("b"));
+    let child = c
+        .args(["import", "--wait", &format!("maildir:{}", more.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    moto.delete(BUCKET, "mail/home/locks/busy-machine-7-1.json");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_mistyped_s3_location_is_refused_not_made_a_directory() {
+    let sandbox = Sandbox::new();
+    for typo in ["S3://pv-test/mail", "s3:/pv-test/mail"] {
+        let out = sandbox
+            .command()
+            .current_dir(sandbox.path())
+            .args(["--archive", typo, "init"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{typo}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("s3://BUCKET/PREFIX"), "{stderr}");
+    }
+    assert!(!sandbox.path().join("S3:").exists() && !sandbox.path().join("s3:").exists());
 }

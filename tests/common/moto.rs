@@ -127,6 +127,23 @@ impl Moto {
         (status == 200).then_some(body)
     }
 
+    pub fn delete(&self, bucket: &str, key: &str) -> u16 {
+        use rusty_s3::S3Action;
+        let b = rusty_s3::Bucket::new(
+            self.endpoint().parse().unwrap(),
+            rusty_s3::UrlStyle::Path,
+            bucket.to_string(),
+            "us-east-1",
+        )
+        .unwrap();
+        let credentials = rusty_s3::Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY);
+        let url = b
+            .delete_object(Some(&credentials), key)
+            .sign(Duration::from_secs(600));
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        raw_http(self.port, "DELETE", &path, &[], b"").0
+    }
+
     /// Writes an object behind popvault's back, replacing any (a test of damage on the store).
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) -> u16 {
         let path = self.signed(bucket, key, true);

@@ -36,10 +36,15 @@ pub struct Mirror {
 }
 
 /// What a pull brought.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Pulled {
     pub commits: u64,
     pub bytes: u64,
+    /// Objects missing or damaged on the store, left out of the mirror.
+    pub damaged: Vec<String>,
+    /// A commit the listing does not show while later ones are there: a listing that lags,
+    /// or a record deleted. Nothing from it on is read.
+    pub gap: Option<u64>,
 }
 
 impl Mirror {
@@ -76,8 +81,13 @@ impl Mirror {
     fn set_published(&self, commit: u64) -> Result<(), RemoteError> {
         let path = self.state_path();
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, format!("{commit}\n"))
-            .and_then(|()| fs::rename(&tmp, &path))
+        let written = fs::File::create(&tmp).and_then(|mut file| {
+            use std::io::Write as _;
+            file.write_all(format!("{commit}\n").as_bytes())?;
+            durable::sync_file(&file, &tmp)
+        });
+        written
+            .and_then(|()| durable::rename_durably(&tmp, &path))
             .map_err(|e| RemoteError::Local(ArchiveError::io(&path)(e)))
     }
 
@@ -236,8 +246,24 @@ impl Mirror {
         let key = format!("catalog/{}", record.segment.name);
         let path = self.root.join(&key);
         let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
-        self.create_or_same(&key, &bytes)?;
-        self.create_or_same(&format!("commits/{record_name}"), &record_bytes)
+        let record_key = format!("commits/{record_name}");
+        if !self.store.create(&key, &bytes)? && self.store.get(&key)?.as_deref() != Some(&bytes[..])
+        {
+            // Another segment of this number without a record is a writer's that died before
+            // its commit point: no part of the archive, and in the way of this commit. Only
+            // a lock holder gets here, so its writer is gone; it goes (FORMAT.md).
+            if self.store.get(&record_key)?.is_some() {
+                return Err(self.conflict(
+                    &record_key,
+                    "another writer made a commit of the same number (two popvaults wrote at once?)",
+                ));
+            }
+            self.store.delete(&key)?;
+            if !self.store.create(&key, &bytes)? {
+                return Err(self.conflict(&key, "another writer is writing this commit number"));
+            }
+        }
+        self.create_or_same(&record_key, &record_bytes)
     }
 
     fn create_or_same(&self, key: &str, bytes: &[u8]) -> Result<(), RemoteError> {
@@ -286,26 +312,32 @@ impl Mirror {
                 continue;
             }
             if number != published + 1 {
+                pulled.gap = Some(published + 1);
                 break;
             }
-            pulled.bytes += self.pull_commit(number, name)?;
-            pulled.commits += 1;
+            self.pull_commit(number, name, &mut pulled)?;
             published = number;
             self.set_published(published)?;
         }
         Ok(pulled)
     }
 
-    fn pull_commit(&self, number: u64, name: &str) -> Result<u64, RemoteError> {
+    /// Copies remote commit `number` into the mirror. A record that cannot be read, or that
+    /// names files another commit's or outside the archive, stops the pull (nothing after it
+    /// can be trusted to build on it). A segment or pack missing or damaged on the store is
+    /// left out and named in `pulled.damaged`: the mirror then holds the commit as a local
+    /// archive with that damage would, so that `verify` names it and everything else stays
+    /// readable.
+    fn pull_commit(&self, number: u64, name: &str, pulled: &mut Pulled) -> Result<(), RemoteError> {
         let key = format!("commits/{name}");
-        let record_bytes = self.store.get(&key)?.ok_or_else(|| RemoteError::Damaged {
-            object: format!("{}/{key}", self.url()),
-            reason: "listed but not there".into(),
-        })?;
         let damaged = |key: &str, reason: String| RemoteError::Damaged {
             object: format!("{}/{key}", self.url()),
             reason,
         };
+        let record_bytes = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| damaged(&key, "listed but not there".into()))?;
         let record: CommitRecord = serde_json::from_slice(&record_bytes)
             .map_err(|e| damaged(&key, format!("not a commit record: {e}")))?;
         if record.commit != number {
@@ -314,12 +346,32 @@ impl Mirror {
                 format!("it says it is commit {}", record.commit),
             ));
         }
+        let own_file =
+            |name: &str| safe_name(name) && catalog::commit_of_file_name(name) == Some(number);
+        if record.segment.sha256.is_none() || !own_file(&record.segment.name) {
+            return Err(damaged(
+                &key,
+                "it names a segment this archive cannot hold".into(),
+            ));
+        }
+        let mut packs = Vec::new();
+        for pack in &record.packs {
+            match pack_digest(&pack.name).filter(|_| own_file(&pack.name)) {
+                Some(digest) => packs.push((pack, digest)),
+                None => {
+                    return Err(damaged(
+                        &key,
+                        format!("it names a pack {:?} this archive cannot hold", pack.name),
+                    ));
+                }
+            }
+        }
         let local_record = self.root.join(&key);
         if local_record.exists() {
             // This machine's own commit (the state file lagged behind a crash).
             let ours = fs::read(&local_record).map_err(Self::local_err(&local_record))?;
             if ours == record_bytes {
-                return Ok(0);
+                return Ok(());
             }
             return Err(self.conflict(&key, "the remote and this machine's copy differ"));
         }
@@ -329,63 +381,43 @@ impl Mirror {
             .join("commits")
             .join(catalog::intent_file_name(number));
         durable::write_once(&tmp, &marker, b"").map_err(Self::local_err(&marker))?;
-        let mut bytes = 0;
-        let segment_ok = record.segment.sha256.is_some()
-            && catalog::commit_of_file_name(&record.segment.name) == Some(number)
-            && safe_name(&record.segment.name);
-        if !segment_ok {
-            return Err(damaged(
-                &key,
-                "it names a segment this archive cannot hold".into(),
-            ));
-        }
-        let segment_key = format!("catalog/{}", record.segment.name);
-        let segment = self
-            .store
-            .get(&segment_key)?
-            .ok_or_else(|| damaged(&segment_key, "named by a commit record but missing".into()))?;
-        if segment.len() as u64 != record.segment.size
-            || Some(Digest::of(&segment)) != record.segment.sha256
-        {
-            return Err(damaged(
-                &segment_key,
-                "its size or SHA-256 is not the one its commit record gives".into(),
-            ));
-        }
-        let path = self.root.join(&segment_key);
-        durable::write_once(&tmp, &path, &segment).map_err(Self::local_err(&path))?;
-        bytes += segment.len() as u64;
-        for pack in &record.packs {
-            let pack_key = format!("packs/{}", pack.name);
-            let expected = pack_digest(&pack.name)
-                .filter(|_| safe_name(&pack.name))
-                .ok_or_else(|| {
-                    damaged(
-                        &key,
-                        format!("it names a pack {:?} this archive cannot hold", pack.name),
-                    )
-                })?;
-            let path = self.root.join(&pack_key);
+        let mut wanted = vec![(
+            format!("catalog/{}", record.segment.name),
+            record.segment.size,
+            record.segment.sha256.expect("checked above"),
+        )];
+        wanted.extend(
+            packs
+                .iter()
+                .map(|(pack, digest)| (format!("packs/{}", pack.name), pack.size, *digest)),
+        );
+        for (file_key, size, digest) in wanted {
+            let path = self.root.join(&file_key);
             if path.exists() {
                 continue;
             }
-            let body = self
-                .store
-                .get(&pack_key)?
-                .ok_or_else(|| damaged(&pack_key, "named by a commit record but missing".into()))?;
-            if body.len() as u64 != pack.size || Digest::of(&body) != expected {
-                return Err(damaged(
-                    &pack_key,
-                    "its size or SHA-256 is not the one its name and commit record give".into(),
-                ));
+            let problem = match self.store.get(&file_key)? {
+                None => Some("named by a commit record but missing"),
+                Some(body) if body.len() as u64 != size || Digest::of(&body) != digest => {
+                    Some("its size or SHA-256 is not the one its commit record gives")
+                }
+                Some(body) => {
+                    durable::write_once(&tmp, &path, &body).map_err(Self::local_err(&path))?;
+                    pulled.bytes += body.len() as u64;
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                pulled
+                    .damaged
+                    .push(format!("{}/{file_key}: {problem}", self.url()));
             }
-            durable::write_once(&tmp, &path, &body).map_err(Self::local_err(&path))?;
-            bytes += body.len() as u64;
         }
         durable::write_once(&tmp, &local_record, &record_bytes)
             .map_err(Self::local_err(&local_record))?;
         fs::remove_file(&marker).map_err(Self::local_err(&marker))?;
-        Ok(bytes)
+        pulled.commits += 1;
+        Ok(())
     }
 
     /// A writer on the remote archive: takes its lock, brings the mirror up to date (creating
@@ -396,13 +428,13 @@ impl Mirror {
         command: &str,
         wait: Option<&crate::stop::Stop>,
     ) -> Result<Writer, RemoteError> {
-        let lock = match RemoteLock::acquire(self.clone(), command) {
+        let lock = match RemoteLock::acquire(self.clone(), command, wait) {
             // A first backup into a bucket not made yet: made, as `init` would.
             Err(RemoteError::Refused {
                 code: Some(code), ..
             }) if code == "NoSuchBucket" => {
                 self.store.create_bucket()?;
-                RemoteLock::acquire(self.clone(), command)?
+                RemoteLock::acquire(self.clone(), command, wait)?
             }
             other => other?,
         };
@@ -422,7 +454,7 @@ impl Mirror {
             .into_iter()
             .map(|l| (l.key, l.size))
             .collect();
-        let mut problems = Vec::new();
+        let mut problems = unread_records(listed.keys(), self.published());
         let mut expect = |key: String, size: Option<u64>| match (listed.get(&key), size) {
             (None, _) => problems.push(format!("{key}: missing")),
             (Some(&found), Some(size)) if found != size => problems.push(format!(
@@ -452,9 +484,15 @@ impl Mirror {
     /// Re-reads every committed object on the remote and compares it with what its record
     /// says (sizes, SHA-256), streaming one object at a time. Returns the problems found.
     pub fn check_remote(&self) -> Result<Vec<String>, RemoteError> {
-        let mut problems = Vec::new();
         let listed = self.store.list("commits/", None)?;
+        let published = self.published();
+        let mut problems = unread_records(listed.iter().map(|i| &i.key), published);
         for item in listed.iter().filter(|i| i.key.ends_with(".json")) {
+            if catalog::commit_of_file_name(item.key.trim_start_matches("commits/"))
+                .is_none_or(|n| n > published)
+            {
+                continue;
+            }
             let Some(record_bytes) = self.store.get(&item.key)? else {
                 problems.push(format!("{}: listed but missing", item.key));
                 continue;
@@ -490,6 +528,21 @@ impl Mirror {
         }
         Ok(problems)
     }
+}
+
+/// Records on the store above the last one read: an earlier one is missing from the listing.
+fn unread_records<'k>(keys: impl Iterator<Item = &'k String>, published: u64) -> Vec<String> {
+    keys.filter_map(|key| {
+        let name = key.strip_prefix("commits/")?;
+        let number = catalog::commit_of_file_name(name)?;
+        (name.ends_with(".json") && number > published).then(|| {
+            format!(
+                "{key}: on the store but not read, as commit {} is not listed before it",
+                published + 1
+            )
+        })
+    })
+    .collect()
 }
 
 /// The SHA-256 a pack's name gives (`<commit>-<sha256>.pack`).
@@ -646,7 +699,31 @@ struct LockText {
 }
 
 impl RemoteLock {
-    pub fn acquire(mirror: Arc<Mirror>, command: &str) -> Result<RemoteLock, RemoteError> {
+    /// Takes the lock, failing at once with the holder's description, or, with `wait`,
+    /// trying again every few seconds until the holder is done or a stop is requested.
+    pub fn acquire(
+        mirror: Arc<Mirror>,
+        command: &str,
+        wait: Option<&crate::stop::Stop>,
+    ) -> Result<RemoteLock, RemoteError> {
+        loop {
+            match RemoteLock::try_acquire(mirror.clone(), command) {
+                Err(RemoteError::Locked { .. }) if wait.is_some_and(|s| !s.requested()) => {
+                    // Two writers that saw each other both step back: a pause of its own
+                    // length each (2 to 5 s) lets one of them win the next round.
+                    let pause = 2000 + u64::from(Utc::now().timestamp_subsec_millis()) * 3;
+                    let until = std::time::Instant::now() + Duration::from_millis(pause);
+                    while std::time::Instant::now() < until && !wait.is_some_and(|s| s.requested())
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_acquire(mirror: Arc<Mirror>, command: &str) -> Result<RemoteLock, RemoteError> {
         let host = host_name();
         let host = host.as_str();
         let mut lock = RemoteLock {
@@ -658,6 +735,7 @@ impl RemoteLock {
         };
         lock.write()?;
         std::thread::sleep(RECHECK_DELAY);
+        let mut stale = Vec::new();
         for other in mirror.store.list("locks/", None)? {
             if other.key == lock.key {
                 continue;
@@ -666,29 +744,36 @@ impl RemoteLock {
                 continue;
             };
             let Ok(holder) = serde_json::from_slice::<LockText>(&text) else {
+                // Not a lock popvault wrote: it holds nothing back, and is left alone.
                 continue;
             };
             let age = (Utc::now() - holder.taken).to_std().unwrap_or_default();
             let dead_here = holder.host == host && !process_alive(holder.pid);
-            if age < STALE_AFTER && !dead_here {
-                let err = RemoteError::Locked {
-                    url: mirror.url(),
-                    holder: format!(
-                        "popvault {} on {} (pid {}) since {}",
-                        holder.command,
-                        holder.host,
-                        holder.pid,
-                        holder.taken.format("%Y-%m-%d %H:%M:%SZ")
-                    ),
-                    key: other.key.clone(),
-                    stale_after: (holder.taken
-                        + chrono::Duration::from_std(STALE_AFTER).unwrap_or_default())
-                    .format("%Y-%m-%d %H:%M:%SZ")
-                    .to_string(),
-                };
-                drop(lock);
-                return Err(err);
+            if age >= STALE_AFTER || dead_here {
+                stale.push(other.key);
+                continue;
             }
+            let err = RemoteError::Locked {
+                url: mirror.url(),
+                holder: format!(
+                    "popvault {} on {} (pid {}) since {}",
+                    holder.command,
+                    holder.host,
+                    holder.pid,
+                    holder.taken.format("%Y-%m-%d %H:%M:%SZ")
+                ),
+                key: other.key.clone(),
+                stale_after: (holder.taken
+                    + chrono::Duration::from_std(STALE_AFTER).unwrap_or_default())
+                .format("%Y-%m-%d %H:%M:%SZ")
+                .to_string(),
+            };
+            drop(lock);
+            return Err(err);
+        }
+        // Locks of writers that died go, so that they are not read again by every run.
+        for key in stale {
+            let _ = mirror.store.delete(&key);
         }
         Ok(lock)
     }

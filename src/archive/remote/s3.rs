@@ -121,9 +121,14 @@ impl S3Store {
                 .collect();
             tls = tls.root_certs(RootCerts::Specific(Arc::new(certs)));
         }
+        // Timeouts per phase, not for the whole request: a pack on a slow uplink takes as long
+        // as it takes while bytes move (the body's own limit is set per request, by size).
         let agent = Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(config.timeout))
+            .timeout_connect(Some(config.timeout.min(Duration::from_secs(30))))
+            .timeout_send_request(Some(config.timeout))
+            .timeout_recv_response(Some(config.timeout))
+            .timeout_recv_body(Some(config.timeout.max(Duration::from_secs(600))))
             // Proxies from the environment are not picked up behind the user's back, and an
             // object store does not redirect where popvault should follow.
             .proxy(None)
@@ -230,6 +235,12 @@ impl S3Store {
     }
 }
 
+/// How long the body of an upload may take: two minutes, and more for a large one, down to
+/// 32 KiB/s (a 64 MiB pack may take 34 minutes).
+fn send_time(len: usize) -> Duration {
+    Duration::from_secs(120 + (len as u64 >> 15))
+}
+
 /// A transport failure in words, without the request's URL: a signed URL carries a signature
 /// that works for an hour and the access key's id.
 fn transport_reason(e: &ureq::Error) -> String {
@@ -312,6 +323,9 @@ impl ObjectStore for S3Store {
                 .sign(SIGNED_FOR);
             agent
                 .put(url.as_str())
+                .config()
+                .timeout_send_body(Some(send_time(body.len())))
+                .build()
                 .header("If-None-Match", "*")
                 .send(body)
         })?;
