@@ -104,14 +104,29 @@ impl Config {
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
+        // A location with a scheme (`s3://...`, or a mistyped one the CLI refuses) is no path.
+        let has_scheme = |p: &Path| {
+            p.to_str()
+                .and_then(|s| s.split('/').next())
+                .is_some_and(|first| first.contains(':'))
+        };
         let anchored = |p: PathBuf| {
-            if p.is_relative() && !p.starts_with("~") && !p.as_os_str().is_empty() {
+            if p.is_relative()
+                && !p.starts_with("~")
+                && !p.as_os_str().is_empty()
+                && !has_scheme(&p)
+            {
                 base.join(p)
             } else {
                 p
             }
         };
         config.archive = config.archive.map(anchored);
+        config.copies = std::mem::take(&mut config.copies)
+            .into_iter()
+            .map(anchored)
+            .collect();
+        config.s3.ca_file = config.s3.ca_file.take().map(anchored);
         for account in &mut config.accounts {
             account.ca_file = account.ca_file.take().map(anchored);
         }
@@ -179,5 +194,23 @@ mod tests {
                 .is_err()
         );
         assert!(Config::parse("[[account]]\nname = \"x\"\nserver = \"s\"\n[[account]]\nname = \"x\"\nserver = \"t\"\n").is_err());
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_but_locations_with_a_scheme_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "archive = \"s3://bucket/mail\"\ncopies = [\"usb\", \"S3:/typo\"]\n[s3]\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path, false).unwrap();
+        assert_eq!(c.archive.as_deref(), Some(Path::new("s3://bucket/mail")));
+        assert_eq!(
+            c.copies,
+            [dir.path().join("usb"), PathBuf::from("S3:/typo")]
+        );
+        assert_eq!(c.s3.ca_file, Some(dir.path().join("ca.pem")));
     }
 }
