@@ -290,11 +290,12 @@ impl Mirror {
             .then(|| format!("commits/{}", catalog::commit_file_name(published - 1)));
         let listed = self.store.list("commits/", start_after.as_deref())?;
         let last_known = format!("commits/{}", catalog::commit_file_name(published));
-        if published > 0 && !listed.iter().any(|item| item.key == last_known) {
+        let listed_last = listed.iter().find(|item| item.key == last_known);
+        if published > 0 && listed_last.is_none_or(|item| !self.same_as_local(item)) {
             return Err(RemoteError::Damaged {
                 object: format!("{}/{last_known}", self.url()),
                 reason: format!(
-                    "it was there and is gone: objects were deleted, or another bucket or endpoint answers; the local copy at {root} still holds the archive: check the store, or move that directory elsewhere and `popvault --archive MOVED copy --to {url}`",
+                    "it was there and is gone or replaced: objects were deleted, the archive was made anew, or another bucket or endpoint answers; the local copy at {root} still holds the archive: check the store, or move that directory elsewhere and `popvault --archive MOVED copy --to {url}`",
                     root = self.root.display(),
                     url = self.url()
                 ),
@@ -418,6 +419,23 @@ impl Mirror {
         fs::remove_file(&marker).map_err(Self::local_err(&marker))?;
         pulled.commits += 1;
         Ok(())
+    }
+
+    /// Whether a listed record is the mirror's own copy, as far as the listing tells: its
+    /// size, and its ETag when that is the MD5 of the bytes (a single PUT; a multipart ETag
+    /// has a `-`).
+    fn same_as_local(&self, item: &super::Listed) -> bool {
+        let Ok(ours) = fs::read(self.root.join(&item.key)) else {
+            return true;
+        };
+        let md5_matches = match &item.etag {
+            Some(etag) if etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                use md5::Digest as _;
+                hex::encode(md5::Md5::digest(&ours)) == *etag
+            }
+            _ => true,
+        };
+        item.size == ours.len() as u64 && md5_matches
     }
 
     /// A writer on the remote archive: takes its lock, brings the mirror up to date (creating
@@ -880,6 +898,8 @@ mod tests {
                 .map(|(k, v)| Listed {
                     key: k.clone(),
                     size: v.len() as u64,
+                    // As S3 gives it for a single PUT.
+                    etag: Some(hex::encode(<md5::Md5 as md5::Digest>::digest(v))),
                 })
                 .collect())
         }

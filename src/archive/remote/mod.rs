@@ -72,6 +72,9 @@ fn status_advice(status: u16, code: &Option<String>) -> &'static str {
 pub struct Listed {
     pub key: String,
     pub size: u64,
+    /// The store's ETag, quotes removed: for an object written in one PUT, the MD5 of its
+    /// bytes on AWS and most compatibles.
+    pub etag: Option<String>,
 }
 
 /// What a mirror needs of an object store. Keys are relative to the archive (`packs/x.pack`).

@@ -377,6 +377,7 @@ impl ObjectStore for S3Store {
                     listed.push(Listed {
                         key: key.to_string(),
                         size: item.size.unwrap_or(0),
+                        etag: item.etag.map(|e| e.trim_matches('"').to_ascii_lowercase()),
                     });
                 }
             }
