@@ -102,8 +102,9 @@ impl Moto {
         self.versions(bucket).into_iter().map(|(k, _)| k).collect()
     }
 
-    /// A path and signed query for `key` (moto refuses some unsigned object requests).
-    fn signed(&self, bucket: &str, key: &str, put: bool) -> String {
+    /// A path and signed query for `method` on `key` (moto refuses some unsigned object
+    /// requests).
+    fn signed(&self, method: &str, bucket: &str, key: &str) -> String {
         use rusty_s3::S3Action;
         let bucket = rusty_s3::Bucket::new(
             self.endpoint().parse().unwrap(),
@@ -114,39 +115,28 @@ impl Moto {
         .unwrap();
         let credentials = rusty_s3::Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY);
         let ttl = Duration::from_secs(600);
-        let url = match put {
-            true => bucket.put_object(Some(&credentials), key).sign(ttl),
-            false => bucket.get_object(Some(&credentials), key).sign(ttl),
+        let url = match method {
+            "PUT" => bucket.put_object(Some(&credentials), key).sign(ttl),
+            "DELETE" => bucket.delete_object(Some(&credentials), key).sign(ttl),
+            _ => bucket.get_object(Some(&credentials), key).sign(ttl),
         };
         format!("{}?{}", url.path(), url.query().unwrap_or(""))
     }
 
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        let path = self.signed(bucket, key, false);
+        let path = self.signed("GET", bucket, key);
         let (status, body) = raw_http_bytes(self.port, "GET", &path, &[], b"");
         (status == 200).then_some(body)
     }
 
     pub fn delete(&self, bucket: &str, key: &str) -> u16 {
-        use rusty_s3::S3Action;
-        let b = rusty_s3::Bucket::new(
-            self.endpoint().parse().unwrap(),
-            rusty_s3::UrlStyle::Path,
-            bucket.to_string(),
-            "us-east-1",
-        )
-        .unwrap();
-        let credentials = rusty_s3::Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY);
-        let url = b
-            .delete_object(Some(&credentials), key)
-            .sign(Duration::from_secs(600));
-        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let path = self.signed("DELETE", bucket, key);
         raw_http(self.port, "DELETE", &path, &[], b"").0
     }
 
     /// Writes an object behind popvault's back, replacing any (a test of damage on the store).
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) -> u16 {
-        let path = self.signed(bucket, key, true);
+        let path = self.signed("PUT", bucket, key);
         raw_http(self.port, "PUT", &path, &[], body).0
     }
 
