@@ -209,6 +209,12 @@ impl Context {
                     .with_context(|| format!("cannot read the archive at {}", self.archive_label));
             }
         };
+        if pulled.healed > 0 {
+            eprintln!(
+                "note: {} objects left out earlier as damaged or missing on the store are whole there now, and fetched",
+                pulled.healed
+            );
+        }
         for damage in &pulled.damaged {
             eprintln!("warning: damaged on the store, left out of this machine's copy: {damage}");
         }

@@ -645,6 +645,19 @@ fn a_hostile_or_damaged_store_is_refused_and_named() {
         &sandbox.path().join("fresh"),
     );
     assert_eq!(run(&mut c, &["verify"]).status.code(), Some(3));
+    // The pack made whole on the store again: that machine fetches it and is whole too.
+    bytes[last] ^= 1;
+    moto.put(BUCKET, &pack, &bytes);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("fresh"),
+    );
+    let out = run(&mut c, &["verify", "--full"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fetched"), "{stderr}");
 
     // A commit record naming a file outside the archive is refused, and nothing is written there.
     let record = serde_json::json!({

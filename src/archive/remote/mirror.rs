@@ -42,6 +42,8 @@ pub struct Pulled {
     pub bytes: u64,
     /// Objects missing or damaged on the store, left out of the mirror.
     pub damaged: Vec<String>,
+    /// Objects left out by an earlier pull as damaged or missing that are whole now.
+    pub healed: u64,
     /// A commit the listing does not show while later ones are there: a listing that lags,
     /// or a record deleted. Nothing from it on is read.
     pub gap: Option<u64>,
@@ -202,7 +204,10 @@ impl Mirror {
         if create {
             self.push_unpublished()?;
         }
-        self.pull()
+        let healed = self.fetch_left_out()?;
+        let mut pulled = self.pull()?;
+        pulled.healed = healed;
+        Ok(pulled)
     }
 
     pub(crate) fn push_unpublished(&self) -> Result<(), RemoteError> {
@@ -252,10 +257,15 @@ impl Mirror {
             // Another segment of this number without a record is a writer's that died before
             // its commit point: no part of the archive, and in the way of this commit. Only
             // a lock holder gets here, so its writer is gone; it goes (FORMAT.md).
-            if self.store.get(&record_key)?.is_some() {
+            // It is a leftover only when no record of this number or above is there: a record
+            // deleted below later ones would make a real commit's segment look like one.
+            let after =
+                (number > 1).then(|| format!("commits/{}", catalog::commit_file_name(number - 1)));
+            let later = self.store.list("commits/", after.as_deref())?;
+            if later.iter().any(|item| item.key.ends_with(".json")) {
                 return Err(self.conflict(
                     &record_key,
-                    "another writer made a commit of the same number (two popvaults wrote at once?)",
+                    "another writer made a commit of this number or above (two popvaults wrote at once, or a record was deleted?)",
                 ));
             }
             self.store.delete(&key)?;
@@ -412,6 +422,7 @@ impl Mirror {
                 pulled
                     .damaged
                     .push(format!("{}/{file_key}: {problem}", self.url()));
+                self.remember_left_out(&file_key, size, &digest)?;
             }
         }
         durable::write_once(&tmp, &local_record, &record_bytes)
@@ -438,6 +449,66 @@ impl Mirror {
         item.size == ours.len() as u64 && md5_matches
     }
 
+    /// Beside the mirror: the objects a pull left out (`key size sha256` lines), tried again
+    /// by every later sync until they are whole.
+    fn left_out_path(&self) -> PathBuf {
+        let mut name = self.root.file_name().unwrap_or_default().to_os_string();
+        name.push(".left-out");
+        self.root.with_file_name(name)
+    }
+
+    fn remember_left_out(&self, key: &str, size: u64, digest: &Digest) -> Result<(), RemoteError> {
+        use std::io::Write as _;
+        let path = self.left_out_path();
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{key} {size} {digest}"))
+            .map_err(Self::local_err(&path))
+    }
+
+    /// Fetches again what earlier pulls left out; returns how many are whole now.
+    fn fetch_left_out(&self) -> Result<u64, RemoteError> {
+        let path = self.left_out_path();
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(0);
+        };
+        let mut still = String::new();
+        let mut healed = 0;
+        for line in text.lines() {
+            let mut parts = line.split(' ');
+            let (Some(key), Some(size), Some(digest)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let (Ok(size), Ok(digest)) = (size.parse::<u64>(), digest.parse::<Digest>()) else {
+                continue;
+            };
+            let local = self.root.join(key);
+            let safe = key
+                .split_once('/')
+                .is_some_and(|(dir, name)| matches!(dir, "packs" | "catalog") && safe_name(name));
+            if !safe || local.exists() {
+                continue;
+            }
+            match self.store.get(key)? {
+                Some(body) if body.len() as u64 == size && Digest::of(&body) == digest => {
+                    durable::write_once(&self.root.join("tmp"), &local, &body)
+                        .map_err(Self::local_err(&local))?;
+                    healed += 1;
+                }
+                _ => still.push_str(&format!("{line}\n")),
+            }
+        }
+        let written = match still.is_empty() {
+            true => fs::remove_file(&path),
+            false => fs::write(&path, still),
+        };
+        written.map_err(Self::local_err(&path))?;
+        Ok(healed)
+    }
+
     /// A writer on the remote archive: takes its lock, brings the mirror up to date (creating
     /// the archive when there is none), and opens the mirror's writer, which uploads each
     /// commit as it makes it.
@@ -456,7 +527,14 @@ impl Mirror {
             }
             other => other?,
         };
-        self.sync(true)?;
+        let pulled = self.sync(true)?;
+        if let Some(missing) = pulled.gap {
+            // Its next commit would take a number the store may hold already.
+            return Err(RemoteError::Damaged {
+                object: format!("{}/commits/{}", self.url(), catalog::commit_file_name(missing)),
+                reason: "not listed while later commits are (a listing that lags, or a deleted record): nothing is written until it shows; run again later, and if it stays, `popvault verify` the archive and `copy` it elsewhere".into(),
+            });
+        }
         let waiting = crate::stop::Stop::new();
         let mut writer = Writer::open(&self.root, command, Some(wait.unwrap_or(&waiting)))?;
         writer.publish_to(Publisher::start(self.clone(), lock));
@@ -624,7 +702,17 @@ impl Publisher {
         let done: Arc<(std::sync::Mutex<UploadState>, std::sync::Condvar)> = Default::default();
         let state = done.clone();
         let thread = std::thread::spawn(move || {
-            for commit in commits {
+            loop {
+                // The lock is renewed while the writer lives, commits or not (a long fetch
+                // before the first commit must not look like a dead writer).
+                let commit = match commits.recv_timeout(Duration::from_secs(60)) {
+                    Ok(commit) => commit,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = lock.refresh();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 let failed = state.0.lock().expect("upload state").failure.is_some();
                 // After a failure nothing more goes up: the next run uploads in order.
                 let outcome = match failed {
@@ -1040,5 +1128,34 @@ mod tests {
         assert!(laptop.sync(false).is_err());
         assert!(store.objects.lock().unwrap().is_empty(), "nothing written");
         assert_eq!(ids(&laptop).len(), 2, "the local copy keeps everything");
+    }
+
+    #[test]
+    fn a_record_deleted_below_later_ones_stops_writers_and_its_segment_stays() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        for body in ["one", "two", "three"] {
+            add(&laptop, &[body]).unwrap();
+        }
+        let record = format!("commits/{}", catalog::commit_file_name(2));
+        let segment = format!("catalog/{}", catalog::segment_file_name(2));
+        store.objects.lock().unwrap().remove(&record);
+        let before = store.get(&segment).unwrap();
+        let other = machine(&store, b.path());
+        let err = other.writer("test", None).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains("not listed while later commits are"),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(&segment).unwrap(),
+            before,
+            "commit 2's segment is untouched"
+        );
+        // A reader reads what it can and says where it stopped.
+        let pulled = other.sync(false).unwrap();
+        assert_eq!(pulled.gap, Some(2));
     }
 }
