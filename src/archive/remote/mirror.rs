@@ -527,6 +527,9 @@ impl Mirror {
             }
             other => other?,
         };
+        // The lock's renewal starts now: a first pull of a large archive may take longer than
+        // the lock's stale time.
+        let publisher = Publisher::start(self.clone(), lock);
         let pulled = self.sync(true)?;
         if let Some(missing) = pulled.gap {
             // Its next commit would take a number the store may hold already.
@@ -537,7 +540,7 @@ impl Mirror {
         }
         let waiting = crate::stop::Stop::new();
         let mut writer = Writer::open(&self.root, command, Some(wait.unwrap_or(&waiting)))?;
-        writer.publish_to(Publisher::start(self.clone(), lock));
+        writer.publish_to(publisher);
         Ok(writer)
     }
 
