@@ -413,12 +413,7 @@ pub fn check_record_keeping_head(
     stored: &mut dyn Read,
     limit: usize,
 ) -> Result<Vec<u8>, RecordFault> {
-    let mut hasher = HashingWriter {
-        hasher: Hasher::default(),
-        count: 0,
-        head: Vec::new(),
-        head_limit: limit,
-    };
+    let mut hasher = HashingWriter::new(limit);
     copy_decompressed(header.raw_len, stored, &mut hasher)?;
     let got = hasher.hasher.finish();
     if got != header.id {
@@ -464,12 +459,24 @@ pub fn copy_decompressed(
     Ok(())
 }
 
-struct HashingWriter {
-    hasher: Hasher,
-    count: u64,
+/// Hashes and counts what is written to it, keeping its first `head_limit` bytes.
+pub(crate) struct HashingWriter {
+    pub(crate) hasher: Hasher,
+    pub(crate) count: u64,
     /// The first `head_limit` bytes written.
     head: Vec<u8>,
     head_limit: usize,
+}
+
+impl HashingWriter {
+    pub(crate) fn new(head_limit: usize) -> HashingWriter {
+        HashingWriter {
+            hasher: Hasher::default(),
+            count: 0,
+            head: Vec::new(),
+            head_limit,
+        }
+    }
 }
 
 impl Write for HashingWriter {

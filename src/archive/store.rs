@@ -17,7 +17,7 @@ use super::envelope::Envelope;
 use super::index::{Location, read_catalog};
 use super::pack::{self, RECORD_HEADER_LEN, RecordFault};
 
-const HEADER_FILE: &str = "popvault-archive.json";
+pub(crate) const HEADER_FILE: &str = "popvault-archive.json";
 const FORMAT_NAME: &str = "popvault-archive";
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     let source = ctx.open_archive()?;
     let selection = args.select.selection(&source)?;
     let to_label = super::expand_tilde(&args.to).display().to_string();
-    let (dest_root, remote) = super::remote::other_archive(ctx, &args.to)?;
+    let (dest_root, remote) = super::remote::locate(&args.to, &ctx.config.s3, &ctx.cache_dir)?;
     let same = |a: &std::path::Path, b: &std::path::Path| {
         std::fs::canonicalize(a)
             .ok()
@@ -43,11 +43,8 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
         anyhow::bail!("--to names the archive being copied ({to_label}): give another archive");
     }
     let wait = args.wait.then_some(&ctx.stop);
-    let mut writer = match &remote {
-        Some(mirror) => mirror.writer("copy", wait).map_err(anyhow::Error::new),
-        None => crate::archive::Writer::open(&dest_root, "copy", wait).map_err(anyhow::Error::new),
-    }
-    .with_context(|| format!("cannot write to the archive at {to_label}"))?;
+    let mut writer =
+        super::remote::open_writer(&dest_root, remote.as_ref(), &to_label, "copy", wait)?;
     let total = source
         .commits()
         .iter()
@@ -60,10 +57,8 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     writer
         .finish()
         .with_context(|| format!("cannot commit the copy into {to_label}"))?;
-    if let Some(mirror) = &remote
-        && std::env::var_os("POPVAULT_REPORT_REQUESTS").is_some()
-    {
-        eprintln!("{}: {} requests", mirror.url(), mirror.store().requests());
+    if let Some(mirror) = &remote {
+        super::remote::report_requests(mirror);
     }
     for (id, reason) in &report.damaged {
         eprintln!("skipped damaged message {id}: {reason}");

@@ -179,12 +179,13 @@ impl Context {
         command: &str,
         wait: Option<&crate::stop::Stop>,
     ) -> anyhow::Result<crate::archive::Writer> {
-        let opened = match &self.remote {
-            Some(mirror) => mirror.writer(command, wait).map_err(anyhow::Error::new),
-            None => crate::archive::Writer::open(&self.archive, command, wait)
-                .map_err(anyhow::Error::new),
-        };
-        opened.with_context(|| format!("cannot write to the archive at {}", self.archive_label))
+        remote::open_writer(
+            &self.archive,
+            self.remote.as_ref(),
+            &self.archive_label,
+            command,
+            wait,
+        )
     }
 
     /// For an `s3://` archive, brings its local mirror up to date, saying what on the store
@@ -324,18 +325,11 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
     let cache_dir = xdg_dir("XDG_CACHE_HOME")
         .unwrap_or_else(|| home().join(".cache"))
         .join("popvault");
-    let archive = expand_tilde(&archive);
-    let archive_label = archive.display().to_string();
-    let remote = match remote::is_remote(&archive)? {
-        true => Some(remote::mirror(&archive_label, &config.s3, &cache_dir)?),
-        false => None,
-    };
+    let archive_label = expand_tilde(&archive).display().to_string();
+    let (archive, remote) = remote::locate(&archive, &config.s3, &cache_dir)?;
     Ok(Context {
         archive_named: archive_given.is_some(),
-        archive: remote
-            .as_ref()
-            .map(|m| m.root().to_path_buf())
-            .unwrap_or(archive),
+        archive,
         archive_label,
         remote,
         config_path,
@@ -415,10 +409,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
 
 fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     let exit = dispatch_command(ctx, command);
-    if let Some(mirror) = &ctx.remote
-        && std::env::var_os("POPVAULT_REPORT_REQUESTS").is_some()
-    {
-        eprintln!("{}: {} requests", mirror.url(), mirror.store().requests());
+    if let Some(mirror) = &ctx.remote {
+        remote::report_requests(mirror);
     }
     exit
 }

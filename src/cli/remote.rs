@@ -67,22 +67,42 @@ pub fn mirror(url: &str, settings: &S3Settings, cache_dir: &Path) -> anyhow::Res
     Ok(Arc::new(Mirror::new(Box::new(store), dir.join("archive"))))
 }
 
-/// Another archive than the command's own (`copy --to`, `status --copy`): its directory, and
-/// its mirror when it is remote.
-pub fn other_archive(
-    ctx: &super::Context,
+/// Where an archive the user named (a directory or `s3://...`) is worked on: its directory,
+/// and for a remote one the mirror that directory is.
+pub fn locate(
     archive: &Path,
+    settings: &S3Settings,
+    cache_dir: &Path,
 ) -> anyhow::Result<(PathBuf, Option<Arc<Mirror>>)> {
     let archive = super::expand_tilde(archive);
     if !is_remote(&archive)? {
         return Ok((archive, None));
     }
-    let mirror = mirror(
-        &archive.display().to_string(),
-        &ctx.config.s3,
-        &ctx.cache_dir,
-    )?;
+    let mirror = mirror(&archive.display().to_string(), settings, cache_dir)?;
     Ok((mirror.root().to_path_buf(), Some(mirror)))
+}
+
+/// The writer of the archive at `root`: for a remote one (`mirror`), under its lock, each
+/// commit uploaded as it is made.
+pub fn open_writer(
+    root: &Path,
+    mirror: Option<&Arc<Mirror>>,
+    label: &str,
+    command: &str,
+    wait: Option<&crate::stop::Stop>,
+) -> anyhow::Result<crate::archive::Writer> {
+    let opened = match mirror {
+        Some(mirror) => mirror.writer(command, wait).map_err(anyhow::Error::new),
+        None => crate::archive::Writer::open(root, command, wait).map_err(anyhow::Error::new),
+    };
+    opened.with_context(|| format!("cannot write to the archive at {label}"))
+}
+
+/// With `$POPVAULT_REPORT_REQUESTS` set, says how many requests the store was sent.
+pub fn report_requests(mirror: &Mirror) {
+    if std::env::var_os("POPVAULT_REPORT_REQUESTS").is_some() {
+        eprintln!("{}: {} requests", mirror.url(), mirror.store().requests());
+    }
 }
 
 fn s3_config(

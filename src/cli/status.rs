@@ -151,9 +151,15 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
         stale += 1;
     }
     let mut copies = Vec::new();
-    for copy in ctx.config.copies.iter().chain(&args.copies) {
+    let wanted: Vec<_> = ctx.config.copies.iter().chain(&args.copies).collect();
+    // The whole catalog, read once for every copy (only when there is one to compare).
+    let source = match found && !wanted.is_empty() {
+        true => Some(ctx.open_archive()?),
+        false => None,
+    };
+    for copy in wanted {
         let label = super::expand_tilde(copy).display().to_string();
-        let behind = copy_behind(ctx, copy, found)
+        let behind = copy_behind(ctx, copy, source.as_ref())
             .with_context(|| format!("cannot tell how far behind {label} is"))?;
         let stale = args
             .max_age
@@ -236,18 +242,17 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// What `copy` (a directory or s3://) lacks of this archive: nothing when there is no archive
-/// here; everything when the copy is not there yet.
+/// What `copy` (a directory or s3://) lacks of `source`, this archive: nothing when there is
+/// no archive here; everything when the copy is not there yet.
 fn copy_behind(
     ctx: &Context,
     copy: &std::path::Path,
-    found: bool,
+    source: Option<&crate::archive::Archive>,
 ) -> anyhow::Result<crate::copy::Behind> {
-    if !found {
+    let Some(source) = source else {
         return Ok(Default::default());
-    }
-    let source = ctx.open_archive()?;
-    let (root, mirror) = super::remote::other_archive(ctx, copy)?;
+    };
+    let (root, mirror) = super::remote::locate(copy, &ctx.config.s3, &ctx.cache_dir)?;
     let copy_exists = match &mirror {
         Some(mirror) => match mirror.sync(false) {
             Ok(_) => true,
@@ -266,7 +271,7 @@ fn copy_behind(
         }
         false => crate::archive::Index::empty(&root),
     };
-    Ok(crate::copy::behind(&source, &index))
+    Ok(crate::copy::behind(source, &index))
 }
 
 fn age(d: Duration) -> String {

@@ -251,24 +251,15 @@ fn copy_local_to_s3_and_back_is_complete_and_a_rerun_makes_nothing() {
         &sandbox.path().join("cache2"),
     );
     ok(&mut c, &["copy", "--to", back.to_str().unwrap()]);
-    let out = sandbox
-        .command()
-        .env("POPVAULT_ARCHIVE", &back)
-        .args(["verify", "--full"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    ok(
+        sandbox.command().env("POPVAULT_ARCHIVE", &back),
+        &["verify", "--full"],
     );
-    let listed = sandbox
-        .command()
-        .env("POPVAULT_ARCHIVE", &back)
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    let mut ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+    let listed = ok(
+        sandbox.command().env("POPVAULT_ARCHIVE", &back),
+        &["list", "--json"],
+    );
+    let mut ids: Vec<String> = listed
         .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
@@ -348,13 +339,11 @@ fn kill_9_mid_import_and_mid_copy_to_s3_then_rerun_holds_each_message_once() {
     );
     let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
     ok(&mut c, &["copy", "--to", dest.to_str().unwrap()]);
-    let out = sandbox
-        .command()
-        .env("POPVAULT_ARCHIVE", &dest)
-        .args(["stats", "--json"])
-        .output()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = ok(
+        sandbox.command().env("POPVAULT_ARCHIVE", &dest),
+        &["stats", "--json"],
+    );
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["messages"], 4000, "{stats}");
     assert_eq!(stats["unique_messages"], 4000, "{stats}");
     assert_nothing_overwritten(&moto);
@@ -699,16 +688,6 @@ fn a_backup_deletes_from_the_server_only_what_is_up_on_the_store() {
     for n in 0..20 {
         dovecot.add_message(&format!("{n:06}.gen"), &generated_message(n, &mut rng));
     }
-    let on_server = || {
-        ["new", "cur"]
-            .iter()
-            .map(|sub| {
-                std::fs::read_dir(dovecot.maildir().join(sub))
-                    .unwrap()
-                    .count()
-            })
-            .sum::<usize>()
-    };
     let sandbox = Sandbox::new();
     let cache = sandbox.path().join("cache");
     let url = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
@@ -737,7 +716,7 @@ fn a_backup_deletes_from_the_server_only_what_is_up_on_the_store() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(
-        on_server(),
+        dovecot.messages_held(),
         20,
         "a message was deleted before its commit was up"
     );
@@ -749,7 +728,7 @@ fn a_backup_deletes_from_the_server_only_what_is_up_on_the_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        on_server(),
+        dovecot.messages_held(),
         0,
         "once up (and re-verified), they are deleted"
     );

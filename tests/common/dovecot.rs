@@ -348,6 +348,14 @@ service imap-login {{
         self.dir.path().join("home/Maildir")
     }
 
+    /// How many messages the mailbox holds (files in `new/` and `cur/`).
+    pub fn messages_held(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .map(|sub| fs::read_dir(self.maildir().join(sub)).unwrap().count())
+            .sum()
+    }
+
     /// Delivers a message into `new/` (written to `tmp/` first, then renamed, as Maildir
     /// requires) owned by the mail user; Dovecot sees it at the next login. Dovecot serves
     /// files with CRLF line endings on the wire whatever the file has, so write CRLF files

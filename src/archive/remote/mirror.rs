@@ -24,11 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{ObjectStore, RemoteError};
 use crate::archive::catalog::{self, CommitRecord};
-use crate::archive::digest::Hasher;
 use crate::archive::lock::WriterLock;
+use crate::archive::pack::HashingWriter;
 use crate::archive::{ArchiveError, Digest, Writer, durable, store};
 
-const HEADER: &str = "popvault-archive.json";
+use crate::archive::store::HEADER_FILE as HEADER;
 
 pub struct Mirror {
     store: Box<dyn ObjectStore>,
@@ -67,10 +67,15 @@ impl Mirror {
         self.store.as_ref()
     }
 
-    fn state_path(&self) -> PathBuf {
+    /// A file beside the mirror (`archive<suffix>`): the mirror's own state, no part of it.
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut name = self.root.file_name().unwrap_or_default().to_os_string();
-        name.push(".published");
+        name.push(suffix);
         self.root.with_file_name(name)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.beside(".published")
     }
 
     fn published(&self) -> u64 {
@@ -90,7 +95,7 @@ impl Mirror {
         });
         written
             .and_then(|()| durable::rename_durably(&tmp, &path))
-            .map_err(|e| RemoteError::Local(ArchiveError::io(&path)(e)))
+            .map_err(Self::local_err(&path))
     }
 
     fn local_err(path: &Path) -> impl Fn(std::io::Error) -> RemoteError + '_ {
@@ -130,13 +135,7 @@ impl Mirror {
     fn publish_header(&self) -> Result<(), RemoteError> {
         let path = self.root.join(HEADER);
         let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
-        if !self.store.create(HEADER, &bytes)? {
-            let theirs = self.store.get(HEADER)?.unwrap_or_default();
-            if theirs != bytes {
-                return Err(self.conflict(HEADER, "another archive was created there"));
-            }
-        }
-        Ok(())
+        self.create_or_same(HEADER, &bytes, "another archive was created there")
     }
 
     fn conflict(&self, key: &str, reason: &str) -> RemoteError {
@@ -273,19 +272,22 @@ impl Mirror {
                 return Err(self.conflict(&key, "another writer is writing this commit number"));
             }
         }
-        self.create_or_same(&record_key, &record_bytes)
+        self.create_or_same(
+            &record_key,
+            &record_bytes,
+            "another writer made a commit of the same number (two popvaults wrote at once?)",
+        )
     }
 
-    fn create_or_same(&self, key: &str, bytes: &[u8]) -> Result<(), RemoteError> {
+    /// Creates `key`, or finds it holding these very bytes (an earlier attempt's); other
+    /// bytes there are `taken_by` another writer, and nothing is replaced.
+    fn create_or_same(&self, key: &str, bytes: &[u8], taken_by: &str) -> Result<(), RemoteError> {
         if self.store.create(key, bytes)? {
             return Ok(());
         }
         match self.store.get(key)? {
             Some(theirs) if theirs == bytes => Ok(()),
-            _ => Err(self.conflict(
-                key,
-                "another writer made a commit of the same number (two popvaults wrote at once?)",
-            )),
+            _ => Err(self.conflict(key, taken_by)),
         }
     }
 
@@ -452,9 +454,7 @@ impl Mirror {
     /// Beside the mirror: the objects a pull left out (`key size sha256` lines), tried again
     /// by every later sync until they are whole.
     fn left_out_path(&self) -> PathBuf {
-        let mut name = self.root.file_name().unwrap_or_default().to_os_string();
-        name.push(".left-out");
-        self.root.with_file_name(name)
+        self.beside(".left-out")
     }
 
     fn remember_left_out(&self, key: &str, size: u64, digest: &Digest) -> Result<(), RemoteError> {
@@ -617,10 +617,10 @@ impl Mirror {
                 ));
             }
             for (key, size, digest) in wanted {
-                let mut hasher = HashingSink::default();
+                let mut hasher = HashingWriter::new(0);
                 if !self.store.get_into(&key, &mut hasher)? {
                     problems.push(format!("{key}: missing"));
-                } else if hasher.len != size || Some(hasher.finish()) != digest {
+                } else if hasher.count != size || Some(hasher.hasher.finish()) != digest {
                     problems.push(format!("{key}: its size or SHA-256 is wrong"));
                 }
             }
@@ -657,29 +657,6 @@ fn safe_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-}
-
-#[derive(Default)]
-struct HashingSink {
-    hasher: Hasher,
-    len: u64,
-}
-
-impl HashingSink {
-    fn finish(self) -> Digest {
-        self.hasher.finish()
-    }
-}
-
-impl std::io::Write for HashingSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.hasher.update(buf);
-        self.len += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Uploads a mirror's commits on a thread of its own, while the writer goes on, holding the
