@@ -144,6 +144,81 @@ fn schedule_prints_filled_in_units() {
     );
 }
 
+/// The copies the config names run after the backup, in the same job, and an S3 archive's AWS
+/// settings go with it, but never its keys.
+#[test]
+fn schedule_runs_the_copies_and_carries_aws_settings_without_secrets() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("config.toml");
+    let nas = sandbox.path().join("nas copy");
+    fs::write(
+        &config,
+        format!(
+            "copies = [\"s3://bucket/mail\", {:?}]\n",
+            nas.display().to_string()
+        ),
+    )
+    .unwrap();
+    let schedule = |scheduler: &str| {
+        let out = sandbox
+            .command()
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "schedule",
+                "--print",
+                scheduler,
+            ])
+            .env("AWS_PROFILE", "offsite")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+            .env("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-printed")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
+        assert!(stderr.contains("~/.aws/credentials"), "{stderr}");
+        stdout
+    };
+    let systemd = schedule("systemd");
+    assert!(
+        systemd.contains("Environment=\"AWS_PROFILE=offsite\"\n"),
+        "{systemd}"
+    );
+    assert!(
+        systemd.contains("Environment=\"AWS_ENDPOINT_URL=http://127.0.0.1:9000\"\n"),
+        "{systemd}"
+    );
+    let exec: Vec<&str> = systemd
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(exec.len(), 3, "{systemd}");
+    assert!(exec[0].ends_with(" backup --quiet"), "{systemd}");
+    assert!(
+        exec[1].ends_with(" copy --to \"s3://bucket/mail\" --quiet"),
+        "{systemd}"
+    );
+    assert!(
+        exec[2].ends_with(&format!(" copy --to \"{}\" --quiet", nas.display())),
+        "{systemd}"
+    );
+    let cron = schedule("cron");
+    let line = cron.lines().find(|l| l.starts_with("15 3 * * * ")).unwrap();
+    assert!(line.contains("AWS_PROFILE='offsite' "), "{line}");
+    assert!(
+        line.contains(" backup --quiet && ")
+            && line.contains(" copy --to 's3://bucket/mail' --quiet && "),
+        "{line}"
+    );
+    let launchd = schedule("launchd");
+    assert!(
+        launchd.contains("<key>AWS_PROFILE</key>\n    <string>offsite</string>"),
+        "{launchd}"
+    );
+}
+
 #[test]
 fn setup_server_info_backup_and_status_work_together() {
     let dovecot = Dovecot::start();
