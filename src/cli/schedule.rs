@@ -57,16 +57,20 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
         true => Some(ctx.archive_for_later()?),
         false => None,
     };
-    let copies = ctx
-        .config
-        .copies
-        .iter()
-        .map(|copy| match super::remote::is_remote(copy)? {
-            true => Ok(copy.display().to_string()),
-            false => Ok(std::path::absolute(copy)?.display().to_string()),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let uses_s3 = ctx.remote.is_some() || copies.iter().any(|c| c.starts_with("s3://"));
+    // Each copy as the job must name it: an `s3://` one as written, a path absolute with `~`
+    // expanded (the job starts elsewhere, and nothing expands `~` inside quotes).
+    let mut uses_s3 = ctx.remote.is_some();
+    let mut copies = Vec::new();
+    for copy in &ctx.config.copies {
+        let copy = super::expand_tilde(copy);
+        copies.push(match super::remote::is_remote(&copy)? {
+            true => {
+                uses_s3 = true;
+                copy.display().to_string()
+            }
+            false => std::path::absolute(&copy)?.display().to_string(),
+        });
+    }
     let aws: Vec<(&str, String)> = match uses_s3 {
         true => AWS_SETTINGS
             .iter()
@@ -172,12 +176,7 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
 /// One argument of a systemd `ExecStart=`: double-quoted, with `\`, `"`, and the specifier and
 /// variable characters `%` and `$` escaped.
 fn systemd_quote(arg: &str) -> String {
-    let escaped = arg
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('%', "%%")
-        .replace('$', "$$");
-    format!("\"{escaped}\"")
+    systemd_env_quote(arg).replace('$', "$$")
 }
 
 /// One assignment of a systemd `Environment=`: as [`systemd_quote`], but `$` stays as it is

@@ -154,7 +154,7 @@ fn schedule_runs_the_copies_and_carries_aws_settings_without_secrets() {
     fs::write(
         &config,
         format!(
-            "copies = [\"s3://bucket/mail\", {:?}]\n",
+            "copies = [\"s3://bucket/mail\", {:?}, \"~/usb\"]\n",
             nas.display().to_string()
         ),
     )
@@ -194,7 +194,7 @@ fn schedule_runs_the_copies_and_carries_aws_settings_without_secrets() {
         .lines()
         .filter(|l| l.starts_with("ExecStart="))
         .collect();
-    assert_eq!(exec.len(), 3, "{systemd}");
+    assert_eq!(exec.len(), 4, "{systemd}");
     assert!(exec[0].ends_with(" backup --quiet"), "{systemd}");
     assert!(
         exec[1].ends_with(" copy --to \"s3://bucket/mail\" --quiet"),
@@ -202,6 +202,13 @@ fn schedule_runs_the_copies_and_carries_aws_settings_without_secrets() {
     );
     assert!(
         exec[2].ends_with(&format!(" copy --to \"{}\" --quiet", nas.display())),
+        "{systemd}"
+    );
+    assert!(
+        exec[3].ends_with(&format!(
+            " copy --to \"{}\" --quiet",
+            sandbox.path().join("usb").display()
+        )),
         "{systemd}"
     );
     let cron = schedule("cron");
