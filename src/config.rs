@@ -19,6 +19,8 @@ pub struct Config {
     pub s3: S3Settings,
     #[serde(default, rename = "account")]
     pub accounts: Vec<AccountConfig>,
+    /// For an encrypted archive with a passphrase: a command printing it (first line).
+    pub passphrase_command: Option<String>,
 }
 
 /// The `[s3]` table. Each key, when set, wins over the AWS environment and `~/.aws`.

@@ -150,6 +150,19 @@ pub struct CommitRecord {
     /// again (a later backup or import of the same message heals them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<Lost>,
+    /// In an encrypted archive: `accounts` and `lost` ([`SealedFields`]) as JSON, age-encrypted
+    /// to the archive key, in base64. Readers with the identity fill those fields from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+/// The fields of a commit record that an encrypted archive keeps inside age.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SealedFields {
+    #[serde(default)]
+    pub accounts: Vec<AccountRun>,
+    #[serde(default)]
+    pub lost: Vec<Lost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,8 +5,8 @@
 //! where, which (id, source) pairs are recorded, and per POP3 account which UIDLs are archived.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::fs;
+use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ impl Location {
     }
 
     /// Decompresses and re-hashes the message at this location of `file` (its pack).
-    pub fn check(&self, id: &Digest, file: &mut File) -> Result<(), RecordFault> {
+    pub fn check(&self, id: &Digest, file: &mut (impl Read + Seek)) -> Result<(), RecordFault> {
         self.check_keeping_head(id, file, 0).map(drop)
     }
 
@@ -43,7 +43,7 @@ impl Location {
     pub fn check_keeping_head(
         &self,
         id: &Digest,
-        file: &mut File,
+        file: &mut (impl Read + Seek),
         limit: usize,
     ) -> Result<Vec<u8>, RecordFault> {
         let header = pack::read_record_header(file, self.offset)?;
@@ -195,10 +195,28 @@ pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
         retired_segments: Default::default(),
     };
     let mut unreadable = Vec::new();
+    let sealed = super::crypto::sealed(root)?;
     for (number, name) in &numbers {
-        let record = fs::read(commits_dir.join(name))
-            .map_err(|e| e.to_string())
+        let bytes = fs::read(commits_dir.join(name)).map_err(|e| e.to_string());
+        if let (Some(sealed), Ok(bytes)) = (&sealed, &bytes)
+            && let Err(reason) = sealed.verify_record(bytes)
+        {
+            return Err(ArchiveError::Unsigned {
+                archive: root.display().to_string(),
+                name: name.clone(),
+                reason,
+            });
+        }
+        let mut record = bytes
             .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
+        if let (Some(sealed), Ok(record)) = (&sealed, &mut record)
+            && let Some(fields) = &record.sealed
+            && sealed.has_identity()
+        {
+            let fields: catalog::SealedFields = sealed.open_json(fields)?;
+            record.accounts = fields.accounts;
+            record.lost = fields.lost;
+        }
         match record {
             Ok(record) if record.commit == *number => read.commits.push(record),
             Ok(_) => unreadable.push((
@@ -259,6 +277,16 @@ fn read_segment<L: Line>(
     visit: &mut dyn FnMut(L),
 ) -> Result<(), ArchiveError> {
     let name = &record.segment.name;
+    let sealed = super::crypto::sealed(root)?;
+    if let Some(sealed) = sealed.as_ref().filter(|s| !s.has_identity()) {
+        // Without the identity, a writer reads back the lines it wrote, as it kept them.
+        let Some(sha256) = &record.segment.sha256 else {
+            return Err(sealed.no_host_cache(record.commit).into());
+        };
+        let path = sealed.host_segment_path(record.commit, sha256);
+        let bytes = fs::read(&path).map_err(|_| sealed.no_host_cache(record.commit))?;
+        return visit_lines(name, &bytes, issues, visit);
+    }
     let path = root.join("catalog").join(name);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -271,12 +299,34 @@ fn read_segment<L: Line>(
     if bytes.len() as u64 != record.segment.size
         || Some(Digest::of(&bytes)) != record.segment.sha256
     {
+        if sealed.is_some() {
+            // Of an encrypted segment nothing can be trusted but what its record vouches for.
+            issues.push(format!(
+                "catalog segment {name} is damaged or replaced (its size or SHA-256 differs from commit {:08}); it is not read",
+                record.commit
+            ));
+            return Ok(());
+        }
         issues.push(format!(
             "catalog segment {name} is damaged (its size or SHA-256 differs from commit {:08}); readable lines are used",
             record.commit
         ));
     }
-    let (text, problems) = catalog::decode_segment(&bytes);
+    let bytes = match &sealed {
+        Some(sealed) => sealed.decrypt(&bytes, &format!("catalog segment {name}"))?,
+        None => bytes,
+    };
+    visit_lines(name, &bytes, issues, visit)
+}
+
+/// Reads the lines of a segment's (zstd) bytes, reporting what cannot be read.
+fn visit_lines<L: Line>(
+    name: &str,
+    bytes: &[u8],
+    issues: &mut Vec<String>,
+    visit: &mut dyn FnMut(L),
+) -> Result<(), ArchiveError> {
+    let (text, problems) = catalog::decode_segment(bytes);
     issues.extend(
         problems
             .into_iter()
@@ -703,7 +753,7 @@ impl Index {
     /// Re-reads and re-hashes the archived copy of `id`, and returns its first `limit` bytes.
     pub fn verified_head(&self, id: &Digest, limit: usize) -> Result<Vec<u8>, RecordFault> {
         let location = self.location(id).ok_or(RecordFault::Mismatch)?;
-        let mut file = File::open(self.root.join("packs").join(&*location.pack))?;
+        let mut file = super::crypto::PackFile::open(&self.root, &location.pack)?;
         location.check_keeping_head(id, &mut file, limit)
     }
 }

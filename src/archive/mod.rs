@@ -8,11 +8,13 @@
 //! ARCHIVE/catalog/<commit>.jsonl.zst  one JSON line per message seen, zstd frames
 //! ARCHIVE/commits/<commit>.json   commit point: names the segment and packs above
 //! ARCHIVE/tmp/                    files being written; anything here is uncommitted
+//! ARCHIVE/keys/                   encrypted archives: the archive key, wrapped (see `crypto`)
 //! ```
 //! doc/FORMAT.md describes every byte.
 
 pub mod catalog;
 mod compact_map;
+pub mod crypto;
 pub mod digest;
 pub mod durable;
 pub mod envelope;
@@ -95,6 +97,16 @@ pub enum ArchiveError {
     },
     #[error(transparent)]
     Seal(#[from] pack::SealError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error(
+        "commit record {name} of the encrypted archive at {archive} is refused: {reason}. Only the archive's writer key can make a commit; someone else wrote this one (or it is damaged): move it out of commits/ and run `popvault verify`"
+    )]
+    Unsigned {
+        archive: String,
+        name: String,
+        reason: String,
+    },
     #[error(
         "a message did not decompress to its own bytes right after compression ({fault}); nothing was written: check memory"
     )]

@@ -183,8 +183,15 @@ impl PackWriter {
 
     /// Re-reads the whole pack, checking its structure and decompressing and re-hashing every
     /// streamed record against its id (in-memory ones were checked when compressed), computes the
-    /// pack's SHA-256, fsyncs it and moves it to `dest_dir/<prefix>-<sha256>.pack`.
-    pub fn seal(mut self, dest_dir: &Path, prefix: &str) -> Result<SealedPack, SealError> {
+    /// pack's SHA-256, fsyncs it and moves it to `root/packs/<prefix>-<sha256>.pack`. In an
+    /// encrypted archive (`sealed`) what lands there is the pack as an age file, named by the
+    /// SHA-256 of that file, and the plaintext (kept out of the archive) is deleted.
+    pub fn seal(
+        mut self,
+        root: &Path,
+        prefix: &str,
+        sealed: Option<&super::crypto::Sealed>,
+    ) -> Result<SealedPack, SealError> {
         self.file
             .flush()
             .map_err(|e| SealError::Io(self.path.clone(), e))?;
@@ -200,15 +207,65 @@ impl PackWriter {
                 ScanError::Io(e) => SealError::Io(self.path.clone(), e),
                 ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
             })?;
-        let name = format!("{prefix}-{pack_digest}.pack");
-        let dest = dest_dir.join(&name);
-        super::durable::rename_durably(&self.path, &dest)
+        let Some(sealed) = sealed else {
+            let name = format!("{prefix}-{pack_digest}.pack");
+            let dest = root.join("packs").join(&name);
+            super::durable::rename_durably(&self.path, &dest)
+                .map_err(|e| SealError::Io(dest.clone(), e))?;
+            return Ok(SealedPack {
+                name,
+                size: self.len,
+                records,
+            });
+        };
+        let encrypted = root.join("tmp").join(format!("{prefix}.pack.age"));
+        let enc_io = |e| SealError::Io(encrypted.clone(), e);
+        let _ = std::fs::remove_file(&encrypted);
+        let out = super::durable::create_new(&encrypted).map_err(enc_io)?;
+        let mut hashed = HashingFile {
+            inner: BufWriter::with_capacity(1 << 20, out),
+            hasher: Hasher::default(),
+            count: 0,
+        };
+        let mut plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
+        sealed
+            .encrypt_stream(&mut plain, &mut hashed)
+            .map_err(enc_io)?;
+        let (size, digest) = (hashed.count, hashed.hasher.finish());
+        let out = hashed
+            .inner
+            .into_inner()
+            .map_err(|e| SealError::Io(encrypted.clone(), e.into_error()))?;
+        super::durable::sync_file(&out, &encrypted).map_err(enc_io)?;
+        let name = format!("{prefix}-{digest}.pack");
+        let dest = root.join("packs").join(&name);
+        super::durable::rename_durably(&encrypted, &dest)
             .map_err(|e| SealError::Io(dest.clone(), e))?;
+        let _ = std::fs::remove_file(&self.path);
         Ok(SealedPack {
             name,
-            size: self.len,
+            size,
             records,
         })
+    }
+}
+
+/// Hashes and counts what it writes through.
+struct HashingFile<W: Write> {
+    inner: W,
+    hasher: Hasher,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingFile<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -498,7 +555,10 @@ impl Write for HashingWriter {
 /// Reads the record at `span` and streams its message to `out` after checking that the header
 /// names `id`; the bytes are only trustworthy once `check` also passed, which `read_message`
 /// callers get by hashing what they wrote (see `Archive::read_verified`).
-pub fn read_record_header(file: &mut File, offset: u64) -> Result<RecordHeader, RecordFault> {
+pub fn read_record_header(
+    file: &mut (impl Read + Seek),
+    offset: u64,
+) -> Result<RecordHeader, RecordFault> {
     file.seek(SeekFrom::Start(offset))?;
     let mut hb = [0u8; RECORD_HEADER_LEN as usize];
     file.read_exact(&mut hb)?;
@@ -555,10 +615,11 @@ mod tests {
         let before_dup = w.position();
         w.append_stream(b"hel", &mut &b"lo"[..]).unwrap();
         w.truncate(before_dup).unwrap();
-        let sealed = w.seal(dir.path(), "00000001").unwrap();
+        std::fs::create_dir(dir.path().join("packs")).unwrap();
+        let sealed = w.seal(dir.path(), "00000001", None).unwrap();
         assert_eq!(sealed.records, 2);
         assert_eq!(
-            std::fs::metadata(dir.path().join(&sealed.name))
+            std::fs::metadata(dir.path().join("packs").join(&sealed.name))
                 .unwrap()
                 .len(),
             sealed.size

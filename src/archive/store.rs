@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ArchiveError;
 use super::catalog::{CommitRecord, Entry, FORMAT_VERSION, Source};
+use super::crypto::PackFile;
 use super::digest::Digest;
 use super::durable;
 use super::envelope::Envelope;
@@ -25,6 +26,9 @@ struct Header {
     format: String,
     version: u32,
     created: DateTime<Utc>,
+    /// Present exactly in an encrypted archive (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encryption: Option<super::crypto::Encryption>,
 }
 
 /// Turns a fault of the record at `loc` into the error that names the message and its pack.
@@ -43,6 +47,17 @@ pub fn is_archive(root: &Path) -> bool {
 
 /// Checks the header: an archive of this format, of a version this popvault reads.
 pub fn check_header(root: &Path) -> Result<(), ArchiveError> {
+    read_header(root).map(|_| ())
+}
+
+/// The header's `encryption`: `None` for a plain archive.
+pub(crate) fn read_encryption(
+    root: &Path,
+) -> Result<Option<super::crypto::Encryption>, ArchiveError> {
+    read_header(root).map(|h| h.encryption)
+}
+
+fn read_header(root: &Path) -> Result<Header, ArchiveError> {
     if root.is_file() {
         return Err(ArchiveError::IsAFile {
             path: root.to_path_buf(),
@@ -75,14 +90,21 @@ pub fn check_header(root: &Path) -> Result<(), ArchiveError> {
             reason: format!("format is {:?}", header.format),
         });
     }
-    if header.version > FORMAT_VERSION {
+    if header.version > super::crypto::ENCRYPTED_VERSION {
         return Err(ArchiveError::TooNew {
             path: root.to_path_buf(),
             version: header.version,
-            supported: FORMAT_VERSION,
+            supported: super::crypto::ENCRYPTED_VERSION,
         });
     }
-    Ok(())
+    // Version 2 is the encrypted format: a reader must never take it for a plain archive.
+    if (header.version == super::crypto::ENCRYPTED_VERSION) != header.encryption.is_some() {
+        return Err(ArchiveError::BadHeader {
+            path: header_path,
+            reason: "its version and its encryption disagree".into(),
+        });
+    }
+    Ok(header)
 }
 
 /// One unique message (one id) with every source it was seen in.
@@ -141,7 +163,16 @@ impl<'a> Message<'a> {
 /// local index). Packs stay open between calls (sealed packs never change).
 pub struct PackReader {
     root: PathBuf,
-    open_packs: std::sync::Mutex<HashMap<String, (std::sync::Arc<File>, u64)>>,
+    open_packs: std::sync::Mutex<HashMap<String, (OpenPack, u64)>>,
+}
+
+/// A pack kept open by a [`PackReader`], with its (plaintext) length.
+#[derive(Clone)]
+enum OpenPack {
+    /// Read at positions, so that threads share it.
+    Plain(std::sync::Arc<File>),
+    /// An age file decrypts as a stream: one reader at a time.
+    Sealed(std::sync::Arc<std::sync::Mutex<PackFile>>),
 }
 
 impl PackReader {
@@ -162,7 +193,8 @@ impl PackReader {
     ) -> Result<(), ArchiveError> {
         let damaged = damaged(id, loc);
         let path = self.root.join("packs").join(&*loc.pack);
-        let mut file = File::open(&path).map_err(|e| damaged(RecordFault::Io(e)))?;
+        let mut file =
+            PackFile::open(&self.root, &loc.pack).map_err(|e| damaged(RecordFault::Io(e)))?;
         loc.check(id, &mut file).map_err(&damaged)?;
         file.seek(SeekFrom::Start(
             loc.offset.saturating_add(RECORD_HEADER_LEN),
@@ -190,8 +222,16 @@ impl PackReader {
             return Err(damaged(RecordFault::Mismatch));
         }
         let mut record = vec![0u8; record_len as usize];
-        file.read_exact_at(&mut record, loc.offset)
-            .map_err(|e| damaged(RecordFault::Io(e)))?;
+        match file {
+            OpenPack::Plain(file) => file.read_exact_at(&mut record, loc.offset),
+            OpenPack::Sealed(reader) => {
+                let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+                reader
+                    .seek(SeekFrom::Start(loc.offset))
+                    .and_then(|_| reader.read_exact(&mut record))
+            }
+        }
+        .map_err(|e| damaged(RecordFault::Io(e)))?;
         let (head, stored) = record.split_at(RECORD_HEADER_LEN as usize);
         let header =
             pack::RecordHeader::decode(head.try_into().expect("split at the header length"))
@@ -207,14 +247,24 @@ impl PackReader {
         Ok(out)
     }
 
-    fn open_pack(&self, name: &str) -> std::io::Result<(std::sync::Arc<File>, u64)> {
+    fn open_pack(&self, name: &str) -> std::io::Result<(OpenPack, u64)> {
         let mut open = self.open_packs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((file, len)) = open.get(name) {
             return Ok((file.clone(), *len));
         }
-        let file = File::open(self.root.join("packs").join(name))?;
-        let len = file.metadata()?.len();
-        let file = std::sync::Arc::new(file);
+        let (file, len) = match PackFile::open(&self.root, name)? {
+            PackFile::Plain(file) => {
+                let len = file.metadata()?.len();
+                (OpenPack::Plain(std::sync::Arc::new(file)), len)
+            }
+            mut sealed => {
+                let len = sealed.len()?;
+                (
+                    OpenPack::Sealed(std::sync::Arc::new(std::sync::Mutex::new(sealed))),
+                    len,
+                )
+            }
+        };
         open.insert(name.to_string(), (file.clone(), len));
         Ok((file, len))
     }
@@ -237,6 +287,19 @@ pub struct Archive {
 impl Archive {
     /// Creates an empty archive at `root`, which must be missing or an empty directory.
     pub fn init(root: &Path) -> Result<(), ArchiveError> {
+        Archive::init_as(root, None, &[])
+    }
+
+    /// Creates an empty encrypted archive (format version 2) with the keys `init` made.
+    pub fn init_encrypted(root: &Path, keys: &super::crypto::NewKeys) -> Result<(), ArchiveError> {
+        Archive::init_as(root, Some(keys.encryption.clone()), &keys.key_files)
+    }
+
+    fn init_as(
+        root: &Path,
+        encryption: Option<super::crypto::Encryption>,
+        key_files: &[(String, Vec<u8>)],
+    ) -> Result<(), ArchiveError> {
         if root.join(HEADER_FILE).exists() {
             return Err(ArchiveError::AlreadyAnArchive {
                 path: root.to_path_buf(),
@@ -260,18 +323,35 @@ impl Archive {
         }
         let header = Header {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: match encryption {
+                Some(_) => super::crypto::ENCRYPTED_VERSION,
+                None => FORMAT_VERSION,
+            },
             created: Utc::now(),
+            encryption,
         };
         let text = serde_json::to_string_pretty(&header).expect("header serializes") + "\n";
-        Archive::init_with_header(root, text.as_bytes())
+        Archive::init_with_header(root, text.as_bytes(), key_files)
     }
 
-    /// Lays out an empty archive at `root` (missing) with `header` as its header file: a new
-    /// archive's, or a remote one's for its local mirror.
-    pub(crate) fn init_with_header(root: &Path, header: &[u8]) -> Result<(), ArchiveError> {
+    /// Lays out an empty archive at `root` (missing) with `header` as its header file (a new
+    /// archive's, or a remote one's for its local mirror) and, for an encrypted one, its
+    /// `keys/` files: written before the header, which makes the directory an archive.
+    pub(crate) fn init_with_header(
+        root: &Path,
+        header: &[u8],
+        key_files: &[(String, Vec<u8>)],
+    ) -> Result<(), ArchiveError> {
         for sub in ["", "packs", "catalog", "commits", "tmp"] {
             durable::create_dir(&root.join(sub)).map_err(ArchiveError::io(root.join(sub)))?;
+        }
+        if !key_files.is_empty() {
+            let keys = root.join(super::crypto::KEYS_DIR);
+            durable::create_dir(&keys).map_err(ArchiveError::io(&keys))?;
+            for (name, bytes) in key_files {
+                durable::write_once(&root.join("tmp"), &keys.join(name), bytes)
+                    .map_err(ArchiveError::io(keys.join(name)))?;
+            }
         }
         durable::create_new(&root.join("lock")).map_err(ArchiveError::io(root.join("lock")))?;
         durable::write_once(&root.join("tmp"), &root.join(HEADER_FILE), header)

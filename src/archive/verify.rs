@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::ArchiveError;
 use super::catalog::{CommitRecord, Entry, Source, commit_of_file_name};
 use super::compact_map::CompactMap;
+use super::crypto::PackFile;
 use super::digest::{Digest, Hasher};
 use super::envelope::Envelope;
 use super::index::{IdKey, Index, list_dir, read_records, stores_bytes, visit_segments};
@@ -42,6 +43,9 @@ pub struct VerifyReport {
     /// Messages `repair` declared lost (known, listed, not counted as new damage); a backup or
     /// import that sees them again heals them.
     pub quarantined: Vec<DamagedMessage>,
+    /// An encrypted archive checked without its identity: every file against its record and
+    /// name, but no message decrypted or re-hashed.
+    pub sealed_files_only: bool,
 }
 
 impl VerifyReport {
@@ -68,6 +72,11 @@ pub fn verify(
     full: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(VerifyReport, Index), ArchiveError> {
+    if let Some(sealed) = super::crypto::sealed(root)?
+        && !sealed.has_identity()
+    {
+        return Ok((verify_sealed_files(root, full)?, Index::empty(root)));
+    }
     // Ids seen on a line that does not store them (another source, or bytes in a retired pack):
     // each needs a storing line somewhere.
     let mut unstored: CompactMap<IdKey, ()> = CompactMap::default();
@@ -198,6 +207,86 @@ pub fn verify(
     Ok((report, index))
 }
 
+/// An encrypted archive without its identity: every commit record's signature, and every
+/// segment and pack it names present with its size and (`full`) the SHA-256 its record or
+/// name gives. The ciphertext is all that is read.
+fn verify_sealed_files(root: &Path, full: bool) -> Result<VerifyReport, ArchiveError> {
+    let read = read_records(root)?;
+    let mut report = VerifyReport {
+        full,
+        commits: read.commits.len(),
+        sealed_files_only: true,
+        ..VerifyReport::default()
+    };
+    report.problems.extend(read.issues.iter().cloned());
+    let mut files = Vec::new();
+    for commit in &read.commits {
+        if !read.retired_segments.contains(&commit.segment.name) {
+            files.push((
+                format!("catalog segment {}", commit.segment.name),
+                root.join("catalog").join(&commit.segment.name),
+                commit.segment.size,
+                commit.segment.sha256,
+            ));
+        }
+        for p in commit
+            .packs
+            .iter()
+            .filter(|p| !read.retired.contains(&p.name))
+        {
+            let digest = p
+                .name
+                .strip_suffix(".pack")
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(_, d)| d.parse::<Digest>().ok());
+            files.push((
+                format!("pack {}", p.name),
+                root.join("packs").join(&p.name),
+                p.size,
+                digest,
+            ));
+            report.packs += 1;
+        }
+        report.messages += commit.new_objects as usize;
+    }
+    let outcomes: Vec<Option<String>> = files
+        .par_iter()
+        .map(|(what, path, size, digest)| -> Result<Option<String>, ArchiveError> {
+            let actual = match std::fs::metadata(path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Ok(Some(format!("{what} is missing")));
+                }
+                Err(e) => return Err(ArchiveError::io(path)(e)),
+            };
+            if actual != *size {
+                return Ok(Some(format!("{what} is {actual} bytes, its commit record says {size}")));
+            }
+            if full {
+                let got = File::open(path)
+                    .and_then(|mut f| file_digest(&mut f))
+                    .map_err(ArchiveError::io(path))?;
+                if Some(got) != *digest {
+                    return Ok(Some(format!("{what} does not hash to what its commit record names (its bytes changed)")));
+                }
+            }
+            Ok(None)
+        })
+        .collect::<Result<_, _>>()?;
+    report.problems.extend(outcomes.into_iter().flatten());
+    for rel in unreferenced_files(root, &read.commits)? {
+        let name = rel.rsplit('/').next().unwrap_or(&rel);
+        if commit_of_file_name(name).is_some_and(|n| read.uncommitted.contains(&n)) {
+            report.leftovers.push(rel);
+        } else {
+            report
+                .problems
+                .push(format!("{rel} is not named by any commit record"));
+        }
+    }
+    Ok(report)
+}
+
 /// Files in `packs/` and `catalog/` that no commit record names.
 fn unreferenced_files(root: &Path, commits: &[CommitRecord]) -> Result<Vec<String>, ArchiveError> {
     let mut named: HashSet<String> = HashSet::new();
@@ -305,7 +394,17 @@ fn check_pack(
             Err(io::Error::other("it is not a regular file"))
         }
     });
-    let (mut file, actual_size) = match opened {
+    let opened = opened.and_then(|(file, size)| {
+        let root = packs_dir.parent().unwrap_or(packs_dir);
+        match PackFile::open(root, name)? {
+            PackFile::Plain(_) => Ok((file, PackFile::Plain(File::open(&path)?), size)),
+            mut plain => {
+                let size = plain.len()?;
+                Ok((file, plain, size))
+            }
+        }
+    });
+    let (mut file, mut plain, actual_size) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             for (id, _) in messages {
@@ -350,15 +449,17 @@ fn check_pack(
     let mut referenced: HashSet<u64> = HashSet::new();
     for (id, loc) in messages {
         referenced.insert(loc.offset);
-        match loc.check(&id, &mut file) {
+        match loc.check(&id, &mut plain) {
             Ok(()) => out.bytes_checked = out.bytes_checked.saturating_add(loc.size),
             Err(fault) => out.damaged.push(damaged(id, name, fault.to_string(), None)),
         }
         progress(loc.size);
     }
-    for (offset, header) in walk_headers(&mut file, actual_size).map_err(ArchiveError::io(&path))? {
+    for (offset, header) in
+        walk_headers(&mut plain, actual_size).map_err(ArchiveError::io(&path))?
+    {
         if !referenced.contains(&offset) && !index.has_bytes(&header.id) {
-            let envelope = read_head(&mut file, offset, &header);
+            let envelope = read_head(&mut plain, offset, &header);
             out.uncatalogued.push(damaged(
                 header.id,
                 name,
@@ -385,7 +486,7 @@ fn file_digest(file: &mut File) -> io::Result<Digest> {
 }
 
 /// Record headers from the start of a pack, stopping at the first that is damaged.
-fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader)>> {
+fn walk_headers(file: &mut PackFile, size: u64) -> io::Result<Vec<(u64, RecordHeader)>> {
     let mut out = Vec::new();
     file.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
@@ -408,7 +509,7 @@ fn walk_headers(file: &mut File, size: u64) -> io::Result<Vec<(u64, RecordHeader
 }
 
 /// The envelope of a record no catalog line names, so the report can say what it is.
-fn read_head(file: &mut File, offset: u64, header: &RecordHeader) -> Option<Envelope> {
+fn read_head(file: &mut PackFile, offset: u64, header: &RecordHeader) -> Option<Envelope> {
     file.seek(SeekFrom::Start(offset + RECORD_HEADER_LEN))
         .ok()?;
     let mut stored = BufReader::new(&mut *file).take(header.stored_len);

@@ -82,6 +82,8 @@ pub struct Writer {
     totals: WriterTotals,
     /// For an archive kept on an object store: uploads each commit once it is durable here.
     publisher: Option<super::remote::Publisher>,
+    /// For an encrypted archive: its keys (the public ones, and this host's writer key).
+    sealed: Option<std::sync::Arc<super::crypto::Sealed>>,
 }
 
 struct Batch {
@@ -118,6 +120,20 @@ impl Writer {
         }
         let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
         store::check_header(root)?;
+        let sealed = super::crypto::sealed(root)?;
+        if let Some(sealed) = &sealed {
+            sealed.check_writer()?;
+            // Plaintext scratch files of an encrypted archive stay on this host, never in it.
+            let scratch = sealed.host_cache_dir().join("scratch");
+            let _ = fs::remove_dir_all(&scratch);
+            for dir in [
+                sealed.host_cache_dir(),
+                scratch,
+                sealed.host_cache_dir().join("tmp"),
+            ] {
+                fs::create_dir_all(&dir).map_err(ArchiveError::io(&dir))?;
+            }
+        }
         remove_uncommitted(root)?;
         let index = Index::load(root)?;
         Ok(Writer {
@@ -133,6 +149,7 @@ impl Writer {
             lost: Vec::new(),
             totals: WriterTotals::default(),
             publisher: None,
+            sealed,
         })
     }
 
@@ -401,7 +418,10 @@ impl Writer {
     /// Where this writer may keep files it needs for a while: uncommitted, removed by the next
     /// writer if this one dies.
     pub fn scratch_dir(&self) -> PathBuf {
-        self.index.root().join("tmp")
+        match &self.sealed {
+            Some(sealed) => sealed.host_cache_dir().join("scratch"),
+            None => self.index.root().join("tmp"),
+        }
     }
 
     fn tmp_pack_path(&self) -> PathBuf {
@@ -453,7 +473,7 @@ impl Writer {
         }
         let mut packs = Vec::new();
         if let Some(pack) = batch.pack.take() {
-            let sealed = pack.seal(&root.join("packs"), &format!("{number:08}"))?;
+            let sealed = pack.seal(&root, &format!("{number:08}"), self.sealed.as_deref())?;
             // Lines stored in this batch have no pack name yet; lines `repair` repeats keep theirs.
             for at in batch
                 .entries
@@ -472,8 +492,29 @@ impl Writer {
         let segment_path = root
             .join("catalog")
             .join(catalog::segment_file_name(number));
-        let segment =
+        let mut segment =
             catalog::encode_segment(&batch.entries).map_err(ArchiveError::io(&segment_path))?;
+        if let Some(sealed) = &self.sealed {
+            segment = sealed.encrypt(&segment)?;
+            // This host's envelope-less copy of the lines goes first: a record never names a
+            // segment whose lines its writer could not read back without the identity.
+            let lines: Vec<Entry> = batch
+                .entries
+                .iter()
+                .map(|e| Entry {
+                    envelope: Envelope::default(),
+                    ..e.clone()
+                })
+                .collect();
+            let host_copy =
+                catalog::encode_segment(&lines).map_err(ArchiveError::io(&segment_path))?;
+            let path = sealed.host_segment_path(number, &Digest::of(&segment));
+            let dir = durable::parent_dir(&path);
+            fs::create_dir_all(dir).map_err(ArchiveError::io(dir))?;
+            let _ = fs::remove_file(&path);
+            durable::write_once(&sealed.host_cache_dir().join("tmp"), &path, &host_copy)
+                .map_err(ArchiveError::io(&path))?;
+        }
         let segment_ref = FileRef {
             name: catalog::segment_file_name(number),
             size: segment.len() as u64,
@@ -499,9 +540,22 @@ impl Writer {
             retired_segments: std::mem::take(&mut self.retired_segments),
             retired_commits: std::mem::take(&mut self.retired_commits),
             lost: std::mem::take(&mut self.lost),
+            sealed: None,
         };
         let record_path = root.join("commits").join(catalog::commit_file_name(number));
-        let text = serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n";
+        let text = match &self.sealed {
+            None => serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n",
+            Some(sealed) => {
+                // Accounts and lost messages name people and messages: only inside age.
+                let mut public = record.clone();
+                public.sealed = Some(sealed.seal_json(&catalog::SealedFields {
+                    accounts: std::mem::take(&mut public.accounts),
+                    lost: std::mem::take(&mut public.lost),
+                })?);
+                let text = serde_json::to_string_pretty(&public).expect("commit record serializes");
+                sealed.sign_record(&(text + "\n"))?
+            }
+        };
         durable::write_once(&tmp, &record_path, text.as_bytes())
             .map_err(ArchiveError::io(&record_path))?;
         // The record is the commit point; a marker left behind (failed removal, crash) is stale

@@ -253,7 +253,11 @@ const MAX_PASSWORD_OUTPUT: usize = 64 * 1024;
 /// still running after `timeout` (a keyring waiting for an unlock nobody will type) is killed
 /// with everything it started, instead of holding the backup for ever; so is one running when
 /// a stop is requested.
-fn run_password_command(command: &str, timeout: Duration, stop: &Stop) -> anyhow::Result<Secret> {
+pub(crate) fn run_password_command(
+    command: &str,
+    timeout: Duration,
+    stop: &Stop,
+) -> anyhow::Result<Secret> {
     use std::os::unix::process::CommandExt;
     use std::sync::mpsc;
     let mut child = std::process::Command::new("sh")

@@ -21,7 +21,16 @@ pub fn index_path(ctx: &Context) -> PathBuf {
         .or_else(|_| std::path::absolute(&ctx.archive))
         .unwrap_or_else(|_| ctx.archive.clone());
     let key = hex::encode(&Sha256::digest(root.as_os_str().as_encoded_bytes())[..12]);
-    ctx.cache_dir.join("index").join(format!("{key}.sqlite"))
+    // An encrypted archive read without its identity is indexed from this host's envelope-less
+    // lines: an index of its own, never mistaken for the full one.
+    let writer_only = crate::archive::crypto::sealed(&ctx.archive)
+        .ok()
+        .flatten()
+        .is_some_and(|s| !s.has_identity());
+    let suffix = if writer_only { "-writer" } else { "" };
+    ctx.cache_dir
+        .join("index")
+        .join(format!("{key}{suffix}.sqlite"))
 }
 
 /// The archive's local index, up to date with its catalog. A rebuild for any reason but a

@@ -24,6 +24,7 @@ mod exit;
 mod export;
 mod import;
 mod index;
+mod init;
 mod list;
 mod output;
 mod remote;
@@ -71,17 +72,21 @@ pub struct Cli {
     /// Print only errors (for cron).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// For an encrypted archive: an identity that opens it (an age identity file, as
+    /// age-keygen writes it, or an SSH private key); else $POPVAULT_IDENTITY. Repeatable.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create an empty archive.
+    /// Create an empty archive, plain or encrypted (--encrypt).
     ///
     /// Refuses a non-empty directory that is not an archive. Commands that write create the
     /// archive on first use, so this is optional.
-    Init,
+    Init(init::InitArgs),
     /// Fetch new mail from POP3 accounts into the archive.
     ///
     /// Only messages whose UIDL is not archived yet are fetched, pipelined, and committed in
@@ -256,7 +261,7 @@ fn stop_on_signals() -> anyhow::Result<crate::stop::Stop> {
     Ok(stop)
 }
 
-fn env_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -327,6 +332,16 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         .join("popvault");
     let archive_label = expand_tilde(&archive).display().to_string();
     let (archive, remote) = remote::locate(&archive, &config.s3, &cache_dir)?;
+    let writes_only = matches!(cli.command, Command::Backup(_) | Command::Import(_));
+    init::set_access(
+        &cli.identity,
+        config.passphrase_command.clone(),
+        !writes_only,
+        &cache_dir,
+        &xdg_dir("XDG_CONFIG_HOME")
+            .unwrap_or_else(|| home().join(".config"))
+            .join("popvault"),
+    );
     Ok(Context {
         archive_named: archive_given.is_some(),
         archive,
@@ -434,54 +449,27 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             _ => {}
         }
     }
+    let reads_mail = matches!(
+        command,
+        Command::List(_)
+            | Command::Cat(_)
+            | Command::Search(_)
+            | Command::Stats(_)
+            | Command::Status(_)
+            | Command::Restore(_)
+            | Command::Copy(_)
+            | Command::Export(_)
+            | Command::Repair(_)
+    );
+    // An encrypted archive read without its identity says so once, before anything else.
+    if reads_mail
+        && crate::archive::is_archive(&ctx.archive)
+        && let Some(sealed) = crate::archive::crypto::sealed(&ctx.archive)?
+    {
+        sealed.unlock()?;
+    }
     match command {
-        Command::Init if ctx.remote.is_some() => {
-            let mirror = ctx.remote.as_ref().expect("just matched");
-            let created = match mirror.init() {
-                Ok(()) => true,
-                Err(crate::archive::remote::RemoteError::Local(
-                    ArchiveError::AlreadyAnArchive { .. },
-                )) => false,
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("cannot create an archive at {}", ctx.archive_label)));
-                }
-            };
-            if !ctx.quiet {
-                match created {
-                    true => say!("created an empty archive at {}", ctx.archive_label),
-                    false => say!(
-                        "{} is an archive already; nothing changed",
-                        ctx.archive_label
-                    ),
-                }
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Init => {
-            let created = match Archive::init(&ctx.archive) {
-                Ok(()) => true,
-                // `init` makes sure an archive is there: one that is, is no failure.
-                Err(ArchiveError::AlreadyAnArchive { .. }) => false,
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot create an archive at {}",
-                        ctx.archive.display()
-                    )));
-                }
-            };
-            if !ctx.quiet {
-                if created {
-                    say!("created an empty archive at {}", ctx.archive.display());
-                } else {
-                    say!(
-                        "{} is an archive already; nothing changed",
-                        ctx.archive.display()
-                    );
-                }
-            }
-            Ok(Exit::Ok)
-        }
+        Command::Init(args) => init::run(ctx, args),
         Command::Backup(args) => backup::run(ctx, args),
         Command::Import(args) => import::run(ctx, args),
         Command::Copy(args) => copy::run(ctx, args),

@@ -30,6 +30,12 @@ use crate::archive::{ArchiveError, Digest, Writer, durable, store};
 
 use crate::archive::store::HEADER_FILE as HEADER;
 
+/// The `keys/` files an encrypted archive may have (copied with its header).
+const KEY_FILES: [&str; 2] = [
+    crate::archive::crypto::RECIPIENTS_KEY_FILE,
+    crate::archive::crypto::PASSPHRASE_KEY_FILE,
+];
+
 pub struct Mirror {
     store: Box<dyn ObjectStore>,
     root: PathBuf,
@@ -104,7 +110,7 @@ impl Mirror {
 
     /// Creates the archive on the remote (and the bucket, when it is missing and the
     /// credentials allow). Fails when the remote already holds one.
-    pub fn init(&self) -> Result<(), RemoteError> {
+    pub fn init(&self, keys: Option<&crate::archive::crypto::NewKeys>) -> Result<(), RemoteError> {
         self.store.create_bucket()?;
         if self.store.get(HEADER)?.is_some() {
             return Err(RemoteError::Local(ArchiveError::AlreadyAnArchive {
@@ -123,7 +129,10 @@ impl Mirror {
         let _ = fs::remove_dir_all(&self.root);
         let _ = fs::remove_file(self.state_path());
         self.ensure_root_parent()?;
-        crate::archive::Archive::init(&self.root)?;
+        match keys {
+            Some(keys) => crate::archive::Archive::init_encrypted(&self.root, keys)?,
+            None => crate::archive::Archive::init(&self.root)?,
+        }
         self.publish_header()
     }
 
@@ -132,7 +141,16 @@ impl Mirror {
         fs::create_dir_all(parent).map_err(Self::local_err(parent))
     }
 
+    /// Uploads the header, after the `keys/` files of an encrypted archive (the header makes
+    /// the prefix an archive).
     fn publish_header(&self) -> Result<(), RemoteError> {
+        for name in KEY_FILES {
+            let key = format!("{}/{name}", crate::archive::crypto::KEYS_DIR);
+            let path = self.root.join(&key);
+            if let Ok(bytes) = fs::read(&path) {
+                self.create_or_same(&key, &bytes, "another archive was created there")?;
+            }
+        }
         let path = self.root.join(HEADER);
         let bytes = fs::read(&path).map_err(Self::local_err(&path))?;
         self.create_or_same(HEADER, &bytes, "another archive was created there")
@@ -171,7 +189,14 @@ impl Mirror {
             match self.store.get(HEADER)? {
                 Some(bytes) => {
                     let _ = fs::remove_file(self.state_path());
-                    crate::archive::Archive::init_with_header(&self.root, &bytes)?;
+                    let mut key_files = Vec::new();
+                    for name in KEY_FILES {
+                        let key = format!("{}/{name}", crate::archive::crypto::KEYS_DIR);
+                        if let Some(bytes) = self.store.get(&key)? {
+                            key_files.push((name.to_string(), bytes));
+                        }
+                    }
+                    crate::archive::Archive::init_with_header(&self.root, &bytes, &key_files)?;
                     if let Err(e) = store::check_header(&self.root) {
                         let _ = fs::remove_dir_all(&self.root);
                         return Err(RemoteError::NotAnArchive {
