@@ -6,7 +6,6 @@
 //! members are sorted by message time then id, and carry mode 0644, owner 0, and the message's
 //! time as mtime.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -217,8 +216,7 @@ fn select<'a>(
         .par_iter()
         .filter_map(|m| {
             let location = archive.location(&m.id)?;
-            let pack = archive.pack_path(&location.pack);
-            let fault = File::open(&pack)
+            let fault = crate::archive::crypto::PackFile::open(archive.root(), &location.pack)
                 .map_err(|e| e.to_string())
                 .and_then(|mut f| location.check(&m.id, &mut f).map_err(|e| e.to_string()));
             fault.err().map(|reason| (m.id, reason))

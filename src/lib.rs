@@ -41,7 +41,6 @@ pub mod import;
 pub mod net;
 pub mod pop3;
 pub mod probe;
-pub mod repair;
 pub mod restore;
 pub mod stop;
 

@@ -633,6 +633,32 @@ pub fn store_writer_key(encryption: &Encryption, secret_hex: &str) -> Result<Pat
     Ok(path)
 }
 
+/// The plaintext of a file of the archive at `root` (a pack or segment), as far as it can be
+/// read: for an encrypted archive, the chunks before the first that fails to decrypt (what
+/// `repair` can salvage). A missing identity is an error.
+pub fn read_salvageable(root: &Path, path: &Path) -> Result<Vec<u8>, super::ArchiveError> {
+    let file = File::open(path).map_err(super::ArchiveError::io(path))?;
+    let Some(sealed) = sealed(root)? else {
+        let mut bytes = Vec::new();
+        BufReader::new(file)
+            .read_to_end(&mut bytes)
+            .map_err(super::ArchiveError::io(path))?;
+        return Ok(bytes);
+    };
+    sealed.unlock()?;
+    let mut out = Vec::new();
+    if let Ok(mut reader) = sealed.open_seekable(file) {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    Ok(out)
+}
+
 /// A pack opened for reading: the file itself, or an age file decrypted as it is read. Both
 /// read and seek in the pack's plaintext.
 pub enum PackFile {

@@ -23,6 +23,7 @@ pub mod local_index;
 pub mod lock;
 pub mod pack;
 pub mod remote;
+pub mod repair;
 pub mod select;
 mod store;
 pub mod text;

@@ -6,7 +6,7 @@ use clap::Args;
 use super::output::byte_bar;
 use super::{Context, Exit};
 use crate::archive::{Archive, Source, Writer};
-use crate::repair;
+use crate::archive::repair;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\

@@ -20,6 +20,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::archive::catalog::{self, Entry, Lost, Source};
+use crate::archive::crypto;
 use crate::archive::index::list_dir;
 use crate::archive::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader};
 use crate::archive::verify::{self, DamagedMessage};
@@ -96,7 +97,7 @@ pub fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
 
 fn read_record(root: &Path, found: &Found) -> Result<Vec<u8>, ArchiveError> {
     let path = root.join("packs").join(&found.pack);
-    let bytes = fs::read(&path).map_err(ArchiveError::io(&path))?;
+    let bytes = crypto::read_salvageable(root, &path)?;
     let damaged = |fault| ArchiveError::DamagedMessage {
         id: found.header.id,
         pack: found.pack.clone(),
@@ -147,8 +148,7 @@ pub fn repair(
         known_sources.entry(e.id).or_default().push(e.clone());
     }
     for name in list(root, "catalog")?.into_iter().filter(|n| orphan(n)) {
-        let bytes = fs::read(root.join("catalog").join(&name))
-            .map_err(ArchiveError::io(root.join("catalog").join(&name)))?;
+        let bytes = crypto::read_salvageable(root, &root.join("catalog").join(&name))?;
         for e in parse_lines(&catalog::decode_segment(&bytes).0) {
             known_sources.entry(e.id).or_default().push(e);
         }
@@ -160,9 +160,15 @@ pub fn repair(
         let path = root.join("catalog").join(&c.segment.name);
         let bytes = fs::read(&path).unwrap_or_default();
         if bytes.len() as u64 != c.segment.size || Some(Digest::of(&bytes)) != c.segment.sha256 {
+            // Of a replaced encrypted segment nothing is trusted (its record does not vouch
+            // for it); a damaged one gives the chunks before the damage.
+            let plain = match crypto::sealed(root)? {
+                Some(_) if bytes.len() as u64 != c.segment.size => Vec::new(),
+                _ => crypto::read_salvageable(root, &path).unwrap_or_default(),
+            };
             segment_lines.push((
                 c.segment.name.clone(),
-                parse_lines(&catalog::decode_segment(&bytes).0),
+                parse_lines(&catalog::decode_segment(&plain).0),
             ));
         }
     }
@@ -188,7 +194,7 @@ pub fn repair(
 
     let mut salvaged: Vec<Found> = Vec::new();
     for name in &bad_packs {
-        if let Ok(bytes) = fs::read(archive.pack_path(name)) {
+        if let Ok(bytes) = crypto::read_salvageable(root, &archive.pack_path(name)) {
             salvaged.extend(salvage(&bytes).into_iter().map(|(offset, header)| Found {
                 pack: name.clone(),
                 offset,
@@ -202,7 +208,7 @@ pub fn repair(
         if bad_packs.contains(&m.pack) {
             continue;
         }
-        if let Ok(bytes) = fs::read(archive.pack_path(&m.pack)) {
+        if let Ok(bytes) = crypto::read_salvageable(root, &archive.pack_path(&m.pack)) {
             uncatalogued.extend(
                 salvage(&bytes)
                     .into_iter()
