@@ -195,6 +195,12 @@ impl Sealed {
             || (self.encryption.passphrase && access().passphrase.is_some())
     }
 
+    /// Whether the keys this process was given open this archive (the catalog can be read,
+    /// rather than this host's envelope-less copy of what it wrote).
+    pub fn can_decrypt(&self) -> bool {
+        self.has_identity() && self.identity().is_ok()
+    }
+
     /// The archive key's secret half: unwrapped with the identities (or the passphrase) given.
     fn identity(&self) -> Result<&age::x25519::Identity, CryptoError> {
         let got = self.identity.get_or_init(|| self.unwrap_archive_key());

@@ -211,7 +211,7 @@ pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
             .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
         if let (Some(sealed), Ok(record)) = (&sealed, &mut record)
             && let Some(fields) = &record.sealed
-            && sealed.has_identity()
+            && sealed.can_decrypt()
         {
             let fields: catalog::SealedFields = sealed.open_json(fields)?;
             record.accounts = fields.accounts;
@@ -278,7 +278,7 @@ fn read_segment<L: Line>(
 ) -> Result<(), ArchiveError> {
     let name = &record.segment.name;
     let sealed = super::crypto::sealed(root)?;
-    if let Some(sealed) = sealed.as_ref().filter(|s| !s.has_identity()) {
+    if let Some(sealed) = sealed.as_ref().filter(|s| !s.can_decrypt()) {
         // Without the identity, a writer reads back the lines it wrote, as it kept them.
         let Some(sha256) = &record.segment.sha256 else {
             return Err(sealed.no_host_cache(record.commit).into());

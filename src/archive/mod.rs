@@ -101,7 +101,7 @@ pub enum ArchiveError {
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
     #[error(
-        "commit record {name} of the encrypted archive at {archive} is refused: {reason}. Only the archive's writer key can make a commit; someone else wrote this one (or it is damaged): move it out of commits/ and run `popvault verify`"
+        "commit record {name} of the encrypted archive at {archive} is refused: {reason}. Only the archive's writer key can make a commit; someone else wrote this one (or it is damaged): move it out of commits/, then run `popvault verify` for the rest"
     )]
     Unsigned {
         archive: String,

@@ -548,6 +548,7 @@ impl Writer {
             Some(sealed) => {
                 // Accounts and lost messages name people and messages: only inside age.
                 let mut public = record.clone();
+                public.format = super::crypto::ENCRYPTED_VERSION;
                 public.sealed = Some(sealed.seal_json(&catalog::SealedFields {
                     accounts: std::mem::take(&mut public.accounts),
                     lost: std::mem::take(&mut public.lost),

@@ -26,7 +26,7 @@ pub fn index_path(ctx: &Context) -> PathBuf {
     let writer_only = crate::archive::crypto::sealed(&ctx.archive)
         .ok()
         .flatten()
-        .is_some_and(|s| !s.has_identity());
+        .is_some_and(|s| !s.can_decrypt());
     let suffix = if writer_only { "-writer" } else { "" };
     ctx.cache_dir
         .join("index")

@@ -707,8 +707,11 @@ fn exit_for(err: &anyhow::Error) -> Exit {
         .flat_map(|c| [Some(c), transparent_inner(c)])
         .flatten()
     {
-        if let Some(ArchiveError::Locked { .. }) = cause.downcast_ref::<ArchiveError>() {
-            return Exit::Locked;
+        match cause.downcast_ref::<ArchiveError>() {
+            Some(ArchiveError::Locked { .. }) => return Exit::Locked,
+            // A forged (or damaged) commit record is damage to the archive.
+            Some(ArchiveError::Unsigned { .. }) => return Exit::Damaged,
+            _ => {}
         }
         if let Some(crate::archive::remote::RemoteError::Locked { .. }) =
             cause.downcast_ref::<crate::archive::remote::RemoteError>()

@@ -5,8 +5,8 @@ use clap::Args;
 
 use super::output::byte_bar;
 use super::{Context, Exit};
-use crate::archive::{Archive, Source, Writer};
 use crate::archive::repair;
+use crate::archive::{Archive, Source, Writer};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
