@@ -685,7 +685,7 @@ impl PackFile {
     }
 
     /// The length of the plaintext.
-    pub fn len(&mut self) -> io::Result<u64> {
+    pub fn plaintext_len(&mut self) -> io::Result<u64> {
         match self {
             PackFile::Plain(file) => Ok(file.metadata()?.len()),
             PackFile::Sealed(reader) => {

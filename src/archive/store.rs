@@ -258,7 +258,7 @@ impl PackReader {
                 (OpenPack::Plain(std::sync::Arc::new(file)), len)
             }
             mut sealed => {
-                let len = sealed.len()?;
+                let len = sealed.plaintext_len()?;
                 (
                     OpenPack::Sealed(std::sync::Arc::new(std::sync::Mutex::new(sealed))),
                     len,

@@ -403,7 +403,7 @@ fn check_pack(
         match PackFile::open(root, name)? {
             PackFile::Plain(_) => Ok((file, PackFile::Plain(File::open(&path)?), size)),
             mut plain => {
-                let size = plain.len()?;
+                let size = plain.plaintext_len()?;
                 Ok((file, plain, size))
             }
         }

@@ -11,6 +11,7 @@ mod backup_dovecot;
 mod backup_faults;
 mod consistency;
 mod docs;
+mod encryption;
 mod export;
 mod fake_imap;
 mod fake_pop3;

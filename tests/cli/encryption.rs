@@ -1,0 +1,731 @@
+//! Encrypted archives (format version 2): made with keys from Debian's `age-keygen` and
+//! `ssh-keygen`, filled from a real Dovecot and from the shared corpus, read back byte for
+//! byte with the identity, refused without it, opened with the `age` command alone, and
+//! tampered with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::dovecot::Dovecot;
+use crate::common::moto::Moto;
+use crate::support::{Rng, Sandbox, corpus_dir, generated_message, kill_9_after, sha256_hex};
+
+/// An age identity made by `age-keygen`; returns (identity file, recipient).
+fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen (Debian package age) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recipient = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        path,
+        String::from_utf8(recipient.stdout)
+            .unwrap()
+            .trim()
+            .to_string(),
+    )
+}
+
+/// An unprotected ed25519 SSH key made by `ssh-keygen`; returns (private key, public key line).
+fn ssh_keygen(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tester", "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (path, public.trim().to_string())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn with_identity(sandbox: &Sandbox, identity: &Path, args: &[&str]) -> Output {
+    let mut full = vec!["--identity", identity.to_str().unwrap()];
+    full.extend_from_slice(args);
+    sandbox.run(&full)
+}
+
+fn ok_with(sandbox: &Sandbox, identity: &Path, args: &[&str]) -> String {
+    let out = with_identity(sandbox, identity, args);
+    assert!(out.status.success(), "popvault {args:?}: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every file under `dir`, with its bytes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// The first of `secrets` (each at least 6 bytes) that `bytes` holds: one pass over the
+/// bytes, looking up each 6-byte window.
+fn find_secret<'s>(bytes: &[u8], secrets: &'s [Vec<u8>]) -> Option<&'s [u8]> {
+    let mut by_prefix: std::collections::HashMap<&[u8], Vec<&[u8]>> = Default::default();
+    for s in secrets {
+        by_prefix.entry(&s[..6]).or_default().push(s);
+    }
+    (0..bytes.len().saturating_sub(5)).find_map(|i| {
+        by_prefix.get(&bytes[i..i + 6]).and_then(|candidates| {
+            candidates
+                .iter()
+                .find(|s| bytes[i..].starts_with(s))
+                .copied()
+        })
+    })
+}
+
+/// Asserts that no byte of the archive shows any of `secrets` (text, or raw bytes).
+fn assert_reveals_nothing(archive: &Path, secrets: &[Vec<u8>]) {
+    let files = files_under(archive);
+    assert!(files.len() > 4, "the archive has its files");
+    for (path, bytes) in &files {
+        if let Some(secret) = find_secret(bytes, secrets) {
+            panic!(
+                "{} holds {:?}",
+                path.display(),
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+}
+
+/// What must not show for a message: its hex and raw SHA-256, and its envelope as `list` shows
+/// it (fields of 6 characters or more: shorter ones occur by chance in any ciphertext).
+fn secrets_of(listed: &[serde_json::Value], messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut secrets = Vec::new();
+    for m in messages {
+        let hex = sha256_hex(m);
+        secrets.push(hex.clone().into_bytes());
+        secrets.push(hex::decode(&hex).unwrap());
+    }
+    for m in listed {
+        for field in ["subject", "from", "message_id"] {
+            if let Some(text) = m[field].as_str().filter(|t| t.len() >= 6) {
+                secrets.push(text.as_bytes().to_vec());
+            }
+        }
+    }
+    secrets
+}
+
+fn restored_maildir(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries {
+                out.push(sha256_hex(&std::fs::read(e.unwrap().path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_backup_into_an_encrypted_archive_reveals_nothing_and_restores_byte_exact() {
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(1414);
+    let messages: Vec<Vec<u8>> = (0..150)
+        .map(|n| {
+            let m = generated_message(n, &mut rng);
+            dovecot.add_message(&format!("{n:06}.gen"), &m);
+            m
+        })
+        .collect();
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    let (_, recovery) = age_keygen(sandbox.path(), "recovery.txt");
+    let init = sandbox.ok(&[
+        "init",
+        "--encrypt",
+        "--recipient",
+        &recipient,
+        "--recipient",
+        &recovery,
+    ]);
+    assert!(init.contains("encrypted archive"), "{init}");
+    let url = format!(
+        "pop3s://{}@127.0.0.1:{}",
+        dovecot.user(),
+        dovecot.pop3s_port
+    );
+    let ca = dovecot.ca_pem();
+    let backup = || {
+        sandbox.run_with_password(
+            &["backup", &url, "--ca-file", ca.to_str().unwrap()],
+            dovecot.password(),
+        )
+    };
+    // The backup host has no identity at all.
+    let out = backup();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("150 new messages"));
+    let out = backup();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 new messages"),
+        "without the identity the writer still knows what it archived: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Without the identity: one line saying which archive and which key.
+    let id = sha256_hex(&messages[0]);
+    let out = sandbox.run(&["cat", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("is encrypted") && err.contains("--identity") && err.contains("age identity"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+    let (stranger, _) = age_keygen(sandbox.path(), "stranger.txt");
+    let out = with_identity(&sandbox, &stranger, &["cat", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this key cannot open this archive"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("corrupt") && !stderr(&out).contains("damaged"));
+
+    // With it: every byte back, from either recipient.
+    assert_eq!(
+        with_identity(&sandbox, &identity, &["cat", &id]).stdout,
+        messages[0]
+    );
+    let listed: Vec<serde_json::Value> = ok_with(&sandbox, &identity, &["list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 150);
+    assert!(listed.iter().any(|m| m["subject"] == "message 7"));
+    let restored = sandbox.path().join("restored");
+    ok_with(
+        &sandbox,
+        &sandbox.path().join("recovery.txt"),
+        &[
+            "restore",
+            "--to",
+            &format!("maildir:{}", restored.display()),
+        ],
+    );
+    let mut expected: Vec<String> = messages.iter().map(|m| sha256_hex(m)).collect();
+    expected.sort();
+    assert_eq!(restored_maildir(&restored), expected);
+
+    // Nothing in the archive names a message, an address, or the account.
+    let mut secrets = secrets_of(&listed, &messages);
+    secrets.push(b"alice@example.org".to_vec());
+    secrets.push(format!("{}@127.0.0.1", dovecot.user()).into_bytes());
+    assert_reveals_nothing(&sandbox.archive(), &secrets);
+
+    let verified = ok_with(&sandbox, &identity, &["verify", "--full"]);
+    assert!(
+        verified.contains("150 messages") && verified.contains("OK"),
+        "{verified}"
+    );
+    let unkeyed = sandbox.ok(&["verify", "--full"]);
+    assert!(
+        unkeyed.contains("OK") && unkeyed.contains("not decrypted or re-hashed"),
+        "{unkeyed}"
+    );
+    // The status of the accounts is inside age too, and there for the identity.
+    let status = ok_with(&sandbox, &identity, &["status"]);
+    assert!(status.contains("150"), "{status}");
+}
+
+#[test]
+fn an_encrypted_import_of_the_corpus_reveals_nothing_and_the_age_command_opens_it() {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    let recipients = sandbox.path().join("recipients.txt");
+    std::fs::write(&recipients, format!("# mine\n{recipient}\n\n")).unwrap();
+    sandbox.ok(&[
+        "init",
+        "--encrypt",
+        "--recipients-file",
+        recipients.to_str().unwrap(),
+    ]);
+    let corpus = corpus_dir();
+    let mut sources = Vec::new();
+    let mut messages = Vec::new();
+    for e in std::fs::read_dir(&corpus).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "eml") {
+            messages.push(std::fs::read(&path).unwrap());
+            sources.push(format!("eml:{}", path.display()));
+        }
+    }
+    sources.push(format!("mbox:{}", corpus.join("git-sample.mbox").display()));
+    let mut args = vec!["import"];
+    args.extend(sources.iter().map(String::as_str));
+    let out = sandbox.run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let listed: Vec<serde_json::Value> = ok_with(&sandbox, &identity, &["list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(listed.len() > messages.len(), "the mbox's messages too");
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for m in &listed {
+        all.push(with_identity(&sandbox, &identity, &["cat", m["id"].as_str().unwrap()]).stdout);
+    }
+    for m in &messages {
+        assert!(all.contains(m), "every message comes back byte for byte");
+    }
+    let secrets = secrets_of(&listed, &all);
+    assert_reveals_nothing(&sandbox.archive(), &secrets);
+    // The check finds what a plain archive shows (the ids in its packs' record headers).
+    let plain = sandbox.path().join("plain");
+    let mut args = vec!["--archive", plain.to_str().unwrap(), "import"];
+    args.extend(sources.iter().map(String::as_str));
+    sandbox.ok(&args);
+    assert!(
+        files_under(&plain.join("packs"))
+            .iter()
+            .any(|(_, bytes)| find_secret(bytes, &secrets).is_some())
+    );
+
+    // The age command opens it: the archive key with the identity, then any pack or segment.
+    let archive = sandbox.archive();
+    let key = sandbox.path().join("archive-key.txt");
+    let out = Command::new("age")
+        .args(["-d", "-i"])
+        .arg(&identity)
+        .arg("-o")
+        .arg(&key)
+        .arg(archive.join("keys/archive-key.age"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pack = std::fs::read_dir(archive.join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let out = Command::new("age")
+        .args(["-d", "-i"])
+        .arg(&key)
+        .arg(&pack)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.starts_with(b"PVPACK\0\x01"));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i '{}' '{}' | zstd -dc",
+            key.display(),
+            archive.join("catalog/00000001.jsonl.zst").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(listed[0]["id"].as_str().unwrap()));
+}
+
+#[test]
+fn an_ssh_key_a_passphrase_and_the_identity_variable_open_an_encrypted_archive() {
+    let sandbox = Sandbox::new();
+    let (ssh_private, ssh_public) = ssh_keygen(sandbox.path());
+    let config = sandbox.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "passphrase_command = \"printf 'correct horse battery'\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    sandbox.ok(&[
+        "--config",
+        config,
+        "init",
+        "--encrypt",
+        "--recipient",
+        &ssh_public,
+        "--passphrase",
+    ]);
+    let message = std::fs::read(corpus_dir().join("cpython-msg_05.eml")).unwrap();
+    let eml = format!("eml:{}", corpus_dir().join("cpython-msg_05.eml").display());
+    // The import needs no key (and the passphrase command is not run for it).
+    sandbox.ok(&["import", &eml]);
+    let id = sha256_hex(&message);
+    assert_eq!(
+        with_identity(&sandbox, &ssh_private, &["cat", &id]).stdout,
+        message
+    );
+    let by_env = sandbox
+        .command()
+        .args(["cat", &id])
+        .env("POPVAULT_IDENTITY", &ssh_private)
+        .output()
+        .unwrap();
+    assert_eq!(by_env.stdout, message, "{}", stderr(&by_env));
+    let by_passphrase = sandbox.run(&["--config", config, "cat", &id]);
+    assert_eq!(by_passphrase.stdout, message, "{}", stderr(&by_passphrase));
+    let wrong = sandbox.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "passphrase_command = \"printf 'incorrect horse'\"\n",
+    )
+    .unwrap();
+    let out = sandbox.run(&["--config", wrong.to_str().unwrap(), "cat", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this key cannot open this archive"),
+        "{}",
+        stderr(&out)
+    );
+    // Without any: it names the kinds of key that open it.
+    let out = sandbox.run(&["cat", &id]);
+    assert!(
+        stderr(&out).contains("SSH private key") && stderr(&out).contains("passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    // Bad keys are refused at init, before anything is made.
+    let other = Sandbox::new();
+    let out = other.run(&["init", "--encrypt", "--recipient", "age1notakey"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not an age"), "{}", stderr(&out));
+    assert!(!other.archive().exists());
+    let out = other.run(&["init", "--encrypt"]);
+    assert!(stderr(&out).contains("--recipient"), "{}", stderr(&out));
+}
+
+/// Flips one byte of `path` at `at` (from the end when negative).
+fn flip(path: &Path, at: i64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = if at < 0 { bytes.len() as i64 + at } else { at } as usize;
+    bytes[i] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn only_pack(archive: &Path) -> PathBuf {
+    let packs: Vec<PathBuf> = std::fs::read_dir(archive.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 1);
+    packs[0].clone()
+}
+
+#[test]
+fn tampering_with_an_encrypted_archive_is_detected_and_named() {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let mbox = format!("mbox:{}", corpus_dir().join("git-sample.mbox").display());
+    sandbox.ok(&["import", &mbox]);
+    let archive = sandbox.archive();
+    let pristine = sandbox.path().join("pristine");
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&archive)
+            .arg(&pristine)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reset = || {
+        std::fs::remove_dir_all(&archive).unwrap();
+        assert!(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&pristine)
+                .arg(&archive)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // A flipped byte: found without the identity by the pack's SHA-256, with it per message.
+    let pack = only_pack(&archive);
+    let pack_name = pack.file_name().unwrap().to_str().unwrap().to_string();
+    flip(&pack, 3000);
+    let out = sandbox.run(&["verify", "--full"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains(&pack_name), "{}", stderr(&out));
+    let out = with_identity(&sandbox, &identity, &["verify", "--full"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("damaged message"), "{}", stderr(&out));
+    reset();
+
+    // A truncated pack: even the quick check sees it.
+    let pack = only_pack(&archive);
+    let len = std::fs::metadata(&pack).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let out = sandbox.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains(&pack_name) && stderr(&out).contains("bytes"),
+        "{}",
+        stderr(&out)
+    );
+    reset();
+
+    // A commit forged with the public key alone: a segment and pack encrypted to the archive
+    // key, a record naming them, signed with a key of the forger's own (or not at all).
+    let header: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(archive.join("popvault-archive.json")).unwrap())
+            .unwrap();
+    let archive_key = header["encryption"]["archive_key"].as_str().unwrap();
+    let forged_line = r#"{"id":"0000000000000000000000000000000000000000000000000000000000000000","size":5,"source":{"kind":"eml","path":"/x"},"first_seen":"2026-01-01T00:00:00Z","subject":"pay me"}"#;
+    let segment = sandbox.path().join("forged.jsonl.zst");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf '%s\\n' '{forged_line}' | zstd -q | age -r {archive_key} > '{}'",
+            segment.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&segment).unwrap();
+    std::fs::write(archive.join("catalog/00000002.jsonl.zst"), &bytes).unwrap();
+    let record = serde_json::json!({
+        "commit": 2, "format": 2, "tool": "forger", "command": "import",
+        "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:00:00Z",
+        "segment": {"name": "00000002.jsonl.zst", "size": bytes.len(), "sha256": sha256_hex(&bytes)},
+        "packs": [], "entries": 1, "new_objects": 0, "raw_bytes": 0, "stored_bytes": 0,
+        "signature": "00".repeat(64),
+    });
+    std::fs::write(
+        archive.join("commits/00000002.json"),
+        serde_json::to_string_pretty(&record).unwrap() + "\n",
+    )
+    .unwrap();
+    for args in [&["list"][..], &["verify"][..]] {
+        let out = with_identity(&sandbox, &identity, args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("00000002.json") && err.contains("refused"),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("pay me"));
+    }
+    // A writer refuses to add to it too, rather than building on a forged commit.
+    let out = sandbox.run(&["import", &mbox]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    reset();
+    ok_with(&sandbox, &identity, &["verify", "--full"]);
+}
+
+#[test]
+fn kill_9_mid_backup_into_an_encrypted_archive_then_a_rerun_holds_each_message_once() {
+    let dovecot = Dovecot::start();
+    let mut rng = Rng(99);
+    let messages: Vec<Vec<u8>> = (0..3000)
+        .map(|n| {
+            let m = generated_message(n, &mut rng);
+            dovecot.add_message(&format!("{n:06}.gen"), &m);
+            m
+        })
+        .collect();
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let url = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
+    let ca = dovecot.ca_pem();
+    let args = ["backup", url.as_str(), "--ca-file", ca.to_str().unwrap()];
+    let mut killed_mid_run = 0;
+    for delay in [150, 400, 700, 1100] {
+        let mut command = sandbox.command();
+        command
+            .args(args)
+            .env("POPVAULT_PASSWORD", dovecot.password())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        killed_mid_run += usize::from(kill_9_after(&mut command, delay));
+        let out = with_identity(&sandbox, &identity, &["verify"]);
+        assert!(
+            out.status.success(),
+            "verify after kill -9: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        killed_mid_run > 0,
+        "no run was interrupted: the test proved nothing"
+    );
+    let out = sandbox.run_with_password(&args, dovecot.password());
+    assert!(out.status.success(), "{}", stderr(&out));
+    ok_with(&sandbox, &identity, &["verify", "--full"]);
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok_with(&sandbox, &identity, &["stats", "--json"])).unwrap();
+    assert_eq!(
+        stats["messages"], 3000,
+        "each message recorded exactly once: {stats}"
+    );
+    let listed: BTreeMap<String, u64> = ok_with(&sandbox, &identity, &["list", "--json"])
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for m in &messages {
+        assert_eq!(listed.get(&sha256_hex(m)), Some(&(m.len() as u64)));
+    }
+}
+
+#[test]
+fn an_encrypted_archive_on_s3_and_copies_into_encrypted_archives() {
+    let moto = Moto::start();
+    moto.versioned_bucket("pv-enc");
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    let (other_identity, other_recipient) = age_keygen(sandbox.path(), "other.txt");
+    let s3 = |cache: &str| {
+        let mut c = sandbox.command();
+        moto.env(&mut c, &moto.endpoint());
+        c.env("POPVAULT_ARCHIVE", "s3://pv-enc/mail")
+            .env("XDG_CACHE_HOME", sandbox.path().join(cache));
+        c
+    };
+    let run = |mut c: Command, args: &[&str]| {
+        let out = c.args(args).output().unwrap();
+        assert!(out.status.success(), "popvault {args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(
+        s3("laptop"),
+        &["init", "--encrypt", "--recipient", &recipient],
+    );
+    let mbox = format!("mbox:{}", corpus_dir().join("git-sample.mbox").display());
+    run(s3("laptop"), &["import", &mbox]);
+
+    // A fresh machine with the identity reads it all from the bucket.
+    let id = identity.to_str().unwrap();
+    let verified = run(s3("fresh"), &["--identity", id, "verify", "--full"]);
+    assert!(verified.contains("OK"), "{verified}");
+    let listed: Vec<serde_json::Value> = run(s3("fresh"), &["--identity", id, "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!listed.is_empty());
+    // ...and without it checks the objects, saying that no message was re-hashed.
+    let unkeyed = run(s3("fresh2"), &["verify", "--full"]);
+    assert!(unkeyed.contains("not decrypted or re-hashed"), "{unkeyed}");
+    // Every object of the bucket keeps the mail's secrets.
+    let mut all = Vec::new();
+    for m in &listed {
+        let mut c = s3("fresh");
+        all.push(
+            c.args(["--identity", id, "cat", m["id"].as_str().unwrap()])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+    }
+    let secrets = secrets_of(&listed, &all);
+    // (Lock objects that were deleted are listed among the versions too.)
+    for key in moto.objects("pv-enc") {
+        let Some(bytes) = moto.get("pv-enc", &key) else {
+            continue;
+        };
+        if let Some(secret) = find_secret(&bytes, &secrets) {
+            panic!("{key} holds {:?}", String::from_utf8_lossy(secret));
+        }
+    }
+
+    // Encrypted to encrypted, with other recipients; plain to encrypted.
+    let local = sandbox.path().join("offsite");
+    let local_arg = local.to_str().unwrap();
+    sandbox.ok(&[
+        "--archive",
+        local_arg,
+        "init",
+        "--encrypt",
+        "--recipient",
+        &other_recipient,
+    ]);
+    let copied = run(s3("fresh"), &["--identity", id, "copy", "--to", local_arg]);
+    assert!(
+        copied.contains(&format!("{} messages new", listed.len())),
+        "{copied}"
+    );
+    let again = run(s3("fresh"), &["--identity", id, "copy", "--to", local_arg]);
+    assert!(again.contains("0 messages new"), "{again}");
+    let plain = sandbox.path().join("plain");
+    let plain_arg = plain.to_str().unwrap();
+    let eml = format!("eml:{}", corpus_dir().join("cpython-msg_04.eml").display());
+    sandbox.ok(&["--archive", plain_arg, "import", &eml]);
+    // From the machine that wrote the copy above (its cache knows what the copy holds).
+    run(
+        s3("fresh"),
+        &["--archive", plain_arg, "copy", "--to", local_arg],
+    );
+    // Another machine without the identity cannot know what it holds: it says so.
+    let out = sandbox.run(&["--archive", plain_arg, "copy", "--to", local_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--identity"), "{}", stderr(&out));
+    let out = with_identity(
+        &sandbox,
+        &other_identity,
+        &["--archive", local_arg, "verify", "--full"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{} messages", listed.len() + 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The first identity does not open the copy: it was made for other recipients.
+    let out = with_identity(&sandbox, &identity, &["--archive", local_arg, "list"]);
+    assert!(
+        stderr(&out).contains("this key cannot open this archive"),
+        "{}",
+        stderr(&out)
+    );
+}
