@@ -302,18 +302,7 @@ fn the_recovery_recipe_in_format_md_recovers_every_message_without_popvault() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/FORMAT.md"),
-    )
-    .unwrap();
-    let start = doc
-        .find("<!-- recovery-script-start -->\n```python\n")
-        .unwrap();
-    let script = &doc[start..];
-    let script = &script
-        [script.find("#!").unwrap()..script.find("```\n<!-- recovery-script-end -->").unwrap()];
-    let script_path = sandbox.path().join("recover.py");
-    std::fs::write(&script_path, script).unwrap();
+    let script_path = crate::support::recovery_script(sandbox.path());
     let out_dir = sandbox.path().join("recovered");
     let out = Command::new("python3")
         .arg(&script_path)

@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 
 use crate::common::dovecot::Dovecot;
 use crate::common::moto::Moto;
-use crate::support::{Rng, Sandbox, corpus_dir, generated_message, kill_9_after, sha256_hex};
+use crate::support::{
+    Rng, Sandbox, corpus_dir, generated_message, kill_9_after, recovery_script, sha256_hex,
+};
 
 /// An age identity made by `age-keygen`; returns (identity file, recipient).
 fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -357,6 +359,25 @@ fn an_encrypted_import_of_the_corpus_reveals_nothing_and_the_age_command_opens_i
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(listed[0]["id"].as_str().unwrap()));
+
+    // doc/FORMAT.md's recovery script, with python3, zstd and age alone, gets every message.
+    let recovered = sandbox.path().join("recovered");
+    let out = Command::new("python3")
+        .arg(recovery_script(sandbox.path()))
+        .arg(&archive)
+        .arg(&recovered)
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&recovered).unwrap().count(), listed.len());
+    for (m, bytes) in listed.iter().zip(&all) {
+        let id = m["id"].as_str().unwrap();
+        assert_eq!(
+            &std::fs::read(recovered.join(format!("{id}.eml"))).unwrap(),
+            bytes
+        );
+    }
 }
 
 #[test]

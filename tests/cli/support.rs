@@ -80,6 +80,21 @@ impl Sandbox {
     }
 }
 
+/// The recovery script of doc/FORMAT.md, written to `dir/recover.py`.
+pub fn recovery_script(dir: &Path) -> PathBuf {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/FORMAT.md"))
+        .unwrap();
+    let start = doc
+        .find("<!-- recovery-script-start -->\n```python\n")
+        .unwrap();
+    let script = &doc[start..];
+    let script = &script
+        [script.find("#!").unwrap()..script.find("```\n<!-- recovery-script-end -->").unwrap()];
+    let path = dir.join("recover.py");
+    std::fs::write(&path, script).unwrap();
+    path
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
