@@ -34,9 +34,14 @@ impl Location {
         header.id == *id && header.raw_len == self.size && header.stored_len == self.stored_len
     }
 
-    /// Decompresses and re-hashes the message at this location of `file` (its pack).
-    pub fn check(&self, id: &Digest, file: &mut (impl Read + Seek)) -> Result<(), RecordFault> {
-        self.check_keeping_head(id, file, 0).map(drop)
+    /// Decompresses and re-hashes the message at this location of `file` (its pack), and
+    /// returns its record's header.
+    pub fn check(
+        &self,
+        id: &Digest,
+        file: &mut (impl Read + Seek),
+    ) -> Result<pack::RecordHeader, RecordFault> {
+        self.checked_record(id, file, 0).map(|(header, _)| header)
     }
 
     /// Like [`Location::check`], and returns the message's first `limit` bytes.
@@ -46,12 +51,22 @@ impl Location {
         file: &mut (impl Read + Seek),
         limit: usize,
     ) -> Result<Vec<u8>, RecordFault> {
+        self.checked_record(id, file, limit).map(|(_, head)| head)
+    }
+
+    fn checked_record(
+        &self,
+        id: &Digest,
+        file: &mut (impl Read + Seek),
+        limit: usize,
+    ) -> Result<(pack::RecordHeader, Vec<u8>), RecordFault> {
         let header = pack::read_record_header(file, self.offset)?;
         if !self.describes(id, &header) {
             return Err(RecordFault::Mismatch);
         }
         let mut stored = BufReader::new(&mut *file).take(self.stored_len);
-        pack::check_record_keeping_head(&header, &mut stored, limit)
+        let head = pack::RecordCodec::check_keeping_head(&header, &mut stored, limit)?;
+        Ok((header, head))
     }
 }
 

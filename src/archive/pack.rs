@@ -377,7 +377,7 @@ thread_local! {
 
 /// Compresses a message into one zstd frame, then decompresses the frame and checks that it gives
 /// back exactly `id`: a compressor bug or a memory error is caught before anything is written.
-pub fn compress_checked(id: Digest, raw: &[u8], level: i32) -> Result<Vec<u8>, RecordFault> {
+fn compress_checked(id: Digest, raw: &[u8], level: i32) -> Result<Vec<u8>, RecordFault> {
     let frame = COMPRESSOR.with(|cell| -> io::Result<Vec<u8>> {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -408,7 +408,7 @@ const BULK_LIMIT: u64 = 256 << 20;
 /// Decompresses one whole frame into memory: exactly `raw_len` bytes or an error. Up to
 /// `BULK_LIMIT` the output buffer is allocated at `raw_len` and decompression cannot write past
 /// it; above, it grows with what really comes out (a crafted `raw_len` allocates nothing).
-pub fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, RecordFault> {
+fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, RecordFault> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -439,6 +439,64 @@ pub fn decompress_bounded(stored: &[u8], raw_len: u64) -> Result<Vec<u8>, Record
     })
 }
 
+/// The one way between a message and a record's stored bytes: every reader and writer of
+/// records goes through it, so that the header's `codec` byte is read in one place (zstd, code
+/// 1, is the only one; a new codec is added here and nowhere else). Opening never produces more
+/// than the header's `raw_len` bytes, whatever the stored bytes claim.
+pub struct RecordCodec;
+
+impl RecordCodec {
+    /// Compresses `raw` (the message `id`) and checks that the frame gives it back exactly.
+    pub fn seal(id: Digest, raw: &[u8], level: i32) -> Result<Vec<u8>, RecordFault> {
+        compress_checked(id, raw, level)
+    }
+
+    /// Streams the message of the record `header` describes to `out` (not yet re-hashed:
+    /// callers that need the bytes trustworthy check the id, or use [`RecordCodec::check`]).
+    pub fn open(
+        header: &RecordHeader,
+        stored: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<(), RecordFault> {
+        Self::known(header)?;
+        copy_decompressed(header.raw_len, stored, out)
+    }
+
+    /// The whole message, in memory, re-hashed against its id.
+    pub fn open_whole(header: &RecordHeader, stored: &[u8]) -> Result<Vec<u8>, RecordFault> {
+        Self::known(header)?;
+        let out = decompress_bounded(stored, header.raw_len)?;
+        let got = Digest::of(&out);
+        if got != header.id {
+            return Err(RecordFault::Hash { got });
+        }
+        Ok(out)
+    }
+
+    /// Decompresses and re-hashes the record against its header.
+    pub fn check(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
+        Self::known(header)?;
+        check_record(header, stored)
+    }
+
+    /// Like [`RecordCodec::check`], returning the message's first `limit` bytes.
+    pub fn check_keeping_head(
+        header: &RecordHeader,
+        stored: &mut dyn Read,
+        limit: usize,
+    ) -> Result<Vec<u8>, RecordFault> {
+        Self::known(header)?;
+        check_record_keeping_head(header, stored, limit)
+    }
+
+    fn known(header: &RecordHeader) -> Result<(), RecordFault> {
+        match header.codec {
+            CODEC_ZSTD => Ok(()),
+            _ => Err(RecordFault::Header),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordFault {
     #[error("{0}")]
@@ -459,13 +517,13 @@ pub enum RecordFault {
 }
 
 /// Decompresses one record's stored bytes and checks length and hash against the header.
-pub fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
+fn check_record(header: &RecordHeader, stored: &mut dyn Read) -> Result<(), RecordFault> {
     check_record_keeping_head(header, stored, 0).map(drop)
 }
 
 /// Like [`check_record`], and returns the first `limit` bytes of the message, which are only
 /// returned once the whole message re-hashed to its id.
-pub fn check_record_keeping_head(
+fn check_record_keeping_head(
     header: &RecordHeader,
     stored: &mut dyn Read,
     limit: usize,
@@ -482,7 +540,7 @@ pub fn check_record_keeping_head(
 /// Streams the decompressed bytes of one record to `out`, never producing more than `raw_len`
 /// bytes (a crafted frame cannot make the reader allocate or write without limit), and fails
 /// unless exactly `raw_len` bytes come out.
-pub fn copy_decompressed(
+fn copy_decompressed(
     raw_len: u64,
     stored: &mut dyn Read,
     out: &mut dyn Write,

@@ -81,7 +81,7 @@ pub fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
         });
         if let Some((header, end)) = end {
             let mut stored = &bytes[pos + RECORD_HEADER_LEN as usize..end];
-            if pack::check_record(&header, &mut stored).is_ok() {
+            if pack::RecordCodec::check(&header, &mut stored).is_ok() {
                 out.push((pos as u64, header));
                 pos = end;
                 continue;
@@ -110,7 +110,7 @@ fn read_record(root: &Path, found: &Found) -> Result<Vec<u8>, ArchiveError> {
         .get(start..end)
         .ok_or_else(|| damaged(pack::RecordFault::Header))?;
     let mut raw = Vec::new();
-    pack::copy_decompressed(found.header.raw_len, &mut stored, &mut raw).map_err(damaged)?;
+    pack::RecordCodec::open(&found.header, &mut stored, &mut raw).map_err(damaged)?;
     Ok(raw)
 }
 

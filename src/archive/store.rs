@@ -195,13 +195,13 @@ impl PackReader {
         let path = self.root.join("packs").join(&*loc.pack);
         let mut file =
             PackFile::open(&self.root, &loc.pack).map_err(|e| damaged(RecordFault::Io(e)))?;
-        loc.check(id, &mut file).map_err(&damaged)?;
+        let header = loc.check(id, &mut file).map_err(&damaged)?;
         file.seek(SeekFrom::Start(
             loc.offset.saturating_add(RECORD_HEADER_LEN),
         ))
         .map_err(ArchiveError::io(&path))?;
         let mut stored = BufReader::new(file).take(loc.stored_len);
-        pack::copy_decompressed(loc.size, &mut stored, out).map_err(|fault| match fault {
+        pack::RecordCodec::open(&header, &mut stored, out).map_err(|fault| match fault {
             RecordFault::Output(source) => ArchiveError::Output { id: *id, source },
             fault => damaged(fault),
         })
@@ -239,12 +239,7 @@ impl PackReader {
         if !loc.describes(id, &header) {
             return Err(damaged(RecordFault::Mismatch));
         }
-        let out = pack::decompress_bounded(stored, loc.size).map_err(&damaged)?;
-        let got = Digest::of(&out);
-        if got != *id {
-            return Err(damaged(RecordFault::Hash { got }));
-        }
-        Ok(out)
+        pack::RecordCodec::open_whole(&header, stored).map_err(&damaged)
     }
 
     fn open_pack(&self, name: &str) -> std::io::Result<(OpenPack, u64)> {

@@ -454,7 +454,7 @@ fn check_pack(
     for (id, loc) in messages {
         referenced.insert(loc.offset);
         match loc.check(&id, &mut plain) {
-            Ok(()) => out.bytes_checked = out.bytes_checked.saturating_add(loc.size),
+            Ok(_) => out.bytes_checked = out.bytes_checked.saturating_add(loc.size),
             Err(fault) => out.damaged.push(damaged(id, name, fault.to_string(), None)),
         }
         progress(loc.size);
@@ -518,6 +518,6 @@ fn read_head(file: &mut PackFile, offset: u64, header: &RecordHeader) -> Option<
         .ok()?;
     let mut stored = BufReader::new(&mut *file).take(header.stored_len);
     let mut raw = Vec::new();
-    pack::copy_decompressed(header.raw_len, &mut stored, &mut raw).ok()?;
+    pack::RecordCodec::open(header, &mut stored, &mut raw).ok()?;
     Some(Envelope::parse(&raw))
 }

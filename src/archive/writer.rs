@@ -249,7 +249,7 @@ impl Writer {
             .zip(&compress)
             .map(|((m, id), &wanted)| {
                 wanted
-                    .then(|| pack::compress_checked(*id, &m.raw, level))
+                    .then(|| pack::RecordCodec::seal(*id, &m.raw, level))
                     .transpose()
             })
             .collect::<Result<_, RecordFault>>()
