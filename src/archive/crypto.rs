@@ -412,6 +412,14 @@ impl Sealed {
             .join(format!("{commit:08}-{sha256}.jsonl.zst"))
     }
 
+    /// Where this host keeps the sealed fields (accounts, lost messages) of a commit it made,
+    /// so that `status` works here without the identity.
+    pub fn host_fields_path(&self, commit: u64, segment_sha256: &Digest) -> PathBuf {
+        self.host_cache_dir()
+            .join("commits")
+            .join(format!("{commit:08}-{segment_sha256}.json"))
+    }
+
     pub fn no_host_cache(&self, commit: u64) -> CryptoError {
         CryptoError::NoHostCache {
             archive: self.archive_label(),

@@ -226,9 +226,17 @@ pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
             .and_then(|b| serde_json::from_slice::<CommitRecord>(&b).map_err(|e| e.to_string()));
         if let (Some(sealed), Ok(record)) = (&sealed, &mut record)
             && let Some(fields) = &record.sealed
-            && sealed.can_decrypt()
         {
-            let fields: catalog::SealedFields = sealed.open_json(fields)?;
+            // With the identity from the record; without, from what this host wrote.
+            let fields: catalog::SealedFields = match sealed.can_decrypt() {
+                true => sealed.open_json(fields)?,
+                false => record
+                    .segment
+                    .sha256
+                    .and_then(|sha| fs::read(sealed.host_fields_path(record.commit, &sha)).ok())
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default(),
+            };
             record.accounts = fields.accounts;
             record.lost = fields.lost;
         }

@@ -546,13 +546,24 @@ impl Writer {
         let text = match &self.sealed {
             None => serde_json::to_string_pretty(&record).expect("commit record serializes") + "\n",
             Some(sealed) => {
-                // Accounts and lost messages name people and messages: only inside age.
+                // Accounts and lost messages name people and messages: only inside age, and
+                // (for `status` on this host) in this host's cache, written before the record.
                 let mut public = record.clone();
                 public.format = super::crypto::ENCRYPTED_VERSION;
-                public.sealed = Some(sealed.seal_json(&catalog::SealedFields {
+                let fields = catalog::SealedFields {
                     accounts: std::mem::take(&mut public.accounts),
                     lost: std::mem::take(&mut public.lost),
-                })?);
+                };
+                if let Some(sha256) = &record.segment.sha256 {
+                    let path = sealed.host_fields_path(number, sha256);
+                    let dir = durable::parent_dir(&path);
+                    fs::create_dir_all(dir).map_err(ArchiveError::io(dir))?;
+                    let _ = fs::remove_file(&path);
+                    let text = serde_json::to_vec(&fields).expect("serializes");
+                    durable::write_once(&sealed.host_cache_dir().join("tmp"), &path, &text)
+                        .map_err(ArchiveError::io(&path))?;
+                }
+                public.sealed = Some(sealed.seal_json(&fields)?);
                 let text = serde_json::to_string_pretty(&public).expect("commit record serializes");
                 sealed.sign_record(&(text + "\n"))?
             }

@@ -454,8 +454,6 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::List(_)
             | Command::Cat(_)
             | Command::Search(_)
-            | Command::Stats(_)
-            | Command::Status(_)
             | Command::Restore(_)
             | Command::Copy(_)
             | Command::Export(_)
