@@ -5,7 +5,8 @@ restic and borg (`--encryption repokey-blake2`), which both encrypt, in one run.
 Steps, for the generated COUNT-message Maildir: import (restic backup, borg create), a POP3
 backup of the same mailbox from a throwaway Dovecot (popvault only: restic and borg have no POP3),
 the full check (`verify --full` with the identity, `restic check --read-data`,
-`borg check --verify-data`), and a restore into a Maildir (`restic restore`, `borg extract`).
+`borg check --verify-data`), and a restore into a Maildir (`restic restore`, `borg extract`,
+each followed by `sync`, as popvault's restore ends with its files on disk).
 Also `verify --full` without the identity (the ciphertext against its names only).
 usage: bench/encryption.py [COUNT] [RUNS]   (defaults 20000 and 1; medians are reported)
 """
@@ -55,7 +56,9 @@ def restic_steps(src):
     out = {"import": measure(["restic", "-q", "-r", repo, "backup", src], env=env),
            "verify": measure(["restic", "-q", "-r", repo, "check", "--read-data"], env=env)}
     target = fresh(os.path.join(WORK, "restored-restic"))
-    out["restore"] = measure(["restic", "-q", "-r", repo, "restore", "latest", "--target", target], env=env)
+    # popvault's restore ends with its files on disk (syncfs); the peers' are followed by `sync`.
+    out["restore"] = measure(["sh", "-c", f"restic -q -r '{repo}' restore latest --target '{target}' && sync"],
+                             env=env)
     out["size"] = du(repo)
     return out
 
@@ -69,7 +72,7 @@ def borg_steps(src):
            "verify": measure(["borg", "check", "--verify-data", repo], env=env)}
     target = fresh(os.path.join(WORK, "restored-borg"))
     os.makedirs(target)
-    out["restore"] = measure(["borg", "extract", f"{repo}::a"], env=env, cwd=target)
+    out["restore"] = measure(["sh", "-c", f"borg extract '{repo}::a' && sync"], env=env, cwd=target)
     out["size"] = du(repo)
     return out
 
