@@ -85,7 +85,28 @@ impl Encryption {
                 "its passphrase (asked on a terminal, or `passphrase_command` in the config)",
             );
         }
+        if kinds.is_empty() {
+            return "an identity (--identity FILE or $POPVAULT_IDENTITY)".into();
+        }
         kinds.join(", or ")
+    }
+
+    /// Checks what the header says before anything relies on it: the scheme, the archive key
+    /// and the writer key (64 hex digits: it becomes a file name).
+    pub fn check(&self) -> Result<(), String> {
+        if self.scheme != "age" {
+            return Err(format!(
+                "its encryption scheme {:?} is not one this popvault knows",
+                self.scheme
+            ));
+        }
+        if self.archive_key.parse::<age::x25519::Recipient>().is_err() {
+            return Err("its archive key is not an age public key".into());
+        }
+        if self.writer_key.len() != 64 || !self.writer_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("its writer key is not 64 hex digits".into());
+        }
+        Ok(())
     }
 }
 
@@ -102,9 +123,13 @@ pub enum CryptoError {
     )]
     NoWriterKey { archive: String, path: PathBuf },
     #[error(
-        "this host's cache lacks commit {commit} of the encrypted archive at {archive} (written elsewhere, or the cache was deleted): run this command once with the identity (--identity) so that popvault can read what is archived"
+        "this host's cache lacks commit {commit} of the encrypted archive at {archive} (written elsewhere, or the cache was deleted): run this command with an identity that opens this archive (--identity){given}, so that popvault can read what is archived"
     )]
-    NoHostCache { archive: String, commit: u64 },
+    NoHostCache {
+        archive: String,
+        commit: u64,
+        given: &'static str,
+    },
     #[error("{what} cannot be decrypted: {reason}")]
     Undecryptable { what: String, reason: String },
 }
@@ -226,7 +251,7 @@ impl Sealed {
         let access = access();
         let keys = self.root.join(KEYS_DIR);
         let mut tried = Vec::new();
-        if !access.identity_files.is_empty() && !self.encryption.recipients.is_empty() {
+        if !access.identity_files.is_empty() {
             let mut identities = Vec::new();
             for path in &access.identity_files {
                 identities.extend(read_identity_file(path).map_err(|e| e.to_string())?);
@@ -242,7 +267,7 @@ impl Sealed {
                 &bytes,
                 identities.iter().map(|i| i.as_ref() as &dyn age::Identity),
             ) {
-                Ok(secret) => return parse_archive_key(&secret),
+                Ok(secret) => return parse_archive_key(&secret).and_then(|i| self.matching(i)),
                 Err(age::DecryptError::NoMatchingKeys) => {}
                 Err(e) => return Err(format!("{}: {e}", keys.join(RECIPIENTS_KEY_FILE).display())),
             }
@@ -259,7 +284,7 @@ impl Sealed {
             })?;
             let identity = age::scrypt::Identity::new(SecretString::from(passphrase));
             match decrypt_with(&bytes, std::iter::once(&identity as &dyn age::Identity)) {
-                Ok(secret) => return parse_archive_key(&secret),
+                Ok(secret) => return parse_archive_key(&secret).and_then(|i| self.matching(i)),
                 Err(age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys) => {
                     tried.push("the passphrase".into())
                 }
@@ -399,9 +424,7 @@ impl Sealed {
 
     /// This host's own cache for the archive: the envelope-less catalog lines it wrote.
     pub fn host_cache_dir(&self) -> PathBuf {
-        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
-        let key = Digest::of(root.as_os_str().as_encoded_bytes()).to_string();
-        access().cache_dir.join(&key[..24])
+        host_dir(&self.root)
     }
 
     /// Where the catalog lines of commit `commit`, whose encrypted segment has `sha256`, are
@@ -424,6 +447,11 @@ impl Sealed {
         CryptoError::NoHostCache {
             archive: self.archive_label(),
             commit,
+            given: if self.has_identity() {
+                "; the one given does not"
+            } else {
+                ""
+            },
         }
     }
 
@@ -447,6 +475,63 @@ impl Sealed {
     }
 }
 
+/// This host's cache directory for the archive at `root` (by its canonical path).
+fn host_dir(root: &Path) -> PathBuf {
+    let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let key = Digest::of(root.as_os_str().as_encoded_bytes()).to_string();
+    access().cache_dir.join(&key[..24])
+}
+
+const PIN_FILE: &str = "header-encryption.json";
+
+/// On a writing host: the header's encryption must be what it was when this host first wrote
+/// (or made) the archive. A header rewritten to another archive key, or to a plain archive,
+/// would have new mail written to someone else's key, or in the clear.
+pub fn check_pin(root: &Path, encryption: Option<&Encryption>) -> Result<(), super::ArchiveError> {
+    if access().cache_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let path = host_dir(root).join(PIN_FILE);
+    let changed = |what: &str| super::ArchiveError::BadHeader {
+        path: root.join(super::store::HEADER_FILE),
+        reason: format!(
+            "{what} since this host last wrote to it: someone changed the header; nothing was written (restore the header from a copy, or delete {} if you made a new archive here yourself)",
+            path.display()
+        ),
+    };
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let pinned: Option<Encryption> = serde_json::from_slice(&bytes).ok();
+            match (pinned, encryption) {
+                (Some(p), Some(e)) if &p == e => Ok(()),
+                (Some(_), None) => Err(changed(
+                    "it says the archive is plain, but it was encrypted",
+                )),
+                (_, _) => Err(changed("its encryption keys changed")),
+            }
+        }
+        Err(_) => match encryption {
+            Some(e) => pin(root, e),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Records the header's encryption as this host's pin (a new archive made here).
+pub fn pin(root: &Path, encryption: &Encryption) -> Result<(), super::ArchiveError> {
+    if access().cache_dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let dir = host_dir(root);
+    fs::create_dir_all(&dir).map_err(super::ArchiveError::io(&dir))?;
+    let path = dir.join(PIN_FILE);
+    let text = serde_json::to_vec(encryption).expect("serializes");
+    let tmp = dir.join(format!("{PIN_FILE}.tmp"));
+    fs::write(&tmp, &text)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(super::ArchiveError::io(&path))
+}
+
 fn decrypt_with<'a>(
     bytes: &[u8],
     identities: impl Iterator<Item = &'a dyn age::Identity>,
@@ -464,6 +549,20 @@ fn parse_archive_key(secret: &[u8]) -> Result<age::x25519::Identity, String> {
         .and_then(|s| s.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")))
         .and_then(|line| line.trim().parse().ok())
         .ok_or_else(|| "the archive key file does not hold an age identity".into())
+}
+
+impl Sealed {
+    /// The unwrapped archive key must be the one the header names: a header changed to
+    /// another key would have new mail encrypted to someone else.
+    fn matching(&self, identity: age::x25519::Identity) -> Result<age::x25519::Identity, String> {
+        if identity.to_public().to_string() != self.encryption.archive_key {
+            return Err(format!(
+                "the header of {} names another archive key than keys/ holds: the header was changed; do not write to this archive, and restore the header from a copy",
+                self.root.display()
+            ));
+        }
+        Ok(identity)
+    }
 }
 
 /// The identities in an age identity file (as `age-keygen` writes it) or an SSH private key.
@@ -513,6 +612,12 @@ pub fn parse_recipients(given: &[String], files: &[PathBuf]) -> Result<Vec<Strin
         } else {
             line.parse::<age::ssh::Recipient>().is_ok()
         };
+        if line.starts_with("AGE-SECRET-KEY-") || line.starts_with("-----BEGIN") {
+            return Err(CryptoError::BadKey {
+                what: what.into(),
+                reason: "it holds a secret key, not a public one: give its public key (age-keygen -y FILE, or the .pub file of an SSH key)".into(),
+            });
+        }
         if !ok {
             return Err(CryptoError::BadKey {
                 what: what.into(),

@@ -138,8 +138,13 @@ pub fn repair(
     report.retired_commits = (1..=archive.last_commit())
         .filter(|n| !readable.contains(n) && !already_retired_commits.contains(n))
         .collect();
+    // In an encrypted archive a file no signed record names may be anyone's (age does not
+    // say who encrypted it): it is never catalogued.
+    let trusts_orphans = crypto::sealed(root)?.is_none();
     let orphan = |name: &str| {
-        catalog::commit_of_file_name(name).is_some_and(|n| report.retired_commits.contains(&n))
+        trusts_orphans
+            && catalog::commit_of_file_name(name)
+                .is_some_and(|n| report.retired_commits.contains(&n))
     };
 
     // Sources of messages whose lines live only in orphaned or damaged segments.

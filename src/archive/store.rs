@@ -97,6 +97,14 @@ fn read_header(root: &Path) -> Result<Header, ArchiveError> {
             supported: super::crypto::ENCRYPTED_VERSION,
         });
     }
+    if let Some(encryption) = &header.encryption {
+        encryption
+            .check()
+            .map_err(|reason| ArchiveError::BadHeader {
+                path: header_path.clone(),
+                reason,
+            })?;
+    }
     // Version 2 is the encrypted format: a reader must never take it for a plain archive.
     if (header.version == super::crypto::ENCRYPTED_VERSION) != header.encryption.is_some() {
         return Err(ArchiveError::BadHeader {

@@ -121,6 +121,7 @@ impl Writer {
         let lock = WriterLock::acquire(&root.join("lock"), command, wait)?;
         store::check_header(root)?;
         let sealed = super::crypto::sealed(root)?;
+        super::crypto::check_pin(root, sealed.as_ref().map(|s| s.encryption()))?;
         if let Some(sealed) = &sealed {
             sealed.check_writer()?;
             // Plaintext scratch files of an encrypted archive stay on this host, never in it.

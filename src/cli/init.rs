@@ -32,6 +32,13 @@ pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
         false => None,
         true => Some(new_keys(ctx, &args)?),
     };
+    // The writer key goes first: an archive made without it could never be written to.
+    let writer_key = match &keys {
+        Some(keys) if !crate::archive::is_archive(&ctx.archive) || ctx.remote.is_some() => Some(
+            crypto::store_writer_key(&keys.encryption, &keys.writer_secret_hex)?,
+        ),
+        _ => None,
+    };
     let created = match &ctx.remote {
         Some(mirror) => match mirror.init(keys.as_ref()) {
             Ok(()) => Ok(true),
@@ -55,8 +62,10 @@ pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     }
     .with_context(|| format!("cannot create an archive at {}", ctx.archive_label))?;
     if !created {
-        let encrypted = crypto::sealed(&ctx.archive)?.is_some();
-        if args.encrypt && !encrypted {
+        // (A remote archive not mirrored here yet is not read for this.)
+        let encrypted =
+            crate::archive::is_archive(&ctx.archive) && crypto::sealed(&ctx.archive)?.is_some();
+        if args.encrypt && !encrypted && crate::archive::is_archive(&ctx.archive) {
             anyhow::bail!(
                 "{} is a plain archive already: an archive cannot be encrypted in place; init an encrypted one elsewhere and `popvault copy --to` it",
                 ctx.archive_label
@@ -76,7 +85,10 @@ pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
         }
         return Ok(Exit::Ok);
     };
-    let writer_key = crypto::store_writer_key(&keys.encryption, &keys.writer_secret_hex)?;
+    let Some(writer_key) = writer_key else {
+        return Ok(Exit::Ok);
+    };
+    crypto::pin(&ctx.archive, &keys.encryption)?;
     if !ctx.quiet {
         say!(
             "created an empty encrypted archive at {}",
@@ -162,7 +174,7 @@ pub(crate) fn set_access(
     };
     let on_terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let passphrase: Option<Box<dyn Fn() -> Result<String, String> + Send + Sync>> =
-        match passphrase_command {
+        match passphrase_command.filter(|_| may_ask) {
             Some(command) => Some(Box::new(move || {
                 passphrase_from_command(&command, &crate::stop::Stop::new())
                     .map_err(|e| format!("{e:#}"))

@@ -578,6 +578,39 @@ fn tampering_with_an_encrypted_archive_is_detected_and_named() {
     let out = sandbox.run(&["import", &mbox]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     reset();
+
+    // A header rewritten to another archive key, or to a plain archive: the writing host
+    // refuses to add mail to it, and a reader with the identity names the change.
+    let header_path = archive.join("popvault-archive.json");
+    let original = std::fs::read_to_string(&header_path).unwrap();
+    let (_, attacker) = age_keygen(sandbox.path(), "attacker.txt");
+    std::fs::write(&header_path, original.replace(archive_key, &attacker)).unwrap();
+    let eml = format!("eml:{}", corpus_dir().join("cpython-msg_04.eml").display());
+    let out = sandbox.run(&["import", &eml]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("changed the header"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_identity(&sandbox, &identity, &["list"]);
+    assert!(
+        stderr(&out).contains("header was changed"),
+        "{}",
+        stderr(&out)
+    );
+    let mut plain: serde_json::Value = serde_json::from_str(&original).unwrap();
+    plain.as_object_mut().unwrap().remove("encryption");
+    plain["version"] = 1.into();
+    std::fs::write(&header_path, plain.to_string()).unwrap();
+    let out = sandbox.run(&["import", &eml]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("plain, but it was encrypted"),
+        "{}",
+        stderr(&out)
+    );
+    reset();
     ok_with(&sandbox, &identity, &["verify", "--full"]);
 }
 
