@@ -123,16 +123,7 @@ pub fn verify(
         }
     }
     report.packs = pack_sizes.len();
-    for rel in unreferenced_files(root, &read.commits)? {
-        let name = rel.rsplit('/').next().unwrap_or(&rel);
-        if commit_of_file_name(name).is_some_and(|n| read.uncommitted.contains(&n)) {
-            report.leftovers.push(rel);
-        } else {
-            report
-                .problems
-                .push(format!("{rel} is not named by any commit record"));
-        }
-    }
+    report_unreferenced(root, &read, &mut report)?;
 
     // Messages `repair` declared lost and that were not stored again since.
     let known_lost: HashMap<Digest, &str> = read
@@ -278,6 +269,17 @@ fn verify_sealed_files(root: &Path, full: bool) -> Result<VerifyReport, ArchiveE
         })
         .collect::<Result<_, _>>()?;
     report.problems.extend(outcomes.into_iter().flatten());
+    report_unreferenced(root, &read, &mut report)?;
+    Ok(report)
+}
+
+/// Files no commit record names: an interrupted writer's leftovers (its number has an intent
+/// marker), else problems.
+fn report_unreferenced(
+    root: &Path,
+    read: &super::index::CatalogRead,
+    report: &mut VerifyReport,
+) -> Result<(), ArchiveError> {
     for rel in unreferenced_files(root, &read.commits)? {
         let name = rel.rsplit('/').next().unwrap_or(&rel);
         if commit_of_file_name(name).is_some_and(|n| read.uncommitted.contains(&n)) {
@@ -288,7 +290,7 @@ fn verify_sealed_files(root: &Path, full: bool) -> Result<VerifyReport, ArchiveE
                 .push(format!("{rel} is not named by any commit record"));
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Files in `packs/` and `catalog/` that no commit record names.
