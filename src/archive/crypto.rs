@@ -305,25 +305,25 @@ impl Sealed {
 
     /// `plain` as an age file to the archive key.
     pub fn encrypt(&self, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut out = Vec::with_capacity(plain.len() + 256);
-        self.encrypt_stream(&mut &plain[..], &mut out)
-            .map_err(|e| CryptoError::BadKey {
-                what: "the archive key".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(out)
+        let bad_key = |e: io::Error| CryptoError::BadKey {
+            what: "the archive key".into(),
+            reason: e.to_string(),
+        };
+        let mut writer = self
+            .encrypting(Vec::with_capacity(plain.len() + 256))
+            .map_err(bad_key)?;
+        writer.write_all(plain).map_err(bad_key)?;
+        writer.finish().map_err(bad_key)
     }
 
-    /// Streams `plain` into `out` as an age file to the archive key.
-    pub fn encrypt_stream(&self, plain: &mut dyn Read, out: &mut dyn Write) -> io::Result<()> {
+    /// A writer that turns what is written into `out` as an age file to the archive key; the
+    /// file is complete only after `finish()`.
+    pub fn encrypting<W: Write>(&self, out: W) -> io::Result<age::stream::StreamWriter<W>> {
         let recipient = self.recipient().map_err(io::Error::other)?;
         let encryptor =
             age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
                 .map_err(io::Error::other)?;
-        let mut writer = encryptor.wrap_output(out)?;
-        io::copy(plain, &mut writer)?;
-        writer.finish()?;
-        Ok(())
+        encryptor.wrap_output(out)
     }
 
     /// Decrypts a whole age file of this archive (`what` names it in errors).

@@ -192,22 +192,21 @@ impl PackWriter {
         prefix: &str,
         sealed: Option<&super::crypto::Sealed>,
     ) -> Result<SealedPack, SealError> {
-        self.file
-            .flush()
-            .map_err(|e| SealError::Io(self.path.clone(), e))?;
+        let io = |e| SealError::Io(self.path.clone(), e);
+        self.file.flush().map_err(io)?;
         let file = self
             .file
             .into_inner()
             .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
-        let io = |e| SealError::Io(self.path.clone(), e);
-        super::durable::sync_file(&file, &self.path).map_err(io)?;
-        let mut reader = File::open(&self.path).map_err(io)?;
-        let (pack_digest, records) = scan_verify(&mut reader, self.len, Some(&self.streamed))
-            .map_err(|e| match e {
-                ScanError::Io(e) => SealError::Io(self.path.clone(), e),
-                ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
-            })?;
+        let self_check = |e| match e {
+            ScanError::Io(e) => SealError::Io(self.path.clone(), e),
+            ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
+        };
         let Some(sealed) = sealed else {
+            super::durable::sync_file(&file, &self.path).map_err(io)?;
+            let plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
+            let (pack_digest, records) =
+                scan_verify(plain, self.len, Some(&self.streamed)).map_err(self_check)?;
             let name = format!("{prefix}-{pack_digest}.pack");
             let dest = root.join("packs").join(&name);
             super::durable::rename_durably(&self.path, &dest)
@@ -218,19 +217,29 @@ impl PackWriter {
                 records,
             });
         };
+        // The plaintext scratch is never synced: a crash discards it. One read of it both
+        // self-checks it and feeds the encryption, and only the age file is made durable.
+        drop(file);
         let encrypted = root.join("tmp").join(format!("{prefix}.pack.age"));
         let enc_io = |e| SealError::Io(encrypted.clone(), e);
         let _ = std::fs::remove_file(&encrypted);
         let out = super::durable::create_new(&encrypted).map_err(enc_io)?;
-        let mut hashed = HashingFile {
+        let hashed = HashingFile {
             inner: BufWriter::with_capacity(1 << 20, out),
             hasher: Hasher::default(),
             count: 0,
         };
-        let mut plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
-        sealed
-            .encrypt_stream(&mut plain, &mut hashed)
-            .map_err(enc_io)?;
+        let mut tee = Tee {
+            inner: BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?),
+            copy: sealed.encrypting(hashed).map_err(enc_io)?,
+            copy_error: None,
+        };
+        let scanned = scan_verify(&mut tee, self.len, Some(&self.streamed));
+        if let Some(e) = tee.copy_error.take() {
+            return Err(enc_io(e));
+        }
+        let (_, records) = scanned.map_err(self_check)?;
+        let hashed = tee.copy.finish().map_err(enc_io)?;
         let (size, digest) = (hashed.count, hashed.hasher.finish());
         let out = hashed
             .inner
@@ -247,6 +256,25 @@ impl PackWriter {
             size,
             records,
         })
+    }
+}
+
+/// A reader that writes everything read through it to `copy`; a failed write is kept in
+/// `copy_error` (and the read fails) so the caller can tell it from a failed read.
+struct Tee<R: Read, W: Write> {
+    inner: R,
+    copy: W,
+    copy_error: Option<io::Error>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.copy.write_all(&buf[..n]) {
+            self.copy_error = Some(e);
+            return Err(io::Error::other("the encrypted copy could not be written"));
+        }
+        Ok(n)
     }
 }
 
@@ -327,12 +355,12 @@ pub enum ScanError {
 /// that each record (or, with `only`, each record at one of those offsets) decompresses to exactly
 /// its id. Returns the SHA-256 of the file and the record count.
 pub fn scan_verify(
-    file: &mut File,
+    pack: impl Read,
     expected_len: u64,
     only: Option<&[u64]>,
 ) -> Result<(Digest, usize), ScanError> {
     let mut reader = HashingReader {
-        inner: BufReader::with_capacity(1 << 20, file),
+        inner: pack,
         hasher: Hasher::default(),
     };
     let mut magic = [0u8; 8];
