@@ -418,6 +418,11 @@ impl Writer {
 
     /// Where this writer may keep files it needs for a while: uncommitted, removed by the next
     /// writer if this one dies.
+    /// Whether this archive is encrypted (what is added is sealed to its key).
+    pub fn is_encrypted(&self) -> bool {
+        self.sealed.is_some()
+    }
+
     pub fn scratch_dir(&self) -> PathBuf {
         match &self.sealed {
             Some(sealed) => sealed.host_cache_dir().join("scratch"),

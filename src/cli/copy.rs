@@ -24,6 +24,10 @@ pub struct CopyArgs {
     /// When another popvault is writing the destination, wait for it instead of failing.
     #[arg(long)]
     wait: bool,
+    /// Copy an encrypted archive into a plain one: its mail is then readable by anyone who can
+    /// read the destination.
+    #[arg(long)]
+    plain: bool,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -42,9 +46,26 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     if to_label == ctx.archive_label || same(&dest_root, &ctx.archive) {
         anyhow::bail!("--to names the archive being copied ({to_label}): give another archive");
     }
+    let decrypting = crate::archive::crypto::sealed(&ctx.archive)?.is_some() && !args.plain;
+    let plain_refused = || {
+        anyhow::anyhow!(
+            "{} is encrypted and {to_label} is {}: the copy would hold its mail in the clear; init it with `popvault --archive {to_label} init --encrypt ...` first, or pass --plain to write a plain copy",
+            ctx.archive_label,
+            match crate::archive::is_archive(&dest_root) {
+                true => "a plain archive",
+                false => "not an archive yet (it would be made plain)",
+            }
+        )
+    };
+    if decrypting && remote.is_none() && !crate::archive::is_archive(&dest_root) {
+        return Err(plain_refused());
+    }
     let wait = args.wait.then_some(&ctx.stop);
     let mut writer =
         super::remote::open_writer(&dest_root, remote.as_ref(), &to_label, "copy", wait)?;
+    if decrypting && !writer.is_encrypted() {
+        return Err(plain_refused());
+    }
     let total = source
         .commits()
         .iter()

@@ -28,6 +28,9 @@ pub struct InitArgs {
 }
 
 pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
+    if ctx.remote.is_none() && crate::archive::is_archive(&ctx.archive) {
+        return already_an_archive(ctx, &args);
+    }
     let keys = match args.encrypt {
         false => None,
         true => Some(new_keys(ctx, &args)?),
@@ -62,22 +65,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     }
     .with_context(|| format!("cannot create an archive at {}", ctx.archive_label))?;
     if !created {
-        // (A remote archive not mirrored here yet is not read for this.)
-        let encrypted =
-            crate::archive::is_archive(&ctx.archive) && crypto::sealed(&ctx.archive)?.is_some();
-        if args.encrypt && !encrypted && crate::archive::is_archive(&ctx.archive) {
-            anyhow::bail!(
-                "{} is a plain archive already: an archive cannot be encrypted in place; init an encrypted one elsewhere and `popvault copy --to` it",
-                ctx.archive_label
-            );
-        }
-        if !ctx.quiet {
-            say!(
-                "{} is an archive already; nothing changed",
-                ctx.archive_label
-            );
-        }
-        return Ok(Exit::Ok);
+        return already_an_archive(ctx, &args);
     }
     let Some(keys) = keys else {
         if !ctx.quiet {
@@ -104,6 +92,36 @@ pub fn run(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
             },
             writer_key.display(),
             &keys.encryption.writer_key[..16],
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// `init` of an existing archive changes nothing; it fails when asked for what the archive is
+/// not (encrypted, or encrypted to other keys), so a user never believes a key was added.
+fn already_an_archive(ctx: &Context, args: &InitArgs) -> anyhow::Result<Exit> {
+    // (A remote archive not mirrored here yet is not read for this.)
+    if args.encrypt && crate::archive::is_archive(&ctx.archive) {
+        let Some(sealed) = crypto::sealed(&ctx.archive)? else {
+            anyhow::bail!(
+                "{} is a plain archive already: an archive cannot be encrypted in place; init an encrypted one elsewhere and `popvault copy --to` it",
+                ctx.archive_label
+            );
+        };
+        let has = sealed.encryption();
+        let asked = crypto::parse_recipients(&args.recipients, &args.recipients_files)?;
+        if asked.iter().any(|r| !has.recipients.contains(r)) || (args.passphrase && !has.passphrase)
+        {
+            anyhow::bail!(
+                "{} is an encrypted archive already, readable by other keys than these; nothing changed: keys cannot be added to an archive yet (init a new encrypted archive with all of them and `popvault copy --to` it)",
+                ctx.archive_label
+            );
+        }
+    }
+    if !ctx.quiet {
+        say!(
+            "{} is an archive already; nothing changed",
+            ctx.archive_label
         );
     }
     Ok(Exit::Ok)

@@ -784,4 +784,48 @@ fn an_encrypted_archive_on_s3_and_copies_into_encrypted_archives() {
         "{}",
         stderr(&out)
     );
+    // init with a key the archive does not have changes nothing, and says so by failing.
+    let out = sandbox.run(&[
+        "--archive",
+        local_arg,
+        "init",
+        "--encrypt",
+        "--recipient",
+        &recipient,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keys cannot be added"),
+        "{}",
+        stderr(&out)
+    );
+    let same = sandbox.ok(&[
+        "--archive",
+        local_arg,
+        "init",
+        "--encrypt",
+        "--recipient",
+        &other_recipient,
+    ]);
+    assert!(same.contains("nothing changed"), "{same}");
+
+    // An encrypted archive is never copied into the clear by accident.
+    let clear = sandbox.path().join("clear");
+    let clear_arg = clear.to_str().unwrap();
+    let mut c = s3("fresh");
+    let out = c
+        .args(["--identity", id, "copy", "--to", clear_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--plain"), "{}", stderr(&out));
+    assert!(!clear.exists(), "a refused copy made {clear_arg}");
+    let copied = run(
+        s3("fresh"),
+        &["--identity", id, "copy", "--plain", "--to", clear_arg],
+    );
+    assert!(
+        copied.contains(&format!("{} messages new", listed.len())),
+        "{copied}"
+    );
 }
