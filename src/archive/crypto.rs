@@ -132,6 +132,10 @@ pub enum CryptoError {
     },
     #[error("{what} cannot be decrypted: {reason}")]
     Undecryptable { what: String, reason: String },
+    #[error(
+        "{path} is damaged ({reason}): the archive key cannot be unwrapped from it; put back this file from another copy of the archive (`popvault copy` makes one)"
+    )]
+    DamagedKeyFile { path: String, reason: String },
 }
 
 /// How this process may open encrypted archives: set once by the CLI before any archive is
@@ -238,6 +242,13 @@ impl Sealed {
                 archive: self.archive_label(),
                 tried: tried.into(),
             },
+            Some(("damaged", path_reason)) => {
+                let (path, reason) = path_reason.split_once('\u{0}').unwrap_or((path_reason, ""));
+                CryptoError::DamagedKeyFile {
+                    path: path.into(),
+                    reason: reason.into(),
+                }
+            }
             _ => CryptoError::BadKey {
                 what: "the identity".into(),
                 reason: e.clone(),
@@ -246,7 +257,7 @@ impl Sealed {
     }
 
     /// Errors are kept as text (an unwrap is tried once per process): `needs\0kinds`,
-    /// `wrong\0what was tried`, or a reason.
+    /// `wrong\0what was tried`, `damaged\0path\0why`, or a reason.
     fn unwrap_archive_key(&self) -> Result<age::x25519::Identity, String> {
         let access = access();
         let keys = self.root.join(KEYS_DIR);
@@ -269,7 +280,10 @@ impl Sealed {
             ) {
                 Ok(secret) => return parse_archive_key(&secret).and_then(|i| self.matching(i)),
                 Err(age::DecryptError::NoMatchingKeys) => {}
-                Err(e) => return Err(format!("{}: {e}", keys.join(RECIPIENTS_KEY_FILE).display())),
+                Err(e) => {
+                    let path = keys.join(RECIPIENTS_KEY_FILE);
+                    return Err(format!("damaged\0{}\0{e}", path.display()));
+                }
             }
         }
         if self.encryption.passphrase
@@ -288,7 +302,10 @@ impl Sealed {
                 Err(age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys) => {
                     tried.push("the passphrase".into())
                 }
-                Err(e) => return Err(format!("{}: {e}", keys.join(PASSPHRASE_KEY_FILE).display())),
+                Err(e) => {
+                    let path = keys.join(PASSPHRASE_KEY_FILE);
+                    return Err(format!("damaged\0{}\0{e}", path.display()));
+                }
             }
         }
         if tried.is_empty() {
@@ -296,6 +313,34 @@ impl Sealed {
         } else {
             Err(format!("wrong\0{}", tried.join(" and ")))
         }
+    }
+
+    /// What is wrong with the key files the header promises (`keys/archive-key*.age`): missing,
+    /// or not an age file. What they wrap is checked only by unwrapping it, with an identity.
+    pub fn key_file_problems(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        if !self.encryption.recipients.is_empty() {
+            files.push(RECIPIENTS_KEY_FILE);
+        }
+        if self.encryption.passphrase {
+            files.push(PASSPHRASE_KEY_FILE);
+        }
+        let mut problems = Vec::new();
+        for name in files {
+            let path = self.root.join(KEYS_DIR).join(name);
+            let problem = match fs::read(&path) {
+                Err(e) => Some(format!("cannot read it: {e}")),
+                Ok(bytes) => age::Decryptor::new_buffered(&bytes[..])
+                    .err()
+                    .map(|e| format!("it is not an age file: {e}")),
+            };
+            if let Some(problem) = problem {
+                problems.push(format!(
+                    "key file {KEYS_DIR}/{name}: {problem} (without it the archive key cannot be unwrapped)"
+                ));
+            }
+        }
+        problems
     }
 
     /// Fails unless the archive key can be unwrapped (the identity opens this archive).

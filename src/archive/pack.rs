@@ -278,6 +278,12 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
+/// The SHA-256 a pack's name gives (`<commit>-<sha256>.pack`): of the pack's file as stored.
+pub fn digest_of_name(name: &str) -> Option<Digest> {
+    let hex = name.strip_suffix(".pack")?.split_once('-')?.1;
+    hex.parse().ok()
+}
+
 /// Hashes and counts what it writes through.
 struct HashingFile<W: Write> {
     inner: W,

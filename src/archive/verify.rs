@@ -72,14 +72,17 @@ pub fn verify(
     full: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(VerifyReport, Index), ArchiveError> {
-    if let Some(sealed) = super::crypto::sealed(root)?
+    let sealed = super::crypto::sealed(root)?;
+    if let Some(sealed) = &sealed
         && !sealed.can_decrypt()
     {
         // A key given that does not open the archive is said, not taken for no key.
         if sealed.has_identity() {
             sealed.unlock()?;
         }
-        return Ok((verify_sealed_files(root, full)?, Index::empty(root)));
+        let mut report = verify_sealed_files(root, full)?;
+        report.problems.extend(sealed.key_file_problems());
+        return Ok((report, Index::empty(root)));
     }
     // Ids seen on a line that does not store them (another source, or bytes in a retired pack):
     // each needs a storing line somewhere.
@@ -96,6 +99,10 @@ pub fn verify(
         ..VerifyReport::default()
     };
     report.problems.extend(read.issues.iter().cloned());
+    // (With the identity the key file that opened the archive was read whole; another may not.)
+    if let Some(sealed) = &sealed {
+        report.problems.extend(sealed.key_file_problems());
+    }
 
     let mut pack_sizes: HashMap<&str, u64> = HashMap::new();
     for commit in &read.commits {
@@ -229,11 +236,7 @@ fn verify_sealed_files(root: &Path, full: bool) -> Result<VerifyReport, ArchiveE
             .iter()
             .filter(|p| !read.retired.contains(&p.name))
         {
-            let digest = p
-                .name
-                .strip_suffix(".pack")
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(_, d)| d.parse::<Digest>().ok());
+            let digest = super::pack::digest_of_name(&p.name);
             files.push((
                 format!("pack {}", p.name),
                 root.join("packs").join(&p.name),
@@ -442,12 +445,8 @@ fn check_pack(
         }
         return Ok(out);
     }
-    let expected_digest = name
-        .strip_suffix(".pack")
-        .and_then(|n| n.split_once('-'))
-        .map(|(_, d)| d.to_string());
     let digest = file_digest(&mut file).map_err(ArchiveError::io(&path))?;
-    if expected_digest.as_deref() != Some(digest.hex().as_str()) && size.is_some() {
+    if super::pack::digest_of_name(name) != Some(digest) && size.is_some() {
         out.problems.push(format!(
             "pack {name} does not hash to its name (its bytes changed)"
         ));

@@ -700,6 +700,7 @@ fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<S
 const NO_SPACE_HINT: &str = "no space left on the device; free some space and run the command again (nothing committed was lost)";
 
 fn exit_for(err: &anyhow::Error) -> Exit {
+    use crate::archive::crypto;
     for cause in err
         .chain()
         .flat_map(|c| [Some(c), transparent_inner(c)])
@@ -709,7 +710,15 @@ fn exit_for(err: &anyhow::Error) -> Exit {
             Some(ArchiveError::Locked { .. }) => return Exit::Locked,
             // A forged (or damaged) commit record is damage to the archive.
             Some(ArchiveError::Unsigned { .. }) => return Exit::Damaged,
+            Some(ArchiveError::Crypto(crypto::CryptoError::DamagedKeyFile { .. })) => {
+                return Exit::Damaged;
+            }
             _ => {}
+        }
+        if let Some(crypto::CryptoError::DamagedKeyFile { .. }) =
+            cause.downcast_ref::<crypto::CryptoError>()
+        {
+            return Exit::Damaged;
         }
         if let Some(crate::archive::remote::RemoteError::Locked { .. }) =
             cause.downcast_ref::<crate::archive::remote::RemoteError>()

@@ -533,6 +533,26 @@ fn tampering_with_an_encrypted_archive_is_detected_and_named() {
     );
     reset();
 
+    // A damaged key file: named by verify without the identity, and "damaged", not "wrong
+    // key", to a reader with it.
+    let key_file = archive.join("keys").join("archive-key.age");
+    std::fs::write(&key_file, b"age-encryption.org/v1\n-> X25519 garbage\n").unwrap();
+    let out = sandbox.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keys/archive-key.age"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_identity(&sandbox, &identity, &["list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("archive-key.age is damaged"),
+        "{}",
+        stderr(&out)
+    );
+    reset();
+
     // A commit forged with the public key alone: a segment and pack encrypted to the archive
     // key, a record naming them, signed with a key of the forger's own (or not at all).
     let header: serde_json::Value =

@@ -394,7 +394,8 @@ impl Mirror {
         }
         let mut packs = Vec::new();
         for pack in &record.packs {
-            match pack_digest(&pack.name).filter(|_| own_file(&pack.name)) {
+            match crate::archive::pack::digest_of_name(&pack.name).filter(|_| own_file(&pack.name))
+            {
                 Some(digest) => packs.push((pack, digest)),
                 None => {
                     return Err(damaged(
@@ -638,7 +639,7 @@ impl Mirror {
                 wanted.push((
                     format!("packs/{}", pack.name),
                     pack.size,
-                    pack_digest(&pack.name),
+                    crate::archive::pack::digest_of_name(&pack.name),
                 ));
             }
             for (key, size, digest) in wanted {
@@ -667,12 +668,6 @@ fn unread_records<'k>(keys: impl Iterator<Item = &'k String>, published: u64) ->
         })
     })
     .collect()
-}
-
-/// The SHA-256 a pack's name gives (`<commit>-<sha256>.pack`).
-fn pack_digest(name: &str) -> Option<Digest> {
-    let hex = name.strip_suffix(".pack")?.split_once('-')?.1;
-    hex.parse().ok()
 }
 
 /// A name from a remote record becomes a file name in the mirror: nothing but a plain name.
