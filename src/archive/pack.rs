@@ -204,10 +204,13 @@ impl PackWriter {
         };
         let Some(sealed) = sealed else {
             super::durable::sync_file(&file, &self.path).map_err(io)?;
-            let plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
-            let (pack_digest, records) =
-                scan_verify(plain, self.len, Some(&self.streamed)).map_err(self_check)?;
-            let name = format!("{prefix}-{pack_digest}.pack");
+            let mut plain = HashingReader {
+                inner: BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?),
+                hasher: Hasher::default(),
+            };
+            let records =
+                scan_verify(&mut plain, self.len, Some(&self.streamed)).map_err(self_check)?;
+            let name = format!("{prefix}-{}.pack", plain.hasher.finish());
             let dest = root.join("packs").join(&name);
             super::durable::rename_durably(&self.path, &dest)
                 .map_err(|e| SealError::Io(dest.clone(), e))?;
@@ -218,7 +221,8 @@ impl PackWriter {
             });
         };
         // The plaintext scratch is never synced: a crash discards it. One read of it both
-        // self-checks it and feeds the encryption, and only the age file is made durable.
+        // self-checks it and, on a second thread, feeds the encryption; only the age file is
+        // made durable.
         drop(file);
         let encrypted = root.join("tmp").join(format!("{prefix}.pack.age"));
         let enc_io = |e| SealError::Io(encrypted.clone(), e);
@@ -229,17 +233,37 @@ impl PackWriter {
             hasher: Hasher::default(),
             count: 0,
         };
-        let mut tee = Tee {
-            inner: BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?),
-            copy: sealed.encrypting(hashed).map_err(enc_io)?,
-            copy_error: None,
-        };
-        let scanned = scan_verify(&mut tee, self.len, Some(&self.streamed));
-        if let Some(e) = tee.copy_error.take() {
-            return Err(enc_io(e));
-        }
-        let (_, records) = scanned.map_err(self_check)?;
-        let hashed = tee.copy.finish().map_err(enc_io)?;
+        let plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
+        let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (scanned, written) = std::thread::scope(|scope| {
+            let encrypting = scope.spawn(move || -> io::Result<_> {
+                let mut writer = sealed.encrypting(hashed)?;
+                for chunk in received {
+                    writer.write_all(&chunk)?;
+                }
+                writer.finish()
+            });
+            let mut tee = Tee {
+                inner: plain,
+                chunk: Vec::with_capacity(TEE_CHUNK),
+                chunks,
+            };
+            // (Either arm drops `tee`, closing the channel, before the join.)
+            let scanned = match scan_verify(&mut tee, self.len, Some(&self.streamed)) {
+                Ok(records) => tee.finish().map(|()| records).map_err(ScanError::Io),
+                Err(e) => {
+                    drop(tee);
+                    Err(e)
+                }
+            };
+            let written = encrypting
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the encrypting thread panicked")));
+            (scanned, written)
+        });
+        // A failed write ends the scan too (its reads then fail): the write's error is the cause.
+        let hashed = written.map_err(enc_io)?;
+        let records = scanned.map_err(self_check)?;
         let (size, digest) = (hashed.count, hashed.hasher.finish());
         let out = hashed
             .inner
@@ -259,20 +283,35 @@ impl PackWriter {
     }
 }
 
-/// A reader that writes everything read through it to `copy`; a failed write is kept in
-/// `copy_error` (and the read fails) so the caller can tell it from a failed read.
-struct Tee<R: Read, W: Write> {
+const TEE_CHUNK: usize = 1 << 20;
+
+/// A reader that sends everything read through it, in chunks of [`TEE_CHUNK`], to `chunks`;
+/// `finish` sends the rest. Reads fail once the receiver is gone.
+struct Tee<R: Read> {
     inner: R,
-    copy: W,
-    copy_error: Option<io::Error>,
+    chunk: Vec<u8>,
+    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
 }
 
-impl<R: Read, W: Write> Read for Tee<R, W> {
+impl<R: Read> Tee<R> {
+    fn send(&mut self) -> io::Result<()> {
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(TEE_CHUNK));
+        self.chunks
+            .send(full)
+            .map_err(|_| io::Error::other("the encrypted copy could not be written"))
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Err(e) = self.copy.write_all(&buf[..n]) {
-            self.copy_error = Some(e);
-            return Err(io::Error::other("the encrypted copy could not be written"));
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() >= TEE_CHUNK {
+            self.send()?;
         }
         Ok(n)
     }
@@ -359,16 +398,12 @@ pub enum ScanError {
 
 /// Reads a whole pack front to back, checking that it is a well-formed sequence of records and
 /// that each record (or, with `only`, each record at one of those offsets) decompresses to exactly
-/// its id. Returns the SHA-256 of the file and the record count.
+/// its id. Returns the record count.
 pub fn scan_verify(
-    pack: impl Read,
+    mut reader: impl Read,
     expected_len: u64,
     only: Option<&[u64]>,
-) -> Result<(Digest, usize), ScanError> {
-    let mut reader = HashingReader {
-        inner: pack,
-        hasher: Hasher::default(),
-    };
+) -> Result<usize, ScanError> {
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic).map_err(ScanError::Io)?;
     if &magic != PACK_MAGIC {
@@ -402,7 +437,7 @@ pub fn scan_verify(
             "pack length does not match its records".into(),
         ));
     }
-    Ok((reader.hasher.finish(), records))
+    Ok(records)
 }
 
 thread_local! {
