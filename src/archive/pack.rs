@@ -9,7 +9,7 @@
 //! id and lengths, so a pack can be read, verified and salvaged without the catalog.
 //! Invariant: a pack is written under `tmp/`, every record is decompressed and re-hashed against its
 //! id, and only then is the file fsynced and renamed into `packs/`; a pack in `packs/` is never
-//! modified again.
+//! modified again. An encrypted pack is the same bytes as one age file, written as they come.
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -68,13 +68,34 @@ pub struct RecordSpan {
 /// A pack being written under `tmp/`. Dropping it without `seal` leaves a temp file that the next
 /// writer deletes.
 pub struct PackWriter {
-    file: BufWriter<File>,
+    sink: Sink,
     path: PathBuf,
     len: u64,
+    records: usize,
     level: i32,
-    /// Offsets of records compressed while streaming, which `seal` still has to re-verify
-    /// (in-memory records were verified by `compress_checked` before they were appended).
-    streamed: Vec<u64>,
+}
+
+enum Sink {
+    /// Plain: `seal` re-reads the file, re-verifying the records at `streamed` (records from
+    /// memory were verified by `compress_checked` before they were appended).
+    Plain {
+        file: BufWriter<File>,
+        streamed: Vec<u64>,
+    },
+    /// Encrypted as it is written, so no plaintext pack ever touches a disk and nothing is read
+    /// back: every record is verified before it enters the age stream. A streamed record waits
+    /// in `pending` (a scratch file under `scratch`, on this host) until the caller keeps it: it
+    /// may still be truncated away as a duplicate.
+    Sealed {
+        stream: Box<age::stream::StreamWriter<HashingFile<BufWriter<File>>>>,
+        scratch: PathBuf,
+        pending: Option<PendingRecord>,
+    },
+}
+
+struct PendingRecord {
+    path: PathBuf,
+    offset: u64,
 }
 
 impl PackWriter {
@@ -82,11 +103,42 @@ impl PackWriter {
         let mut file = BufWriter::with_capacity(1 << 20, super::durable::create_new(&path)?);
         file.write_all(PACK_MAGIC)?;
         Ok(PackWriter {
-            file,
+            sink: Sink::Plain {
+                file,
+                streamed: Vec::new(),
+            },
             path,
             len: PACK_MAGIC.len() as u64,
+            records: 0,
             level,
-            streamed: Vec::new(),
+        })
+    }
+
+    /// A pack written as an age file to the archive key at `path`; streamed records are
+    /// staged in `scratch` (a directory on this host, outside the archive).
+    pub fn create_sealed(
+        path: PathBuf,
+        scratch: PathBuf,
+        level: i32,
+        sealed: &super::crypto::Sealed,
+    ) -> io::Result<PackWriter> {
+        let file = HashingFile {
+            inner: BufWriter::with_capacity(1 << 20, super::durable::create_new(&path)?),
+            hasher: Hasher::default(),
+            count: 0,
+        };
+        let mut stream = Box::new(sealed.encrypting(file)?);
+        stream.write_all(PACK_MAGIC)?;
+        Ok(PackWriter {
+            sink: Sink::Sealed {
+                stream,
+                scratch,
+                pending: None,
+            },
+            path,
+            len: PACK_MAGIC.len() as u64,
+            records: 0,
+            level,
         })
     }
 
@@ -102,6 +154,7 @@ impl PackWriter {
         raw_len: u64,
         frame: &[u8],
     ) -> io::Result<RecordSpan> {
+        self.keep_pending()?;
         let header = RecordHeader {
             codec: CODEC_ZSTD,
             raw_len,
@@ -109,9 +162,14 @@ impl PackWriter {
             id,
         };
         let offset = self.len;
-        super::durable::write(&mut self.file, &header.encode(), &self.path)?;
-        self.file.write_all(frame)?;
+        let out: &mut dyn Write = match &mut self.sink {
+            Sink::Plain { file, .. } => file,
+            Sink::Sealed { stream, .. } => stream,
+        };
+        super::durable::write(out, &header.encode(), &self.path)?;
+        out.write_all(frame)?;
         self.len += RECORD_HEADER_LEN + header.stored_len;
+        self.records += 1;
         Ok(RecordSpan {
             offset,
             stored_len: header.stored_len,
@@ -126,195 +184,204 @@ impl PackWriter {
         head: &[u8],
         rest: &mut dyn Read,
     ) -> io::Result<(Digest, u64, RecordSpan)> {
+        self.keep_pending()?;
         let offset = self.len;
-        self.streamed.push(offset);
-        self.file.write_all(&[0u8; RECORD_HEADER_LEN as usize])?;
-        let mut hasher = Hasher::default();
-        let mut raw_len = 0u64;
-        let mut counter = CountingWriter {
-            inner: &mut self.file,
-            count: 0,
+        let (id, raw_len, stored_len) = match &mut self.sink {
+            Sink::Plain { file, streamed } => {
+                streamed.push(offset);
+                stream_record(file, offset, head, rest, self.level)?
+            }
+            Sink::Sealed {
+                scratch, pending, ..
+            } => {
+                let path = scratch.join(format!("{offset}.record"));
+                let _ = std::fs::remove_file(&path);
+                let mut file =
+                    BufWriter::with_capacity(1 << 20, super::durable::create_new(&path)?);
+                let written = stream_record(&mut file, 0, head, rest, self.level)
+                    .and_then(|done| file.flush().map(|()| done));
+                match written {
+                    Ok(done) => {
+                        *pending = Some(PendingRecord { path, offset });
+                        done
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e);
+                    }
+                }
+            }
         };
-        let mut encoder = zstd::stream::write::Encoder::new(&mut counter, self.level)?;
-        encoder.include_checksum(true)?;
-        hasher.update(head);
-        encoder.write_all(head)?;
-        raw_len += head.len() as u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match rest.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.update(&buf[..n]);
-            encoder.write_all(&buf[..n])?;
-            raw_len += n as u64;
-        }
-        encoder.finish()?;
-        let stored_len = counter.count;
-        let id = hasher.finish();
-        let header = RecordHeader {
-            codec: CODEC_ZSTD,
-            raw_len,
-            stored_len,
-            id,
-        };
-        self.file.flush()?;
-        let inner = self.file.get_mut();
-        inner.seek(SeekFrom::Start(offset))?;
-        inner.write_all(&header.encode())?;
-        inner.seek(SeekFrom::End(0))?;
         self.len = offset + RECORD_HEADER_LEN + stored_len;
+        self.records += 1;
         Ok((id, raw_len, RecordSpan { offset, stored_len }))
     }
 
-    /// Drops every record from `len` on (used to undo a streamed duplicate).
+    /// Drops every record from `len` on (used to undo a streamed record: a duplicate, or one
+    /// whose source failed). An encrypted pack can drop only the record still pending.
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.file.flush()?;
-        let inner = self.file.get_mut();
-        inner.set_len(len)?;
-        inner.seek(SeekFrom::Start(len))?;
+        if len == self.len {
+            return Ok(());
+        }
+        match &mut self.sink {
+            Sink::Plain { file, streamed } => {
+                file.flush()?;
+                let inner = file.get_mut();
+                inner.set_len(len)?;
+                inner.seek(SeekFrom::Start(len))?;
+                streamed.retain(|&offset| offset < len);
+            }
+            Sink::Sealed { pending, .. } => match pending.take() {
+                Some(record) if record.offset == len => {
+                    let _ = std::fs::remove_file(&record.path);
+                }
+                other => {
+                    *pending = other;
+                    return Err(io::Error::other(
+                        "an encrypted pack can only drop the record just streamed",
+                    ));
+                }
+            },
+        }
+        self.records -= 1;
         self.len = len;
-        self.streamed.retain(|&offset| offset < len);
         Ok(())
     }
 
-    /// Re-reads the whole pack, checking its structure and decompressing and re-hashing every
-    /// streamed record against its id (in-memory ones were checked when compressed), computes the
-    /// pack's SHA-256, fsyncs it and moves it to `root/packs/<prefix>-<sha256>.pack`. In an
-    /// encrypted archive (`sealed`) what lands there is the pack as an age file, named by the
-    /// SHA-256 of that file, and the plaintext (kept out of the archive) is deleted.
-    pub fn seal(
-        mut self,
-        root: &Path,
-        prefix: &str,
-        sealed: Option<&super::crypto::Sealed>,
-    ) -> Result<SealedPack, SealError> {
+    /// Moves a pending streamed record into the age stream, after decompressing and
+    /// re-hashing it against its id.
+    fn keep_pending(&mut self) -> io::Result<()> {
+        let Sink::Sealed {
+            stream, pending, ..
+        } = &mut self.sink
+        else {
+            return Ok(());
+        };
+        let Some(record) = pending.take() else {
+            return Ok(());
+        };
+        let kept = (|| {
+            let mut file = BufReader::with_capacity(1 << 20, File::open(&record.path)?);
+            let mut hb = [0u8; RECORD_HEADER_LEN as usize];
+            file.read_exact(&mut hb)?;
+            let fault = match RecordHeader::decode(&hb) {
+                None => Some("bad record header".to_string()),
+                Some(header) => {
+                    match check_record(&header, &mut (&mut file).take(header.stored_len)) {
+                        Ok(()) => None,
+                        Err(RecordFault::Io(e)) => return Err(e),
+                        Err(fault) => Some(format!("record {}: {fault}", header.id)),
+                    }
+                }
+            };
+            if let Some(what) = fault {
+                return Err(io::Error::other(format!(
+                    "self-check of a new record failed before commit ({what}); nothing was committed: check memory and disk"
+                )));
+            }
+            file.seek(SeekFrom::Start(0))?;
+            io::copy(&mut file, stream)?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&record.path);
+        kept
+    }
+
+    /// Makes the pack final and moves it to `root/packs/<prefix>-<sha256>.pack`, named by the
+    /// SHA-256 of the file as stored (the age file, for an encrypted pack). A plain pack is first
+    /// re-read whole: its structure checked, its streamed records decompressed and re-hashed.
+    pub fn seal(mut self, root: &Path, prefix: &str) -> Result<SealedPack, SealError> {
+        self.keep_pending()
+            .map_err(|e| SealError::Io(self.path.clone(), e))?;
         let io = |e| SealError::Io(self.path.clone(), e);
-        self.file.flush().map_err(io)?;
-        let file = self
-            .file
-            .into_inner()
-            .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
-        let self_check = |e| match e {
-            ScanError::Io(e) => SealError::Io(self.path.clone(), e),
-            ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
+        let (size, digest) = match self.sink {
+            Sink::Plain { file, streamed } => {
+                let file = file
+                    .into_inner()
+                    .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
+                super::durable::sync_file(&file, &self.path).map_err(io)?;
+                let mut plain = HashingReader {
+                    inner: BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?),
+                    hasher: Hasher::default(),
+                };
+                scan_verify(&mut plain, self.len, Some(&streamed)).map_err(|e| match e {
+                    ScanError::Io(e) => SealError::Io(self.path.clone(), e),
+                    ScanError::Damaged(what) => SealError::SelfCheck(self.path.clone(), what),
+                })?;
+                (self.len, plain.hasher.finish())
+            }
+            Sink::Sealed { stream, .. } => {
+                let hashed = stream.finish().map_err(io)?;
+                let (size, digest) = (hashed.count, hashed.hasher.finish());
+                let file = hashed
+                    .inner
+                    .into_inner()
+                    .map_err(|e| SealError::Io(self.path.clone(), e.into_error()))?;
+                super::durable::sync_file(&file, &self.path).map_err(io)?;
+                (size, digest)
+            }
         };
-        let Some(sealed) = sealed else {
-            super::durable::sync_file(&file, &self.path).map_err(io)?;
-            let mut plain = HashingReader {
-                inner: BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?),
-                hasher: Hasher::default(),
-            };
-            let records =
-                scan_verify(&mut plain, self.len, Some(&self.streamed)).map_err(self_check)?;
-            let name = format!("{prefix}-{}.pack", plain.hasher.finish());
-            let dest = root.join("packs").join(&name);
-            super::durable::rename_durably(&self.path, &dest)
-                .map_err(|e| SealError::Io(dest.clone(), e))?;
-            return Ok(SealedPack {
-                name,
-                size: self.len,
-                records,
-            });
-        };
-        // The plaintext scratch is never synced: a crash discards it. One read of it both
-        // self-checks it and, on a second thread, feeds the encryption; only the age file is
-        // made durable.
-        drop(file);
-        let encrypted = root.join("tmp").join(format!("{prefix}.pack.age"));
-        let enc_io = |e| SealError::Io(encrypted.clone(), e);
-        let _ = std::fs::remove_file(&encrypted);
-        let out = super::durable::create_new(&encrypted).map_err(enc_io)?;
-        let hashed = HashingFile {
-            inner: BufWriter::with_capacity(1 << 20, out),
-            hasher: Hasher::default(),
-            count: 0,
-        };
-        let plain = BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(io)?);
-        let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let (scanned, written) = std::thread::scope(|scope| {
-            let encrypting = scope.spawn(move || -> io::Result<_> {
-                let mut writer = sealed.encrypting(hashed)?;
-                for chunk in received {
-                    writer.write_all(&chunk)?;
-                }
-                writer.finish()
-            });
-            let mut tee = Tee {
-                inner: plain,
-                chunk: Vec::with_capacity(TEE_CHUNK),
-                chunks,
-            };
-            // (Either arm drops `tee`, closing the channel, before the join.)
-            let scanned = match scan_verify(&mut tee, self.len, Some(&self.streamed)) {
-                Ok(records) => tee.finish().map(|()| records).map_err(ScanError::Io),
-                Err(e) => {
-                    drop(tee);
-                    Err(e)
-                }
-            };
-            let written = encrypting
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the encrypting thread panicked")));
-            (scanned, written)
-        });
-        // A failed write ends the scan too (its reads then fail): the write's error is the cause.
-        let hashed = written.map_err(enc_io)?;
-        let records = scanned.map_err(self_check)?;
-        let (size, digest) = (hashed.count, hashed.hasher.finish());
-        let out = hashed
-            .inner
-            .into_inner()
-            .map_err(|e| SealError::Io(encrypted.clone(), e.into_error()))?;
-        super::durable::sync_file(&out, &encrypted).map_err(enc_io)?;
         let name = format!("{prefix}-{digest}.pack");
         let dest = root.join("packs").join(&name);
-        super::durable::rename_durably(&encrypted, &dest)
+        super::durable::rename_durably(&self.path, &dest)
             .map_err(|e| SealError::Io(dest.clone(), e))?;
-        let _ = std::fs::remove_file(&self.path);
         Ok(SealedPack {
             name,
             size,
-            records,
+            records: self.records,
         })
     }
 }
 
-const TEE_CHUNK: usize = 1 << 20;
-
-/// A reader that sends everything read through it, in chunks of [`TEE_CHUNK`], to `chunks`;
-/// `finish` sends the rest. Reads fail once the receiver is gone.
-struct Tee<R: Read> {
-    inner: R,
-    chunk: Vec<u8>,
-    chunks: std::sync::mpsc::SyncSender<Vec<u8>>,
-}
-
-impl<R: Read> Tee<R> {
-    fn send(&mut self) -> io::Result<()> {
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(TEE_CHUNK));
-        self.chunks
-            .send(full)
-            .map_err(|_| io::Error::other("the encrypted copy could not be written"))
+/// Writes one record at `offset` of `file` (its end), compressing `head` then `rest` as they
+/// stream in; the header, known only at the end, is written last, in place. Returns the id, the
+/// raw length and the stored length.
+fn stream_record(
+    file: &mut BufWriter<File>,
+    offset: u64,
+    head: &[u8],
+    rest: &mut dyn Read,
+    level: i32,
+) -> io::Result<(Digest, u64, u64)> {
+    file.write_all(&[0u8; RECORD_HEADER_LEN as usize])?;
+    let mut hasher = Hasher::default();
+    let mut raw_len = 0u64;
+    let mut counter = CountingWriter {
+        inner: &mut *file,
+        count: 0,
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(&mut counter, level)?;
+    encoder.include_checksum(true)?;
+    hasher.update(head);
+    encoder.write_all(head)?;
+    raw_len += head.len() as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        encoder.write_all(&buf[..n])?;
+        raw_len += n as u64;
     }
-
-    fn finish(mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
-impl<R: Read> Read for Tee<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() >= TEE_CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
+    encoder.finish()?;
+    let stored_len = counter.count;
+    let id = hasher.finish();
+    let header = RecordHeader {
+        codec: CODEC_ZSTD,
+        raw_len,
+        stored_len,
+        id,
+    };
+    file.flush()?;
+    let inner = file.get_mut();
+    inner.seek(SeekFrom::Start(offset))?;
+    inner.write_all(&header.encode())?;
+    inner.seek(SeekFrom::End(0))?;
+    Ok((id, raw_len, stored_len))
 }
 
 /// The SHA-256 a pack's name gives (`<commit>-<sha256>.pack`): of the pack's file as stored.
@@ -743,7 +810,7 @@ mod tests {
         w.append_stream(b"hel", &mut &b"lo"[..]).unwrap();
         w.truncate(before_dup).unwrap();
         std::fs::create_dir(dir.path().join("packs")).unwrap();
-        let sealed = w.seal(dir.path(), "00000001", None).unwrap();
+        let sealed = w.seal(dir.path(), "00000001").unwrap();
         assert_eq!(sealed.records, 2);
         assert_eq!(
             std::fs::metadata(dir.path().join("packs").join(&sealed.name))

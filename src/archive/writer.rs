@@ -416,13 +416,13 @@ impl Writer {
         self.index.last_commit().saturating_add(1)
     }
 
-    /// Where this writer may keep files it needs for a while: uncommitted, removed by the next
-    /// writer if this one dies.
     /// Whether this archive is encrypted (what is added is sealed to its key).
     pub fn is_encrypted(&self) -> bool {
         self.sealed.is_some()
     }
 
+    /// Where this writer may keep files it needs for a while: uncommitted, removed by the next
+    /// writer if this one dies. Plaintext, so for an encrypted archive on this host, not in it.
     pub fn scratch_dir(&self) -> PathBuf {
         match &self.sealed {
             Some(sealed) => sealed.host_cache_dir().join("scratch"),
@@ -430,9 +430,13 @@ impl Writer {
         }
     }
 
+    /// The pack being written: in `tmp/` (an age file there, for an encrypted archive).
     fn tmp_pack_path(&self) -> PathBuf {
-        self.scratch_dir()
-            .join(format!("{:08}.pack", self.next_commit()))
+        let name = match self.sealed {
+            Some(_) => format!("{:08}.pack.age", self.next_commit()),
+            None => format!("{:08}.pack", self.next_commit()),
+        };
+        self.index.root().join("tmp").join(name)
     }
 
     fn open_pack(&mut self) -> Result<&mut PackWriter, ArchiveError> {
@@ -440,8 +444,13 @@ impl Writer {
             let path = self.tmp_pack_path();
             // Left by a failed commit of this writer (under the lock, nobody else writes here).
             let _ = fs::remove_file(&path);
-            let pack =
-                PackWriter::create(path.clone(), self.level).map_err(ArchiveError::io(&path))?;
+            let pack = match &self.sealed {
+                None => PackWriter::create(path.clone(), self.level),
+                Some(sealed) => {
+                    PackWriter::create_sealed(path.clone(), self.scratch_dir(), self.level, sealed)
+                }
+            }
+            .map_err(ArchiveError::io(&path))?;
             self.batch.pack = Some(pack);
         }
         Ok(self.batch.pack.as_mut().expect("just opened"))
@@ -479,7 +488,7 @@ impl Writer {
         }
         let mut packs = Vec::new();
         if let Some(pack) = batch.pack.take() {
-            let sealed = pack.seal(&root, &format!("{number:08}"), self.sealed.as_deref())?;
+            let sealed = pack.seal(&root, &format!("{number:08}"))?;
             // Lines stored in this batch have no pack name yet; lines `repair` repeats keep theirs.
             for at in batch
                 .entries

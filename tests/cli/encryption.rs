@@ -849,3 +849,49 @@ fn an_encrypted_archive_on_s3_and_copies_into_encrypted_archives() {
         "{copied}"
     );
 }
+
+#[test]
+fn large_messages_stream_into_an_encrypted_pack_and_a_streamed_duplicate_is_dropped() {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    // Over the 8 MiB a writer holds in memory: these stream through a scratch file.
+    let mut big = b"From: a@example.org\r\nSubject: the big one\r\n\r\n".to_vec();
+    let mut x: u32 = 7;
+    while big.len() < 9 << 20 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        big.extend_from_slice(format!("{:08x}\r\n", x).as_bytes());
+    }
+    let mut other_big = big.clone();
+    other_big.extend_from_slice(b"one more line\r\n");
+    let dir = sandbox.path().join("mail");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let cur = dir.join("cur");
+    std::fs::write(cur.join("1.big:2,S"), &big).unwrap();
+    std::fs::write(cur.join("2.same-big:2,S"), &big).unwrap();
+    std::fs::write(cur.join("3.small:2,S"), b"Subject: small\r\n\r\nhi\r\n").unwrap();
+    std::fs::write(cur.join("4.other-big:2,S"), &other_big).unwrap();
+    let out = sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
+    assert!(out.contains("3 new"), "{out}");
+    let verified = ok_with(&sandbox, &identity, &["verify", "--full"]);
+    assert!(verified.contains("OK"), "{verified}");
+    for (name, bytes) in [("big", &big), ("other", &other_big)] {
+        let id = sha256_hex(bytes);
+        let out = with_identity(&sandbox, &identity, &["cat", &id]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert!(
+            out.stdout == *bytes,
+            "{name} did not come back byte for byte"
+        );
+    }
+    // The pack is one age file, and nothing plaintext was left in the archive.
+    let pack = only_pack(&sandbox.archive());
+    assert!(
+        std::fs::read(&pack)
+            .unwrap()
+            .starts_with(b"age-encryption.org/v1\n")
+    );
+    assert_reveals_nothing(&sandbox.archive(), &[b"the big one".to_vec()]);
+}
