@@ -21,9 +21,18 @@ pub struct Account {
     pub password_command: Option<String>,
     /// How long the password command may take.
     pub password_timeout: Duration,
+    /// With a forward destination: only these messages (delivered there) may be deleted.
+    pub delivered_only: Option<std::sync::Arc<std::collections::HashSet<crate::archive::Digest>>>,
 }
 
 impl Account {
+    /// Whether `delete_after_days` may delete the archived message `id` (once due).
+    pub fn may_delete(&self, id: &crate::archive::Digest) -> bool {
+        self.delivered_only
+            .as_ref()
+            .is_none_or(|delivered| delivered.contains(id))
+    }
+
     /// `pop3s://user@host:port` style, without any secret: for messages and the commit record.
     pub fn server_label(&self) -> String {
         let scheme = if self.connect.tls == TlsMode::Implicit {
@@ -162,6 +171,7 @@ impl Account {
             delete_after_days: overrides.delete_after_days.or(config.delete_after_days),
             password_command: config.password_command.clone(),
             password_timeout: Duration::from_secs(config.password_command_timeout.unwrap_or(60)),
+            delivered_only: None,
         })
     }
 }

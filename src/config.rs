@@ -68,6 +68,23 @@ pub struct AccountConfig {
     pub password_command_timeout: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_after_days: Option<u32>,
+    /// `popvault forward` delivers this account's new mail to this IMAP folder:
+    /// `imaps://user@host[:port]/Folder` or `imap://...` (STARTTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_to: Option<String>,
+    /// Like `password_command`, for the IMAP destination (a password or an OAuth token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_password_command: Option<String>,
+    /// `auto`, `plain`, `login`, `xoauth2` or `oauthbearer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<String>,
+    /// `implicit`, `starttls` or `none`; by default from the URL scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_tls_fingerprint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

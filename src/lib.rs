@@ -12,7 +12,8 @@
 //!   [`archive::durable`]), read-only [`archive::Archive`] views, and [`archive::verify`].
 //! - [`import`] (Maildir, mbox, eml, export tars), [`backup`] (POP3 → archive) and [`restore`]
 //!   (archive → Maildir, mbox, IMAP) join them; [`export`] writes portable tars; [`repair`] salvages
-//!   damage; [`copy`] brings one archive's messages into another; [`probe`] asks a server what
+//!   damage; [`copy`] brings one archive's messages into another; [`forward`] delivers each new
+//!   POP3 message to an IMAP folder exactly once (a backup pass, then a journaled restore); [`probe`] asks a server what
 //!   it offers. [`archive::remote`] keeps an archive on S3-compatible storage through a local
 //!   mirror.
 //! - [`cli`]: the only module that prints, reads the environment or picks exit codes.
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod export;
+pub mod forward;
 pub mod import;
 pub mod net;
 pub mod pop3;

@@ -188,7 +188,8 @@ pub(super) fn plan(
                 msgno,
                 size,
                 id: seen.id,
-                due: cutoff.is_some_and(|cutoff| seen.first_seen <= cutoff),
+                due: cutoff.is_some_and(|cutoff| seen.first_seen <= cutoff)
+                    && account.may_delete(&seen.id),
             }),
         }
     }
@@ -470,7 +471,7 @@ impl Plan {
             });
             let archived = self
                 .now_archived(index, account, p.msgno)
-                .is_some_and(|id| index.check_message(&id).is_ok());
+                .is_some_and(|id| account.may_delete(&id) && index.check_message(&id).is_ok());
             if (same_after_all || fresh_and_due) && archived {
                 delete.push(p.msgno);
             }

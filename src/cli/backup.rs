@@ -195,7 +195,7 @@ fn exit_status(reports: &[AccountReport], stopped: bool) -> Exit {
 }
 
 /// Gets the account's secret and runs `f`; a failure to get it is that account's failure.
-fn with_password(
+pub(super) fn with_password(
     account: &Account,
     stop: &Stop,
     f: impl FnOnce(&Secret) -> AccountReport,

@@ -22,6 +22,7 @@ mod copy;
 pub mod docs;
 mod exit;
 mod export;
+mod forward;
 mod import;
 mod index;
 mod init;
@@ -117,6 +118,9 @@ pub enum Command {
     /// Plans first (new / already present), re-hashes every message before writing it, keeps
     /// dates and flags, and never duplicates on a re-run.
     Restore(restore::RestoreArgs),
+    /// Deliver each new POP3 message to an IMAP folder exactly once (a backup, then delivery;
+    /// with --every, as a service): a replacement for Gmail's POP fetching.
+    Forward(forward::ForwardArgs),
     /// Write selected messages to a portable, self-verifying tar (or .tar.zst).
     Export(export::ExportArgs),
     /// Print shell completions: popvault completions bash > /etc/bash_completion.d/popvault
@@ -291,6 +295,7 @@ fn context(cli: &Cli) -> anyhow::Result<Context> {
         Command::Backup(_)
             | Command::Import(_)
             | Command::Restore(_)
+            | Command::Forward(_)
             | Command::Export(_)
             | Command::Copy(_)
     );
@@ -455,6 +460,7 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             | Command::Cat(_)
             | Command::Search(_)
             | Command::Restore(_)
+            | Command::Forward(_)
             | Command::Copy(_)
             | Command::Export(_)
             | Command::Repair(_)
@@ -476,6 +482,7 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Search(args) => index::search(ctx, args),
         Command::Repair(args) => repair::run(ctx, args),
         Command::Restore(args) => restore::run(ctx, args),
+        Command::Forward(args) => forward::run(ctx, args),
         Command::Export(args) => export::run(ctx, args),
         Command::Schedule(args) => schedule::run(ctx, args),
         Command::ServerInfo(args) => server_info::server_info(ctx, args),

@@ -109,7 +109,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
             connect.timeout = Duration::from_secs(args.timeout.max(1));
             let secret = imap_password(&url.to_string())?;
             Box::new(
-                ImapSink::open(url, &connect, &secret, args.dry_run)
+                ImapSink::open(url, &connect, &secret, Default::default(), args.dry_run)
                     .with_context(|| format!("cannot restore to {url}"))?,
             )
         }

@@ -330,6 +330,7 @@ pub fn setup(ctx: &Context, args: SetupArgs) -> anyhow::Result<Exit> {
         password_command: Some(password_command),
         password_command_timeout: None,
         delete_after_days: None,
+        ..AccountConfig::default()
     };
     let account = Account::resolve(
         &config,

@@ -39,12 +39,13 @@ struct CopyStatus {
     stale: bool,
 }
 
-fn parse_age(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_age(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = number
         .parse()
         .map_err(|_| format!("{s:?} is not an age like 48h, 2d or 90m"))?;
     let age = match unit {
+        "s" => Duration::try_seconds(n),
         "m" | "min" => Duration::try_minutes(n),
         "h" | "" => Duration::try_hours(n),
         "d" => Duration::try_days(n),

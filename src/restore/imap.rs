@@ -157,6 +157,37 @@ struct Client {
     next_tag: u32,
     capabilities: HashSet<String>,
     host: String,
+    port: u16,
+}
+
+/// How to log in to an IMAP server (`forward_auth`): `auto` is AUTHENTICATE PLAIN where
+/// offered, else LOGIN; the OAuth ones send the token from the password command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImapAuth {
+    #[default]
+    Auto,
+    Plain,
+    Login,
+    XOAuth2,
+    OAuthBearer,
+}
+
+impl FromStr for ImapAuth {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => ImapAuth::Auto,
+            "plain" => ImapAuth::Plain,
+            "login" => ImapAuth::Login,
+            "xoauth2" => ImapAuth::XOAuth2,
+            "oauthbearer" => ImapAuth::OAuthBearer,
+            _ => {
+                return Err(format!(
+                    "{s:?} is not an IMAP login method: give auto, plain, login, xoauth2 or oauthbearer"
+                ));
+            }
+        })
+    }
 }
 
 impl Client {
@@ -171,6 +202,7 @@ impl Client {
             next_tag: 1,
             capabilities: HashSet::new(),
             host: opts.host.clone(),
+            port: opts.port,
         };
         let greeting = client.read_response()?;
         if !greeting.text.starts_with("* OK") && !greeting.text.starts_with("* PREAUTH") {
@@ -261,34 +293,65 @@ impl Client {
         Ok(())
     }
 
-    fn login(&mut self, user: &str, secret: &Secret) -> Result<(), ImapError> {
-        if self.capabilities.contains("AUTH=PLAIN") {
-            let ir = BASE64.encode(format!("\0{user}\0{}", secret.expose()));
-            let tag = self.tag();
-            if self.capabilities.contains("SASL-IR") {
-                self.write(format!("{tag} AUTHENTICATE PLAIN {ir}\r\n").as_bytes())?;
-            } else {
-                self.write(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes())?;
-                let r = self.read_response()?;
-                if !r.text.starts_with('+') {
-                    return Err(ImapError::Rejected {
-                        command: "AUTHENTICATE",
-                        reply: r.text,
-                    });
+    fn login(&mut self, user: &str, secret: &Secret, auth: ImapAuth) -> Result<(), ImapError> {
+        let offers = |m: &str| self.capabilities.contains(&format!("AUTH={m}"));
+        let (mechanism, response) = match auth {
+            ImapAuth::XOAuth2 => ("XOAUTH2", sasl::xoauth2_response(user, secret)),
+            ImapAuth::OAuthBearer => (
+                "OAUTHBEARER",
+                sasl::oauthbearer_response(user, &self.host, self.port, secret),
+            ),
+            ImapAuth::Plain => (
+                "PLAIN",
+                BASE64.encode(format!("\0{user}\0{}", secret.expose())),
+            ),
+            ImapAuth::Auto if offers("PLAIN") => (
+                "PLAIN",
+                BASE64.encode(format!("\0{user}\0{}", secret.expose())),
+            ),
+            ImapAuth::Auto | ImapAuth::Login => {
+                if self.capabilities.contains("LOGINDISABLED") {
+                    return Err(ImapError::Unsupported(
+                        "the IMAP server allows no login on this connection (LOGINDISABLED)".into(),
+                    ));
                 }
-                self.write(format!("{ir}\r\n").as_bytes())?;
+                let line = format!("LOGIN {} {}", quote(user)?, quote(secret.expose())?);
+                self.simple("LOGIN", &line)?;
+                // Servers may announce more after login.
+                return self.capability();
             }
-            self.complete(&tag, "AUTHENTICATE")?;
+        };
+        let tag = self.tag();
+        if self.capabilities.contains("SASL-IR") {
+            self.write(format!("{tag} AUTHENTICATE {mechanism} {response}\r\n").as_bytes())?;
         } else {
-            if self.capabilities.contains("LOGINDISABLED") {
-                return Err(ImapError::Unsupported(
-                    "the IMAP server allows no login on this connection (LOGINDISABLED)".into(),
-                ));
+            self.write(format!("{tag} AUTHENTICATE {mechanism}\r\n").as_bytes())?;
+            let r = self.read_response()?;
+            if !r.text.starts_with('+') {
+                return Err(ImapError::Rejected {
+                    command: "AUTHENTICATE",
+                    reply: r.text,
+                });
             }
-            let line = format!("LOGIN {} {}", quote(user)?, quote(secret.expose())?);
-            self.simple("LOGIN", &line)?;
+            self.write(format!("{response}\r\n").as_bytes())?;
         }
-        // Servers may announce more after login.
+        // A failed OAuth login gets a `+` with an error challenge first: answered empty.
+        loop {
+            let r = self.read_response()?;
+            if r.text.starts_with('+') {
+                self.write(b"\r\n")?;
+                continue;
+            }
+            if let Some(rest) = r.text.strip_prefix(&tag).and_then(|t| t.strip_prefix(' ')) {
+                if rest.starts_with("OK") {
+                    break;
+                }
+                return Err(ImapError::Rejected {
+                    command: "AUTHENTICATE",
+                    reply: rest.to_string(),
+                });
+            }
+        }
         self.capability()
     }
 
@@ -734,12 +797,13 @@ impl ImapSink {
         url: &ImapUrl,
         connect: &ConnectOptions,
         secret: &Secret,
+        auth: ImapAuth,
         dry_run: bool,
     ) -> Result<ImapSink, ImapError> {
         let mut client = Client::connect(connect)?;
         // A server may quote what it was sent in its refusal: never show the secret.
         let forms = sasl::secret_forms(&url.user, &url.host, url.port, secret);
-        client.login(&url.user, secret).map_err(|e| match e {
+        client.login(&url.user, secret, auth).map_err(|e| match e {
             ImapError::Rejected { command, reply } => ImapError::Rejected {
                 command,
                 reply: sasl::mask_secret(&reply, &forms),
@@ -767,6 +831,11 @@ impl ImapSink {
             nul_messages: 0,
             client,
         })
+    }
+
+    /// Makes sure the folder exists (creating it), without reading what it holds.
+    pub fn ensure_folder(&mut self) -> Result<(), ImapError> {
+        self.client.examine_or_create(&self.folder, true).map(drop)
     }
 
     /// Waits for the oldest APPEND's answer; a refusal of that message is recorded, not fatal.

@@ -283,12 +283,25 @@ pub fn restore(
     options: &RestoreOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<RestoreReport, RestoreError> {
-    let started = Instant::now();
     let all = candidates(archive, options);
     if all.is_empty() {
         return Err(RestoreError::NothingSelected);
     }
-    let present = sink.present(archive, &all)?;
+    restore_candidates(archive, sink, destination, &all, options, events)
+}
+
+/// Restores `all` (in this order), as [`restore`] does the selected messages; `options`'
+/// selection is not looked at.
+pub fn restore_candidates(
+    archive: &Archive,
+    sink: &mut dyn Sink,
+    destination: &Destination,
+    all: &[Candidate],
+    options: &RestoreOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let present = sink.present(archive, all)?;
     let new: Vec<&Candidate> = all.iter().filter(|c| !present.contains(&c.id)).collect();
     let mut report = RestoreReport {
         destination: destination.to_string(),

@@ -1,0 +1,441 @@
+//! `popvault forward`: a backup pass, then delivery of what it archived to each account's IMAP
+//! destination; with `--every`, again and again, as a service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::Serialize;
+
+use super::connect::ConnectArgs;
+use super::output::human_bytes;
+use super::{Context, Exit};
+use crate::account::Account;
+use crate::archive::Archive;
+use crate::backup::{self, AccountReport, BackupOptions, Outcome, Target};
+use crate::config::AccountConfig;
+use crate::forward::{self, Deliveries, DeliveryReport, ForwardError, Journal};
+use crate::net::Secret;
+use crate::net::transport::{ConnectOptions, TlsMode};
+use crate::restore::imap::{ImapAuth, ImapSink, ImapUrl};
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  popvault forward                                   every account with forward_to, once
+  popvault forward --every 5m                        as a service (see schedule --print systemd)
+  POPVAULT_PASSWORD=... POPVAULT_FORWARD_PASSWORD=... \\
+    popvault forward pop3s://me@pop.example.com --to imaps://me@gmail.com@imap.gmail.com/INBOX
+
+Each pass backs up the accounts, then delivers to the IMAP folder every message of the account
+archived since the first forward there (or --since) and not yet delivered, as new (unread) mail
+dated by its Date header. Delivery is journaled in the archive: a killed run, re-run, delivers
+each message exactly once. With delete_after_days, only delivered messages leave the POP server.
+The IMAP password comes from forward_password_command, else $POPVAULT_FORWARD_PASSWORD, else a
+prompt. SIGTERM or SIGINT stops at a message boundary.")]
+pub struct ForwardArgs {
+    /// A POP3 server to forward without a config file (with --to).
+    #[arg(value_name = "URL", requires = "to")]
+    url: Option<String>,
+    /// Where the ad hoc server's mail goes: imaps://USER@HOST[:PORT]/FOLDER or imap://...
+    #[arg(long, value_name = "IMAP_URL", requires = "url")]
+    to: Option<String>,
+    /// Forward only this account of the config file (repeatable).
+    #[arg(long = "account", value_name = "NAME", conflicts_with = "url")]
+    accounts: Vec<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// IMAP login: auto, plain, login, xoauth2 or oauthbearer.
+    #[arg(long, value_name = "METHOD")]
+    forward_auth: Option<String>,
+    /// IMAP TLS: implicit, starttls or none.
+    #[arg(long, value_name = "MODE")]
+    forward_tls: Option<String>,
+    /// Trust only the CA certificates in this PEM file for the IMAP server.
+    #[arg(long, value_name = "PEM")]
+    forward_ca_file: Option<std::path::PathBuf>,
+    /// Trust exactly the IMAP server certificate with this SHA-256 fingerprint.
+    #[arg(long, value_name = "SHA256")]
+    forward_tls_fingerprint: Option<String>,
+    /// Delete from the POP3 server messages archived at least N days ago and delivered.
+    #[arg(long, value_name = "N")]
+    delete_after_days: Option<u32>,
+    /// On the first forward to a destination: deliver mail archived since this day too.
+    #[arg(long, value_name = "DATE", value_parser = super::output::parse_day_or_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Run a pass, then another this long after (30s, 5m, 1h), until stopped.
+    #[arg(long, value_name = "DURATION", value_parser = parse_every)]
+    every: Option<Duration>,
+    /// Show what would be fetched and delivered; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print a JSON summary of each pass.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for either server.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+}
+
+fn parse_every(s: &str) -> Result<Duration, String> {
+    let age = super::status::parse_age(s)?;
+    age.to_std()
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a time between passes"))
+}
+
+/// One account and where its mail goes.
+struct Route {
+    account: Account,
+    destination: ImapUrl,
+    /// The destination as the journal names it (no secret: URLs hold none).
+    label: String,
+    connect: ConnectOptions,
+    auth: ImapAuth,
+    password_command: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PassSummary<'a> {
+    ok: bool,
+    dry_run: bool,
+    backups: &'a [AccountReport],
+    deliveries: &'a [DeliveryOutcome],
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryOutcome {
+    #[serde(flatten)]
+    report: DeliveryReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
+    if ctx.remote.is_some() {
+        bail!(
+            "forward works on a local archive for now: keep the forwarding archive on this machine and `popvault copy --to` {} from it",
+            ctx.archive_label
+        );
+    }
+    let routes = routes(ctx, &args)?;
+    loop {
+        let exit = pass(ctx, &args, &routes)?;
+        let Some(every) = args.every else {
+            return Ok(exit);
+        };
+        if ctx.stop.requested() {
+            return Ok(Exit::Ok);
+        }
+        // Between passes nothing is held: other commands, a nightly copy, run freely.
+        let until = std::time::Instant::now() + every;
+        while std::time::Instant::now() < until {
+            if ctx.stop.requested() {
+                return Ok(Exit::Ok);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn routes(ctx: &Context, args: &ForwardArgs) -> anyhow::Result<Vec<Route>> {
+    let overrides = args.connect.overrides(
+        Duration::from_secs(args.timeout.max(1)),
+        args.delete_after_days,
+    );
+    let configs: Vec<AccountConfig> = match (&args.url, &args.to) {
+        (Some(url), Some(to)) => {
+            let parsed: crate::account::ServerUrl = url.parse()?;
+            vec![AccountConfig {
+                name: format!("{}@{}", parsed.user, parsed.host),
+                server: url.clone(),
+                forward_to: Some(to.clone()),
+                ..AccountConfig::default()
+            }]
+        }
+        _ => {
+            for name in &args.accounts {
+                match ctx.config.accounts.iter().find(|a| &a.name == name) {
+                    None => bail!("no account named {name:?} in the config file"),
+                    Some(a) if a.forward_to.is_none() => {
+                        bail!("account {name:?} has no forward_to in the config file")
+                    }
+                    Some(_) => {}
+                }
+            }
+            let chosen: Vec<AccountConfig> = ctx
+                .config
+                .accounts
+                .iter()
+                .filter(|a| a.forward_to.is_some())
+                .filter(|a| args.accounts.is_empty() || args.accounts.contains(&a.name))
+                .cloned()
+                .collect();
+            if chosen.is_empty() {
+                bail!(
+                    "no account has a forward destination: add forward_to = \"imaps://USER@HOST/INBOX\" to an [[account]] in the config file, or give a POP3 URL and --to"
+                );
+            }
+            chosen
+        }
+    };
+    configs
+        .iter()
+        .map(|config| {
+            let account = Account::resolve(config, &overrides)?;
+            let to = config.forward_to.as_deref().unwrap_or_default();
+            let destination: ImapUrl = to
+                .parse()
+                .with_context(|| format!("account {}: forward_to", config.name))?;
+            let tls = match args.forward_tls.as_ref().or(config.forward_tls.as_ref()) {
+                Some(t) => crate::account::parse_tls(t).map_err(anyhow::Error::msg)?,
+                None if destination.implicit_tls => TlsMode::Implicit,
+                None => TlsMode::StartTls,
+            };
+            let mut connect = ConnectOptions::new(destination.host.clone(), destination.port, tls);
+            connect.ca_file = args
+                .forward_ca_file
+                .clone()
+                .or_else(|| config.forward_ca_file.clone())
+                .map(|p| super::expand_tilde(&p));
+            connect.fingerprint = args
+                .forward_tls_fingerprint
+                .as_ref()
+                .or(config.forward_tls_fingerprint.as_ref())
+                .map(|f| crate::account::parse_fingerprint(f))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            connect.timeout = Duration::from_secs(args.timeout.max(1));
+            let auth = match args.forward_auth.as_ref().or(config.forward_auth.as_ref()) {
+                Some(a) => a.parse().map_err(anyhow::Error::msg)?,
+                None => ImapAuth::Auto,
+            };
+            Ok(Route {
+                label: destination.to_string(),
+                account,
+                destination,
+                connect,
+                auth,
+                password_command: config.forward_password_command.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One backup pass, then one delivery pass; what it did is printed.
+fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<Exit> {
+    let opts = BackupOptions {
+        dry_run: args.dry_run,
+        stop: ctx.stop.clone(),
+        ..BackupOptions::default()
+    };
+    let mut backups = Vec::new();
+    let mut deliveries = Vec::new();
+    if args.dry_run {
+        let index = match crate::archive::is_archive(&ctx.archive) {
+            true => crate::archive::Index::load(&ctx.archive)?,
+            false => crate::archive::Index::empty(&ctx.archive),
+        };
+        let mut target = Target::DryRun(&index);
+        for route in routes {
+            backups.push(super::backup::with_password(
+                &route.account,
+                &ctx.stop,
+                |secret| {
+                    backup::backup_account(&mut target, &route.account, secret, &opts, &mut |_| {})
+                },
+            ));
+        }
+        if crate::archive::is_archive(&ctx.archive) {
+            let archive = Archive::open(&ctx.archive)?;
+            for route in routes {
+                let state =
+                    Deliveries::peek(&ctx.archive, &route.account.name, &route.label, args.since)?;
+                deliveries.push(DeliveryOutcome {
+                    report: DeliveryReport {
+                        account: route.account.name.clone(),
+                        destination: route.label.clone(),
+                        pending: forward::pending(&archive, &state).len(),
+                        ..DeliveryReport::default()
+                    },
+                    error: None,
+                });
+            }
+        }
+        return report(ctx, args, &backups, &deliveries);
+    }
+    // The writer's lock is held for the backup pass only.
+    let mut writer = ctx.open_writer("forward", Some(&ctx.stop))?;
+    // Journals stay locked through the pass: two forwards never deliver one message twice.
+    let mut journals = Vec::new();
+    for route in routes {
+        journals.push(Journal::open(
+            &ctx.archive,
+            &route.account.name,
+            &route.label,
+            args.since,
+        )?);
+    }
+    {
+        let mut target = Target::Write(&mut writer);
+        for (route, journal) in routes.iter().zip(&journals) {
+            if ctx.stop.requested() {
+                break;
+            }
+            let mut account = route.account.clone();
+            account.delivered_only = Some(Arc::new(journal.state.delivered.clone()));
+            backups.push(super::backup::with_password(
+                &account,
+                &ctx.stop,
+                |secret| backup::backup_account(&mut target, &account, secret, &opts, &mut |_| {}),
+            ));
+        }
+    }
+    writer.finish().context("cannot commit the backup pass")?;
+    let archive = Archive::open(&ctx.archive)?;
+    for (route, journal) in routes.iter().zip(&mut journals) {
+        if ctx.stop.requested() {
+            break;
+        }
+        let mut open = || -> Result<ImapSink, ForwardError> {
+            let secret = forward_password(route, &ctx.stop)
+                .map_err(|e| ForwardError::Password(format!("{e:#}")))?;
+            Ok(ImapSink::open(
+                &route.destination,
+                &route.connect,
+                &secret,
+                route.auth,
+                false,
+            )
+            .map_err(crate::restore::RestoreError::from)?)
+        };
+        let delivered = forward::deliver(&archive, journal, &mut open, &ctx.stop, &mut |_| {});
+        deliveries.push(match delivered {
+            Ok(report) => DeliveryOutcome {
+                report,
+                error: None,
+            },
+            Err(e) => DeliveryOutcome {
+                report: DeliveryReport {
+                    account: route.account.name.clone(),
+                    destination: route.label.clone(),
+                    pending: forward::pending(&archive, &journal.state).len(),
+                    ..DeliveryReport::default()
+                },
+                error: Some(format!("{:#}", anyhow::Error::new(e))),
+            },
+        });
+    }
+    report(ctx, args, &backups, &deliveries)
+}
+
+fn forward_password(route: &Route, stop: &crate::stop::Stop) -> anyhow::Result<Secret> {
+    if let Some(command) = &route.password_command {
+        return super::backup::run_password_command(command, route.account.password_timeout, stop)
+            .with_context(|| {
+                format!(
+                    "the forward_password_command of account {} failed (its output is not shown)",
+                    route.account.name
+                )
+            });
+    }
+    if let Some(p) = std::env::var_os("POPVAULT_FORWARD_PASSWORD").filter(|p| !p.is_empty()) {
+        let p = p
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("POPVAULT_FORWARD_PASSWORD is not UTF-8"))?;
+        return Ok(Secret::new(p));
+    }
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        return Ok(Secret::new(rpassword::prompt_password(format!(
+            "Password for {}: ",
+            route.label
+        ))?));
+    }
+    bail!(
+        "no IMAP password for {}: set forward_password_command for this account, or POPVAULT_FORWARD_PASSWORD",
+        route.label
+    )
+}
+
+fn report(
+    ctx: &Context,
+    args: &ForwardArgs,
+    backups: &[AccountReport],
+    deliveries: &[DeliveryOutcome],
+) -> anyhow::Result<Exit> {
+    let backups_ok = backups.iter().all(|r| r.outcome() == Outcome::Complete);
+    let deliveries_ok = deliveries
+        .iter()
+        .all(|d| d.error.is_none() && d.report.refused.is_empty() && d.report.skipped.is_empty());
+    let stopped = ctx.stop.requested() || deliveries.iter().any(|d| d.report.interrupted);
+    if args.json {
+        let summary = PassSummary {
+            ok: backups_ok && deliveries_ok,
+            dry_run: args.dry_run,
+            backups,
+            deliveries,
+        };
+        say!("{}", serde_json::to_string(&summary)?);
+    } else {
+        for r in backups {
+            if let Some(e) = &r.error {
+                eprintln!("error: {}: backup: {e}", r.account);
+            } else if !ctx.quiet {
+                say!(
+                    "{}: {} new archived, {} deleted from the server",
+                    r.account,
+                    r.new_messages,
+                    r.deleted
+                );
+            }
+        }
+        for d in deliveries {
+            let r = &d.report;
+            for s in r.refused.iter().chain(&r.skipped) {
+                eprintln!(
+                    "error: {} → {}: message {} ({}): {}",
+                    r.account,
+                    r.destination,
+                    s.id,
+                    s.subject.as_deref().unwrap_or(""),
+                    s.reason
+                );
+            }
+            match &d.error {
+                Some(e) => eprintln!(
+                    "error: {} → {}: {e}; {} pending, delivered by a later pass",
+                    r.account, r.destination, r.pending
+                ),
+                None if ctx.quiet => {}
+                None if args.dry_run => say!(
+                    "{} → {}: {} to deliver (dry run: nothing sent)",
+                    r.account,
+                    r.destination,
+                    r.pending
+                ),
+                None => say!(
+                    "{} → {}: {} delivered ({}){}, {} pending",
+                    r.account,
+                    r.destination,
+                    r.delivered,
+                    human_bytes(r.bytes),
+                    match r.found_delivered {
+                        0 => String::new(),
+                        n => format!(", {n} found already there after an interrupted run"),
+                    },
+                    r.pending
+                ),
+            }
+        }
+    }
+    Ok(if stopped {
+        Exit::Interrupted
+    } else if backups_ok && deliveries_ok {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}

@@ -1,0 +1,530 @@
+//! `forward`: every new POP3 message of an account delivered to an IMAP folder exactly once.
+//!
+//! The archive is the queue. A backup pass puts new mail in the archive; a delivery pass sends
+//! every message of the account archived since the first forward to that destination and not
+//! yet delivered there. Either pass can fail alone: mail archived while the IMAP server is down
+//! is delivered by a later pass.
+//!
+//! Exactly once rests on a journal per account and destination, `forward/<key>.jsonl` in the
+//! archive (doc/FORMAT.md), appended and fsynced around every APPEND:
+//! - `sending` is written before a message leaves, `delivered` once the server acknowledged it,
+//!   `refused` when the server said NO (it stays pending and is tried again next pass);
+//! - a message left `sending` (a kill mid-delivery) is looked for on the server, by size and
+//!   header block as `restore` does, before it is sent again;
+//! - a message never marked `sending` was never sent, so nothing else is looked up: a pass with
+//!   nothing new makes no IMAP connection, and one with new mail reads nothing from the folder.
+//!
+//! A torn last line (a kill while it was written) is ignored: a torn `sending` line was not yet
+//! acted on, a torn `delivered` leaves its messages `sending`, so they are looked for.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{Archive, ArchiveError, Digest, Message, Source};
+use crate::restore::imap::ImapSink;
+use crate::restore::{
+    self, Candidate, Destination, Event, Flags, RestoreError, RestoreOptions, Sink, Skipped,
+};
+use crate::stop::Stop;
+
+pub const JOURNAL_DIR: &str = "forward";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot use the forward journal {path}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the forward journal {path} is damaged at line {line}: delivery to this destination stops rather than risk sending mail twice; move the file away to start the destination afresh (mail archived since then is delivered again)"
+    )]
+    Damaged { path: PathBuf, line: usize },
+    #[error(
+        "another popvault is forwarding to {destination} (its journal {path} is locked); run one at a time"
+    )]
+    Busy { destination: String, path: PathBuf },
+    #[error("no IMAP login: {0}")]
+    Password(String),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// One journal line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    /// The first line: what this journal is for, and from when mail counts as new.
+    Start {
+        account: String,
+        destination: String,
+        since: DateTime<Utc>,
+    },
+    Sending {
+        ids: Vec<Digest>,
+    },
+    Delivered {
+        ids: Vec<Digest>,
+        at: DateTime<Utc>,
+    },
+    Refused {
+        ids: Vec<Digest>,
+    },
+}
+
+/// What a journal says of one account and one destination.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    pub account: String,
+    pub destination: String,
+    /// Messages of the account first archived at or after this are delivered.
+    pub since: DateTime<Utc>,
+    pub delivered: HashSet<Digest>,
+    /// Sent, not acknowledged: looked for on the server before being sent again.
+    pub in_flight: HashSet<Digest>,
+    pub last_delivery: Option<DateTime<Utc>>,
+}
+
+impl Deliveries {
+    fn new(account: &str, destination: &str, since: DateTime<Utc>) -> Deliveries {
+        Deliveries {
+            account: account.into(),
+            destination: destination.into(),
+            since,
+            delivered: HashSet::new(),
+            in_flight: HashSet::new(),
+            last_delivery: None,
+        }
+    }
+
+    fn apply(&mut self, line: Line) {
+        match line {
+            Line::Start {
+                account,
+                destination,
+                since,
+            } => {
+                self.account = account;
+                self.destination = destination;
+                self.since = since;
+            }
+            Line::Sending { ids } => self.in_flight.extend(ids),
+            Line::Delivered { ids, at } => {
+                for id in ids {
+                    self.in_flight.remove(&id);
+                    self.delivered.insert(id);
+                }
+                self.last_delivery = Some(at);
+            }
+            Line::Refused { ids } => {
+                for id in ids {
+                    self.in_flight.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The state the journal at `path` records.
+    fn read(path: &Path) -> Result<Deliveries, ForwardError> {
+        let mut state = Deliveries::new("", "", Utc::now());
+        for line in read_lines(path)? {
+            state.apply(line);
+        }
+        Ok(state)
+    }
+
+    /// What a journal of `account` and `destination` would say now, without making or locking
+    /// it (a dry run, or a destination never forwarded to: `since` or now is its start).
+    pub fn peek(
+        root: &Path,
+        account: &str,
+        destination: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Deliveries, ForwardError> {
+        let path = journal_path(root, account, destination);
+        match path.exists() {
+            true => Deliveries::read(&path),
+            false => Ok(Deliveries::new(
+                account,
+                destination,
+                since.unwrap_or_else(Utc::now),
+            )),
+        }
+    }
+}
+
+/// The journal of one account and one destination, open for delivery.
+pub struct Journal {
+    path: PathBuf,
+    /// Append-only, locked for the life of this value.
+    file: File,
+    pub state: Deliveries,
+}
+
+/// The journal's file name: a digest of account and destination (both may hold any character).
+fn journal_path(root: &Path, account: &str, destination: &str) -> PathBuf {
+    let key = Digest::of(format!("{account}\n{destination}").as_bytes());
+    root.join(JOURNAL_DIR)
+        .join(format!("{}.jsonl", &key.hex()[..16]))
+}
+
+impl Journal {
+    /// Opens (creating on first use, with `since` or now as its start) and locks the journal
+    /// of `account` and `destination` in the archive at `root`.
+    pub fn open(
+        root: &Path,
+        account: &str,
+        destination: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Journal, ForwardError> {
+        let path = journal_path(root, account, destination);
+        let io_err = |source| ForwardError::Journal {
+            path: path.clone(),
+            source,
+        };
+        let dir = root.join(JOURNAL_DIR);
+        fs::create_dir_all(&dir).map_err(io_err)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(ForwardError::Busy {
+                    destination: destination.into(),
+                    path,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let lines = read_lines(&path)?;
+        let mut journal = Journal {
+            path: path.clone(),
+            file,
+            state: Deliveries::new(account, destination, since.unwrap_or_else(Utc::now)),
+        };
+        if lines.is_empty() {
+            journal.append(&Line::Start {
+                account: account.into(),
+                destination: destination.into(),
+                since: journal.state.since,
+            })?;
+            crate::archive::durable::sync_dir(&dir).map_err(io_err)?;
+        }
+        for line in lines {
+            journal.state.apply(line);
+        }
+        Ok(journal)
+    }
+
+    /// Appends `line` and makes it durable before returning.
+    fn append(&mut self, line: &Line) -> Result<(), ForwardError> {
+        let mut text = serde_json::to_vec(line).expect("journal lines serialize");
+        text.push(b'\n');
+        self.file
+            .write_all(&text)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| ForwardError::Journal {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn record(&mut self, line: Line) -> Result<(), ForwardError> {
+        self.append(&line)?;
+        self.state.apply(line);
+        Ok(())
+    }
+}
+
+/// The journal's lines; a last line that does not parse (torn by a kill) is left out.
+fn read_lines(path: &Path) -> Result<Vec<Line>, ForwardError> {
+    let file = File::open(path).map_err(|source| ForwardError::Journal {
+        path: path.into(),
+        source,
+    })?;
+    let raw: Vec<Vec<u8>> = BufReader::new(file)
+        .split(b'\n')
+        .collect::<Result<_, _>>()
+        .map_err(|source| ForwardError::Journal {
+            path: path.into(),
+            source,
+        })?;
+    let mut lines = Vec::with_capacity(raw.len());
+    for (n, bytes) in raw.iter().enumerate() {
+        match serde_json::from_slice::<Line>(bytes) {
+            Ok(line) => lines.push(line),
+            Err(_) if n + 1 == raw.len() => {}
+            Err(_) => {
+                return Err(ForwardError::Damaged {
+                    path: path.into(),
+                    line: n + 1,
+                });
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Whether `m` came from the POP3 account `account`.
+fn from_account(m: &Message<'_>, account: &str) -> bool {
+    m.sources
+        .iter()
+        .any(|s| matches!(s, Source::Pop3 { account: a, .. } if a == account))
+}
+
+/// The messages of the journal's account still to deliver, in arrival order, as new mail (no
+/// flags), dated by the rules of restore.
+pub fn pending(archive: &Archive, journal: &Deliveries) -> Vec<Candidate> {
+    let mut messages: Vec<Message<'_>> = archive
+        .messages()
+        .into_iter()
+        .filter(|m| {
+            from_account(m, &journal.account)
+                && m.first_seen >= journal.since
+                && !journal.delivered.contains(&m.id)
+        })
+        .collect();
+    messages.sort_by_key(|m| (m.first_seen, m.id));
+    messages
+        .into_iter()
+        .map(|m| Candidate {
+            id: m.id,
+            size: m.size,
+            time: m.time,
+            flags: Flags::default(),
+            subject: m.envelope.subject.clone(),
+            from: m.envelope.from.clone(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DeliveryReport {
+    pub account: String,
+    pub destination: String,
+    pub pending: usize,
+    pub delivered: usize,
+    /// Messages a killed run had sent that were found on the server (not sent again).
+    pub found_delivered: usize,
+    pub bytes: u64,
+    /// Refused by the server: still pending, tried again next pass.
+    pub refused: Vec<Skipped>,
+    /// Damaged in the archive: not delivered.
+    pub skipped: Vec<Skipped>,
+    pub interrupted: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Delivers what is pending for `journal` through the sink `open` makes (called only when
+/// something is pending).
+pub fn deliver(
+    archive: &Archive,
+    journal: &mut Journal,
+    open: &mut dyn FnMut() -> Result<ImapSink, ForwardError>,
+    stop: &Stop,
+    events: &mut dyn FnMut(Event),
+) -> Result<DeliveryReport, ForwardError> {
+    let pending = pending(archive, &journal.state);
+    let mut report = DeliveryReport {
+        account: journal.state.account.clone(),
+        destination: journal.state.destination.clone(),
+        pending: pending.len(),
+        ..DeliveryReport::default()
+    };
+    if pending.is_empty() {
+        return Ok(report);
+    }
+    let mut imap = open()?;
+    imap.ensure_folder().map_err(RestoreError::from)?;
+    let mut sink = JournaledSink {
+        inner: imap,
+        journal,
+        unacknowledged: Vec::new(),
+        found: 0,
+        error: None,
+    };
+    let options = RestoreOptions {
+        stop: stop.clone(),
+        ..RestoreOptions::default()
+    };
+    let destination = Destination::Imap(
+        sink.journal
+            .state
+            .destination
+            .parse()
+            .map_err(ForwardError::Restore)?,
+    );
+    let restored =
+        restore::restore_candidates(archive, &mut sink, &destination, &pending, &options, events);
+    if let Some(e) = sink.error.take() {
+        return Err(e);
+    }
+    let restored = restored?;
+    report.found_delivered = sink.found;
+    report.delivered = restored.restored;
+    report.bytes = restored.bytes;
+    report.refused = restored.refused;
+    report.skipped = restored.skipped;
+    report.interrupted = restored.interrupted;
+    report.warnings = restored.warnings;
+    report.pending = pending.len() - report.delivered - report.found_delivered;
+    Ok(report)
+}
+
+/// An IMAP sink that journals each message before it is sent and once it is acknowledged.
+struct JournaledSink<'j> {
+    inner: ImapSink,
+    journal: &'j mut Journal,
+    /// Sent since the last acknowledgement.
+    unacknowledged: Vec<Digest>,
+    found: usize,
+    /// A journal failure, kept to be reported as itself (the restore sees a write error).
+    error: Option<ForwardError>,
+}
+
+impl JournaledSink<'_> {
+    fn journaled(&mut self, line: Line) -> Result<(), RestoreError> {
+        self.journal.record(line).map_err(|e| {
+            let message = e.to_string();
+            self.error = Some(e);
+            RestoreError::Write {
+                path: self.journal.path.clone(),
+                source: io::Error::other(message),
+            }
+        })
+    }
+
+    /// Waits for every answer, then journals what the server took and what it refused.
+    fn acknowledge(&mut self) -> Result<Vec<Skipped>, RestoreError> {
+        let refused = self.inner.finish()?;
+        let refused_ids: HashSet<Digest> = refused.iter().map(|s| s.id).collect();
+        let (refused_now, taken): (Vec<Digest>, Vec<Digest>) =
+            std::mem::take(&mut self.unacknowledged)
+                .into_iter()
+                .partition(|id| refused_ids.contains(id));
+        if !refused_now.is_empty() {
+            self.journaled(Line::Refused { ids: refused_now })?;
+        }
+        if !taken.is_empty() {
+            self.journaled(Line::Delivered {
+                ids: taken,
+                at: Utc::now(),
+            })?;
+        }
+        Ok(refused)
+    }
+}
+
+impl Sink for JournaledSink<'_> {
+    /// Only messages a killed run left `sending` may be there; the server is asked about those.
+    fn present(
+        &mut self,
+        archive: &Archive,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, RestoreError> {
+        let in_flight: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| self.journal.state.in_flight.contains(&c.id))
+            .cloned()
+            .collect();
+        if in_flight.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let present = self.inner.present(archive, &in_flight)?;
+        if !present.is_empty() {
+            self.found = present.len();
+            self.journaled(Line::Delivered {
+                ids: present.iter().copied().collect(),
+                at: Utc::now(),
+            })?;
+        }
+        Ok(present)
+    }
+
+    fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
+        self.put_all(&[(candidate, raw)]).pop().unwrap_or(Ok(()))
+    }
+
+    fn put_all(&mut self, items: &[(&Candidate, &[u8])]) -> Vec<Result<(), RestoreError>> {
+        let ids: Vec<Digest> = items.iter().map(|(c, _)| c.id).collect();
+        if let Err(e) = self.journaled(Line::Sending { ids: ids.clone() }) {
+            return vec![Err(e)];
+        }
+        let results = self.inner.put_all(items);
+        for (id, result) in ids.iter().zip(&results) {
+            if result.is_ok() {
+                self.unacknowledged.push(*id);
+            }
+        }
+        results
+    }
+
+    fn warnings(&mut self) -> Vec<String> {
+        self.inner.warnings()
+    }
+
+    fn flush(&mut self) -> Result<Vec<Skipped>, RestoreError> {
+        self.acknowledge()
+    }
+}
+
+/// What `status` shows of one destination.
+#[derive(Debug, Serialize)]
+pub struct DestinationStatus {
+    pub account: String,
+    pub destination: String,
+    pub delivered: usize,
+    pub pending: usize,
+    pub last_delivery: Option<DateTime<Utc>>,
+    /// When the oldest pending message was first archived.
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// The state of every forward journal of the archive at `root` (read without locking).
+pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>, ForwardError> {
+    let dir = root.join(JOURNAL_DIR);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    paths.sort();
+    let first_seen: HashMap<Digest, DateTime<Utc>> = archive
+        .messages()
+        .iter()
+        .map(|m| (m.id, m.first_seen))
+        .collect();
+    let mut out = Vec::new();
+    for path in paths {
+        let state = Deliveries::read(&path)?;
+        let pending = pending(archive, &state);
+        out.push(DestinationStatus {
+            delivered: state.delivered.len(),
+            pending: pending.len(),
+            last_delivery: state.last_delivery,
+            oldest_pending: pending
+                .iter()
+                .filter_map(|c| first_seen.get(&c.id))
+                .min()
+                .copied(),
+            account: state.account,
+            destination: state.destination,
+        });
+    }
+    Ok(out)
+}
