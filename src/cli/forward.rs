@@ -226,7 +226,11 @@ fn routes(ctx: &Context, args: &ForwardArgs) -> anyhow::Result<Vec<Route>> {
 
 /// One backup pass, then one delivery pass; what it did is printed.
 fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<Exit> {
+    // A new journal starts at this pass: what it archives is delivered (its first-seen times
+    // are the backup's `now`, this instant).
+    let started = chrono::Utc::now();
     let opts = BackupOptions {
+        now: started,
         dry_run: args.dry_run,
         stop: ctx.stop.clone(),
         ..BackupOptions::default()
@@ -275,7 +279,7 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             &ctx.archive,
             &route.account.name,
             &route.label,
-            args.since,
+            Some(args.since.unwrap_or(started)),
         )?);
     }
     {

@@ -14,7 +14,8 @@ use super::{Context, Exit};
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Example, for monitoring: popvault status --max-age 48h -q || notify-admin
-Exit status 6 when an account's last successful backup is older than --max-age (or never was).")]
+Exit status 6 when an account's last successful backup is older than --max-age (or never was),
+or a forward destination has mail waiting longer than that.")]
 pub struct StatusArgs {
     /// Warn, and exit 6, when an account's last successful backup is older than this
     /// (e.g. 36h, 2d, 90m).
@@ -52,6 +53,13 @@ pub(super) fn parse_age(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("{s:?} is not an age like 48h, 2d or 90m")),
     };
     age.ok_or_else(|| format!("{s:?} is too long an age"))
+}
+
+#[derive(Debug, Serialize)]
+struct ForwardStatus {
+    #[serde(flatten)]
+    status: crate::forward::DestinationStatus,
+    stale: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -154,7 +162,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     let mut copies = Vec::new();
     let wanted: Vec<_> = ctx.config.copies.iter().chain(&args.copies).collect();
     // The whole catalog, read once for every copy (only when there is one to compare).
-    let source = match found && !wanted.is_empty() {
+    let mut source = match found && !wanted.is_empty() {
         true => Some(ctx.open_archive()?),
         false => None,
     };
@@ -173,18 +181,56 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             stale,
         });
     }
+    // Forward destinations: what is delivered and what waits (mail pending longer than
+    // --max-age is as overdue as a backup).
+    let mut forwards = Vec::new();
+    if found && ctx.archive.join(crate::forward::JOURNAL_DIR).is_dir() {
+        let archive = match source.take() {
+            Some(archive) => archive,
+            None => ctx.open_archive()?,
+        };
+        for f in crate::forward::statuses(&archive, &ctx.archive)? {
+            let stale = args
+                .max_age
+                .is_some_and(|max| f.oldest_pending.is_some_and(|t| now - t > max));
+            stale_copies += usize::from(stale);
+            forwards.push(ForwardStatus { status: f, stale });
+        }
+    }
     let list: Vec<&AccountStatus> = accounts.values().collect();
     if args.json {
-        match copies.is_empty() {
-            true => say!("{}", serde_json::to_string_pretty(&list)?),
-            false => say!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"accounts": list, "copies": copies})
-                )?
-            ),
+        match (copies.is_empty(), forwards.is_empty()) {
+            (true, true) => say!("{}", serde_json::to_string_pretty(&list)?),
+            _ => {
+                let mut all = serde_json::json!({"accounts": list});
+                if !copies.is_empty() {
+                    all["copies"] = serde_json::to_value(&copies)?;
+                }
+                if !forwards.is_empty() {
+                    all["forwards"] = serde_json::to_value(&forwards)?;
+                }
+                say!("{}", serde_json::to_string_pretty(&all)?)
+            }
         }
     } else {
+        for f in &forwards {
+            let s = &f.status;
+            let last = s.last_delivery.map_or("never".to_string(), |t| {
+                format!("{} ({} ago)", local_time(t), age(now - t))
+            });
+            let oldest = s.oldest_pending.map_or(String::new(), |t| {
+                format!(", the oldest archived {} ago", age(now - t))
+            });
+            let text = format!(
+                "{} → {}: {} delivered, last {last}; {} pending{oldest}",
+                s.account, s.destination, s.delivered, s.pending
+            );
+            if f.stale {
+                eprintln!("warning: {text}");
+            } else if !ctx.quiet {
+                say!("{text}");
+            }
+        }
         for c in &copies {
             let text = match c.oldest_behind {
                 None => "up to date".to_string(),

@@ -16,6 +16,7 @@ mod export;
 mod fake_imap;
 mod fake_pop3;
 mod faults;
+mod forward;
 mod pop3_providers;
 mod repair;
 mod restore;

@@ -1,0 +1,319 @@
+//! `forward`: POP3 to IMAP exactly once, against a real Dovecot serving both (the POP3 INBOX,
+//! and an IMAP folder beside it as the destination), read back by Python's imaplib.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::dovecot::Dovecot;
+use crate::support::{Rng, Sandbox, generated_message};
+
+const FOLDER: &str = "Forwarded";
+
+fn helper(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/helpers")
+        .join(name)
+}
+
+/// Every message of the destination folder: its bytes (hex), flags and INTERNALDATE.
+fn folder(dovecot: &Dovecot) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("python3")
+        .args([
+            helper("imap_dump.py").to_str().unwrap(),
+            &dovecot.imaps_port.to_string(),
+            dovecot.ca_pem().to_str().unwrap(),
+            dovecot.user(),
+            dovecot.password(),
+            FOLDER,
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        // Not made yet: nothing was delivered.
+        return Vec::new();
+    }
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The folder's messages by their bytes, failing on a duplicate.
+fn delivered_once(dovecot: &Dovecot) -> HashMap<Vec<u8>, serde_json::Value> {
+    let mut by_body = HashMap::new();
+    for m in folder(dovecot) {
+        let body = hex::decode(m["body"].as_str().unwrap()).unwrap();
+        assert!(
+            by_body.insert(body, m).is_none(),
+            "a message was delivered twice"
+        );
+    }
+    by_body
+}
+
+/// A relay to the IMAPS port that can be taken down (connections are then refused at once),
+/// as an IMAP server that is unreachable for a while.
+struct Switch {
+    port: u16,
+    up: Arc<AtomicBool>,
+}
+
+impl Switch {
+    fn to(target: u16) -> Switch {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut client, mut server) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Switch { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// A config with one account forwarding to `FOLDER` through `imaps_port`.
+fn configure(sandbox: &Sandbox, dovecot: &Dovecot, imaps_port: u16, extra: &str) {
+    let dir = sandbox.path().join(".config/popvault");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dovecot.ca_pem();
+    let config = format!(
+        r#"
+[[account]]
+name = "home"
+server = "pop3s://{user}@127.0.0.1:{pop3s}"
+ca_file = "{ca}"
+password_command = "printf %s {password}"
+forward_to = "imaps://{user}@127.0.0.1:{imaps_port}/{FOLDER}"
+forward_ca_file = "{ca}"
+forward_password_command = "printf %s {password}"
+{extra}
+"#,
+        user = dovecot.user(),
+        pop3s = dovecot.pop3s_port,
+        ca = ca.display(),
+        password = dovecot.password(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Puts `count` new messages on the POP3 server, numbered from `first`; returns their bytes.
+fn wave(dovecot: &Dovecot, first: u64, count: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng(first * 7919 + 1);
+    (first..first + count)
+        .map(|n| {
+            let m = generated_message(n, &mut rng);
+            dovecot.add_message(&format!("{n}.wave"), &m);
+            m
+        })
+        .collect()
+}
+
+fn forward(sandbox: &Sandbox, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["forward"];
+    full.extend_from_slice(args);
+    sandbox.command().args(&full).output().unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn three_waves_arrive_each_exactly_once_unread_byte_for_byte_with_their_dates() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    configure(&sandbox, &dovecot, dovecot.imaps_port, "");
+    let mut sent = Vec::new();
+    for (first, count) in [(0, 5), (5, 3), (8, 4)] {
+        sent.extend(wave(&dovecot, first, count));
+        let out = forward(&sandbox, &["-q"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let there = delivered_once(&dovecot);
+        assert_eq!(there.len(), sent.len(), "after the wave from {first}");
+        for m in &sent {
+            // Dovecot serves the Maildir file as it is (the test writes CRLF).
+            let got = there.get(m).expect("every POP3 message is in the folder");
+            let flags: Vec<&str> = got["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert!(
+                !flags.contains(&"\\Seen"),
+                "delivered as new mail: {flags:?}"
+            );
+            // INTERNALDATE from the Date header (Mon, D Jan 2024 10:MM:00 +0100).
+            let date = String::from_utf8_lossy(m)
+                .lines()
+                .find_map(|l| l.strip_prefix("Date: ").map(str::to_string))
+                .unwrap();
+            // (The generator's weekdays are not the dates' own: parsed without them.)
+            let date = date.split_once(", ").map_or(date.as_str(), |(_, d)| d);
+            let expected = chrono::DateTime::parse_from_rfc2822(date)
+                .unwrap()
+                .timestamp();
+            assert_eq!(got["internaldate"].as_i64().unwrap(), expected);
+        }
+    }
+    // Nothing new: nothing sent, and the status says all is delivered.
+    let out = forward(&sandbox, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 delivered"), "{text}");
+    assert_eq!(delivered_once(&dovecot).len(), 12);
+    let status = sandbox.ok(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let dest = &status["forwards"][0];
+    assert_eq!(dest["delivered"], 12, "{status}");
+    assert_eq!(dest["pending"], 0, "{status}");
+}
+
+#[test]
+fn a_forward_killed_mid_delivery_then_rerun_delivers_each_message_once() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    configure(&sandbox, &dovecot, dovecot.imaps_port, "");
+    // The journal starts with the first forward: an empty pass begins it.
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = wave(&dovecot, 0, 4000);
+    let mut rng = Rng(0x5eed);
+    let mut interrupted = 0;
+    for _ in 0..4 {
+        let mut command = sandbox.command();
+        command.args(["forward", "-q"]);
+        interrupted += usize::from(crate::support::kill_9_after(
+            &mut command,
+            300 + rng.next() % 1200,
+        ));
+    }
+    assert!(
+        interrupted > 0,
+        "no forward was interrupted: the test proved nothing"
+    );
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let there = delivered_once(&dovecot);
+    assert_eq!(there.len(), sent.len(), "each message exactly once");
+    for m in &sent {
+        assert!(there.contains_key(m));
+    }
+}
+
+#[test]
+fn with_the_imap_server_down_mail_is_archived_kept_on_the_server_and_delivered_later() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    let switch = Switch::to(dovecot.imaps_port);
+    configure(&sandbox, &dovecot, switch.port, "delete_after_days = 0");
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = wave(&dovecot, 0, 6);
+
+    switch.set(false);
+    let out = forward(&sandbox, &["--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "partly failed: {}",
+        stderr(&out)
+    );
+    let pass: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pass["backups"][0]["new_messages"], 6);
+    assert_eq!(pass["deliveries"][0]["pending"], 6, "{pass}");
+    assert!(pass["deliveries"][0]["error"].is_string(), "{pass}");
+    assert_eq!(dovecot.messages_held(), 6, "nothing undelivered is deleted");
+    // status says what is pending, and --max-age alerts on it.
+    let status = sandbox.run(&["status", "--json", "--max-age", "0m"]);
+    let listed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(listed["forwards"][0]["pending"], 6, "{listed}");
+    assert_eq!(listed["forwards"][0]["stale"], true, "{listed}");
+    assert_eq!(status.status.code(), Some(6));
+
+    switch.set(true);
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(delivered_once(&dovecot).len(), 6);
+    // Deleted only now that they are delivered: by the backup pass of the next run.
+    assert_eq!(dovecot.messages_held(), 6);
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        dovecot.messages_held(),
+        0,
+        "delivered mail leaves the POP3 server"
+    );
+    assert_eq!(delivered_once(&dovecot).len(), sent.len());
+}
+
+#[test]
+fn forward_every_runs_pass_after_pass_and_stops_cleanly_on_sigterm() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    configure(&sandbox, &dovecot, dovecot.imaps_port, "");
+    let mut child = sandbox
+        .command()
+        .args(["forward", "--every", "1s", "-q"])
+        .spawn()
+        .unwrap();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while delivered_once(&dovecot).len() < n {
+            assert!(Instant::now() < deadline, "{n} messages never arrived");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // The first pass starts the journal; mail after it is delivered by the later passes.
+    std::thread::sleep(Duration::from_secs(2));
+    wave(&dovecot, 0, 3);
+    wait_for(3);
+    wave(&dovecot, 3, 2);
+    wait_for(5);
+    // Between passes the archive is free for other commands.
+    sandbox.ok(&["list"]);
+    nix_kill(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "forward --every ended with {status}");
+    assert_eq!(delivered_once(&dovecot).len(), 5);
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
