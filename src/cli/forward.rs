@@ -120,6 +120,14 @@ pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
             ctx.archive_label
         );
     }
+    if crate::archive::is_archive(&ctx.archive)
+        && crate::archive::crypto::sealed(&ctx.archive)?.is_some()
+    {
+        bail!(
+            "forward works on a plain archive for now: its delivery journal names messages by their SHA-256, which {} (encrypted) must not reveal; forward into a plain archive and `popvault copy --to` the encrypted one",
+            ctx.archive_label
+        );
+    }
     let routes = routes(ctx, &args)?;
     loop {
         let exit = pass(ctx, &args, &routes)?;

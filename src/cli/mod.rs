@@ -460,7 +460,6 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
             | Command::Cat(_)
             | Command::Search(_)
             | Command::Restore(_)
-            | Command::Forward(_)
             | Command::Copy(_)
             | Command::Export(_)
             | Command::Repair(_)

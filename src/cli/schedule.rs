@@ -22,6 +22,7 @@ pub struct ScheduleArgs {
 
 const SERVICE: &str = include_str!("../../samples/schedule/popvault.service");
 const TIMER: &str = include_str!("../../samples/schedule/popvault.timer");
+const FORWARD_SERVICE: &str = include_str!("../../samples/schedule/popvault-forward.service");
 const CRONTAB: &str = include_str!("../../samples/schedule/crontab");
 const PLIST: &str = include_str!("../../samples/schedule/org.popvault.backup.plist");
 
@@ -122,6 +123,24 @@ pub fn run(ctx: &Context, args: ScheduleArgs) -> anyhow::Result<Exit> {
             );
             say!("{service}");
             say!("{TIMER}");
+            // The forward service runs for good: offered when an account forwards.
+            if ctx.config.accounts.iter().any(|a| a.forward_to.is_some()) {
+                let mut head = format!(
+                    "{} --config {}",
+                    systemd_quote(&binary),
+                    systemd_quote(&config)
+                );
+                if let Some(a) = &archive {
+                    head.push_str(&format!(" --archive {}", systemd_quote(a)));
+                }
+                say!(
+                    "{}",
+                    FORWARD_SERVICE.replace(
+                        "%h/.cargo/bin/popvault --config %h/.config/popvault/config.toml",
+                        &head
+                    )
+                );
+            }
         }
         Scheduler::Cron => {
             let mut line: String = aws
