@@ -363,8 +363,8 @@ pub fn deliver(
         sink.journal
             .state
             .destination
-            .parse()
-            .map_err(ForwardError::Restore)?,
+            .parse::<crate::imap::ImapUrl>()
+            .map_err(RestoreError::from)?,
     );
     let restored =
         restore::restore_candidates(archive, &mut sink, &destination, &pending, &options, events);

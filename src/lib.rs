@@ -6,6 +6,8 @@
 //! - [`pop3`]: our POP3 client. A sans-IO codec ([`pop3::codec`]) parses replies out of bytes;
 //!   [`pop3::Session`] drives a socket, and only a login turns `Session<Authorization>` into
 //!   `Session<Transaction>`.
+//! - [`imap`]: our IMAP client (an RFC 3501 subset: login methods, folders, APPEND with LITERAL+
+//!   and MULTIAPPEND), shared by restore and forward.
 //! - [`archive`]: the content-addressed store. Messages are zstd frames in packs
 //!   ([`archive::pack`]), listed by an append-only catalog ([`archive::catalog`]), made visible by
 //!   commit records. There is one [`archive::Writer`] (kernel lock, batched commits, crash seam in
@@ -39,6 +41,7 @@ pub mod config;
 pub mod copy;
 pub mod export;
 pub mod forward;
+pub mod imap;
 pub mod import;
 pub mod net;
 pub mod pop3;

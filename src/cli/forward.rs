@@ -16,9 +16,10 @@ use crate::archive::Archive;
 use crate::backup::{self, AccountReport, BackupOptions, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::forward::{self, Deliveries, DeliveryReport, ForwardError, Journal};
+use crate::imap::{ImapAuth, ImapUrl};
 use crate::net::Secret;
 use crate::net::transport::{ConnectOptions, TlsMode};
-use crate::restore::imap::{ImapAuth, ImapSink, ImapUrl};
+use crate::restore::imap::ImapSink;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\

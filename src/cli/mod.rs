@@ -560,9 +560,9 @@ fn transparent_inner<'e>(
     e: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e (dyn std::error::Error + 'static)> {
     use crate::backup::BackupError;
+    use crate::imap::ImapError;
     use crate::pop3::Pop3Error;
     use crate::restore::RestoreError;
-    use crate::restore::imap::ImapError;
     if let Some(b) = e.downcast_ref::<BackupError>() {
         return match b {
             BackupError::Pop3(p)
@@ -674,7 +674,7 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// flags, which only the CLI knows.
 fn hint_for_library_error(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     use crate::export::ExportError;
-    use crate::restore::imap::ImapError;
+    use crate::imap::ImapError;
     if let Some(e) = cause.downcast_ref::<ArchiveError>() {
         return match e {
             ArchiveError::NotFound { .. } => Some("check --archive (or $POPVAULT_ARCHIVE, or `archive` in the config); a new archive is made by `popvault init`, or by the first `import` or `backup`".into()),

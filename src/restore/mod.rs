@@ -26,7 +26,7 @@ use crate::archive::{Archive, ArchiveError, Digest, Message};
 pub enum Destination {
     Maildir(PathBuf),
     Mbox(PathBuf),
-    Imap(imap::ImapUrl),
+    Imap(crate::imap::ImapUrl),
 }
 
 impl FromStr for Destination {
@@ -80,7 +80,7 @@ pub enum RestoreError {
     #[error("no message to restore: the selection matches none; nothing was written")]
     NothingSelected,
     #[error(transparent)]
-    Imap(#[from] imap::ImapError),
+    Imap(#[from] crate::imap::ImapError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
 }
@@ -103,7 +103,10 @@ impl RestoreError {
     /// Whether this error is about one message only (the destination cannot take it), so the
     /// others may still go.
     pub fn concerns_one_message(&self) -> bool {
-        matches!(self, RestoreError::Imap(imap::ImapError::Unsupported(_)))
+        matches!(
+            self,
+            RestoreError::Imap(crate::imap::ImapError::Unsupported(_))
+        )
     }
 }
 
