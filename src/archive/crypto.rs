@@ -810,18 +810,48 @@ pub fn read_salvageable(root: &Path, path: &Path) -> Result<Vec<u8>, super::Arch
         return Ok(bytes);
     };
     sealed.unlock()?;
+    // A chunk that does not decrypt (a flipped byte, or bytes missing) becomes zeros, and the
+    // reading goes on with the next chunk: each age chunk is authenticated alone, so what lies
+    // after the damage is still the pack's own. (A reader that failed once is not reused.)
+    let limit = file
+        .metadata()
+        .map_err(super::ArchiveError::io(path))?
+        .len();
     let mut out = Vec::new();
-    if let Ok(mut reader) = sealed.open_seekable(file) {
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 {
-                break;
+    let mut buf = vec![0u8; AGE_CHUNK];
+    while (out.len() as u64) < limit {
+        let Ok(file) = File::open(path) else { break };
+        let Ok(mut reader) = sealed.open_seekable(file) else {
+            break;
+        };
+        if reader.seek(SeekFrom::Start(out.len() as u64)).is_err() {
+            // The chunk to start at is itself damaged.
+            let next = (out.len() / AGE_CHUNK + 1) * AGE_CHUNK;
+            out.resize(next, 0);
+            continue;
+        }
+        let failed = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => break Some(e),
             }
-            out.extend_from_slice(&buf[..n]);
+        };
+        match failed {
+            None => break,
+            // Nothing follows a truncation.
+            Some(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Some(_) => {
+                let next = (out.len() / AGE_CHUNK + 1) * AGE_CHUNK;
+                out.resize(next, 0);
+            }
         }
     }
     Ok(out)
 }
+
+/// The plaintext size of one age STREAM chunk (each is authenticated on its own).
+const AGE_CHUNK: usize = 64 << 10;
 
 /// A pack opened for reading: the file itself, or an age file decrypted as it is read. Both
 /// read and seek in the pack's plaintext.

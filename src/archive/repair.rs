@@ -95,15 +95,24 @@ pub fn salvage(bytes: &[u8]) -> Vec<(u64, RecordHeader)> {
     out
 }
 
-fn read_record(root: &Path, found: &Found) -> Result<Vec<u8>, ArchiveError> {
-    let path = root.join("packs").join(&found.pack);
-    let bytes = crypto::read_salvageable(root, &path)?;
+/// One found record's message. `last` keeps the pack read last (records come pack by pack):
+/// an encrypted pack is decrypted once, not once per record.
+fn read_record(
+    root: &Path,
+    found: &Found,
+    last: &mut Option<(String, Vec<u8>)>,
+) -> Result<Vec<u8>, ArchiveError> {
+    if last.as_ref().is_none_or(|(name, _)| *name != found.pack) {
+        let path = root.join("packs").join(&found.pack);
+        *last = Some((found.pack.clone(), crypto::read_salvageable(root, &path)?));
+    }
+    let bytes = &last.as_ref().expect("just read").1;
     let damaged = |fault| ArchiveError::DamagedMessage {
         id: found.header.id,
         pack: found.pack.clone(),
         fault,
     };
-    // The pack is read again: what `salvage` found may have changed since (shorter now).
+    // The pack is read again (once): what `salvage` found may have changed since (shorter now).
     let start = (found.offset as usize).saturating_add(RECORD_HEADER_LEN as usize);
     let end = start.saturating_add(usize::try_from(found.header.stored_len).unwrap_or(usize::MAX));
     let mut stored = bytes
@@ -281,8 +290,9 @@ pub fn repair(
     for n in &report.retired_commits {
         writer.retire_commit(*n);
     }
+    let mut last_pack = None;
     for found in salvaged.iter().chain(&uncatalogued) {
-        let raw = read_record(root, found)?;
+        let raw = read_record(root, found, &mut last_pack)?;
         let sightings = known_sources
             .get(&found.header.id)
             .cloned()

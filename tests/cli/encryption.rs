@@ -895,3 +895,37 @@ fn large_messages_stream_into_an_encrypted_pack_and_a_streamed_duplicate_is_drop
     );
     assert_reveals_nothing(&sandbox.archive(), &[b"the big one".to_vec()]);
 }
+
+#[test]
+fn a_flipped_byte_in_an_encrypted_pack_costs_only_the_messages_of_its_chunk() {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let dir = sandbox.path().join("mail");
+    crate::support::write_maildir(&dir, 1500, 99);
+    sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
+    let pack = only_pack(&sandbox.archive());
+    let len = std::fs::metadata(&pack).unwrap().len();
+    assert!(
+        len > 4 * 65_536,
+        "the pack spans several age chunks ({len} bytes)"
+    );
+    flip(&pack, (len / 2) as i64);
+    let out = with_identity(&sandbox, &identity, &["verify", "--full", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["damaged"].as_array().unwrap().len();
+    // (Before, every message after the damaged chunk was lost to verify and repair.)
+    assert!(
+        (1..300).contains(&damaged),
+        "one 64 KiB chunk holds about a hundred of these messages, not {damaged} of 1500"
+    );
+    // repair keeps every message outside that chunk (exit 3: some are lost).
+    let repaired = with_identity(&sandbox, &identity, &["repair"]);
+    assert_eq!(repaired.status.code(), Some(3), "{}", stderr(&repaired));
+    let verified = ok_with(&sandbox, &identity, &["verify", "--full"]);
+    assert!(
+        verified.contains(&format!("{} messages", 1500 - damaged)),
+        "{verified}"
+    );
+}
