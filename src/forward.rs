@@ -43,7 +43,7 @@ pub enum ForwardError {
         source: io::Error,
     },
     #[error(
-        "the forward journal {path} is damaged at line {line}: delivery to this destination stops rather than risk sending mail twice; move the file away to start the destination afresh (mail archived since then is delivered again)"
+        "the forward journal {path} is damaged at line {line}: delivery to this destination stops rather than risk sending mail twice; to start it afresh, move the file away (the next forward then delivers mail archived from that moment, or from --since DATE)"
     )]
     Damaged { path: PathBuf, line: usize },
     #[error(
@@ -177,13 +177,15 @@ fn journal_path(root: &Path, account: &str, destination: &str) -> PathBuf {
 }
 
 impl Journal {
-    /// Opens (creating on first use, with `since` or now as its start) and locks the journal
-    /// of `account` and `destination` in the archive at `root`.
+    /// Opens and locks the journal of `account` and `destination` in the archive at `root`.
+    /// A new one starts at `since_asked`, else `start`; an existing one later than
+    /// `since_asked` is moved back to it.
     pub fn open(
         root: &Path,
         account: &str,
         destination: &str,
-        since: Option<DateTime<Utc>>,
+        start: DateTime<Utc>,
+        since_asked: Option<DateTime<Utc>>,
     ) -> Result<Journal, ForwardError> {
         let path = journal_path(root, account, destination);
         let io_err = |source| ForwardError::Journal {
@@ -208,11 +210,19 @@ impl Journal {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
+        // A line torn by a crash is cut away, so the next one does not join it.
+        let text_len = file.metadata().map_err(io_err)?.len();
         let lines = read_lines(&path)?;
+        let whole = whole_lines_len(&path).map_err(io_err)?;
+        if whole < text_len {
+            file.set_len(whole)
+                .and_then(|()| file.sync_data())
+                .map_err(io_err)?;
+        }
         let mut journal = Journal {
             path: path.clone(),
             file,
-            state: Deliveries::new(account, destination, since.unwrap_or_else(Utc::now)),
+            state: Deliveries::new(account, destination, since_asked.unwrap_or(start)),
         };
         if lines.is_empty() {
             journal.append(&Line::Start {
@@ -224,6 +234,16 @@ impl Journal {
         }
         for line in lines {
             journal.state.apply(line);
+        }
+        // An earlier --since on a later run moves the start back: that older mail goes too.
+        if let Some(since) = since_asked
+            && since < journal.state.since
+        {
+            journal.record(Line::Start {
+                account: account.into(),
+                destination: destination.into(),
+                since,
+            })?;
         }
         Ok(journal)
     }
@@ -246,6 +266,15 @@ impl Journal {
         self.state.apply(line);
         Ok(())
     }
+}
+
+/// The length of the file up to its last line end.
+fn whole_lines_len(path: &Path) -> io::Result<u64> {
+    let bytes = fs::read(path)?;
+    Ok(bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i as u64 + 1))
 }
 
 /// The journal's lines; a last line that does not parse (torn by a kill) is left out.
@@ -332,6 +361,7 @@ pub struct DeliveryReport {
 pub fn deliver(
     archive: &Archive,
     journal: &mut Journal,
+    destination: &crate::imap::ImapUrl,
     open: &mut dyn FnMut() -> Result<ImapSink, ForwardError>,
     stop: &Stop,
     events: &mut dyn FnMut(Event),
@@ -359,13 +389,7 @@ pub fn deliver(
         stop: stop.clone(),
         ..RestoreOptions::default()
     };
-    let destination = Destination::Imap(
-        sink.journal
-            .state
-            .destination
-            .parse::<crate::imap::ImapUrl>()
-            .map_err(RestoreError::from)?,
-    );
+    let destination = Destination::Imap(destination.clone());
     let restored =
         restore::restore_candidates(archive, &mut sink, &destination, &pending, &options, events);
     if let Some(e) = sink.error.take() {
@@ -374,7 +398,14 @@ pub fn deliver(
     let restored = restored?;
     report.found_delivered = sink.found;
     report.delivered = restored.restored;
-    report.bytes = restored.bytes;
+    // (The restore counts the bytes it put, refused ones too.)
+    let refused: HashSet<Digest> = restored.refused.iter().map(|s| s.id).collect();
+    let refused_bytes: u64 = pending
+        .iter()
+        .filter(|c| refused.contains(&c.id))
+        .map(|c| c.size)
+        .sum();
+    report.bytes = restored.bytes.saturating_sub(refused_bytes);
     report.refused = restored.refused;
     report.skipped = restored.skipped;
     report.interrupted = restored.interrupted;
@@ -485,6 +516,9 @@ impl Sink for JournaledSink<'_> {
 pub struct DestinationStatus {
     pub account: String,
     pub destination: String,
+    /// Why the journal could not be read (then the counts are 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub delivered: usize,
     pub pending: usize,
     pub last_delivery: Option<DateTime<Utc>>,
@@ -511,7 +545,21 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
         .collect();
     let mut out = Vec::new();
     for path in paths {
-        let state = Deliveries::read(&path)?;
+        let state = match Deliveries::read(&path) {
+            Ok(state) => state,
+            Err(e) => {
+                out.push(DestinationStatus {
+                    account: String::new(),
+                    destination: path.display().to_string(),
+                    error: Some(e.to_string()),
+                    delivered: 0,
+                    pending: 0,
+                    last_delivery: None,
+                    oldest_pending: None,
+                });
+                continue;
+            }
+        };
         let pending = pending(archive, &state);
         out.push(DestinationStatus {
             delivered: state.delivered.len(),
@@ -524,6 +572,7 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
                 .copied(),
             account: state.account,
             destination: state.destination,
+            error: None,
         });
     }
     Ok(out)

@@ -104,10 +104,31 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
                 .collect()
         }
     };
-    let accounts = configs
+    let mut accounts = configs
         .iter()
         .map(|c| Account::resolve(c, &overrides))
         .collect::<Result<Vec<_>, _>>()?;
+    // An account that forwards loses from its server only mail delivered there (or nothing,
+    // when that cannot be told).
+    for (account, config) in accounts.iter_mut().zip(&configs) {
+        if let Some(to) = &config.forward_to {
+            let delivered = to
+                .parse::<crate::imap::ImapUrl>()
+                .ok()
+                .and_then(|url| {
+                    crate::forward::Deliveries::peek(
+                        &ctx.archive,
+                        &account.name,
+                        &url.to_string(),
+                        None,
+                    )
+                    .ok()
+                })
+                .map(|state| state.delivered)
+                .unwrap_or_default();
+            account.delivered_only = Some(std::sync::Arc::new(delivered));
+        }
+    }
 
     let opts = BackupOptions {
         dry_run: args.dry_run,

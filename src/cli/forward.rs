@@ -80,11 +80,22 @@ pub struct ForwardArgs {
 }
 
 fn parse_every(s: &str) -> Result<Duration, String> {
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} has no unit: write 30s, 5m or 1h"));
+    }
     let age = super::status::parse_age(s)?;
     age.to_std()
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a time between passes"))
+}
+
+fn humantime(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 /// One account and where its mail goes.
@@ -129,12 +140,21 @@ pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
             ctx.archive_label
         );
     }
+    if args.since.is_some_and(|since| since > chrono::Utc::now()) {
+        bail!("--since is in the future: give the day from which archived mail is to be delivered");
+    }
     let routes = routes(ctx, &args)?;
     loop {
-        let exit = pass(ctx, &args, &routes)?;
+        let passed = pass(ctx, &args, &routes);
         let Some(every) = args.every else {
-            return Ok(exit);
+            return passed;
         };
+        // A service outlives a failed pass (the archive locked by a nightly job, a full disk):
+        // it says why and tries again at the next.
+        if let Err(e) = passed {
+            super::report_error(&e);
+            eprintln!("forward: the next pass is in {}", humantime(every));
+        }
         if ctx.stop.requested() {
             return Ok(Exit::Ok);
         }
@@ -266,11 +286,25 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             for route in routes {
                 let state =
                     Deliveries::peek(&ctx.archive, &route.account.name, &route.label, args.since)?;
+                let mut report = DeliveryReport {
+                    account: route.account.name.clone(),
+                    destination: route.label.clone(),
+                    pending: forward::pending(&archive, &state).len(),
+                    ..DeliveryReport::default()
+                };
+                report.pending += would_fetch(&backups, &route.account.name);
+                deliveries.push(DeliveryOutcome {
+                    report,
+                    error: None,
+                });
+            }
+        } else {
+            for route in routes {
                 deliveries.push(DeliveryOutcome {
                     report: DeliveryReport {
                         account: route.account.name.clone(),
                         destination: route.label.clone(),
-                        pending: forward::pending(&archive, &state).len(),
+                        pending: would_fetch(&backups, &route.account.name),
                         ..DeliveryReport::default()
                     },
                     error: None,
@@ -282,15 +316,19 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
     // The writer's lock is held for the backup pass only.
     let mut writer = ctx.open_writer("forward", Some(&ctx.stop))?;
     // Journals stay locked through the pass: two forwards never deliver one message twice.
-    let mut journals = Vec::new();
-    for route in routes {
-        journals.push(Journal::open(
-            &ctx.archive,
-            &route.account.name,
-            &route.label,
-            Some(args.since.unwrap_or(started)),
-        )?);
-    }
+    // A journal that cannot be used (damaged, locked) stops its own destination only.
+    let journals: Vec<Result<Journal, ForwardError>> = routes
+        .iter()
+        .map(|route| {
+            Journal::open(
+                &ctx.archive,
+                &route.account.name,
+                &route.label,
+                started,
+                args.since,
+            )
+        })
+        .collect();
     {
         let mut target = Target::Write(&mut writer);
         for (route, journal) in routes.iter().zip(&journals) {
@@ -298,7 +336,11 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
                 break;
             }
             let mut account = route.account.clone();
-            account.delivered_only = Some(Arc::new(journal.state.delivered.clone()));
+            let delivered = match journal {
+                Ok(journal) => journal.state.delivered.clone(),
+                Err(_) => Default::default(),
+            };
+            account.delivered_only = Some(Arc::new(delivered));
             backups.push(super::backup::with_password(
                 &account,
                 &ctx.stop,
@@ -308,10 +350,24 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
     }
     writer.finish().context("cannot commit the backup pass")?;
     let archive = Archive::open(&ctx.archive)?;
-    for (route, journal) in routes.iter().zip(&mut journals) {
+    for (route, journal) in routes.iter().zip(journals) {
         if ctx.stop.requested() {
             break;
         }
+        let mut journal = match journal {
+            Ok(journal) => journal,
+            Err(e) => {
+                deliveries.push(DeliveryOutcome {
+                    report: DeliveryReport {
+                        account: route.account.name.clone(),
+                        destination: route.label.clone(),
+                        ..DeliveryReport::default()
+                    },
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
         let mut open = || -> Result<ImapSink, ForwardError> {
             let secret = forward_password(route, &ctx.stop)
                 .map_err(|e| ForwardError::Password(format!("{e:#}")))?;
@@ -324,7 +380,14 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             )
             .map_err(crate::restore::RestoreError::from)?)
         };
-        let delivered = forward::deliver(&archive, journal, &mut open, &ctx.stop, &mut |_| {});
+        let delivered = forward::deliver(
+            &archive,
+            &mut journal,
+            &route.destination,
+            &mut open,
+            &ctx.stop,
+            &mut |_| {},
+        );
         deliveries.push(match delivered {
             Ok(report) => DeliveryOutcome {
                 report,
@@ -335,13 +398,25 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
                     account: route.account.name.clone(),
                     destination: route.label.clone(),
                     pending: forward::pending(&archive, &journal.state).len(),
+                    // A stop during the login (its password command) is a stop, not a failure.
+                    interrupted: ctx.stop.requested(),
                     ..DeliveryReport::default()
                 },
-                error: Some(format!("{:#}", anyhow::Error::new(e))),
+                error: (!ctx.stop.requested()).then(|| format!("{:#}", anyhow::Error::new(e))),
             },
         });
     }
     report(ctx, args, &backups, &deliveries)
+}
+
+/// Messages the dry run of `account` would fetch: delivered by a real run.
+fn would_fetch(backups: &[AccountReport], account: &str) -> usize {
+    backups
+        .iter()
+        .filter(|r| r.account == account)
+        .filter_map(|r| r.would_fetch.as_ref())
+        .map(Vec::len)
+        .sum()
 }
 
 fn forward_password(route: &Route, stop: &crate::stop::Stop) -> anyhow::Result<Secret> {

@@ -503,7 +503,7 @@ fn dispatch_command(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
 }
 
 /// `error: what` then one `caused by:` line per underlying cause; never a panic or debug dump.
-fn report_error(err: &anyhow::Error) {
+pub(crate) fn report_error(err: &anyhow::Error) {
     eprintln!("error: {err}");
     let mut last = err.to_string();
     for cause in err.chain().skip(1) {
@@ -630,7 +630,7 @@ fn hint_for_cause(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     if let Some(crate::net::url::UrlError::PasswordInUrl) = cause.downcast_ref() {
         return Some(
-            "remove it from the URL and give the password by a password_command in the config file, $POPVAULT_PASSWORD, or the prompt".into(),
+            "remove it from the URL and give the password by a password_command in the config file (forward_password_command for a forward destination), $POPVAULT_PASSWORD ($POPVAULT_FORWARD_PASSWORD), or the prompt".into(),
         );
     }
     if let Some(Pop3Error::Rejected { reply, code, .. }) = cause.downcast_ref::<Pop3Error>() {

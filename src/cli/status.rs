@@ -60,6 +60,8 @@ struct ForwardStatus {
     #[serde(flatten)]
     status: crate::forward::DestinationStatus,
     stale: bool,
+    /// Whether an account of the config forwards there now.
+    in_config: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -189,12 +191,35 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             Some(archive) => archive,
             None => ctx.open_archive()?,
         };
+        // The destinations the config names now (a journal of an old one stays until removed).
+        let configured: Vec<(String, String)> = ctx
+            .config
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let url = a
+                    .forward_to
+                    .as_ref()?
+                    .parse::<crate::imap::ImapUrl>()
+                    .ok()?;
+                Some((a.name.clone(), url.to_string()))
+            })
+            .collect();
         for f in crate::forward::statuses(&archive, &ctx.archive)? {
-            let stale = args
-                .max_age
-                .is_some_and(|max| f.oldest_pending.is_some_and(|t| now - t > max));
-            stale_copies += usize::from(stale);
-            forwards.push(ForwardStatus { status: f, stale });
+            let in_config = configured
+                .iter()
+                .any(|(a, d)| *a == f.account && *d == f.destination);
+            // (A destination the config no longer names is reported, not alerted on.)
+            let stale = in_config
+                && args
+                    .max_age
+                    .is_some_and(|max| f.oldest_pending.is_some_and(|t| now - t > max));
+            stale_copies += usize::from(stale || f.error.is_some());
+            forwards.push(ForwardStatus {
+                status: f,
+                stale,
+                in_config,
+            });
         }
     }
     let list: Vec<&AccountStatus> = accounts.values().collect();
@@ -221,9 +246,24 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             let oldest = s.oldest_pending.map_or(String::new(), |t| {
                 format!(", the oldest archived {} ago", age(now - t))
             });
+            if let Some(e) = &s.error {
+                eprintln!(
+                    "warning: forward journal {}: {e}",
+                    s.destination.escape_debug()
+                );
+                continue;
+            }
             let text = format!(
-                "{} → {}: {} delivered, last {last}; {} pending{oldest}",
-                s.account, s.destination, s.delivered, s.pending
+                "{} → {}: {} delivered, last {last}; {} pending{oldest}{}",
+                s.account.escape_debug(),
+                s.destination.escape_debug(),
+                s.delivered,
+                s.pending,
+                match f.in_config {
+                    true => "",
+                    false =>
+                        " (no account of the config forwards there now: remove its journal from forward/ to forget it)",
+                }
             );
             if f.stale {
                 eprintln!("warning: {text}");

@@ -187,16 +187,30 @@ fn three_waves_arrive_each_exactly_once_unread_byte_for_byte_with_their_dates() 
             assert_eq!(got["internaldate"].as_i64().unwrap(), expected);
         }
     }
+    // A line torn by a crash is cut away: the journal stays usable.
+    let journal = std::fs::read_dir(sandbox.archive().join("forward"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut torn = std::fs::read(&journal).unwrap();
+    torn.extend_from_slice(br#"{"sending":{"ids":["ab"#);
+    std::fs::write(&journal, torn).unwrap();
+    sent.extend(wave(&dovecot, 12, 1));
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(delivered_once(&dovecot).len(), 13);
     // Nothing new: nothing sent, and the status says all is delivered.
     let out = forward(&sandbox, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 delivered"), "{text}");
-    assert_eq!(delivered_once(&dovecot).len(), 12);
+    assert_eq!(delivered_once(&dovecot).len(), 13);
     let status = sandbox.ok(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let dest = &status["forwards"][0];
-    assert_eq!(dest["delivered"], 12, "{status}");
+    assert_eq!(dest["delivered"], 13, "{status}");
     assert_eq!(dest["pending"], 0, "{status}");
 }
 
@@ -255,6 +269,14 @@ fn with_the_imap_server_down_mail_is_archived_kept_on_the_server_and_delivered_l
     assert_eq!(pass["deliveries"][0]["pending"], 6, "{pass}");
     assert!(pass["deliveries"][0]["error"].is_string(), "{pass}");
     assert_eq!(dovecot.messages_held(), 6, "nothing undelivered is deleted");
+    // Not by a plain backup of that account either.
+    let out = sandbox.run(&["backup", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        dovecot.messages_held(),
+        6,
+        "backup deleted undelivered mail"
+    );
     // status says what is pending, and --max-age alerts on it.
     let status = sandbox.run(&["status", "--json", "--max-age", "0m"]);
     let listed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
