@@ -488,6 +488,21 @@ impl Sealed {
             .join(format!("{commit:08}-{segment_sha256}.json"))
     }
 
+    /// Writes `bytes` to `path` in this host's cache unless it is there. Best effort: the
+    /// cache is rebuilt from the archive by any later run with the identity.
+    pub fn keep_host_copy(&self, path: &Path, bytes: &[u8]) {
+        if path.exists() {
+            return;
+        }
+        let tmp = self.host_cache_dir().join("tmp");
+        let made = fs::create_dir_all(super::durable::parent_dir(path))
+            .and_then(|()| fs::create_dir_all(&tmp))
+            .and_then(|()| super::durable::write_once(&tmp, path, bytes));
+        if made.is_err() {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     pub fn no_host_cache(&self, commit: u64) -> CryptoError {
         CryptoError::NoHostCache {
             archive: self.archive_label(),

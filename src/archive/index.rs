@@ -229,7 +229,15 @@ pub fn read_records(root: &Path) -> Result<CatalogRead, ArchiveError> {
         {
             // With the identity from the record; without, from what this host wrote.
             let fields: catalog::SealedFields = match sealed.can_decrypt() {
-                true => sealed.open_json(fields)?,
+                true => {
+                    let fields: catalog::SealedFields = sealed.open_json(fields)?;
+                    // What a writer on this host needs later without the identity.
+                    if let Some(sha) = &record.segment.sha256 {
+                        let text = serde_json::to_vec(&fields).expect("serializes");
+                        sealed.keep_host_copy(&sealed.host_fields_path(record.commit, sha), &text);
+                    }
+                    fields
+                }
                 false => record
                     .segment
                     .sha256
@@ -336,10 +344,39 @@ fn read_segment<L: Line>(
         ));
     }
     let bytes = match &sealed {
-        Some(sealed) => sealed.decrypt(&bytes, &format!("catalog segment {name}"))?,
+        Some(sealed) => {
+            let plain = sealed.decrypt(&bytes, &format!("catalog segment {name}"))?;
+            keep_host_segment(sealed, record, &plain);
+            plain
+        }
         None => bytes,
     };
     visit_lines(name, &bytes, issues, visit)
+}
+
+/// A run with the identity puts back in this host's cache the envelope-less lines of a
+/// verified segment, where they are missing (written on another host, or the cache deleted),
+/// so that writers here need no identity again.
+fn keep_host_segment(sealed: &super::crypto::Sealed, record: &CommitRecord, plain: &[u8]) {
+    let Some(sha256) = &record.segment.sha256 else {
+        return;
+    };
+    let path = sealed.host_segment_path(record.commit, sha256);
+    if path.exists() {
+        return;
+    }
+    let (text, _) = catalog::decode_segment(plain);
+    let lines: Vec<Entry> = text
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Entry>(line).ok())
+        .map(|entry| Entry {
+            envelope: Default::default(),
+            ..entry
+        })
+        .collect();
+    if let Ok(bytes) = catalog::encode_segment(&lines) {
+        sealed.keep_host_copy(&path, &bytes);
+    }
 }
 
 /// Reads the lines of a segment's (zstd) bytes, reporting what cannot be read.

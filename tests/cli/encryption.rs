@@ -929,3 +929,31 @@ fn a_flipped_byte_in_an_encrypted_pack_costs_only_the_messages_of_its_chunk() {
         "{verified}"
     );
 }
+
+#[test]
+fn a_run_with_the_identity_rebuilds_what_a_writer_without_it_needs() {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let eml = |name: &str| format!("eml:{}", corpus_dir().join(name).display());
+    sandbox.ok(&["import", &eml("cpython-msg_04.eml")]);
+    // This host's cache is lost (or the writer moved to a new host with the writer key).
+    std::fs::remove_dir_all(sandbox.path().join(".cache/popvault/sealed")).unwrap();
+    let mbox = format!("mbox:{}", corpus_dir().join("git-sample.mbox").display());
+    let out = sandbox.run(&["import", &mbox]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--identity"), "{}", stderr(&out));
+    // One command with the identity, and the writer needs it no more.
+    ok_with(&sandbox, &identity, &["list"]);
+    let out = sandbox.run(&["import", &mbox]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = sandbox.ok(&["import", &eml("cpython-msg_04.eml")]);
+    assert!(
+        !again.contains("1 new"),
+        "the rebuilt cache knows what is archived: {again}"
+    );
+    let status = sandbox.ok(&["status"]);
+    assert!(!status.is_empty());
+    let verified = ok_with(&sandbox, &identity, &["verify", "--full"]);
+    assert!(verified.contains("OK"), "{verified}");
+}

@@ -11,6 +11,11 @@ use crate::support::{Rng, Sandbox, generated_message, sha256_hex, write_maildir}
 /// Starts `command`, sends `signal` after `millis` ms, and waits: returns its output and how
 /// long it took to exit after the signal. Panics if it had already finished (the signal must
 /// land in the middle of the work).
+/// A stop comes at the next safe point (a message or chunk boundary, after its fsync). This bound
+/// only tells "stopped soon" from "ran to the end or hung"; the proof that the work stopped
+/// early is what is left undone, not the time, which a loaded machine stretches.
+const STOPS_SOON: Duration = Duration::from_secs(30);
+
 fn signal_after(command: &mut Command, signal: &str, millis: u64) -> (Output, Duration) {
     let child: Child = command
         .stdout(Stdio::piped())
@@ -57,7 +62,7 @@ fn a_backup_stopped_by_sigterm_keeps_what_arrived_deletes_nothing_and_quits() {
     let (out, took) = signal_after(&mut backup, "-TERM", 1500);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(took < STOPS_SOON, "took {took:?} to stop");
     assert!(stderr.contains("stopped by a signal"), "{stderr}");
     let first: Vec<String> = server.log.lock().unwrap()[0].clone();
     assert_eq!(first.last().map(String::as_str), Some("QUIT"), "{first:?}");
@@ -100,7 +105,7 @@ fn an_import_stopped_by_sigint_commits_what_it_read_and_a_rerun_adds_the_rest() 
     let (out, took) = signal_after(&mut import, "-INT", 400);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(took < STOPS_SOON, "took {took:?} to stop");
     assert!(sandbox.run(&["verify", "--full"]).status.success());
     let kept = stats_messages(&sandbox);
     assert!(kept < 20_000, "{kept}");
@@ -122,7 +127,7 @@ fn a_restore_and_an_export_stopped_by_sigterm_leave_valid_destinations() {
     let (out, took) = signal_after(&mut restore, "-TERM", 800);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(took < STOPS_SOON, "took {took:?} to stop");
     let count = |sub: &str| std::fs::read_dir(restored.join(sub)).map_or(0, |d| d.count());
     assert_eq!(count("tmp"), 0, "nothing half-written is left in tmp/");
     assert!(count("cur") < messages.len());
@@ -178,10 +183,7 @@ fn a_stopped_backup_is_no_success_and_a_waiting_one_stops_too() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        took < Duration::from_secs(3),
-        "took {took:?} to stop while waiting"
-    );
+    assert!(took < STOPS_SOON, "took {took:?} to stop while waiting");
     Command::new("kill")
         .args(["-TERM", &holder.id().to_string()])
         .status()
