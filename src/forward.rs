@@ -91,7 +91,13 @@ pub struct Deliveries {
     /// Sent, not acknowledged: looked for on the server before being sent again.
     pub in_flight: HashSet<Digest>,
     pub last_delivery: Option<DateTime<Utc>>,
+    /// How many passes the server refused each undelivered message.
+    pub refusals: HashMap<Digest, u32>,
 }
+
+/// After this many refusals a message is not sent again by itself (`--retry-refused` does):
+/// a message the server will never take (too large, say) must not be uploaded every pass.
+pub const GIVE_UP_AFTER: u32 = 3;
 
 impl Deliveries {
     fn new(account: &str, destination: &str, since: DateTime<Utc>) -> Deliveries {
@@ -102,7 +108,13 @@ impl Deliveries {
             delivered: HashSet::new(),
             in_flight: HashSet::new(),
             last_delivery: None,
+            refusals: HashMap::new(),
         }
+    }
+
+    /// Whether the server refused `id` so often that it is no longer sent by itself.
+    pub fn given_up(&self, id: &Digest) -> bool {
+        self.refusals.get(id).is_some_and(|&n| n >= GIVE_UP_AFTER)
     }
 
     fn apply(&mut self, line: Line) {
@@ -120,6 +132,7 @@ impl Deliveries {
             Line::Delivered { ids, at } => {
                 for id in ids {
                     self.in_flight.remove(&id);
+                    self.refusals.remove(&id);
                     self.delivered.insert(id);
                 }
                 self.last_delivery = Some(at);
@@ -127,6 +140,7 @@ impl Deliveries {
             Line::Refused { ids } => {
                 for id in ids {
                     self.in_flight.remove(&id);
+                    *self.refusals.entry(id).or_default() += 1;
                 }
             }
         }
@@ -350,6 +364,8 @@ pub struct DeliveryReport {
     pub bytes: u64,
     /// Refused by the server: still pending, tried again next pass.
     pub refused: Vec<Skipped>,
+    /// Pending messages not sent, the server having refused them [`GIVE_UP_AFTER`] times.
+    pub held_back: usize,
     /// Damaged in the archive: not delivered.
     pub skipped: Vec<Skipped>,
     pub interrupted: bool,
@@ -363,14 +379,18 @@ pub fn deliver(
     journal: &mut Journal,
     destination: &crate::imap::ImapUrl,
     open: &mut dyn FnMut() -> Result<ImapSink, ForwardError>,
+    retry_refused: bool,
     stop: &Stop,
     events: &mut dyn FnMut(Event),
 ) -> Result<DeliveryReport, ForwardError> {
-    let pending = pending(archive, &journal.state);
+    let (pending, held_back): (Vec<Candidate>, Vec<Candidate>) = pending(archive, &journal.state)
+        .into_iter()
+        .partition(|c| retry_refused || !journal.state.given_up(&c.id));
     let mut report = DeliveryReport {
         account: journal.state.account.clone(),
         destination: journal.state.destination.clone(),
-        pending: pending.len(),
+        pending: pending.len() + held_back.len(),
+        held_back: held_back.len(),
         ..DeliveryReport::default()
     };
     if pending.is_empty() {
@@ -410,7 +430,8 @@ pub fn deliver(
     report.skipped = restored.skipped;
     report.interrupted = restored.interrupted;
     report.warnings = restored.warnings;
-    report.pending = pending.len() - report.delivered - report.found_delivered;
+    report.pending =
+        (pending.len() + held_back.len()).saturating_sub(report.delivered + report.found_delivered);
     Ok(report)
 }
 
@@ -524,6 +545,8 @@ pub struct DestinationStatus {
     pub last_delivery: Option<DateTime<Utc>>,
     /// When the oldest pending message was first archived.
     pub oldest_pending: Option<DateTime<Utc>>,
+    /// Pending messages no longer sent by themselves (refused too often).
+    pub held_back: usize,
 }
 
 /// The state of every forward journal of the archive at `root` (read without locking).
@@ -556,6 +579,7 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
                     pending: 0,
                     last_delivery: None,
                     oldest_pending: None,
+                    held_back: 0,
                 });
                 continue;
             }
@@ -570,6 +594,7 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
                 .filter_map(|c| first_seen.get(&c.id))
                 .min()
                 .copied(),
+            held_back: pending.iter().filter(|c| state.given_up(&c.id)).count(),
             account: state.account,
             destination: state.destination,
             error: None,

@@ -65,6 +65,10 @@ pub struct ForwardArgs {
     /// On the first forward to a destination: deliver mail archived since this day too.
     #[arg(long, value_name = "DATE", value_parser = super::output::parse_day_or_time)]
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Send again the messages the IMAP server refused on three passes (otherwise they wait,
+    /// shown by `status`, so that a message it will never take is not uploaded every pass).
+    #[arg(long)]
+    retry_refused: bool,
     /// Run a pass, then another this long after (30s, 5m, 1h), until stopped.
     #[arg(long, value_name = "DURATION", value_parser = parse_every)]
     every: Option<Duration>,
@@ -385,6 +389,7 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             &mut journal,
             &route.destination,
             &mut open,
+            args.retry_refused,
             &ctx.stop,
             &mut |_| {},
         );
@@ -455,9 +460,12 @@ fn report(
     deliveries: &[DeliveryOutcome],
 ) -> anyhow::Result<Exit> {
     let backups_ok = backups.iter().all(|r| r.outcome() == Outcome::Complete);
-    let deliveries_ok = deliveries
-        .iter()
-        .all(|d| d.error.is_none() && d.report.refused.is_empty() && d.report.skipped.is_empty());
+    let deliveries_ok = deliveries.iter().all(|d| {
+        d.error.is_none()
+            && d.report.refused.is_empty()
+            && d.report.skipped.is_empty()
+            && d.report.held_back == 0
+    });
     let stopped = ctx.stop.requested() || deliveries.iter().any(|d| d.report.interrupted);
     if args.json {
         let summary = PassSummary {
@@ -490,6 +498,15 @@ fn report(
                     s.id,
                     s.subject.as_deref().unwrap_or(""),
                     s.reason
+                );
+            }
+            if r.held_back > 0 {
+                eprintln!(
+                    "warning: {} → {}: {} refused by the server on {} passes and not sent again; `popvault forward --retry-refused` sends them",
+                    r.account,
+                    r.destination,
+                    super::output::count(r.held_back as u64, "message"),
+                    forward::GIVE_UP_AFTER
                 );
             }
             match &d.error {

@@ -253,8 +253,14 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 );
                 continue;
             }
+            let held = match s.held_back {
+                0 => String::new(),
+                n => format!(
+                    " ({n} refused by the server too often: `popvault forward --retry-refused` sends them)"
+                ),
+            };
             let text = format!(
-                "{} → {}: {} delivered, last {last}; {} pending{oldest}{}",
+                "{} → {}: {} delivered, last {last}; {} pending{oldest}{held}{}",
                 s.account.escape_debug(),
                 s.destination.escape_debug(),
                 s.delivered,

@@ -339,3 +339,58 @@ fn nix_kill(pid: u32, signal: &str) {
         .success();
     assert!(ok);
 }
+
+#[test]
+fn a_message_the_server_refuses_waits_after_three_passes_and_the_rest_goes_on() {
+    // Dovecot's quota plugin refuses to store a message over 64 kB.
+    let dovecot = Dovecot::start_with(&[
+        ("mail_plugins", "$mail_plugins quota"),
+        (
+            "plugin {\n  quota",
+            "maildir:User quota\n  quota_max_mail_size = 64k\n}",
+        ),
+    ]);
+    let sandbox = Sandbox::new();
+    configure(&sandbox, &dovecot, dovecot.imaps_port, "");
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut big = b"From: a@example.org\r\nSubject: too big\r\n\r\n".to_vec();
+    while big.len() < 100_000 {
+        big.extend_from_slice(b"a line of a message too large for this server\r\n");
+    }
+    dovecot.add_message("0.big", &big);
+    wave(&dovecot, 1, 2);
+    for pass in 1..=3 {
+        let out = forward(&sandbox, &["--json"]);
+        assert_eq!(out.status.code(), Some(4), "pass {pass}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["deliveries"][0]["refused"].as_array().unwrap().len(),
+            1
+        );
+    }
+    assert_eq!(delivered_once(&dovecot).len(), 2, "the others went");
+    // Then it waits, named, until asked for.
+    let out = forward(&sandbox, &["--json"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &report["deliveries"][0];
+    assert_eq!(
+        d["refused"].as_array().unwrap().len(),
+        0,
+        "not sent again: {d}"
+    );
+    assert_eq!(d["held_back"], 1, "{d}");
+    let out = forward(&sandbox, &[]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stderr(&out).contains("--retry-refused"), "{}", stderr(&out));
+    let status: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["forwards"][0]["held_back"], 1, "{status}");
+    let out = forward(&sandbox, &["--json", "--retry-refused"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["deliveries"][0]["refused"].as_array().unwrap().len(),
+        1
+    );
+}
