@@ -841,8 +841,7 @@ pub fn read_salvageable(root: &Path, path: &Path) -> Result<Vec<u8>, super::Arch
         };
         if reader.seek(SeekFrom::Start(out.len() as u64)).is_err() {
             // The chunk to start at is itself damaged.
-            let next = (out.len() / AGE_CHUNK + 1) * AGE_CHUNK;
-            out.resize(next, 0);
+            zero_to_next_chunk(&mut out);
             continue;
         }
         let failed = loop {
@@ -856,13 +855,15 @@ pub fn read_salvageable(root: &Path, path: &Path) -> Result<Vec<u8>, super::Arch
             None => break,
             // Nothing follows a truncation.
             Some(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Some(_) => {
-                let next = (out.len() / AGE_CHUNK + 1) * AGE_CHUNK;
-                out.resize(next, 0);
-            }
+            Some(_) => zero_to_next_chunk(&mut out),
         }
     }
     Ok(out)
+}
+
+/// Stands zeros in for the rest of the chunk `out` ends in (or the whole next one).
+fn zero_to_next_chunk(out: &mut Vec<u8>) {
+    out.resize((out.len() / AGE_CHUNK + 1) * AGE_CHUNK, 0);
 }
 
 /// The plaintext size of one age STREAM chunk (each is authenticated on its own).

@@ -234,10 +234,18 @@ pub(super) fn with_password(
 
 /// `$POPVAULT_PASSWORD`, else a no-echo prompt when on a terminal, else nothing.
 pub fn password_from_env_or_prompt(label: &str) -> anyhow::Result<Option<Secret>> {
-    if let Some(p) = std::env::var_os("POPVAULT_PASSWORD").filter(|p| !p.is_empty()) {
+    password_from_variable_or_prompt("POPVAULT_PASSWORD", label)
+}
+
+/// The environment variable `variable`, else a no-echo prompt when on a terminal, else nothing.
+pub fn password_from_variable_or_prompt(
+    variable: &str,
+    label: &str,
+) -> anyhow::Result<Option<Secret>> {
+    if let Some(p) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
         let p = p
             .into_string()
-            .map_err(|_| anyhow::anyhow!("POPVAULT_PASSWORD is not UTF-8"))?;
+            .map_err(|_| anyhow::anyhow!("{variable} is not UTF-8"))?;
         return Ok(Some(Secret::new(p)));
     }
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {

@@ -434,18 +434,10 @@ fn forward_password(route: &Route, stop: &crate::stop::Stop) -> anyhow::Result<S
                 )
             });
     }
-    if let Some(p) = std::env::var_os("POPVAULT_FORWARD_PASSWORD").filter(|p| !p.is_empty()) {
-        let p = p
-            .into_string()
-            .map_err(|_| anyhow::anyhow!("POPVAULT_FORWARD_PASSWORD is not UTF-8"))?;
-        return Ok(Secret::new(p));
-    }
-    use std::io::IsTerminal;
-    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        return Ok(Secret::new(rpassword::prompt_password(format!(
-            "Password for {}: ",
-            route.label
-        ))?));
+    if let Some(secret) =
+        super::backup::password_from_variable_or_prompt("POPVAULT_FORWARD_PASSWORD", &route.label)?
+    {
+        return Ok(secret);
     }
     bail!(
         "no IMAP password for {}: set forward_password_command for this account, or POPVAULT_FORWARD_PASSWORD",

@@ -41,6 +41,14 @@ fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 /// An unprotected ed25519 SSH key made by `ssh-keygen`; returns (private key, public key line).
+/// A sandbox whose archive is encrypted to a fresh age key; the path of its identity.
+fn encrypted_sandbox() -> (Sandbox, PathBuf) {
+    let sandbox = Sandbox::new();
+    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
+    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    (sandbox, identity)
+}
+
 fn ssh_keygen(dir: &Path) -> (PathBuf, String) {
     let path = dir.join("id_ed25519");
     let out = Command::new("ssh-keygen")
@@ -469,9 +477,7 @@ fn only_pack(archive: &Path) -> PathBuf {
 
 #[test]
 fn tampering_with_an_encrypted_archive_is_detected_and_named() {
-    let sandbox = Sandbox::new();
-    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
-    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let (sandbox, identity) = encrypted_sandbox();
     let mbox = format!("mbox:{}", corpus_dir().join("git-sample.mbox").display());
     sandbox.ok(&["import", &mbox]);
     let archive = sandbox.archive();
@@ -645,9 +651,7 @@ fn kill_9_mid_backup_into_an_encrypted_archive_then_a_rerun_holds_each_message_o
             m
         })
         .collect();
-    let sandbox = Sandbox::new();
-    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
-    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let (sandbox, identity) = encrypted_sandbox();
     let url = format!("pop3://{}@127.0.0.1:{}", dovecot.user(), dovecot.pop3_port);
     let ca = dovecot.ca_pem();
     let args = ["backup", url.as_str(), "--ca-file", ca.to_str().unwrap()];
@@ -852,9 +856,7 @@ fn an_encrypted_archive_on_s3_and_copies_into_encrypted_archives() {
 
 #[test]
 fn large_messages_stream_into_an_encrypted_pack_and_a_streamed_duplicate_is_dropped() {
-    let sandbox = Sandbox::new();
-    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
-    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let (sandbox, identity) = encrypted_sandbox();
     // Over the 8 MiB a writer holds in memory: these stream through a scratch file.
     let mut big = b"From: a@example.org\r\nSubject: the big one\r\n\r\n".to_vec();
     let mut x: u32 = 7;
@@ -898,9 +900,7 @@ fn large_messages_stream_into_an_encrypted_pack_and_a_streamed_duplicate_is_drop
 
 #[test]
 fn a_flipped_byte_in_an_encrypted_pack_costs_only_the_messages_of_its_chunk() {
-    let sandbox = Sandbox::new();
-    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
-    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let (sandbox, identity) = encrypted_sandbox();
     let dir = sandbox.path().join("mail");
     crate::support::write_maildir(&dir, 1500, 99);
     sandbox.ok(&["import", &format!("maildir:{}", dir.display())]);
@@ -932,9 +932,7 @@ fn a_flipped_byte_in_an_encrypted_pack_costs_only_the_messages_of_its_chunk() {
 
 #[test]
 fn a_run_with_the_identity_rebuilds_what_a_writer_without_it_needs() {
-    let sandbox = Sandbox::new();
-    let (identity, recipient) = age_keygen(sandbox.path(), "me.txt");
-    sandbox.ok(&["init", "--encrypt", "--recipient", &recipient]);
+    let (sandbox, identity) = encrypted_sandbox();
     let eml = |name: &str| format!("eml:{}", corpus_dir().join(name).display());
     sandbox.ok(&["import", &eml("cpython-msg_04.eml")]);
     // This host's cache is lost (or the writer moved to a new host with the writer key).

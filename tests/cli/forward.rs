@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::dovecot::Dovecot;
+use crate::common::dovecot::{Dovecot, relay};
 use crate::support::{Rng, Sandbox, generated_message};
 
 const FOLDER: &str = "Forwarded";
@@ -79,16 +79,7 @@ impl Switch {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut client, mut server) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c2, &mut s2);
-                    let _ = s2.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server, &mut client);
-                    let _ = client.shutdown(std::net::Shutdown::Write);
-                });
+                relay(client, server);
             }
         });
         Switch { port, up }

@@ -310,16 +310,7 @@ service imap-login {{
                 if server.write_all(header.as_bytes()).is_err() {
                     continue;
                 }
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut client, mut server) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c2, &mut s2);
-                    let _ = s2.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut server, &mut client);
-                    let _ = client.shutdown(std::net::Shutdown::Write);
-                });
+                relay(client, server);
             }
         });
         port
@@ -454,4 +445,19 @@ fn passwd_ids(user: &str) -> Option<(u32, u32)> {
         (fields.first() == Some(&user))
             .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))?
     })
+}
+
+/// Copies bytes both ways between `client` and `server`, each direction on a thread of its own,
+/// passing each end-of-stream on as a shutdown.
+pub fn relay(client: TcpStream, server: TcpStream) {
+    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut client, mut server) = (client, server);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut s2);
+        let _ = s2.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server, &mut client);
+        let _ = client.shutdown(std::net::Shutdown::Write);
+    });
 }
