@@ -14,12 +14,13 @@
 //! - a message never marked `sending` was never sent, so nothing else is looked up: a pass with
 //!   nothing new makes no IMAP connection, and one with new mail reads nothing from the folder.
 //!
-//! A torn last line (a kill while it was written) is ignored: a torn `sending` line was not yet
-//! acted on, a torn `delivered` leaves its messages `sending`, so they are looked for.
+//! A torn last line (a crash while it was written: no line end yet) is cut away: a torn
+//! `sending` line was not yet acted on, a torn `delivered` leaves its messages `sending`, so
+//! they are looked for.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -149,7 +150,8 @@ impl Deliveries {
     /// The state the journal at `path` records.
     fn read(path: &Path) -> Result<Deliveries, ForwardError> {
         let mut state = Deliveries::new("", "", Utc::now());
-        for line in read_lines(path)? {
+        let (lines, _) = parse_lines(path, &read_journal(path)?)?;
+        for line in lines {
             state.apply(line);
         }
         Ok(state)
@@ -225,10 +227,9 @@ impl Journal {
             Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
         // A line torn by a crash is cut away, so the next one does not join it.
-        let text_len = file.metadata().map_err(io_err)?.len();
-        let lines = read_lines(&path)?;
-        let whole = whole_lines_len(&path).map_err(io_err)?;
-        if whole < text_len {
+        let bytes = read_journal(&path)?;
+        let (lines, whole) = parse_lines(&path, &bytes)?;
+        if whole < bytes.len() as u64 {
             file.set_len(whole)
                 .and_then(|()| file.sync_data())
                 .map_err(io_err)?;
@@ -282,42 +283,29 @@ impl Journal {
     }
 }
 
-/// The length of the file up to its last line end.
-fn whole_lines_len(path: &Path) -> io::Result<u64> {
-    let bytes = fs::read(path)?;
-    Ok(bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i as u64 + 1))
+/// The journal's whole lines and the bytes they take. What follows the last line end was torn
+/// by a crash: a line is acted on only once it is synced whole, with its line end, so it is
+/// left out. A whole line that does not parse is damage.
+fn parse_lines(path: &Path, bytes: &[u8]) -> Result<(Vec<Line>, u64), ForwardError> {
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut lines = Vec::new();
+    for (n, text) in bytes[..whole].split_inclusive(|&b| b == b'\n').enumerate() {
+        let line =
+            serde_json::from_slice(&text[..text.len() - 1]).map_err(|_| ForwardError::Damaged {
+                path: path.into(),
+                line: n + 1,
+            })?;
+        lines.push(line);
+    }
+    Ok((lines, whole as u64))
 }
 
-/// The journal's lines; a last line that does not parse (torn by a kill) is left out.
-fn read_lines(path: &Path) -> Result<Vec<Line>, ForwardError> {
-    let file = File::open(path).map_err(|source| ForwardError::Journal {
+/// The bytes of the journal at `path`.
+fn read_journal(path: &Path) -> Result<Vec<u8>, ForwardError> {
+    fs::read(path).map_err(|source| ForwardError::Journal {
         path: path.into(),
         source,
-    })?;
-    let raw: Vec<Vec<u8>> = BufReader::new(file)
-        .split(b'\n')
-        .collect::<Result<_, _>>()
-        .map_err(|source| ForwardError::Journal {
-            path: path.into(),
-            source,
-        })?;
-    let mut lines = Vec::with_capacity(raw.len());
-    for (n, bytes) in raw.iter().enumerate() {
-        match serde_json::from_slice::<Line>(bytes) {
-            Ok(line) => lines.push(line),
-            Err(_) if n + 1 == raw.len() => {}
-            Err(_) => {
-                return Err(ForwardError::Damaged {
-                    path: path.into(),
-                    line: n + 1,
-                });
-            }
-        }
-    }
-    Ok(lines)
+    })
 }
 
 /// Whether `m` came from the POP3 account `account`.
@@ -601,4 +589,28 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_lines_count_and_a_bad_whole_line_is_damage() {
+        let path = Path::new("j.jsonl");
+        let start = r#"{"start":{"account":"a","destination":"d","since":"2026-01-01T00:00:00Z"}}"#;
+        let sending = format!(r#"{{"sending":{{"ids":["{}"]}}}}"#, Digest::of(b"x"));
+        // A line synced whole but for its line end was never acted on: left out, as a
+        // half-written one is, so the journal and the state read from it agree.
+        let text = format!("{start}\n{sending}");
+        let (lines, whole) = parse_lines(path, text.as_bytes()).unwrap();
+        assert_eq!((lines.len(), whole), (1, start.len() as u64 + 1));
+        let text = format!("{start}\n{sending}\n{{\"sen");
+        assert_eq!(parse_lines(path, text.as_bytes()).unwrap().0.len(), 2);
+        let text = format!("{start}\ngarbage\n{sending}\n");
+        assert!(matches!(
+            parse_lines(path, text.as_bytes()),
+            Err(ForwardError::Damaged { line: 2, .. })
+        ));
+    }
 }
