@@ -185,6 +185,15 @@ pub struct Journal {
     pub state: Deliveries,
 }
 
+/// How journals name the destination `forward_to`: the URL as popvault prints it (None when it
+/// is not an IMAP URL).
+pub fn destination_label(forward_to: &str) -> Option<String> {
+    forward_to
+        .parse::<crate::imap::ImapUrl>()
+        .ok()
+        .map(|url| url.to_string())
+}
+
 /// The journal's file name: a digest of account and destination (both may hold any character).
 fn journal_path(root: &Path, account: &str, destination: &str) -> PathBuf {
     let key = Digest::of(format!("{account}\n{destination}").as_bytes());

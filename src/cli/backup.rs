@@ -112,17 +112,9 @@ pub fn run(ctx: &Context, args: BackupArgs) -> anyhow::Result<Exit> {
     // when that cannot be told).
     for (account, config) in accounts.iter_mut().zip(&configs) {
         if let Some(to) = &config.forward_to {
-            let delivered = to
-                .parse::<crate::imap::ImapUrl>()
-                .ok()
-                .and_then(|url| {
-                    crate::forward::Deliveries::peek(
-                        &ctx.archive,
-                        &account.name,
-                        &url.to_string(),
-                        None,
-                    )
-                    .ok()
+            let delivered = crate::forward::destination_label(to)
+                .and_then(|label| {
+                    crate::forward::Deliveries::peek(&ctx.archive, &account.name, &label, None).ok()
                 })
                 .map(|state| state.delivered)
                 .unwrap_or_default();

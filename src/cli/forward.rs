@@ -113,6 +113,17 @@ struct Route {
     password_command: Option<String>,
 }
 
+impl Route {
+    /// A delivery report of this route with nothing done yet.
+    fn empty_report(&self) -> DeliveryReport {
+        DeliveryReport {
+            account: self.account.name.clone(),
+            destination: self.label.clone(),
+            ..DeliveryReport::default()
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct PassSummary<'a> {
     ok: bool,
@@ -285,35 +296,30 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
                 },
             ));
         }
-        if crate::archive::is_archive(&ctx.archive) {
-            let archive = Archive::open(&ctx.archive)?;
-            for route in routes {
-                let state =
-                    Deliveries::peek(&ctx.archive, &route.account.name, &route.label, args.since)?;
-                let mut report = DeliveryReport {
-                    account: route.account.name.clone(),
-                    destination: route.label.clone(),
-                    pending: forward::pending(&archive, &state).len(),
-                    ..DeliveryReport::default()
-                };
-                report.pending += would_fetch(&backups, &route.account.name);
-                deliveries.push(DeliveryOutcome {
-                    report,
-                    error: None,
-                });
-            }
-        } else {
-            for route in routes {
-                deliveries.push(DeliveryOutcome {
-                    report: DeliveryReport {
-                        account: route.account.name.clone(),
-                        destination: route.label.clone(),
-                        pending: would_fetch(&backups, &route.account.name),
-                        ..DeliveryReport::default()
-                    },
-                    error: None,
-                });
-            }
+        let archive = match crate::archive::is_archive(&ctx.archive) {
+            true => Some(Archive::open(&ctx.archive)?),
+            false => None,
+        };
+        for route in routes {
+            let archived = match &archive {
+                Some(archive) => {
+                    let state = Deliveries::peek(
+                        &ctx.archive,
+                        &route.account.name,
+                        &route.label,
+                        args.since,
+                    )?;
+                    forward::pending(archive, &state).len()
+                }
+                None => 0,
+            };
+            deliveries.push(DeliveryOutcome {
+                report: DeliveryReport {
+                    pending: archived + would_fetch(&backups, &route.account.name),
+                    ..route.empty_report()
+                },
+                error: None,
+            });
         }
         return report(ctx, args, &backups, &deliveries);
     }
@@ -362,11 +368,7 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             Ok(journal) => journal,
             Err(e) => {
                 deliveries.push(DeliveryOutcome {
-                    report: DeliveryReport {
-                        account: route.account.name.clone(),
-                        destination: route.label.clone(),
-                        ..DeliveryReport::default()
-                    },
+                    report: route.empty_report(),
                     error: Some(e.to_string()),
                 });
                 continue;
@@ -400,12 +402,10 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
             },
             Err(e) => DeliveryOutcome {
                 report: DeliveryReport {
-                    account: route.account.name.clone(),
-                    destination: route.label.clone(),
                     pending: forward::pending(&archive, &journal.state).len(),
                     // A stop during the login (its password command) is a stop, not a failure.
                     interrupted: ctx.stop.requested(),
-                    ..DeliveryReport::default()
+                    ..route.empty_report()
                 },
                 error: (!ctx.stop.requested()).then(|| format!("{:#}", anyhow::Error::new(e))),
             },

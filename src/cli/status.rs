@@ -197,12 +197,8 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             .accounts
             .iter()
             .filter_map(|a| {
-                let url = a
-                    .forward_to
-                    .as_ref()?
-                    .parse::<crate::imap::ImapUrl>()
-                    .ok()?;
-                Some((a.name.clone(), url.to_string()))
+                let label = crate::forward::destination_label(a.forward_to.as_ref()?)?;
+                Some((a.name.clone(), label))
             })
             .collect();
         for f in crate::forward::statuses(&archive, &ctx.archive)? {
