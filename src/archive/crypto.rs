@@ -826,19 +826,17 @@ pub fn read_salvageable(root: &Path, path: &Path) -> Result<Vec<u8>, super::Arch
     };
     sealed.unlock()?;
     // A chunk that does not decrypt (a flipped byte, or bytes missing) becomes zeros, and the
-    // reading goes on with the next chunk: each age chunk is authenticated alone, so what lies
-    // after the damage is still the pack's own. (A reader that failed once is not reused.)
+    // reading goes on with the next chunk (see [`SealedFile`]).
     let limit = file
         .metadata()
         .map_err(super::ArchiveError::io(path))?
         .len();
     let mut out = Vec::new();
+    let Ok(mut reader) = PackFile::open_path(root, path.to_path_buf()) else {
+        return Ok(out);
+    };
     let mut buf = vec![0u8; AGE_CHUNK];
     while (out.len() as u64) < limit {
-        let Ok(file) = File::open(path) else { break };
-        let Ok(mut reader) = sealed.open_seekable(file) else {
-            break;
-        };
         if reader.seek(SeekFrom::Start(out.len() as u64)).is_err() {
             // The chunk to start at is itself damaged.
             zero_to_next_chunk(&mut out);
@@ -873,18 +871,72 @@ const AGE_CHUNK: usize = 64 << 10;
 /// read and seek in the pack's plaintext.
 pub enum PackFile {
     Plain(File),
-    Sealed(Box<age::stream::StreamReader<BufReader<File>>>),
+    Sealed(Box<SealedFile>),
+}
+
+/// An age file read at any plaintext offset. A chunk that does not decrypt fails its read, and
+/// the next seek starts a fresh reader: the age reader keeps the failed chunk's bytes and would
+/// fail every later chunk too, while each chunk is authenticated alone, so those after the
+/// damage are still the file's own.
+pub struct SealedFile {
+    sealed: Arc<Sealed>,
+    path: PathBuf,
+    reader: age::stream::StreamReader<BufReader<File>>,
+    failed: bool,
+}
+
+impl SealedFile {
+    fn open(sealed: Arc<Sealed>, path: PathBuf) -> io::Result<SealedFile> {
+        let reader = sealed
+            .open_seekable(File::open(&path)?)
+            .map_err(io::Error::other)?;
+        Ok(SealedFile {
+            sealed,
+            path,
+            reader,
+            failed: false,
+        })
+    }
+
+    fn noting_failure<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        self.failed |= result.is_err();
+        result
+    }
+}
+
+impl Read for SealedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.reader.read(buf);
+        self.noting_failure(read)
+    }
+}
+
+impl Seek for SealedFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        if self.failed {
+            let here = self.reader.stream_position();
+            *self = SealedFile::open(self.sealed.clone(), self.path.clone())?;
+            if let (SeekFrom::Current(_), Ok(here)) = (pos, here) {
+                self.reader.seek(SeekFrom::Start(here))?;
+            }
+        }
+        let moved = self.reader.seek(pos);
+        self.noting_failure(moved)
+    }
 }
 
 impl PackFile {
     /// Opens `root/packs/name`, decrypting when the archive is encrypted.
     pub fn open(root: &Path, name: &str) -> io::Result<PackFile> {
-        let file = File::open(root.join("packs").join(name))?;
+        PackFile::open_path(root, root.join("packs").join(name))
+    }
+
+    /// Opens the archive file at `path` (a pack, or a catalog segment), decrypting when the
+    /// archive at `root` is encrypted.
+    pub fn open_path(root: &Path, path: PathBuf) -> io::Result<PackFile> {
         match sealed(root).map_err(io::Error::other)? {
-            None => Ok(PackFile::Plain(file)),
-            Some(sealed) => Ok(PackFile::Sealed(Box::new(
-                sealed.open_seekable(file).map_err(io::Error::other)?,
-            ))),
+            None => Ok(PackFile::Plain(File::open(path)?)),
+            Some(sealed) => Ok(PackFile::Sealed(Box::new(SealedFile::open(sealed, path)?))),
         }
     }
 

@@ -920,6 +920,14 @@ fn a_flipped_byte_in_an_encrypted_pack_costs_only_the_messages_of_its_chunk() {
         (1..300).contains(&damaged),
         "one 64 KiB chunk holds about a hundred of these messages, not {damaged} of 1500"
     );
+    // A restore gets every message outside that chunk too (before, a reader that had met the
+    // damage failed every later message of the pack).
+    let out_dir = sandbox.path().join("restored");
+    let to = format!("maildir:{}", out_dir.display());
+    let restored = with_identity(&sandbox, &identity, &["restore", "--to", &to, "-q"]);
+    assert_eq!(restored.status.code(), Some(3), "{}", stderr(&restored));
+    let files = std::fs::read_dir(out_dir.join("cur")).unwrap().count();
+    assert_eq!(files, 1500 - damaged);
     // repair keeps every message outside that chunk (exit 3: some are lost).
     let repaired = with_identity(&sandbox, &identity, &["repair"]);
     assert_eq!(repaired.status.code(), Some(3), "{}", stderr(&repaired));
