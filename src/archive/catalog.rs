@@ -40,6 +40,29 @@ pub enum Source {
     Eml { path: String },
     /// Found by `repair` in a pack whose catalog line was lost.
     Recovered { pack: String },
+    /// A message of a Thunderbird profile: the `folder` (its path in the account, `/`
+    /// between levels, e.g. `Inbox` or `Archives/2015`) of one `account` (`user@host` of a
+    /// mail account, or `Local Folders`). The bytes are the message as the server sent it,
+    /// recovered from Thunderbird's copy, unless `kept_as_stored` names why they are the copy
+    /// as Thunderbird stored it (doc/FORMAT.md lists the reasons). `uidl` is the `X-UIDL`
+    /// Thunderbird wrote; `deleted`, that Thunderbird had marked it deleted (imported only with
+    /// `--include-deleted`).
+    Thunderbird {
+        profile: String,
+        account: String,
+        folder: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uidl: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept_as_stored: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+    },
+    /// A kind this popvault does not know, written by a newer one: shown as `unknown`, never
+    /// taken for a damaged line. (Its fields are not kept: nothing rewrites catalog lines but
+    /// `repair`, which copies the readable lines of a damaged segment; see doc/FORMAT.md.)
+    #[serde(other)]
+    Unknown,
 }
 
 impl Source {
@@ -51,6 +74,8 @@ impl Source {
             Source::Mbox { path, .. } => format!("mbox:{path}"),
             Source::Eml { path } => format!("eml:{path}"),
             Source::Recovered { .. } => "recovered".to_string(),
+            Source::Thunderbird { profile, .. } => format!("thunderbird:{profile}"),
+            Source::Unknown => "unknown".to_string(),
         }
     }
 

@@ -5,7 +5,8 @@ use clap::Args;
 
 use super::output::{byte_bar, count, human_bytes};
 use super::{Context, Exit};
-use crate::import::{self, ImportSource};
+use crate::import::thunderbird::{self, Pop3Identity, ProfileSummary, ThunderbirdOptions};
+use crate::import::{self, ImportOptions, ImportSource};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -15,14 +16,27 @@ Sources:
   mbox:FILE     an mbox file (mboxrd: one '>' is removed from '>From ' lines; see doc/FORMAT.md)
   eml:FILE      one message
   tar:FILE      a `popvault export` (.tar or .tar.zst), with its metadata
+  thunderbird:[PROFILE_DIR]
+                every folder of every account of a Thunderbird profile (without a directory:
+                the default profile of ~/.thunderbird, the snap's or the flatpak's), each
+                message recovered as the POP3 server sent it where that can be done; the
+                UIDLs of a POP3 account with the same host and user as a popvault account are
+                recorded for it, so its first backup does not download them again
 FILE may be `-` (standard input), /dev/stdin or a FIFO: `procmail`/`.forward` can deliver with
 `popvault import eml:-`.
 
 Re-importing the same source adds nothing.")]
 pub struct ImportArgs {
-    /// What to import: maildir:DIR, mbox:FILE, eml:FILE or tar:FILE.
+    /// What to import: maildir:DIR, mbox:FILE, eml:FILE, tar:FILE or thunderbird:[DIR].
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<String>,
+    /// Thunderbird: list the accounts, folders and message counts; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Thunderbird: import messages it marked deleted but has not compacted away (skipped by
+    /// default).
+    #[arg(long)]
+    include_deleted: bool,
     /// Wait for another writer to finish instead of failing at once.
     #[arg(long)]
     wait: bool,
@@ -42,9 +56,19 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
                 ImportSource::Mbox(p) => ImportSource::Mbox(super::expand_tilde(&p)),
                 ImportSource::Eml(p) => ImportSource::Eml(super::expand_tilde(&p)),
                 ImportSource::Tar(p) => ImportSource::Tar(super::expand_tilde(&p)),
+                ImportSource::Thunderbird(p) => ImportSource::Thunderbird(thunderbird_profile(&p)?),
             })
         })
         .collect::<Result<Vec<_>, import::ImportError>>()?;
+    let options = ImportOptions {
+        thunderbird: ThunderbirdOptions {
+            include_deleted: args.include_deleted,
+            pop3_accounts: pop3_identities(ctx),
+        },
+    };
+    if args.dry_run {
+        return dry_run(&sources, &options, args.json);
+    }
     let from_stdin = sources.iter().filter(|s| s.reads_stdin()).count();
     if from_stdin > 1 {
         anyhow::bail!(
@@ -59,7 +83,9 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     // Sources that are not what their prefix says: each is one error, the others still import.
     let mut not_of_their_kind = Vec::new();
     for source in &sources {
-        match import::import(&mut writer, source, &stop, &mut |_size| bar.inc(1)) {
+        match import::import(&mut writer, source, &options, &stop, &mut |_size| {
+            bar.inc(1)
+        }) {
             Ok(report) => reports.push(report),
             Err(import::ImportError::Stopped) => {
                 stopped = true;
@@ -124,6 +150,9 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
                 if !r.folders.is_empty() {
                     say!("  folders: {}", r.folders.join(", "));
                 }
+                if let Some(profile) = &r.thunderbird {
+                    say_recovery(profile)?;
+                }
             }
         }
     }
@@ -145,4 +174,100 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// The profile a `thunderbird:` source names: the default one when it names none.
+fn thunderbird_profile(given: &std::path::Path) -> Result<std::path::PathBuf, import::ImportError> {
+    if !given.as_os_str().is_empty() {
+        return thunderbird::resolve_profile(&super::expand_tilde(given));
+    }
+    let home = super::home();
+    thunderbird::default_profile(&[
+        home.join(".thunderbird"),
+        home.join("snap/thunderbird/common/.thunderbird"),
+        home.join(".var/app/org.mozilla.Thunderbird/.thunderbird"),
+        home.join(".mozilla-thunderbird"),
+    ])
+}
+
+/// The POP3 accounts of the config, by host and user, for a profile's UIDLs to be recorded for.
+fn pop3_identities(ctx: &Context) -> Vec<Pop3Identity> {
+    ctx.config
+        .accounts
+        .iter()
+        .filter_map(|a| {
+            let url: crate::net::url::ServerUrl = a.server.parse().ok()?;
+            Some(Pop3Identity {
+                name: a.name.clone(),
+                host: url.host,
+                user: url.user,
+            })
+        })
+        .collect()
+}
+
+fn dry_run(sources: &[ImportSource], options: &ImportOptions, json: bool) -> anyhow::Result<Exit> {
+    for source in sources {
+        let ImportSource::Thunderbird(profile) = source else {
+            anyhow::bail!("--dry-run reads Thunderbird profiles only; {source} is not one");
+        };
+        let summary = import::survey_thunderbird(profile, options)?;
+        if json {
+            say!("{}", serde_json::to_string(&summary)?);
+            continue;
+        }
+        say!("{}", summary.profile);
+        for account in &summary.accounts {
+            let backed_up = match &account.popvault_account {
+                Some(name) => format!(", UIDLs recorded for popvault account {name}"),
+                None if account.kind == "pop3" => {
+                    ", no popvault account has its host and user".to_string()
+                }
+                None => String::new(),
+            };
+            say!("  {} ({}{backed_up})", account.account, account.kind);
+            for f in &account.folders {
+                let deleted = if f.deleted > 0 {
+                    format!(", {} marked deleted", f.deleted)
+                } else {
+                    String::new()
+                };
+                say!(
+                    "    {:<30} {:>8} {}{deleted}",
+                    f.folder,
+                    count(f.messages, "message"),
+                    f.store
+                );
+            }
+        }
+        say_recovery(&summary)?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn say_recovery(summary: &ProfileSummary) -> anyhow::Result<()> {
+    let kept: u64 = summary.kept_as_stored.values().sum();
+    let reasons: Vec<String> = summary
+        .kept_as_stored
+        .iter()
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect();
+    say!(
+        "  {} recovered as the server sent them, {} kept as Thunderbird stored them{}, {} marked deleted skipped",
+        summary.recovered,
+        kept,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
+        summary.deleted_skipped
+    );
+    for (account, n) in &summary.pop3_uidls {
+        say!(
+            "  {} known to popvault account {account}: its backup will not fetch them again",
+            count(*n, "UIDL")
+        );
+    }
+    Ok(())
 }

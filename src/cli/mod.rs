@@ -277,7 +277,7 @@ fn xdg_dir(name: &str) -> Option<PathBuf> {
     env_path(name).filter(|p| p.is_absolute())
 }
 
-fn home() -> PathBuf {
+pub(crate) fn home() -> PathBuf {
     env_path("HOME").unwrap_or_else(|| PathBuf::from("/"))
 }
 

@@ -31,6 +31,8 @@ pub struct MboxMessage {
     pub offset: u64,
     /// The `From ` line without its line ending (envelope sender and date).
     pub from_line: String,
+    /// Whether the `From ` line ended in CRLF (Thunderbird 128 and later write it so).
+    pub from_line_crlf: bool,
     pub bytes: Vec<u8>,
 }
 
@@ -224,6 +226,7 @@ impl<R: BufRead> MboxReader<R> {
         } else if bytes.ends_with(b"\n\n") || bytes == b"\n" {
             bytes.truncate(bytes.len() - 1);
         }
+        let from_line_crlf = from_line.ends_with(b"\r\n");
         let from_line = String::from_utf8_lossy(trim_eol(&from_line)).into_owned();
         let index = self.index;
         self.index += 1;
@@ -231,6 +234,7 @@ impl<R: BufRead> MboxReader<R> {
             index,
             offset,
             from_line,
+            from_line_crlf,
             bytes,
         }))
     }

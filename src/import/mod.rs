@@ -3,6 +3,7 @@
 mod maildir;
 pub mod mbox;
 mod tar;
+pub mod thunderbird;
 
 pub use maildir::split_maildir_name;
 
@@ -25,6 +26,10 @@ pub enum ImportSource {
     Eml(PathBuf),
     /// A `popvault export` tar (plain or .tar.zst).
     Tar(PathBuf),
+    /// A Thunderbird profile directory (or a directory with `profiles.ini`: its default
+    /// profile); empty for the default profile, which the caller finds
+    /// ([`thunderbird::default_profile`]).
+    Thunderbird(PathBuf),
 }
 
 impl FromStr for ImportSource {
@@ -34,6 +39,9 @@ impl FromStr for ImportSource {
             .split_once(':')
             .ok_or_else(|| ImportError::BadSpec(s.to_string()))?;
         let path = PathBuf::from(path);
+        if kind == "thunderbird" {
+            return Ok(ImportSource::Thunderbird(path));
+        }
         if path.as_os_str().is_empty() {
             return Err(ImportError::BadSpec(s.to_string()));
         }
@@ -52,7 +60,7 @@ impl ImportSource {
     /// Whether this source is standard input (`-`), which can be read only once.
     pub fn reads_stdin(&self) -> bool {
         match self {
-            ImportSource::Maildir(_) => false,
+            ImportSource::Maildir(_) | ImportSource::Thunderbird(_) => false,
             ImportSource::Mbox(p) | ImportSource::Eml(p) | ImportSource::Tar(p) => is_stdin(p),
         }
     }
@@ -65,6 +73,7 @@ impl fmt::Display for ImportSource {
             ImportSource::Mbox(p) => write!(f, "mbox:{}", p.display()),
             ImportSource::Eml(p) => write!(f, "eml:{}", p.display()),
             ImportSource::Tar(p) => write!(f, "tar:{}", p.display()),
+            ImportSource::Thunderbird(p) => write!(f, "thunderbird:{}", p.display()),
         }
     }
 }
@@ -72,7 +81,7 @@ impl fmt::Display for ImportSource {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(
-        "{0:?} is not an import source: write maildir:DIR, mbox:FILE, eml:FILE or tar:FILE (FILE may be - for standard input)"
+        "{0:?} is not an import source: write maildir:DIR, mbox:FILE, eml:FILE, tar:FILE (FILE may be - for standard input) or thunderbird:[PROFILE_DIR]"
     )]
     BadSpec(String),
     #[error("cannot read {path}")]
@@ -93,6 +102,16 @@ pub enum ImportError {
     TarInconsistent { path: PathBuf, what: String },
     #[error("cannot keep a copy of {path} to read it twice (in the archive's tmp/)")]
     Spool { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not a Thunderbird profile (it has no prefs.js) nor a Thunderbird directory (no profiles.ini)"
+    )]
+    NotThunderbird { path: PathBuf },
+    #[error(
+        "no Thunderbird profile found (looked for profiles.ini in {looked}): name the profile, thunderbird:DIR"
+    )]
+    NoThunderbird { looked: String },
+    #[error("{ini} names no default profile and several profiles: name one, thunderbird:DIR")]
+    NoDefaultProfile { ini: PathBuf },
     #[error("stopped by a signal; what was imported before is committed")]
     Stopped,
     #[error(transparent)]
@@ -119,6 +138,15 @@ pub struct ImportReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<String>,
     pub warnings: Vec<String>,
+    /// For a Thunderbird profile: its accounts and folders, and what was recovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thunderbird: Option<thunderbird::ProfileSummary>,
+}
+
+/// What the sources that need more than a path are told.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub thunderbird: thunderbird::ThunderbirdOptions,
 }
 
 impl ImportReport {
@@ -139,6 +167,7 @@ impl ImportReport {
 pub fn import(
     writer: &mut Writer,
     source: &ImportSource,
+    options: &ImportOptions,
     stop: &Stop,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportReport, ImportError> {
@@ -149,7 +178,15 @@ pub fn import(
         }
         Ok(())
     };
-    import_reporting(writer, source, &mut progress)
+    import_reporting(writer, source, options, &mut progress)
+}
+
+/// What a Thunderbird profile holds (accounts, folders, counts), read without writing anything.
+pub fn survey_thunderbird(
+    profile: &Path,
+    options: &ImportOptions,
+) -> Result<thunderbird::ProfileSummary, ImportError> {
+    thunderbird::read_profile(profile, &options.thunderbird, &mut |_, _| Ok(()))
 }
 
 /// Counts a message in the import's progress, and says whether to stop.
@@ -158,6 +195,7 @@ type Progress<'a> = dyn FnMut(u64) -> Result<(), ImportError> + 'a;
 fn import_reporting(
     writer: &mut Writer,
     source: &ImportSource,
+    options: &ImportOptions,
     progress: &mut Progress<'_>,
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport {
@@ -168,6 +206,28 @@ fn import_reporting(
         ImportSource::Maildir(dir) => maildir::import(writer, dir, &mut report, progress)?,
         ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
         ImportSource::Tar(path) => tar::import_tar(writer, path, &mut report, progress)?,
+        ImportSource::Thunderbird(profile) => {
+            let mut ingest = Ingest::new(writer);
+            let summary =
+                thunderbird::read_profile(profile, &options.thunderbird, &mut |message, alias| {
+                    ingest.push(message, alias, &mut report, progress)
+                })?;
+            ingest.flush(&mut report, progress)?;
+            for folder in &summary.kept_changing {
+                report.warnings.push(format!(
+                    "{folder} changed each time it was read (Thunderbird writing or compacting it?): its last message was left out; import again when Thunderbird is idle"
+                ));
+            }
+            for account in &summary.accounts {
+                if account.kind == "pop3" && account.popvault_account.is_none() {
+                    report.warnings.push(format!(
+                        "Thunderbird's POP3 account {} matches no popvault account (same host and user): add it to the config and import again, or its first backup downloads every message again",
+                        account.account
+                    ));
+                }
+            }
+            report.thunderbird = Some(summary);
+        }
         ImportSource::Eml(path) => {
             let abs = absolute(path)?;
             let mut input = Counted {
@@ -261,6 +321,65 @@ pub(crate) fn add_counted(
     stopped
 }
 
+/// Gathers the messages a source reads into batches for the writer (which hashes and
+/// compresses a batch on all cores), counting each in the report as its batch is added.
+pub(crate) struct Ingest<'w> {
+    writer: &'w mut Writer,
+    batch: Vec<Incoming>,
+    /// Per message of `batch`: whether it is a second source of the message before it (a
+    /// Thunderbird download's POP3 UIDL), counted apart from the messages read.
+    aliases: Vec<bool>,
+    bytes: u64,
+}
+
+impl<'w> Ingest<'w> {
+    pub(crate) fn new(writer: &'w mut Writer) -> Self {
+        Ingest {
+            writer,
+            batch: Vec::new(),
+            aliases: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        message: Incoming,
+        alias: bool,
+        report: &mut ImportReport,
+        progress: &mut Progress<'_>,
+    ) -> Result<(), ImportError> {
+        self.bytes += message.raw.len() as u64;
+        self.batch.push(message);
+        self.aliases.push(alias);
+        if self.batch.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES {
+            self.flush(report, progress)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(
+        &mut self,
+        report: &mut ImportReport,
+        progress: &mut Progress<'_>,
+    ) -> Result<(), ImportError> {
+        let batch = std::mem::take(&mut self.batch);
+        let aliases = std::mem::take(&mut self.aliases);
+        self.bytes = 0;
+        let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
+        let mut stopped = Ok(());
+        let added = self.writer.add_batch(batch)?;
+        for ((added, size), alias) in added.into_iter().zip(sizes).zip(aliases) {
+            if !alias {
+                report.count(added, size);
+                // The whole batch is counted before a stop is honoured.
+                stopped = stopped.and(progress(size));
+            }
+        }
+        stopped
+    }
+}
+
 /// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
 /// every core compressing, little enough to bound memory.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -275,27 +394,22 @@ fn import_mbox(
     let abs = absolute(path)?;
     let input = open_stream(path)?;
     let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, input), true);
-    let mut batch: Vec<Incoming> = Vec::new();
-    let mut batch_bytes = 0u64;
+    let mut ingest = Ingest::new(writer);
     while let Some(message) = reader.next_message().map_err(read_err(path))? {
         let source = Source::Mbox {
             path: abs.clone(),
             index: message.index,
             offset: message.offset,
         };
-        batch_bytes += message.bytes.len() as u64;
-        batch.push(Incoming {
+        let incoming = Incoming {
             raw: message.bytes,
             source,
             flags: None,
             first_seen: Utc::now(),
-        });
-        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_BYTES {
-            add_counted(writer, std::mem::take(&mut batch), report, progress)?;
-            batch_bytes = 0;
-        }
+        };
+        ingest.push(incoming, false, report, progress)?;
     }
-    add_counted(writer, std::mem::take(&mut batch), report, progress)?;
+    ingest.flush(report, progress)?;
     if reader.skipped_bytes > 0 {
         report.warnings.push(format!(
             "{}: {} bytes before the first From line were not a message and were skipped",
