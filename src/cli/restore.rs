@@ -47,6 +47,10 @@ pub struct RestoreArgs {
     /// Show the plan (new and already present); write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Put each message back into the folders it was imported from (Thunderbird profiles):
+    /// Maildir++ subfolders of a Maildir (DIR/.Archives.2015), IMAP folders under the URL's.
+    #[arg(long)]
+    folders: bool,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -89,39 +93,84 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         stop: ctx.stop.clone(),
     };
 
-    let mut sink: Box<dyn Sink> = match &destination {
-        Destination::Maildir(dir) => Box::new(MaildirSink::open(dir, args.dry_run)?),
-        Destination::Mbox(file) => Box::new(MboxSink::open(file, args.dry_run)?),
-        Destination::Imap(url) => {
-            let tls = match &args.tls {
-                Some(t) => parse_tls(t).map_err(anyhow::Error::msg)?,
-                None if url.implicit_tls => TlsMode::Implicit,
-                None => TlsMode::StartTls,
-            };
-            let mut connect = ConnectOptions::new(url.host.clone(), url.port, tls);
-            connect.ca_file = args.ca_file.clone();
-            connect.fingerprint = args
-                .tls_fingerprint
-                .as_deref()
-                .map(parse_fingerprint)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            connect.timeout = Duration::from_secs(args.timeout.max(1));
-            let secret = imap_password(&url.to_string())?;
-            Box::new(
-                ImapSink::open(url, &connect, &secret, Default::default(), args.dry_run)
-                    .with_context(|| format!("cannot restore to {url}"))?,
-            )
-        }
+    let secret = match &destination {
+        Destination::Imap(url) => Some(imap_password(&url.to_string())?),
+        _ => None,
+    };
+    let open_sink = |destination: &Destination, subfolder: bool| -> anyhow::Result<Box<dyn Sink>> {
+        Ok(match destination {
+            Destination::Maildir(dir) if subfolder => {
+                Box::new(MaildirSink::open_subfolder(dir, args.dry_run)?)
+            }
+            Destination::Maildir(dir) => Box::new(MaildirSink::open(dir, args.dry_run)?),
+            Destination::Mbox(file) => Box::new(MboxSink::open(file, args.dry_run)?),
+            Destination::Imap(url) => {
+                let tls = match &args.tls {
+                    Some(t) => parse_tls(t).map_err(anyhow::Error::msg)?,
+                    None if url.implicit_tls => TlsMode::Implicit,
+                    None => TlsMode::StartTls,
+                };
+                let mut connect = ConnectOptions::new(url.host.clone(), url.port, tls);
+                connect.ca_file = args.ca_file.clone();
+                connect.fingerprint = args
+                    .tls_fingerprint
+                    .as_deref()
+                    .map(parse_fingerprint)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
+                connect.timeout = Duration::from_secs(args.timeout.max(1));
+                let secret = secret.as_ref().expect("read above for an IMAP destination");
+                Box::new(
+                    ImapSink::open(url, &connect, secret, Default::default(), args.dry_run)
+                        .with_context(|| format!("cannot restore to {url}"))?,
+                )
+            }
+        })
     };
 
     let bar = byte_bar(Some(0), ctx.quiet || args.json, "restore");
-    let report = restore::restore(&archive, sink.as_mut(), &destination, &options, &mut |e| match e {
+    let mut events = |e| match e {
         Event::Planned { bytes, .. } => bar.inc_length(bytes),
         Event::Restored { bytes } => bar.inc(bytes),
-    })
-    .with_context(|| format!("restore to {destination} failed; what was written before stays and a re-run completes it"))?;
-    drop(sink);
+    };
+    let failed = |destination: &Destination| {
+        format!(
+            "restore to {destination} failed; what was written before stays and a re-run completes it"
+        )
+    };
+    let report = if args.folders {
+        if matches!(destination, Destination::Mbox(_)) {
+            return Err(restore::RestoreError::NoFolders.into());
+        }
+        let mut total = restore::RestoreReport {
+            destination: destination.to_string(),
+            dry_run: args.dry_run,
+            ..Default::default()
+        };
+        for (folder, candidates) in restore::candidates_by_folder(&archive, &options) {
+            let here = destination.folder(&folder)?;
+            let mut sink = open_sink(&here, !folder.is_empty())?;
+            let report = restore::restore_candidates(
+                &archive,
+                sink.as_mut(),
+                &here,
+                &candidates,
+                &options,
+                &mut events,
+            )
+            .with_context(|| failed(&here))?;
+            let interrupted = report.interrupted;
+            total.absorb(report);
+            if interrupted {
+                break;
+            }
+        }
+        total
+    } else {
+        let mut sink = open_sink(&destination, false)?;
+        restore::restore(&archive, sink.as_mut(), &destination, &options, &mut events)
+            .with_context(|| failed(&destination))?
+    };
     bar.finish_and_clear();
 
     if args.json {

@@ -4,7 +4,7 @@
 //! Rules (doc/FORMAT.md repeats them for users):
 //! - A postmark is `From SENDER DATE`, the date holding a month name, a time (`hh:mm`) and a
 //!   four-digit year (asctime as mbox writers write it, or an RFC 5322 date), or a bare `From SENDER` (what
-//!   Thunderbird and trimmed Takeout files have). The first postmark of the file starts the first
+//!   Thunderbird and trimmed Takeout files have) or `From ` alone (Thunderbird 128). The first postmark of the file starts the first
 //!   message; it may follow a UTF-8 BOM and blank lines.
 //! - A later dated postmark starts a message after a blank line, or when the next line is
 //!   header-like (`Name:`) or a quoted `>From ` line; a later bare one only before a
@@ -266,8 +266,9 @@ pub fn postmark(line: &[u8]) -> Option<Postmark> {
         .position(|&b| b == b' ' || b == b'\t')
         .unwrap_or(rest.len());
     let date = &rest[sender_len..];
+    // Bare: `From SENDER`, or `From ` and nothing else (Thunderbird 128's separator).
     if date.iter().all(u8::is_ascii_whitespace) {
-        return (sender_len > 0).then_some(Postmark::Bare);
+        return (sender_len > 0 || rest.is_empty()).then_some(Postmark::Bare);
     }
     has_time_and_year(date).then_some(Postmark::Dated)
 }
@@ -443,6 +444,7 @@ mod tests {
             ("From a@b Wed Feb  9 22:02 MET 2000", Postmark::Dated),
             ("From a@b Sat, 27 Aug 2005 23:07:49 +0200", Postmark::Dated),
             ("From - \n", Postmark::Bare),
+            ("From \r\n", Postmark::Bare),
             ("From 1844347792267117879@xxx", Postmark::Bare),
         ] {
             assert_eq!(postmark(line.as_bytes()), Some(kind), "{line}");

@@ -57,6 +57,19 @@ impl MaildirSink {
         })
     }
 
+    /// Opens a Maildir++ subfolder (`DIR/.Name`), marking it as one with the `maildirfolder`
+    /// file Courier and Dovecot look for.
+    pub fn open_subfolder(dir: &Path, dry_run: bool) -> Result<MaildirSink, RestoreError> {
+        let sink = Self::open(dir, dry_run)?;
+        if !dry_run {
+            let marker = dir.join("maildirfolder");
+            if !marker.exists() {
+                File::create(&marker).map_err(Self::write_err(&marker))?;
+            }
+        }
+        Ok(sink)
+    }
+
     fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
         move |source| RestoreError::Write {
             path: path.to_path_buf(),

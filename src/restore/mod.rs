@@ -9,7 +9,7 @@ pub mod imap;
 pub mod maildir;
 pub mod mbox;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::archive::select::{Selection, message_time};
-use crate::archive::{Archive, ArchiveError, Digest, Message};
+use crate::archive::{Archive, ArchiveError, Digest, Message, Source};
 
 /// Where `restore --to` writes.
 #[derive(Debug, Clone)]
@@ -43,6 +43,36 @@ impl FromStr for Destination {
     }
 }
 
+impl Destination {
+    /// The destination of `folder` (a path with `/` between levels; empty: the top folder)
+    /// under this one: a Maildir++ subfolder (`DIR/.Archives.2015`, a `.` in a name becoming
+    /// `_`), or an IMAP folder under the URL's (at the top when the URL names INBOX). An mbox
+    /// file has no folders.
+    pub fn folder(&self, folder: &str) -> Result<Destination, RestoreError> {
+        if folder.is_empty() {
+            return Ok(self.clone());
+        }
+        match self {
+            Destination::Maildir(root) => {
+                let name: Vec<String> = folder.split('/').map(|n| n.replace('.', "_")).collect();
+                Ok(Destination::Maildir(
+                    root.join(format!(".{}", name.join("."))),
+                ))
+            }
+            Destination::Imap(url) => {
+                let mut url = url.clone();
+                url.folder = if url.folder.is_empty() || url.folder.eq_ignore_ascii_case("INBOX") {
+                    folder.to_string()
+                } else {
+                    format!("{}/{folder}", url.folder)
+                };
+                Ok(Destination::Imap(url))
+            }
+            Destination::Mbox(_) => Err(RestoreError::NoFolders),
+        }
+    }
+}
+
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -55,6 +85,8 @@ impl std::fmt::Display for Destination {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error("an mbox file has no folders: restore --folders to maildir:DIR or an IMAP URL")]
+    NoFolders,
     #[error(
         "{0:?} is not a restore destination: write maildir:DIR, mbox:FILE, imap://USER@HOST[:PORT]/FOLDER or imaps://..."
     )]
@@ -247,6 +279,23 @@ pub struct RestoreReport {
     pub plan: Vec<PlannedMessage>,
 }
 
+impl RestoreReport {
+    /// Adds what restoring one more folder of the same restore did.
+    pub fn absorb(&mut self, other: RestoreReport) {
+        self.selected += other.selected;
+        self.already_present += other.already_present;
+        self.new += other.new;
+        self.restored += other.restored;
+        self.bytes += other.bytes;
+        self.skipped.extend(other.skipped);
+        self.refused.extend(other.refused);
+        self.seconds += other.seconds;
+        self.interrupted |= other.interrupted;
+        self.warnings.extend(other.warnings);
+        self.plan.extend(other.plan);
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedMessage {
     pub id: Digest,
@@ -260,6 +309,14 @@ pub struct PlannedMessage {
 const CHUNK_BYTES: u64 = 16 << 20;
 
 pub fn candidates(archive: &Archive, options: &RestoreOptions) -> Vec<Candidate> {
+    selected(archive, options)
+        .iter()
+        .map(|m| candidate(m, options))
+        .collect()
+}
+
+/// The selected messages in restore order: by date, then id.
+fn selected<'a>(archive: &'a Archive, options: &RestoreOptions) -> Vec<Message<'a>> {
     let mut selected: Vec<Message<'_>> = archive
         .messages()
         .into_iter()
@@ -267,16 +324,55 @@ pub fn candidates(archive: &Archive, options: &RestoreOptions) -> Vec<Candidate>
         .collect();
     selected.sort_by_key(|m| (message_time(m), m.id));
     selected
-        .into_iter()
-        .map(|m| Candidate {
-            id: m.id,
-            size: m.size,
-            time: message_time(&m),
-            flags: Flags::new(m.flags, options.unread),
-            subject: m.envelope.subject.clone(),
-            from: m.envelope.from.clone(),
-        })
-        .collect()
+}
+
+fn candidate(m: &Message<'_>, options: &RestoreOptions) -> Candidate {
+    Candidate {
+        id: m.id,
+        size: m.size,
+        time: message_time(m),
+        flags: Flags::new(m.flags, options.unread),
+        subject: m.envelope.subject.clone(),
+        from: m.envelope.from.clone(),
+    }
+}
+
+/// The selected messages by the folder each goes to with `--folders`: every folder a
+/// Thunderbird import found it in (`/` between levels; its Inbox, like a message found in no
+/// folder, is the top folder, `""`), each in restore order. Accounts are not kept apart: two
+/// accounts' `Archives` are one folder.
+pub fn candidates_by_folder(
+    archive: &Archive,
+    options: &RestoreOptions,
+) -> BTreeMap<String, Vec<Candidate>> {
+    let mut by_folder: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    for m in selected(archive, options) {
+        let folders: BTreeSet<&str> = m
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Thunderbird { folder, .. } if !folder.eq_ignore_ascii_case("inbox") => {
+                    Some(folder.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        let in_top = folders.is_empty()
+            || m.sources.iter().any(
+                |s| matches!(s, Source::Thunderbird { folder, .. } if folder.eq_ignore_ascii_case("inbox")),
+            );
+        let c = candidate(&m, options);
+        for folder in folders {
+            by_folder
+                .entry(folder.to_string())
+                .or_default()
+                .push(c.clone());
+        }
+        if in_top {
+            by_folder.entry(String::new()).or_default().push(c);
+        }
+    }
+    by_folder
 }
 
 pub fn restore(

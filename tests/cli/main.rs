@@ -24,4 +24,5 @@ mod s3;
 mod search;
 mod signals;
 mod support;
+mod thunderbird;
 mod tls_trust;
