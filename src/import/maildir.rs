@@ -14,11 +14,8 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use rayon::prelude::*;
 
-use super::{
-    BATCH_BYTES, BATCH_MESSAGES, ImportError, ImportReport, Progress, absolute, add_counted,
-    read_err,
-};
-use crate::archive::{Incoming, Source, Writer};
+use super::{BATCH_BYTES, BATCH_MESSAGES, ImportError, Ingest, MailSource, absolute, read_err};
+use crate::archive::{Incoming, Source};
 
 /// Files larger than this stream through the writer one at a time.
 const STREAM_ABOVE: u64 = 8 << 20;
@@ -41,26 +38,29 @@ struct MaildirFile {
     size: u64,
 }
 
-/// Imports the Maildir at `dir` and every Maildir++ subfolder of it.
-pub(super) fn import(
-    writer: &mut Writer,
-    dir: &Path,
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
-) -> Result<(), ImportError> {
-    if !is_maildir(dir) {
-        return Err(ImportError::NotMaildir {
-            path: dir.to_path_buf(),
-        });
-    }
-    let folders = folders(dir)?;
-    for folder in &folders {
-        if folders.len() > 1 {
-            report.folders.push(folder_name(dir, folder));
+/// The Maildir at `dir` and every Maildir++ subfolder of it.
+pub(super) struct MaildirTree {
+    pub dir: PathBuf,
+}
+
+impl MailSource for MaildirTree {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
+        let dir = &self.dir;
+        if !is_maildir(dir) {
+            return Err(ImportError::NotMaildir {
+                path: dir.to_path_buf(),
+            });
         }
-        import_folder(writer, folder, report, progress)?;
+        let folders = folders(dir)?;
+        for folder in &folders {
+            if folders.len() > 1 {
+                ingest.report.folders.push(folder_name(dir, folder));
+            }
+            let files = list(folder, &mut ingest.report.warnings)?;
+            import_listed(ingest, folder, &files)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn is_maildir(dir: &Path) -> bool {
@@ -96,7 +96,7 @@ fn folder_name(root: &Path, folder: &Path) -> String {
 }
 
 /// The message files of `new/` and `cur/`, sorted by path.
-fn list(folder: &Path, report: &mut ImportReport) -> Result<Vec<MaildirFile>, ImportError> {
+fn list(folder: &Path, warnings: &mut Vec<String>) -> Result<Vec<MaildirFile>, ImportError> {
     let mut files = Vec::new();
     for sub in [folder.join("new"), folder.join("cur")] {
         let entries = match fs::read_dir(&sub) {
@@ -115,9 +115,7 @@ fn list(folder: &Path, report: &mut ImportReport) -> Result<Vec<MaildirFile>, Im
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if fs::symlink_metadata(&path).is_ok() {
-                        report
-                            .warnings
-                            .push(format!("{} is a link to nothing; skipped", path.display()));
+                        warnings.push(format!("{} is a link to nothing; skipped", path.display()));
                     }
                     continue; // else moved away meanwhile: it is listed where it went
                 }
@@ -149,8 +147,7 @@ impl Relocator<'_> {
     /// The file now holding the message listed as `f`, if it is still anywhere in the folder.
     fn find(&mut self, f: &MaildirFile) -> Result<Option<&MaildirFile>, ImportError> {
         if self.now.is_none() {
-            let mut ignored = ImportReport::default();
-            let files = list(self.folder, &mut ignored)?;
+            let files = list(self.folder, &mut Vec::new())?;
             self.now = Some(files.into_iter().map(|f| (f.unique.clone(), f)).collect());
         }
         Ok(self
@@ -170,23 +167,11 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, ImportError> {
     }
 }
 
-fn import_folder(
-    writer: &mut Writer,
-    folder: &Path,
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
-) -> Result<(), ImportError> {
-    let files = list(folder, report)?;
-    import_listed(writer, folder, &files, report, progress)
-}
-
 /// Imports `files`, listed from `folder` some time ago (a mail client may have moved them).
 fn import_listed(
-    writer: &mut Writer,
+    ingest: &mut Ingest<'_, '_>,
     folder: &Path,
     files: &[MaildirFile],
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
 ) -> Result<(), ImportError> {
     let abs = absolute(folder)?;
     let source_of = |f: &MaildirFile| Source::Maildir {
@@ -211,16 +196,9 @@ fn import_listed(
             };
             match opened {
                 Some((mut file, at)) => {
-                    let (_, added) = writer.add_stream(
-                        &mut file,
-                        source_of(at),
-                        at.flags.clone(),
-                        Utc::now(),
-                    )?;
-                    report.count(added, at.size);
-                    progress(at.size)?;
+                    ingest.push_stream(&mut file, source_of(at), at.flags.clone(), Some(at.size))?
                 }
-                None => report.missed.push(f.path.display().to_string()),
+                None => ingest.report.missed.push(f.path.display().to_string()),
             }
             start += 1;
             continue;
@@ -240,7 +218,6 @@ fn import_listed(
             .par_iter()
             .map(|f| read(&f.path))
             .collect::<Result<_, _>>()?;
-        let mut batch = Vec::with_capacity(chunk.len());
         for (f, raw) in chunk.iter().zip(read_all) {
             // Moved by a mail client since the listing (new/ to cur/, or its flags renamed).
             let (raw, at) = match raw {
@@ -249,24 +226,23 @@ fn import_listed(
                     Some(moved) => match read(&moved.path)? {
                         Some(raw) => (raw, moved),
                         None => {
-                            report.missed.push(f.path.display().to_string());
+                            ingest.report.missed.push(f.path.display().to_string());
                             continue;
                         }
                     },
                     None => {
-                        report.missed.push(f.path.display().to_string());
+                        ingest.report.missed.push(f.path.display().to_string());
                         continue;
                     }
                 },
             };
-            batch.push(Incoming {
+            ingest.push(Incoming {
                 raw,
                 source: source_of(at),
                 flags: at.flags.clone(),
                 first_seen: Utc::now(),
-            });
+            })?;
         }
-        add_counted(writer, batch, report, progress)?;
         start = end;
     }
     Ok(())
@@ -275,6 +251,8 @@ fn import_listed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::Writer;
+    use crate::import::ImportReport;
 
     /// A mail client moves a message from new/ to cur/ (it was read) between the listing and the
     /// reading, and deletes another: the first is read where it went, the second is missed.
@@ -291,8 +269,7 @@ mod tests {
             b"Subject: deleted\r\n\r\ny\r\n",
         )
         .unwrap();
-        let mut report = ImportReport::default();
-        let files = list(&folder, &mut report).unwrap();
+        let files = list(&folder, &mut Vec::new()).unwrap();
         fs::rename(
             folder.join("new/1.M1.host"),
             folder.join("cur/1.M1.host:2,S"),
@@ -301,7 +278,10 @@ mod tests {
         fs::remove_file(folder.join("new/2.M2.host")).unwrap();
 
         let mut writer = Writer::open(&dir.path().join("archive"), "test", None).unwrap();
-        import_listed(&mut writer, &folder, &files, &mut report, &mut |_| Ok(())).unwrap();
+        let mut progress = |_| Ok(());
+        let mut ingest = Ingest::new(&mut writer, &mut progress, ImportReport::default());
+        import_listed(&mut ingest, &folder, &files).unwrap();
+        let report = ingest.finish().unwrap();
         writer.finish().unwrap();
         assert_eq!(report.messages, 1);
         assert_eq!(report.missed.len(), 1, "{:?}", report.missed);

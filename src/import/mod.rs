@@ -192,55 +192,36 @@ pub fn survey_thunderbird(
 /// Counts a message in the import's progress, and says whether to stop.
 type Progress<'a> = dyn FnMut(u64) -> Result<(), ImportError> + 'a;
 
+/// A place `import` reads mail from. Each source knows its own format and hands every message,
+/// with the source it was found in, to the [`Ingest`]; batching, streaming, counting and
+/// stopping are the ingest's.
+trait MailSource {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError>;
+}
+
 fn import_reporting(
     writer: &mut Writer,
     source: &ImportSource,
     options: &ImportOptions,
     progress: &mut Progress<'_>,
 ) -> Result<ImportReport, ImportError> {
-    let mut report = ImportReport {
+    let mut reader: Box<dyn MailSource> = match source {
+        ImportSource::Maildir(dir) => Box::new(maildir::MaildirTree { dir: dir.clone() }),
+        ImportSource::Mbox(path) => Box::new(MboxFile { path: path.clone() }),
+        ImportSource::Eml(path) => Box::new(EmlFile { path: path.clone() }),
+        ImportSource::Tar(path) => Box::new(tar::Export { path: path.clone() }),
+        ImportSource::Thunderbird(dir) => Box::new(thunderbird::Profile {
+            dir: dir.clone(),
+            options: options.thunderbird.clone(),
+        }),
+    };
+    let report = ImportReport {
         source: source.to_string(),
         ..ImportReport::default()
     };
-    match source {
-        ImportSource::Maildir(dir) => maildir::import(writer, dir, &mut report, progress)?,
-        ImportSource::Mbox(path) => import_mbox(writer, path, &mut report, progress)?,
-        ImportSource::Tar(path) => tar::import_tar(writer, path, &mut report, progress)?,
-        ImportSource::Thunderbird(profile) => {
-            let mut ingest = Ingest::new(writer);
-            let summary =
-                thunderbird::read_profile(profile, &options.thunderbird, &mut |message, alias| {
-                    ingest.push(message, alias, &mut report, progress)
-                })?;
-            ingest.flush(&mut report, progress)?;
-            for folder in &summary.kept_changing {
-                report.warnings.push(format!(
-                    "{folder} changed each time it was read (Thunderbird writing or compacting it?): its last message was left out; import again when Thunderbird is idle"
-                ));
-            }
-            for account in &summary.accounts {
-                if account.kind == "pop3" && account.popvault_account.is_none() {
-                    report.warnings.push(format!(
-                        "Thunderbird's POP3 account {} matches no popvault account (same host and user): add it to the config and import again, or its first backup downloads every message again",
-                        account.account
-                    ));
-                }
-            }
-            report.thunderbird = Some(summary);
-        }
-        ImportSource::Eml(path) => {
-            let abs = absolute(path)?;
-            let mut input = Counted {
-                inner: open_stream(path)?,
-                bytes: 0,
-            };
-            let source = Source::Eml { path: abs };
-            let (_, added) = writer.add_stream(&mut input, source, None, Utc::now())?;
-            report.count(added, input.bytes);
-            progress(input.bytes)?;
-        }
-    }
-    Ok(report)
+    let mut ingest = Ingest::new(writer, progress, report);
+    reader.read_into(&mut ingest)?;
+    ingest.finish()
 }
 
 pub(crate) fn read_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
@@ -303,66 +284,89 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Hands a batch to the writer (which hashes and compresses it on all cores) and counts each
-/// message in the report.
-pub(crate) fn add_counted(
-    writer: &mut Writer,
-    batch: Vec<Incoming>,
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
-) -> Result<(), ImportError> {
-    let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
-    let mut stopped = Ok(());
-    for (added, size) in writer.add_batch(batch)?.into_iter().zip(sizes) {
-        report.count(added, size);
-        // The whole batch is counted before a stop is honoured.
-        stopped = stopped.and(progress(size));
-    }
-    stopped
-}
-
-/// Gathers the messages a source reads into batches for the writer (which hashes and
-/// compresses a batch on all cores), counting each in the report as its batch is added.
-pub(crate) struct Ingest<'w> {
+/// The one way messages go from a source into the archive: it gathers them into batches for
+/// the writer (which hashes and compresses a batch on all cores), streams the large ones, counts
+/// each message in the report once its batch is added, and honours a stop request between
+/// batches (what was added stays in the writer, for the caller to commit).
+pub(crate) struct Ingest<'w, 'p> {
     writer: &'w mut Writer,
+    progress: &'w mut Progress<'p>,
+    pub(crate) report: ImportReport,
     batch: Vec<Incoming>,
-    /// Per message of `batch`: whether it is a second source of the message before it (a
-    /// Thunderbird download's POP3 UIDL), counted apart from the messages read.
+    /// Per message of `batch`: whether it is a second source of a message read (a Thunderbird
+    /// download's POP3 UIDL), not counted as a message of its own.
     aliases: Vec<bool>,
     bytes: u64,
 }
 
-impl<'w> Ingest<'w> {
-    pub(crate) fn new(writer: &'w mut Writer) -> Self {
+/// A batch goes to the writer once it holds this many bytes or messages: enough to keep every
+/// core compressing, little enough to bound memory.
+const BATCH_BYTES: u64 = 16 << 20;
+const BATCH_MESSAGES: usize = 256;
+
+impl<'w, 'p> Ingest<'w, 'p> {
+    fn new(writer: &'w mut Writer, progress: &'w mut Progress<'p>, report: ImportReport) -> Self {
         Ingest {
             writer,
+            progress,
+            report,
             batch: Vec::new(),
             aliases: Vec::new(),
             bytes: 0,
         }
     }
 
-    pub(crate) fn push(
-        &mut self,
-        message: Incoming,
-        alias: bool,
-        report: &mut ImportReport,
-        progress: &mut Progress<'_>,
-    ) -> Result<(), ImportError> {
+    pub(crate) fn writer(&self) -> &Writer {
+        self.writer
+    }
+
+    /// Adds a message read.
+    pub(crate) fn push(&mut self, message: Incoming) -> Result<(), ImportError> {
+        self.push_counted(message, false)
+    }
+
+    /// Records one more source of the message pushed last (same bytes), not counted as a
+    /// message read.
+    pub(crate) fn push_alias(&mut self, message: Incoming) -> Result<(), ImportError> {
+        self.push_counted(message, true)
+    }
+
+    fn push_counted(&mut self, message: Incoming, alias: bool) -> Result<(), ImportError> {
         self.bytes += message.raw.len() as u64;
         self.batch.push(message);
         self.aliases.push(alias);
         if self.batch.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES {
-            self.flush(report, progress)?;
+            self.flush()?;
         }
         Ok(())
     }
 
-    pub(crate) fn flush(
+    /// Adds a message read from `input` to its end, with bounded memory whatever its size;
+    /// `size` is what the source says it is (`None`: count what is read).
+    pub(crate) fn push_stream(
         &mut self,
-        report: &mut ImportReport,
-        progress: &mut Progress<'_>,
+        input: &mut dyn Read,
+        source: Source,
+        flags: Option<String>,
+        size: Option<u64>,
     ) -> Result<(), ImportError> {
+        self.flush()?;
+        let mut counted = Counted {
+            inner: input,
+            bytes: 0,
+        };
+        let (_, added) = self
+            .writer
+            .add_stream(&mut counted, source, flags, Utc::now())?;
+        let size = size.unwrap_or(counted.bytes);
+        self.report.count(added, size);
+        (self.progress)(size)
+    }
+
+    fn flush(&mut self) -> Result<(), ImportError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
         let batch = std::mem::take(&mut self.batch);
         let aliases = std::mem::take(&mut self.aliases);
         self.bytes = 0;
@@ -371,70 +375,87 @@ impl<'w> Ingest<'w> {
         let added = self.writer.add_batch(batch)?;
         for ((added, size), alias) in added.into_iter().zip(sizes).zip(aliases) {
             if !alias {
-                report.count(added, size);
+                self.report.count(added, size);
                 // The whole batch is counted before a stop is honoured.
-                stopped = stopped.and(progress(size));
+                stopped = stopped.and((self.progress)(size));
             }
         }
         stopped
     }
+
+    fn finish(mut self) -> Result<ImportReport, ImportError> {
+        self.flush()?;
+        Ok(self.report)
+    }
 }
 
-/// A batch is handed to the writer once it holds this many bytes or messages: enough to keep
-/// every core compressing, little enough to bound memory.
-const BATCH_BYTES: u64 = 16 << 20;
-const BATCH_MESSAGES: usize = 256;
+/// One message file (or a pipe, or standard input), streamed: any size.
+struct EmlFile {
+    path: PathBuf,
+}
 
-fn import_mbox(
-    writer: &mut Writer,
-    path: &Path,
-    report: &mut ImportReport,
-    progress: &mut Progress<'_>,
-) -> Result<(), ImportError> {
-    let abs = absolute(path)?;
-    let input = open_stream(path)?;
-    let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, input), true);
-    let mut ingest = Ingest::new(writer);
-    while let Some(message) = reader.next_message().map_err(read_err(path))? {
-        let source = Source::Mbox {
-            path: abs.clone(),
-            index: message.index,
-            offset: message.offset,
+impl MailSource for EmlFile {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
+        let source = Source::Eml {
+            path: absolute(&self.path)?,
         };
-        let incoming = Incoming {
-            raw: message.bytes,
-            source,
-            flags: None,
-            first_seen: Utc::now(),
-        };
-        ingest.push(incoming, false, report, progress)?;
+        let mut input = open_stream(&self.path)?;
+        ingest.push_stream(&mut input, source, None, None)
     }
-    ingest.flush(report, progress)?;
-    if reader.skipped_bytes > 0 {
-        report.warnings.push(format!(
-            "{}: {} bytes before the first From line were not a message and were skipped",
-            path.display(),
-            reader.skipped_bytes
-        ));
+}
+
+/// An mbox file (or a pipe, or standard input), one message at a time.
+struct MboxFile {
+    path: PathBuf,
+}
+
+impl MailSource for MboxFile {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
+        let path = &self.path;
+        let abs = absolute(path)?;
+        let input = open_stream(path)?;
+        let mut reader = mbox::MboxReader::new(BufReader::with_capacity(1 << 20, input), true);
+        let mut messages = 0u64;
+        while let Some(message) = reader.next_message().map_err(read_err(path))? {
+            messages += 1;
+            ingest.push(Incoming {
+                raw: message.bytes,
+                source: Source::Mbox {
+                    path: abs.clone(),
+                    index: message.index,
+                    offset: message.offset,
+                },
+                flags: None,
+                first_seen: Utc::now(),
+            })?;
+        }
+        let warnings = &mut ingest.report.warnings;
+        if reader.skipped_bytes > 0 {
+            warnings.push(format!(
+                "{}: {} bytes before the first From line were not a message and were skipped",
+                path.display(),
+                reader.skipped_bytes
+            ));
+        }
+        if let Some(first) = reader.doubtful_splits.first() {
+            warnings.push(format!(
+                "{}: {} of its messages begin at a `From ` line with no blank line before it or after a wrong Content-Length (the first at byte {first}); if such a line was a body line, the message before it was cut there: check with `popvault list`",
+                shown(path).display(),
+                reader.doubtful_splits.len()
+            ));
+        }
+        // An empty file is an empty mbox; bytes without a message in them are something else.
+        if messages == 0 && reader.skipped_bytes > 0 {
+            return Err(ImportError::NotMbox {
+                path: shown(path).to_path_buf(),
+            });
+        }
+        if messages == 0 {
+            warnings.push(format!(
+                "{}: no messages found (is it an mbox file?)",
+                path.display()
+            ));
+        }
+        Ok(())
     }
-    if let Some(first) = reader.doubtful_splits.first() {
-        report.warnings.push(format!(
-            "{}: {} of its messages begin at a `From ` line with no blank line before it or after a wrong Content-Length (the first at byte {first}); if such a line was a body line, the message before it was cut there: check with `popvault list`",
-            shown(path).display(),
-            reader.doubtful_splits.len()
-        ));
-    }
-    // An empty file is an empty mbox; bytes without a message in them are something else.
-    if report.messages == 0 && reader.skipped_bytes > 0 {
-        return Err(ImportError::NotMbox {
-            path: shown(path).to_path_buf(),
-        });
-    }
-    if report.messages == 0 {
-        report.warnings.push(format!(
-            "{}: no messages found (is it an mbox file?)",
-            path.display()
-        ));
-    }
-    Ok(())
 }

@@ -9,20 +9,18 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{ImportError, ImportReport};
+use super::{ImportError, Ingest, MailSource};
 use crate::archive::{Digest, Incoming, Source, Writer};
 
 /// The largest message member accepted.
 const MAX_MESSAGE: u64 = 1 << 30;
 /// The largest MANIFEST.jsonl or SHA256SUMS accepted.
 const MAX_INDEX: u64 = 1 << 30;
-/// Messages are handed to the writer in batches of about this many bytes.
-const BATCH_BYTES: u64 = 16 << 20;
 
 #[derive(Deserialize)]
 struct ManifestLine {
@@ -220,13 +218,19 @@ fn check_member<R: Read>(
 /// tar is refused before anything from it is added, and reads MANIFEST.jsonl (popvault writes
 /// it first, a re-packing tar may not). The second reads the messages, each checked against its
 /// name (SHA-256) and found in the manifest.
-pub fn import_tar(
-    writer: &mut Writer,
-    path: &Path,
-    report: &mut ImportReport,
-    progress: &mut super::Progress<'_>,
-) -> Result<(), ImportError> {
-    let file = open_seekable(writer, path)?;
+/// A `popvault export` tar, plain or .tar.zst, with its metadata.
+pub(super) struct Export {
+    pub path: PathBuf,
+}
+
+impl MailSource for Export {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
+        import_tar(ingest, &self.path)
+    }
+}
+
+fn import_tar(ingest: &mut Ingest<'_, '_>, path: &Path) -> Result<(), ImportError> {
+    let file = open_seekable(ingest.writer(), path)?;
     let path = super::shown(path);
     let read_err = stream_err(path);
     let mut manifest: Option<HashMap<Digest, ManifestLine>> = None;
@@ -243,8 +247,6 @@ pub fn import_tar(
     };
 
     // Pass two makes the same checks (the file could have changed in between).
-    let mut batch: Vec<Incoming> = Vec::new();
-    let mut batch_bytes = 0;
     for entry in open(&file, path)?.entries().map_err(&read_err)? {
         let mut entry = entry.map_err(&read_err)?;
         let (kind, shown, limit) = check_member(path, &entry)?;
@@ -255,7 +257,7 @@ pub fn import_tar(
         if Digest::of(&bytes) != id {
             // Damaged in the export: left out, named; the rest goes in (as restore and export
             // skip a damaged message).
-            report.damaged.push(shown);
+            ingest.report.damaged.push(shown);
             continue;
         }
         let record = manifest
@@ -264,21 +266,15 @@ pub fn import_tar(
                 path: path.to_path_buf(),
                 what: format!("member {shown:?} is not in MANIFEST.jsonl"),
             })?;
-        batch_bytes += bytes.len() as u64;
         for source in &record.sources {
-            batch.push(Incoming {
+            ingest.push(Incoming {
                 raw: bytes.clone(),
                 source: source.clone(),
                 flags: record.flags.clone(),
                 first_seen: record.first_seen,
-            });
-        }
-        if batch_bytes >= BATCH_BYTES {
-            super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
-            batch_bytes = 0;
+            })?;
         }
     }
-    super::add_counted(writer, std::mem::take(&mut batch), report, progress)?;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::mbox::MboxReader;
-use super::{ImportError, read_err};
+use super::{ImportError, Ingest, MailSource, read_err};
 use crate::archive::{Incoming, Source};
 
 /// `kept_as_stored`: Thunderbird compacted the folder, which rewrites its own header lines
@@ -516,6 +516,40 @@ fn popstate_uidls(dir: &Path) -> Option<u64> {
             })
             .count() as u64,
     )
+}
+
+/// A Thunderbird profile directory, as [`resolve_profile`] found it.
+pub(super) struct Profile {
+    pub dir: PathBuf,
+    pub options: ThunderbirdOptions,
+}
+
+impl MailSource for Profile {
+    fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
+        let summary = read_profile(&self.dir, &self.options, &mut |message, alias| {
+            if alias {
+                ingest.push_alias(message)
+            } else {
+                ingest.push(message)
+            }
+        })?;
+        let warnings = &mut ingest.report.warnings;
+        for folder in &summary.kept_changing {
+            warnings.push(format!(
+                "{folder} changed each time it was read (Thunderbird writing or compacting it?): its last message was left out; import again when Thunderbird is idle"
+            ));
+        }
+        for account in &summary.accounts {
+            if account.kind == "pop3" && account.popvault_account.is_none() {
+                warnings.push(format!(
+                    "Thunderbird's POP3 account {} matches no popvault account (same host and user): add it to the config and import again, or its first backup downloads every message again",
+                    account.account
+                ));
+            }
+        }
+        ingest.report.thunderbird = Some(summary);
+        Ok(())
+    }
 }
 
 /// Reads `profile` and hands every message to `found` (with, for a recovered POP3 message of
