@@ -111,7 +111,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Interrupted);
     }
-    let missed: usize = reports.iter().map(|r| r.missed.len()).sum();
+    // A folder left incomplete (Thunderbird kept writing it) is a message not read.
+    let missed: usize = reports
+        .iter()
+        .map(|r| r.missed.len() + r.thunderbird.as_ref().map_or(0, |t| t.kept_changing.len()))
+        .sum();
     let damaged: usize = reports.iter().map(|r| r.damaged.len()).sum();
     for r in &reports {
         for member in &r.damaged {
@@ -212,6 +216,9 @@ fn dry_run(sources: &[ImportSource], options: &ImportOptions, json: bool) -> any
             anyhow::bail!("--dry-run reads Thunderbird profiles only; {source} is not one");
         };
         let summary = import::survey_thunderbird(profile, options)?;
+        for w in &summary.warnings {
+            eprintln!("warning: {w}");
+        }
         if json {
             say!("{}", serde_json::to_string(&summary)?);
             continue;

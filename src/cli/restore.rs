@@ -147,9 +147,24 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
             dry_run: args.dry_run,
             ..Default::default()
         };
-        for (folder, candidates) in restore::candidates_by_folder(&archive, &options) {
+        let by_folder = restore::candidates_by_folder(&archive, &options);
+        // Folders that only differ where a Maildir++ name cannot (a `.` and a `_`) share one.
+        let mut named: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for folder in by_folder.keys() {
+            let here = destination.folder(folder)?.to_string();
+            named.entry(here).or_default().push(folder);
+        }
+        for (here, folders) in &named {
+            if folders.len() > 1 {
+                total.warnings.push(format!(
+                    "the folders {} all go to {here}",
+                    folders.join(", ")
+                ));
+            }
+        }
+        for (folder, candidates) in by_folder {
             let here = destination.folder(&folder)?;
-            let mut sink = open_sink(&here, !folder.is_empty())?;
+            let mut sink = open_sink(&here, !folder.is_empty()).with_context(|| failed(&here))?;
             let report = restore::restore_candidates(
                 &archive,
                 sink.as_mut(),

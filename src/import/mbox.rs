@@ -20,7 +20,7 @@
 //! Memory: one message at a time.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 
 /// One message split out of an mbox file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +33,16 @@ pub struct MboxMessage {
     pub from_line: String,
     /// Whether the `From ` line ended in CRLF (Thunderbird 128 and later write it so).
     pub from_line_crlf: bool,
+    /// The blank line that ended it in the file (not part of `bytes`): `Some(true)` for CRLF,
+    /// `Some(false)` for LF, `None` when there was none (the last message of a file cut short,
+    /// or still being written).
+    pub blank_after: Option<bool>,
     pub bytes: Vec<u8>,
 }
+
+/// The largest message an mbox may hold: a longer one (a damaged file, a run of zeros after a
+/// crash) is an error rather than a demand for that much memory.
+pub const MAX_MESSAGE: u64 = 1 << 30;
 
 /// A raw line of the file and the offset it starts at.
 type Line = (u64, Vec<u8>);
@@ -56,10 +64,16 @@ pub struct MboxReader<R> {
 
 impl<R: BufRead> MboxReader<R> {
     pub fn new(input: R, unquote: bool) -> Self {
+        Self::starting_at(input, unquote, 0)
+    }
+
+    /// A reader of `input` positioned at byte `offset` of its file (where a postmark starts):
+    /// the offsets it gives are the file's.
+    pub fn starting_at(input: R, unquote: bool, offset: u64) -> Self {
         MboxReader {
             input,
             pending: VecDeque::new(),
-            offset: 0,
+            offset,
             index: 0,
             unquote,
             started: false,
@@ -73,9 +87,14 @@ impl<R: BufRead> MboxReader<R> {
             return Ok(Some(line));
         }
         let mut line = Vec::new();
-        let n = self.input.read_until(b'\n', &mut line)?;
+        let n = (&mut self.input)
+            .take(MAX_MESSAGE + 1)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(None);
+        }
+        if n as u64 > MAX_MESSAGE {
+            return Err(too_large(self.offset));
         }
         let at = self.offset;
         self.offset += n as u64;
@@ -192,6 +211,9 @@ impl<R: BufRead> MboxReader<R> {
             if !in_headers && line.starts_with(b"From ") {
                 unquoted_from_in_body = true;
             }
+            if bytes.len() as u64 + line.len() as u64 > MAX_MESSAGE {
+                return Err(too_large(offset));
+            }
             if self.unquote && is_quoted_from(&line) {
                 unquoted_at.push(bytes.len());
                 bytes.extend_from_slice(&line[1..]);
@@ -221,11 +243,15 @@ impl<R: BufRead> MboxReader<R> {
             }
         }
         // The blank line that separates messages belongs to the mbox, not to the message.
-        if bytes.ends_with(b"\n\r\n") {
+        let blank_after = if bytes.ends_with(b"\n\r\n") {
             bytes.truncate(bytes.len() - 2);
+            Some(true)
         } else if bytes.ends_with(b"\n\n") || bytes == b"\n" {
             bytes.truncate(bytes.len() - 1);
-        }
+            Some(false)
+        } else {
+            None
+        };
         let from_line_crlf = from_line.ends_with(b"\r\n");
         let from_line = String::from_utf8_lossy(trim_eol(&from_line)).into_owned();
         let index = self.index;
@@ -235,9 +261,20 @@ impl<R: BufRead> MboxReader<R> {
             offset,
             from_line,
             from_line_crlf,
+            blank_after,
             bytes,
         }))
     }
+}
+
+fn too_large(offset: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the message at byte {offset} is larger than {} GiB: the file is damaged there (popvault imports no message that large from an mbox)",
+            MAX_MESSAGE >> 30
+        ),
+    )
 }
 
 fn trim_eol(line: &[u8]) -> &[u8] {

@@ -112,6 +112,10 @@ pub enum ImportError {
     NoThunderbird { looked: String },
     #[error("{ini} names no default profile and several profiles: name one, thunderbird:DIR")]
     NoDefaultProfile { ini: PathBuf },
+    #[error(
+        "{ini} names the profile {dir}, which does not exist: name the profile, thunderbird:DIR"
+    )]
+    MissingProfile { ini: PathBuf, dir: PathBuf },
     #[error("stopped by a signal; what was imported before is committed")]
     Stopped,
     #[error(transparent)]

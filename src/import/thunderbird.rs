@@ -22,9 +22,11 @@
 //! while it is read: a folder's last message is taken only once the file is seen unchanged
 //! after reading it; a folder that changed is read again (what was taken adds nothing twice).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +45,9 @@ pub const PARTIAL: &str = "partial";
 /// `kept_as_stored`: Thunderbird 115 or older quoted `From ` lines as `>From ` (mboxo) and the
 /// message holds a `>From ` line, which may have been either on the wire.
 pub const MBOXO: &str = "mboxo-quoting";
+/// `kept_as_stored`: the last message of an mbox folder without the blank line Thunderbird
+/// writes after each: the file was cut short, or the message was still being written.
+pub const TRUNCATED: &str = "truncated";
 /// `kept_as_stored`: the message does not start with the lines Thunderbird's POP3 client
 /// writes (sent mail, a copy from elsewhere, an IMAP account's offline copy).
 pub const FOREIGN: &str = "not-a-pop3-download";
@@ -91,6 +96,9 @@ pub struct ProfileSummary {
     /// left out, for the next import to take.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_changing: Vec<String>,
+    /// What was skipped and why (not a folder, a directory missing, a link loop).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +164,8 @@ enum Quoting {
     Mboxrd,
     /// mbox of Thunderbird 115 and earlier.
     Mboxo,
+    /// mbox of Windows, either of them: a quoted-looking line cannot be undone.
+    Unknown,
 }
 
 /// The profile `dir` names: itself when it holds `prefs.js`, else the default profile of the
@@ -167,11 +177,14 @@ pub fn resolve_profile(dir: &Path) -> Result<PathBuf, ImportError> {
     if dir.join("profiles.ini").is_file() {
         return default_profile_in(dir);
     }
-    if !dir.is_dir() {
-        return Err(ImportError::Read {
-            path: dir.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
-        });
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(ImportError::NotThunderbird {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(read_err(dir)(e)),
     }
     Err(ImportError::NotThunderbird {
         path: dir.to_path_buf(),
@@ -200,6 +213,7 @@ pub fn default_profile(roots: &[PathBuf]) -> Result<PathBuf, ImportError> {
 fn default_profile_in(root: &Path) -> Result<PathBuf, ImportError> {
     let ini_path = root.join("profiles.ini");
     let text = fs::read_to_string(&ini_path).map_err(read_err(&ini_path))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut sections: Vec<(String, HashMap<String, String>)> = Vec::new();
     for line in text.lines() {
         let line = line.trim();
@@ -249,6 +263,7 @@ fn default_profile_in(root: &Path) -> Result<PathBuf, ImportError> {
         });
     match chosen {
         Some(dir) if dir.join("prefs.js").is_file() => Ok(dir),
+        Some(dir) if !dir.exists() => Err(ImportError::MissingProfile { ini: ini_path, dir }),
         Some(dir) => Err(ImportError::NotThunderbird { path: dir }),
         None => Err(ImportError::NoDefaultProfile { ini: ini_path }),
     }
@@ -311,10 +326,12 @@ fn string_literal(s: &str) -> Option<(String, &str)> {
 
 /// The profile's servers (from `prefs.js`), each with the directory its folders are in, and the
 /// map from account keys (`X-Account-Key`) to them. Directories of `Mail/` and `ImapMail/` that
-/// no pref names are read too, as accounts of unknown type.
+/// no pref names are read too, as accounts of unknown type. What the user should know of it
+/// (a server whose directory is missing) goes to `warnings`.
 fn servers(
     profile: &Path,
     options: &ThunderbirdOptions,
+    warnings: &mut Vec<String>,
 ) -> Result<(Vec<Server>, HashMap<String, usize>), ImportError> {
     let prefs = read_prefs(&profile.join("prefs.js"))?;
     let pref = |server: &str, key: &str| {
@@ -332,26 +349,50 @@ fn servers(
         })
         .collect();
     server_keys.sort_by_key(|k| natural_key(k));
+    if server_keys.is_empty() {
+        warnings.push(format!(
+            "{}: no mail accounts in prefs.js (missing, empty or not Thunderbird's): the folders of Mail/ are read without their accounts, so no UIDL is recorded and a backup downloads their mail again",
+            profile.display()
+        ));
+    }
     let mut servers: Vec<Server> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
     for key in &server_keys {
         let kind = pref(key, "type").unwrap_or_default();
-        let dir = pref(key, "directory-rel")
+        let candidates: Vec<PathBuf> = pref(key, "directory-rel")
             .and_then(|rel| rel.strip_prefix("[ProfD]").map(|r| profile.join(r)))
-            .filter(|d| d.is_dir())
-            .or_else(|| {
-                pref(key, "directory")
-                    .map(PathBuf::from)
-                    .filter(|d| d.is_dir())
-            });
-        let Some(dir) = dir else { continue };
+            .into_iter()
+            .chain(pref(key, "directory").map(PathBuf::from))
+            .collect();
+        let mut dir = None;
+        for candidate in &candidates {
+            match fs::metadata(candidate) {
+                Ok(meta) if meta.is_dir() => {
+                    dir = Some(candidate.clone());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // There, but not readable: an error, not an account quietly left out.
+                Err(e) => return Err(read_err(candidate)(e)),
+            }
+        }
         let host = pref(key, "hostname");
         let user = pref(key, "userName");
         let label = match (&host, &user) {
             _ if kind == "none" => "Local Folders".to_string(),
             (Some(h), Some(u)) => format!("{u}@{h}"),
             (Some(h), None) => h.clone(),
-            _ => dir_name(&dir),
+            _ => key.clone(),
+        };
+        let Some(dir) = dir else {
+            if kind != "nntp" && kind != "rss" && !candidates.is_empty() {
+                warnings.push(format!(
+                    "Thunderbird account {label}: its directory {} does not exist; nothing read from it",
+                    candidates[0].display()
+                ));
+            }
+            continue;
         };
         let popvault = match (&host, &user) {
             (Some(h), Some(u)) if kind == "pop3" => options
@@ -381,14 +422,21 @@ fn servers(
         }
     }
     for area in ["Mail", "ImapMail"] {
-        let Ok(entries) = fs::read_dir(profile.join(area)) else {
-            continue;
+        let area = profile.join(area);
+        let entries = match fs::read_dir(&area) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&area)(e)),
         };
-        let mut extra: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_dir() && !servers.iter().any(|s| same_dir(&s.dir, p)))
-            .collect();
+        let mut extra = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(read_err(&area))?.path();
+            if fs::metadata(&path).is_ok_and(|m| m.is_dir())
+                && !servers.iter().any(|s| same_dir(&s.dir, &path))
+            {
+                extra.push(path);
+            }
+        }
         extra.sort();
         for dir in extra {
             let label = dir_name(&dir);
@@ -427,82 +475,121 @@ fn natural_key(key: &str) -> (String, u64) {
     (prefix.to_string(), digits.parse().unwrap_or(u64::MAX))
 }
 
-/// Files of a server directory that are not folders.
-fn is_not_a_folder(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
+/// Files and directories Thunderbird keeps beside its folders (`nsMsgLocalStoreUtils`,
+/// `nsMsgBrkMBoxStore`, the search integrations): summaries, filters, POP state, logs.
+fn is_thunderbird_file(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
     name.starts_with('.')
+        || name.ends_with(".msf")
+        || name.ends_with(".sbd")
+        || name.ends_with(".mozmsgs")
+        || name.ends_with(".msf-journal")
         || [
-            ".msf", ".dat", ".html", ".json", ".sqlite", ".mozlz4", ".jsonlz4", ".lock", ".tmp",
-            ".bak", ".sbd", ".mozmsgs", ".log", ".js",
+            "popstate.dat",
+            "msgFilterRules.dat",
+            "rules.dat",
+            "filterlog.html",
+            "junklog.html",
+            "feeds.json",
+            "feeditems.json",
+            "folderTree.json",
         ]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
+        .contains(&name.as_ref())
 }
 
-/// The folders under `dir` (a server directory or a `.sbd`), depth first, in name order.
-fn folders(dir: &Path, prefix: &str, out: &mut Vec<Folder>) -> Result<(), ImportError> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(read_err(dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for name in &names {
-        let at = dir.join(name);
-        let path = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let subfolders = dir.join(format!("{name}.sbd"));
-        if !is_not_a_folder(name) {
-            if at.is_dir() && at.join("cur").is_dir() {
-                out.push(Folder {
-                    path: path.clone(),
-                    at,
-                    maildir: true,
-                });
-            } else if at.is_file() && looks_like_mbox(&at)? {
-                out.push(Folder {
-                    path: path.clone(),
-                    at,
-                    maildir: false,
-                });
+/// Finds the folders under a server directory, depth first in name order, `seen` guarding
+/// against symlink loops; what is skipped and why goes to `warnings`.
+struct FolderWalk<'a> {
+    seen: HashSet<(u64, u64)>,
+    out: Vec<Folder>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl FolderWalk<'_> {
+    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<(), ImportError> {
+        let meta = fs::metadata(dir).map_err(read_err(dir))?;
+        if !self.seen.insert((meta.dev(), meta.ino())) {
+            self.warnings.push(format!(
+                "{} leads back to a directory already read (a symbolic link loop?): skipped",
+                dir.display()
+            ));
+            return Ok(());
+        }
+        let mut entries: Vec<(OsString, fs::FileType)> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(read_err(dir))? {
+            let entry = entry.map_err(read_err(dir))?;
+            let kind = fs::metadata(entry.path())
+                .map(|m| m.file_type())
+                .or_else(|_| entry.file_type())
+                .map_err(read_err(&entry.path()))?;
+            entries.push((entry.file_name(), kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let path_of = |name: &str| {
+            if prefix.is_empty() {
+                name.to_string()
             } else {
+                format!("{prefix}/{name}")
+            }
+        };
+        for (name, kind) in &entries {
+            let at = dir.join(name);
+            let shown = name.to_string_lossy();
+            if let Some(parent) = shown.strip_suffix(".sbd")
+                && kind.is_dir()
+            {
+                // Subfolders are read whether or not their parent folder still is one.
+                self.walk(&at, &path_of(parent))?;
                 continue;
             }
-            if subfolders.is_dir() {
-                folders(&subfolders, &path, out)?;
+            if is_thunderbird_file(name) {
+                continue;
             }
-        } else if let Some(parent) = name.strip_suffix(".sbd")
-            && at.is_dir()
-            && !names.iter().any(|n| n == parent)
-        {
-            // Subfolders whose parent folder file is gone still hold mail.
-            let path = if prefix.is_empty() {
-                parent.to_string()
-            } else {
-                format!("{prefix}/{parent}")
-            };
-            folders(&at, &path, out)?;
+            if kind.is_dir() {
+                let cur = at.join("cur");
+                match fs::metadata(&cur) {
+                    Ok(m) if m.is_dir() => self.out.push(Folder {
+                        path: path_of(&shown),
+                        at,
+                        maildir: true,
+                    }),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(read_err(&cur)(e));
+                    }
+                    _ => self.warnings.push(format!(
+                        "{}: a directory that is not a maildir folder (no cur/): skipped",
+                        at.display()
+                    )),
+                }
+            } else if kind.is_file() {
+                if looks_like_mbox(&at)? {
+                    self.out.push(Folder {
+                        path: path_of(&shown),
+                        at,
+                        maildir: false,
+                    });
+                } else {
+                    self.warnings.push(format!(
+                        "{}: not an mbox folder (no `From ` line in its first 64 KiB): skipped",
+                        at.display()
+                    ));
+                }
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// An mbox folder file is empty or starts with a `From ` line.
+/// An mbox folder file is empty, or has a line starting `From ` in its first 64 KiB (the mbox
+/// reader says what comes before it and skips it).
 fn looks_like_mbox(path: &Path) -> Result<bool, ImportError> {
     use std::io::Read;
-    let mut head = [0u8; 5];
-    let mut file = File::open(path).map_err(read_err(path))?;
-    let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..]).map_err(read_err(path))? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n == 0 || &head[..n] == b"From ")
+    let mut head = Vec::with_capacity(64 << 10);
+    File::open(path)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .map_err(read_err(path))?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&head);
+    Ok(head.is_empty() || head.starts_with(b"From ") || head.windows(6).any(|w| w == b"\nFrom "))
 }
 
 /// `popstate.dat` of a server directory: the UIDLs Thunderbird fetched, if it has one.
@@ -533,20 +620,10 @@ impl MailSource for Profile {
                 ingest.push(message)
             }
         })?;
-        let warnings = &mut ingest.report.warnings;
-        for folder in &summary.kept_changing {
-            warnings.push(format!(
-                "{folder} changed each time it was read (Thunderbird writing or compacting it?): its last message was left out; import again when Thunderbird is idle"
-            ));
-        }
-        for account in &summary.accounts {
-            if account.kind == "pop3" && account.popvault_account.is_none() {
-                warnings.push(format!(
-                    "Thunderbird's POP3 account {} matches no popvault account (same host and user): add it to the config and import again, or its first backup downloads every message again",
-                    account.account
-                ));
-            }
-        }
+        ingest
+            .report
+            .warnings
+            .extend(summary.warnings.iter().cloned());
         ingest.report.thunderbird = Some(summary);
         Ok(())
     }
@@ -563,14 +640,21 @@ pub(super) fn read_profile(
 ) -> Result<ProfileSummary, ImportError> {
     let profile = fs::canonicalize(profile).map_err(read_err(profile))?;
     let profile_name = profile.to_string_lossy().into_owned();
-    let (servers, accounts) = servers(&profile, options)?;
     let mut summary = ProfileSummary {
         profile: profile_name.clone(),
         ..ProfileSummary::default()
     };
+    let (servers, accounts) = servers(&profile, options, &mut summary.warnings)?;
+    let mut seen = HashSet::new();
     for server in &servers {
-        let mut list = Vec::new();
-        folders(&server.dir, "", &mut list)?;
+        let mut walk = FolderWalk {
+            seen: std::mem::take(&mut seen),
+            out: Vec::new(),
+            warnings: &mut summary.warnings,
+        };
+        walk.walk(&server.dir, "")?;
+        seen = walk.seen;
+        let list = walk.out;
         let mut account = AccountSummary {
             account: server.label.clone(),
             kind: server.kind.clone(),
@@ -670,6 +754,19 @@ pub(super) fn read_profile(
         }
         summary.accounts.push(account);
     }
+    for folder in &summary.kept_changing {
+        summary.warnings.push(format!(
+            "{folder} changed each time it was read (Thunderbird writing or compacting it?): its last message was left out; import again when Thunderbird is idle"
+        ));
+    }
+    for account in &summary.accounts {
+        if account.kind == "pop3" && account.popvault_account.is_none() {
+            summary.warnings.push(format!(
+                "Thunderbird's POP3 account {} matches no popvault account (same host and user): add it to the config and import again, or its first backup downloads every message again",
+                account.account
+            ));
+        }
+    }
     Ok(summary)
 }
 
@@ -684,32 +781,48 @@ fn maildir_letters(status: u16) -> Option<String> {
     (!letters.is_empty()).then_some(letters)
 }
 
-/// A file's length and modification time: what changes when Thunderbird writes to it.
-fn snapshot(path: &Path) -> Option<(u64, SystemTime)> {
+/// A file's identity, length and modification time: what changes when Thunderbird writes to
+/// it (it appends and patches flags in place; compaction writes a new file over it).
+fn snapshot(path: &Path) -> Option<(u64, u64, u64, SystemTime)> {
     let meta = fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
+    Some((meta.dev(), meta.ino(), meta.len(), meta.modified().ok()?))
 }
 
 /// Reads every message of an mbox folder; the last is handed over only once the file is seen
-/// unchanged after reading it, and a file that changed is read again. `false`: it changed on
-/// every read, and its last message was left out.
+/// unchanged after reading it. A file that changed is read again: from its last message when
+/// it is the same file (Thunderbird appended or patched a flag: what came before is as it
+/// was), from the start when it was replaced (compacted). `false`: it changed on every read,
+/// and its last message was left out.
 fn read_mbox_folder(
     path: &Path,
     take: &mut dyn FnMut(Unwrapped) -> Result<(), ImportError>,
 ) -> Result<bool, ImportError> {
+    let mut resume_at = 0u64;
+    let mut file_id = None;
     for attempt in 1..=READ_ATTEMPTS {
         let before = snapshot(path);
-        let file = File::open(path).map_err(read_err(path))?;
-        let mut reader = MboxReader::new(BufReader::with_capacity(1 << 20, file), false);
+        let id = before.map(|(dev, ino, _, _)| (dev, ino));
+        if file_id.is_some() && file_id != id {
+            resume_at = 0;
+        }
+        file_id = id;
+        let mut file = File::open(path).map_err(read_err(path))?;
+        file.seek(SeekFrom::Start(resume_at))
+            .map_err(read_err(path))?;
+        let input = BufReader::with_capacity(1 << 20, file);
+        let mut reader = MboxReader::starting_at(input, false, resume_at);
         let mut held: Option<Unwrapped> = None;
         while let Some(message) = reader.next_message().map_err(read_err(path))? {
-            let quoting = if message.from_line_crlf {
-                Quoting::Mboxrd
-            } else {
-                Quoting::Mboxo
+            let offset = message.offset;
+            let container = Container::Mbox {
+                from_line: &message.from_line,
+                crlf: message.from_line_crlf,
+                blank_after: message.blank_after,
             };
-            if let Some(previous) = held.replace(unwrap(message.bytes, quoting)) {
+            let unwrapped = unwrap(message.bytes, container);
+            if let Some(previous) = held.replace(unwrapped) {
                 take(previous)?;
+                resume_at = offset;
             }
         }
         if snapshot(path) == before {
@@ -734,12 +847,14 @@ fn read_maildir_folder(
     let mut files = Vec::new();
     for sub in ["cur", "new"] {
         let sub = dir.join(sub);
-        let Ok(entries) = fs::read_dir(&sub) else {
-            continue;
+        let entries = match fs::read_dir(&sub) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&sub)(e)),
         };
         for entry in entries {
             let entry = entry.map_err(read_err(&sub))?;
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
+            if fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
                 files.push(entry.path());
             }
         }
@@ -763,23 +878,76 @@ fn unwrap_file(bytes: Vec<u8>) -> Unwrapped {
             .position(|&b| b == b'\n')
             .map_or(bytes.len(), |i| i + 1);
         let crlf = bytes[..body_at].ends_with(b"\r\n");
+        let from_line = String::from_utf8_lossy(bytes[..body_at].trim_ascii_end()).into_owned();
         let mut rest = bytes[body_at..].to_vec();
         // The blank line the sink wrote after the message.
-        if crlf && rest.ends_with(b"\n\r\n") {
+        let blank_after = if rest.ends_with(b"\n\r\n") {
             rest.truncate(rest.len() - 2);
-        } else if !crlf && rest.ends_with(b"\n\n") {
+            Some(true)
+        } else if rest.ends_with(b"\n\n") {
             rest.truncate(rest.len() - 1);
-        }
-        return unwrap(
-            rest,
-            if crlf {
-                Quoting::Mboxrd
-            } else {
-                Quoting::Mboxo
-            },
-        );
+            Some(false)
+        } else {
+            None
+        };
+        let container = Container::Mbox {
+            from_line: &from_line,
+            crlf,
+            blank_after,
+        };
+        return unwrap(rest, container);
     }
-    unwrap(bytes, Quoting::None)
+    unwrap(bytes, Container::File)
+}
+
+/// How a message was held.
+#[derive(Debug, Clone, Copy)]
+enum Container<'a> {
+    /// A file of its own (a maildir store): no quoting.
+    File,
+    /// In an mbox, after this `From ` line (without its line end), followed by the blank line
+    /// the reader found.
+    Mbox {
+        from_line: &'a str,
+        crlf: bool,
+        blank_after: Option<bool>,
+    },
+}
+
+impl Container<'_> {
+    /// The quoting a message of this container has, given the line end of its added lines
+    /// (`None`: it has none). Thunderbird 128 and later write the `From ` line with CRLF and
+    /// quote mboxrd; 115 and earlier with the platform's line end and quote mboxo. So an LF
+    /// `From ` line is mboxo; a CRLF one is mboxrd on Linux and macOS, and on Windows either:
+    /// the day of the date tells (`Dec 01` since 140, `Dec  1` before) up to the 9th.
+    fn quoting(&self, added_crlf: Option<bool>) -> Quoting {
+        match *self {
+            Container::File => Quoting::None,
+            Container::Mbox { crlf: false, .. } => Quoting::Mboxo,
+            Container::Mbox { from_line, .. } if from_line.trim_end() == "From" => Quoting::Mboxrd,
+            Container::Mbox { .. } if added_crlf != Some(true) => Quoting::Mboxrd,
+            Container::Mbox { from_line, .. } => {
+                // `From - Www Mmm DD ...`
+                match from_line.as_bytes().get(15) {
+                    Some(b'0') => Quoting::Mboxrd,
+                    Some(b' ') => Quoting::Mboxo,
+                    _ => Quoting::Unknown,
+                }
+            }
+        }
+    }
+
+    /// Whether the message ended as its writer ends every message: a blank line after it, in
+    /// the line end of its `From ` line. One without is the end of a file cut short, or a
+    /// message still being written.
+    fn complete(&self) -> bool {
+        match *self {
+            Container::File => true,
+            Container::Mbox {
+                crlf, blank_after, ..
+            } => blank_after == Some(crlf),
+        }
+    }
 }
 
 /// The lines Thunderbird's POP3 client writes before a download, in order; `true` for those it
@@ -793,7 +961,7 @@ const ADDED: [(&[u8], bool); 5] = [
 ];
 
 /// Takes apart one stored message (an mbox store's without its `From ` line and blank line).
-fn unwrap(stored: Vec<u8>, quoting: Quoting) -> Unwrapped {
+fn unwrap(stored: Vec<u8>, container: Container<'_>) -> Unwrapped {
     let status = first_header(&stored, b"X-Mozilla-Status:")
         .and_then(|v| u16::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
@@ -802,26 +970,29 @@ fn unwrap(stored: Vec<u8>, quoting: Quoting) -> Unwrapped {
         .map(|v| v.trim().to_string())
         .filter(|u| !u.is_empty());
     let lead = added_lines(&stored);
-    let (unquoted, ambiguous) = unquote(&stored, quoting);
+    let (unquoted, ambiguous) = unquote(&stored, container.quoting(lead.map(|l| l.crlf)));
     let why = match lead {
+        _ if !container.complete() => Some(TRUNCATED),
         _ if status & PARTIAL_FLAG != 0 => Some(PARTIAL),
-        Some((end, crlf)) if compacted(&stored, end, crlf) => Some(COMPACTED),
+        Some(lead) if compacted(&stored, lead) => Some(COMPACTED),
         None if stored.starts_with(b"X-Mozilla-Status: ") => Some(COMPACTED),
         None => Some(FOREIGN),
         Some(_) if ambiguous => Some(MBOXO),
         Some(_) => None,
     };
     let raw = match (why, lead) {
-        (None, Some((end, crlf))) => {
+        (None, Some(lead)) => {
             // The lead ends at the same byte in the unquoted copy: none of its lines is quoted.
-            let message = &unquoted[end..];
-            if crlf {
+            let message = &unquoted[lead.end..];
+            if lead.crlf {
                 message.to_vec()
             } else {
                 lf_to_crlf(message)
             }
         }
-        _ => unquoted,
+        // Without Thunderbird's status lines, which it rewrites whenever a flag or tag changes:
+        // importing again after that adds nothing.
+        _ => unquoted[status_block_end(&unquoted)..].to_vec(),
     };
     Unwrapped {
         raw,
@@ -832,15 +1003,45 @@ fn unwrap(stored: Vec<u8>, quoting: Quoting) -> Unwrapped {
     }
 }
 
-/// Where the lines of [`ADDED`] end, and whether they end in CRLF, if `stored` starts with
-/// them (each line ending the same way).
-fn added_lines(stored: &[u8]) -> Option<(usize, bool)> {
+/// Where the lines Thunderbird added end, in whatever order (compaction moves them), when
+/// `X-Mozilla-Status` is among them; 0 when the message does not start with them.
+fn status_block_end(message: &[u8]) -> usize {
+    let mut at = 0;
+    let mut has_status = false;
+    while let Some((name, _)) = ADDED
+        .iter()
+        .find(|(name, _)| message[at..].starts_with(name))
+    {
+        has_status |= *name == b"X-Mozilla-Status: ";
+        match message[at..].iter().position(|&b| b == b'\n') {
+            Some(i) => at += i + 1,
+            None => break,
+        }
+    }
+    if has_status { at } else { 0 }
+}
+
+/// The lines of [`ADDED`] at the start of a message.
+#[derive(Debug, Clone, Copy)]
+struct Lead {
+    /// Where they end.
+    end: usize,
+    /// Whether they end in CRLF (Windows).
+    crlf: bool,
+    has_account_key: bool,
+    has_uidl: bool,
+}
+
+/// The lines of [`ADDED`], if `stored` starts with them in that order (each line ending the
+/// same way).
+fn added_lines(stored: &[u8]) -> Option<Lead> {
     let mut at = 0;
     let mut crlf = None;
-    for (name, optional) in ADDED {
+    let mut present = [false; ADDED.len()];
+    for (i, (name, optional)) in ADDED.iter().enumerate() {
         let rest = &stored[at..];
         if !rest.starts_with(name) {
-            if optional {
+            if *optional {
                 continue;
             }
             return None;
@@ -850,20 +1051,31 @@ fn added_lines(stored: &[u8]) -> Option<(usize, bool)> {
         if *crlf.get_or_insert(this_crlf) != this_crlf {
             return None;
         }
+        present[i] = true;
         at += end;
     }
-    Some((at, crlf.unwrap_or(false)))
+    Some(Lead {
+        end: at,
+        crlf: crlf.unwrap_or(false),
+        has_account_key: present[0],
+        has_uidl: present[1],
+    })
 }
 
 /// Whether a message whose lead of added lines ends at `end` shows the marks of compaction
 /// (`MboxCompactor.cpp`): the account and UIDL lines below Thunderbird's others (they were
 /// moved to the top), or CRLF written for Thunderbird's lines and the blank line after the
 /// headers while the message's own lines end in LF (or the other way round).
-fn compacted(stored: &[u8], end: usize, crlf: bool) -> bool {
-    let rest = &stored[end..];
-    if rest.starts_with(b"X-Account-Key: ") || rest.starts_with(b"X-UIDL: ") {
+fn compacted(stored: &[u8], lead: Lead) -> bool {
+    let rest = &stored[lead.end..];
+    // (A message of its own may start with X-UIDL: qpopper adds one. Then the lead has
+    // Thunderbird's own X-UIDL before it.)
+    if (!lead.has_account_key && rest.starts_with(b"X-Account-Key: "))
+        || (!lead.has_uidl && rest.starts_with(b"X-UIDL: "))
+    {
         return true;
     }
+    let crlf = lead.crlf;
     let first_lf = rest.iter().position(|&b| b == b'\n');
     let first_line_crlf = first_lf.is_some_and(|i| i > 0 && rest[i - 1] == b'\r');
     let blank_crlf = rest.windows(3).position(|w| w == b"\n\r\n");
@@ -914,6 +1126,11 @@ fn unquote(stored: &[u8], quoting: Quoting) -> (Vec<u8>, bool) {
                 ambiguous |= q;
                 q
             }
+            Quoting::Unknown => {
+                let gts = line.iter().take_while(|&&b| b == b'>').count();
+                ambiguous |= gts > 0 && line[gts..].starts_with(b"From ");
+                false
+            }
         };
         out.extend_from_slice(if quoted { &line[1..] } else { line });
     }
@@ -937,6 +1154,17 @@ fn lf_to_crlf(message: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const RD: Container<'static> = Container::Mbox {
+        from_line: "From - Tue Dec 01 19:42:19 2026",
+        crlf: true,
+        blank_after: Some(true),
+    };
+    const MBOXO_115: Container<'static> = Container::Mbox {
+        from_line: "From - Tue Dec  1 19:42:19 2026",
+        crlf: false,
+        blank_after: Some(false),
+    };
+
     const KEYS: &str = "X-Mozilla-Keys:                                                                                 \n";
 
     fn stored(lead: &str, wire_lf: &str) -> Vec<u8> {
@@ -949,7 +1177,7 @@ mod tests {
             "X-Account-Key: account1\nX-UIDL: 00000001abc\nX-Mozilla-Status: 0001\nX-Mozilla-Status2: 00000000\n{KEYS}"
         );
         let body = "Subject: hi\n\n>From the start\n>>From quoted\nbare\rcr\n";
-        let u = unwrap(stored(&lead, body), Quoting::Mboxrd);
+        let u = unwrap(stored(&lead, body), RD);
         assert_eq!(u.kept_as_stored, None);
         assert_eq!(u.uidl.as_deref(), Some("00000001abc"));
         assert_eq!(u.account_key.as_deref(), Some("account1"));
@@ -959,7 +1187,7 @@ mod tests {
             b"Subject: hi\r\n\r\nFrom the start\r\n>From quoted\r\nbare\rcr\r\n".to_vec()
         );
         // A maildir file holds no quoting.
-        let u = unwrap(stored(&lead, body), Quoting::None);
+        let u = unwrap(stored(&lead, body), Container::File);
         assert!(u.raw.starts_with(b"Subject: hi\r\n\r\n>From the start\r\n"));
     }
 
@@ -968,36 +1196,74 @@ mod tests {
         let compacted = format!(
             "X-Mozilla-Status: 0011\nX-Mozilla-Status2: 10000000\n{KEYS}X-Account-Key: account1\nX-UIDL: u1\nSubject: x\n\nbody\n"
         );
-        let u = unwrap(compacted.clone().into_bytes(), Quoting::Mboxrd);
+        let u = unwrap(compacted.into_bytes(), RD);
         assert_eq!(u.kept_as_stored, Some(COMPACTED));
-        assert_eq!(u.raw, compacted.into_bytes());
+        // Thunderbird's own lines (which change with every flag) are not kept.
+        assert_eq!(u.raw, b"Subject: x\n\nbody\n".to_vec());
         assert_eq!(u.uidl.as_deref(), Some("u1"));
 
         let partial = format!(
             "X-UIDL: u2\nX-Mozilla-Status: 0400\nX-Mozilla-Status2: 00000000\n{KEYS}Subject: y\n\n"
         );
         assert_eq!(
-            unwrap(partial.into_bytes(), Quoting::Mboxrd).kept_as_stored,
+            unwrap(partial.into_bytes(), RD).kept_as_stored,
             Some(PARTIAL)
         );
 
         let old = format!(
             "X-UIDL: u3\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}Subject: z\n\n>From here\n"
         );
-        let u = unwrap(old.into_bytes(), Quoting::Mboxo);
+        let u = unwrap(old.into_bytes(), MBOXO_115);
         assert_eq!(u.kept_as_stored, Some(MBOXO));
-        assert!(u.raw.ends_with(b"\n\nFrom here\n"));
+        assert_eq!(u.raw, b"Subject: z\n\nFrom here\n".to_vec());
 
         let old_clean = format!(
             "X-UIDL: u3\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}Subject: z\n\n>>From here\n"
         );
-        let u = unwrap(old_clean.into_bytes(), Quoting::Mboxo);
+        let u = unwrap(old_clean.into_bytes(), MBOXO_115);
         assert_eq!(u.kept_as_stored, None);
         assert_eq!(u.raw, b"Subject: z\r\n\r\n>>From here\r\n".to_vec());
 
         let sent = b"Subject: sent\n\nhello\n".to_vec();
-        let u = unwrap(sent.clone(), Quoting::Mboxrd);
+        let u = unwrap(sent.clone(), RD);
         assert_eq!((u.kept_as_stored, u.raw), (Some(FOREIGN), sent));
+    }
+
+    #[test]
+    fn a_message_cut_short_or_of_unknown_quoting_is_not_taken_for_the_wire_one() {
+        let lead =
+            format!("X-UIDL: t\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}");
+        let cut = Container::Mbox {
+            from_line: "From - Tue Dec 01 19:42:19 2026",
+            crlf: true,
+            blank_after: None,
+        };
+        let u = unwrap(stored(&lead, "Subject: half\n\nthe first ha"), cut);
+        assert_eq!(u.kept_as_stored, Some(TRUNCATED));
+        // Windows, after the 9th: 115 (mboxo) and 140 (mboxrd) write the same `From ` line.
+        let windows = Container::Mbox {
+            from_line: "From - Tue Dec 15 19:42:19 2026",
+            crlf: true,
+            blank_after: Some(true),
+        };
+        let crlf_lead = lead.replace('\n', "\r\n");
+        let u = unwrap(
+            stored(&crlf_lead, "Subject: q\r\n\r\n>From here\r\n"),
+            windows,
+        );
+        assert_eq!(u.kept_as_stored, Some(MBOXO));
+        let u = unwrap(stored(&crlf_lead, "Subject: q\r\n\r\nplain\r\n"), windows);
+        assert_eq!(
+            (u.kept_as_stored, u.raw),
+            (None, b"Subject: q\r\n\r\nplain\r\n".to_vec())
+        );
+        // A server that puts its own X-UIDL first (qpopper): Thunderbird's lead comes before it.
+        let qpopper = format!(
+            "X-Account-Key: account1\nX-UIDL: q1\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}X-UIDL: q1\nSubject: q\n\nb\n"
+        );
+        let u = unwrap(qpopper.into_bytes(), RD);
+        assert_eq!(u.kept_as_stored, None);
+        assert_eq!(u.raw, b"X-UIDL: q1\r\nSubject: q\r\n\r\nb\r\n".to_vec());
     }
 
     #[test]
@@ -1006,7 +1272,7 @@ mod tests {
             "X-UIDL: w\r\nX-Mozilla-Status: 0008\r\nX-Mozilla-Status2: 00000000\r\n{}\r\n",
             KEYS.trim_end_matches('\n')
         );
-        let u = unwrap(stored(&lead, "Subject: w\r\n\r\nx\r\n"), Quoting::None);
+        let u = unwrap(stored(&lead, "Subject: w\r\n\r\nx\r\n"), Container::File);
         assert_eq!(u.kept_as_stored, None);
         assert_eq!(u.status & EXPUNGED, EXPUNGED);
         assert_eq!(u.raw, b"Subject: w\r\n\r\nx\r\n".to_vec());

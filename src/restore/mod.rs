@@ -53,12 +53,9 @@ impl Destination {
             return Ok(self.clone());
         }
         match self {
-            Destination::Maildir(root) => {
-                let name: Vec<String> = folder.split('/').map(|n| n.replace('.', "_")).collect();
-                Ok(Destination::Maildir(
-                    root.join(format!(".{}", name.join("."))),
-                ))
-            }
+            Destination::Maildir(root) => Ok(Destination::Maildir(
+                root.join(maildir_plus_plus_name(folder)),
+            )),
             Destination::Imap(url) => {
                 let mut url = url.clone();
                 url.folder = if url.folder.is_empty() || url.folder.eq_ignore_ascii_case("INBOX") {
@@ -71,6 +68,17 @@ impl Destination {
             Destination::Mbox(_) => Err(RestoreError::NoFolders),
         }
     }
+}
+
+/// The Maildir++ directory of a folder path: `.` then its levels joined by `.`, each in
+/// modified UTF-7 (what Dovecot and Courier write for names beyond ASCII), a `.` inside a
+/// name becoming `_` (Maildir++ has no way to write one).
+pub fn maildir_plus_plus_name(folder: &str) -> String {
+    let levels: Vec<String> = folder
+        .split('/')
+        .map(|level| crate::imap::modified_utf7(&level.replace('.', "_")))
+        .collect();
+    format!(".{}", levels.join("."))
 }
 
 impl std::fmt::Display for Destination {

@@ -20,6 +20,8 @@
 #   delete N          delete it (moved to Trash: Inbox keeps it marked deleted until compacted)
 #   move N FOLDER     move it to FOLDER (A/B: nested), created under the account's root
 #   compact           compact every folder of the account
+# $TB_TIMEOUT: seconds Thunderbird may take (default 120; it fetches about 25 messages/s of
+# the benchmark's mail).
 set -euo pipefail
 profile=$(realpath "$1")
 [[ -f $profile/prefs.js || -f $profile/user.js ]] || { echo "run.sh: $profile has no prefs.js/user.js" >&2; exit 2; }
@@ -47,7 +49,7 @@ export TB_DONE_FILE="$app/done"
 # No update checks, telemetry or first-run pages: nothing talks to the internet.
 export MOZ_DISABLE_AUTO_SAFE_MODE=1 MOZ_CRASHREPORTER_DISABLE=1 MOZ_HEADLESS=1
 status=0
-timeout 120 "$app/thunderbird-bin" --headless --profile "$profile" --no-remote \
+timeout "${TB_TIMEOUT:-120}" "$app/thunderbird-bin" --headless --profile "$profile" --no-remote \
     >"$app/out.log" 2>&1 || status=$?
 if [[ ! -f $app/done ]] || [[ $(cat "$app/done") != ok ]]; then
     echo "run.sh: Thunderbird did not finish (exit $status)" >&2
