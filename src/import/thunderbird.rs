@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -809,7 +809,9 @@ fn read_mbox_folder(
         let mut file = File::open(path).map_err(read_err(path))?;
         file.seek(SeekFrom::Start(resume_at))
             .map_err(read_err(path))?;
-        let input = BufReader::with_capacity(1 << 20, file);
+        // Only what was there when it was looked at: a writer cannot keep this read going.
+        let length = before.map_or(u64::MAX, |(_, _, len, _)| len);
+        let input = BufReader::with_capacity(1 << 20, file.take(length.saturating_sub(resume_at)));
         let mut reader = MboxReader::starting_at(input, false, resume_at);
         let mut held: Option<Unwrapped> = None;
         while let Some(message) = reader.next_message().map_err(read_err(path))? {
@@ -1307,5 +1309,55 @@ mod tests {
             default_profile(&[root.join("missing")]),
             Err(ImportError::NoThunderbird { .. })
         ));
+    }
+
+    /// Thunderbird appends to the folder while it is read: it is read again from its last
+    /// message, each message is taken once, and the last one only once the file stays still.
+    #[test]
+    fn a_folder_written_meanwhile_is_read_again_from_its_last_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Inbox");
+        let message = |n: u32| {
+            let mut out = b"From - Tue Dec 01 10:00:00 2026\r\n".to_vec();
+            out.extend(stored(
+                &format!(
+                    "X-UIDL: a{n}\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}"
+                ),
+                &format!("Subject: {n}\n\nbody\n"),
+            ));
+            out.extend_from_slice(b"\r\n");
+            out
+        };
+        fs::write(&path, [message(1), message(2)].concat()).unwrap();
+        let mut taken = Vec::new();
+        let mut appended = 0;
+        let settled = read_mbox_folder(&path, &mut |u| {
+            taken.push(u.uidl.clone().unwrap());
+            if appended < 2 {
+                appended += 1;
+                let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+                std::io::Write::write_all(&mut file, &message(2 + appended)).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(settled);
+        assert_eq!(taken, ["a1", "a2", "a3", "a4"]);
+
+        // A folder that never stays still: its last message is left for the next import.
+        let path = dir.path().join("Busy");
+        fs::write(&path, [message(1), message(2)].concat()).unwrap();
+        let mut n = 2;
+        let mut taken = Vec::new();
+        let settled = read_mbox_folder(&path, &mut |u| {
+            taken.push(u.uidl.clone().unwrap());
+            n += 1;
+            let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut file, &message(n)).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert!(!settled);
+        assert_eq!(taken, ["a1", "a2", "a3"]);
     }
 }

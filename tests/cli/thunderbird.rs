@@ -511,3 +511,110 @@ user_pref("mail.server.server2.userName", "nobody");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Trees that are not as Thunderbird leaves them: every folder is still found once, and what
+/// is skipped is said.
+#[test]
+fn odd_folder_trees_lose_no_folder_and_loop_no_link() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let profile = sandbox.path().join("p");
+    write(&profile.join("prefs.js"), b"user_pref(\"mail.server.server1.type\", \"none\");\nuser_pref(\"mail.server.server1.directory-rel\", \"[ProfD]Mail/Local Folders\");\n");
+    let local = profile.join("Mail/Local Folders");
+    let message = |n: u32| -> Vec<u8> {
+        let wire = format!("From: a@example.org\r\nSubject: odd {n}\r\n\r\nbody {n}\r\n");
+        let mut out = b"From - Tue Dec 01 10:00:00 2026\r\n".to_vec();
+        out.extend(mboxrd_quote(&tb140(
+            &format!("o{n}"),
+            "0000",
+            wire.as_bytes(),
+        )));
+        out.extend_from_slice(b"\r\n");
+        out
+    };
+    // Names that look like other files, one not in UTF-8, a subfolder under a parent that is
+    // not a folder, and an mbox after a stray line.
+    write(&local.join("node.js"), &message(1));
+    write(&local.join("Taxes.bak"), &message(2));
+    write(
+        &local.join(std::ffi::OsStr::from_bytes(b"Caf\xe9")),
+        &message(3),
+    );
+    write(&local.join("Notes"), b"just some text\n");
+    write(&local.join("Notes.sbd/Kid"), &message(4));
+    let mut stray = b"\r\n".to_vec();
+    stray.extend(message(5));
+    write(&local.join("Stray"), &stray);
+    std::os::unix::fs::symlink(".", local.join("node.js.sbd")).unwrap();
+    // The last message of a folder cut short: kept as stored, no UIDL.
+    let mut cut = message(6);
+    cut.truncate(cut.len() - 10);
+    write(&local.join("Cut"), &cut);
+
+    let out = sandbox
+        .command()
+        .args([
+            "import",
+            "--json",
+            &format!("thunderbird:{}", profile.display()),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let folders = folder_counts(&report["thunderbird"], "Local Folders");
+    let names: Vec<&str> = folders.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "Caf\u{fffd}",
+            "Cut",
+            "Notes/Kid",
+            "Stray",
+            "Taxes.bak",
+            "node.js"
+        ],
+        "{report}"
+    );
+    assert!(folders.values().all(|&(n, _)| n == 1), "{folders:?}");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("Notes: not an mbox folder"), "{warnings}");
+    assert!(warnings.contains("link loop"), "{warnings}");
+    assert!(
+        warnings.contains("bytes before the first From line")
+            || report["thunderbird"]["recovered"] == 5,
+        "{report}"
+    );
+    assert_eq!(
+        report["thunderbird"]["kept_as_stored"]["truncated"], 1,
+        "{report}"
+    );
+    assert_eq!(report["new"], 6, "{report}");
+    let again = sandbox.ok(&[
+        "import",
+        "--json",
+        &format!("thunderbird:{}", profile.display()),
+    ]);
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (again["new"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    // Folder names beyond ASCII go into a Maildir++ tree in modified UTF-7.
+    let restored = sandbox.path().join("r");
+    sandbox.ok(&[
+        "restore",
+        "--to",
+        &format!("maildir:{}", restored.display()),
+        "--folders",
+    ]);
+    let made: Vec<String> = fs::read_dir(&restored)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files_in(&restored.join(".Notes.Kid")).len(), 1, "{made:?}");
+    assert_eq!(files_in(&restored.join(".Caf&,,0-")).len(), 1);
+    assert_eq!(files_in(&restored.join(".Taxes_bak")).len(), 1);
+}
