@@ -235,6 +235,17 @@ impl Writer {
     /// Adds many messages held in memory, hashing and compressing them on all cores. The caller
     /// bounds the batch's memory (e.g. 16 MiB); the result has one `Added` per message, in order.
     pub fn add_batch(&mut self, batch: Vec<Incoming>) -> Result<Vec<Added>, ArchiveError> {
+        let also = vec![None; batch.len()];
+        self.add_batch_also(batch, also)
+    }
+
+    /// [`Writer::add_batch`], where a message may have been seen in a second source too
+    /// (`also`, one entry per message): recorded as well, the bytes hashed once.
+    pub fn add_batch_also(
+        &mut self,
+        batch: Vec<Incoming>,
+        also: Vec<Option<Source>>,
+    ) -> Result<Vec<Added>, ArchiveError> {
         let ids: Vec<Digest> = batch.par_iter().map(|m| Digest::of(&m.raw)).collect();
         let mut claimed = HashSet::new();
         // Bytes that are not stored are stored, even for a source already recorded: that is how
@@ -255,35 +266,41 @@ impl Writer {
             })
             .collect::<Result<_, RecordFault>>()
             .map_err(|fault| ArchiveError::SelfCheck { fault })?;
+        let envelopes: Vec<Envelope> = batch.par_iter().map(|m| Envelope::parse(&m.raw)).collect();
         let mut outcomes = Vec::with_capacity(batch.len());
-        for ((m, id), frame) in batch.into_iter().zip(ids).zip(frames) {
+        for ((((m, id), frame), envelope), also) in batch
+            .into_iter()
+            .zip(ids)
+            .zip(frames)
+            .zip(envelopes)
+            .zip(also)
+        {
+            let size = m.raw.len() as u64;
+            let first_seen = m.first_seen;
             if frame.is_none() && self.index.knows(&id, &m.source) {
                 self.totals.known += 1;
                 outcomes.push(Added::Known);
-                continue;
+            } else {
+                let span = match frame {
+                    Some(frame) => {
+                        let tmp = self.tmp_pack_path();
+                        Some(
+                            self.open_pack()?
+                                .append_frame(id, size, &frame)
+                                .map_err(ArchiveError::io(tmp))?,
+                        )
+                    }
+                    None => None,
+                };
+                let envelope = envelope.clone();
+                outcomes
+                    .push(self.record(id, size, m.source, m.flags, first_seen, envelope, span)?);
             }
-            let size = m.raw.len() as u64;
-            let span = match frame {
-                Some(frame) => {
-                    let tmp = self.tmp_pack_path();
-                    Some(
-                        self.open_pack()?
-                            .append_frame(id, size, &frame)
-                            .map_err(ArchiveError::io(tmp))?,
-                    )
-                }
-                None => None,
-            };
-            let envelope = Envelope::parse(&m.raw);
-            outcomes.push(self.record(
-                id,
-                size,
-                m.source,
-                m.flags,
-                m.first_seen,
-                envelope,
-                span,
-            )?);
+            // After the line that stores the bytes (a commit may come between the two), so
+            // no committed line names bytes that are not.
+            if let Some(source) = also.filter(|s| !self.index.knows(&id, s)) {
+                self.record(id, size, source, None, first_seen, envelope, None)?;
+            }
         }
         Ok(outcomes)
     }

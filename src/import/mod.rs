@@ -297,9 +297,8 @@ pub(crate) struct Ingest<'w, 'p> {
     progress: &'w mut Progress<'p>,
     pub(crate) report: ImportReport,
     batch: Vec<Incoming>,
-    /// Per message of `batch`: whether it is a second source of a message read (a Thunderbird
-    /// download's POP3 UIDL), not counted as a message of its own.
-    aliases: Vec<bool>,
+    /// Per message of `batch`: the second source it is known under, if any.
+    also: Vec<Option<Source>>,
     bytes: u64,
 }
 
@@ -315,7 +314,7 @@ impl<'w, 'p> Ingest<'w, 'p> {
             progress,
             report,
             batch: Vec::new(),
-            aliases: Vec::new(),
+            also: Vec::new(),
             bytes: 0,
         }
     }
@@ -326,19 +325,19 @@ impl<'w, 'p> Ingest<'w, 'p> {
 
     /// Adds a message read.
     pub(crate) fn push(&mut self, message: Incoming) -> Result<(), ImportError> {
-        self.push_counted(message, false)
+        self.push_also(message, None)
     }
 
-    /// Records one more source of the message pushed last (same bytes), not counted as a
-    /// message read.
-    pub(crate) fn push_alias(&mut self, message: Incoming) -> Result<(), ImportError> {
-        self.push_counted(message, true)
-    }
-
-    fn push_counted(&mut self, message: Incoming, alias: bool) -> Result<(), ImportError> {
+    /// Adds a message read that is known under a second source too (a Thunderbird download's
+    /// POP3 UIDL): both are recorded, the bytes hashed and stored once, and it counts once.
+    pub(crate) fn push_also(
+        &mut self,
+        message: Incoming,
+        also: Option<Source>,
+    ) -> Result<(), ImportError> {
         self.bytes += message.raw.len() as u64;
         self.batch.push(message);
-        self.aliases.push(alias);
+        self.also.push(also);
         if self.batch.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES {
             self.flush()?;
         }
@@ -372,17 +371,19 @@ impl<'w, 'p> Ingest<'w, 'p> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let aliases = std::mem::take(&mut self.aliases);
+        let also = std::mem::take(&mut self.also);
         self.bytes = 0;
         let sizes: Vec<u64> = batch.iter().map(|m| m.raw.len() as u64).collect();
         let mut stopped = Ok(());
-        let added = self.writer.add_batch(batch)?;
-        for ((added, size), alias) in added.into_iter().zip(sizes).zip(aliases) {
-            if !alias {
-                self.report.count(added, size);
-                // The whole batch is counted before a stop is honoured.
-                stopped = stopped.and((self.progress)(size));
-            }
+        for (added, size) in self
+            .writer
+            .add_batch_also(batch, also)?
+            .into_iter()
+            .zip(sizes)
+        {
+            self.report.count(added, size);
+            // The whole batch is counted before a stop is honoured.
+            stopped = stopped.and((self.progress)(size));
         }
         stopped
     }

@@ -613,12 +613,8 @@ pub(super) struct Profile {
 
 impl MailSource for Profile {
     fn read_into(&mut self, ingest: &mut Ingest<'_, '_>) -> Result<(), ImportError> {
-        let summary = read_profile(&self.dir, &self.options, &mut |message, alias| {
-            if alias {
-                ingest.push_alias(message)
-            } else {
-                ingest.push(message)
-            }
+        let summary = read_profile(&self.dir, &self.options, &mut |message, also| {
+            ingest.push_also(message, also)
         })?;
         ingest
             .report
@@ -630,13 +626,12 @@ impl MailSource for Profile {
 }
 
 /// Reads `profile` and hands every message to `found` (with, for a recovered POP3 message of
-/// an account popvault also backs up, a second [`Incoming`] under that account's POP3 source,
-/// flagged `true`), filling the summary as it goes; with `found` doing nothing this is the dry
-/// run.
+/// an account popvault also backs up, that account's POP3 source as a second one), filling the
+/// summary as it goes; with `found` doing nothing this is the dry run.
 pub(super) fn read_profile(
     profile: &Path,
     options: &ThunderbirdOptions,
-    found: &mut dyn FnMut(Incoming, bool) -> Result<(), ImportError>,
+    found: &mut dyn FnMut(Incoming, Option<Source>) -> Result<(), ImportError>,
 ) -> Result<ProfileSummary, ImportError> {
     let profile = fs::canonicalize(profile).map_err(read_err(profile))?;
     let profile_name = profile.to_string_lossy().into_owned();
@@ -706,38 +701,16 @@ pub(super) fn read_profile(
                     kept_as_stored: stored.kept_as_stored.map(str::to_string),
                     deleted,
                 };
-                let flags = maildir_letters(stored.status);
-                let now = Utc::now();
-                if let Some(alias) = alias {
-                    if let Source::Pop3 { account, .. } = &alias {
-                        *summary.pop3_uidls.entry(account.clone()).or_default() += 1;
-                    }
-                    let copy = Incoming {
-                        raw: stored.raw.clone(),
-                        source: alias,
-                        flags: None,
-                        first_seen: now,
-                    };
-                    found(
-                        Incoming {
-                            raw: stored.raw,
-                            source,
-                            flags,
-                            first_seen: now,
-                        },
-                        false,
-                    )?;
-                    return found(copy, true);
+                if let Some(Source::Pop3 { account, .. }) = &alias {
+                    *summary.pop3_uidls.entry(account.clone()).or_default() += 1;
                 }
-                found(
-                    Incoming {
-                        raw: stored.raw,
-                        source,
-                        flags,
-                        first_seen: now,
-                    },
-                    false,
-                )
+                let message = Incoming {
+                    raw: stored.raw,
+                    source,
+                    flags: maildir_letters(stored.status),
+                    first_seen: Utc::now(),
+                };
+                found(message, alias)
             };
             let settled = if folder.maildir {
                 read_maildir_folder(&folder.at, &mut take)?;
@@ -977,7 +950,8 @@ fn unwrap(stored: Vec<u8>, container: Container<'_>) -> Unwrapped {
         _ if !container.complete() => Some(TRUNCATED),
         _ if status & PARTIAL_FLAG != 0 => Some(PARTIAL),
         Some(lead) if compacted(&stored, lead) => Some(COMPACTED),
-        None if stored.starts_with(b"X-Mozilla-Status: ") => Some(COMPACTED),
+        // Compaction moves the account and UIDL lines below the status ones.
+        None if moved_pop3_lines(&stored) => Some(COMPACTED),
         None => Some(FOREIGN),
         Some(_) if ambiguous => Some(MBOXO),
         Some(_) => None,
@@ -1021,6 +995,18 @@ fn status_block_end(message: &[u8]) -> usize {
         }
     }
     if has_status { at } else { 0 }
+}
+
+/// Whether the message starts with Thunderbird's status lines and has its POP3 lines
+/// (`X-Account-Key`, `X-UIDL`) among them, after them: the order compaction writes.
+fn moved_pop3_lines(stored: &[u8]) -> bool {
+    if !stored.starts_with(b"X-Mozilla-Status: ") {
+        return false;
+    }
+    let block = &stored[..status_block_end(stored)];
+    block
+        .split(|&b| b == b'\n')
+        .any(|line| line.starts_with(b"X-Account-Key: ") || line.starts_with(b"X-UIDL: "))
 }
 
 /// The lines of [`ADDED`] at the start of a message.
@@ -1226,6 +1212,13 @@ mod tests {
         assert_eq!(u.kept_as_stored, None);
         assert_eq!(u.raw, b"Subject: z\r\n\r\n>>From here\r\n".to_vec());
 
+        let fcc =
+            b"X-Mozilla-Status: 0001\nX-Mozilla-Status2: 00800000\nSubject: sent\n\nhi\n".to_vec();
+        let u = unwrap(fcc, RD);
+        assert_eq!(
+            (u.kept_as_stored, u.raw),
+            (Some(FOREIGN), b"Subject: sent\n\nhi\n".to_vec())
+        );
         let sent = b"Subject: sent\n\nhello\n".to_vec();
         let u = unwrap(sent.clone(), RD);
         assert_eq!((u.kept_as_stored, u.raw), (Some(FOREIGN), sent));

@@ -246,6 +246,39 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
     let rerun = sandbox.ok(&["restore", "--to", &to, "--folders"]);
     assert!(rerun.contains("0 restored"), "{rerun}");
 
+    // And into IMAP folders of the same Dovecot (its Maildir++ tree shows where they went).
+    let imap = format!(
+        "imaps://{}@127.0.0.1:{}/Restored",
+        dovecot.user(),
+        dovecot.imaps_port
+    );
+    let ca = dovecot.ca_pem();
+    for _ in 0..2 {
+        let out = sandbox
+            .command()
+            .args([
+                "restore",
+                "--to",
+                &imap,
+                "--folders",
+                "--ca-file",
+                ca.to_str().unwrap(),
+            ])
+            .env("POPVAULT_PASSWORD", dovecot.password())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let server_folder = |name: &str| files_in(&dovecot.maildir().join(name)).len();
+    assert_eq!(server_folder(".Restored"), messages.len());
+    assert_eq!(server_folder(".Restored.Archives.2015"), 1);
+    assert_eq!(server_folder(".Restored.Archives"), 1);
+    assert_eq!(server_folder(".Restored.Trash"), 1);
+
     // What Thunderbird deleted comes in with --include-deleted, marked so.
     let with_deleted = json_lines(&sandbox.ok(&[
         "--config",
