@@ -33,7 +33,9 @@ use std::time::{Duration, SystemTime};
 use chrono::Utc;
 use serde::Serialize;
 
-use super::mbox::MboxReader;
+use rayon::prelude::*;
+
+use super::mbox::{MboxMessage, MboxReader};
 use super::{ImportError, Ingest, MailSource, read_err};
 use crate::archive::{Incoming, Source};
 
@@ -754,6 +756,29 @@ fn maildir_letters(status: u16) -> Option<String> {
     (!letters.is_empty()).then_some(letters)
 }
 
+/// Messages taken apart together, on all cores: up to this many, or this many bytes.
+const CHUNK_MESSAGES: usize = 256;
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Takes apart `messages` on all cores and hands them over in order.
+fn take_all(
+    messages: Vec<MboxMessage>,
+    take: &mut dyn FnMut(Unwrapped) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    let unwrapped: Vec<Unwrapped> = messages
+        .into_par_iter()
+        .map(|message| {
+            let container = Container::Mbox {
+                from_line: &message.from_line,
+                crlf: message.from_line_crlf,
+                blank_after: message.blank_after,
+            };
+            unwrap(message.bytes, container)
+        })
+        .collect();
+    unwrapped.into_iter().try_for_each(take)
+}
+
 /// A file's identity, length and modification time: what changes when Thunderbird writes to
 /// it (it appends and patches flags in place; compaction writes a new file over it).
 fn snapshot(path: &Path) -> Option<(u64, u64, u64, SystemTime)> {
@@ -786,26 +811,28 @@ fn read_mbox_folder(
         let length = before.map_or(u64::MAX, |(_, _, len, _)| len);
         let input = BufReader::with_capacity(1 << 20, file.take(length.saturating_sub(resume_at)));
         let mut reader = MboxReader::starting_at(input, false, resume_at);
-        let mut held: Option<Unwrapped> = None;
+        // Messages read and not yet taken; the newest always stays until the end is known.
+        let mut chunk: Vec<MboxMessage> = Vec::new();
+        let mut chunk_bytes = 0;
         while let Some(message) = reader.next_message().map_err(read_err(path))? {
-            let offset = message.offset;
-            let container = Container::Mbox {
-                from_line: &message.from_line,
-                crlf: message.from_line_crlf,
-                blank_after: message.blank_after,
-            };
-            let unwrapped = unwrap(message.bytes, container);
-            if let Some(previous) = held.replace(unwrapped) {
-                take(previous)?;
-                resume_at = offset;
+            chunk_bytes += message.bytes.len();
+            chunk.push(message);
+            if chunk.len() >= CHUNK_MESSAGES || chunk_bytes >= CHUNK_BYTES {
+                let newest = chunk.pop().expect("just pushed");
+                resume_at = newest.offset;
+                take_all(std::mem::take(&mut chunk), take)?;
+                chunk_bytes = newest.bytes.len();
+                chunk.push(newest);
             }
         }
         if snapshot(path) == before {
-            if let Some(last) = held {
-                take(last)?;
-            }
+            take_all(chunk, take)?;
             return Ok(true);
         }
+        if let Some(newest) = chunk.pop() {
+            resume_at = newest.offset;
+        }
+        take_all(chunk, take)?;
         if attempt < READ_ATTEMPTS {
             std::thread::sleep(SETTLE);
         }
@@ -1309,8 +1336,7 @@ mod tests {
     #[test]
     fn a_folder_written_meanwhile_is_read_again_from_its_last_message() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("Inbox");
-        let message = |n: u32| {
+        let message = |n: usize| {
             let mut out = b"From - Tue Dec 01 10:00:00 2026\r\n".to_vec();
             out.extend(stored(
                 &format!(
@@ -1321,36 +1347,44 @@ mod tests {
             out.extend_from_slice(b"\r\n");
             out
         };
-        fs::write(&path, [message(1), message(2)].concat()).unwrap();
+        let append = |path: &Path, n: usize| {
+            let mut file = fs::OpenOptions::new().append(true).open(path).unwrap();
+            std::io::Write::write_all(&mut file, &message(n)).unwrap();
+        };
+        // More than a chunk, so that messages are taken while the file is still being read.
+        let first = CHUNK_MESSAGES + 10;
+        let expected =
+            |last: usize| -> Vec<String> { (1..=last).map(|n| format!("a{n}")).collect() };
+
+        let path = dir.path().join("Inbox");
+        fs::write(&path, (1..=first).flat_map(message).collect::<Vec<u8>>()).unwrap();
         let mut taken = Vec::new();
-        let mut appended = 0;
         let settled = read_mbox_folder(&path, &mut |u| {
             taken.push(u.uidl.clone().unwrap());
-            if appended < 2 {
-                appended += 1;
-                let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
-                std::io::Write::write_all(&mut file, &message(2 + appended)).unwrap();
+            if taken.len() <= 2 {
+                append(&path, first + taken.len());
             }
             Ok(())
         })
         .unwrap();
         assert!(settled);
-        assert_eq!(taken, ["a1", "a2", "a3", "a4"]);
+        assert_eq!(taken, expected(first + 2));
 
-        // A folder that never stays still: its last message is left for the next import.
+        // A folder that never stays still: what was taken is each message once, in order, and
+        // the last one read is left for the next import.
         let path = dir.path().join("Busy");
-        fs::write(&path, [message(1), message(2)].concat()).unwrap();
-        let mut n = 2;
+        fs::write(&path, (1..=first).flat_map(message).collect::<Vec<u8>>()).unwrap();
         let mut taken = Vec::new();
+        let mut written = first;
         let settled = read_mbox_folder(&path, &mut |u| {
             taken.push(u.uidl.clone().unwrap());
-            n += 1;
-            let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
-            std::io::Write::write_all(&mut file, &message(n)).unwrap();
+            written += 1;
+            append(&path, written);
             Ok(())
         })
         .unwrap();
         assert!(!settled);
-        assert_eq!(taken, ["a1", "a2", "a3"]);
+        assert_eq!(taken, expected(taken.len()));
+        assert!(taken.len() < written);
     }
 }
