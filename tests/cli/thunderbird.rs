@@ -142,11 +142,18 @@ fn files_in(dir: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-/// The real client: Thunderbird fetches, reads, flags, deletes and files mail; popvault imports
-/// the profile with every message as the server sent it, skips what Thunderbird deleted, knows
-/// which UIDLs it holds (the backup downloads nothing), and puts the folders back.
-#[test]
-fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_nothing_twice() {
+/// A Dovecot holding [`server_messages`], and a profile into which the real Thunderbird fetched
+/// them and then did `actions`, with a config whose account `alice` is its 127.0.0.1 account.
+struct Fetched {
+    dovecot: Dovecot,
+    sandbox: Sandbox,
+    messages: Vec<Vec<u8>>,
+    config: PathBuf,
+    /// `thunderbird:PROFILE`
+    spec: String,
+}
+
+fn fetched_by_thunderbird(actions: &str) -> Fetched {
     let dovecot = Dovecot::start();
     let messages = server_messages();
     for (i, m) in messages.iter().enumerate() {
@@ -155,14 +162,27 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
     let sandbox = Sandbox::new();
     let profile = sandbox.path().join("profile");
     make_profile(&profile, &dovecot);
-    thunderbird(
-        &profile,
-        &dovecot,
-        "read 1\nflag 2\ndelete 3\nmove 4 Archives/2015\nmove 5 Archives",
-    );
+    thunderbird(&profile, &dovecot, actions);
     let config = config(&sandbox, &dovecot);
-    let config = config.to_str().unwrap();
     let spec = format!("thunderbird:{}", profile.display());
+    Fetched {
+        dovecot,
+        sandbox,
+        messages,
+        config,
+        spec,
+    }
+}
+
+/// The real client: Thunderbird fetches, reads, flags, deletes and files mail; popvault imports
+/// the profile with every message as the server sent it, skips what Thunderbird deleted, knows
+/// which UIDLs it holds (the backup downloads nothing), and puts the folders back.
+#[test]
+fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_nothing_twice() {
+    let run =
+        fetched_by_thunderbird("read 1\nflag 2\ndelete 3\nmove 4 Archives/2015\nmove 5 Archives");
+    let (dovecot, sandbox, messages, spec) = (&run.dovecot, &run.sandbox, &run.messages, &run.spec);
+    let config = run.config.to_str().unwrap();
 
     let survey =
         json_lines(&sandbox.ok(&["--config", config, "import", "--dry-run", "--json", &spec]));
@@ -303,18 +323,9 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
 /// kept as stored, say so, and record no UIDL, so the backup fetches the server's bytes.
 #[test]
 fn a_compacted_folder_is_kept_as_stored_and_its_mail_is_fetched_again() {
-    let dovecot = Dovecot::start();
-    let messages = server_messages();
-    for (i, m) in messages.iter().enumerate() {
-        dovecot.add_message(&format!("{:03}.tb", i + 1), m);
-    }
-    let sandbox = Sandbox::new();
-    let profile = sandbox.path().join("profile");
-    make_profile(&profile, &dovecot);
-    thunderbird(&profile, &dovecot, "read 1\ndelete 2\ncompact");
-    let config = config(&sandbox, &dovecot);
-    let config = config.to_str().unwrap();
-    let spec = format!("thunderbird:{}", profile.display());
+    let run = fetched_by_thunderbird("read 1\ndelete 2\ncompact");
+    let (dovecot, sandbox, messages, spec) = (&run.dovecot, &run.sandbox, &run.messages, &run.spec);
+    let config = run.config.to_str().unwrap();
     let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", &spec]));
     let tb = &import[0]["thunderbird"];
     let compacted = tb["kept_as_stored"]["compacted"].as_u64().unwrap_or(0);
