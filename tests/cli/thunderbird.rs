@@ -185,7 +185,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
     let config = run.config.to_str().unwrap();
 
     let survey =
-        json_lines(&sandbox.ok(&["--config", config, "import", "--dry-run", "--json", &spec]));
+        json_lines(&sandbox.ok(&["--config", config, "import", "--dry-run", "--json", spec]));
     let mbox = folder_counts(&survey[0], &format!("{}@127.0.0.1", dovecot.user()));
     // A move or a delete leaves the Inbox copy marked deleted until Thunderbird compacts.
     assert_eq!(mbox["Inbox"], (messages.len() as u64 - 3, 3), "{mbox:?}");
@@ -199,7 +199,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
         "a dry run writes nothing"
     );
 
-    let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", &spec]));
+    let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", spec]));
     let tb = &import[0]["thunderbird"];
     let in_profile = (messages.len() - 3) + 3 + messages.len();
     assert_eq!(tb["recovered"], in_profile as u64, "{tb}");
@@ -214,7 +214,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
         .collect();
     assert_eq!(ids, wire);
 
-    let again = json_lines(&sandbox.ok(&["--config", config, "import", "--json", &spec]));
+    let again = json_lines(&sandbox.ok(&["--config", config, "import", "--json", spec]));
     assert_eq!(
         (again[0]["new"].as_u64(), again[0]["duplicates"].as_u64()),
         (Some(0), Some(0))
@@ -306,7 +306,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
         "import",
         "--json",
         "--include-deleted",
-        &spec,
+        spec,
     ]));
     assert_eq!(with_deleted[0]["thunderbird"]["deleted_skipped"], 0);
     assert_eq!(with_deleted[0]["duplicates"], 3, "{}", with_deleted[0]);
@@ -326,7 +326,7 @@ fn a_compacted_folder_is_kept_as_stored_and_its_mail_is_fetched_again() {
     let run = fetched_by_thunderbird("read 1\ndelete 2\ncompact");
     let (dovecot, sandbox, messages, spec) = (&run.dovecot, &run.sandbox, &run.messages, &run.spec);
     let config = run.config.to_str().unwrap();
-    let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", &spec]));
+    let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", spec]));
     let tb = &import[0]["thunderbird"];
     let compacted = tb["kept_as_stored"]["compacted"].as_u64().unwrap_or(0);
     assert!(compacted >= messages.len() as u64 - 1, "{tb}");
