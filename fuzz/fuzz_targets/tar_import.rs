@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use popvault::archive::Writer;
-use popvault::import::{import, ImportSource};
+use popvault::import::{import, ImportOptions, ImportSource};
 use popvault::stop::Stop;
 
 thread_local! {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         });
         let input = dir.path().join("input.tar");
         std::fs::write(&input, data).unwrap();
-        let _ = import(writer, &ImportSource::Tar(input), &Stop::new(), &mut |_| {});
+        let _ = import(writer, &ImportSource::Tar(input), &ImportOptions::default(), &Stop::new(), &mut |_| {});
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let name = entry.unwrap().file_name();
             assert!(name == "archive" || name == "input.tar", "a file appeared outside the archive: {name:?}");

@@ -779,6 +779,26 @@ fn take_all(
     unwrapped.into_iter().try_for_each(take)
 }
 
+/// For the fuzzer: `data` as an mbox folder, each message taken apart. A recovered message is
+/// at most twice its stored size (every LF a CRLF); a kept one at most its stored size.
+pub fn fuzz_mbox_folder(data: &[u8]) {
+    let mut reader = MboxReader::new(data, false);
+    while let Ok(Some(message)) = reader.next_message() {
+        let stored = message.bytes.len();
+        let container = Container::Mbox {
+            from_line: &message.from_line,
+            crlf: message.from_line_crlf,
+            blank_after: message.blank_after,
+        };
+        let unwrapped = unwrap(message.bytes, container);
+        match unwrapped.kept_as_stored {
+            None => assert!(unwrapped.raw.len() <= 2 * stored),
+            Some(_) => assert!(unwrapped.raw.len() <= stored),
+        }
+    }
+    let _ = unwrap_file(data.to_vec());
+}
+
 /// A file's identity, length and modification time: what changes when Thunderbird writes to
 /// it (it appends and patches flags in place; compaction writes a new file over it).
 fn snapshot(path: &Path) -> Option<(u64, u64, u64, SystemTime)> {
