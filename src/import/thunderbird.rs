@@ -1407,4 +1407,41 @@ mod tests {
         assert_eq!(taken, expected(taken.len()));
         assert!(taken.len() < written);
     }
+
+    /// The fuzzer's entry point on mutations of a Thunderbird mbox (the fuzzer runs longer in
+    /// CI): no panic.
+    #[test]
+    fn mangled_folders_take_apart_without_a_panic() {
+        let mut sample = Vec::new();
+        for n in 0..4 {
+            sample.extend_from_slice(b"From - Tue Dec 01 10:00:00 2026\r\n");
+            sample.extend(stored(
+                &format!("X-Account-Key: account1\nX-UIDL: m{n}\nX-Mozilla-Status: 0000\nX-Mozilla-Status2: 00000000\n{KEYS}"),
+                "Subject: s\n\n>From x\nbody\r\n",
+            ));
+            sample.extend_from_slice(b"\r\n");
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let mut data = sample.clone();
+            for _ in 0..(next() % 8) {
+                if data.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % data.len();
+                match next() % 3 {
+                    0 => data[at] = b"\r\n>F -X:"[(next() % 8) as usize],
+                    1 => drop(data.remove(at)),
+                    _ => data.truncate(at.max(1)),
+                }
+            }
+            fuzz_mbox_folder(&data);
+        }
+    }
 }
