@@ -3,7 +3,7 @@
 //! sent it wherever Thunderbird's changes can be undone exactly.
 //!
 //! The rule (doc/FORMAT.md, "Thunderbird profiles", repeats it for users; the facts come from
-//! Thunderbird's source, ESR 115 to 153, and from a real Thunderbird 153 run):
+//! Thunderbird's source, ESR 115 to 153, and from real Thunderbird 140 and 153 runs):
 //! - Thunderbird writes five lines before a message it downloads: `X-Account-Key`, `X-UIDL`
 //!   (each left out when empty), `X-Mozilla-Status`, `X-Mozilla-Status2`, `X-Mozilla-Keys`, and
 //!   turns every CRLF of the message into the platform's line end (LF on Linux and macOS, CRLF
@@ -13,14 +13,16 @@
 //! - A message that starts with those lines, in that order and with one line end, is
 //!   *recovered*: the lines are dropped, the quoting undone and LF turned back into CRLF.
 //! - Otherwise its bytes are kept as stored (the mbox `From ` line and blank line dropped, the
-//!   quoting undone) and the catalog line says why, in `kept_as_stored`: [`COMPACTED`],
-//!   [`PARTIAL`], [`MBOXO`] or [`FOREIGN`].
+//!   quoting undone, Thunderbird's status lines at the top dropped: they change with every
+//!   flag) and the catalog line says why, in `kept_as_stored`: [`TRUNCATED`], [`PARTIAL`],
+//!   [`COMPACTED`], [`MBOXO`] or [`FOREIGN`].
 //! - `X-Mozilla-Status` bit 0x0008 marks a message deleted but not yet compacted away: it is
 //!   skipped and counted, unless `include_deleted`.
 //!
 //! Files are only read. Thunderbird may append to an mbox, patch flags in place or compact it
 //! while it is read: a folder's last message is taken only once the file is seen unchanged
-//! after reading it; a folder that changed is read again (what was taken adds nothing twice).
+//! after reading it; a folder that changed is read again, from its last message when it is
+//! the same file (what was taken adds nothing twice).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -31,9 +33,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use serde::Serialize;
-
 use rayon::prelude::*;
+use serde::Serialize;
 
 use super::mbox::{MboxMessage, MboxReader};
 use super::{ImportError, Ingest, MailSource, read_err};
