@@ -213,8 +213,13 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         if !ctx.quiet {
             if args.dry_run {
                 for p in &report.plan {
+                    let into = p
+                        .destination
+                        .as_deref()
+                        .map(|d| format!("  -> {d}"))
+                        .unwrap_or_default();
                     say!(
-                        "  new  {}  {}  {}  ({})",
+                        "  new  {}  {}  {}  ({}){into}",
                         p.id.short(),
                         local_time(p.date),
                         p.subject.as_deref().unwrap_or("(no subject)"),

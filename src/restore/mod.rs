@@ -288,8 +288,12 @@ pub struct RestoreReport {
 }
 
 impl RestoreReport {
-    /// Adds what restoring one more folder of the same restore did.
-    pub fn absorb(&mut self, other: RestoreReport) {
+    /// Adds what restoring one more folder of the same restore did (its planned messages
+    /// named with their folder's destination).
+    pub fn absorb(&mut self, mut other: RestoreReport) {
+        for planned in &mut other.plan {
+            planned.destination = Some(other.destination.clone());
+        }
         self.selected += other.selected;
         self.already_present += other.already_present;
         self.new += other.new;
@@ -310,6 +314,9 @@ pub struct PlannedMessage {
     pub size: u64,
     pub date: DateTime<Utc>,
     pub subject: Option<String>,
+    /// With `--folders`: where it goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// Messages are read, checked and handed over in chunks of this many bytes (at least one
@@ -430,6 +437,7 @@ pub fn restore_candidates(
                 size: c.size,
                 date: c.time,
                 subject: c.subject.clone(),
+                destination: None,
             })
             .collect();
         report.seconds = started.elapsed().as_secs_f64();
