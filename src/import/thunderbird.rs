@@ -682,13 +682,15 @@ pub(super) fn read_profile(
                     None => summary.recovered += 1,
                     Some(why) => *summary.kept_as_stored.entry(why.to_string()).or_default() += 1,
                 }
-                // The POP3 account it came from: its X-Account-Key's, else the folder's own.
-                let origin = stored
-                    .account_key
-                    .as_ref()
-                    .and_then(|k| accounts.get(k))
-                    .map_or(server, |&j| &servers[j]);
-                let alias = match (&stored.uidl, &origin.popvault, stored.kept_as_stored) {
+                // The POP3 account it came from: its X-Account-Key's, or without one the
+                // folder's own. A key no account of the profile has any more names a server
+                // that may be another: its UIDLs could be this one's for other mail.
+                let origin = match &stored.account_key {
+                    Some(key) => accounts.get(key).map(|&j| &servers[j]),
+                    None => Some(server),
+                };
+                let popvault = origin.and_then(|o| o.popvault.as_ref());
+                let alias = match (&stored.uidl, popvault, stored.kept_as_stored) {
                     (Some(uidl), Some(name), None) => Some(Source::Pop3 {
                         account: name.clone(),
                         uidl: Some(uidl.clone()),

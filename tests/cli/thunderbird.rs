@@ -468,6 +468,18 @@ user_pref("mail.server.server2.userName", "nobody");
     archive.extend_from_slice(b"\r\n");
     // A subfolder whose parent folder file is gone, and files that are not folders.
     write(&server.join("Archives.sbd/2011"), &archive);
+    // A message of an account the profile no longer has (its key is unknown): its UIDL may be
+    // another server's, so none is recorded for this one.
+    let elsewhere = wire(6, "from a removed account\r\n");
+    let mut old = b"From - Wed Jan 05 10:00:00 2011\r\n".to_vec();
+    old.extend(mboxrd_quote(
+        &String::from_utf8(tb140("u1", "0000", &elsewhere))
+            .unwrap()
+            .replace("account1", "account9")
+            .into_bytes(),
+    ));
+    old.extend_from_slice(b"\r\n");
+    write(&server.join("Old"), &old);
     write(&server.join("filterlog.html"), b"<html></html>");
     write(&server.join("Junk"), b"\x00\x01 not an mbox");
     // Windows: CRLF kept, in a maildir store of Local Folders.
@@ -489,7 +501,7 @@ user_pref("mail.server.server2.userName", "nobody");
         tb["profile"],
         fs::canonicalize(&profile).unwrap().to_str().unwrap()
     );
-    assert_eq!(tb["recovered"], 3, "{tb}");
+    assert_eq!(tb["recovered"], 4, "{tb}");
     assert_eq!(tb["kept_as_stored"]["mboxo-quoting"], 1, "{tb}");
     assert_eq!(tb["kept_as_stored"]["partial"], 1, "{tb}");
     assert!(
@@ -506,10 +518,43 @@ user_pref("mail.server.server2.userName", "nobody");
     let folders = folder_counts(tb, "alice@pop.example.com");
     assert_eq!(
         folders.keys().collect::<Vec<_>>(),
-        ["Archives/2011", "Inbox"],
+        ["Archives/2011", "Inbox", "Old"],
         "{folders:?}"
     );
     assert_eq!(folder_counts(tb, "Local Folders")["Saved"], (1, 0));
+
+    // With the account in the config: the UIDLs of account1's recovered messages (u1, u3) are
+    // recorded, not the removed account's.
+    let config = sandbox.path().join("config.toml");
+    fs::write(
+        &config,
+        "[[account]]\nname = \"home\"\nserver = \"pop3s://alice@POP.example.com\"\n",
+    )
+    .unwrap();
+    let mut perms = fs::metadata(&config).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    fs::set_permissions(&config, perms).unwrap();
+    let config = config.to_str().unwrap();
+    let again = json_lines(&sandbox.ok(&["--config", config, "import", "--json", "thunderbird:"]));
+    assert_eq!(
+        again[0]["thunderbird"]["pop3_uidls"]["home"], 2,
+        "{}",
+        again[0]
+    );
+    let uidl_lines: Vec<String> = sandbox
+        .list()
+        .iter()
+        .flat_map(|m| m["sources"].as_array().unwrap().clone())
+        .filter(|s| s["kind"] == "pop3")
+        .map(|s| s["uidl"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(uidl_lines.len(), 2, "{uidl_lines:?}");
+    assert!(
+        !sandbox
+            .list()
+            .iter()
+            .any(|m| m["subject"] == "old 6" && m["sources"].to_string().contains("\"pop3\""))
+    );
 
     let ids: BTreeSet<String> = sandbox
         .list()
