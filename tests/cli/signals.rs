@@ -2,6 +2,7 @@
 //! at a message boundary within seconds, exits 7, leaves the archive and the destination valid,
 //! and a re-run completes.
 
+use std::fs;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,12 +18,28 @@ use crate::support::{Rng, Sandbox, generated_message, sha256_hex, write_maildir}
 const STOPS_SOON: Duration = Duration::from_secs(30);
 
 fn signal_after(command: &mut Command, signal: &str, millis: u64) -> (Output, Duration) {
+    let started = Instant::now();
+    signal_when(command, signal, &|| {
+        started.elapsed() >= Duration::from_millis(millis)
+    })
+}
+
+/// Sends `signal` once `ready` says so (polled every 5 ms): a point where the work has begun,
+/// rather than a time, which a fast machine may not reach before the work is done.
+fn signal_when(
+    command: &mut Command,
+    signal: &str,
+    ready: &dyn Fn() -> bool,
+) -> (Output, Duration) {
     let child: Child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(millis));
+    let waiting = Instant::now();
+    while !ready() && waiting.elapsed() < STOPS_SOON {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let sent = Instant::now();
     let status = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -102,7 +119,17 @@ fn an_import_stopped_by_sigint_commits_what_it_read_and_a_rerun_adds_the_rest() 
     let spec = format!("maildir:{}", maildir.display());
     let mut import = sandbox.command();
     import.args(["import", &spec]);
-    let (out, took) = signal_after(&mut import, "-INT", 400);
+    // Once its first commit is made (of the ten or so it makes).
+    let commits = sandbox.archive().join("commits");
+    let committed = || {
+        fs::read_dir(&commits)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .unwrap_or(false)
+    };
+    let (out, took) = signal_when(&mut import, "-INT", &committed);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{stderr}");
     assert!(took < STOPS_SOON, "took {took:?} to stop");
