@@ -153,6 +153,30 @@ struct Fetched {
     spec: String,
 }
 
+impl Fetched {
+    /// `popvault backup --json` of the account, which must succeed; its report.
+    fn backup(&self) -> serde_json::Value {
+        let out = self
+            .sandbox
+            .command()
+            .args([
+                "--config",
+                self.config.to_str().unwrap(),
+                "backup",
+                "--json",
+            ])
+            .env("POPVAULT_PASSWORD", self.dovecot.password())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 fn fetched_by_thunderbird(actions: &str) -> Fetched {
     let dovecot = Dovecot::start();
     let messages = server_messages();
@@ -220,18 +244,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
         (Some(0), Some(0))
     );
 
-    let backup = sandbox
-        .command()
-        .args(["--config", config, "backup", "--json"])
-        .env("POPVAULT_PASSWORD", dovecot.password())
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
-    let backup: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    let backup = run.backup();
     let account = &backup["accounts"][0];
     assert_eq!(account["on_server"], messages.len() as u64, "{account}");
     assert_eq!(
@@ -324,7 +337,7 @@ fn a_profile_thunderbird_wrote_is_imported_exactly_and_the_backup_downloads_noth
 #[test]
 fn a_compacted_folder_is_kept_as_stored_and_its_mail_is_fetched_again() {
     let run = fetched_by_thunderbird("read 1\ndelete 2\ncompact");
-    let (dovecot, sandbox, messages, spec) = (&run.dovecot, &run.sandbox, &run.messages, &run.spec);
+    let (sandbox, messages, spec) = (&run.sandbox, &run.messages, &run.spec);
     let config = run.config.to_str().unwrap();
     let import = json_lines(&sandbox.ok(&["--config", config, "import", "--json", spec]));
     let tb = &import[0]["thunderbird"];
@@ -347,17 +360,7 @@ fn a_compacted_folder_is_kept_as_stored_and_its_mail_is_fetched_again() {
         .filter(|s| s["kept_as_stored"] == "compacted")
         .collect();
     assert_eq!(kept.len() as u64, compacted);
-    let backup = sandbox
-        .command()
-        .args(["--config", config, "backup", "--json"])
-        .env("POPVAULT_PASSWORD", dovecot.password())
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
+    run.backup();
     let wire: BTreeSet<String> = messages.iter().map(|m| sha256_hex(m)).collect();
     let ids: BTreeSet<String> = sandbox
         .list()
