@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::dovecot::{Dovecot, relay};
 use crate::support::{Rng, Sandbox, generated_message};
 
-const FOLDER: &str = "Forwarded";
+pub(crate) const FOLDER: &str = "Forwarded";
 
 fn helper(name: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +20,7 @@ fn helper(name: &str) -> PathBuf {
 }
 
 /// Every message of the destination folder: its bytes (hex), flags and INTERNALDATE.
-fn folder(dovecot: &Dovecot) -> Vec<serde_json::Value> {
+pub(crate) fn folder(dovecot: &Dovecot) -> Vec<serde_json::Value> {
     let out = std::process::Command::new("python3")
         .args([
             helper("imap_dump.py").to_str().unwrap(),

@@ -17,6 +17,7 @@ mod fake_imap;
 mod fake_pop3;
 mod faults;
 mod forward;
+mod oauth;
 mod pop3_providers;
 mod repair;
 mod restore;

@@ -82,6 +82,12 @@ impl Dovecot {
     /// `("pop3_uidl_format", "%u")` or `("auth_mechanisms", "cram-md5")`: each replaces the
     /// default line of that name (or is added).
     pub fn start_with(settings: &[(&str, &str)]) -> Dovecot {
+        Dovecot::start_configured(settings, "")
+    }
+
+    /// Like [`Dovecot::start_with`], with `extra` appended to the configuration as it is
+    /// (blocks such as a second `passdb`).
+    pub fn start_configured(settings: &[(&str, &str)], extra: &str) -> Dovecot {
         let binary = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -232,6 +238,7 @@ service imap-login {{
                 None => conf.push_str(&line),
             }
         }
+        conf.push_str(extra);
         let conf_path = root.join("dovecot.conf");
         fs::write(&conf_path, conf).unwrap();
 

@@ -3,3 +3,4 @@
 
 pub mod dovecot;
 pub mod moto;
+pub mod oauth;
