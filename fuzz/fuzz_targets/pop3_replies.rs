@@ -19,10 +19,7 @@ fuzz_target!(|data: &[u8]| {
                         out.extend_from_slice(&chunk[at..][range]);
                         at += used;
                     }
-                    (used, BodyEvent::End) => {
-                        at += used;
-                        break;
-                    }
+                    (_, BodyEvent::End) => break,
                     (used, _) => at += used.max(1),
                 }
             }
