@@ -51,6 +51,31 @@ pub enum ForwardError {
         "another popvault is forwarding to {destination} (its journal {path} is locked); run one at a time"
     )]
     Busy { destination: String, path: PathBuf },
+    #[error(
+        "account {account}'s deliveries to {destination} moved to {to} (forward --renamed-from, {at}); to forward there again, run `popvault forward --renamed-from {to}` with forward_to = \"{destination}\""
+    )]
+    Renamed {
+        account: String,
+        destination: String,
+        to: String,
+        at: DateTime<Utc>,
+    },
+    #[error(
+        "account {account} never forwarded to {destination} (no journal of it; `popvault status` lists the destinations forwarded to)"
+    )]
+    NoJournal {
+        account: String,
+        destination: String,
+    },
+    #[error(
+        "account {account} already has deliveries to {to} ({delivered} delivered): two journals cannot be joined, so {from} is left as it is"
+    )]
+    BothUsed {
+        account: String,
+        from: String,
+        to: String,
+        delivered: usize,
+    },
     #[error("no IMAP login: {0}")]
     Password(String),
     #[error(transparent)]
@@ -79,6 +104,12 @@ enum Line {
     Refused {
         ids: Vec<Digest>,
     },
+    /// The last line of a journal whose deliveries moved to the journal of `to` (the same
+    /// mailbox under another URL): nothing is delivered through this one any more.
+    Renamed {
+        to: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// What a journal says of one account and one destination.
@@ -94,6 +125,8 @@ pub struct Deliveries {
     pub last_delivery: Option<DateTime<Utc>>,
     /// How many passes the server refused each undelivered message.
     pub refusals: HashMap<Digest, u32>,
+    /// Where its deliveries moved, and when (see [`rename`]).
+    pub renamed: Option<(String, DateTime<Utc>)>,
 }
 
 /// After this many refusals a message is not sent again by itself (`--retry-refused` does):
@@ -110,6 +143,7 @@ impl Deliveries {
             in_flight: HashSet::new(),
             last_delivery: None,
             refusals: HashMap::new(),
+            renamed: None,
         }
     }
 
@@ -128,6 +162,7 @@ impl Deliveries {
                 self.account = account;
                 self.destination = destination;
                 self.since = since;
+                self.renamed = None;
             }
             Line::Sending { ids } => self.in_flight.extend(ids),
             Line::Delivered { ids, at } => {
@@ -144,6 +179,7 @@ impl Deliveries {
                     *self.refusals.entry(id).or_default() += 1;
                 }
             }
+            Line::Renamed { to, at } => self.renamed = Some((to, at)),
         }
     }
 
@@ -155,6 +191,11 @@ impl Deliveries {
             state.apply(line);
         }
         Ok(state)
+    }
+
+    /// Whether `account` has a journal for `destination` (something was forwarded there).
+    pub fn exist(root: &Path, account: &str, destination: &str) -> bool {
+        journal_path(root, account, destination).exists()
     }
 
     /// What a journal of `account` and `destination` would say now, without making or locking
@@ -218,23 +259,7 @@ impl Journal {
             source,
         };
         let dir = root.join(JOURNAL_DIR);
-        fs::create_dir_all(&dir).map_err(io_err)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(ForwardError::Busy {
-                    destination: destination.into(),
-                    path,
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
+        let file = lock_journal(&path, destination)?;
         // A line torn by a crash is cut away, so the next one does not join it.
         let bytes = read_journal(&path)?;
         let (lines, whole) = parse_lines(&path, &bytes)?;
@@ -258,6 +283,14 @@ impl Journal {
         }
         for line in lines {
             journal.state.apply(line);
+        }
+        if let Some((to, at)) = journal.state.renamed.clone() {
+            return Err(ForwardError::Renamed {
+                account: account.into(),
+                destination: destination.into(),
+                to,
+                at,
+            });
         }
         // An earlier --since on a later run moves the start back: that older mail goes too.
         if let Some(since) = since_asked
@@ -290,6 +323,154 @@ impl Journal {
         self.state.apply(line);
         Ok(())
     }
+}
+
+/// Opens (making it if need be) and locks the journal at `path`, the one at that path once
+/// locked: [`rename`] may replace a journal while another process is opening it.
+fn lock_journal(path: &Path, destination: &str) -> Result<File, ForwardError> {
+    use std::os::unix::fs::MetadataExt;
+    let io_err = |source| ForwardError::Journal {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(ForwardError::Busy {
+                    destination: destination.into(),
+                    path: path.into(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let locked = file.metadata().map_err(io_err)?;
+        match fs::metadata(path) {
+            Ok(now) if (now.dev(), now.ino()) == (locked.dev(), locked.ino()) => return Ok(file),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+/// Moves `account`'s deliveries to `from` over to `to`, the same mailbox under another URL (a
+/// new host name, port, user spelling or folder path), so that nothing delivered through
+/// `from` is sent again through `to`. `to`'s journal becomes `from`'s lines, a `start` line
+/// naming `to` from the earlier of both starts, then `to`'s own lines (a forward that already
+/// ran with the new URL: both sets of deliveries count); it replaces the old file in one
+/// rename. `from`'s journal then ends with a `renamed` line, and is never delivered through
+/// again. Both journals are locked throughout. Run again after a crash at any point, it
+/// finishes: a `to` journal that already starts with `from`'s bytes is not copied again.
+/// Returns how many messages count as delivered to `to`.
+pub fn rename(
+    root: &Path,
+    account: &str,
+    from: &str,
+    to: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, ForwardError> {
+    let from_path = journal_path(root, account, from);
+    if !from_path.exists() {
+        return Err(ForwardError::NoJournal {
+            account: account.into(),
+            destination: from.into(),
+        });
+    }
+    let mut old = Journal {
+        file: lock_journal(&from_path, from)?,
+        path: from_path.clone(),
+        state: Deliveries::new(account, from, now),
+    };
+    let old_bytes = read_journal(&from_path)?;
+    let (old_lines, old_whole) = parse_lines(&from_path, &old_bytes)?;
+    let old_bytes = &old_bytes[..old_whole as usize];
+    for line in old_lines {
+        old.state.apply(line);
+    }
+    if let Some((moved_to, at)) = old.state.renamed.clone()
+        && moved_to != to
+    {
+        return Err(ForwardError::Renamed {
+            account: account.into(),
+            destination: from.into(),
+            to: moved_to,
+            at,
+        });
+    }
+    let to_path = journal_path(root, account, to);
+    let new_file = lock_journal(&to_path, to)?;
+    let new_bytes = read_journal(&to_path)?;
+    let (new_lines, _) = parse_lines(&to_path, &new_bytes)?;
+    let mut joined = Deliveries::new(account, to, now);
+    if !new_bytes.starts_with(old_bytes) || old_bytes.is_empty() {
+        let mut since = old.state.since;
+        let mut text = old_bytes.to_vec();
+        let mut rest = Vec::new();
+        for line in new_lines {
+            match line {
+                Line::Start { since: theirs, .. } => since = since.min(theirs),
+                // `to` was renamed before: to `from` (a move made back), whose journal began
+                // as a copy of these lines, so they are in it already; to another URL, whose
+                // journal holds its deliveries now.
+                Line::Renamed { to: moved_to, at } if moved_to != from => {
+                    return Err(ForwardError::Renamed {
+                        account: account.into(),
+                        destination: to.into(),
+                        to: moved_to,
+                        at,
+                    });
+                }
+                Line::Renamed { .. } => rest.clear(),
+                line => rest.push(line),
+            }
+        }
+        let start = Line::Start {
+            account: account.into(),
+            destination: to.into(),
+            since,
+        };
+        for line in std::iter::once(&start).chain(&rest) {
+            text.extend(serde_json::to_vec(line).expect("journal lines serialize"));
+            text.push(b'\n');
+        }
+        let scratch = to_path.with_extension("jsonl.tmp");
+        let io_err = |source| ForwardError::Journal {
+            path: scratch.clone(),
+            source,
+        };
+        let mut file = File::create(&scratch).map_err(io_err)?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err)?;
+        fs::rename(&scratch, &to_path).map_err(io_err)?;
+        crate::archive::durable::sync_dir(&root.join(JOURNAL_DIR)).map_err(io_err)?;
+        let (lines, _) = parse_lines(&to_path, &text)?;
+        for line in lines {
+            joined.apply(line);
+        }
+    } else {
+        for line in new_lines {
+            joined.apply(line);
+        }
+    }
+    drop(new_file);
+    if old.state.renamed.is_none() {
+        old.record(Line::Renamed {
+            to: to.into(),
+            at: now,
+        })?;
+    }
+    Ok(joined.delivered.len())
 }
 
 /// The journal's whole lines and the bytes they take. What follows the last line end was torn
@@ -544,6 +725,11 @@ pub struct DestinationStatus {
     pub oldest_pending: Option<DateTime<Utc>>,
     /// Pending messages no longer sent by themselves (refused too often).
     pub held_back: usize,
+    /// Where its deliveries moved (`forward --renamed-from`): then nothing is pending here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renamed_at: Option<DateTime<Utc>>,
 }
 
 /// The state of every forward journal of the archive at `root` (read without locking).
@@ -577,11 +763,16 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
                     last_delivery: None,
                     oldest_pending: None,
                     held_back: 0,
+                    renamed_to: None,
+                    renamed_at: None,
                 });
                 continue;
             }
         };
-        let pending = pending(archive, &state);
+        let pending = match state.renamed {
+            Some(_) => Vec::new(),
+            None => pending(archive, &state),
+        };
         out.push(DestinationStatus {
             delivered: state.delivered.len(),
             pending: pending.len(),
@@ -592,6 +783,8 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
                 .min()
                 .copied(),
             held_back: pending.iter().filter(|c| state.given_up(&c.id)).count(),
+            renamed_to: state.renamed.as_ref().map(|(to, _)| to.clone()),
+            renamed_at: state.renamed.as_ref().map(|(_, at)| *at),
             account: state.account,
             destination: state.destination,
             error: None,
@@ -621,5 +814,106 @@ mod tests {
             parse_lines(path, text.as_bytes()),
             Err(ForwardError::Damaged { line: 2, .. })
         ));
+    }
+
+    fn id(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn deliver_ids(journal: &mut Journal, ids: &[u8]) {
+        let ids: Vec<Digest> = ids.iter().map(|&n| id(n)).collect();
+        journal.record(Line::Sending { ids: ids.clone() }).unwrap();
+        journal
+            .record(Line::Delivered {
+                ids,
+                at: Utc::now(),
+            })
+            .unwrap();
+    }
+
+    fn state(root: &Path, destination: &str) -> Deliveries {
+        Deliveries::read(&journal_path(root, "a", destination)).unwrap()
+    }
+
+    #[test]
+    fn a_rename_carries_every_delivery_joins_a_journal_already_used_and_can_be_made_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let t0 = Utc::now() - chrono::Duration::days(3);
+        let mut old = Journal::open(root, "a", "OLD", t0, None).unwrap();
+        deliver_ids(&mut old, &[1, 2]);
+        old.record(Line::Refused { ids: vec![id(3)] }).unwrap();
+        drop(old);
+        // A forward already ran with the new URL (before the user learnt of --renamed-from).
+        let mut new = Journal::open(root, "a", "NEW", Utc::now(), None).unwrap();
+        deliver_ids(&mut new, &[4]);
+        drop(new);
+
+        assert_eq!(rename(root, "a", "OLD", "NEW", Utc::now()).unwrap(), 3);
+        let joined = state(root, "NEW");
+        assert_eq!(joined.delivered, [1, 2, 4].map(id).into_iter().collect());
+        assert_eq!((joined.since, joined.destination.as_str()), (t0, "NEW"));
+        assert_eq!(joined.refusals[&id(3)], 1);
+        assert_eq!(state(root, "OLD").renamed.unwrap().0, "NEW");
+        assert!(matches!(
+            Journal::open(root, "a", "OLD", Utc::now(), None),
+            Err(ForwardError::Renamed { .. })
+        ));
+
+        // A crash after the copy, before the old journal's last line: a re-run finishes it
+        // and copies nothing twice.
+        let old_path = journal_path(root, "a", "OLD");
+        let bytes = fs::read(&old_path).unwrap();
+        let cut = bytes[..bytes.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap();
+        fs::write(&old_path, &bytes[..=cut]).unwrap();
+        let new_bytes = fs::read(journal_path(root, "a", "NEW")).unwrap();
+        assert_eq!(rename(root, "a", "OLD", "NEW", Utc::now()).unwrap(), 3);
+        assert_eq!(fs::read(journal_path(root, "a", "NEW")).unwrap(), new_bytes);
+        assert!(state(root, "OLD").renamed.is_some());
+
+        // Made back: the old journal gets what went through the new URL, its own lines once.
+        let mut new = Journal::open(root, "a", "NEW", Utc::now(), None).unwrap();
+        deliver_ids(&mut new, &[5]);
+        drop(new);
+        assert_eq!(rename(root, "a", "NEW", "OLD", Utc::now()).unwrap(), 4);
+        let back = state(root, "OLD");
+        assert!(back.renamed.is_none());
+        assert_eq!(back.refusals[&id(3)], 1, "a refusal is not counted twice");
+        assert_eq!(back.destination, "OLD");
+        assert!(Journal::open(root, "a", "OLD", Utc::now(), None).is_ok());
+        // A journal renamed away cannot be renamed to a third URL: its deliveries are elsewhere.
+        assert!(matches!(
+            rename(root, "a", "NEW", "THIRD", Utc::now()),
+            Err(ForwardError::Renamed { to, .. }) if to == "OLD"
+        ));
+        assert!(matches!(
+            rename(root, "a", "NOWHERE", "OLD", Utc::now()),
+            Err(ForwardError::NoJournal { .. })
+        ));
+    }
+
+    #[test]
+    fn a_journal_replaced_while_it_is_opened_is_locked_at_its_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forward/x.jsonl");
+        let first = lock_journal(&path, "D").unwrap();
+        assert!(matches!(
+            lock_journal(&path, "D"),
+            Err(ForwardError::Busy { .. })
+        ));
+        // Replaced by a rename while the first holder keeps the lock on the old file.
+        let scratch = dir.path().join("forward/x.tmp");
+        fs::write(&scratch, b"").unwrap();
+        fs::rename(&scratch, &path).unwrap();
+        let second = lock_journal(&path, "D").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            second.metadata().unwrap().ino(),
+            fs::metadata(&path).unwrap().ino()
+        );
+        drop(first);
     }
 }

@@ -69,6 +69,11 @@ pub struct ForwardArgs {
     /// shown by `status`, so that a message it will never take is not uploaded every pass).
     #[arg(long)]
     retry_refused: bool,
+    /// The account's forward_to is the mailbox this URL named before (a new host name, port or
+    /// folder path): what was delivered through it counts as delivered, so nothing goes twice.
+    /// Needs one account (--account NAME, or the only one that forwards).
+    #[arg(long, value_name = "OLD_IMAP_URL")]
+    renamed_from: Option<String>,
     /// Run a pass, then another this long after (30s, 5m, 1h), until stopped.
     #[arg(long, value_name = "DURATION", value_parser = parse_every)]
     every: Option<Duration>,
@@ -159,6 +164,9 @@ pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
         bail!("--since is in the future: give the day from which archived mail is to be delivered");
     }
     let routes = routes(ctx, &args)?;
+    if let Some(from) = &args.renamed_from {
+        rename(ctx, &args, &routes, from)?;
+    }
     loop {
         let passed = pass(ctx, &args, &routes);
         let Some(every) = args.every else {
@@ -266,6 +274,54 @@ fn routes(ctx: &Context, args: &ForwardArgs) -> anyhow::Result<Vec<Route>> {
             })
         })
         .collect()
+}
+
+/// `--renamed-from`: moves the one route's deliveries from `from` to its destination.
+fn rename(ctx: &Context, args: &ForwardArgs, routes: &[Route], from: &str) -> anyhow::Result<()> {
+    let [route] = routes else {
+        bail!(
+            "--renamed-from moves the deliveries of one account: give --account NAME (the account whose forward_to is the new URL)"
+        );
+    };
+    let Some(old) = forward::destination_label(from) else {
+        bail!("--renamed-from {from:?} is not an IMAP URL (imaps://USER@HOST[:PORT]/FOLDER)");
+    };
+    if old == route.label {
+        bail!(
+            "--renamed-from {old} is the account's forward_to itself: give the URL it had before"
+        );
+    }
+    if args.dry_run {
+        if !Deliveries::exist(&ctx.archive, &route.account.name, &old) {
+            bail!(forward::ForwardError::NoJournal {
+                account: route.account.name.clone(),
+                destination: old,
+            });
+        }
+        let state = Deliveries::peek(&ctx.archive, &route.account.name, &old, None)?;
+        say!(
+            "{}: would move {} deliveries from {old} to {} (dry run: nothing changed)",
+            route.account.name,
+            state.delivered.len(),
+            route.label
+        );
+        return Ok(());
+    }
+    let delivered = forward::rename(
+        &ctx.archive,
+        &route.account.name,
+        &old,
+        &route.label,
+        chrono::Utc::now(),
+    )?;
+    if !ctx.quiet {
+        say!(
+            "{}: deliveries to {old} moved to {} ({delivered} delivered there)",
+            route.account.name,
+            route.label
+        );
+    }
+    Ok(())
 }
 
 /// One backup pass, then one delivery pass; what it did is printed.

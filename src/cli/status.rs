@@ -249,6 +249,19 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 );
                 continue;
             }
+            if let (Some(to), Some(at)) = (&s.renamed_to, s.renamed_at) {
+                if !ctx.quiet {
+                    say!(
+                        "{} → {}: {} delivered, then moved to {} on {} (forward --renamed-from)",
+                        s.account.escape_debug(),
+                        s.destination.escape_debug(),
+                        s.delivered,
+                        to.escape_debug(),
+                        local_time(at)
+                    );
+                }
+                continue;
+            }
             let held = match s.held_back {
                 0 => String::new(),
                 n => format!(
@@ -264,7 +277,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 match f.in_config {
                     true => "",
                     false =>
-                        " (no account of the config forwards there now: remove its journal from forward/ to forget it)",
+                        " (no account of the config forwards there now; if its forward_to is the same mailbox under a new URL, `popvault forward --renamed-from` this one carries its deliveries over)",
                 }
             );
             if f.stale {

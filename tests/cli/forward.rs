@@ -385,3 +385,92 @@ fn a_message_the_server_refuses_waits_after_three_passes_and_the_rest_goes_on() 
         1
     );
 }
+
+#[test]
+fn a_destination_renamed_keeps_its_deliveries_and_its_pending_mail_goes_to_the_new_url() {
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    // Two URLs of one mailbox (two ports in front of the same Dovecot), as a provider's
+    // new host name would be.
+    let old = Switch::to(dovecot.imaps_port);
+    let new = Switch::to(dovecot.imaps_port);
+    let old_url = format!("imaps://{}@127.0.0.1:{}/{FOLDER}", dovecot.user(), old.port);
+    let new_url = format!("imaps://{}@127.0.0.1:{}/{FOLDER}", dovecot.user(), new.port);
+    configure(&sandbox, &dovecot, old.port, "");
+    wave(&dovecot, 0, 3);
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Two more arrive while the old URL is unreachable: archived, pending there.
+    old.set(false);
+    wave(&dovecot, 3, 2);
+    let out = forward(&sandbox, &["-q"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(delivered_once(&dovecot).len(), 3);
+
+    configure(&sandbox, &dovecot, new.port, "");
+    // A mistyped old URL changes nothing and says why.
+    let typo = format!("imaps://{}@127.0.0.1:1/{FOLDER}", dovecot.user());
+    let out = forward(&sandbox, &["--renamed-from", &typo]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("never forwarded to"),
+        "{}",
+        stderr(&out)
+    );
+    let out = forward(&sandbox, &["--renamed-from", &old_url, "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would move 3 deliveries"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(delivered_once(&dovecot).len(), 3, "a dry run sends nothing");
+
+    let out = forward(&sandbox, &["--renamed-from", &old_url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("moved to") && text.contains("2 delivered"),
+        "{text}"
+    );
+    // The two pending went through the new URL; the three delivered were not sent again.
+    assert_eq!(delivered_once(&dovecot).len(), 5);
+    // Run again (as after a crash): nothing changes, nothing is sent.
+    let out = forward(&sandbox, &["--renamed-from", &old_url, "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wave(&dovecot, 5, 1);
+    let out = forward(&sandbox, &["-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(delivered_once(&dovecot).len(), 6);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&sandbox.ok(&["status", "--json"])).unwrap();
+    let forwards = status["forwards"].as_array().unwrap();
+    let of = |url: &str| {
+        forwards
+            .iter()
+            .find(|f| f["destination"] == url)
+            .unwrap_or_else(|| panic!("{url} in {status}"))
+    };
+    assert_eq!(of(&old_url)["renamed_to"], new_url.as_str(), "{status}");
+    assert_eq!(of(&old_url)["pending"], 0, "{status}");
+    assert_eq!(of(&new_url)["delivered"], 6, "{status}");
+    assert_eq!(of(&new_url)["pending"], 0, "{status}");
+    let text = sandbox.ok(&["status"]);
+    assert!(text.contains("then moved to"), "{text}");
+
+    // The old URL configured again is refused (it would miss what went through the new one)
+    // until the move is made back the same way.
+    old.set(true);
+    configure(&sandbox, &dovecot, old.port, "");
+    let out = forward(&sandbox, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--renamed-from") && stderr(&out).contains(&new_url),
+        "{}",
+        stderr(&out)
+    );
+    let out = forward(&sandbox, &["--renamed-from", &new_url, "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(delivered_once(&dovecot).len(), 6, "nothing sent twice");
+}
