@@ -207,6 +207,13 @@ fn s3_config(
             Some(certs.into_iter().map(|c| c.to_vec()).collect())
         }
     };
+    let part_size = match settings.part_size_mib {
+        None => crate::archive::remote::s3::DEFAULT_PART_SIZE,
+        Some(mib @ 5..=5120) => (mib as usize) << 20,
+        Some(mib) => bail!(
+            "[s3] part_size_mib = {mib}: S3 takes parts of 5 to 5120 MiB (objects over twice the part size go up in parts)"
+        ),
+    };
     use rustls_pki_types::pem::PemObject as _;
     Ok(S3Config {
         bucket: bucket.to_string(),
@@ -220,6 +227,7 @@ fn s3_config(
         roots,
         timeout: Duration::from_secs(120),
         attempts: 6,
+        part_size,
     })
 }
 

@@ -111,6 +111,7 @@ fn a_create_only_write_never_replaces_an_object() {
         roots: None,
         timeout: std::time::Duration::from_secs(30),
         attempts: 1,
+        part_size: 5 << 20,
     })
     .unwrap();
     assert!(
@@ -127,6 +128,16 @@ fn a_create_only_write_never_replaces_an_object() {
     let listed = store.list("", None).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].key.as_str(), listed[0].size), ("k", 3));
+    // Over twice the part size: a multipart upload, create-only too.
+    let large: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert!(store.create("large", &large).unwrap());
+    let mut other = large.clone();
+    other[0] ^= 1;
+    assert!(!store.create("large", &other).unwrap(), "a taken key stays");
+    assert_eq!(store.get("large").unwrap().unwrap(), large);
+    let etag = store.list("large", None).unwrap()[0].etag.clone().unwrap();
+    assert!(etag.ends_with("-3"), "three parts: {etag}");
+    assert!(moto.versions(BUCKET).iter().all(|(_, n)| *n == 1));
 }
 
 #[test]
@@ -841,4 +852,116 @@ fn a_mistyped_s3_location_is_refused_not_made_a_directory() {
         assert!(stderr.contains("s3://BUCKET/PREFIX"), "{stderr}");
     }
     assert!(!sandbox.path().join("S3:").exists() && !sandbox.path().join("s3:").exists());
+}
+
+#[test]
+fn a_large_pack_goes_up_in_parts_each_retried_alone_and_a_failed_upload_is_aborted() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path().join(".config/popvault");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "[s3]\npart_size_mib = 5\n").unwrap();
+    // Messages that compress to about half: a pack of some 20 MiB, four parts of 5 MiB.
+    let mut rng = Rng(77);
+    let maildir = sandbox.path().join("Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let mut messages = Vec::new();
+    for n in 0..20 {
+        let mut m = format!("From: a@example.org\r\nSubject: big {n}\r\n\r\n").into_bytes();
+        while m.len() < 2 << 20 {
+            m.extend_from_slice(format!("{:016x}{:016x}\r\n", rng.next(), rng.next()).as_bytes());
+        }
+        std::fs::write(maildir.join(format!("cur/{n}.big:2,S")), &m).unwrap();
+        messages.push(m);
+    }
+    let cache = sandbox.path().join("cache");
+    // A connection reset in the middle of a part: that part is sent again, not the pack.
+    proxy.fail("PUT", "uploadId=", Fault::ResetMidUpload, Some(1));
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+    let out = run(
+        &mut c,
+        &["import", &format!("maildir:{}", maildir.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pack is one object made of parts (its ETag says how many), whole and readable.
+    let (status, listing) = moto.raw("GET", &format!("/{BUCKET}?list-type=2"), b"");
+    assert_eq!(status, 200, "{listing}");
+    let pack_etag = listing
+        .split("<Contents>")
+        .find(|c| c.contains("/packs/"))
+        .and_then(|c| c.split("<ETag>").nth(1))
+        .and_then(|e| e.split("</ETag>").next())
+        .unwrap_or_else(|| panic!("no pack in {listing}"))
+        .replace("&#34;", "")
+        .replace('"', "");
+    assert!(
+        pack_etag.ends_with("-4") || pack_etag.ends_with("-5"),
+        "a multipart ETag: {pack_etag}"
+    );
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    ok(&mut c, &["verify", "--full"]);
+    for m in &messages[..3] {
+        let mut c = s3_command(
+            &sandbox,
+            &moto,
+            &moto.endpoint(),
+            &sandbox.path().join("other"),
+        );
+        let out = run(&mut c, &["cat", &sha256_hex(m)]);
+        assert!(out.status.success());
+        assert!(out.stdout == *m, "cat gives the bytes imported");
+    }
+
+    // The store failing every completion: one line, nothing committed, no parts left open.
+    let more = sandbox.path().join("More");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(more.join(sub)).unwrap();
+    }
+    for n in 0..14 {
+        let mut m = format!("From: b@example.org\r\nSubject: more {n}\r\n\r\n").into_bytes();
+        while m.len() < 2 << 20 {
+            m.extend_from_slice(format!("{:016x}{:016x}\r\n", rng.next(), rng.next()).as_bytes());
+        }
+        std::fs::write(more.join(format!("cur/{n}.more:2,S")), &m).unwrap();
+    }
+    proxy.fail("POST", "uploadId=", Fault::Status500, None);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+    let out = run(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    proxy.heal();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("COMPLETE MULTIPART UPLOAD") && stderr.contains("500"),
+        "{stderr}"
+    );
+    let (_, uploads) = moto.raw("GET", &format!("/{BUCKET}?uploads"), b"");
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "parts left open: {uploads}"
+    );
+    // The next run sends it.
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
+    ok(&mut c, &["import", &format!("maildir:{}", more.display())]);
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("third"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], 34, "{stats}");
+    assert_nothing_overwritten(&moto);
 }

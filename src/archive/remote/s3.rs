@@ -45,7 +45,16 @@ pub struct S3Config {
     pub timeout: Duration,
     /// Attempts for a request failing transiently (1 = no retry).
     pub attempts: u32,
+    /// Objects over twice this size go up in a multipart upload of parts this size.
+    pub part_size: usize,
 }
+
+/// The default part of a multipart upload: a full pack (64 MiB and the message that filled it)
+/// goes up in three parts, each retried alone on a flaky link; smaller objects in one PUT.
+pub const DEFAULT_PART_SIZE: usize = 32 << 20;
+/// S3's smallest part (all but the last) and its most parts.
+pub const MIN_PART_SIZE: usize = 5 << 20;
+const MAX_PARTS: usize = 10_000;
 
 impl std::fmt::Debug for S3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +92,7 @@ pub struct S3Store {
     requests: AtomicU64,
     /// Lets tests shorten the backoff.
     backoff: Duration,
+    part_size: usize,
 }
 
 /// How long a signed URL stays valid: long enough for a slow upload of one pack.
@@ -145,6 +155,7 @@ impl S3Store {
             attempts: config.attempts.max(1),
             requests: AtomicU64::new(0),
             backoff: Duration::from_millis(200),
+            part_size: config.part_size.max(MIN_PART_SIZE),
         })
     }
 
@@ -210,6 +221,156 @@ impl S3Store {
             }
             wait *= 2;
             attempt += 1;
+        }
+    }
+
+    /// `create` for a large object: a multipart upload (create, parts, complete), each request
+    /// retried alone. The store may not honour `If-None-Match` on completion (moto does not),
+    /// so an existing key is looked for first; a pack's name is its SHA-256, so a writer racing
+    /// past that look writes the same bytes. An upload that fails is aborted, so no parts are
+    /// left behind to pay for.
+    fn create_in_parts(&self, key: &str, body: &[u8]) -> Result<bool, RemoteError> {
+        let full = self.full_key(key);
+        let object = self.object_name(key);
+        if self.exists(key)? {
+            return Ok(false);
+        }
+        let response = self.send(&object, "CREATE MULTIPART UPLOAD", &|agent| {
+            let url = self
+                .bucket
+                .create_multipart_upload(Some(&self.credentials), &full)
+                .sign(SIGNED_FOR);
+            agent.post(url.as_str()).send_empty()
+        })?;
+        if response.status().as_u16() != 200 {
+            return Err(self.refused(object, "CREATE MULTIPART UPLOAD", response));
+        }
+        let text = response
+            .into_body()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .map_err(|e| read_error(&object, e))?;
+        let upload_id = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| read_error(&object, format!("no upload id in the reply: {e}")))?
+            .upload_id()
+            .to_string();
+        let uploaded = self.upload_parts(key, &upload_id, body);
+        if uploaded.is_err() {
+            self.abort(&full, &object, &upload_id);
+        }
+        uploaded
+    }
+
+    fn upload_parts(&self, key: &str, upload_id: &str, body: &[u8]) -> Result<bool, RemoteError> {
+        let full = &self.full_key(key);
+        let object = &self.object_name(key);
+        let part_size = self.part_size.max(body.len().div_ceil(MAX_PARTS));
+        let mut etags = Vec::new();
+        for (index, part) in body.chunks(part_size).enumerate() {
+            let number = u16::try_from(index + 1).expect("at most 10,000 parts");
+            let response = self.send(object, "UPLOAD PART", &|agent| {
+                let url = self
+                    .bucket
+                    .upload_part(Some(&self.credentials), full, number, upload_id)
+                    .sign(SIGNED_FOR);
+                agent
+                    .put(url.as_str())
+                    .config()
+                    .timeout_send_body(Some(send_time(part.len())))
+                    .build()
+                    .send(part)
+            })?;
+            if response.status().as_u16() != 200 {
+                return Err(self.refused(object.to_string(), "UPLOAD PART", response));
+            }
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| read_error(object, "a part's reply has no ETag"))?;
+            etags.push(etag.to_string());
+        }
+        let complete = self
+            .bucket
+            .complete_multipart_upload(
+                Some(&self.credentials),
+                full,
+                upload_id,
+                etags.iter().map(String::as_str),
+            )
+            .body();
+        let response = self.send(object, "COMPLETE MULTIPART UPLOAD", &|agent| {
+            let url = self
+                .bucket
+                .complete_multipart_upload(
+                    Some(&self.credentials),
+                    full,
+                    upload_id,
+                    etags.iter().map(String::as_str),
+                )
+                .sign(SIGNED_FOR);
+            agent
+                .post(url.as_str())
+                .header("If-None-Match", "*")
+                .send(complete.as_bytes())
+        })?;
+        match response.status().as_u16() {
+            // S3 may answer 200 and put an error in the body (a completion that failed late).
+            200 => {
+                let text = response
+                    .into_body()
+                    .with_config()
+                    .limit(64 << 10)
+                    .read_to_string()
+                    .map_err(|e| read_error(object, e))?;
+                // Told by the error element alone: compatibles name the result element
+                // differently (moto: CompleteMultipartUploadResponse).
+                if text.contains("<Error>") {
+                    return Err(RemoteError::Refused {
+                        object: object.to_string(),
+                        operation: "COMPLETE MULTIPART UPLOAD",
+                        status: 200,
+                        code: xml_field(&text, "Code"),
+                    });
+                }
+                Ok(true)
+            }
+            412 | 409 => Ok(false),
+            // A retry after a completion whose answer was lost finds the upload gone: the
+            // object is there if that completion made it.
+            404 if self.exists(key)? => Ok(true),
+            _ => Err(self.refused(object.to_string(), "COMPLETE MULTIPART UPLOAD", response)),
+        }
+    }
+
+    /// Best effort: an upload left open holds its parts (and costs) until a lifecycle rule
+    /// removes them; the error that made us abort is the one reported.
+    fn abort(&self, full: &str, object: &str, upload_id: &str) {
+        let _ = self.send(object, "ABORT MULTIPART UPLOAD", &|agent| {
+            let url = self
+                .bucket
+                .abort_multipart_upload(Some(&self.credentials), full, upload_id)
+                .sign(SIGNED_FOR);
+            agent.delete(url.as_str()).call()
+        });
+    }
+
+    /// Whether an object exists under `key` (HEAD).
+    fn exists(&self, key: &str) -> Result<bool, RemoteError> {
+        let full = self.full_key(key);
+        let object = self.object_name(key);
+        let response = self.send(&object, "HEAD", &|agent| {
+            let url = self
+                .bucket
+                .head_object(Some(&self.credentials), &full)
+                .sign(SIGNED_FOR);
+            agent.head(url.as_str()).call()
+        })?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.refused(object, "HEAD", response)),
         }
     }
 
@@ -314,6 +475,9 @@ impl ObjectStore for S3Store {
     }
 
     fn create(&self, key: &str, body: &[u8]) -> Result<bool, RemoteError> {
+        if body.len() > 2 * self.part_size {
+            return self.create_in_parts(key, body);
+        }
         let full = self.full_key(key);
         let object = self.object_name(key);
         let response = self.send(&object, "PUT", &|agent| {
