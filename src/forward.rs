@@ -68,13 +68,23 @@ pub enum ForwardError {
         destination: String,
     },
     #[error(
-        "account {account} already has deliveries to {to} ({delivered} delivered): two journals cannot be joined, so {from} is left as it is"
+        "account {account}'s deliveries to {from} already moved to {to} on {at}: run `popvault forward --renamed-from {to}` instead"
     )]
-    BothUsed {
+    RenamedAway {
         account: String,
         from: String,
         to: String,
-        delivered: usize,
+        at: DateTime<Utc>,
+    },
+    #[error(
+        "account {account}'s deliveries to {destination} moved to {moved_to} on {at}, and {from} does not hold them: move them back first (`popvault forward --renamed-from {moved_to}` with forward_to = \"{destination}\"), then run this again"
+    )]
+    RenamedElsewhere {
+        account: String,
+        destination: String,
+        moved_to: String,
+        at: DateTime<Utc>,
+        from: String,
     },
     #[error("no IMAP login: {0}")]
     Password(String),
@@ -193,11 +203,6 @@ impl Deliveries {
         Ok(state)
     }
 
-    /// Whether `account` has a journal for `destination` (something was forwarded there).
-    pub fn exist(root: &Path, account: &str, destination: &str) -> bool {
-        journal_path(root, account, destination).exists()
-    }
-
     /// What a journal of `account` and `destination` would say now, without making or locking
     /// it (a dry run, or a destination never forwarded to: `since` or now is its start).
     pub fn peek(
@@ -284,11 +289,11 @@ impl Journal {
         for line in lines {
             journal.state.apply(line);
         }
-        if let Some((to, at)) = journal.state.renamed.clone() {
+        if let Some((_, at)) = journal.state.renamed.clone() {
             return Err(ForwardError::Renamed {
                 account: account.into(),
                 destination: destination.into(),
-                to,
+                to: moves_end(root, account, destination),
                 at,
             });
         }
@@ -369,68 +374,88 @@ fn lock_journal(path: &Path, destination: &str) -> Result<File, ForwardError> {
 /// naming `to` from the earlier of both starts, then `to`'s own lines (a forward that already
 /// ran with the new URL: both sets of deliveries count); it replaces the old file in one
 /// rename. `from`'s journal then ends with a `renamed` line, and is never delivered through
-/// again. Both journals are locked throughout. Run again after a crash at any point, it
-/// finishes: a `to` journal that already starts with `from`'s bytes is not copied again.
-/// Returns how many messages count as delivered to `to`.
+/// again. Both journals are locked throughout. Run again, it changes nothing; run again after
+/// a crash at any point, it finishes (a `to` journal that already starts with `from`'s lines
+/// is not copied again). With `dry_run` nothing is locked or written.
+/// Returns the state of `to`'s journal after the move.
 pub fn rename(
     root: &Path,
     account: &str,
     from: &str,
     to: &str,
     now: DateTime<Utc>,
-) -> Result<usize, ForwardError> {
+    dry_run: bool,
+) -> Result<Deliveries, ForwardError> {
     let from_path = journal_path(root, account, from);
+    let to_path = journal_path(root, account, to);
     if !from_path.exists() {
         return Err(ForwardError::NoJournal {
             account: account.into(),
             destination: from.into(),
         });
     }
-    let mut old = Journal {
-        file: lock_journal(&from_path, from)?,
-        path: from_path.clone(),
-        state: Deliveries::new(account, from, now),
+    let locks = match dry_run {
+        true => None,
+        false => Some((lock_journal(&from_path, from)?, lock_journal(&to_path, to)?)),
     };
     let old_bytes = read_journal(&from_path)?;
     let (old_lines, old_whole) = parse_lines(&from_path, &old_bytes)?;
     let old_bytes = &old_bytes[..old_whole as usize];
+    let mut old = Deliveries::new(account, from, now);
     for line in old_lines {
-        old.state.apply(line);
+        old.apply(line);
     }
-    if let Some((moved_to, at)) = old.state.renamed.clone()
-        && moved_to != to
-    {
-        return Err(ForwardError::Renamed {
-            account: account.into(),
-            destination: from.into(),
-            to: moved_to,
-            at,
-        });
-    }
-    let to_path = journal_path(root, account, to);
-    let new_file = lock_journal(&to_path, to)?;
-    let new_bytes = read_journal(&to_path)?;
+    let new_bytes = match to_path.exists() {
+        true => read_journal(&to_path)?,
+        false => Vec::new(),
+    };
     let (new_lines, _) = parse_lines(&to_path, &new_bytes)?;
-    let mut joined = Deliveries::new(account, to, now);
-    if !new_bytes.starts_with(old_bytes) || old_bytes.is_empty() {
-        let mut since = old.state.since;
-        let mut text = old_bytes.to_vec();
+    let read_state = |lines: Vec<Line>| {
+        let mut state = Deliveries::new(account, to, now);
+        for line in lines {
+            state.apply(line);
+        }
+        state
+    };
+    match &old.renamed {
+        // Done before (a second run, or one after a crash past the last step).
+        Some((moved_to, _)) if moved_to == to => return Ok(read_state(new_lines)),
+        Some((_, at)) => {
+            return Err(ForwardError::RenamedAway {
+                account: account.into(),
+                from: from.into(),
+                to: moves_end(root, account, from),
+                at: *at,
+            });
+        }
+        None => {}
+    }
+    // Copied before a crash, `from` not yet marked: only the mark is left to write.
+    let copied = !old_bytes.is_empty() && new_bytes.starts_with(old_bytes);
+    let mut text = None;
+    let joined = if copied {
+        read_state(new_lines)
+    } else {
+        let mut since = old.since;
         let mut rest = Vec::new();
         for line in new_lines {
             match line {
                 Line::Start { since: theirs, .. } => since = since.min(theirs),
-                // `to` was renamed before: to `from` (a move made back), whose journal began
-                // as a copy of these lines, so they are in it already; to another URL, whose
-                // journal holds its deliveries now.
-                Line::Renamed { to: moved_to, at } if moved_to != from => {
-                    return Err(ForwardError::Renamed {
-                        account: account.into(),
-                        destination: to.into(),
-                        to: moved_to,
-                        at,
-                    });
+                // `to` was renamed before, and its deliveries went on in the journal it moved
+                // to. When that chain of moves ends in `from`, `from` began as a copy of these
+                // lines: they are in it already. Otherwise `from` lacks them.
+                Line::Renamed { to: moved_to, at } => {
+                    if !moves_reach(root, account, &moved_to, from) {
+                        return Err(ForwardError::RenamedElsewhere {
+                            account: account.into(),
+                            destination: to.into(),
+                            moved_to,
+                            at,
+                            from: from.into(),
+                        });
+                    }
+                    rest.clear();
                 }
-                Line::Renamed { .. } => rest.clear(),
                 line => rest.push(line),
             }
         }
@@ -439,10 +464,19 @@ pub fn rename(
             destination: to.into(),
             since,
         };
+        let mut bytes = old_bytes.to_vec();
         for line in std::iter::once(&start).chain(&rest) {
-            text.extend(serde_json::to_vec(line).expect("journal lines serialize"));
-            text.push(b'\n');
+            bytes.extend(serde_json::to_vec(line).expect("journal lines serialize"));
+            bytes.push(b'\n');
         }
+        let state = read_state(parse_lines(&to_path, &bytes)?.0);
+        text = Some(bytes);
+        state
+    };
+    let Some((old_file, new_file)) = locks else {
+        return Ok(joined);
+    };
+    if let Some(text) = text {
         let scratch = to_path.with_extension("jsonl.tmp");
         let io_err = |source| ForwardError::Journal {
             path: scratch.clone(),
@@ -454,23 +488,57 @@ pub fn rename(
             .map_err(io_err)?;
         fs::rename(&scratch, &to_path).map_err(io_err)?;
         crate::archive::durable::sync_dir(&root.join(JOURNAL_DIR)).map_err(io_err)?;
-        let (lines, _) = parse_lines(&to_path, &text)?;
-        for line in lines {
-            joined.apply(line);
-        }
-    } else {
-        for line in new_lines {
-            joined.apply(line);
-        }
     }
     drop(new_file);
-    if old.state.renamed.is_none() {
-        old.record(Line::Renamed {
-            to: to.into(),
-            at: now,
-        })?;
+    // A line torn by a crash is cut away first, so that the mark is a line of its own.
+    let mut old_journal = Journal {
+        file: old_file,
+        path: from_path.clone(),
+        state: old,
+    };
+    if old_whole < old_journal.file.metadata().map_or(0, |m| m.len()) {
+        old_journal
+            .file
+            .set_len(old_whole)
+            .and_then(|()| old_journal.file.sync_data())
+            .map_err(|source| ForwardError::Journal {
+                path: from_path.clone(),
+                source,
+            })?;
     }
-    Ok(joined.delivered.len())
+    old_journal.record(Line::Renamed {
+        to: to.into(),
+        at: now,
+    })?;
+    Ok(joined)
+}
+
+/// Where the moves recorded from `start` on (each journal's `renamed` line) end: the URL whose
+/// journal holds the deliveries now. Bounded: a loop of moves ends the walk.
+fn moves_end(root: &Path, account: &str, start: &str) -> String {
+    let mut at = start.to_string();
+    for _ in 0..64 {
+        match Deliveries::read(&journal_path(root, account, &at)).map(|s| s.renamed) {
+            Ok(Some((next, _))) => at = next,
+            _ => break,
+        }
+    }
+    at
+}
+
+/// Whether the moves recorded from `start` on lead to `target`.
+fn moves_reach(root: &Path, account: &str, start: &str, target: &str) -> bool {
+    let mut at = start.to_string();
+    for _ in 0..64 {
+        if at == target {
+            return true;
+        }
+        match Deliveries::read(&journal_path(root, account, &at)).map(|s| s.renamed) {
+            Ok(Some((next, _))) => at = next,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The journal's whole lines and the bytes they take. What follows the last line end was torn
@@ -752,6 +820,8 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
     let mut out = Vec::new();
     for path in paths {
         let state = match Deliveries::read(&path) {
+            // Made and locked by a rename that did not get to write it: nothing there.
+            Ok(state) if state.account.is_empty() => continue,
             Ok(state) => state,
             Err(e) => {
                 out.push(DestinationStatus {
@@ -849,7 +919,13 @@ mod tests {
         deliver_ids(&mut new, &[4]);
         drop(new);
 
-        assert_eq!(rename(root, "a", "OLD", "NEW", Utc::now()).unwrap(), 3);
+        assert_eq!(
+            rename(root, "a", "OLD", "NEW", Utc::now(), false)
+                .unwrap()
+                .delivered
+                .len(),
+            3
+        );
         let joined = state(root, "NEW");
         assert_eq!(joined.delivered, [1, 2, 4].map(id).into_iter().collect());
         assert_eq!((joined.since, joined.destination.as_str()), (t0, "NEW"));
@@ -870,7 +946,13 @@ mod tests {
             .unwrap();
         fs::write(&old_path, &bytes[..=cut]).unwrap();
         let new_bytes = fs::read(journal_path(root, "a", "NEW")).unwrap();
-        assert_eq!(rename(root, "a", "OLD", "NEW", Utc::now()).unwrap(), 3);
+        assert_eq!(
+            rename(root, "a", "OLD", "NEW", Utc::now(), false)
+                .unwrap()
+                .delivered
+                .len(),
+            3
+        );
         assert_eq!(fs::read(journal_path(root, "a", "NEW")).unwrap(), new_bytes);
         assert!(state(root, "OLD").renamed.is_some());
 
@@ -878,7 +960,13 @@ mod tests {
         let mut new = Journal::open(root, "a", "NEW", Utc::now(), None).unwrap();
         deliver_ids(&mut new, &[5]);
         drop(new);
-        assert_eq!(rename(root, "a", "NEW", "OLD", Utc::now()).unwrap(), 4);
+        assert_eq!(
+            rename(root, "a", "NEW", "OLD", Utc::now(), false)
+                .unwrap()
+                .delivered
+                .len(),
+            4
+        );
         let back = state(root, "OLD");
         assert!(back.renamed.is_none());
         assert_eq!(back.refusals[&id(3)], 1, "a refusal is not counted twice");
@@ -886,13 +974,65 @@ mod tests {
         assert!(Journal::open(root, "a", "OLD", Utc::now(), None).is_ok());
         // A journal renamed away cannot be renamed to a third URL: its deliveries are elsewhere.
         assert!(matches!(
-            rename(root, "a", "NEW", "THIRD", Utc::now()),
-            Err(ForwardError::Renamed { to, .. }) if to == "OLD"
+            rename(root, "a", "NEW", "THIRD", Utc::now(), false),
+            Err(ForwardError::RenamedAway { to, .. }) if to == "OLD"
         ));
         assert!(matches!(
-            rename(root, "a", "NOWHERE", "OLD", Utc::now()),
+            rename(root, "a", "NOWHERE", "OLD", Utc::now(), false),
             Err(ForwardError::NoJournal { .. })
         ));
+    }
+
+    #[test]
+    fn a_rename_run_again_changes_nothing_a_torn_line_is_cut_and_a_chain_moves_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut a = Journal::open(root, "a", "A", Utc::now(), None).unwrap();
+        deliver_ids(&mut a, &[1]);
+        a.record(Line::Refused { ids: vec![id(2)] }).unwrap();
+        drop(a);
+        // A crash tore the old journal's last line.
+        let a_path = journal_path(root, "a", "A");
+        let mut bytes = fs::read(&a_path).unwrap();
+        bytes.extend_from_slice(br#"{"sending":{"ids":["0f3e"#);
+        fs::write(&a_path, &bytes).unwrap();
+
+        // A dry run says what the move gives and writes nothing.
+        let planned = rename(root, "a", "A", "B", Utc::now(), true).unwrap();
+        assert_eq!(planned.delivered.len(), 1);
+        assert!(!journal_path(root, "a", "B").exists());
+        assert_eq!(fs::read(&a_path).unwrap(), bytes);
+
+        rename(root, "a", "A", "B", Utc::now(), false).unwrap();
+        let b_bytes = fs::read(journal_path(root, "a", "B")).unwrap();
+        let a_bytes = fs::read(&a_path).unwrap();
+        assert!(
+            state(root, "A").renamed.is_some(),
+            "the mark is a line of its own"
+        );
+        // Run again: nothing changes.
+        let again = rename(root, "a", "A", "B", Utc::now(), false).unwrap();
+        assert_eq!(again.refusals[&id(2)], 1);
+        assert_eq!(fs::read(journal_path(root, "a", "B")).unwrap(), b_bytes);
+        assert_eq!(fs::read(&a_path).unwrap(), a_bytes);
+
+        // A to B to C, then straight back to A: A's lines are in C already.
+        let mut b = Journal::open(root, "a", "B", Utc::now(), None).unwrap();
+        deliver_ids(&mut b, &[3]);
+        drop(b);
+        rename(root, "a", "B", "C", Utc::now(), false).unwrap();
+        assert!(matches!(
+            Journal::open(root, "a", "A", Utc::now(), None),
+            Err(ForwardError::Renamed { to, .. }) if to == "C"
+        ));
+        assert!(matches!(
+            rename(root, "a", "A", "D", Utc::now(), false),
+            Err(ForwardError::RenamedAway { to, .. }) if to == "C"
+        ));
+        let back = rename(root, "a", "C", "A", Utc::now(), false).unwrap();
+        assert_eq!(back.delivered, [1, 3].map(id).into_iter().collect());
+        assert_eq!(back.refusals[&id(2)], 1, "no line counted twice");
+        assert!(Journal::open(root, "a", "A", Utc::now(), None).is_ok());
     }
 
     #[test]

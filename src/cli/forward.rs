@@ -146,11 +146,18 @@ struct DeliveryOutcome {
 }
 
 pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
-    if ctx.remote.is_some() {
-        bail!(
-            "forward works on a local archive for now: keep the forwarding archive on this machine and `popvault copy --to` {} from it",
-            ctx.archive_label
-        );
+    // An s3:// archive: the writer pulls its mirror and uploads each commit; the journals live
+    // in this machine's mirror (host state, never uploaded: one machine forwards an account).
+    if ctx.remote.is_some() && args.dry_run {
+        // No archive there yet: the dry run shows what a first run would do.
+        if let Err(e) = ctx.sync_remote(true)
+            && !matches!(
+                e.root_cause().downcast_ref(),
+                Some(crate::archive::remote::RemoteError::NotFound { .. })
+            )
+        {
+            return Err(e);
+        }
     }
     if crate::archive::is_archive(&ctx.archive)
         && crate::archive::crypto::sealed(&ctx.archive)?.is_some()
@@ -164,11 +171,12 @@ pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
         bail!("--since is in the future: give the day from which archived mail is to be delivered");
     }
     let routes = routes(ctx, &args)?;
-    if let Some(from) = &args.renamed_from {
-        rename(ctx, &args, &routes, from)?;
-    }
+    let renamed = match &args.renamed_from {
+        Some(from) => Some(rename(ctx, &args, &routes, from)?),
+        None => None,
+    };
     loop {
-        let passed = pass(ctx, &args, &routes);
+        let passed = pass(ctx, &args, &routes, renamed.as_ref());
         let Some(every) = args.every else {
             return passed;
         };
@@ -276,56 +284,69 @@ fn routes(ctx: &Context, args: &ForwardArgs) -> anyhow::Result<Vec<Route>> {
         .collect()
 }
 
-/// `--renamed-from`: moves the one route's deliveries from `from` to its destination.
-fn rename(ctx: &Context, args: &ForwardArgs, routes: &[Route], from: &str) -> anyhow::Result<()> {
+/// `--renamed-from`: moves the one route's deliveries from `from` to its destination (a dry
+/// run only reads both journals). Returns the route's journal state after the move, for the dry
+/// run's count of what the pass would deliver.
+fn rename(
+    ctx: &Context,
+    args: &ForwardArgs,
+    routes: &[Route],
+    from: &str,
+) -> anyhow::Result<Deliveries> {
     let [route] = routes else {
         bail!(
             "--renamed-from moves the deliveries of one account: give --account NAME (the account whose forward_to is the new URL)"
         );
     };
-    let Some(old) = forward::destination_label(from) else {
-        bail!("--renamed-from {from:?} is not an IMAP URL (imaps://USER@HOST[:PORT]/FOLDER)");
-    };
+    // (The URL is not repeated: it may hold a password.)
+    let old = from
+        .parse::<ImapUrl>()
+        .map_err(|e| anyhow::anyhow!("--renamed-from: {e}"))?
+        .to_string();
     if old == route.label {
         bail!(
             "--renamed-from {old} is the account's forward_to itself: give the URL it had before"
         );
     }
-    if args.dry_run {
-        if !Deliveries::exist(&ctx.archive, &route.account.name, &old) {
-            bail!(forward::ForwardError::NoJournal {
-                account: route.account.name.clone(),
-                destination: old,
-            });
-        }
-        let state = Deliveries::peek(&ctx.archive, &route.account.name, &old, None)?;
-        say!(
-            "{}: would move {} deliveries from {old} to {} (dry run: nothing changed)",
-            route.account.name,
-            state.delivered.len(),
-            route.label
-        );
-        return Ok(());
-    }
-    let delivered = forward::rename(
+    let state = forward::rename(
         &ctx.archive,
         &route.account.name,
         &old,
         &route.label,
         chrono::Utc::now(),
+        args.dry_run,
     )?;
-    if !ctx.quiet {
-        say!(
-            "{}: deliveries to {old} moved to {} ({delivered} delivered there)",
+    let text = match args.dry_run {
+        true => format!(
+            "{}: would move the deliveries to {old} to {} ({} delivered there; dry run: nothing changed)",
             route.account.name,
-            route.label
-        );
+            route.label,
+            state.delivered.len()
+        ),
+        false => format!(
+            "{}: deliveries to {old} moved to {} ({} delivered there)",
+            route.account.name,
+            route.label,
+            state.delivered.len()
+        ),
+    };
+    // (With --json, standard output holds only the passes' objects.)
+    match (ctx.quiet, args.json) {
+        (true, _) => {}
+        (false, true) => eprintln!("note: {text}"),
+        (false, false) => say!("{text}"),
     }
-    Ok(())
+    Ok(state)
 }
 
 /// One backup pass, then one delivery pass; what it did is printed.
-fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<Exit> {
+/// `renamed`: a dry run's journal state of the (one) route after `--renamed-from`.
+fn pass(
+    ctx: &Context,
+    args: &ForwardArgs,
+    routes: &[Route],
+    renamed: Option<&Deliveries>,
+) -> anyhow::Result<Exit> {
     // A new journal starts at this pass: what it archives is delivered (its first-seen times
     // are the backup's `now`, this instant).
     let started = chrono::Utc::now();
@@ -359,12 +380,15 @@ fn pass(ctx: &Context, args: &ForwardArgs, routes: &[Route]) -> anyhow::Result<E
         for route in routes {
             let archived = match &archive {
                 Some(archive) => {
-                    let state = Deliveries::peek(
-                        &ctx.archive,
-                        &route.account.name,
-                        &route.label,
-                        args.since,
-                    )?;
+                    let state = match renamed {
+                        Some(state) => state.clone(),
+                        None => Deliveries::peek(
+                            &ctx.archive,
+                            &route.account.name,
+                            &route.label,
+                            args.since,
+                        )?,
+                    };
                     forward::pending(archive, &state).len()
                 }
                 None => 0,

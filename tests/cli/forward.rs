@@ -44,7 +44,7 @@ pub(crate) fn folder(dovecot: &Dovecot) -> Vec<serde_json::Value> {
 }
 
 /// The folder's messages by their bytes, failing on a duplicate.
-fn delivered_once(dovecot: &Dovecot) -> HashMap<Vec<u8>, serde_json::Value> {
+pub(crate) fn delivered_once(dovecot: &Dovecot) -> HashMap<Vec<u8>, serde_json::Value> {
     let mut by_body = HashMap::new();
     for m in folder(dovecot) {
         let body = hex::decode(m["body"].as_str().unwrap()).unwrap();
@@ -91,7 +91,7 @@ impl Switch {
 }
 
 /// A config with one account forwarding to `FOLDER` through `imaps_port`.
-fn configure(sandbox: &Sandbox, dovecot: &Dovecot, imaps_port: u16, extra: &str) {
+pub(crate) fn configure(sandbox: &Sandbox, dovecot: &Dovecot, imaps_port: u16, extra: &str) {
     let dir = sandbox.path().join(".config/popvault");
     std::fs::create_dir_all(&dir).unwrap();
     let ca = dovecot.ca_pem();
@@ -119,7 +119,7 @@ forward_password_command = "printf %s {password}"
 }
 
 /// Puts `count` new messages on the POP3 server, numbered from `first`; returns their bytes.
-fn wave(dovecot: &Dovecot, first: u64, count: u64) -> Vec<Vec<u8>> {
+pub(crate) fn wave(dovecot: &Dovecot, first: u64, count: u64) -> Vec<Vec<u8>> {
     let mut rng = Rng(first * 7919 + 1);
     (first..first + count)
         .map(|n| {
@@ -419,11 +419,13 @@ fn a_destination_renamed_keeps_its_deliveries_and_its_pending_mail_goes_to_the_n
     );
     let out = forward(&sandbox, &["--renamed-from", &old_url, "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("would move 3 deliveries"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        said.contains("would move") && said.contains("3 delivered there"),
+        "{said}"
     );
+    // What waited for the old URL would go through the new one.
+    assert!(said.contains("2 to deliver"), "{said}");
     assert_eq!(delivered_once(&dovecot).len(), 3, "a dry run sends nothing");
 
     let out = forward(&sandbox, &["--renamed-from", &old_url]);

@@ -965,3 +965,69 @@ fn a_large_pack_goes_up_in_parts_each_retried_alone_and_a_failed_upload_is_abort
     assert_eq!(stats["unique_messages"], 34, "{stats}");
     assert_nothing_overwritten(&moto);
 }
+
+#[test]
+fn forward_into_an_s3_archive_delivers_once_and_keeps_its_journal_on_this_machine() {
+    use crate::forward::{configure, delivered_once, wave};
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let dovecot = Dovecot::start();
+    let sandbox = Sandbox::new();
+    configure(
+        &sandbox,
+        &dovecot,
+        dovecot.imaps_port,
+        "delete_after_days = 0",
+    );
+    let cache = sandbox.path().join("cache");
+    let mut sent = wave(&dovecot, 0, 4);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    let out = run(&mut c, &["forward", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 to deliver"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (first, count) in [(4, 0), (4, 3)] {
+        sent.extend(wave(&dovecot, first, count));
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        ok(&mut c, &["forward", "-q"]);
+        let there = delivered_once(&dovecot);
+        assert_eq!(there.len(), sent.len());
+    }
+    // Archived (on the store) and delivered: the next pass deletes them from the POP3 server.
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    ok(&mut c, &["forward", "-q"]);
+    assert_eq!(dovecot.messages_held(), 0);
+    assert_eq!(delivered_once(&dovecot).len(), sent.len());
+    // The archive on the store holds every message (another machine reads it)...
+    let mut c = s3_command(
+        &sandbox,
+        &moto,
+        &moto.endpoint(),
+        &sandbox.path().join("other"),
+    );
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], sent.len() as u64, "{stats}");
+    // ...and no journal: delivery state is this machine's.
+    assert!(
+        archive_keys(&moto).iter().all(|k| !k.contains("/forward/")),
+        "{:?}",
+        archive_keys(&moto)
+    );
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&mut c, &["status", "--json"])).unwrap();
+    assert_eq!(
+        status["forwards"][0]["delivered"],
+        sent.len() as u64,
+        "{status}"
+    );
+    assert_eq!(status["forwards"][0]["pending"], 0, "{status}");
+    assert_nothing_overwritten(&moto);
+}
