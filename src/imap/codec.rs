@@ -3,8 +3,10 @@
 //! Nothing here touches a socket. [`ResponseDecoder`] takes bytes as they come and yields one
 //! response (its lines, its literals) once it is whole; [`Completion`] takes responses until
 //! the tagged one that ends a command. Both are bounded: a line longer than [`MAX_LINE`], a
-//! literal over [`MAX_LITERAL`] or a command's answer over [`MAX_UNTAGGED_BYTES`] is an error,
-//! and a literal's memory grows only as its bytes arrive, whatever size the server claims.
+//! literal over [`MAX_LITERAL`], a response of more than [`MAX_LITERALS`] literals or a
+//! command's answer over its limit ([`MAX_FETCH_ANSWER`], [`MAX_ANSWER`], counting what each
+//! response costs to hold, not only its bytes) is an error, and a literal's memory grows only
+//! as its bytes arrive, whatever size the server claims.
 //! The client (`super::Client`) feeds them from its stream; the fuzzer and the tests feed
 //! them from byte strings, split anywhere.
 
@@ -14,12 +16,18 @@ use base64::Engine as _;
 
 use super::ImapError;
 
-/// The longest response line (without literals) and literal this client accepts.
+/// The longest response line (without its CRLF and literals) and literal this client accepts.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
 pub(crate) const MAX_LITERAL: u64 = 256 << 20;
-/// The most bytes of untagged responses kept for one command (headers of a very large folder
-/// fit many times over).
-pub(crate) const MAX_UNTAGGED_BYTES: usize = 1 << 30;
+/// The most literals in one response (a FETCH of one message has one to three).
+pub(crate) const MAX_LITERALS: usize = 10_000;
+/// The most bytes of untagged responses kept for a FETCH (headers of a very large folder fit
+/// many times over), and for any other command (capabilities, folders, notices).
+pub(crate) const MAX_FETCH_ANSWER: usize = 1 << 30;
+pub(crate) const MAX_ANSWER: usize = 64 << 20;
+/// What holding a response or a literal costs besides its bytes (its headers on the heap): a
+/// flood of tiny responses is bounded by memory, not by bytes.
+const HELD_OVERHEAD: usize = 64;
 
 /// One server response: its text with each literal replaced by `{n}`, and the literals.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -36,6 +44,35 @@ pub(crate) struct ResponseDecoder {
     line: Vec<u8>,
     /// Bytes of the current literal (the last of `response.literals`) still to come.
     literal_left: Option<usize>,
+}
+
+/// The length a response line announces as a literal (`{n}`, or `{n+}`), if any. Status lines
+/// (`TAG OK|NO|BAD ...`, `* OK|NO|BAD|BYE|PREAUTH ...`) and continuation requests carry text,
+/// never a literal: a refusal ending in `{5}` is a refusal.
+fn literal_length(first_line: bool, text: &str) -> Option<u64> {
+    let digits = text.strip_suffix('}')?.rsplit_once('{')?.1;
+    let digits = digits.strip_suffix('+').unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if first_line {
+        let mut words = text.split(' ');
+        let first = words.next().unwrap_or("");
+        let second = words.next().unwrap_or("").to_ascii_uppercase();
+        if first == "+" || matches!(second.as_str(), "OK" | "NO" | "BAD" | "BYE" | "PREAUTH") {
+            return None;
+        }
+    }
+    digits.parse().ok()
+}
+
+impl Response {
+    /// What holding this response costs, about.
+    fn held(&self) -> usize {
+        self.text.len()
+            + self.literals.iter().map(Vec::len).sum::<usize>()
+            + HELD_OVERHEAD * (1 + self.literals.len())
+    }
 }
 
 impl ResponseDecoder {
@@ -62,8 +99,8 @@ impl ResponseDecoder {
                 self.literal_left = None;
                 continue;
             }
-            // A line may hold MAX_LINE bytes before its line feed.
-            let room = MAX_LINE + 1 - self.line.len();
+            // A line may hold MAX_LINE bytes before its CRLF.
+            let room = MAX_LINE + 2 - self.line.len();
             let window = &rest[..rest.len().min(room)];
             let Some(end) = window.iter().position(|&b| b == b'\n') else {
                 if window.len() == room {
@@ -80,16 +117,23 @@ impl ResponseDecoder {
             if line.ends_with(b"\r") {
                 line.pop();
             }
+            if line.len() > MAX_LINE {
+                return Err(ImapError::Protocol(format!(
+                    "a response line longer than {MAX_LINE} bytes"
+                )));
+            }
             let text = String::from_utf8_lossy(&line);
-            let literal = text
-                .strip_suffix('}')
-                .and_then(|t| t.rsplit_once('{'))
-                .and_then(|(_, n)| n.trim_end_matches('+').parse::<u64>().ok());
+            let literal = literal_length(self.response.text.is_empty(), &text);
             self.response.text.push_str(&text);
             match literal {
                 None => return Ok((used, Some(std::mem::take(&mut self.response)))),
                 Some(len) if len > MAX_LITERAL => {
                     return Err(ImapError::Protocol(format!("a literal of {len} bytes")));
+                }
+                Some(_) if self.response.literals.len() >= MAX_LITERALS => {
+                    return Err(ImapError::Protocol(format!(
+                        "a response of more than {MAX_LITERALS} literals"
+                    )));
                 }
                 Some(len) => {
                     self.response.literals.push(Vec::new());
@@ -106,6 +150,7 @@ pub(crate) struct Completion<'t> {
     command: &'static str,
     untagged: Vec<Response>,
     held: usize,
+    limit: usize,
 }
 
 impl<'t> Completion<'t> {
@@ -115,18 +160,22 @@ impl<'t> Completion<'t> {
             command,
             untagged: Vec::new(),
             held: 0,
+            limit: match command {
+                "FETCH" => MAX_FETCH_ANSWER,
+                _ => MAX_ANSWER,
+            },
         }
     }
 
     /// Takes the next response: the untagged ones before it once the tagged OK came, an error
     /// for a tagged NO or BAD, a BYE or an answer beyond the memory bound.
     pub(crate) fn push(&mut self, r: Response) -> Result<Option<Vec<Response>>, ImapError> {
-        self.held += r.text.len() + r.literals.iter().map(Vec::len).sum::<usize>();
-        if self.held > MAX_UNTAGGED_BYTES {
+        self.held += r.held();
+        if self.held > self.limit {
             return Err(ImapError::Protocol(format!(
                 "the answer to {} is larger than {} MiB",
                 self.command,
-                MAX_UNTAGGED_BYTES >> 20
+                self.limit >> 20
             )));
         }
         if let Some(rest) = r
@@ -308,13 +357,17 @@ mod tests {
 
     #[test]
     fn lines_and_literals_are_bounded_whatever_the_server_claims() {
-        let long = vec![b'a'; MAX_LINE + 1];
+        let long = vec![b'a'; MAX_LINE + 2];
         assert!(matches!(
             decode_in_pieces(&long, 4096).1,
             Some(ImapError::Protocol(m)) if m.contains("longer than")
         ));
-        // A line of exactly MAX_LINE bytes before its line feed is taken.
+        let mut over = vec![b'a'; MAX_LINE + 1];
+        over.push(b'\n');
+        assert!(decode_in_pieces(&over, 999).1.is_some());
+        // A line of exactly MAX_LINE bytes before its CRLF is taken.
         let mut fits = vec![b'a'; MAX_LINE];
+        fits.push(b'\r');
         fits.push(b'\n');
         assert_eq!(decode_in_pieces(&fits, 1000).0[0].text.len(), MAX_LINE);
         let huge = format!("* 1 FETCH (BODY[] {{{}}}\r\n", MAX_LITERAL + 1);
@@ -328,6 +381,56 @@ mod tests {
         let (used, none) = decoder.decode(claim.as_bytes()).unwrap();
         assert_eq!((used, none), (claim.len(), None));
         assert!(decoder.response.literals[0].capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn only_a_well_formed_literal_outside_status_lines_is_a_literal() {
+        for (line, literal) in [
+            ("* 1 FETCH (BODY[] {5}", Some(5)),
+            ("* 1 FETCH (BODY[] {5+}", Some(5)),
+            ("* 1 FETCH (BODY[] {5++}", None),
+            ("* 1 FETCH (BODY[] {+5}", None),
+            ("* 1 FETCH (BODY[] {}", None),
+            ("* 1 FETCH (BODY[] {-5}", None),
+            ("p2 NO [AUTHENTICATIONFAILED] bad token {5}", None),
+            ("p2 ok done {5}", None),
+            ("* BYE closing {5}", None),
+            ("* OK [ALERT] {5}", None),
+            ("+ go ahead {5}", None),
+        ] {
+            assert_eq!(literal_length(true, line), literal, "{line}");
+        }
+        // A later line of a response is not a status line, whatever it starts with.
+        assert_eq!(literal_length(false, " NO {5}"), Some(5));
+        // So a refusal ending like a literal comes back as the refusal.
+        let (responses, error) = decode_in_pieces(b"p2 NO bad token {5}\r\n", 3);
+        assert!(error.is_none());
+        assert_eq!(responses[0].text, "p2 NO bad token {5}");
+    }
+
+    #[test]
+    fn many_literals_or_many_small_responses_are_bounded_by_what_they_cost() {
+        let mut flood = b"* 1 FETCH (X".to_vec();
+        for _ in 0..=MAX_LITERALS {
+            flood.extend_from_slice(b" {0}\r\n");
+        }
+        assert!(matches!(
+            decode_in_pieces(&flood, 4096).1,
+            Some(ImapError::Protocol(m)) if m.contains("literals")
+        ));
+        // Tiny untagged responses before the tagged end: counted with what each costs.
+        let mut c = Completion::new("p1", "CAPABILITY");
+        let tiny = Response {
+            text: "* A".into(),
+            literals: Vec::new(),
+        };
+        let n = MAX_ANSWER / (3 + HELD_OVERHEAD) + 1;
+        let refused = (0..n).find_map(|_| c.push(tiny.clone()).err());
+        assert!(
+            matches!(refused, Some(ImapError::Protocol(m)) if m.contains("CAPABILITY")),
+            "bounded at about {} MiB",
+            MAX_ANSWER >> 20
+        );
     }
 
     #[test]

@@ -52,14 +52,93 @@ pub fn secret_forms(user: &str, host: &str, port: u16, secret: &Secret) -> Vec<S
     forms
 }
 
-/// `text` with every form of the secret masked.
+/// `text` with every form of the secret masked: the forms themselves, and any word that
+/// decodes to hold one (a server echoing the secret re-encoded: base64 at another alignment,
+/// percent-encoded, JSON-escaped).
 pub fn mask_secret(text: &str, forms: &[String]) -> String {
-    if forms.iter().all(|f| !text.contains(f.as_str())) {
-        return text.to_string();
+    // Whole words first: a form found inside one would split it.
+    let in_word = |c: char| c.is_ascii_alphanumeric() || "+/=_.~%-\\".contains(c);
+    let mut masked = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if in_word(c) {
+            word.push(c);
+            continue;
+        }
+        match decodes_to_a_form(&word, forms) {
+            true => masked.push_str("[password]"),
+            false => masked.push_str(&word),
+        }
+        word.clear();
+        masked.push(c);
     }
-    forms.iter().fold(text.to_string(), |t, form| {
-        t.replace(form.as_str(), "[password]")
+    masked.pop();
+    if forms.iter().all(|f| !masked.contains(f.as_str())) {
+        return masked;
+    }
+    forms
+        .iter()
+        .fold(masked, |t, form| t.replace(form.as_str(), "[password]"))
+}
+
+/// Whether `word`, percent-decoded, JSON-unescaped or base64-decoded at any alignment, holds
+/// one of `forms` (the secret among them).
+fn decodes_to_a_form(word: &str, forms: &[String]) -> bool {
+    if word.len() < 8 {
+        return false;
+    }
+    let lenient = base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
+    let engines = [
+        base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, lenient),
+        base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
+    ];
+    let mut decoded: Vec<Vec<u8>> =
+        vec![percent_decoded(word), word.replace("\\/", "/").into_bytes()];
+    let bare = word.trim_end_matches('=');
+    for skip in 0..4.min(bare.len()) {
+        let chunk = &bare[skip..];
+        // A lone trailing character cannot be base64.
+        let chunk = match chunk.len() % 4 {
+            1 => &chunk[..chunk.len() - 1],
+            _ => chunk,
+        };
+        for engine in &engines {
+            if let Ok(bytes) = engine.decode(chunk) {
+                decoded.push(bytes);
+            }
+        }
+    }
+    decoded.iter().any(|bytes| {
+        forms
+            .iter()
+            .filter(|f| f.len() >= 4)
+            .any(|f| bytes.windows(f.len()).any(|w| w == f.as_bytes()))
     })
+}
+
+/// `%XX` sequences turned back into bytes; anything else kept.
+fn percent_decoded(word: &str) -> Vec<u8> {
+    let bytes = word.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The CRAM-MD5 response (RFC 2195 §2) to a base64 `challenge`: base64 of the user name, a
@@ -108,6 +187,40 @@ pub fn decode_challenge(challenge: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_echoed_re_encoded_is_masked_and_plain_text_is_not() {
+        let token = Secret::new("ya29.a0AfB_byC/t0ken-0f-a-kn0wn-v4lue".to_string());
+        let forms = secret_forms("alice", "imap.example", 993, &token);
+        let message = String::from_utf8(
+            BASE64
+                .decode(oauthbearer_response("alice", "imap.example", 993, &token))
+                .unwrap(),
+        )
+        .unwrap();
+        for echoed in [
+            // base64 of the message at another alignment
+            BASE64.encode(format!("x{message}")),
+            BASE64.encode(format!("xy{message}")),
+            // percent-encoded, JSON-escaped
+            "ya29%2Ea0AfB_byC%2Ft0ken-0f-a-kn0wn-v4lue".to_string(),
+            "ya29.a0AfB_byC\\/t0ken-0f-a-kn0wn-v4lue".to_string(),
+        ] {
+            let text = format!("NO [AUTHENTICATIONFAILED] you sent {echoed}, expired");
+            let masked = mask_secret(&text, &forms);
+            assert_eq!(
+                masked, "NO [AUTHENTICATIONFAILED] you sent [password], expired",
+                "{echoed}"
+            );
+        }
+        for plain in [
+            "-ERR [AUTH] Authentication failed. (server said: {\"status\":\"invalid_token\"})",
+            "NO [UNAVAILABLE] see https://support.example.com/kb/article-12345-long-name",
+            "* OK Dovecot ready. <1234.5678@host.example>",
+        ] {
+            assert_eq!(mask_secret(plain, &forms), plain);
+        }
+    }
 
     #[test]
     fn sasl_encodings() {
