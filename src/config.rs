@@ -41,7 +41,7 @@ pub struct S3Settings {
     /// The profile of ~/.aws/credentials and ~/.aws/config (else $AWS_PROFILE, else `default`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    /// The part size of multipart uploads, 5 to 5120 MiB (default 32); larger objects than
+    /// The part size of multipart uploads, 5 to 5120 MiB (default 64); larger objects than
     /// twice this go up in parts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub part_size_mib: Option<u64>,

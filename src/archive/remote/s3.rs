@@ -49,9 +49,10 @@ pub struct S3Config {
     pub part_size: usize,
 }
 
-/// The default part of a multipart upload: a full pack (64 MiB and the message that filled it)
-/// goes up in three parts, each retried alone on a flaky link; smaller objects in one PUT.
-pub const DEFAULT_PART_SIZE: usize = 32 << 20;
+/// The default part of a multipart upload. A pack closes once it holds 64 MiB, so only a pack
+/// whose last message is itself over 64 MiB is over twice this and goes up in parts (each
+/// retried alone on a flaky link); every other object, in one PUT (one request, not six).
+pub const DEFAULT_PART_SIZE: usize = 64 << 20;
 /// S3's smallest part (all but the last) and its most parts.
 pub const MIN_PART_SIZE: usize = 5 << 20;
 const MAX_PARTS: usize = 10_000;
