@@ -854,6 +854,25 @@ fn a_mistyped_s3_location_is_refused_not_made_a_directory() {
     assert!(!sandbox.path().join("S3:").exists() && !sandbox.path().join("s3:").exists());
 }
 
+/// A Maildir of `count` 2 MiB messages of random hex, which compress to about half.
+fn large_maildir(dir: &Path, count: u64, rng: &mut Rng) -> Vec<Vec<u8>> {
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    (0..count)
+        .map(|n| {
+            let mut m = format!("From: a@example.org\r\nSubject: large {n}\r\n\r\n").into_bytes();
+            while m.len() < 2 << 20 {
+                m.extend_from_slice(
+                    format!("{:016x}{:016x}\r\n", rng.next(), rng.next()).as_bytes(),
+                );
+            }
+            std::fs::write(dir.join(format!("cur/{n}.large:2,S")), &m).unwrap();
+            m
+        })
+        .collect()
+}
+
 #[test]
 fn a_large_pack_goes_up_in_parts_each_retried_alone_and_a_failed_upload_is_aborted() {
     let moto = Moto::start();
@@ -866,18 +885,7 @@ fn a_large_pack_goes_up_in_parts_each_retried_alone_and_a_failed_upload_is_abort
     // Messages that compress to about half: a pack of some 20 MiB, four parts of 5 MiB.
     let mut rng = Rng(77);
     let maildir = sandbox.path().join("Maildir");
-    for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(maildir.join(sub)).unwrap();
-    }
-    let mut messages = Vec::new();
-    for n in 0..20 {
-        let mut m = format!("From: a@example.org\r\nSubject: big {n}\r\n\r\n").into_bytes();
-        while m.len() < 2 << 20 {
-            m.extend_from_slice(format!("{:016x}{:016x}\r\n", rng.next(), rng.next()).as_bytes());
-        }
-        std::fs::write(maildir.join(format!("cur/{n}.big:2,S")), &m).unwrap();
-        messages.push(m);
-    }
+    let messages = large_maildir(&maildir, 20, &mut rng);
     let cache = sandbox.path().join("cache");
     // A connection reset in the middle of a part: that part is sent again, not the pack.
     proxy.fail("PUT", "uploadId=", Fault::ResetMidUpload, Some(1));
@@ -927,16 +935,7 @@ fn a_large_pack_goes_up_in_parts_each_retried_alone_and_a_failed_upload_is_abort
 
     // The store failing every completion: one line, nothing committed, no parts left open.
     let more = sandbox.path().join("More");
-    for sub in ["cur", "new", "tmp"] {
-        std::fs::create_dir_all(more.join(sub)).unwrap();
-    }
-    for n in 0..14 {
-        let mut m = format!("From: b@example.org\r\nSubject: more {n}\r\n\r\n").into_bytes();
-        while m.len() < 2 << 20 {
-            m.extend_from_slice(format!("{:016x}{:016x}\r\n", rng.next(), rng.next()).as_bytes());
-        }
-        std::fs::write(more.join(format!("cur/{n}.more:2,S")), &m).unwrap();
-    }
+    large_maildir(&more, 14, &mut rng);
     proxy.fail("POST", "uploadId=", Fault::Status500, None);
     let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &cache);
     let out = run(&mut c, &["import", &format!("maildir:{}", more.display())]);

@@ -246,12 +246,7 @@ impl S3Store {
         if response.status().as_u16() != 200 {
             return Err(self.refused(object, "CREATE MULTIPART UPLOAD", response));
         }
-        let text = response
-            .into_body()
-            .with_config()
-            .limit(64 << 10)
-            .read_to_string()
-            .map_err(|e| read_error(&object, e))?;
+        let text = reply_text(&object, response, 64 << 10)?;
         let upload_id = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
             .map_err(|e| read_error(&object, format!("no upload id in the reply: {e}")))?
             .upload_id()
@@ -319,12 +314,7 @@ impl S3Store {
         match response.status().as_u16() {
             // S3 may answer 200 and put an error in the body (a completion that failed late).
             200 => {
-                let text = response
-                    .into_body()
-                    .with_config()
-                    .limit(64 << 10)
-                    .read_to_string()
-                    .map_err(|e| read_error(object, e))?;
+                let text = reply_text(object, response, 64 << 10)?;
                 // Told by the error element alone: compatibles name the result element
                 // differently (moto: CompleteMultipartUploadResponse).
                 if text.contains("<Error>") {
@@ -427,6 +417,20 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     Some(body[start..end].trim().to_string()).filter(|s| !s.is_empty())
 }
 
+/// The body of a reply, at most `limit` bytes (an XML document, never an object).
+fn reply_text(
+    object: &str,
+    response: Response<ureq::Body>,
+    limit: u64,
+) -> Result<String, RemoteError> {
+    response
+        .into_body()
+        .with_config()
+        .limit(limit)
+        .read_to_string()
+        .map_err(|e| read_error(object, e))
+}
+
 fn read_error(object: &str, e: impl std::fmt::Display) -> RemoteError {
     RemoteError::Damaged {
         object: object.to_string(),
@@ -525,12 +529,7 @@ impl ObjectStore for S3Store {
             if response.status().as_u16() != 200 {
                 return Err(self.refused(object, "LIST", response));
             }
-            let text = response
-                .into_body()
-                .with_config()
-                .limit(64 << 20)
-                .read_to_string()
-                .map_err(|e| read_error(&object, e))?;
+            let text = reply_text(&object, response, 64 << 20)?;
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text).map_err(|e| {
                 RemoteError::Damaged {
                     object: object.clone(),
