@@ -212,14 +212,26 @@ impl Deliveries {
         since: Option<DateTime<Utc>>,
     ) -> Result<Deliveries, ForwardError> {
         let path = journal_path(root, account, destination);
-        match path.exists() {
-            true => Deliveries::read(&path),
-            false => Ok(Deliveries::new(
-                account,
-                destination,
-                since.unwrap_or_else(Utc::now),
-            )),
+        let state = match path.exists() {
+            true => Deliveries::read(&path)?,
+            false => Deliveries::new("", "", Utc::now()),
+        };
+        // A journal without its start line (made, then a crash) starts afresh, as `open` does.
+        Ok(match state.account.is_empty() {
+            true => Deliveries::new(account, destination, since.unwrap_or_else(Utc::now)),
+            false => state.moved_back_to(since),
+        })
+    }
+
+    /// This state with its start moved back to `since` when that is earlier, as a forward
+    /// with `--since` records it.
+    pub fn moved_back_to(mut self, since: Option<DateTime<Utc>>) -> Deliveries {
+        if let Some(since) = since
+            && since < self.since
+        {
+            self.since = since;
         }
+        self
     }
 }
 
@@ -394,9 +406,24 @@ pub fn rename(
             destination: from.into(),
         });
     }
-    let locks = match dry_run {
+    let read_state = |lines: Vec<Line>| {
+        let mut state = Deliveries::new(account, to, now);
+        for line in lines {
+            state.apply(line);
+        }
+        state
+    };
+    let read_to = || -> Result<Vec<u8>, ForwardError> {
+        match to_path.exists() {
+            true => read_journal(&to_path),
+            false => Ok(Vec::new()),
+        }
+    };
+    // `from` is locked and judged before `to` is locked: locking makes the file, and a move
+    // refused must leave no empty journal behind.
+    let old_file = match dry_run {
         true => None,
-        false => Some((lock_journal(&from_path, from)?, lock_journal(&to_path, to)?)),
+        false => Some(lock_journal(&from_path, from)?),
     };
     let old_bytes = read_journal(&from_path)?;
     let (old_lines, old_whole) = parse_lines(&from_path, &old_bytes)?;
@@ -405,31 +432,25 @@ pub fn rename(
     for line in old_lines {
         old.apply(line);
     }
-    let new_bytes = match to_path.exists() {
-        true => read_journal(&to_path)?,
-        false => Vec::new(),
-    };
-    let (new_lines, _) = parse_lines(&to_path, &new_bytes)?;
-    let read_state = |lines: Vec<Line>| {
-        let mut state = Deliveries::new(account, to, now);
-        for line in lines {
-            state.apply(line);
+    if let Some((moved_to, at)) = &old.renamed {
+        // Done before (a second run, or one after a crash past the last step), or `to` is
+        // where a chain of moves from `from` ended: the deliveries are there already.
+        if moved_to == to || moves_end(root, account, from) == to {
+            return Ok(read_state(parse_lines(&to_path, &read_to()?)?.0));
         }
-        state
-    };
-    match &old.renamed {
-        // Done before (a second run, or one after a crash past the last step).
-        Some((moved_to, _)) if moved_to == to => return Ok(read_state(new_lines)),
-        Some((_, at)) => {
-            return Err(ForwardError::RenamedAway {
-                account: account.into(),
-                from: from.into(),
-                to: moves_end(root, account, from),
-                at: *at,
-            });
-        }
-        None => {}
+        return Err(ForwardError::RenamedAway {
+            account: account.into(),
+            from: from.into(),
+            to: moves_end(root, account, from),
+            at: *at,
+        });
     }
+    let locks = match old_file {
+        Some(old_file) => Some((old_file, lock_journal(&to_path, to)?)),
+        None => None,
+    };
+    let new_bytes = read_to()?;
+    let (new_lines, _) = parse_lines(&to_path, &new_bytes)?;
     // Copied before a crash, `from` not yet marked: only the mark is left to write.
     let copied = !old_bytes.is_empty() && new_bytes.starts_with(old_bytes);
     let mut text = None;
@@ -906,6 +927,45 @@ mod tests {
     }
 
     #[test]
+    fn a_dry_run_reads_the_journal_as_the_real_run_would_open_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let t0 = Utc::now() - chrono::Duration::days(10);
+        let earlier = t0 - chrono::Duration::days(30);
+        // A journal made but never given its start line (a crash) starts afresh.
+        fs::create_dir_all(root.join(JOURNAL_DIR)).unwrap();
+        fs::write(journal_path(root, "a", "D"), b"").unwrap();
+        let fresh = Deliveries::peek(root, "a", "D", Some(earlier)).unwrap();
+        assert_eq!((fresh.account.as_str(), fresh.since), ("a", earlier));
+        let opened = Journal::open(root, "a", "D", Utc::now(), Some(earlier)).unwrap();
+        assert_eq!(opened.state.since, earlier);
+        drop(opened);
+        // An earlier --since moves an existing journal's start back; a later one does not.
+        let mut j = Journal::open(root, "a", "E", t0, None).unwrap();
+        deliver_ids(&mut j, &[1]);
+        drop(j);
+        assert_eq!(
+            Deliveries::peek(root, "a", "E", Some(earlier))
+                .unwrap()
+                .since,
+            earlier
+        );
+        assert_eq!(
+            Deliveries::peek(root, "a", "E", Some(Utc::now()))
+                .unwrap()
+                .since,
+            t0
+        );
+        assert_eq!(
+            Deliveries::peek(root, "a", "E", None)
+                .unwrap()
+                .delivered
+                .len(),
+            1
+        );
+    }
+
+    #[test]
     fn a_rename_carries_every_delivery_joins_a_journal_already_used_and_can_be_made_back() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -1029,6 +1089,15 @@ mod tests {
             rename(root, "a", "A", "D", Utc::now(), false),
             Err(ForwardError::RenamedAway { to, .. }) if to == "C"
         ));
+        assert!(
+            !journal_path(root, "a", "D").exists(),
+            "a refused move leaves no journal behind"
+        );
+        // The chain from A already ends at C: moving A to C has nothing left to do.
+        let c_bytes = fs::read(journal_path(root, "a", "C")).unwrap();
+        let there = rename(root, "a", "A", "C", Utc::now(), false).unwrap();
+        assert_eq!(there.delivered, [1, 3].map(id).into_iter().collect());
+        assert_eq!(fs::read(journal_path(root, "a", "C")).unwrap(), c_bytes);
         let back = rename(root, "a", "C", "A", Utc::now(), false).unwrap();
         assert_eq!(back.delivered, [1, 3].map(id).into_iter().collect());
         assert_eq!(back.refusals[&id(2)], 1, "no line counted twice");

@@ -381,7 +381,7 @@ fn pass(
             let archived = match &archive {
                 Some(archive) => {
                     let state = match renamed {
-                        Some(state) => state.clone(),
+                        Some(state) => state.clone().moved_back_to(args.since),
                         None => Deliveries::peek(
                             &ctx.archive,
                             &route.account.name,

@@ -118,9 +118,31 @@ impl Moto {
         let url = match method {
             "PUT" => bucket.put_object(Some(&credentials), key).sign(ttl),
             "DELETE" => bucket.delete_object(Some(&credentials), key).sign(ttl),
+            "POST" => bucket
+                .create_multipart_upload(Some(&credentials), key)
+                .sign(ttl),
             _ => bucket.get_object(Some(&credentials), key).sign(ttl),
         };
         format!("{}?{}", url.path(), url.query().unwrap_or(""))
+    }
+
+    /// Starts a multipart upload of `key` and leaves it open, as a writer killed mid-upload
+    /// does.
+    pub fn open_upload(&self, bucket: &str, key: &str) {
+        let path = self.signed("POST", bucket, key);
+        let (status, body) = raw_http(self.port, "POST", &path, &[], b"");
+        assert_eq!(status, 200, "{body}");
+    }
+
+    /// The keys of the bucket's open multipart uploads.
+    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
+        let (status, body) = self.raw("GET", &format!("/{bucket}?uploads"), b"");
+        assert_eq!(status, 200, "{body}");
+        body.split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {

@@ -94,7 +94,14 @@ pub struct S3Store {
     /// Lets tests shorten the backoff.
     backoff: Duration,
     part_size: usize,
+    /// Uploads of packs left open at least this long are aborted (see [`S3Store::sweep`]).
+    stale_after: Duration,
+    swept: std::sync::atomic::AtomicBool,
 }
+
+/// No pack upload of a live writer takes this long; one open longer was left by a writer that
+/// died (kill -9, power loss) and only costs storage.
+const STALE_UPLOAD: Duration = Duration::from_secs(12 * 3600);
 
 /// How long a signed URL stays valid: long enough for a slow upload of one pack.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -157,7 +164,15 @@ impl S3Store {
             requests: AtomicU64::new(0),
             backoff: Duration::from_millis(200),
             part_size: config.part_size.max(MIN_PART_SIZE),
+            stale_after: STALE_UPLOAD,
+            swept: Default::default(),
         })
+    }
+
+    /// For tests of the sweep: the age from which an open upload counts as left behind.
+    pub fn with_stale_after(mut self, age: Duration) -> S3Store {
+        self.stale_after = age;
+        self
     }
 
     /// For tests of the retries: the first backoff (it doubles each time).
@@ -236,6 +251,9 @@ impl S3Store {
         if self.exists(key)? {
             return Ok(false);
         }
+        if !self.swept.swap(true, Ordering::Relaxed) {
+            self.sweep();
+        }
         let response = self.send(&object, "CREATE MULTIPART UPLOAD", &|agent| {
             let url = self
                 .bucket
@@ -252,10 +270,62 @@ impl S3Store {
             .upload_id()
             .to_string();
         let uploaded = self.upload_parts(key, &upload_id, body);
-        if uploaded.is_err() {
+        // Not completed (an error, or the key taken meanwhile): the parts go.
+        if !matches!(uploaded, Ok(true)) {
             self.abort(&full, &object, &upload_id);
         }
         uploaded
+    }
+
+    /// Best effort, once per process, before its first multipart upload: aborts the uploads of
+    /// this archive's packs left open by a writer that died mid-upload, which S3 keeps (and
+    /// bills) until a lifecycle rule removes them. Only uploads open longer than any live one
+    /// are touched; the first page of the listing is enough, as every later run sweeps again.
+    fn sweep(&self) {
+        let prefix = self.full_key("packs/");
+        let object = self.object_name("packs/");
+        let Ok(response) = self.send(&object, "LIST MULTIPART UPLOADS", &|agent| {
+            // rusty-s3 has no action for this request; it signs it all the same.
+            let query = [("prefix", prefix.as_str()), ("uploads", "")];
+            let url = rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                self.bucket.base_url().clone(),
+                self.credentials.key(),
+                self.credentials.secret(),
+                self.credentials.token(),
+                self.bucket.region(),
+                SIGNED_FOR.as_secs(),
+                query.into_iter(),
+                std::iter::empty(),
+            );
+            agent.get(url.as_str()).call()
+        }) else {
+            return;
+        };
+        if response.status().as_u16() != 200 {
+            return;
+        }
+        let Ok(text) = reply_text(&object, response, 4 << 20) else {
+            return;
+        };
+        let now = chrono::Utc::now();
+        for upload in text.split("<Upload>").skip(1) {
+            let (Some(key), Some(id), Some(initiated)) = (
+                xml_field(upload, "Key").map(|k| xml_unescape(&k)),
+                xml_field(upload, "UploadId").map(|k| xml_unescape(&k)),
+                xml_field(upload, "Initiated")
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()),
+            ) else {
+                continue;
+            };
+            let age = (now - initiated.with_timezone(&chrono::Utc))
+                .to_std()
+                .unwrap_or_default();
+            if key.starts_with(&prefix) && age >= self.stale_after {
+                self.abort(&key, &object, &id);
+            }
+        }
     }
 
     fn upload_parts(&self, key: &str, upload_id: &str, body: &[u8]) -> Result<bool, RemoteError> {
@@ -415,6 +485,15 @@ fn xml_field(body: &str, name: &str) -> Option<String> {
     let start = body.find(&open)? + open.len();
     let end = start + body[start..].find('<')?;
     Some(body[start..end].trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The text of an XML element with its five predefined entities replaced.
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 /// The body of a reply, at most `limit` bytes (an XML document, never an object).
