@@ -225,11 +225,22 @@ impl Mirror {
         };
         crate::archive::writer::remove_uncommitted(&self.root)?;
         // Uploads happen under the remote lock only: a reader leaves them to the next writer.
+        let mut pulled = Pulled::default();
         if create {
+            // Without its state file (a cache cleaned by hand) the mirror would send every
+            // commit again, each pack whole to be refused as taken: what the store holds of
+            // them is read from its listing first, as a pull checks its own commits.
+            if !self.state_path().exists() && self.local_last()? > 0 {
+                pulled = self.pull()?;
+            }
             self.push_unpublished()?;
         }
         let healed = self.fetch_left_out()?;
-        let mut pulled = self.pull()?;
+        let more = self.pull()?;
+        pulled.commits += more.commits;
+        pulled.bytes += more.bytes;
+        pulled.damaged.extend(more.damaged);
+        pulled.gap = more.gap;
         pulled.healed = healed;
         Ok(pulled)
     }
@@ -951,6 +962,8 @@ mod tests {
     struct MemoryStore {
         objects: Mutex<BTreeMap<String, Vec<u8>>>,
         hidden: Mutex<Vec<String>>,
+        /// Every `create` asked, taken or not.
+        creates: std::sync::atomic::AtomicU64,
     }
 
     impl ObjectStore for Arc<MemoryStore> {
@@ -967,6 +980,8 @@ mod tests {
             }
         }
         fn create(&self, key: &str, body: &[u8]) -> Result<bool, RemoteError> {
+            self.creates
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut objects = self.objects.lock().unwrap();
             if objects.contains_key(key) {
                 return Ok(false);
@@ -1047,6 +1062,31 @@ mod tests {
         );
         // No lock object is left behind.
         assert!(store.list("locks/", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_lost_state_file_sends_only_what_the_store_lacks() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one", "two"]).unwrap();
+        add(&laptop, &["three"]).unwrap();
+        // Another machine's commit 3, which the laptop has not pulled yet.
+        let other = machine(&store, b.path());
+        other.sync(false).unwrap();
+        add(&other, &["four"]).unwrap();
+        fs::remove_file(laptop.state_path()).unwrap();
+        let creates = || store.creates.load(std::sync::atomic::Ordering::Relaxed);
+        let before = creates();
+        let pulled = laptop.sync(true).unwrap();
+        assert_eq!(creates() - before, 0, "nothing sent again");
+        assert_eq!((pulled.commits, laptop.published()), (1, 3));
+        assert_eq!(ids(&laptop), ids(&other));
+        // Its next commit goes up as commit 4, and only it.
+        add(&laptop, &["five"]).unwrap();
+        assert_eq!(laptop.published(), 4);
+        assert_eq!(other.sync(false).unwrap().commits, 1);
+        assert_eq!(ids(&laptop), ids(&other));
     }
 
     #[test]
