@@ -35,8 +35,34 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> anyhow::Result<Exit> {
         false => None,
     };
     let bar = byte_bar(total, ctx.quiet || args.json, "verify");
-    let (mut report, catalog) = verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
+    let (mut report, mut catalog) =
+        verify::verify(&ctx.archive, args.full, &|bytes| bar.inc(bytes))?;
     bar.finish_and_clear();
+    // Damage to this machine's copy of a remote archive is mended from the store, then the
+    // copy is checked again: what stays damaged is the store's (or not uploaded yet).
+    if let Some(mirror) = &ctx.remote
+        && !report.is_ok()
+    {
+        let mended = mirror
+            .mend()
+            .with_context(|| format!("cannot read the archive at {}", ctx.archive_label))?;
+        match mended {
+            None => eprintln!(
+                "note: a writer of this machine is using the local copy of {}; run verify again once it is done to mend the copy from the store",
+                ctx.archive_label
+            ),
+            Some(keys) if !keys.is_empty() => {
+                for key in &keys {
+                    eprintln!(
+                        "note: the local copy's {key} was missing or damaged: fetched it again from {} (the store's copy is whole)",
+                        mirror.url()
+                    );
+                }
+                (report, catalog) = verify::verify(&ctx.archive, args.full, &|_| {})?;
+            }
+            Some(_) => {}
+        }
+    }
     // The local copy is checked above; the remote's objects are listed (with --full, re-read)
     // and compared with it.
     if let Some(mirror) = &ctx.remote {

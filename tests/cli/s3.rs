@@ -1036,3 +1036,71 @@ fn forward_into_an_s3_archive_delivers_once_and_keeps_its_journal_on_this_machin
     assert_eq!(status["forwards"][0]["pending"], 0, "{status}");
     assert_nothing_overwritten(&moto);
 }
+
+#[test]
+fn damage_to_this_machines_copy_is_mended_from_the_store_by_verify() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let sandbox = Sandbox::new();
+    let cache = sandbox.path().join("cache");
+    let mut messages = Vec::new();
+    // Two imports: two commits, a pack each.
+    for (n, seed) in [(40, 3), (30, 4)] {
+        let maildir = sandbox.path().join(format!("Maildir{seed}"));
+        messages.extend(write_maildir(&maildir, n, seed));
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        ok(
+            &mut c,
+            &["import", &format!("maildir:{}", maildir.display())],
+        );
+    }
+    let mut packs: Vec<std::path::PathBuf> = std::fs::read_dir(cache.join("popvault/remote"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path().join("archive/packs")).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    packs.sort();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    let whole: Vec<Vec<u8>> = packs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let flip = |path: &Path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+    };
+    let verify = |args: &[&str]| {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        let out = run(&mut c, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // One pack gone from the copy, the other with a byte changed: the quick check sees the
+    // missing one, and the mending looks at every file.
+    std::fs::remove_file(&packs[0]).unwrap();
+    flip(&packs[1]);
+    let said = verify(&["verify"]);
+    assert_eq!(said.matches("fetched it again").count(), 2, "{said}");
+    for (path, bytes) in packs.iter().zip(&whole) {
+        assert!(std::fs::read(path).unwrap() == *bytes, "mended whole");
+    }
+    // A change the quick check cannot see is found and mended by --full.
+    flip(&packs[0]);
+    let said = verify(&["verify"]);
+    assert!(
+        !said.contains("fetched"),
+        "the quick check reads no pack: {said}"
+    );
+    let said = verify(&["verify", "--full"]);
+    assert_eq!(said.matches("fetched it again").count(), 1, "{said}");
+    let said = verify(&["verify", "--full"]);
+    assert!(!said.contains("fetched"), "{said}");
+    for m in &messages {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+        assert!(run(&mut c, &["cat", &sha256_hex(m)]).stdout == *m);
+    }
+    assert_nothing_overwritten(&moto);
+}

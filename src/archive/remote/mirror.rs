@@ -581,6 +581,67 @@ impl Mirror {
         Ok(writer)
     }
 
+    /// Mends this machine's copy from the store: every segment and pack an uploaded record
+    /// names that is missing here, or whose size or SHA-256 is not the one its name or record
+    /// gives (a cache damaged on this disk), is fetched again, checked and put in its place.
+    /// What the store cannot give whole stays as it is, for `verify` to name. Reads every
+    /// file of the copy, under its lock: `None` when a writer of this machine holds it.
+    /// Returns the keys mended.
+    pub fn mend(&self) -> Result<Option<Vec<String>>, RemoteError> {
+        let _lock = match WriterLock::acquire(&self.root.join("lock"), "verify", None) {
+            Err(ArchiveError::Locked { .. }) => return Ok(None),
+            other => other?,
+        };
+        let published = self.published();
+        let mut mended = Vec::new();
+        for record in crate::archive::index::read_records(&self.root)?.commits {
+            if record.commit > published {
+                // Made here and not uploaded: the store has nothing to mend it with.
+                continue;
+            }
+            let mut wanted = vec![(
+                format!("catalog/{}", record.segment.name),
+                record.segment.size,
+                record.segment.sha256,
+            )];
+            for pack in &record.packs {
+                wanted.push((
+                    format!("packs/{}", pack.name),
+                    pack.size,
+                    crate::archive::pack::digest_of_name(&pack.name),
+                ));
+            }
+            for (key, size, digest) in wanted {
+                let Some(digest) = digest else { continue };
+                let path = self.root.join(&key);
+                if file_holds(&path, size, &digest) {
+                    continue;
+                }
+                let Some(body) = self.store.get(&key)? else {
+                    continue;
+                };
+                if body.len() as u64 != size || Digest::of(&body) != digest {
+                    continue;
+                }
+                // The damaged file is replaced in one rename: a crash leaves it or the whole one.
+                let tmp = self.root.join("tmp").join(format!("mend-{}", digest.hex()));
+                durable::create_new(&tmp)
+                    .or_else(|_| {
+                        let _ = fs::remove_file(&tmp);
+                        durable::create_new(&tmp)
+                    })
+                    .and_then(|mut file| {
+                        durable::write(&mut file, &body, &tmp)?;
+                        durable::sync_file(&file, &tmp)
+                    })
+                    .and_then(|()| durable::rename_durably(&tmp, &path))
+                    .map_err(Self::local_err(&path))?;
+                mended.push(key);
+            }
+        }
+        Ok(Some(mended))
+    }
+
     /// The quick check of the remote: one listing of the archive's objects, against what the
     /// mirror's commit records (those uploaded) say should be there and how large.
     pub fn check_listing(&self) -> Result<Vec<String>, RemoteError> {
@@ -664,6 +725,13 @@ impl Mirror {
         }
         Ok(problems)
     }
+}
+
+/// Whether the file at `path` has `size` bytes whose SHA-256 is `digest`.
+fn file_holds(path: &Path, size: u64, digest: &Digest) -> bool {
+    let mut hasher = HashingWriter::new(0);
+    let copied = fs::File::open(path).and_then(|mut file| std::io::copy(&mut file, &mut hasher));
+    copied.is_ok_and(|n| n == size) && hasher.hasher.finish() == *digest
 }
 
 /// Records on the store above the last one read: an earlier one is missing from the listing.
