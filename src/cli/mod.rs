@@ -228,6 +228,13 @@ impl Context {
         for damage in &pulled.damaged {
             eprintln!("warning: damaged on the store, left out of this machine's copy: {damage}");
         }
+        if let Some(aside) = &pulled.set_aside {
+            eprintln!(
+                "warning: commits made on this machine and not uploaded clash with commits another machine uploaded to {} meanwhile; nothing there was replaced: this machine's copy is kept whole at {}, and the next backup, import or copy into the archive adds its messages",
+                mirror.url(),
+                aside.display()
+            );
+        }
         if let Some(commit) = pulled.gap {
             eprintln!(
                 "warning: {}: commit {commit} is not listed while later ones are (a listing that lags, or a deleted record): the commits from it on are not read; run again later, and `verify` if it stays",

@@ -95,7 +95,69 @@ pub fn open_writer(
         Some(mirror) => mirror.writer(command, wait).map_err(anyhow::Error::new),
         None => crate::archive::Writer::open(root, command, wait).map_err(anyhow::Error::new),
     };
-    opened.with_context(|| format!("cannot write to the archive at {label}"))
+    let mut writer = opened.with_context(|| format!("cannot write to the archive at {label}"))?;
+    if let Some(mirror) = mirror {
+        bring_in_set_aside(mirror, &mut writer, label)?;
+    }
+    Ok(writer)
+}
+
+/// Adds to the archive, as new commits, the messages of this machine's copies that were set
+/// aside because their commits clashed with another machine's (`Mirror::set_aside`); a copy
+/// whose messages are all in goes. One that cannot be read whole (an encrypted archive without
+/// its identity here, damage) is kept and named, with the way to bring it in by hand.
+fn bring_in_set_aside(
+    mirror: &Mirror,
+    writer: &mut crate::archive::Writer,
+    label: &str,
+) -> anyhow::Result<()> {
+    for aside in mirror.set_aside_copies() {
+        let by_hand = || {
+            format!(
+                "`popvault --archive {} copy --to {label}` brings them in, then delete that directory",
+                aside.display()
+            )
+        };
+        let copied = crate::archive::Archive::open(&aside).and_then(|source| {
+            crate::copy::copy(
+                &source,
+                &Default::default(),
+                writer,
+                &crate::stop::Stop::new(),
+                &|_| {},
+            )
+        });
+        let report = match copied.and_then(|report| writer.commit().map(|_| report)) {
+            Ok(report) if report.damaged.is_empty() => report,
+            Ok(report) => {
+                eprintln!(
+                    "warning: {} messages of this machine's copy set aside at {} cannot be read; {}",
+                    report.damaged.len(),
+                    aside.display(),
+                    by_hand()
+                );
+                continue;
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot bring in the messages of this machine's copy set aside at {} ({}); {}",
+                    aside.display(),
+                    crate::error_chain(&e),
+                    by_hand()
+                );
+                continue;
+            }
+        };
+        eprintln!(
+            "note: brought into {label} the {} messages ({} catalog lines) of this machine's copy set aside at {} (commits not uploaded that clashed with another machine's); it is deleted",
+            report.new_messages,
+            report.lines_added,
+            aside.display()
+        );
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("cannot delete {}", aside.display()))?;
+    }
+    Ok(())
 }
 
 /// With `$POPVAULT_REPORT_REQUESTS` set, says how many requests the store was sent.

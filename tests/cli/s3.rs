@@ -1104,3 +1104,98 @@ fn damage_to_this_machines_copy_is_mended_from_the_store_by_verify() {
     }
     assert_nothing_overwritten(&moto);
 }
+
+#[test]
+fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_ones() {
+    let moto = Moto::start();
+    moto.versioned_bucket(BUCKET);
+    let proxy = FaultProxy::start(moto.port);
+    let sandbox = Sandbox::new();
+    let (laptop, desktop) = (
+        sandbox.path().join("laptop"),
+        sandbox.path().join("desktop"),
+    );
+    let maildir = |name: &str, count, seed| {
+        let dir = sandbox.path().join(name);
+        let messages = write_maildir(&dir, count, seed);
+        (format!("maildir:{}", dir.display()), messages)
+    };
+    // (The laptop always goes through the proxy: a mirror is kept per endpoint.)
+    let (first, mut all) = maildir("First", 20, 1);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    ok(&mut c, &["import", &first]);
+    // The laptop commits, but its record never goes up (the network went away)...
+    let (offline, messages) = maildir("Offline", 15, 5);
+    all.extend(messages);
+    proxy.fail("PUT", "/commits/", Fault::Status500, None);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["import", &offline]);
+    assert!(!out.status.success());
+    proxy.heal();
+    // ...while the desktop uploads its own commit of that number.
+    let (other, messages) = maildir("Desktop", 10, 7);
+    all.extend(messages);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &desktop);
+    ok(&mut c, &["import", &other]);
+
+    // A reader on the laptop shows the store's archive and keeps its own copy aside.
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kept whole at"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["unique_messages"], 30, "{stats}");
+    // The laptop's next writer brings the laptop's commit in as a new one, then does its own.
+    let (last, messages) = maildir("Last", 5, 9);
+    all.extend(messages);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["import", &last]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("brought into") && stderr.contains("the 15 messages"),
+        "{stderr}"
+    );
+    let remote = std::fs::read_dir(laptop.join("popvault/remote"))
+        .unwrap()
+        .next()
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(remote.unwrap().path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("unsent"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A new machine sees every message once, whole.
+    let fresh = sandbox.path().join("fresh");
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
+    ok(&mut c, &["verify", "--full"]);
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
+    let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
+    assert_eq!(stats["unique_messages"], 50, "{stats}");
+    for m in &all {
+        let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
+        assert!(run(&mut c, &["cat", &sha256_hex(m)]).stdout == *m);
+    }
+    // No record or pack was replaced. The laptop's segment 2, which no record named, was
+    // cleared by the desktop's writer before it wrote its own (doc/FORMAT.md): a version, a
+    // delete marker, a version.
+    for (key, versions) in moto.versions(BUCKET) {
+        let expected = match key.as_str() {
+            k if k.contains("/locks/") => 2,
+            k if k.ends_with("/catalog/00000002.jsonl.zst") => 3,
+            _ => 1,
+        };
+        assert!(versions <= expected, "{key} has {versions} versions");
+    }
+}

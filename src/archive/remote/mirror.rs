@@ -53,6 +53,9 @@ pub struct Pulled {
     /// A commit the listing does not show while later ones are there: a listing that lags,
     /// or a record deleted. Nothing from it on is read.
     pub gap: Option<u64>,
+    /// Where this machine's copy was moved, whole, when commits made here and not uploaded
+    /// clashed with commits another machine uploaded meanwhile (see [`Mirror::set_aside`]).
+    pub set_aside: Option<PathBuf>,
 }
 
 impl Mirror {
@@ -184,6 +187,64 @@ impl Mirror {
     /// the network after committing), and makes the archive when the remote has none; then
     /// every remote commit the mirror lacks is copied. Costs one LIST when nothing is new.
     pub fn sync(&self, create: bool) -> Result<Pulled, RemoteError> {
+        match self.sync_once(create) {
+            Err(RemoteError::Conflict { .. }) if self.holds_unsent()? => {
+                let aside = self.set_aside()?;
+                let mut pulled = self.sync_once(create)?;
+                pulled.set_aside = Some(aside);
+                Ok(pulled)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this machine's copy has commits it has not uploaded.
+    fn holds_unsent(&self) -> Result<bool, RemoteError> {
+        Ok(store::is_archive(&self.root) && self.local_last()? > self.published())
+    }
+
+    /// Moves this machine's copy aside, whole, as `archive.unsent-<time>` beside it: its
+    /// commits not uploaded took numbers another machine's commits hold on the store, and
+    /// they cannot go up as they are. Nothing on the store is replaced; a writer brings their
+    /// messages in as new commits (`popvault copy` from the moved copy, which the CLI does by
+    /// itself), and the next sync copies the archive down afresh.
+    fn set_aside(&self) -> Result<PathBuf, RemoteError> {
+        let aside = self.beside(&format!(
+            ".unsent-{}",
+            Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+        ));
+        durable::rename_durably(&self.root, &aside).map_err(Self::local_err(&self.root))?;
+        for state in [self.state_path(), self.left_out_path()] {
+            match fs::remove_file(&state) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Self::local_err(&state)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(aside)
+    }
+
+    /// The copies [`Mirror::set_aside`] moved away and no writer has brought in yet, oldest
+    /// first.
+    pub fn set_aside_copies(&self) -> Vec<PathBuf> {
+        let prefix = format!(
+            "{}.unsent-",
+            self.root.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let mut found: Vec<PathBuf> = fs::read_dir(durable::parent_dir(&self.root))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .filter(|p| store::is_archive(p))
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn sync_once(&self, create: bool) -> Result<Pulled, RemoteError> {
         if !store::is_archive(&self.root) {
             self.ensure_root_parent()?;
             match self.store.get(HEADER)? {
@@ -1202,22 +1263,43 @@ mod tests {
         add(&laptop, &["laptop"]).unwrap();
         let key = format!("commits/{}", catalog::commit_file_name(2));
         let laptops = store.get(&key).unwrap().unwrap();
-        // The desktop's next writer refuses: nothing on the store is replaced, and its commit
-        // stays in its mirror (to be brought in with `copy`).
-        let err = desktop.writer("test", None).err().expect("a conflict");
-        assert!(matches!(err, RemoteError::Conflict { .. }), "{err}");
-        assert!(err.to_string().contains("copy --to"), "{err}");
+        // A reader there does not show a mix: its copy, with the commit not uploaded, is
+        // moved aside whole, and the store's archive copied down afresh.
+        let pulled = desktop.sync(false).unwrap();
+        let aside = pulled.set_aside.expect("set aside");
+        assert_eq!(desktop.set_aside_copies(), vec![aside.clone()]);
+        assert_eq!(ids(&desktop), ids(&laptop));
+        let kept = Archive::open(&aside).unwrap();
+        assert!(
+            kept.messages()
+                .iter()
+                .any(|m| m.id == Digest::of(b"desktop"))
+        );
+        // Nothing on the store was replaced, and the next writer goes on from the store's 2.
         assert_eq!(store.get(&key).unwrap().unwrap(), laptops);
-        assert_eq!(desktop.local_last().unwrap(), 2);
+        add(&desktop, &["later"]).unwrap();
+        assert_eq!(desktop.local_last().unwrap(), 3);
+        assert_eq!(desktop.published(), 3);
         assert!(
             store.list("locks/", None).unwrap().is_empty(),
             "its lock went"
         );
-        // A reader there is refused the same way, rather than showing a mix.
-        assert!(matches!(
-            desktop.sync(false),
-            Err(RemoteError::Conflict { .. })
-        ));
+        // A writer meeting the clash itself sets aside the same way.
+        let mut offline = Writer::open(desktop.root(), "test", None).unwrap();
+        offline
+            .add_bytes(
+                b"again",
+                Source::Eml { path: "/e".into() },
+                None,
+                Utc::now(),
+            )
+            .unwrap();
+        offline.finish().unwrap();
+        add(&laptop, &["laptop 4"]).unwrap();
+        let writer = desktop.writer("test", None).unwrap();
+        drop(writer);
+        assert_eq!(desktop.set_aside_copies().len(), 2);
+        assert_eq!(store.get(&key).unwrap().unwrap(), laptops);
     }
 
     #[test]
