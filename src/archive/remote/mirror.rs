@@ -660,19 +660,7 @@ impl Mirror {
                 // Made here and not uploaded: the store has nothing to mend it with.
                 continue;
             }
-            let mut wanted = vec![(
-                format!("catalog/{}", record.segment.name),
-                record.segment.size,
-                record.segment.sha256,
-            )];
-            for pack in &record.packs {
-                wanted.push((
-                    format!("packs/{}", pack.name),
-                    pack.size,
-                    crate::archive::pack::digest_of_name(&pack.name),
-                ));
-            }
-            for (key, size, digest) in wanted {
+            for (key, size, digest) in files_of(&record) {
                 let Some(digest) = digest else { continue };
                 let path = self.root.join(&key);
                 if file_holds(&path, size, &digest) {
@@ -763,19 +751,7 @@ impl Mirror {
                 problems.push(format!("{}: not a commit record", item.key));
                 continue;
             };
-            let mut wanted = vec![(
-                format!("catalog/{}", record.segment.name),
-                record.segment.size,
-                record.segment.sha256,
-            )];
-            for pack in &record.packs {
-                wanted.push((
-                    format!("packs/{}", pack.name),
-                    pack.size,
-                    crate::archive::pack::digest_of_name(&pack.name),
-                ));
-            }
-            for (key, size, digest) in wanted {
+            for (key, size, digest) in files_of(&record) {
                 let mut hasher = HashingWriter::new(0);
                 if !self.store.get_into(&key, &mut hasher)? {
                     problems.push(format!("{key}: missing"));
@@ -786,6 +762,23 @@ impl Mirror {
         }
         Ok(problems)
     }
+}
+
+/// The segment and packs a commit record names: each key, size, and SHA-256 where known.
+fn files_of(record: &CommitRecord) -> Vec<(String, u64, Option<Digest>)> {
+    let segment = (
+        format!("catalog/{}", record.segment.name),
+        record.segment.size,
+        record.segment.sha256,
+    );
+    let packs = record.packs.iter().map(|pack| {
+        (
+            format!("packs/{}", pack.name),
+            pack.size,
+            crate::archive::pack::digest_of_name(&pack.name),
+        )
+    });
+    std::iter::once(segment).chain(packs).collect()
 }
 
 /// Whether the file at `path` has `size` bytes whose SHA-256 is `digest`.
@@ -1162,6 +1155,16 @@ mod tests {
         writer.finish().map(|_| ())
     }
 
+    /// A commit in `mirror` that is not uploaded (a writer without publisher: offline).
+    fn commit_offline(mirror: &Mirror, body: &[u8]) {
+        let mut offline = Writer::open(mirror.root(), "test", None).unwrap();
+        let source = Source::Eml {
+            path: format!("/offline/{}", String::from_utf8_lossy(body)),
+        };
+        offline.add_bytes(body, source, None, Utc::now()).unwrap();
+        offline.finish().unwrap();
+    }
+
     fn ids(mirror: &Mirror) -> Vec<String> {
         let mut ids: Vec<String> = Archive::open(mirror.root())
             .unwrap()
@@ -1249,16 +1252,7 @@ mod tests {
         let desktop = machine(&store, b.path());
         desktop.sync(false).unwrap();
         // The desktop commits 2 but cannot upload it (offline: a writer without publisher)...
-        let mut offline = Writer::open(desktop.root(), "test", None).unwrap();
-        offline
-            .add_bytes(
-                b"desktop",
-                Source::Eml { path: "/d".into() },
-                None,
-                Utc::now(),
-            )
-            .unwrap();
-        offline.finish().unwrap();
+        commit_offline(&desktop, b"desktop");
         // ...and meanwhile the laptop commits its own 2.
         add(&laptop, &["laptop"]).unwrap();
         let key = format!("commits/{}", catalog::commit_file_name(2));
@@ -1285,16 +1279,7 @@ mod tests {
             "its lock went"
         );
         // A writer meeting the clash itself sets aside the same way.
-        let mut offline = Writer::open(desktop.root(), "test", None).unwrap();
-        offline
-            .add_bytes(
-                b"again",
-                Source::Eml { path: "/e".into() },
-                None,
-                Utc::now(),
-            )
-            .unwrap();
-        offline.finish().unwrap();
+        commit_offline(&desktop, b"again");
         add(&laptop, &["laptop 4"]).unwrap();
         let writer = desktop.writer("test", None).unwrap();
         drop(writer);
