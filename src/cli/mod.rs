@@ -229,6 +229,15 @@ impl Context {
             eprintln!("warning: damaged on the store, left out of this machine's copy: {damage}");
         }
         if let Some(aside) = &pulled.set_aside {
+            // Forward journals are this machine's own: they go on in the copy in use.
+            mirror
+                .carry_dir(aside, crate::forward::JOURNAL_DIR)
+                .with_context(|| {
+                    format!(
+                        "cannot move the forward journals out of {}",
+                        aside.display()
+                    )
+                })?;
             eprintln!(
                 "warning: commits made on this machine and not uploaded clash with commits another machine uploaded to {} meanwhile; nothing there was replaced: this machine's copy is kept whole at {}, and the next backup, import or copy into the archive adds its messages",
                 mirror.url(),

@@ -118,6 +118,25 @@ fn bring_in_set_aside(
                 aside.display()
             )
         };
+        // Forward journals are this machine's own, never uploaded: they go on in the copy in
+        // use (a journal lost would deliver again, or never, what it recorded).
+        let journals_left = mirror
+            .carry_dir(&aside, crate::forward::JOURNAL_DIR)
+            .with_context(|| {
+                format!(
+                    "cannot move the forward journals out of {}",
+                    aside.display()
+                )
+            })?;
+        // An encrypted copy's mail never goes into the clear.
+        if crate::archive::crypto::sealed(&aside)?.is_some() && !writer.is_encrypted() {
+            eprintln!(
+                "warning: this machine's copy set aside at {} is encrypted and {label} is not now: its messages are not brought in; {}",
+                aside.display(),
+                by_hand()
+            );
+            continue;
+        }
         let copied = crate::archive::Archive::open(&aside).and_then(|source| {
             crate::copy::copy(
                 &source,
@@ -148,6 +167,15 @@ fn bring_in_set_aside(
                 continue;
             }
         };
+        if journals_left {
+            eprintln!(
+                "note: brought into {label} the {} messages ({} catalog lines) of this machine's copy set aside at {}; it is kept, as it holds forward journals the copy in use has too: compare them, then delete it",
+                report.new_messages,
+                report.lines_added,
+                aside.display()
+            );
+            continue;
+        }
         eprintln!(
             "note: brought into {label} the {} messages ({} catalog lines) of this machine's copy set aside at {} (commits not uploaded that clashed with another machine's); it is deleted",
             report.new_messages,

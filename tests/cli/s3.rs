@@ -1124,6 +1124,18 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
     let (first, mut all) = maildir("First", 20, 1);
     let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
     ok(&mut c, &["import", &first]);
+    // A forward journal: this machine's own, kept in its copy and never uploaded.
+    let mirror = std::fs::read_dir(laptop.join("popvault/remote"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let journal = mirror.join("archive/forward/0123456789abcdef.jsonl");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    let journal_text =
+        r#"{"start":{"account":"a","destination":"d","since":"2026-01-01T00:00:00Z"}}"#;
+    std::fs::write(&journal, format!("{journal_text}\n")).unwrap();
     // The laptop commits, but its record never goes up (the network went away)...
     let (offline, messages) = maildir("Offline", 15, 5);
     all.extend(messages);
@@ -1165,11 +1177,12 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
         stderr.contains("brought into") && stderr.contains("the 15 messages"),
         "{stderr}"
     );
-    let remote = std::fs::read_dir(laptop.join("popvault/remote"))
-        .unwrap()
-        .next()
-        .unwrap();
-    let left: Vec<_> = std::fs::read_dir(remote.unwrap().path())
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        format!("{journal_text}\n"),
+        "the journal goes on in the copy in use"
+    );
+    let left: Vec<_> = std::fs::read_dir(&mirror)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("unsent"))

@@ -88,10 +88,15 @@ impl Mirror {
     }
 
     fn published(&self) -> u64 {
+        self.published_state().unwrap_or(0)
+    }
+
+    /// The state file's number; `None` when it is missing or unreadable (a cache cleaned or
+    /// damaged by hand).
+    fn published_state(&self) -> Option<u64> {
         fs::read_to_string(self.state_path())
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
     }
 
     fn set_published(&self, commit: u64) -> Result<(), RemoteError> {
@@ -198,6 +203,59 @@ impl Mirror {
         }
     }
 
+    /// Puts the store's header back into this machine's copy when its own is missing or
+    /// unreadable, with the directories an archive has; the rest of the copy is checked by
+    /// the pull and by `verify` as usual. A store without a header changes nothing here.
+    fn restore_header(&self) -> Result<(), RemoteError> {
+        let Some(bytes) = self.store.get(HEADER)? else {
+            return Ok(());
+        };
+        for sub in ["packs", "catalog", "commits", "tmp"] {
+            let dir = self.root.join(sub);
+            fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
+        }
+        for name in KEY_FILES {
+            let key = format!("{}/{name}", crate::archive::crypto::KEYS_DIR);
+            let path = self.root.join(&key);
+            if !path.exists()
+                && let Some(bytes) = self.store.get(&key)?
+            {
+                fs::create_dir_all(durable::parent_dir(&path)).map_err(Self::local_err(&path))?;
+                self.replace_file(&path, &bytes)?;
+            }
+        }
+        let lock = self.root.join("lock");
+        if !lock.exists() {
+            fs::File::create(&lock).map_err(Self::local_err(&lock))?;
+        }
+        self.replace_file(&self.root.join(HEADER), &bytes)?;
+        store::check_header(&self.root).map_err(|e| RemoteError::NotAnArchive {
+            url: self.url(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `bytes` at `path` in the copy, replacing what is there in one rename (a crash
+    /// leaves the old file or the new one); a directory in the way goes.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> Result<(), RemoteError> {
+        let tmp_dir = self.root.join("tmp");
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = tmp_dir.join(format!("replace-{name}"));
+        let err = Self::local_err(path);
+        fs::create_dir_all(&tmp_dir).map_err(&err)?;
+        if path.is_dir() {
+            fs::remove_dir_all(path).map_err(&err)?;
+        }
+        let _ = fs::remove_file(&tmp);
+        durable::create_new(&tmp)
+            .and_then(|mut file| {
+                durable::write(&mut file, bytes, &tmp)?;
+                durable::sync_file(&file, &tmp)
+            })
+            .and_then(|()| durable::rename_durably(&tmp, path))
+            .map_err(err)
+    }
+
     /// Whether this machine's copy has commits it has not uploaded.
     fn holds_unsent(&self) -> Result<bool, RemoteError> {
         Ok(store::is_archive(&self.root) && self.local_last()? > self.published())
@@ -225,6 +283,30 @@ impl Mirror {
         Ok(aside)
     }
 
+    /// Moves the files of directory `dir` of a copy set aside into the copy in use, each
+    /// unless one of its name is there already: files of this machine's own kept in the copy
+    /// and never uploaded (forward journals). Returns whether any is left behind in `aside`.
+    pub fn carry_dir(&self, aside: &Path, dir: &str) -> Result<bool, RemoteError> {
+        let from = aside.join(dir);
+        let Ok(entries) = fs::read_dir(&from) else {
+            return Ok(false);
+        };
+        let to = self.root.join(dir);
+        fs::create_dir_all(&to).map_err(Self::local_err(&to))?;
+        let mut left = false;
+        for entry in entries {
+            let entry = entry.map_err(Self::local_err(&from))?;
+            let dest = to.join(entry.file_name());
+            match dest.exists() {
+                true => left = true,
+                false => {
+                    durable::rename_durably(&entry.path(), &dest).map_err(Self::local_err(&dest))?
+                }
+            }
+        }
+        Ok(left)
+    }
+
     /// The copies [`Mirror::set_aside`] moved away and no writer has brought in yet, oldest
     /// first.
     pub fn set_aside_copies(&self) -> Vec<PathBuf> {
@@ -245,6 +327,9 @@ impl Mirror {
     }
 
     fn sync_once(&self, create: bool) -> Result<Pulled, RemoteError> {
+        if self.root.exists() && store::check_header(&self.root).is_err() {
+            self.restore_header()?;
+        }
         if !store::is_archive(&self.root) {
             self.ensure_root_parent()?;
             match self.store.get(HEADER)? {
@@ -285,13 +370,20 @@ impl Mirror {
             other => other?,
         };
         crate::archive::writer::remove_uncommitted(&self.root)?;
+        // The state file never names a commit the copy lacks; when it does (records deleted
+        // here by hand), the copy goes on from the last record it holds, and the pull brings
+        // the rest again. Else a writer would give its next commit a number the store holds.
+        let local_last = self.local_last()?;
+        if self.published() > local_last {
+            self.set_published(local_last)?;
+        }
         // Uploads happen under the remote lock only: a reader leaves them to the next writer.
         let mut pulled = Pulled::default();
         if create {
             // Without its state file (a cache cleaned by hand) the mirror would send every
             // commit again, each pack whole to be refused as taken: what the store holds of
             // them is read from its listing first, as a pull checks its own commits.
-            if !self.state_path().exists() && self.local_last()? > 0 {
+            if self.published_state().is_none() && local_last > 0 {
                 pulled = self.pull()?;
             }
             self.push_unpublished()?;
@@ -655,6 +747,22 @@ impl Mirror {
         };
         let published = self.published();
         let mut mended = Vec::new();
+        // Records first: an uploaded one missing here is fetched again (its files follow).
+        for number in 1..=published {
+            let key = format!("commits/{}", catalog::commit_file_name(number));
+            let path = self.root.join(&key);
+            if path.is_file() {
+                continue;
+            }
+            let Some(bytes) = self.store.get(&key)? else {
+                continue;
+            };
+            let readable = serde_json::from_slice::<CommitRecord>(&bytes)
+                .is_ok_and(|record| record.commit == number);
+            if readable && self.replace_file(&path, &bytes).is_ok() {
+                mended.push(key);
+            }
+        }
         for record in crate::archive::index::read_records(&self.root)?.commits {
             if record.commit > published {
                 // Made here and not uploaded: the store has nothing to mend it with.
@@ -672,20 +780,11 @@ impl Mirror {
                 if body.len() as u64 != size || Digest::of(&body) != digest {
                     continue;
                 }
-                // The damaged file is replaced in one rename: a crash leaves it or the whole one.
-                let tmp = self.root.join("tmp").join(format!("mend-{}", digest.hex()));
-                durable::create_new(&tmp)
-                    .or_else(|_| {
-                        let _ = fs::remove_file(&tmp);
-                        durable::create_new(&tmp)
-                    })
-                    .and_then(|mut file| {
-                        durable::write(&mut file, &body, &tmp)?;
-                        durable::sync_file(&file, &tmp)
-                    })
-                    .and_then(|()| durable::rename_durably(&tmp, &path))
-                    .map_err(Self::local_err(&path))?;
-                mended.push(key);
+                // What cannot be put in place stays as it is, for verify to name.
+                let dir = durable::parent_dir(&path);
+                if fs::create_dir_all(dir).is_ok() && self.replace_file(&path, &body).is_ok() {
+                    mended.push(key);
+                }
             }
         }
         Ok(Some(mended))
@@ -1217,8 +1316,92 @@ mod tests {
         // Its next commit goes up as commit 4, and only it.
         add(&laptop, &["five"]).unwrap();
         assert_eq!(laptop.published(), 4);
+        // A state file that cannot be read counts as missing, not as 0.
+        fs::write(laptop.state_path(), "garbage").unwrap();
+        let before = creates();
+        laptop.sync(true).unwrap();
+        assert_eq!(creates() - before, 0, "nothing sent again");
+        assert_eq!(laptop.published(), 4);
         assert_eq!(other.sync(false).unwrap().commits, 1);
         assert_eq!(ids(&laptop), ids(&other));
+    }
+
+    #[test]
+    fn a_copy_that_lost_its_last_records_takes_no_number_the_store_holds() {
+        let store = Arc::new(MemoryStore::default());
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one"]).unwrap();
+        add(&laptop, &["two"]).unwrap();
+        // Commit 2's files deleted from the copy by hand; the state file still says 2.
+        let record = catalog::commit_file_name(2);
+        fs::remove_file(laptop.root().join("commits").join(&record)).unwrap();
+        for dir in ["catalog", "packs"] {
+            for entry in fs::read_dir(laptop.root().join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("00000002")
+                {
+                    fs::remove_file(path).unwrap();
+                }
+            }
+        }
+        add(&laptop, &["three"]).unwrap();
+        assert_eq!((laptop.local_last().unwrap(), laptop.published()), (3, 3));
+        let other = machine(&store, b.path());
+        other.sync(false).unwrap();
+        assert_eq!(ids(&other).len(), 3, "every commit is on the store");
+        assert_eq!(ids(&laptop), ids(&other));
+        // A state file naming a commit nobody made is brought back to the copy's last one.
+        fs::write(laptop.state_path(), "99\n").unwrap();
+        laptop.sync(false).unwrap();
+        assert_eq!(laptop.published(), 3);
+    }
+
+    #[test]
+    fn a_copy_without_its_header_or_with_damaged_files_is_mended_from_the_store() {
+        let store = Arc::new(MemoryStore::default());
+        let a = tempfile::tempdir().unwrap();
+        let laptop = machine(&store, a.path());
+        add(&laptop, &["one", "two"]).unwrap();
+        add(&laptop, &["three"]).unwrap();
+        let before = ids(&laptop);
+        let header = laptop.root().join(HEADER);
+        for damage in [None, Some(&b""[..]), Some(&b"{not json"[..])] {
+            match damage {
+                None => fs::remove_file(&header).unwrap(),
+                Some(bytes) => fs::write(&header, bytes).unwrap(),
+            }
+            laptop.sync(false).unwrap();
+            assert_eq!(ids(&laptop), before);
+            assert_eq!(laptop.published(), 2);
+        }
+        // A pack replaced by a directory, the copy's tmp/ gone, a record deleted: mended.
+        let pack = fs::read_dir(laptop.root().join("packs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::remove_file(&pack).unwrap();
+        fs::create_dir(&pack).unwrap();
+        fs::remove_dir_all(laptop.root().join("tmp")).unwrap();
+        fs::remove_file(
+            laptop
+                .root()
+                .join("commits")
+                .join(catalog::commit_file_name(1)),
+        )
+        .unwrap();
+        let mended = laptop.mend().unwrap().unwrap();
+        assert_eq!(mended.len(), 2, "{mended:?}");
+        assert!(pack.is_file());
+        let (report, _) = crate::archive::verify::verify(laptop.root(), true, &|_| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(ids(&laptop), before);
     }
 
     #[test]
