@@ -129,7 +129,8 @@ fn bring_in_set_aside(
                 )
             })?;
         // An encrypted copy's mail never goes into the clear.
-        if crate::archive::crypto::sealed(&aside)?.is_some() && !writer.is_encrypted() {
+        let sealed = crate::archive::crypto::sealed(&aside).map(|sealed| sealed.is_some());
+        if matches!(sealed, Ok(true)) && !writer.is_encrypted() {
             eprintln!(
                 "warning: this machine's copy set aside at {} is encrypted and {label} is not now: its messages are not brought in; {}",
                 aside.display(),

@@ -327,8 +327,18 @@ impl Mirror {
     }
 
     fn sync_once(&self, create: bool) -> Result<Pulled, RemoteError> {
-        if self.root.exists() && store::check_header(&self.root).is_err() {
-            self.restore_header()?;
+        if self.root.exists() {
+            if store::check_header(&self.root).is_err() {
+                self.restore_header()?;
+            }
+            // A directory deleted by hand is made again (its files are fetched by the pull
+            // or mended by verify), not taken for a damaged archive.
+            for sub in ["packs", "catalog", "commits", "tmp"] {
+                let dir = self.root.join(sub);
+                if !dir.is_dir() {
+                    fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
+                }
+            }
         }
         if !store::is_archive(&self.root) {
             self.ensure_root_parent()?;
@@ -371,11 +381,14 @@ impl Mirror {
         };
         crate::archive::writer::remove_uncommitted(&self.root)?;
         // The state file never names a commit the copy lacks; when it does (records deleted
-        // here by hand), the copy goes on from the last record it holds, and the pull brings
-        // the rest again. Else a writer would give its next commit a number the store holds.
+        // here by hand, a hand-edited file) it is not trusted at all, and is made again from
+        // the store's records as when it is missing: the pull brings back what the copy
+        // lacks, and no writer gives its next commit a number the store holds, or takes a
+        // commit made here for uploaded.
         let local_last = self.local_last()?;
         if self.published() > local_last {
-            self.set_published(local_last)?;
+            let path = self.state_path();
+            fs::remove_file(&path).map_err(Self::local_err(&path))?;
         }
         // Uploads happen under the remote lock only: a reader leaves them to the next writer.
         let mut pulled = Pulled::default();
@@ -1355,10 +1368,25 @@ mod tests {
         other.sync(false).unwrap();
         assert_eq!(ids(&other).len(), 3, "every commit is on the store");
         assert_eq!(ids(&laptop), ids(&other));
-        // A state file naming a commit nobody made is brought back to the copy's last one.
+        // A state file naming a commit nobody made is made again from the store's records.
         fs::write(laptop.state_path(), "99\n").unwrap();
         laptop.sync(false).unwrap();
         assert_eq!(laptop.published(), 3);
+        // So too with a commit made here and not uploaded: it is not taken for uploaded.
+        commit_offline(&laptop, b"unsent");
+        fs::write(laptop.state_path(), "99\n").unwrap();
+        drop(laptop.writer("test", None).unwrap());
+        assert_eq!(laptop.published(), 4);
+        other.sync(false).unwrap();
+        assert_eq!(ids(&other), ids(&laptop));
+        // Whole directories of the copy deleted: made again, their files brought back.
+        for dir in ["commits", "catalog"] {
+            fs::remove_dir_all(laptop.root().join(dir)).unwrap();
+        }
+        laptop.sync(false).unwrap();
+        assert_eq!(ids(&laptop), ids(&other));
+        add(&laptop, &["five"]).unwrap();
+        assert_eq!(laptop.published(), 5);
     }
 
     #[test]
