@@ -58,6 +58,16 @@ pub struct Pulled {
     pub set_aside: Option<PathBuf>,
 }
 
+impl Pulled {
+    /// Adds what a later pull of the same sync brought.
+    fn add(&mut self, later: Pulled) {
+        self.commits += later.commits;
+        self.bytes += later.bytes;
+        self.damaged.extend(later.damaged);
+        self.gap = later.gap;
+    }
+}
+
 impl Mirror {
     /// The mirror of `store` kept at `root` (created on first use).
     pub fn new(store: Box<dyn ObjectStore>, root: PathBuf) -> Mirror {
@@ -177,14 +187,18 @@ impl Mirror {
 
     /// The highest commit record in the mirror.
     fn local_last(&self) -> Result<u64, RemoteError> {
+        Ok(self.local_commits()?.last().copied().unwrap_or(0))
+    }
+
+    /// The numbers of the commit records in the mirror.
+    fn local_commits(&self) -> Result<std::collections::BTreeSet<u64>, RemoteError> {
         let dir = self.root.join("commits");
         let names = crate::archive::index::list_dir(&dir)?;
         Ok(names
             .iter()
             .filter(|n| n.ends_with(".json"))
             .filter_map(|n| catalog::commit_of_file_name(n))
-            .max()
-            .unwrap_or(0))
+            .collect())
     }
 
     /// Brings the mirror up to date: a writer (`create`, holding the remote lock) first
@@ -390,23 +404,26 @@ impl Mirror {
             let path = self.state_path();
             fs::remove_file(&path).map_err(Self::local_err(&path))?;
         }
-        // Uploads happen under the remote lock only: a reader leaves them to the next writer.
         let mut pulled = Pulled::default();
+        // A record of an uploaded commit deleted from the copy by hand is fetched again, with
+        // what it names: without it the copy would show the archive short of its messages.
+        let held = self.local_commits()?;
+        for number in (1..=self.published()).filter(|n| !held.contains(n)) {
+            self.pull_commit(number, &catalog::commit_file_name(number), &mut pulled)?;
+        }
+        // Uploads happen under the remote lock only: a reader leaves them to the next writer.
         if create {
             // Without its state file (a cache cleaned by hand) the mirror would send every
             // commit again, each pack whole to be refused as taken: what the store holds of
             // them is read from its listing first, as a pull checks its own commits.
             if self.published_state().is_none() && local_last > 0 {
-                pulled = self.pull()?;
+                let more = self.pull()?;
+                pulled.add(more);
             }
             self.push_unpublished()?;
         }
         let healed = self.fetch_left_out()?;
-        let more = self.pull()?;
-        pulled.commits += more.commits;
-        pulled.bytes += more.bytes;
-        pulled.damaged.extend(more.damaged);
-        pulled.gap = more.gap;
+        pulled.add(self.pull()?);
         pulled.healed = healed;
         Ok(pulled)
     }
@@ -1387,6 +1404,11 @@ mod tests {
         assert_eq!(ids(&laptop), ids(&other));
         add(&laptop, &["five"]).unwrap();
         assert_eq!(laptop.published(), 5);
+        // A record in the middle deleted: fetched again by the next command, not left out.
+        let before = ids(&laptop);
+        fs::remove_file(laptop.root().join("commits").join(&record)).unwrap();
+        assert_eq!(laptop.sync(false).unwrap().commits, 1);
+        assert_eq!(ids(&laptop), before);
     }
 
     #[test]
