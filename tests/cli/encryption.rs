@@ -737,6 +737,13 @@ fn an_encrypted_archive_on_s3_and_copies_into_encrypted_archives() {
     // ...and without it checks the objects, saying that no message was re-hashed.
     let unkeyed = run(s3("fresh2"), &["verify", "--full"]);
     assert!(unkeyed.contains("not decrypted or re-hashed"), "{unkeyed}");
+    // This machine's copy losing its keys/ gets them again from the bucket.
+    let copies = sandbox.path().join("fresh/popvault/remote");
+    for entry in std::fs::read_dir(&copies).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path().join("archive/keys")).unwrap();
+    }
+    let listed_again = run(s3("fresh"), &["--identity", id, "list", "--json"]);
+    assert_eq!(listed_again.lines().count(), listed.len());
     // Every object of the bucket keeps the mail's secrets.
     let mut all = Vec::new();
     for m in &listed {

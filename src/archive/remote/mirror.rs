@@ -228,6 +228,20 @@ impl Mirror {
             let dir = self.root.join(sub);
             fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
         }
+        self.restore_key_files()?;
+        let lock = self.root.join("lock");
+        if !lock.exists() {
+            fs::File::create(&lock).map_err(Self::local_err(&lock))?;
+        }
+        self.replace_file(&self.root.join(HEADER), &bytes)?;
+        store::check_header(&self.root).map_err(|e| RemoteError::NotAnArchive {
+            url: self.url(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Fetches again the `keys/` files of an encrypted archive that are missing here.
+    fn restore_key_files(&self) -> Result<(), RemoteError> {
         for name in KEY_FILES {
             let key = format!("{}/{name}", crate::archive::crypto::KEYS_DIR);
             let path = self.root.join(&key);
@@ -238,15 +252,7 @@ impl Mirror {
                 self.replace_file(&path, &bytes)?;
             }
         }
-        let lock = self.root.join("lock");
-        if !lock.exists() {
-            fs::File::create(&lock).map_err(Self::local_err(&lock))?;
-        }
-        self.replace_file(&self.root.join(HEADER), &bytes)?;
-        store::check_header(&self.root).map_err(|e| RemoteError::NotAnArchive {
-            url: self.url(),
-            reason: e.to_string(),
-        })
+        Ok(())
     }
 
     /// Writes `bytes` at `path` in the copy, replacing what is there in one rename (a crash
@@ -344,6 +350,12 @@ impl Mirror {
         if self.root.exists() {
             if store::check_header(&self.root).is_err() {
                 self.restore_header()?;
+            } else if !self.root.join(crate::archive::crypto::KEYS_DIR).is_dir()
+                && store::read_encryption(&self.root)?.is_some()
+            {
+                // (Checked by the directory alone: an archive has one of the two key files,
+                // and looking for the other on the store would cost every command a request.)
+                self.restore_key_files()?;
             }
             // A directory deleted by hand is made again (its files are fetched by the pull
             // or mended by verify), not taken for a damaged archive.
