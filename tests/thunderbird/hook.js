@@ -63,7 +63,8 @@
   async function act() {
     // The account acted on: the one of host $TB_ACT_ON, else the first.
     const host = getenv("TB_ACT_ON");
-    const server = pop3Servers().find((s) => !host || s.hostName == host);
+    // (`hostName` until ESR 140, `hostname` from ESR 153.)
+    const server = pop3Servers().find((s) => !host || (s.hostname ?? s.hostName) == host);
     if (!server) throw "no POP3 account of host " + host;
     const inbox = server.rootFolder.getFolderWithFlags(Ci.nsMsgFolderFlags.Inbox);
     // Message numbers refer to the Inbox as it was after the fetch, in arrival order.
