@@ -1162,6 +1162,16 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
     assert!(stderr.contains("kept whole at"), "{stderr}");
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["unique_messages"], 30, "{stats}");
+    // status says that mail of the laptop is not on the store, and alerts.
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(6));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["set_aside"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
     // The laptop's next writer brings the laptop's commit in as a new one, then does its own.
     let (last, messages) = maildir("Last", 5, 9);
     all.extend(messages);
@@ -1188,6 +1198,13 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
         .filter(|n| n.contains("unsent"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A new machine sees every message once, whole.
     let fresh = sandbox.path().join("fresh");
