@@ -225,6 +225,13 @@ impl Context {
                 pulled.healed
             );
         }
+        if pulled.refetched > 0 {
+            eprintln!(
+                "note: {} files missing from this machine's copy of the archive were fetched again from {}",
+                pulled.refetched,
+                mirror.url()
+            );
+        }
         for damage in &pulled.damaged {
             eprintln!("warning: damaged on the store, left out of this machine's copy: {damage}");
         }

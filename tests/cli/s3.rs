@@ -1078,9 +1078,24 @@ fn damage_to_this_machines_copy_is_mended_from_the_store_by_verify() {
         );
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    // One pack gone from the copy, the other with a byte changed: the quick check sees the
-    // missing one, and the mending looks at every file.
+    // One pack gone from the copy: the next command fetches it again before it reads.
     std::fs::remove_file(&packs[0]).unwrap();
+    let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &cache);
+    let out = run(&mut c, &["cat", &sha256_hex(&messages[0])]);
+    assert!(
+        out.stdout == messages[0],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 files missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A directory in a pack's place, and a byte changed in the other pack: the quick check
+    // sees the first, and the mending looks at every file.
+    std::fs::remove_file(&packs[0]).unwrap();
+    std::fs::create_dir(&packs[0]).unwrap();
     flip(&packs[1]);
     let said = verify(&["verify"]);
     assert_eq!(said.matches("fetched it again").count(), 2, "{said}");

@@ -53,6 +53,8 @@ pub struct Pulled {
     /// A commit the listing does not show while later ones are there: a listing that lags,
     /// or a record deleted. Nothing from it on is read.
     pub gap: Option<u64>,
+    /// Files of uploaded commits missing from the copy (deleted by hand) fetched again.
+    pub refetched: u64,
     /// Where this machine's copy was moved, whole, when commits made here and not uploaded
     /// clashed with commits another machine uploaded meanwhile (see [`Mirror::set_aside`]).
     pub set_aside: Option<PathBuf>,
@@ -435,6 +437,7 @@ impl Mirror {
             self.push_unpublished()?;
         }
         let healed = self.fetch_left_out()?;
+        self.fetch_missing(&mut pulled)?;
         pulled.add(self.pull()?);
         pulled.healed = healed;
         Ok(pulled)
@@ -700,6 +703,58 @@ impl Mirror {
             .map_err(Self::local_err(&path))
     }
 
+    /// Fetches again the segments and packs of uploaded commits that are missing from the copy
+    /// (a cache cleaned by hand), so that no command meets them as damage while the store holds
+    /// them whole; returns how many. Costs a look at each file, no request when none is
+    /// missing. Those the store has damaged too go to the left-out list, and are named.
+    fn fetch_missing(&self, pulled: &mut Pulled) -> Result<(), RemoteError> {
+        let left_out = fs::read_to_string(self.left_out_path()).unwrap_or_default();
+        let left_out: std::collections::HashSet<&str> = left_out
+            .lines()
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let published = self.published();
+        for record in crate::archive::index::read_records(&self.root)?.commits {
+            if record.commit > published {
+                continue;
+            }
+            for (key, size, digest) in files_of(&record) {
+                let path = self.root.join(&key);
+                let Some(digest) = digest else { continue };
+                if path.exists() || left_out.contains(key.as_str()) {
+                    continue;
+                }
+                match self.fetch_whole(&key, size, &digest)? {
+                    Some(body) => {
+                        self.replace_file(&path, &body)?;
+                        pulled.refetched += 1;
+                    }
+                    None => {
+                        self.remember_left_out(&key, size, &digest)?;
+                        pulled.damaged.push(format!(
+                            "{}/{key}: missing here, and missing or damaged on the store",
+                            self.url()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's object `key` when it is there with `size` bytes of SHA-256 `digest`.
+    fn fetch_whole(
+        &self,
+        key: &str,
+        size: u64,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>, RemoteError> {
+        Ok(self
+            .store
+            .get(key)?
+            .filter(|body| body.len() as u64 == size && Digest::of(body) == *digest))
+    }
+
     /// Fetches again what earlier pulls left out; returns how many are whole now.
     fn fetch_left_out(&self) -> Result<u64, RemoteError> {
         let path = self.left_out_path();
@@ -816,12 +871,9 @@ impl Mirror {
                 if file_holds(&path, size, &digest) {
                     continue;
                 }
-                let Some(body) = self.store.get(&key)? else {
+                let Some(body) = self.fetch_whole(&key, size, &digest)? else {
                     continue;
                 };
-                if body.len() as u64 != size || Digest::of(&body) != digest {
-                    continue;
-                }
                 // What cannot be put in place stays as it is, for verify to name.
                 let dir = durable::parent_dir(&path);
                 if fs::create_dir_all(dir).is_ok() && self.replace_file(&path, &body).is_ok() {
