@@ -705,8 +705,8 @@ impl Mirror {
 
     /// Fetches again the segments and packs of uploaded commits that are missing from the copy
     /// (a cache cleaned by hand), so that no command meets them as damage while the store holds
-    /// them whole; returns how many. Costs a look at each file, no request when none is
-    /// missing. Those the store has damaged too go to the left-out list, and are named.
+    /// them whole, counting them in `pulled`. Costs a look at each file, no request when none
+    /// is missing. Those the store has damaged too go to the left-out list, and are named.
     fn fetch_missing(&self, pulled: &mut Pulled) -> Result<(), RemoteError> {
         let left_out = fs::read_to_string(self.left_out_path()).unwrap_or_default();
         let left_out: std::collections::HashSet<&str> = left_out
