@@ -1187,6 +1187,25 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
         Some(1),
         "{status}"
     );
+    // A set-aside copy that cannot be read (its header damaged) is kept and named; the writer
+    // goes on with its own work.
+    let aside = std::fs::read_dir(&mirror)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("unsent"))
+        .unwrap();
+    let header = aside.join("popvault-archive.json");
+    let header_bytes = std::fs::read(&header).unwrap();
+    std::fs::write(&header, b"{bad").unwrap();
+    let (early, messages) = maildir("Early", 3, 11);
+    all.extend(messages);
+    let mut c = s3_command(&sandbox, &moto, &proxy.endpoint(), &laptop);
+    let out = run(&mut c, &["import", &early]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot bring in"), "{stderr}");
+    assert!(aside.is_dir(), "kept");
+    std::fs::write(&header, header_bytes).unwrap();
     // The laptop's next writer brings the laptop's commit in as a new one, then does its own.
     let (last, messages) = maildir("Last", 5, 9);
     all.extend(messages);
@@ -1227,7 +1246,7 @@ fn commits_not_uploaded_that_clash_with_another_machines_are_brought_in_as_new_o
     ok(&mut c, &["verify", "--full"]);
     let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
     let stats: serde_json::Value = serde_json::from_str(&ok(&mut c, &["stats", "--json"])).unwrap();
-    assert_eq!(stats["unique_messages"], 50, "{stats}");
+    assert_eq!(stats["unique_messages"], 53, "{stats}");
     for m in &all {
         let mut c = s3_command(&sandbox, &moto, &moto.endpoint(), &fresh);
         assert!(run(&mut c, &["cat", &sha256_hex(m)]).stdout == *m);
