@@ -435,13 +435,14 @@ pub fn rename(
     if let Some((moved_to, at)) = &old.renamed {
         // Done before (a second run, or one after a crash past the last step), or `to` is
         // where a chain of moves from `from` ended: the deliveries are there already.
-        if moved_to == to || moves_end(root, account, from) == to {
+        let end = moves_end(root, account, from);
+        if moved_to == to || end == to {
             return Ok(read_state(parse_lines(&to_path, &read_to()?)?.0));
         }
         return Err(ForwardError::RenamedAway {
             account: account.into(),
             from: from.into(),
-            to: moves_end(root, account, from),
+            to: end,
             at: *at,
         });
     }

@@ -220,16 +220,13 @@ impl Mirror {
     }
 
     /// Puts the store's header back into this machine's copy when its own is missing or
-    /// unreadable, with the directories an archive has; the rest of the copy is checked by
-    /// the pull and by `verify` as usual. A store without a header changes nothing here.
+    /// unreadable (`sync_once` then makes the directories an archive has); the rest of the
+    /// copy is checked by the pull and by `verify` as usual. A store without a header changes
+    /// nothing here.
     fn restore_header(&self) -> Result<(), RemoteError> {
         let Some(bytes) = self.store.get(HEADER)? else {
             return Ok(());
         };
-        for sub in ["packs", "catalog", "commits", "tmp"] {
-            let dir = self.root.join(sub);
-            fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
-        }
         self.restore_key_files()?;
         let lock = self.root.join("lock");
         if !lock.exists() {
@@ -240,6 +237,16 @@ impl Mirror {
             url: self.url(),
             reason: e.to_string(),
         })
+    }
+
+    /// Makes again the directories of the copy deleted by hand (their files are fetched by the
+    /// pull or mended by verify), so that the copy is not taken for a damaged archive.
+    fn ensure_dirs(&self) -> Result<(), RemoteError> {
+        for sub in ["packs", "catalog", "commits", "tmp"] {
+            let dir = self.root.join(sub);
+            fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
+        }
+        Ok(())
     }
 
     /// Fetches again the `keys/` files of an encrypted archive that are missing here.
@@ -359,14 +366,7 @@ impl Mirror {
                 // and looking for the other on the store would cost every command a request.)
                 self.restore_key_files()?;
             }
-            // A directory deleted by hand is made again (its files are fetched by the pull
-            // or mended by verify), not taken for a damaged archive.
-            for sub in ["packs", "catalog", "commits", "tmp"] {
-                let dir = self.root.join(sub);
-                if !dir.is_dir() {
-                    fs::create_dir_all(&dir).map_err(Self::local_err(&dir))?;
-                }
-            }
+            self.ensure_dirs()?;
         }
         if !store::is_archive(&self.root) {
             self.ensure_root_parent()?;
@@ -419,12 +419,7 @@ impl Mirror {
             fs::remove_file(&path).map_err(Self::local_err(&path))?;
         }
         let mut pulled = Pulled::default();
-        // A record of an uploaded commit deleted from the copy by hand is fetched again, with
-        // what it names: without it the copy would show the archive short of its messages.
-        let held = self.local_commits()?;
-        for number in (1..=self.published()).filter(|n| !held.contains(n)) {
-            self.pull_commit(number, &catalog::commit_file_name(number), &mut pulled)?;
-        }
+        self.pull_missing_records(&mut pulled)?;
         // Uploads happen under the remote lock only: a reader leaves them to the next writer.
         if create {
             // Without its state file (a cache cleaned by hand) the mirror would send every
@@ -703,6 +698,20 @@ impl Mirror {
             .map_err(Self::local_err(&path))
     }
 
+    /// Pulls again the records of uploaded commits deleted from the copy by hand, with what
+    /// they name: without them the copy would show the archive short of their messages.
+    /// Returns their keys.
+    fn pull_missing_records(&self, pulled: &mut Pulled) -> Result<Vec<String>, RemoteError> {
+        let held = self.local_commits()?;
+        let mut pulled_again = Vec::new();
+        for number in (1..=self.published()).filter(|n| !held.contains(n)) {
+            let name = catalog::commit_file_name(number);
+            self.pull_commit(number, &name, pulled)?;
+            pulled_again.push(format!("commits/{name}"));
+        }
+        Ok(pulled_again)
+    }
+
     /// Fetches again the segments and packs of uploaded commits that are missing from the copy
     /// (a cache cleaned by hand), so that no command meets them as damage while the store holds
     /// them whole, counting them in `pulled`. Costs a look at each file, no request when none
@@ -842,24 +851,10 @@ impl Mirror {
             Err(ArchiveError::Locked { .. }) => return Ok(None),
             other => other?,
         };
+        self.ensure_dirs()?;
         let published = self.published();
-        let mut mended = Vec::new();
-        // Records first: an uploaded one missing here is fetched again (its files follow).
-        for number in 1..=published {
-            let key = format!("commits/{}", catalog::commit_file_name(number));
-            let path = self.root.join(&key);
-            if path.is_file() {
-                continue;
-            }
-            let Some(bytes) = self.store.get(&key)? else {
-                continue;
-            };
-            let readable = serde_json::from_slice::<CommitRecord>(&bytes)
-                .is_ok_and(|record| record.commit == number);
-            if readable && self.replace_file(&path, &bytes).is_ok() {
-                mended.push(key);
-            }
-        }
+        // Records first: an uploaded one missing here is pulled again (its files follow).
+        let mut mended = self.pull_missing_records(&mut Pulled::default())?;
         for record in crate::archive::index::read_records(&self.root)?.commits {
             if record.commit > published {
                 // Made here and not uploaded: the store has nothing to mend it with.
@@ -875,8 +870,7 @@ impl Mirror {
                     continue;
                 };
                 // What cannot be put in place stays as it is, for verify to name.
-                let dir = durable::parent_dir(&path);
-                if fs::create_dir_all(dir).is_ok() && self.replace_file(&path, &body).is_ok() {
+                if self.replace_file(&path, &body).is_ok() {
                     mended.push(key);
                 }
             }
