@@ -5,15 +5,22 @@
 //! is a function of the archive's content, so the same archive and selection give the same bytes:
 //! members are sorted by message time then id, and carry mode 0644, owner 0, and the message's
 //! time as mtime.
+//!
+//! Memory does not grow with the selection: a first pass over the local index checks every
+//! selected message and writes the manifest, the sums and the order of the members to unnamed
+//! scratch files (gone with the process, even after a kill -9); the second writes the tar from
+//! them, reading each message where the index says it is.
 
-use std::io::{self, BufWriter, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::archive::local_index::{IndexError, IndexedMessage, Query};
 use crate::archive::select::{Selection, message_time};
-use crate::archive::{Archive, ArchiveError, Digest, Message, durable};
+use crate::archive::{ArchiveError, Digest, LocalIndex, Message, PackReader, durable};
 use crate::stop::Stop;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +38,25 @@ pub enum ExportError {
     UnsupportedCompression { path: PathBuf, kind: &'static str },
     #[error("stopped by a signal; no file was left")]
     Stopped,
+    #[error("cannot write a scratch file in {path}")]
+    Scratch { path: PathBuf, source: io::Error },
+    #[error(
+        "message {id} left the local index while it was exported (a repair or a rebuild of the index ran meanwhile): export again"
+    )]
+    Vanished { id: Digest },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// What an export takes: the messages of the local index that `query` narrows to and
+/// `selection` keeps, read from `packs`.
+pub struct Selected<'a> {
+    pub index: &'a LocalIndex,
+    pub query: &'a Query,
+    pub selection: &'a Selection,
+    pub packs: &'a PackReader,
 }
 
 /// One line of MANIFEST.jsonl.
@@ -108,8 +132,7 @@ pub fn member_name(id: &Digest) -> String {
 /// compressed as its name asks ([`Compression::for_path`]). A stop request ends it between two
 /// messages with [`ExportError::Stopped`], leaving no file.
 pub fn export(
-    archive: &Archive,
-    selection: &Selection,
+    from: &Selected<'_>,
     path: &Path,
     stop: &Stop,
     progress: &(dyn Fn(u64) + Sync),
@@ -124,7 +147,11 @@ pub fn export(
         });
     }
     let compression = Compression::for_path(path)?;
-    let (messages, damaged) = select(archive, selection)?;
+    let scratch = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let plan = plan(from, scratch, stop)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -132,7 +159,6 @@ pub fn export(
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut report = ExportReport {
         file: path.display().to_string(),
-        skipped: damaged,
         ..ExportReport::default()
     };
     let tmp_err = |source| ExportError::Write {
@@ -147,8 +173,8 @@ pub fn export(
         .map_err(tmp_err)
         .and_then(|file| {
             let file = write_tar(
-                archive,
-                &messages,
+                from,
+                plan,
                 BufWriter::new(file),
                 compression,
                 stop,
@@ -169,29 +195,20 @@ pub fn export(
 /// Writes the export to `out` (standard output: `export -`). A failure or a stop leaves a
 /// partial tar there, which `tar` and `import tar:` see as truncated.
 pub fn export_to<W: Write>(
-    archive: &Archive,
-    selection: &Selection,
+    from: &Selected<'_>,
     out: W,
     compression: Compression,
+    scratch: &Path,
     stop: &Stop,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ExportReport, ExportError> {
-    let (messages, damaged) = select(archive, selection)?;
+    let plan = plan(from, scratch, stop)?;
     let mut report = ExportReport {
         file: "-".to_string(),
-        skipped: damaged,
         ..ExportReport::default()
     };
-    let mut out = write_tar(
-        archive,
-        &messages,
-        out,
-        compression,
-        stop,
-        &mut report,
-        progress,
-    )
-    .map_err(|e| e.at(Path::new("standard output")))?;
+    let mut out = write_tar(from, plan, out, compression, stop, &mut report, progress)
+        .map_err(|e| e.at(Path::new("standard output")))?;
     out.flush()
         .map_err(|e| TarError::Write(e).at(Path::new("standard output")))?;
     Ok(report)
@@ -200,36 +217,113 @@ pub fn export_to<W: Write>(
 /// Damaged messages, with why each is.
 type Damaged = Vec<(Digest, String)>;
 
-/// The messages to export, sorted, and the damaged ones left out. Damaged messages are found
+/// The first pass: what the tar will hold, in scratch files.
+struct Plan {
+    manifest: File,
+    sums: File,
+    /// A record per member, in tar order: its id and mtime ([`ORDER_RECORD`] bytes).
+    order: File,
+    /// Damaged messages, left out of everything above.
+    damaged: Damaged,
+    /// The mtime of the manifest and the sums: the newest member's.
+    newest: u64,
+}
+
+/// An id (32 bytes) and an mtime (8, little-endian).
+const ORDER_RECORD: usize = 40;
+
+/// Messages checked at once (on all cores) in the first pass.
+const PLAN_CHUNK: usize = 1_000;
+
+/// Checks every selected message (in export order) and writes the manifest, the sums and the
+/// order of what is not damaged, to scratch files in `scratch`. Damaged messages are found
 /// first, so that the manifest written first names only what follows.
-fn select<'a>(
-    archive: &'a Archive,
-    selection: &Selection,
-) -> Result<(Vec<Message<'a>>, Damaged), ExportError> {
-    let mut messages: Vec<Message<'_>> = archive
-        .messages()
-        .into_iter()
-        .filter(|m| selection.matches(m))
-        .collect();
-    messages.sort_by_key(|m| (message_time(m), m.id));
-    let damaged: Damaged = messages
-        .par_iter()
-        .filter_map(|m| {
-            let location = archive.location(&m.id)?;
-            let fault = crate::archive::crypto::PackFile::open(archive.root(), &location.pack)
-                .map_err(|e| e.to_string())
-                .and_then(|mut f| location.check(&m.id, &mut f).map_err(|e| e.to_string()));
-            fault.err().map(|reason| (m.id, reason))
-        })
-        .collect();
-    messages.retain(|m| !damaged.iter().any(|(id, _)| *id == m.id));
+fn plan(from: &Selected<'_>, scratch: &Path, stop: &Stop) -> Result<Plan, ExportError> {
+    let scratch_err = |source| ExportError::Scratch {
+        path: scratch.to_path_buf(),
+        source,
+    };
+    let scratch_file = || tempfile::tempfile_in(scratch).map_err(scratch_err);
+    let mut manifest = BufWriter::new(scratch_file()?);
+    let mut sums = BufWriter::new(scratch_file()?);
+    let mut order = BufWriter::new(scratch_file()?);
+    let mut damaged: Damaged = Vec::new();
+    let mut newest = 0;
+    let mut members = 0;
+    let mut chunk: Vec<IndexedMessage> = Vec::with_capacity(PLAN_CHUNK);
+    let mut failed: Option<ExportError> = None;
+    let mut write_chunk = |chunk: &mut Vec<IndexedMessage>| -> io::Result<()> {
+        let faults: Vec<Option<String>> = chunk
+            .par_iter()
+            .map(|found| {
+                from.packs
+                    .check(&found.id, &found.location)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        for (found, fault) in chunk.iter().zip(faults) {
+            if let Some(reason) = fault {
+                damaged.push((found.id, reason));
+                continue;
+            }
+            let m = found.message();
+            let line = ManifestLine {
+                message: &m,
+                sha256: m.id,
+                file: member_name(&m.id),
+            };
+            serde_json::to_writer(&mut manifest, &line).map_err(io::Error::other)?;
+            manifest.write_all(b"\n")?;
+            writeln!(sums, "{}  {}", m.id, member_name(&m.id))?;
+            let mtime = message_time(&m).timestamp().max(0) as u64;
+            order.write_all(&m.id.0)?;
+            order.write_all(&mtime.to_le_bytes())?;
+            newest = mtime;
+            members += 1;
+        }
+        chunk.clear();
+        Ok(())
+    };
+    from.index.for_each(from.query, &mut |found| {
+        if stop.requested() {
+            failed = Some(ExportError::Stopped);
+            return Ok(false);
+        }
+        if !from.selection.matches(&found.message()) {
+            return Ok(true);
+        }
+        chunk.push(found);
+        if chunk.len() == PLAN_CHUNK
+            && let Err(e) = write_chunk(&mut chunk)
+        {
+            failed = Some(scratch_err(e));
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    write_chunk(&mut chunk).map_err(scratch_err)?;
     // An empty export could not be checked with `sha256sum -c` (an empty SHA256SUMS fails).
-    if messages.is_empty() {
+    if members == 0 {
         return Err(ExportError::Nothing {
             damaged: damaged.len(),
         });
     }
-    Ok((messages, damaged))
+    let rewound = |file: BufWriter<File>| -> io::Result<File> {
+        let mut file = file.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        Ok(file)
+    };
+    Ok(Plan {
+        manifest: rewound(manifest).map_err(scratch_err)?,
+        sums: rewound(sums).map_err(scratch_err)?,
+        order: rewound(order).map_err(scratch_err)?,
+        damaged,
+        newest,
+    })
 }
 
 /// Why writing the tar failed, before it is known where it was going.
@@ -237,6 +331,8 @@ enum TarError {
     Write(io::Error),
     Stopped,
     Archive(ArchiveError),
+    Index(IndexError),
+    Vanished(Digest),
 }
 
 impl TarError {
@@ -248,6 +344,8 @@ impl TarError {
             },
             TarError::Stopped => ExportError::Stopped,
             TarError::Archive(e) => ExportError::Archive(e),
+            TarError::Index(e) => ExportError::Index(e),
+            TarError::Vanished(id) => ExportError::Vanished { id },
         }
     }
 }
@@ -255,8 +353,8 @@ impl TarError {
 /// Writes the tar to `out` and gives it back; the zstd frame is finished explicitly, so that a
 /// failure to write its end is an error, not a truncated export.
 fn write_tar<W: Write>(
-    archive: &Archive,
-    messages: &[Message<'_>],
+    from: &Selected<'_>,
+    plan: Plan,
     out: W,
     compression: Compression,
     stop: &Stop,
@@ -270,34 +368,37 @@ fn write_tar<W: Write>(
         Compression::None => Output::Plain(out),
     };
     let mut tar = tar::Builder::new(out);
-
-    let mut manifest = Vec::new();
-    let mut sums = String::new();
-    for m in messages {
-        let line = ManifestLine {
-            message: m,
-            sha256: m.id,
-            file: member_name(&m.id),
-        };
-        serde_json::to_writer(&mut manifest, &line).expect("manifest lines serialize");
-        manifest.push(b'\n');
-        sums.push_str(&format!("{}  {}\n", m.id, member_name(&m.id)));
+    report.skipped = plan.damaged;
+    for (name, file) in [("MANIFEST.jsonl", plan.manifest), ("SHA256SUMS", plan.sums)] {
+        let len = file.metadata().map_err(TarError::Write)?.len();
+        append(&mut tar, name, plan.newest, len, BufReader::new(file)).map_err(TarError::Write)?;
     }
-    let newest = messages
-        .last()
-        .map_or(0, |m| message_time(m).timestamp().max(0) as u64);
-    append(&mut tar, "MANIFEST.jsonl", newest, &manifest).map_err(TarError::Write)?;
-    append(&mut tar, "SHA256SUMS", newest, sums.as_bytes()).map_err(TarError::Write)?;
-    for m in messages {
+    let mut order = BufReader::new(plan.order);
+    let mut record = [0u8; ORDER_RECORD];
+    loop {
+        match order.read_exact(&mut record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(TarError::Write(e)),
+        }
         if stop.requested() {
             return Err(TarError::Stopped);
         }
-        let raw = archive.read_message(&m.id).map_err(TarError::Archive)?;
+        let (id, mtime) = record.split_at(32);
+        let id = Digest(id.try_into().expect("32 bytes"));
+        let mtime = u64::from_le_bytes(mtime.try_into().expect("8 bytes"));
+        let location = from
+            .index
+            .location(&id)
+            .map_err(TarError::Index)?
+            .ok_or(TarError::Vanished(id))?;
+        let raw = from.packs.read(&id, &location).map_err(TarError::Archive)?;
         append(
             &mut tar,
-            &member_name(&m.id),
-            message_time(m).timestamp().max(0) as u64,
-            &raw,
+            &member_name(&id),
+            mtime,
+            raw.len() as u64,
+            raw.as_slice(),
         )
         .map_err(TarError::Write)?;
         report.messages += 1;
@@ -343,11 +444,12 @@ fn append<W: Write>(
     tar: &mut tar::Builder<Output<W>>,
     name: &str,
     mtime: u64,
-    bytes: &[u8],
+    len: u64,
+    bytes: impl Read,
 ) -> io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_path(name)?;
-    header.set_size(bytes.len() as u64);
+    header.set_size(len);
     header.set_mode(0o644);
     header.set_uid(0);
     header.set_gid(0);

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{Archive, ArchiveError, Digest, Message, Source};
+use crate::archive::{Archive, ArchiveError, Digest, Message, PackReader, Source};
 use crate::restore::imap::ImapSink;
 use crate::restore::{
     self, Candidate, Destination, Event, Flags, RestoreError, RestoreOptions, Sink, Skipped,
@@ -610,13 +610,16 @@ pub fn pending(archive: &Archive, journal: &Deliveries) -> Vec<Candidate> {
     messages.sort_by_key(|m| (m.first_seen, m.id));
     messages
         .into_iter()
-        .map(|m| Candidate {
-            id: m.id,
-            size: m.size,
-            time: m.time,
-            flags: Flags::default(),
-            subject: m.envelope.subject.clone(),
-            from: m.envelope.from.clone(),
+        .filter_map(|m| {
+            Some(Candidate {
+                id: m.id,
+                size: m.size,
+                time: m.time,
+                flags: Flags::default(),
+                subject: m.envelope.subject.clone(),
+                from: m.envelope.from.clone(),
+                location: archive.location(&m.id)?,
+            })
         })
         .collect()
 }
@@ -678,8 +681,14 @@ pub fn deliver(
         ..RestoreOptions::default()
     };
     let destination = Destination::Imap(destination.clone());
-    let restored =
-        restore::restore_candidates(archive, &mut sink, &destination, &pending, &options, events);
+    let restored = restore::restore_candidates(
+        archive.packs(),
+        &mut sink,
+        &destination,
+        &pending,
+        &options,
+        events,
+    );
     if let Some(e) = sink.error.take() {
         return Err(e);
     }
@@ -751,7 +760,7 @@ impl Sink for JournaledSink<'_> {
     /// Only messages a killed run left `sending` may be there; the server is asked about those.
     fn present(
         &mut self,
-        archive: &Archive,
+        packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
         let in_flight: Vec<Candidate> = candidates
@@ -762,7 +771,7 @@ impl Sink for JournaledSink<'_> {
         if in_flight.is_empty() {
             return Ok(HashSet::new());
         }
-        let present = self.inner.present(archive, &in_flight)?;
+        let present = self.inner.present(packs, &in_flight)?;
         if !present.is_empty() {
             self.found = present.len();
             self.journaled(Line::Delivered {

@@ -554,6 +554,19 @@ impl LocalIndex {
         Ok(())
     }
 
+    /// Where message `id`'s bytes are, if the index knows it stored.
+    pub fn location(&self, id: &Digest) -> Result<Option<Location>, IndexError> {
+        self.db
+            .prepare_cached(
+                "SELECT pack, offset, stored_len, size FROM messages WHERE id = ?1 AND pack IS NOT NULL",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([id.0.as_slice()], |r| location_of(r, 0))
+                    .optional()
+            })
+            .map_err(self.err())
+    }
+
     /// Every source label the index knows (for `--account`).
     pub fn labels(&self) -> Result<Vec<String>, IndexError> {
         let mut stmt = self

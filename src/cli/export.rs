@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::list::SelectArgs;
@@ -31,13 +32,10 @@ pub struct ExportArgs {
 }
 
 pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
     let file = super::expand_tilde(&args.file);
-    let total = archive
-        .commits()
-        .iter()
-        .map(|c| c.raw_bytes)
-        .fold(0, u64::saturating_add);
+    let index = super::index::open_index(ctx)?;
+    let packs = crate::archive::PackReader::new(&ctx.archive);
+    let (_, total) = index.totals()?;
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "export");
     let stop = ctx.stop.clone();
     let to_stdout = file.as_os_str() == "-";
@@ -53,18 +51,32 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    let selection = args.select.selection(&archive)?;
+    let (selection, query) = super::index::selection(&index, &args.select, None, false)?;
+    let selected = export::Selected {
+        index: &index,
+        query: &query,
+        selection: &selection,
+        packs: &packs,
+    };
     let exported = if to_stdout {
+        // The scratch files of the first pass go to the cache: there is no directory to
+        // write beside.
+        std::fs::create_dir_all(&ctx.cache_dir).with_context(|| {
+            format!(
+                "cannot make the cache directory {}",
+                ctx.cache_dir.display()
+            )
+        })?;
         export::export_to(
-            &archive,
-            &selection,
+            &selected,
             std::io::stdout().lock(),
             export::Compression::None,
+            &ctx.cache_dir,
             &stop,
             &|n| bar.inc(n),
         )
     } else {
-        export::export(&archive, &selection, &file, &stop, &|n| bar.inc(n))
+        export::export(&selected, &file, &stop, &|n| bar.inc(n))
     };
     let report = match exported {
         Ok(report) => report,

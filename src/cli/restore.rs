@@ -69,29 +69,32 @@ pub struct RestoreArgs {
 }
 
 pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
-    let archive = ctx.open_archive()?;
+    // The selection is read from the local index in batches: memory does not grow with the
+    // archive.
+    let index = super::index::open_index(ctx)?;
+    let packs = crate::archive::PackReader::new(&ctx.archive);
     let destination: Destination = args.to.parse()?;
     let destination = match destination {
         Destination::Maildir(p) => Destination::Maildir(super::expand_tilde(&p)),
         Destination::Mbox(p) => Destination::Mbox(super::expand_tilde(&p)),
         other => other,
     };
-    let mut selection = args.select.selection(&archive)?;
+    let (mut selection, query) = super::index::selection(&index, &args.select, None, false)?;
     selection.ids = args
         .ids
         .iter()
-        .map(|p| archive.resolve(p))
-        .collect::<Result<Vec<Digest>, _>>()?;
-    // Before the destination is made or logged in to: an empty selection writes nothing.
-    if !archive.messages().iter().any(|m| selection.matches(m)) {
-        return Err(restore::RestoreError::NothingSelected.into());
-    }
+        .map(|p| Ok(index.resolve(p)?.0))
+        .collect::<anyhow::Result<Vec<Digest>>>()?;
     let options = RestoreOptions {
         selection,
         unread: args.unread,
         dry_run: args.dry_run,
         stop: ctx.stop.clone(),
     };
+    // Before the destination is made or logged in to: an empty selection writes nothing.
+    if !restore::any_selected(&index, &query, &options)? {
+        return Err(restore::RestoreError::NothingSelected.into());
+    }
 
     let secret = match &destination {
         Destination::Imap(url) => Some(imap_password(&url.to_string())?),
@@ -147,7 +150,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
             dry_run: args.dry_run,
             ..Default::default()
         };
-        let by_folder = restore::candidates_by_folder(&archive, &options);
+        let by_folder = restore::candidates_by_folder(&index, &query, &options)?;
         // Folders that only differ where a Maildir++ name cannot (a `.` and a `_`) share one.
         let mut named: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
         for folder in by_folder.keys() {
@@ -166,7 +169,7 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
             let here = destination.folder(&folder)?;
             let mut sink = open_sink(&here, !folder.is_empty()).with_context(|| failed(&here))?;
             let report = restore::restore_candidates(
-                &archive,
+                &packs,
                 sink.as_mut(),
                 &here,
                 &candidates,
@@ -183,8 +186,16 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         total
     } else {
         let mut sink = open_sink(&destination, false)?;
-        restore::restore(&archive, sink.as_mut(), &destination, &options, &mut events)
-            .with_context(|| failed(&destination))?
+        restore::restore(
+            &index,
+            &query,
+            &packs,
+            sink.as_mut(),
+            &destination,
+            &options,
+            &mut events,
+        )
+        .with_context(|| failed(&destination))?
     };
     bar.finish_and_clear();
 

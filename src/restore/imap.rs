@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Candidate, RestoreError, Sink, Skipped};
 use crate::archive::envelope::header_block;
-use crate::archive::{Archive, Digest};
+use crate::archive::{Digest, PackReader};
 use crate::imap::{
     Client, ImapAuth, ImapError, ImapUrl, Response, capabilities, complete, mailbox_name,
     read_response,
@@ -480,7 +480,7 @@ impl ImapSink {
 impl Sink for ImapSink {
     fn present(
         &mut self,
-        archive: &Archive,
+        packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
         // Even an empty folder: a killed run's first APPENDs may not have landed yet.
@@ -504,7 +504,7 @@ impl Sink for ImapSink {
             if c.size > largest && !twin {
                 continue;
             }
-            let raw = match archive.read_message(&c.id) {
+            let raw = match c.read(packs) {
                 Ok(raw) => raw,
                 // Reported and skipped when the restore reads it again.
                 Err(crate::archive::ArchiveError::DamagedMessage { .. }) => continue,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{Candidate, RestoreError, Sink};
-use crate::archive::{Archive, Digest, durable};
+use crate::archive::{Digest, PackReader, durable};
 
 /// Files written to tmp/ before they are synced and moved into cur/ together.
 const SYNC_EVERY: usize = 8192;
@@ -27,6 +27,9 @@ pub struct MaildirSink {
     pending: Vec<(PathBuf, PathBuf)>,
     /// `tmp/`, locked while this restore writes (`None` for a dry run).
     _lock: Option<File>,
+    /// The ids in cur/ and new/ when first asked: read once for all the batches of a restore
+    /// (each asks of ids no other batch has, and none of this restore's own files).
+    held: Option<HashSet<Digest>>,
 }
 
 impl MaildirSink {
@@ -38,6 +41,7 @@ impl MaildirSink {
                 root: root.to_path_buf(),
                 pending: Vec::new(),
                 _lock: None,
+                held: None,
             });
         }
         for sub in ["", "cur", "new", "tmp"] {
@@ -54,6 +58,7 @@ impl MaildirSink {
             root: root.to_path_buf(),
             pending: Vec::new(),
             _lock: Some(lock),
+            held: None,
         })
     }
 
@@ -68,6 +73,42 @@ impl MaildirSink {
             }
         }
         Ok(sink)
+    }
+
+    /// Every message id in cur/ and new/: in a file's name if popvault restored it, else the
+    /// SHA-256 of its bytes.
+    fn read_held(&self) -> Result<HashSet<Digest>, RestoreError> {
+        let mut held = HashSet::new();
+        for sub in ["cur", "new"] {
+            let dir = self.root.join(sub);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // A dry run into a Maildir that does not exist yet.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(RestoreError::Read {
+                        path: dir.clone(),
+                        source,
+                    });
+                }
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| RestoreError::Read {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let id = match id_in_name(&name) {
+                    Some(id) => id,
+                    None => match fs::read(entry.path()) {
+                        Ok(bytes) => Digest::of(&bytes),
+                        Err(_) => continue, // moved or deleted by a mail client meanwhile
+                    },
+                };
+                held.insert(id);
+            }
+        }
+        Ok(held)
     }
 
     fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
@@ -127,43 +168,18 @@ fn id_in_name(name: &str) -> Option<Digest> {
 impl Sink for MaildirSink {
     fn present(
         &mut self,
-        _archive: &Archive,
+        _packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        let wanted: HashSet<Digest> = candidates.iter().map(|c| c.id).collect();
-        let mut present = HashSet::new();
-        for sub in ["cur", "new"] {
-            let dir = self.root.join(sub);
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                // A dry run into a Maildir that does not exist yet.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(RestoreError::Read {
-                        path: dir.clone(),
-                        source,
-                    });
-                }
-            };
-            for entry in entries {
-                let entry = entry.map_err(|source| RestoreError::Read {
-                    path: dir.clone(),
-                    source,
-                })?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let id = match id_in_name(&name) {
-                    Some(id) => id,
-                    None => match fs::read(entry.path()) {
-                        Ok(bytes) => Digest::of(&bytes),
-                        Err(_) => continue, // moved or deleted by a mail client meanwhile
-                    },
-                };
-                if wanted.contains(&id) {
-                    present.insert(id);
-                }
-            }
+        if self.held.is_none() {
+            self.held = Some(self.read_held()?);
         }
-        Ok(present)
+        let held = self.held.as_ref().expect("read above");
+        Ok(candidates
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| held.contains(id))
+            .collect())
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {

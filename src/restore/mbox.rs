@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{Candidate, RestoreError, Sink};
-use crate::archive::{Archive, Digest};
+use crate::archive::{Digest, PackReader};
 use crate::import::mbox::MboxReader;
 
 pub struct MboxSink {
@@ -22,6 +22,9 @@ pub struct MboxSink {
     /// The file's length after the last flush: what a failed write is cut back to, so no
     /// half-written message is ever left in the mbox.
     committed_len: u64,
+    /// The ids of the messages in the file when first asked: read once for all the batches
+    /// of a restore (each asks of ids no other batch has, and none this restore wrote).
+    held: Option<HashSet<Digest>>,
 }
 
 impl MboxSink {
@@ -51,6 +54,7 @@ impl MboxSink {
                 path: path.to_path_buf(),
                 out: None,
                 committed_len: len,
+                held: None,
             });
         }
         let file = OpenOptions::new()
@@ -73,6 +77,7 @@ impl MboxSink {
                 },
             )),
             committed_len: len,
+            held: None,
         };
         // An mbox that does not end with a blank line would glue our first message to its last.
         if len > 0 {
@@ -132,6 +137,28 @@ impl MboxSink {
                 self.committed_len
             ),
         )))
+    }
+    /// The id of every message in the file, and of each without its last newline (a message
+    /// written without a final newline got one).
+    fn read_held(&self) -> Result<HashSet<Digest>, RestoreError> {
+        let read_err = |source| RestoreError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let mut reader = MboxReader::new(BufReader::new(file), true);
+        let mut held = HashSet::new();
+        while let Some(m) = reader.next_message().map_err(read_err)? {
+            held.insert(Digest::of(&m.bytes));
+            if let Some(without) = m.bytes.strip_suffix(b"\n") {
+                held.insert(Digest::of(without));
+            }
+        }
+        Ok(held)
     }
 }
 
@@ -229,32 +256,18 @@ pub fn write_message(
 impl Sink for MboxSink {
     fn present(
         &mut self,
-        _archive: &Archive,
+        _packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        let wanted: HashSet<Digest> = candidates.iter().map(|c| c.id).collect();
-        let read_err = |source| RestoreError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(read_err(e)),
-        };
-        let mut reader = MboxReader::new(BufReader::new(file), true);
-        let mut present = HashSet::new();
-        while let Some(m) = reader.next_message().map_err(|source| RestoreError::Read {
-            path: self.path.clone(),
-            source,
-        })? {
-            present.insert(Digest::of(&m.bytes));
-            // A message written without its final newline got one.
-            if let Some(without) = m.bytes.strip_suffix(b"\n") {
-                present.insert(Digest::of(without));
-            }
+        if self.held.is_none() {
+            self.held = Some(self.read_held()?);
         }
-        Ok(present.intersection(&wanted).copied().collect())
+        let held = self.held.as_ref().expect("read above");
+        Ok(candidates
+            .iter()
+            .map(|c| c.id)
+            .filter(|id| held.contains(id))
+            .collect())
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {

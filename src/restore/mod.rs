@@ -18,8 +18,9 @@ use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::archive::local_index::{IndexError, Query};
 use crate::archive::select::{Selection, message_time};
-use crate::archive::{Archive, ArchiveError, Digest, Message, Source};
+use crate::archive::{ArchiveError, Digest, LocalIndex, Location, Message, PackReader, Source};
 
 /// Where `restore --to` writes.
 #[derive(Debug, Clone)]
@@ -123,6 +124,8 @@ pub enum RestoreError {
     Imap(#[from] crate::imap::ImapError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
 }
 
 /// Takes the exclusive lock a restore holds on its destination (`file`, at `path`).
@@ -199,16 +202,26 @@ pub struct Candidate {
     pub flags: Flags,
     pub subject: Option<String>,
     pub from: Option<String>,
+    /// Where its bytes are in the archive's packs.
+    pub location: Location,
+}
+
+impl Candidate {
+    /// Reads its bytes, checked against its id (see [`PackReader::read`]).
+    pub fn read(&self, packs: &PackReader) -> Result<Vec<u8>, ArchiveError> {
+        packs.read(&self.id, &self.location)
+    }
 }
 
 /// What a destination must do. `put` may buffer; `flush` makes everything put so far durable
 /// (Maildir, mbox) or acknowledged by the server (IMAP), and returns the messages the
 /// destination refused meanwhile (the rest are in).
 pub trait Sink {
-    /// The ids among `candidates` the destination already holds.
+    /// The ids among `candidates` the destination already holds. A restore asks once per
+    /// batch, with ids no earlier batch had.
     fn present(
         &mut self,
-        archive: &Archive,
+        packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
@@ -294,6 +307,11 @@ impl RestoreReport {
         for planned in &mut other.plan {
             planned.destination = Some(other.destination.clone());
         }
+        self.add(other);
+    }
+
+    /// Adds what restoring one more batch of the same destination did.
+    fn add(&mut self, other: RestoreReport) {
         self.selected += other.selected;
         self.already_present += other.already_present;
         self.new += other.new;
@@ -323,25 +341,57 @@ pub struct PlannedMessage {
 /// message), so memory stays bounded while all cores decompress and re-hash.
 const CHUNK_BYTES: u64 = 16 << 20;
 
-pub fn candidates(archive: &Archive, options: &RestoreOptions) -> Vec<Candidate> {
-    selected(archive, options)
-        .iter()
-        .map(|m| candidate(m, options))
-        .collect()
+/// A restore reads the selection from the index this many messages at a time (more when the
+/// last ones share a date: LF and CRLF copies of one mail, which an IMAP destination must see
+/// together), so that its memory does not grow with the archive.
+const BATCH_MESSAGES: usize = 20_000;
+
+/// Calls `visit` with the selected messages in restore order (by date, then id), as
+/// candidates, until it returns false.
+pub fn for_each_candidate(
+    index: &LocalIndex,
+    query: &Query,
+    options: &RestoreOptions,
+    visit: &mut dyn FnMut(Candidate, &Message<'_>) -> Result<bool, RestoreError>,
+) -> Result<(), RestoreError> {
+    let mut failed = None;
+    index.for_each(
+        &Query {
+            newest_first: false,
+            ..query.clone()
+        },
+        &mut |found| {
+            let m = found.message();
+            if !options.selection.matches(&m) {
+                return Ok(true);
+            }
+            match visit(candidate(&m, found.location.clone(), options), &m) {
+                Ok(go_on) => Ok(go_on),
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(false)
+                }
+            }
+        },
+    )?;
+    failed.map_or(Ok(()), Err)
 }
 
-/// The selected messages in restore order: by date, then id.
-fn selected<'a>(archive: &'a Archive, options: &RestoreOptions) -> Vec<Message<'a>> {
-    let mut selected: Vec<Message<'_>> = archive
-        .messages()
-        .into_iter()
-        .filter(|m| options.selection.matches(m))
-        .collect();
-    selected.sort_by_key(|m| (message_time(m), m.id));
-    selected
+/// Whether the selection holds any message.
+pub fn any_selected(
+    index: &LocalIndex,
+    query: &Query,
+    options: &RestoreOptions,
+) -> Result<bool, RestoreError> {
+    let mut any = false;
+    for_each_candidate(index, query, options, &mut |_, _| {
+        any = true;
+        Ok(false)
+    })?;
+    Ok(any)
 }
 
-fn candidate(m: &Message<'_>, options: &RestoreOptions) -> Candidate {
+fn candidate(m: &Message<'_>, location: Location, options: &RestoreOptions) -> Candidate {
     Candidate {
         id: m.id,
         size: m.size,
@@ -349,6 +399,7 @@ fn candidate(m: &Message<'_>, options: &RestoreOptions) -> Candidate {
         flags: Flags::new(m.flags, options.unread),
         subject: m.envelope.subject.clone(),
         from: m.envelope.from.clone(),
+        location,
     }
 }
 
@@ -357,11 +408,12 @@ fn candidate(m: &Message<'_>, options: &RestoreOptions) -> Candidate {
 /// folder, is the top folder, `""`), each in restore order. Accounts are not kept apart: two
 /// accounts' `Archives` are one folder.
 pub fn candidates_by_folder(
-    archive: &Archive,
+    index: &LocalIndex,
+    query: &Query,
     options: &RestoreOptions,
-) -> BTreeMap<String, Vec<Candidate>> {
+) -> Result<BTreeMap<String, Vec<Candidate>>, RestoreError> {
     let mut by_folder: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for m in selected(archive, options) {
+    for_each_candidate(index, query, options, &mut |c, m| {
         let folders: BTreeSet<&str> = m
             .sources
             .iter()
@@ -376,7 +428,6 @@ pub fn candidates_by_folder(
             || m.sources.iter().any(
                 |s| matches!(s, Source::Thunderbird { folder, .. } if folder.eq_ignore_ascii_case("inbox")),
             );
-        let c = candidate(&m, options);
         for folder in folders {
             by_folder
                 .entry(folder.to_string())
@@ -386,28 +437,85 @@ pub fn candidates_by_folder(
         if in_top {
             by_folder.entry(String::new()).or_default().push(c);
         }
-    }
-    by_folder
+        Ok(true)
+    })?;
+    Ok(by_folder)
 }
 
+/// Restores the messages `query` and the options' selection pick, read from the index in
+/// batches ([`BATCH_MESSAGES`]): memory stays that of a batch whatever the archive holds.
 pub fn restore(
-    archive: &Archive,
+    index: &LocalIndex,
+    query: &Query,
+    packs: &PackReader,
     sink: &mut dyn Sink,
     destination: &Destination,
     options: &RestoreOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<RestoreReport, RestoreError> {
-    let all = candidates(archive, options);
-    if all.is_empty() {
+    let batches = Batches {
+        index,
+        query,
+        messages: BATCH_MESSAGES,
+    };
+    restore_in_batches(batches, packs, sink, destination, options, events)
+}
+
+/// Where [`restore`] reads its batches from.
+struct Batches<'a> {
+    index: &'a LocalIndex,
+    query: &'a Query,
+    messages: usize,
+}
+
+fn restore_in_batches(
+    Batches {
+        index,
+        query,
+        messages: batch_messages,
+    }: Batches<'_>,
+    packs: &PackReader,
+    sink: &mut dyn Sink,
+    destination: &Destination,
+    options: &RestoreOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let mut report = RestoreReport {
+        destination: destination.to_string(),
+        dry_run: options.dry_run,
+        ..RestoreReport::default()
+    };
+    let mut batch: Vec<Candidate> = Vec::new();
+    let mut restore_batch = |batch: &mut Vec<Candidate>, report: &mut RestoreReport| {
+        let done = restore_candidates(packs, sink, destination, batch, options, events)?;
+        batch.clear();
+        let interrupted = done.interrupted;
+        report.add(done);
+        Ok::<bool, RestoreError>(!interrupted)
+    };
+    let mut go_on = true;
+    for_each_candidate(index, query, options, &mut |c, _| {
+        if batch.len() >= batch_messages && batch.last().is_some_and(|last| last.time != c.time) {
+            go_on = restore_batch(&mut batch, &mut report)?;
+        }
+        batch.push(c);
+        Ok(go_on)
+    })?;
+    if go_on && !batch.is_empty() {
+        restore_batch(&mut batch, &mut report)?;
+    }
+    if report.selected == 0 {
         return Err(RestoreError::NothingSelected);
     }
-    restore_candidates(archive, sink, destination, &all, options, events)
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Restores `all` (in this order), as [`restore`] does the selected messages; `options`'
 /// selection is not looked at.
 pub fn restore_candidates(
-    archive: &Archive,
+    packs: &PackReader,
     sink: &mut dyn Sink,
     destination: &Destination,
     all: &[Candidate],
@@ -415,7 +523,7 @@ pub fn restore_candidates(
     events: &mut dyn FnMut(Event),
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let present = sink.present(archive, all)?;
+    let present = sink.present(packs, all)?;
     let new: Vec<&Candidate> = all.iter().filter(|c| !present.contains(&c.id)).collect();
     let mut report = RestoreReport {
         destination: destination.to_string(),
@@ -451,10 +559,8 @@ pub fn restore_candidates(
         let (read_tx, read_rx) = std::sync::mpsc::sync_channel(0);
         scope.spawn(move || {
             for chunk in chunks {
-                let read: Vec<Result<Vec<u8>, ArchiveError>> = chunk
-                    .par_iter()
-                    .map(|c| archive.read_message(&c.id))
-                    .collect();
+                let read: Vec<Result<Vec<u8>, ArchiveError>> =
+                    chunk.par_iter().map(|c| c.read(packs)).collect();
                 // A closed channel means the sink failed and the restore is over.
                 if read_tx.send((chunk, read)).is_err() {
                     break;
@@ -577,5 +683,86 @@ mod tests {
         ));
         assert!("pop3://x".parse::<Destination>().is_err());
         assert!("maildir:".parse::<Destination>().is_err());
+    }
+
+    /// An archive of `count` messages, dated on only a few days (so that many share a date, as
+    /// a batch boundary must not split), with the ids of each.
+    fn archive_of(root: &std::path::Path, count: usize) -> Vec<Digest> {
+        let mut writer = crate::archive::Writer::open(root, "test", None).unwrap();
+        let batch: Vec<crate::archive::Incoming> = (0..count)
+            .map(|i| crate::archive::Incoming {
+                raw: format!(
+                    "Date: Mon, {} Jan 2024 10:00:00 +0000\r\nFrom: a{i}@example.org\r\nSubject: m{i}\r\n\r\nbody {i}\r\n",
+                    1 + i % 4
+                )
+                .into_bytes(),
+                source: Source::Eml {
+                    path: format!("/m/{i}.eml"),
+                },
+                flags: (i % 3 == 0).then(|| "F".to_string()),
+                first_seen: Utc::now(),
+            })
+            .collect();
+        let ids = batch.iter().map(|m| Digest::of(&m.raw)).collect();
+        writer.add_batch(batch).unwrap();
+        writer.finish().unwrap();
+        ids
+    }
+
+    #[test]
+    fn a_restore_in_batches_puts_what_one_batch_would_once_and_a_rerun_adds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("archive");
+        let ids = archive_of(&root, 23);
+        let (index, _) = LocalIndex::in_memory(&root, &mut |_, _| {}).unwrap();
+        let packs = PackReader::new(&root);
+        let options = RestoreOptions::default();
+        let restore_to = |file: &str, batch: usize| {
+            let path = dir.path().join(file);
+            let destination = Destination::Mbox(path.clone());
+            let mut sink = mbox::MboxSink::open(&path, false).unwrap();
+            let batches = Batches {
+                index: &index,
+                query: &Query::default(),
+                messages: batch,
+            };
+            let report = restore_in_batches(
+                batches,
+                &packs,
+                &mut sink,
+                &destination,
+                &options,
+                &mut |_| {},
+            )
+            .unwrap();
+            (report, path)
+        };
+        let (whole, one_batch) = restore_to("whole.mbox", usize::MAX);
+        assert_eq!((whole.selected, whole.restored), (23, 23));
+        let (batched, in_batches) = restore_to("batched.mbox", 2);
+        assert_eq!((batched.selected, batched.restored), (23, 23));
+        assert_eq!(batched.already_present, 0);
+        assert_eq!(
+            std::fs::read(&one_batch).unwrap(),
+            std::fs::read(&in_batches).unwrap()
+        );
+        let (again, _) = restore_to("batched.mbox", 2);
+        assert_eq!(
+            (again.selected, again.already_present, again.restored),
+            (23, 23, 0)
+        );
+
+        let mut read_back = crate::import::mbox::MboxReader::new(
+            std::io::BufReader::new(std::fs::File::open(&in_batches).unwrap()),
+            true,
+        );
+        let mut found = Vec::new();
+        while let Some(m) = read_back.next_message().unwrap() {
+            found.push(Digest::of(&m.bytes));
+        }
+        found.sort();
+        let mut ids = ids;
+        ids.sort();
+        assert_eq!(found, ids);
     }
 }
