@@ -64,6 +64,20 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
             report.salvaged_messages,
             report.recatalogued
         );
+        // The catalog read once for the dates of every lost message, not once per message.
+        let dates: std::collections::HashMap<_, _> = match report.lost.is_empty() {
+            true => Default::default(),
+            false => {
+                let lost: std::collections::HashSet<_> = report.lost.iter().map(|m| m.id).collect();
+                let mut dates = std::collections::HashMap::new();
+                if let Ok(archive) = Archive::open(&ctx.archive) {
+                    for e in archive.entries().iter().filter(|e| lost.contains(&e.id)) {
+                        dates.entry(e.id).or_insert_with(|| e.envelope.date.clone());
+                    }
+                }
+                dates
+            }
+        };
         for m in &report.lost {
             let sources: Vec<String> = m
                 .sources
@@ -75,14 +89,7 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
                     other => other.label(),
                 })
                 .collect();
-            let date = crate::archive::Archive::open(&ctx.archive)
-                .ok()
-                .and_then(|a| {
-                    a.entries()
-                        .iter()
-                        .find(|e| e.id == m.id)
-                        .and_then(|e| e.envelope.date.clone())
-                });
+            let date = dates.get(&m.id).cloned().flatten();
             say!(
                 "LOST {} [{}] date {:?} from {:?} subject {:?}: {}",
                 m.id,

@@ -233,6 +233,9 @@ pub struct ImapSink {
     binary: bool,
     /// Messages holding NUL sent to a server without BINARY.
     nul_messages: usize,
+    /// The folder as it was when presence first looked: read once for all the batches of a
+    /// restore (each asks of ids no other batch has, and none this restore appended).
+    view: Option<FolderView>,
 }
 
 struct InFlight {
@@ -301,6 +304,7 @@ impl ImapSink {
             refused: Vec::new(),
             binary: client.capabilities.contains("BINARY"),
             nul_messages: 0,
+            view: None,
             client,
         })
     }
@@ -477,16 +481,14 @@ impl ImapSink {
     }
 }
 
-impl Sink for ImapSink {
-    fn present(
+impl ImapSink {
+    /// The ids among `candidates` the folder `view` shows (see [`Sink::present`]).
+    fn present_in(
         &mut self,
+        view: &FolderView,
         packs: &PackReader,
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError> {
-        // Even an empty folder: a killed run's first APPENDs may not have landed yet.
-        let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
-        let exists = self.client.settle(exists)?;
-        let view = self.client.folder_view(exists)?;
         let largest = view.by_key.keys().map(|(size, _)| *size).max().unwrap_or(0);
         // Archived messages that may be in the folder, or may be one message to the server:
         // those that may match a server message, and those that share a date, sender and
@@ -512,7 +514,7 @@ impl Sink for ImapSink {
             };
             archived.insert(c.id, Archived::of(&crlf_normalise(&raw)));
         }
-        let held = self.held(&view, archived.values())?;
+        let held = self.held(view, archived.values())?;
         // Present: what the server holds already, and every later twin of a message that will
         // be restored (the first, oldest, goes; the server then holds it once).
         let mut present = HashSet::new();
@@ -526,6 +528,27 @@ impl Sink for ImapSink {
             }
         }
         Ok(present)
+    }
+}
+
+impl Sink for ImapSink {
+    fn present(
+        &mut self,
+        packs: &PackReader,
+        candidates: &[Candidate],
+    ) -> Result<HashSet<Digest>, RestoreError> {
+        let view = match self.view.take() {
+            Some(view) => view,
+            None => {
+                // Even an empty folder: a killed run's first APPENDs may not have landed yet.
+                let exists = self.client.examine_or_create(&self.folder, !self.dry_run)?;
+                let exists = self.client.settle(exists)?;
+                self.client.folder_view(exists)?
+            }
+        };
+        let found = self.present_in(&view, packs, candidates);
+        self.view = Some(view);
+        found
     }
 
     fn warnings(&mut self) -> Vec<String> {
