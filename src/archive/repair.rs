@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use crate::archive::catalog::{self, Entry, Lost, Source};
 use crate::archive::crypto;
-use crate::archive::index::list_dir;
+use crate::archive::index::{list_dir, read_records, visit_segments};
 use crate::archive::pack::{self, PACK_MAGIC, RECORD_HEADER_LEN, RECORD_MAGIC, RecordHeader};
 use crate::archive::verify::{self, DamagedMessage};
-use crate::archive::{Archive, ArchiveError, Digest, Incoming, Writer, durable};
+use crate::archive::{ArchiveError, Digest, Incoming, Writer, durable};
 
 #[derive(Debug, Default, Serialize)]
 pub struct RepairReport {
@@ -123,28 +123,31 @@ fn read_record(
     Ok(raw)
 }
 
-/// Works out and, unless `dry_run`, applies the repair. `writer` must be open on `archive`'s root.
+/// Works out and, unless `dry_run`, applies the repair to the archive at `root`. `writer` must
+/// be open on it. Memory: the verify's view of the archive (its locations), and the catalog
+/// lines of the messages repair saves; the catalog is never held whole.
 pub fn repair(
-    archive: &Archive,
+    root: &Path,
     writer: Option<&mut Writer>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<RepairReport, ArchiveError> {
-    let root = archive.root();
     let mut report = RepairReport {
         dry_run: writer.is_none(),
         ..RepairReport::default()
     };
-    let (check, _) = verify::verify(archive.root(), true, progress)?;
+    let (check, stored) = verify::verify(root, true, progress)?;
+    let mut read = read_records(root)?;
+    let commits = read.commits.clone();
+    let pack_path = |name: &str| root.join("packs").join(name);
 
     // Commit numbers without a readable record: their files are read as orphans.
-    let readable: HashSet<u64> = archive.commits().iter().map(|c| c.commit).collect();
-    let retired_packs = archive.retired_packs();
-    let already_retired_commits: HashSet<u64> = archive
-        .commits()
+    let readable: HashSet<u64> = commits.iter().map(|c| c.commit).collect();
+    let retired_packs = &read.retired;
+    let already_retired_commits: HashSet<u64> = commits
         .iter()
         .flat_map(|c| c.retired_commits.iter().copied())
         .collect();
-    report.retired_commits = (1..=archive.last_commit())
+    report.retired_commits = (1..=read.last_commit)
         .filter(|n| !readable.contains(n) && !already_retired_commits.contains(n))
         .collect();
     // In an encrypted archive a file no signed record names may be anyone's (age does not
@@ -156,21 +159,9 @@ pub fn repair(
                 .is_some_and(|n| report.retired_commits.contains(&n))
     };
 
-    // Sources of messages whose lines live only in orphaned or damaged segments.
-    let mut known_sources: HashMap<Digest, Vec<Entry>> = HashMap::new();
-    for e in archive.entries() {
-        known_sources.entry(e.id).or_default().push(e.clone());
-    }
-    for name in list(root, "catalog")?.into_iter().filter(|n| orphan(n)) {
-        let bytes = crypto::read_salvageable(root, &root.join("catalog").join(&name))?;
-        for e in parse_lines(&catalog::decode_segment(&bytes).0) {
-            known_sources.entry(e.id).or_default().push(e);
-        }
-    }
-
     // Damaged segments: replaced by their readable lines.
     let mut segment_lines: Vec<(String, Vec<Entry>)> = Vec::new();
-    for c in archive.commits() {
+    for c in &commits {
         let path = root.join("catalog").join(&c.segment.name);
         let bytes = fs::read(&path).unwrap_or_default();
         if bytes.len() as u64 != c.segment.size || Some(Digest::of(&bytes)) != c.segment.sha256 {
@@ -189,13 +180,9 @@ pub fn repair(
 
     // Damaged packs: missing, wrong size, or not hashing to their name; plus orphaned packs.
     let mut bad_packs: Vec<String> = Vec::new();
-    for c in archive.commits() {
-        for p in c
-            .packs
-            .iter()
-            .filter(|p| !retired_packs.contains(p.name.as_str()))
-        {
-            let path = archive.pack_path(&p.name);
+    for c in &commits {
+        for p in c.packs.iter().filter(|p| !retired_packs.contains(&p.name)) {
+            let path = pack_path(&p.name);
             let intact = fs::read(&path).is_ok_and(|b| {
                 b.len() as u64 == p.size && p.name.ends_with(&format!("-{}.pack", Digest::of(&b)))
             });
@@ -208,7 +195,7 @@ pub fn repair(
 
     let mut salvaged: Vec<Found> = Vec::new();
     for name in &bad_packs {
-        if let Ok(bytes) = crypto::read_salvageable(root, &archive.pack_path(name)) {
+        if let Ok(bytes) = crypto::read_salvageable(root, &pack_path(name)) {
             salvaged.extend(salvage(&bytes).into_iter().map(|(offset, header)| Found {
                 pack: name.clone(),
                 offset,
@@ -222,7 +209,7 @@ pub fn repair(
         if bad_packs.contains(&m.pack) {
             continue;
         }
-        if let Ok(bytes) = crypto::read_salvageable(root, &archive.pack_path(&m.pack)) {
+        if let Ok(bytes) = crypto::read_salvageable(root, &pack_path(&m.pack)) {
             uncatalogued.extend(
                 salvage(&bytes)
                     .into_iter()
@@ -242,18 +229,17 @@ pub fn repair(
         .collect();
     report.salvaged_messages = salvaged
         .iter()
-        .filter(|f| archive.contains(&f.header.id))
+        .filter(|f| stored.has_bytes(&f.header.id))
         .count();
     report.recatalogued = salvaged
         .iter()
         .chain(&uncatalogued)
-        .filter(|f| !archive.contains(&f.header.id))
+        .filter(|f| !stored.has_bytes(&f.header.id))
         .count();
     report.retired_packs = bad_packs
         .iter()
         .filter(|n| {
-            archive
-                .commits()
+            commits
                 .iter()
                 .any(|c| c.packs.iter().any(|p| &p.name == *n))
         })
@@ -289,6 +275,22 @@ pub fn repair(
     }
     for n in &report.retired_commits {
         writer.retire_commit(*n);
+    }
+    // The sightings of the messages saved, to record them again: from the catalog, read
+    // line by line, and from orphaned or damaged segments.
+    let mut known_sources: HashMap<Digest, Vec<Entry>> = HashMap::new();
+    visit_segments(root, &mut read, &|_| true, &mut |e: Entry| {
+        if saved.contains(&e.id) {
+            known_sources.entry(e.id).or_default().push(e);
+        }
+    })?;
+    for name in list(root, "catalog")?.into_iter().filter(|n| orphan(n)) {
+        let bytes = crypto::read_salvageable(root, &root.join("catalog").join(&name))?;
+        for e in parse_lines(&catalog::decode_segment(&bytes).0) {
+            if saved.contains(&e.id) {
+                known_sources.entry(e.id).or_default().push(e);
+            }
+        }
     }
     let mut last_pack = None;
     for found in salvaged.iter().chain(&uncatalogued) {

@@ -5,8 +5,9 @@ use clap::Args;
 
 use super::output::byte_bar;
 use super::{Context, Exit};
+use crate::archive::index::read_catalog;
 use crate::archive::repair;
-use crate::archive::{Archive, Source, Writer};
+use crate::archive::{Source, Writer};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -30,13 +31,12 @@ pub struct RepairArgs {
 pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
     let bar = byte_bar(None, ctx.quiet || args.json, "repair");
     let report = if args.dry_run {
-        let archive = ctx.open_archive()?;
-        repair::repair(&archive, None, &|_| bar.inc(1))?
+        crate::archive::check_header(&ctx.archive)?;
+        repair::repair(&ctx.archive, None, &|_| bar.inc(1))?
     } else {
         let mut writer = Writer::open(&ctx.archive, "repair", None)
             .context("cannot lock the archive for repair")?;
-        let archive = Archive::open(&ctx.archive)?;
-        let report = repair::repair(&archive, Some(&mut writer), &|_| bar.inc(1))
+        let report = repair::repair(&ctx.archive, Some(&mut writer), &|_| bar.inc(1))
             .context("repair failed; the archive is as it was before")?;
         writer.finish()?;
         report
@@ -70,11 +70,11 @@ pub fn run(ctx: &Context, args: RepairArgs) -> anyhow::Result<Exit> {
             false => {
                 let lost: std::collections::HashSet<_> = report.lost.iter().map(|m| m.id).collect();
                 let mut dates = std::collections::HashMap::new();
-                if let Ok(archive) = Archive::open(&ctx.archive) {
-                    for e in archive.entries().iter().filter(|e| lost.contains(&e.id)) {
-                        dates.entry(e.id).or_insert_with(|| e.envelope.date.clone());
+                let _ = read_catalog(&ctx.archive, &mut |e| {
+                    if lost.contains(&e.id) {
+                        dates.entry(e.id).or_insert(e.envelope.date);
                     }
-                }
+                });
                 dates
             }
         };
