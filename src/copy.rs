@@ -8,12 +8,52 @@
 //! committed and the next run goes on from there.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use serde::Serialize;
 
+use crate::archive::index::{Sighting, read_records, visit_segments};
+use crate::archive::local_index::{IndexError, LocalIndex, Query};
 use crate::archive::select::Selection;
-use crate::archive::{Archive, ArchiveError, Digest, Incoming, Writer};
+use crate::archive::{ArchiveError, Digest, Entry, Incoming, Location, PackReader, Writer};
 use crate::stop::Stop;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// The archive copied from. Its catalog lines are read from its segments one commit at a
+/// time, never held whole.
+pub struct Source<'a> {
+    pub root: &'a Path,
+    /// Where a message's bytes are (the local index, or a view of the catalog's locations).
+    pub locate: &'a dyn Fn(&Digest) -> Result<Option<Location>, IndexError>,
+    /// Only these messages; `None`: all.
+    pub only: Option<&'a HashSet<Digest>>,
+}
+
+/// The ids `selection` picks, read from the local index; `None` when it picks everything.
+pub fn selected(
+    index: &LocalIndex,
+    query: &Query,
+    selection: &Selection,
+) -> Result<Option<HashSet<Digest>>, IndexError> {
+    if is_everything(selection) {
+        return Ok(None);
+    }
+    let mut ids = HashSet::new();
+    index.for_each(query, &mut |found| {
+        if selection.matches(&found.message()) {
+            ids.insert(found.id);
+        }
+        Ok(true)
+    })?;
+    Ok(Some(ids))
+}
 
 /// Messages go to the writer in batches of about this many bytes.
 const BATCH_BYTES: u64 = 16 << 20;
@@ -36,68 +76,125 @@ pub struct CopyReport {
 }
 
 pub fn copy(
-    source: &Archive,
-    selection: &Selection,
+    source: &Source<'_>,
     dest: &mut Writer,
     stop: &Stop,
     progress: &dyn Fn(u64),
-) -> Result<CopyReport, ArchiveError> {
-    let selected: Option<HashSet<Digest>> = (!is_everything(selection)).then(|| {
-        source
-            .messages()
-            .into_iter()
-            .filter(|m| selection.matches(m))
-            .map(|m| m.id)
-            .collect()
-    });
-    let mut report = CopyReport::default();
-    let mut damaged: HashSet<Digest> = HashSet::new();
-    let mut batch: Vec<Incoming> = Vec::new();
-    let mut batch_bytes = 0;
-    let mut uncommitted = 0;
-    for entry in source.entries() {
-        if selected.as_ref().is_some_and(|s| !s.contains(&entry.id)) || damaged.contains(&entry.id)
-        {
-            continue;
-        }
-        if dest.index().knows(&entry.id, &entry.source) {
-            report.lines_present += 1;
-            continue;
-        }
+) -> Result<CopyReport, CopyError> {
+    let packs = PackReader::new(source.root);
+    let mut copying = Copying {
+        source,
+        packs: &packs,
+        dest,
+        report: CopyReport::default(),
+        damaged: HashSet::new(),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        uncommitted: 0,
+        failed: None,
+        progress,
+    };
+    let mut read = read_records(source.root)?;
+    let commits: Vec<u64> = read.commits.iter().map(|c| c.commit).collect();
+    for commit in commits {
         if stop.requested() {
-            report.stopped = true;
+            copying.report.stopped = true;
             break;
         }
-        let raw = match source.read_message(&entry.id) {
-            Ok(raw) => raw,
-            Err(e) => {
-                damaged.insert(entry.id);
-                report.damaged.push((entry.id, crate::error_chain(&e)));
-                continue;
-            }
-        };
-        let size = raw.len() as u64;
-        batch_bytes += size;
-        batch.push(Incoming {
-            raw,
-            source: entry.source.clone(),
-            flags: entry.flags.clone(),
-            first_seen: entry.first_seen,
-        });
-        if batch_bytes >= BATCH_BYTES {
-            uncommitted += add(dest, &mut batch, &mut report)?;
-            progress(batch_bytes);
-            batch_bytes = 0;
-            if uncommitted >= COMMIT_BYTES {
-                dest.commit()?;
-                uncommitted = 0;
-            }
+        visit_segments(
+            source.root,
+            &mut read,
+            &|c| c.commit == commit,
+            &mut |entry| copying.line(entry, stop),
+        )?;
+        if let Some(e) = copying.failed.take() {
+            return Err(e);
         }
     }
-    add(dest, &mut batch, &mut report)?;
-    progress(batch_bytes);
-    dest.commit()?;
-    Ok(report)
+    copying.flush()?;
+    (copying.progress)(copying.batch_bytes);
+    copying.dest.commit()?;
+    Ok(copying.report)
+}
+
+/// A copy under way.
+struct Copying<'a, 'w> {
+    source: &'a Source<'a>,
+    packs: &'a PackReader,
+    dest: &'w mut Writer,
+    report: CopyReport,
+    damaged: HashSet<Digest>,
+    batch: Vec<Incoming>,
+    batch_bytes: u64,
+    uncommitted: u64,
+    /// The first error, which ends the copy at the end of the segment being read.
+    failed: Option<CopyError>,
+    progress: &'a dyn Fn(u64),
+}
+
+impl Copying<'_, '_> {
+    /// One catalog line of the source, in catalog order.
+    fn line(&mut self, entry: Entry, stop: &Stop) {
+        if self.failed.is_some() || self.report.stopped {
+            return;
+        }
+        if let Err(e) = self.try_line(entry, stop) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn try_line(&mut self, entry: Entry, stop: &Stop) -> Result<(), CopyError> {
+        if self.source.only.is_some_and(|s| !s.contains(&entry.id))
+            || self.damaged.contains(&entry.id)
+        {
+            return Ok(());
+        }
+        if self.dest.index().knows(&entry.id, &entry.source) {
+            self.report.lines_present += 1;
+            return Ok(());
+        }
+        if stop.requested() {
+            self.report.stopped = true;
+            return Ok(());
+        }
+        let read = match (self.source.locate)(&entry.id)? {
+            Some(location) => self.packs.read(&entry.id, &location),
+            // Its storing line was lost: `verify` names it, `repair` recovers what it can.
+            None => Err(ArchiveError::UnknownId {
+                prefix: entry.id.hex(),
+            }),
+        };
+        let raw = match read {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.damaged.insert(entry.id);
+                self.report.damaged.push((entry.id, crate::error_chain(&e)));
+                return Ok(());
+            }
+        };
+        self.batch_bytes += raw.len() as u64;
+        self.batch.push(Incoming {
+            raw,
+            source: entry.source,
+            flags: entry.flags,
+            first_seen: entry.first_seen,
+        });
+        if self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+            (self.progress)(self.batch_bytes);
+            self.batch_bytes = 0;
+            if self.uncommitted >= COMMIT_BYTES {
+                self.dest.commit()?;
+                self.uncommitted = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ArchiveError> {
+        self.uncommitted += add(self.dest, &mut self.batch, &mut self.report)?;
+        Ok(())
+    }
 }
 
 /// What another archive lacks of `source`: catalog lines, and when the oldest of them was
@@ -108,19 +205,20 @@ pub struct Behind {
     pub oldest: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub fn behind(source: &Archive, copy: &crate::archive::Index) -> Behind {
+pub fn behind(source: &Path, copy: &crate::archive::Index) -> Result<Behind, ArchiveError> {
     let mut behind = Behind::default();
-    for entry in source.entries() {
-        if !copy.knows(&entry.id, &entry.source) {
+    let mut read = read_records(source)?;
+    visit_segments(source, &mut read, &|_| true, &mut |line: Sighting| {
+        if !copy.knows(&line.id, &line.source) {
             behind.lines += 1;
             behind.oldest = Some(
                 behind
                     .oldest
-                    .map_or(entry.first_seen, |t| t.min(entry.first_seen)),
+                    .map_or(line.first_seen, |t| t.min(line.first_seen)),
             );
         }
-    }
-    behind
+    })?;
+    Ok(behind)
 }
 
 fn is_everything(selection: &Selection) -> bool {

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{Archive, ArchiveError, Digest, Message, PackReader, Source};
+use crate::archive::local_index::{IndexError, Query};
+use crate::archive::{ArchiveError, Digest, LocalIndex, Message, PackReader, Source};
 use crate::restore::imap::ImapSink;
 use crate::restore::{
     self, Candidate, Destination, Event, Flags, RestoreError, RestoreOptions, Sink, Skipped,
@@ -92,6 +93,8 @@ pub enum ForwardError {
     Restore(#[from] RestoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
 }
 
 /// One journal line.
@@ -595,33 +598,47 @@ fn from_account(m: &Message<'_>, account: &str) -> bool {
         .any(|s| matches!(s, Source::Pop3 { account: a, .. } if a == account))
 }
 
+/// A message still to deliver.
+pub struct Pending {
+    /// When it was first archived: what the journal's start and `status`'s oldest pending
+    /// mail are measured by.
+    pub first_seen: DateTime<Utc>,
+    pub candidate: Candidate,
+}
+
 /// The messages of the journal's account still to deliver, in arrival order, as new mail (no
-/// flags), dated by the rules of restore.
-pub fn pending(archive: &Archive, journal: &Deliveries) -> Vec<Candidate> {
-    let mut messages: Vec<Message<'_>> = archive
-        .messages()
-        .into_iter()
-        .filter(|m| {
-            from_account(m, &journal.account)
-                && m.first_seen >= journal.since
-                && !journal.delivered.contains(&m.id)
-        })
-        .collect();
-    messages.sort_by_key(|m| (m.first_seen, m.id));
-    messages
-        .into_iter()
-        .filter_map(|m| {
-            Some(Candidate {
-                id: m.id,
-                size: m.size,
-                time: m.time,
-                flags: Flags::default(),
-                subject: m.envelope.subject.clone(),
-                from: m.envelope.from.clone(),
-                location: archive.location(&m.id)?,
-            })
-        })
-        .collect()
+/// flags), dated by the rules of restore. Read from the local index: memory is that of the
+/// pending mail, not of the archive.
+pub fn pending(index: &LocalIndex, journal: &Deliveries) -> Result<Vec<Pending>, ForwardError> {
+    let query = Query {
+        labels: vec![journal.account.clone()],
+        first_seen_since: Some(journal.since),
+        ..Query::default()
+    };
+    let mut pending = Vec::new();
+    index.for_each(&query, &mut |found| {
+        let m = found.message();
+        if from_account(&m, &journal.account)
+            && m.first_seen >= journal.since
+            && !journal.delivered.contains(&m.id)
+        {
+            pending.push(Pending {
+                first_seen: m.first_seen,
+                candidate: Candidate {
+                    id: m.id,
+                    size: m.size,
+                    time: m.time,
+                    flags: Flags::default(),
+                    subject: m.envelope.subject.clone(),
+                    from: m.envelope.from.clone(),
+                    location: found.location.clone(),
+                },
+            });
+        }
+        Ok(true)
+    })?;
+    pending.sort_by_key(|p| (p.first_seen, p.candidate.id));
+    Ok(pending)
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -646,7 +663,7 @@ pub struct DeliveryReport {
 /// Delivers what is pending for `journal` through the sink `open` makes (called only when
 /// something is pending).
 pub fn deliver(
-    archive: &Archive,
+    (index, packs): (&LocalIndex, &PackReader),
     journal: &mut Journal,
     destination: &crate::imap::ImapUrl,
     open: &mut dyn FnMut() -> Result<ImapSink, ForwardError>,
@@ -654,8 +671,9 @@ pub fn deliver(
     stop: &Stop,
     events: &mut dyn FnMut(Event),
 ) -> Result<DeliveryReport, ForwardError> {
-    let (pending, held_back): (Vec<Candidate>, Vec<Candidate>) = pending(archive, &journal.state)
+    let (pending, held_back): (Vec<Candidate>, Vec<Candidate>) = pending(index, &journal.state)?
         .into_iter()
+        .map(|p| p.candidate)
         .partition(|c| retry_refused || !journal.state.given_up(&c.id));
     let mut report = DeliveryReport {
         account: journal.state.account.clone(),
@@ -681,14 +699,8 @@ pub fn deliver(
         ..RestoreOptions::default()
     };
     let destination = Destination::Imap(destination.clone());
-    let restored = restore::restore_candidates(
-        archive.packs(),
-        &mut sink,
-        &destination,
-        &pending,
-        &options,
-        events,
-    );
+    let restored =
+        restore::restore_candidates(packs, &mut sink, &destination, &pending, &options, events);
     if let Some(e) = sink.error.take() {
         return Err(e);
     }
@@ -832,7 +844,7 @@ pub struct DestinationStatus {
 }
 
 /// The state of every forward journal of the archive at `root` (read without locking).
-pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>, ForwardError> {
+pub fn statuses(index: &LocalIndex, root: &Path) -> Result<Vec<DestinationStatus>, ForwardError> {
     let dir = root.join(JOURNAL_DIR);
     let Ok(entries) = fs::read_dir(&dir) else {
         return Ok(Vec::new());
@@ -843,11 +855,6 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
     paths.sort();
-    let first_seen: HashMap<Digest, DateTime<Utc>> = archive
-        .messages()
-        .iter()
-        .map(|m| (m.id, m.first_seen))
-        .collect();
     let mut out = Vec::new();
     for path in paths {
         let state = match Deliveries::read(&path) {
@@ -872,18 +879,17 @@ pub fn statuses(archive: &Archive, root: &Path) -> Result<Vec<DestinationStatus>
         };
         let pending = match state.renamed {
             Some(_) => Vec::new(),
-            None => pending(archive, &state),
+            None => pending(index, &state)?,
         };
         out.push(DestinationStatus {
             delivered: state.delivered.len(),
             pending: pending.len(),
             last_delivery: state.last_delivery,
-            oldest_pending: pending
+            oldest_pending: pending.iter().map(|p| p.first_seen).min(),
+            held_back: pending
                 .iter()
-                .filter_map(|c| first_seen.get(&c.id))
-                .min()
-                .copied(),
-            held_back: pending.iter().filter(|c| state.given_up(&c.id)).count(),
+                .filter(|p| state.given_up(&p.candidate.id))
+                .count(),
             renamed_to: state.renamed.as_ref().map(|(to, _)| to.clone()),
             renamed_at: state.renamed.as_ref().map(|(_, at)| *at),
             account: state.account,

@@ -148,6 +148,8 @@ pub struct Query {
     /// Text the From / Subject field must contain, any case.
     pub from: Option<String>,
     pub subject: Option<String>,
+    /// Messages first archived at or after this.
+    pub first_seen_since: Option<DateTime<Utc>>,
     pub newest_first: bool,
 }
 
@@ -467,6 +469,10 @@ impl LocalIndex {
         }
         if let Some(t) = query.until {
             sql.push_str(" AND time < ?");
+            args.push(nanos(t).into());
+        }
+        if let Some(t) = query.first_seen_since {
+            sql.push_str(" AND first_seen >= ?");
             args.push(nanos(t).into());
         }
         if !query.labels.is_empty() {

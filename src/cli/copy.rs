@@ -34,8 +34,11 @@ pub struct CopyArgs {
 }
 
 pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
-    let source = ctx.open_archive()?;
-    let selection = args.select.selection(&source)?;
+    // The source's catalog is read a commit at a time; where each message is, and what a
+    // selection picks, come from its local index.
+    let index = super::index::open_index(ctx)?;
+    let (selection, query) = super::index::selection(&index, &args.select, None, false)?;
+    let only = crate::copy::selected(&index, &query, &selection)?;
     let to_label = super::expand_tilde(&args.to).display().to_string();
     let (dest_root, remote) = super::remote::locate(&args.to, &ctx.config.s3, &ctx.cache_dir)?;
     let same = |a: &std::path::Path, b: &std::path::Path| {
@@ -66,13 +69,15 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     if decrypting && !writer.is_encrypted() {
         return Err(plain_refused());
     }
-    let total = source
-        .commits()
-        .iter()
-        .map(|c| c.raw_bytes)
-        .fold(0, u64::saturating_add);
+    let (_, total) = index.totals()?;
     let bar = byte_bar(Some(total), ctx.quiet || args.json, "copy");
-    let copied = crate::copy::copy(&source, &selection, &mut writer, &ctx.stop, &|n| bar.inc(n));
+    let locate = |id: &crate::archive::Digest| index.location(id);
+    let source = crate::copy::Source {
+        root: &ctx.archive,
+        locate: &locate,
+        only: only.as_ref(),
+    };
+    let copied = crate::copy::copy(&source, &mut writer, &ctx.stop, &|n| bar.inc(n));
     bar.finish_and_clear();
     let report = copied.with_context(|| format!("cannot copy into {to_label}"))?;
     writer

@@ -12,7 +12,7 @@ use super::connect::ConnectArgs;
 use super::output::human_bytes;
 use super::{Context, Exit};
 use crate::account::Account;
-use crate::archive::Archive;
+use crate::archive::PackReader;
 use crate::backup::{self, AccountReport, BackupOptions, Outcome, Target};
 use crate::config::AccountConfig;
 use crate::forward::{self, Deliveries, DeliveryReport, ForwardError, Journal};
@@ -373,13 +373,13 @@ fn pass(
                 },
             ));
         }
-        let archive = match crate::archive::is_archive(&ctx.archive) {
-            true => Some(Archive::open(&ctx.archive)?),
+        let index = match crate::archive::is_archive(&ctx.archive) {
+            true => Some(super::index::open_index(ctx)?),
             false => None,
         };
         for route in routes {
-            let archived = match &archive {
-                Some(archive) => {
+            let archived = match &index {
+                Some(index) => {
                     let state = match renamed {
                         Some(state) => state.clone().moved_back_to(args.since),
                         None => Deliveries::peek(
@@ -389,7 +389,7 @@ fn pass(
                             args.since,
                         )?,
                     };
-                    forward::pending(archive, &state).len()
+                    forward::pending(index, &state)?.len()
                 }
                 None => 0,
             };
@@ -439,7 +439,10 @@ fn pass(
         }
     }
     writer.finish().context("cannot commit the backup pass")?;
-    let archive = Archive::open(&ctx.archive)?;
+    // What is pending is read from the local index, brought up to date with the pass's
+    // commits: memory is that of the pending mail, not of the archive.
+    let index = super::index::open_index(ctx)?;
+    let packs = PackReader::new(&ctx.archive);
     for (route, journal) in routes.iter().zip(journals) {
         if ctx.stop.requested() {
             break;
@@ -467,7 +470,7 @@ fn pass(
             .map_err(crate::restore::RestoreError::from)?)
         };
         let delivered = forward::deliver(
-            &archive,
+            (&index, &packs),
             &mut journal,
             &route.destination,
             &mut open,
@@ -482,7 +485,7 @@ fn pass(
             },
             Err(e) => DeliveryOutcome {
                 report: DeliveryReport {
-                    pending: forward::pending(&archive, &journal.state).len(),
+                    pending: forward::pending(&index, &journal.state).map_or(0, |p| p.len()),
                     // A stop during the login (its password command) is a stop, not a failure.
                     interrupted: ctx.stop.requested(),
                     ..route.empty_report()

@@ -108,6 +108,7 @@ pub fn selection(
         from: selection.from.clone(),
         subject: selection.subject.clone(),
         text,
+        first_seen_since: None,
         newest_first,
     };
     Ok((selection, query))

@@ -9,7 +9,7 @@ use super::output::parse_day_or_time;
 use super::output::{fit, human_bytes, ignore_closed_pipe, local_time};
 use super::{Context, Exit};
 use crate::archive::select::Selection;
-use crate::archive::{Archive, ArchiveError, Message, PackReader};
+use crate::archive::{ArchiveError, Message, PackReader};
 
 /// The filters shared by list, restore and export.
 #[derive(Debug, Clone, Default, Args)]
@@ -34,23 +34,10 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    /// The selection, its `--account` names checked against `archive`: a name no message
-    /// comes from (a typo) is an error, not an empty answer; an import label with a relative
-    /// path (`maildir:md`) means the path as `import` records it, absolute.
-    pub fn selection(&self, archive: &Archive) -> anyhow::Result<Selection> {
-        let known: Vec<String> = if self.accounts.is_empty() {
-            Vec::new()
-        } else {
-            archive
-                .messages()
-                .iter()
-                .flat_map(|m| m.sources.iter().map(|s| s.label()))
-                .collect()
-        };
-        self.selection_in(&known)
-    }
-
-    /// The selection, its `--account` names checked against `known`, the labels there are.
+    /// The selection, its `--account` names checked against `known`, the labels there are
+    /// (the local index's): a name no message comes from (a typo) is an error, not an empty
+    /// answer; an import label with a relative path (`maildir:md`) means the path as `import`
+    /// records it, absolute.
     pub fn selection_in(&self, known: &[String]) -> anyhow::Result<Selection> {
         let accounts = if self.accounts.is_empty() {
             Vec::new()

@@ -44,7 +44,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::archive::{Archive, ArchiveError};
+use crate::archive::ArchiveError;
 use crate::config::Config;
 pub use exit::Exit;
 
@@ -177,10 +177,6 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn open_archive(&self) -> anyhow::Result<Archive> {
-        Ok(Archive::open(&self.archive)?)
-    }
-
     /// The writer of the archive: for an `s3://` one, under its remote lock, each commit
     /// uploaded as it is made.
     pub fn open_writer(

@@ -138,16 +138,20 @@ fn bring_in_set_aside(
             );
             continue;
         }
-        let copied = crate::archive::Archive::open(&aside).and_then(|source| {
-            crate::copy::copy(
-                &source,
-                &Default::default(),
-                writer,
-                &crate::stop::Stop::new(),
-                &|_| {},
-            )
-        });
-        let report = match copied.and_then(|report| writer.commit().map(|_| report)) {
+        // A set-aside copy has no local index: where its messages are is read from its catalog.
+        let copied = crate::archive::check_header(&aside)
+            .and_then(|()| crate::archive::Index::load_locations(&aside, &mut |_, _| {}))
+            .map_err(crate::copy::CopyError::from)
+            .and_then(|(locations, _)| {
+                let locate = |id: &crate::archive::Digest| Ok(locations.location(id));
+                let source = crate::copy::Source {
+                    root: &aside,
+                    locate: &locate,
+                    only: None,
+                };
+                crate::copy::copy(&source, writer, &crate::stop::Stop::new(), &|_| {})
+            });
+        let report = match copied.and_then(|report| Ok(writer.commit().map(|_| report)?)) {
             Ok(report) if report.damaged.is_empty() => report,
             Ok(report) => {
                 eprintln!(

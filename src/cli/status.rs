@@ -94,12 +94,16 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
         }
         Err(e) => return Err(e.into()),
     };
-    let (commits, per_account) = match found {
-        true => (
+    let index = match found {
+        true => Some(super::index::open_index(ctx)?),
+        false => None,
+    };
+    let (commits, per_account) = match &index {
+        Some(index) => (
             crate::archive::index::read_records(&ctx.archive)?.commits,
-            super::index::open_index(ctx)?.label_totals(true)?,
+            index.label_totals(true)?,
         ),
-        false => Default::default(),
+        None => Default::default(),
     };
     let mut accounts: BTreeMap<String, AccountStatus> = BTreeMap::new();
     for a in &ctx.config.accounts {
@@ -163,14 +167,9 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     let mut copies = Vec::new();
     let wanted: Vec<_> = ctx.config.copies.iter().chain(&args.copies).collect();
-    // The whole catalog, read once for every copy (only when there is one to compare).
-    let mut source = match found && !wanted.is_empty() {
-        true => Some(ctx.open_archive()?),
-        false => None,
-    };
     for copy in wanted {
         let label = super::expand_tilde(copy).display().to_string();
-        let behind = copy_behind(ctx, copy, source.as_ref())
+        let behind = copy_behind(ctx, copy, found)
             .with_context(|| format!("cannot tell how far behind {label} is"))?;
         let stale = args
             .max_age
@@ -186,11 +185,10 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     // Forward destinations: what is delivered and what waits (mail pending longer than
     // --max-age is as overdue as a backup).
     let mut forwards = Vec::new();
-    if found && ctx.archive.join(crate::forward::JOURNAL_DIR).is_dir() {
-        let archive = match source.take() {
-            Some(archive) => archive,
-            None => ctx.open_archive()?,
-        };
+    if let Some(index) = index
+        .as_ref()
+        .filter(|_| ctx.archive.join(crate::forward::JOURNAL_DIR).is_dir())
+    {
         // The destinations the config names now (a journal of an old one stays until removed).
         let configured: Vec<(String, String)> = ctx
             .config
@@ -201,7 +199,7 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 Some((a.name.clone(), label))
             })
             .collect();
-        for f in crate::forward::statuses(&archive, &ctx.archive)? {
+        for f in crate::forward::statuses(index, &ctx.archive)? {
             let in_config = configured
                 .iter()
                 .any(|(a, d)| *a == f.account && *d == f.destination);
@@ -362,16 +360,16 @@ pub fn run(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// What `copy` (a directory or s3://) lacks of `source`, this archive: nothing when there is
-/// no archive here; everything when the copy is not there yet.
+/// What `copy` (a directory or s3://) lacks of this archive: nothing when there is no
+/// archive here (`found` false); everything when the copy is not there yet.
 fn copy_behind(
     ctx: &Context,
     copy: &std::path::Path,
-    source: Option<&crate::archive::Archive>,
+    found: bool,
 ) -> anyhow::Result<crate::copy::Behind> {
-    let Some(source) = source else {
+    if !found {
         return Ok(Default::default());
-    };
+    }
     let (root, mirror) = super::remote::locate(copy, &ctx.config.s3, &ctx.cache_dir)?;
     let copy_exists = match &mirror {
         Some(mirror) => match mirror.sync(false) {
@@ -391,7 +389,7 @@ fn copy_behind(
         }
         false => crate::archive::Index::empty(&root),
     };
-    Ok(crate::copy::behind(source, &index))
+    Ok(crate::copy::behind(&ctx.archive, &index)?)
 }
 
 fn age(d: Duration) -> String {
