@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Issue 12: the commands that read a whole selection (restore, export) on a large archive,
+"""Issue 12: the commands that read a whole selection (restore, export, repair, copy, status of
+a copy) on a large archive,
 time and peak RSS, optionally beside another popvault binary on the same archive (alternating,
 so that both see the same machine).
 
@@ -68,10 +69,25 @@ def main():
             os.makedirs(scratch)
             return measure([binary, "--archive", archive, "export", "-q", tar_out], env={"XDG_CACHE_HOME": cache})
 
+        def repair():
+            return measure([binary, "--archive", archive, "repair", "--dry-run", "-q"], env={"XDG_CACHE_HOME": cache})
+
+        copy_to = os.path.join(OUT, f"readers-copy-{count}")
+
+        def copy():
+            fresh(copy_to)
+            return measure([binary, "--archive", archive, "copy", "-q", "--to", copy_to], env={"XDG_CACHE_HOME": cache})
+
+        def status_copy():
+            return measure([binary, "--archive", archive, "status", "--copy", copy_to], env={"XDG_CACHE_HOME": cache})
+
         return [("`restore --to mbox:` (every message)", restore_new),
                 ("the same restore again (nothing new)", restore_again),
                 ("`restore --to maildir:` of one year", restore_year),
-                ("`export` to a tar (every message)", export)]
+                ("`export` to a tar (every message)", export),
+                ("`repair --dry-run` (no damage)", repair),
+                ("`copy --to` a new local archive", copy),
+                ("`status --copy` of that copy", status_copy)]
 
     results = {}
     for _ in range(runs):

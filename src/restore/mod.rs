@@ -764,5 +764,33 @@ mod tests {
         let mut ids = ids;
         ids.sort();
         assert_eq!(found, ids);
+
+        // A Maildir, in batches of 2, twice: every message once.
+        let maildir = dir.path().join("Maildir");
+        for round in 0..2 {
+            let mut sink = maildir::MaildirSink::open(&maildir, false).unwrap();
+            let batches = Batches {
+                index: &index,
+                query: &Query::default(),
+                messages: 2,
+            };
+            let destination = Destination::Maildir(maildir.clone());
+            let report = restore_in_batches(
+                batches,
+                &packs,
+                &mut sink,
+                &destination,
+                &options,
+                &mut |_| {},
+            )
+            .unwrap();
+            assert_eq!(report.restored, if round == 0 { 23 } else { 0 });
+        }
+        let mut in_maildir: Vec<Digest> = std::fs::read_dir(maildir.join("cur"))
+            .unwrap()
+            .map(|e| Digest::of(&std::fs::read(e.unwrap().path()).unwrap()))
+            .collect();
+        in_maildir.sort();
+        assert_eq!(in_maildir, ids);
     }
 }
