@@ -174,12 +174,7 @@ impl Sink for MaildirSink {
         if self.held.is_none() {
             self.held = Some(self.read_held()?);
         }
-        let held = self.held.as_ref().expect("read above");
-        Ok(candidates
-            .iter()
-            .map(|c| c.id)
-            .filter(|id| held.contains(id))
-            .collect())
+        Ok(super::among(self.held.as_ref(), candidates))
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {

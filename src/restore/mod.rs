@@ -128,6 +128,18 @@ pub enum RestoreError {
     Index(#[from] IndexError),
 }
 
+/// The ids of `candidates` that are in `held` (none when it is `None`).
+fn among(held: Option<&HashSet<Digest>>, candidates: &[Candidate]) -> HashSet<Digest> {
+    let Some(held) = held else {
+        return HashSet::new();
+    };
+    candidates
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| held.contains(id))
+        .collect()
+}
+
 /// Takes the exclusive lock a restore holds on its destination (`file`, at `path`).
 fn lock_destination(file: &std::fs::File, path: &std::path::Path) -> Result<(), RestoreError> {
     match file.try_lock() {
