@@ -29,7 +29,7 @@ pub struct MaildirSink {
     _lock: Option<File>,
     /// The ids in cur/ and new/ when first asked: read once for all the batches of a restore
     /// (each asks of ids no other batch has, and none of this restore's own files).
-    held: Option<HashSet<Digest>>,
+    held: Option<super::Held>,
 }
 
 impl MaildirSink {
@@ -77,8 +77,8 @@ impl MaildirSink {
 
     /// Every message id in cur/ and new/: in a file's name if popvault restored it, else the
     /// SHA-256 of its bytes.
-    fn read_held(&self) -> Result<HashSet<Digest>, RestoreError> {
-        let mut held = HashSet::new();
+    fn read_held(&self) -> Result<super::Held, RestoreError> {
+        let mut held = super::Held::default();
         for sub in ["cur", "new"] {
             let dir = self.root.join(sub);
             let entries = match fs::read_dir(&dir) {
@@ -105,10 +105,10 @@ impl MaildirSink {
                         Err(_) => continue, // moved or deleted by a mail client meanwhile
                     },
                 };
-                held.insert(id);
+                held.insert(&id);
             }
         }
-        Ok(held)
+        Ok(held.sorted())
     }
 
     fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
@@ -174,7 +174,7 @@ impl Sink for MaildirSink {
         if self.held.is_none() {
             self.held = Some(self.read_held()?);
         }
-        Ok(super::among(self.held.as_ref(), candidates))
+        Ok(self.held.as_ref().expect("read above").among(candidates))
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {

@@ -24,7 +24,7 @@ pub struct MboxSink {
     committed_len: u64,
     /// The ids of the messages in the file when first asked: read once for all the batches
     /// of a restore (each asks of ids no other batch has, and none this restore wrote).
-    held: Option<HashSet<Digest>>,
+    held: Option<super::Held>,
 }
 
 impl MboxSink {
@@ -140,25 +140,25 @@ impl MboxSink {
     }
     /// The id of every message in the file, and of each without its last newline (a message
     /// written without a final newline got one).
-    fn read_held(&self) -> Result<HashSet<Digest>, RestoreError> {
+    fn read_held(&self) -> Result<super::Held, RestoreError> {
         let read_err = |source| RestoreError::Read {
             path: self.path.clone(),
             source,
         };
         let file = match File::open(&self.path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(super::Held::default()),
             Err(e) => return Err(read_err(e)),
         };
         let mut reader = MboxReader::new(BufReader::new(file), true);
-        let mut held = HashSet::new();
+        let mut held = super::Held::default();
         while let Some(m) = reader.next_message().map_err(read_err)? {
-            held.insert(Digest::of(&m.bytes));
+            held.insert(&Digest::of(&m.bytes));
             if let Some(without) = m.bytes.strip_suffix(b"\n") {
-                held.insert(Digest::of(without));
+                held.insert(&Digest::of(without));
             }
         }
-        Ok(held)
+        Ok(held.sorted())
     }
 }
 
@@ -262,7 +262,7 @@ impl Sink for MboxSink {
         if self.held.is_none() {
             self.held = Some(self.read_held()?);
         }
-        Ok(super::among(self.held.as_ref(), candidates))
+        Ok(self.held.as_ref().expect("read above").among(candidates))
     }
 
     fn put(&mut self, c: &Candidate, raw: &[u8]) -> Result<(), RestoreError> {
