@@ -40,6 +40,10 @@ const SCHEMA: i64 = 8;
 const PAGE_CACHE_KIB: i64 = 32 * 1024;
 /// Page cache for a pass over a whole table.
 const SCAN_CACHE_KIB: i64 = 2 * 1024;
+/// Page cache once the index is up to date: readers walk a table or look up ids here and
+/// there, and the kernel caches the file anyway; a command that reads a million messages
+/// would otherwise keep the update's 32 MiB.
+const READ_CACHE_KIB: i64 = 8 * 1024;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -219,7 +223,7 @@ impl LocalIndex {
             .map_err(self.err())?;
         let found = self.count_disagreements(catalog);
         self.db
-            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .pragma_update(None, "cache_size", -READ_CACHE_KIB)
             .map_err(self.err())?;
         found
     }
@@ -298,6 +302,10 @@ impl LocalIndex {
             .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
             .map_err(sqlite(path))?;
         let freshness = index.catch_up(root, progress)?;
+        index
+            .db
+            .pragma_update(None, "cache_size", -READ_CACHE_KIB)
+            .map_err(sqlite(path))?;
         Ok((index, freshness))
     }
 
@@ -697,11 +705,31 @@ impl LocalIndex {
         stop: &dyn Fn() -> bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(u64, Vec<Digest>), IndexError> {
-        use rayon::prelude::*;
-        const BATCH: i64 = 2_000;
         let path = self.path.clone();
         let mut done = 0;
         let mut damaged = Vec::new();
+        // Writing the words touches the text's B-trees all over: the update's cache.
+        self.db
+            .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .map_err(sqlite(&path))?;
+        let indexed = self.index_text_batches(packs, stop, progress, &mut done, &mut damaged);
+        self.db
+            .pragma_update(None, "cache_size", -READ_CACHE_KIB)
+            .map_err(sqlite(&path))?;
+        indexed.map(|()| (done, damaged))
+    }
+
+    fn index_text_batches(
+        &mut self,
+        packs: &PackReader,
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(u64),
+        done: &mut u64,
+        damaged: &mut Vec<Digest>,
+    ) -> Result<(), IndexError> {
+        use rayon::prelude::*;
+        const BATCH: i64 = 2_000;
+        let path = self.path.clone();
         // `texted`: 0 to index, 1 indexed, -1 unreadable the last time (indexed by subject and
         // sender only), -2 such a message being tried again in this run.
         self.db
@@ -785,12 +813,12 @@ impl LocalIndex {
                 .map_err(sqlite(&path))?;
                 tx.execute("UPDATE messages SET texted = ?2 WHERE n = ?1", [n, state])
                     .map_err(sqlite(&path))?;
-                done += 1;
+                *done += 1;
             }
             tx.commit().map_err(sqlite(&path))?;
-            progress(done);
+            progress(*done);
         }
-        Ok((done, damaged))
+        Ok(())
     }
 
     /// The bytes the index takes on disk (with its write-ahead log).
