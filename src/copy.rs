@@ -22,7 +22,8 @@ use crate::stop::Stop;
 pub enum CopyError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error(transparent)]
+    /// Not transparent: the CLI finds the index error in the chain, to discard a damaged index.
+    #[error("{0}")]
     Index(#[from] IndexError),
 }
 

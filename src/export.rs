@@ -46,7 +46,8 @@ pub enum ExportError {
     Vanished { id: Digest },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error(transparent)]
+    /// Not transparent: the CLI finds the index error in the chain, to discard a damaged index.
+    #[error("{0}")]
     Index(#[from] IndexError),
 }
 
@@ -256,10 +257,14 @@ fn plan(from: &Selected<'_>, scratch: &Path, stop: &Stop) -> Result<Plan, Export
         let faults: Vec<Option<String>> = chunk
             .par_iter()
             .map(|found| {
+                // The reason as the record's fault says it (the message is named beside it).
                 from.packs
                     .check(&found.id, &found.location)
                     .err()
-                    .map(|e| e.to_string())
+                    .map(|e| match e {
+                        ArchiveError::DamagedMessage { fault, .. } => fault.to_string(),
+                        e => e.to_string(),
+                    })
             })
             .collect();
         for (found, fault) in chunk.iter().zip(faults) {

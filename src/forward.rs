@@ -93,7 +93,8 @@ pub enum ForwardError {
     Restore(#[from] RestoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error(transparent)]
+    /// Not transparent: the CLI finds the index error in the chain, to discard a damaged index.
+    #[error("{0}")]
     Index(#[from] IndexError),
 }
 

@@ -118,6 +118,9 @@ pub enum IndexError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A row SQLite reads but popvault cannot: the index is not what popvault wrote.
+    #[error("the local index {path} is damaged: {what}")]
+    Damaged { path: PathBuf, what: String },
     #[error("cannot make the local index {path}")]
     Dir {
         path: PathBuf,
@@ -154,6 +157,8 @@ pub struct Query {
     pub subject: Option<String>,
     /// Messages first archived at or after this.
     pub first_seen_since: Option<DateTime<Utc>>,
+    /// Only these messages (empty: all).
+    pub ids: Vec<Digest>,
     pub newest_first: bool,
 }
 
@@ -479,6 +484,12 @@ impl LocalIndex {
             sql.push_str(" AND time < ?");
             args.push(nanos(t).into());
         }
+        if !query.ids.is_empty() {
+            sql.push_str(" AND id IN (");
+            sql.push_str(&vec!["?"; query.ids.len()].join(","));
+            sql.push(')');
+            args.extend(query.ids.iter().map(|id| id.0.to_vec().into()));
+        }
         if let Some(t) = query.first_seen_since {
             sql.push_str(" AND first_seen >= ?");
             args.push(nanos(t).into());
@@ -522,11 +533,17 @@ impl LocalIndex {
             );
             let location = location_of(row, 2).map_err(self.err())?;
             let size = location.size;
+            // Every row was written by popvault from a catalog line: one that does not read
+            // back is damage, never a message to leave out or to show without its date.
+            let damaged = |what: String| IndexError::Damaged {
+                path: self.path.clone(),
+                what: format!("{what} of message {id}"),
+            };
             let envelope: Envelope = row
                 .get::<_, Option<String>>(6)
                 .map_err(self.err())?
                 .and_then(|e| serde_json::from_str(&e).ok())
-                .unwrap_or_default();
+                .ok_or_else(|| damaged("an unreadable envelope".into()))?;
             let lines: Vec<Entry> = lines
                 .query_map([n], |r| {
                     let source: String = r.get(0)?;
@@ -536,20 +553,23 @@ impl LocalIndex {
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(self.err())?
                 .into_iter()
-                .filter_map(|(source, first_seen, flags)| {
-                    Some(Entry {
+                .map(|(source, first_seen, flags)| {
+                    Ok(Entry {
                         id,
                         size,
-                        source: serde_json::from_str::<Source>(&source).ok()?,
-                        first_seen: first_seen.parse().ok()?,
+                        source: serde_json::from_str::<Source>(&source)
+                            .map_err(|_| damaged(format!("an unreadable source {source:?}")))?,
+                        first_seen: first_seen.parse().map_err(|_| {
+                            damaged(format!("an unreadable first_seen {first_seen:?}"))
+                        })?,
                         flags,
                         envelope: Envelope::default(),
                         stored: None,
                     })
                 })
-                .collect();
+                .collect::<Result<_, IndexError>>()?;
             let Some(first) = lines.first() else {
-                continue;
+                return Err(damaged("no catalog line".into()));
             };
             let stored = Entry {
                 envelope,
@@ -1179,7 +1199,21 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
 impl IndexError {
     /// Whether SQLite found the file damaged (the index is then deleted and built again).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, IndexError::Sqlite { source, .. } if is_corruption(source))
+        match self {
+            IndexError::Sqlite { source, .. } => is_corruption(source),
+            IndexError::Damaged { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The index file this error is about, when it is one.
+    pub fn index_path(&self) -> Option<&Path> {
+        match self {
+            IndexError::Sqlite { path, .. }
+            | IndexError::Damaged { path, .. }
+            | IndexError::Dir { path, .. } => Some(path),
+            IndexError::Archive(_) => None,
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
     if let Some(mirror) = &remote {
         super::remote::report_requests(mirror);
     }
+    if !report.damaged.is_empty() {
+        super::index::confirm_damage(ctx, &index)?;
+    }
     for (id, reason) in &report.damaged {
         eprintln!("skipped damaged message {id}: {reason}");
     }

@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::list::SelectArgs;
@@ -59,19 +58,20 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         packs: &packs,
     };
     let exported = if to_stdout {
-        // The scratch files of the first pass go to the cache: there is no directory to
-        // write beside.
-        std::fs::create_dir_all(&ctx.cache_dir).with_context(|| {
-            format!(
-                "cannot make the cache directory {}",
-                ctx.cache_dir.display()
-            )
-        })?;
+        // The scratch files of the first pass go to the cache (there is no directory to
+        // write beside), or to the temporary directory when the cache cannot be written.
+        let cache_writable = std::fs::create_dir_all(&ctx.cache_dir)
+            .and_then(|()| tempfile::tempfile_in(&ctx.cache_dir))
+            .is_ok();
+        let scratch = match cache_writable {
+            true => ctx.cache_dir.clone(),
+            false => std::env::temp_dir(),
+        };
         export::export_to(
             &selected,
             std::io::stdout().lock(),
             export::Compression::None,
-            &ctx.cache_dir,
+            &scratch,
             &stop,
             &|n| bar.inc(n),
         )
@@ -99,6 +99,9 @@ pub fn run(ctx: &Context, args: ExportArgs) -> anyhow::Result<Exit> {
         }
     };
     bar.finish_and_clear();
+    if !report.skipped.is_empty() {
+        super::index::confirm_damage(ctx, &index)?;
+    }
     for (id, reason) in &report.skipped {
         eprintln!("skipped damaged message {id}: {reason}");
     }

@@ -88,6 +88,22 @@ fn with_progress(ctx: &Context, rebuild: bool) -> anyhow::Result<(LocalIndex, Fr
     Ok(opened)
 }
 
+/// After a command found messages damaged where the local index placed them: checks that the
+/// index places every message where the catalog does. One that does not is deleted (a cache)
+/// and the command fails, to be run again: the damage it reported may be the index's alone.
+pub fn confirm_damage(ctx: &Context, index: &LocalIndex) -> anyhow::Result<()> {
+    let (catalog, _) = crate::archive::Index::load_locations(&ctx.archive, &mut |_, _| {})?;
+    let (misplaced, unknown, _) = index.disagreements(&catalog)?;
+    if misplaced == 0 && unknown == 0 {
+        return Ok(());
+    }
+    crate::archive::local_index::discard(index.path());
+    anyhow::bail!(
+        "the local index {} does not place every message where the catalog does, so the damage reported may be its own: it is deleted (a cache, nothing is lost); run the command again",
+        index.path().display()
+    )
+}
+
 /// What `list` and `search` select, `--account` checked against the labels the index knows
 /// (read only when it is given), and the query that narrows it in the index.
 pub fn selection(
@@ -109,6 +125,7 @@ pub fn selection(
         subject: selection.subject.clone(),
         text,
         first_seen_since: None,
+        ids: Vec::new(),
         newest_first,
     };
     Ok((selection, query))

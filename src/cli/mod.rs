@@ -433,7 +433,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
                 .chain()
                 .find_map(|c| c.downcast_ref::<crate::archive::IndexError>())
                 .filter(|e| e.is_corruption())
-                && let crate::archive::IndexError::Sqlite { path, .. } = e
+                && let Some(path) = e.index_path()
             {
                 crate::archive::local_index::discard(path);
                 eprintln!(

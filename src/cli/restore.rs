@@ -79,12 +79,13 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         Destination::Mbox(p) => Destination::Mbox(super::expand_tilde(&p)),
         other => other,
     };
-    let (mut selection, query) = super::index::selection(&index, &args.select, None, false)?;
+    let (mut selection, mut query) = super::index::selection(&index, &args.select, None, false)?;
     selection.ids = args
         .ids
         .iter()
         .map(|p| Ok(index.resolve(p)?.0))
         .collect::<anyhow::Result<Vec<Digest>>>()?;
+    query.ids = selection.ids.clone();
     let options = RestoreOptions {
         selection,
         unread: args.unread,
@@ -198,6 +199,9 @@ pub fn run(ctx: &Context, args: RestoreArgs) -> anyhow::Result<Exit> {
         .with_context(|| failed(&destination))?
     };
     bar.finish_and_clear();
+    if !report.skipped.is_empty() {
+        super::index::confirm_damage(ctx, &index)?;
+    }
 
     if args.json {
         say!("{}", serde_json::to_string_pretty(&report)?);

@@ -552,7 +552,7 @@ impl Sink for ImapSink {
     }
 
     fn warnings(&mut self) -> Vec<String> {
-        match std::mem::take(&mut self.nul_messages) {
+        match self.nul_messages {
             0 => Vec::new(),
             n => vec![format!(
                 "{n} messages held NUL bytes, which IMAP without BINARY (RFC 3516) cannot carry: the server may have altered them"

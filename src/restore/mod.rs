@@ -124,7 +124,8 @@ pub enum RestoreError {
     Imap(#[from] crate::imap::ImapError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error(transparent)]
+    /// Not transparent: the CLI finds the index error in the chain, to discard a damaged index.
+    #[error("{0}")]
     Index(#[from] IndexError),
 }
 
@@ -259,7 +260,8 @@ pub trait Sink {
         candidates: &[Candidate],
     ) -> Result<HashSet<Digest>, RestoreError>;
     fn put(&mut self, candidate: &Candidate, raw: &[u8]) -> Result<(), RestoreError>;
-    /// What the user should know of how messages were put (said once, at the end).
+    /// What the user should know of how messages were put, so far (said once, at the end:
+    /// a restore in batches keeps what the last batch gets).
     fn warnings(&mut self) -> Vec<String> {
         Vec::new()
     }
@@ -525,6 +527,8 @@ fn restore_in_batches(
         let done = restore_candidates(packs, sink, destination, batch, options, events)?;
         batch.clear();
         let interrupted = done.interrupted;
+        // The sink's warnings are about the whole restore so far.
+        report.warnings.clear();
         report.add(done);
         Ok::<bool, RestoreError>(!interrupted)
     };
