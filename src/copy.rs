@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::archive::index::{Sighting, read_records, visit_segments};
+use crate::archive::index::{read_records, visit_segments};
 use crate::archive::local_index::{IndexError, LocalIndex, Query};
 use crate::archive::select::Selection;
 use crate::archive::{ArchiveError, Digest, Entry, Incoming, Location, PackReader, Writer};
@@ -35,6 +35,9 @@ pub struct Source<'a> {
     pub locate: &'a dyn Fn(&Digest) -> Result<Option<Location>, IndexError>,
     /// Only these messages; `None`: all.
     pub only: Option<&'a HashSet<Digest>>,
+    /// Only the commits up to this one: those `locate` knows (a writer may commit to the
+    /// source while the copy runs; its mail goes with the next copy). `None`: all.
+    pub upto: Option<u64>,
 }
 
 /// The ids `selection` picks, read from the local index; `None` when it picks everything.
@@ -96,7 +99,12 @@ pub fn copy(
         progress,
     };
     let mut read = read_records(source.root)?;
-    let commits: Vec<u64> = read.commits.iter().map(|c| c.commit).collect();
+    let commits: Vec<u64> = read
+        .commits
+        .iter()
+        .map(|c| c.commit)
+        .filter(|&n| source.upto.is_none_or(|upto| n <= upto))
+        .collect();
     for commit in commits {
         if stop.requested() {
             copying.report.stopped = true;
@@ -209,7 +217,9 @@ pub struct Behind {
 pub fn behind(source: &Path, copy: &crate::archive::Index) -> Result<Behind, ArchiveError> {
     let mut behind = Behind::default();
     let mut read = read_records(source)?;
-    visit_segments(source, &mut read, &|_| true, &mut |line: Sighting| {
+    // Whole lines, as `copy` reads them: a line it cannot read (and so never copies) is not
+    // behind.
+    visit_segments(source, &mut read, &|_| true, &mut |line: Entry| {
         if !copy.knows(&line.id, &line.source) {
             behind.lines += 1;
             behind.oldest = Some(

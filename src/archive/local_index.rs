@@ -588,6 +588,16 @@ impl LocalIndex {
         Ok(())
     }
 
+    /// The highest commit whose catalog lines the index holds (0: none).
+    pub fn last_applied(&self) -> Result<u64, IndexError> {
+        self.db
+            .query_row("SELECT coalesce(max(commit_no), 0) FROM applied", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.err())
+    }
+
     /// Where message `id`'s bytes are, if the index knows it stored.
     pub fn location(&self, id: &Digest) -> Result<Option<Location>, IndexError> {
         self.db

@@ -76,6 +76,7 @@ pub fn run(ctx: &Context, args: CopyArgs) -> anyhow::Result<Exit> {
         root: &ctx.archive,
         locate: &locate,
         only: only.as_ref(),
+        upto: Some(index.last_applied()?),
     };
     let copied = crate::copy::copy(&source, &mut writer, &ctx.stop, &|n| bar.inc(n));
     bar.finish_and_clear();

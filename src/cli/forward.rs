@@ -184,6 +184,7 @@ pub fn run(ctx: &Context, args: ForwardArgs) -> anyhow::Result<Exit> {
         // it says why and tries again at the next.
         if let Err(e) = passed {
             super::report_error(&e);
+            super::discard_damaged_index(&*e);
             eprintln!("forward: the next pass is in {}", humantime(every));
         }
         if ctx.stop.requested() {
@@ -478,6 +479,10 @@ fn pass(
             &ctx.stop,
             &mut |_| {},
         );
+        // A damaged index is said as the destination's error; the next pass builds it again.
+        if let Err(e) = &delivered {
+            super::discard_damaged_index(e);
+        }
         deliveries.push(match delivered {
             Ok(report) => DeliveryOutcome {
                 report,

@@ -427,22 +427,29 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Exit {
         }
         Err(err) => {
             report_error(&err);
-            // A local index SQLite finds damaged only while answering: deleted, so that the
-            // next command builds it again (it is a cache).
-            if let Some(e) = err
-                .chain()
-                .find_map(|c| c.downcast_ref::<crate::archive::IndexError>())
-                .filter(|e| e.is_corruption())
-                && let Some(path) = e.index_path()
-            {
-                crate::archive::local_index::discard(path);
-                eprintln!(
-                    "note: the local index {} was damaged and is deleted (a cache: nothing is lost); run the command again to build it anew",
-                    path.display()
-                );
-            }
+            discard_damaged_index(&*err);
             exit_for(&err)
         }
+    }
+}
+
+/// Deletes the local index when `err` came of damage SQLite (or popvault) found in it only
+/// while answering, so that the next command builds it again (it is a cache), and says so.
+pub(crate) fn discard_damaged_index(err: &(dyn std::error::Error + 'static)) {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(index) = e.downcast_ref::<crate::archive::IndexError>()
+            && index.is_corruption()
+            && let Some(path) = index.index_path()
+        {
+            crate::archive::local_index::discard(path);
+            eprintln!(
+                "note: the local index {} was damaged and is deleted (a cache: nothing is lost); run the command again to build it anew",
+                path.display()
+            );
+            return;
+        }
+        cause = e.source();
     }
 }
 

@@ -148,6 +148,7 @@ fn bring_in_set_aside(
                     root: &aside,
                     locate: &locate,
                     only: None,
+                    upto: None,
                 };
                 crate::copy::copy(&source, writer, &crate::stop::Stop::new(), &|_| {})
             });

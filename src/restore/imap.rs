@@ -236,6 +236,9 @@ pub struct ImapSink {
     /// The folder as it was when presence first looked: read once for all the batches of a
     /// restore (each asks of ids no other batch has, and none this restore appended).
     view: Option<FolderView>,
+    /// The normalised digests of what this restore decided to send: a later copy of the
+    /// same mail (its LF twin, in a later batch) is then present, as within one batch.
+    going: HashSet<Digest>,
 }
 
 struct InFlight {
@@ -305,6 +308,7 @@ impl ImapSink {
             binary: client.capabilities.contains("BINARY"),
             nul_messages: 0,
             view: None,
+            going: HashSet::new(),
             client,
         })
     }
@@ -518,12 +522,11 @@ impl ImapSink {
         // Present: what the server holds already, and every later twin of a message that will
         // be restored (the first, oldest, goes; the server then holds it once).
         let mut present = HashSet::new();
-        let mut going: HashSet<Digest> = HashSet::new();
         for c in candidates {
             let Some(a) = archived.get(&c.id) else {
                 continue;
             };
-            if held.contains(&a.whole) || !going.insert(a.whole) {
+            if held.contains(&a.whole) || !self.going.insert(a.whole) {
                 present.insert(c.id);
             }
         }
