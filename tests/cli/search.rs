@@ -419,6 +419,8 @@ fn index_rows_that_do_not_read_back_or_misplace_a_message_are_damage_not_answers
     };
     let mbox = sandbox.path().join("out.mbox");
     let restore = ["restore", "--to", &format!("mbox:{}", mbox.display())];
+    let tar = sandbox.path().join("a.tar").display().to_string();
+    let export = ["export", tar.as_str()];
     for (sql, command) in [
         (
             "UPDATE messages SET offset = offset + 1 WHERE n = 7",
@@ -427,7 +429,7 @@ fn index_rows_that_do_not_read_back_or_misplace_a_message_are_damage_not_answers
         ("UPDATE lines SET source = '{' WHERE seq = 3", &restore[..]),
         (
             "UPDATE messages SET envelope = 'x' WHERE n = 5",
-            &["export", "a.tar"][..],
+            &export[..],
         ),
     ] {
         damage(sql);
