@@ -257,14 +257,10 @@ fn plan(from: &Selected<'_>, scratch: &Path, stop: &Stop) -> Result<Plan, Export
         let faults: Vec<Option<String>> = chunk
             .par_iter()
             .map(|found| {
-                // The reason as the record's fault says it (the message is named beside it).
                 from.packs
                     .check(&found.id, &found.location)
                     .err()
-                    .map(|e| match e {
-                        ArchiveError::DamagedMessage { fault, .. } => fault.to_string(),
-                        e => e.to_string(),
-                    })
+                    .map(|fault| fault.to_string())
             })
             .collect();
         for (found, fault) in chunk.iter().zip(faults) {

@@ -217,11 +217,9 @@ impl PackReader {
 
     /// Checks that message `id` at `loc` decompresses to exactly its id, streaming it (memory
     /// stays bounded whatever its size).
-    pub fn check(&self, id: &Digest, loc: &Location) -> Result<(), ArchiveError> {
-        let damaged = damaged(id, loc);
-        let mut file =
-            PackFile::open(&self.root, &loc.pack).map_err(|e| damaged(RecordFault::Io(e)))?;
-        loc.check(id, &mut file).map(|_| ()).map_err(damaged)
+    pub fn check(&self, id: &Digest, loc: &Location) -> Result<(), RecordFault> {
+        let mut file = PackFile::open(&self.root, &loc.pack)?;
+        loc.check(id, &mut file).map(drop)
     }
 
     /// Reads a whole message into memory, decompressing it once and checking its SHA-256 before
@@ -494,11 +492,6 @@ impl Archive {
                 count: more + 1,
             }),
         }
-    }
-
-    /// What reads this archive's messages given their locations.
-    pub fn packs(&self) -> &PackReader {
-        &self.packs
     }
 
     pub fn pack_path(&self, name: &str) -> PathBuf {

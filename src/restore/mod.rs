@@ -754,26 +754,22 @@ mod tests {
         let ids = archive_of(&root, 23);
         let (index, _) = LocalIndex::in_memory(&root, &mut |_, _| {}).unwrap();
         let packs = PackReader::new(&root);
-        let options = RestoreOptions::default();
-        let restore_to = |file: &str, batch: usize| {
-            let path = dir.path().join(file);
-            let destination = Destination::Mbox(path.clone());
-            let mut sink = mbox::MboxSink::open(&path, false).unwrap();
+        let restore = |sink: &mut dyn Sink, destination: &Destination, batch: usize| {
             let batches = Batches {
                 index: &index,
                 query: &Query::default(),
                 messages: batch,
             };
-            let report = restore_in_batches(
-                batches,
-                &packs,
-                &mut sink,
-                &destination,
-                &options,
-                &mut |_| {},
+            let options = RestoreOptions::default();
+            restore_in_batches(batches, &packs, sink, destination, &options, &mut |_| {}).unwrap()
+        };
+        let restore_to = |file: &str, batch: usize| {
+            let path = dir.path().join(file);
+            let mut sink = mbox::MboxSink::open(&path, false).unwrap();
+            (
+                restore(&mut sink, &Destination::Mbox(path.clone()), batch),
+                path,
             )
-            .unwrap();
-            (report, path)
         };
         let (whole, one_batch) = restore_to("whole.mbox", usize::MAX);
         assert_eq!((whole.selected, whole.restored), (23, 23));
@@ -807,21 +803,7 @@ mod tests {
         let maildir = dir.path().join("Maildir");
         for round in 0..2 {
             let mut sink = maildir::MaildirSink::open(&maildir, false).unwrap();
-            let batches = Batches {
-                index: &index,
-                query: &Query::default(),
-                messages: 2,
-            };
-            let destination = Destination::Maildir(maildir.clone());
-            let report = restore_in_batches(
-                batches,
-                &packs,
-                &mut sink,
-                &destination,
-                &options,
-                &mut |_| {},
-            )
-            .unwrap();
+            let report = restore(&mut sink, &Destination::Maildir(maildir.clone()), 2);
             assert_eq!(report.restored, if round == 0 { 23 } else { 0 });
         }
         let mut in_maildir: Vec<Digest> = std::fs::read_dir(maildir.join("cur"))
